@@ -1,0 +1,55 @@
+# Two commands matter: `make demo` and `make test`. Each sets up what it needs on a fresh clone.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.8
+RECBOLE_VERSION := 1.2.1
+STAMP := $(VENV)/.installed
+# The demo keeps its own state (broker data, tables, keys), so it never touches anything else in .state/.
+DEMO_ENV := RECSYS_STATE_DIR=$(CURDIR)/.state/demo
+
+.PHONY: help venv system-deps demo test lint broker broker-stop stop lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+venv: $(STAMP)  ## create .venv with the pinned dependencies
+
+$(STAMP): requirements.lock pyproject.toml
+	@bash infra/check_system.sh
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip sync --python $(PY) requirements.lock
+	# recbole is only a carrier of the MovieLens-100K files: no deps, so torch is never pulled in.
+	$(UV) pip install --python $(PY) --no-deps recbole==$(RECBOLE_VERSION)
+	$(UV) pip install --python $(PY) --no-deps -e .
+	@touch $(STAMP)
+
+lock:  ## re-resolve requirements.in into requirements.lock
+	$(UV) pip compile requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+demo: venv  ## start the local stack, load MovieLens-100K into Kafka, show it arrived
+	@$(DEMO_ENV) $(PY) -m infra.demo
+
+test: venv  ## run the whole test suite (starts and stops its own broker and Spark)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+lint: venv  ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+
+broker: venv  ## start the local broker on 127.0.0.1 (default state folder)
+	$(PY) -m infra.broker start
+
+stop: ## stop everything the demo or `make broker` started
+	@if [ -x $(PY) ]; then $(DEMO_ENV) $(PY) -m infra.broker stop; $(PY) -m infra.broker stop; fi
+
+clean: stop  ## remove the virtual environment and all local state
+	rm -rf $(VENV) .state .pytest_cache .ruff_cache

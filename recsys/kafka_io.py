@@ -1,0 +1,131 @@
+"""Kafka clients configured from settings, and the topic set-up every layer relies on.
+
+Only the bootstrap address differs between the local broker and a real Kafka cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Iterable
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from recsys.contracts import Topics
+from recsys.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(RuntimeError):
+    pass
+
+
+def bootstrap(settings: Settings | None = None) -> list[str]:
+    return [b.strip() for b in (settings or get_settings()).kafka_bootstrap.split(",") if b.strip()]
+
+
+def wait_for_broker(settings: Settings | None = None, timeout_s: float = 30.0) -> None:
+    """Block until the first bootstrap server accepts a Kafka metadata request."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            _tcp_check(bootstrap(settings)[0])
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap(settings), request_timeout_ms=5000)
+            admin.list_topics()
+            admin.close()
+            return
+        except (OSError, KafkaError) as e:
+            last_error = e
+            time.sleep(0.2)
+    raise BrokerUnavailable(f"no Kafka broker answered at {bootstrap(settings)} within {timeout_s:.0f}s: {last_error}")
+
+
+def _tcp_check(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=1.0):
+        pass
+
+
+def topic_partitions(settings: Settings | None = None) -> dict[str, int]:
+    """The topics the system uses and their partition counts.
+
+    `model-updates` has one partition so MODEL and UP messages keep their order.
+    """
+    s = settings or get_settings()
+    return {Topics.EVENTS: s.events_partitions, Topics.DLQ: 1, Topics.MODEL_UPDATES: 1}
+
+
+def ensure_topics(settings: Settings | None = None) -> dict[str, int]:
+    """Create missing topics; leave existing ones alone. Returns partitions per topic as found."""
+    wanted = topic_partitions(settings)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap(settings))
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+        if missing:
+            # Another process may win the race to create them; that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(missing)
+        found = {d["name"]: len(d["partitions"]) for d in admin.describe_topics(list(wanted))}
+    finally:
+        admin.close()
+    for name, n in wanted.items():
+        if found.get(name, 0) < n:
+            log.warning("topic %s has %s partitions, settings ask for %s", name, found.get(name), n)
+    return found
+
+
+def producer(settings: Settings | None = None, **overrides) -> KafkaProducer:
+    """A producer that waits for the broker's acknowledgement and retries without duplicating."""
+    config = {
+        "bootstrap_servers": bootstrap(settings),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "batch_size": 256 * 1024,
+        "retries": 10,
+    }
+    return KafkaProducer(**{**config, **overrides})
+
+
+def consumer(group_id: str | None, *topics: str, settings: Settings | None = None, **overrides) -> KafkaConsumer:
+    """A consumer that never commits on its own: callers commit after their work is durable."""
+    config = {
+        "bootstrap_servers": bootstrap(settings),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": 5000,
+    }
+    return KafkaConsumer(*topics, **{**config, **overrides})
+
+
+def end_offsets(topic: str, settings: Settings | None = None) -> dict[int, int]:
+    """Next offset to be written, per partition of `topic`."""
+    c = consumer(None, settings=settings)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        ends = c.end_offsets([TopicPartition(topic, p) for p in parts])
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        c.close()
+
+
+def count_messages(topics: Iterable[str], settings: Settings | None = None) -> dict[str, int]:
+    """Messages currently held per topic (end offset minus beginning offset, summed over partitions)."""
+    c = consumer(None, settings=settings)
+    try:
+        counts = {}
+        for topic in topics:
+            tps = [TopicPartition(topic, p) for p in (c.partitions_for_topic(topic) or set())]
+            begin, end = c.beginning_offsets(tps), c.end_offsets(tps)
+            counts[topic] = sum(end[tp] - begin[tp] for tp in tps)
+        return counts
+    finally:
+        c.close()

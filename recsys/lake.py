@@ -1,0 +1,237 @@
+"""The lake: Delta tables on disk, read and written through delta-rs (`deltalake`).
+
+Every write is one atomic Delta commit: readers see the table before it or after
+it, never half of it. Spark jobs read a snapshot (a given table version) as a
+DataFrame and write their result as new parquet files that become visible only
+when one Delta commit adds them; a job that dies before the commit leaves
+unreferenced files that `vacuum` removes and no reader ever sees.
+
+Where delta-spark's jars are on Spark's classpath (`RECSYS_SPARK_DELTA_JARS=true`,
+a cluster), `spark_read` and `spark_write` use Delta's own Spark data source
+instead; the API stays the same.
+
+Exactly-once writers (the archiver) pass `app_id` and `app_version`: the pair is
+stored in the same commit as the data (Delta's transaction identifiers), so after
+a crash `committed_app_version` says precisely what was written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import Schema as DeltaSchema
+from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction, create_table_with_add_actions
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+WriteMode = Literal["append", "overwrite"]
+STAGING_PREFIX = "_staging-"
+
+
+class LakeError(RuntimeError):
+    """A table cannot be read or written as asked (missing, unsupported feature, bad version)."""
+
+
+# --- inspection ---------------------------------------------------------------------------
+def exists(path: str | Path) -> bool:
+    return DeltaTable.is_deltatable(str(path))
+
+
+def open_table(path: str | Path, version: int | None = None) -> DeltaTable:
+    """The table at `path`, at `version` (default: latest). Raises LakeError if absent."""
+    try:
+        return DeltaTable(str(path), version=version)
+    except TableNotFoundError as e:
+        raise LakeError(f"no Delta table at {path}") from e
+    except Exception as e:  # delta-rs reports a missing version as a generic error
+        if version is not None and "version" in str(e).lower():
+            raise LakeError(f"table {path} has no version {version}") from e
+        raise
+
+
+def version(path: str | Path) -> int | None:
+    """Latest committed version, or None if there is no table yet."""
+    return open_table(path).version() if exists(path) else None
+
+
+def committed_app_version(path: str | Path, app_id: str) -> int | None:
+    """The last `app_version` an exactly-once writer committed to this table, or None."""
+    if not exists(path):
+        return None
+    return open_table(path).transaction_version(app_id)
+
+
+def commit_metadata(path: str | Path, version: int) -> dict:
+    """The custom metadata a writer stored with commit `version`."""
+    for entry in open_table(path).history():
+        if entry.get("version") == version:
+            return {k: v for k, v in entry.items() if k not in _HISTORY_FIELDS}
+    raise LakeError(f"table {path} has no version {version}")
+
+
+_HISTORY_FIELDS = {
+    "version", "timestamp", "operation", "operationParameters", "clientVersion",
+    "readVersion", "isBlindAppend", "operationMetrics", "engineInfo", "userName",
+}  # fmt: skip
+
+
+# --- reads and writes through Arrow (small data, services, tests) -------------------------
+def read(path: str | Path, version: int | None = None, columns: list[str] | None = None) -> pa.Table:
+    return open_table(path, version).to_pyarrow_table(columns=columns)
+
+
+def write(
+    path: str | Path,
+    data: pa.Table | pa.RecordBatchReader,
+    mode: WriteMode = "append",
+    *,
+    app_id: str | None = None,
+    app_version: int | None = None,
+    metadata: Mapping[str, object] | None = None,
+) -> int:
+    """Append (or overwrite with) `data` in one atomic commit; creates the table if needed.
+
+    Returns the new table version.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_deltalake(
+        str(path),
+        data,
+        mode=mode,
+        schema_mode="merge" if mode == "append" else "overwrite",
+        commit_properties=_commit_properties(app_id, app_version, metadata),
+    )
+    return open_table(path).version()
+
+
+def _commit_properties(
+    app_id: str | None, app_version: int | None, metadata: Mapping[str, object] | None
+) -> CommitProperties:
+    if (app_id is None) != (app_version is None):
+        raise ValueError("app_id and app_version go together")
+    txns = [Transaction(app_id=app_id, version=app_version, last_updated=int(time.time() * 1000))] if app_id else None
+    custom = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    return CommitProperties(custom_metadata=custom or None, app_transactions=txns)
+
+
+# --- Spark: read a snapshot as a DataFrame, write a DataFrame as one commit -----------------
+def spark_read(spark: SparkSession, path: str | Path, version: int | None = None) -> DataFrame:
+    """The table at `version` (default: latest) as a Spark DataFrame."""
+    if _delta_spark_enabled(spark):
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(str(path))
+    table = open_table(path, version)
+    _check_plain_parquet(table)
+    files = table.file_uris()
+    schema = _spark_schema(spark, table)
+    if not files:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(*files)
+
+
+def spark_write(
+    df: DataFrame,
+    path: str | Path,
+    mode: WriteMode = "append",
+    *,
+    app_id: str | None = None,
+    app_version: int | None = None,
+    metadata: Mapping[str, object] | None = None,
+) -> int:
+    """Write `df` to the table in one atomic Delta commit. Returns the new table version."""
+    spark = df.sparkSession
+    if _delta_spark_enabled(spark):
+        return _spark_write_native(df, path, mode, app_id, app_version, metadata)
+    path = Path(path)
+    staging = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+    # Spark writes the files where no reader looks; the commit below is what makes them visible.
+    df.write.mode("error").parquet(str(path / staging))
+    files = sorted((path / staging).glob("*.parquet"))
+    if not files:  # an empty DataFrame may yield no part files; keep the commit for its metadata
+        shutil.rmtree(path / staging, ignore_errors=True)
+        empty = pa.Table.from_batches([], schema=_arrow_schema_of(df))
+        return write(path, empty, mode, app_id=app_id, app_version=app_version, metadata=metadata)
+    schema = pq.read_schema(files[0])
+    actions = [_add_action(path, f) for f in files]
+    props = _commit_properties(app_id, app_version, metadata)
+    if exists(path):
+        open_table(path).create_write_transaction(actions, mode=mode, schema=schema, commit_properties=props)
+    else:
+        create_table_with_add_actions(
+            str(path), DeltaSchema.from_arrow(schema), actions, mode=mode, commit_properties=props
+        )
+    return open_table(path).version()
+
+
+def clean_staging(path: str | Path, older_than_s: float = 3600) -> int:
+    """Remove staging folders that no commit references (left by crashed jobs). Returns how many."""
+    removed = 0
+    referenced = {Path(uri).parent.name for uri in open_table(path).file_uris()} if exists(path) else set()
+    for d in Path(path).glob(f"{STAGING_PREFIX}*"):
+        if d.name not in referenced and time.time() - d.stat().st_mtime > older_than_s:
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _add_action(table_root: Path, file: Path) -> AddAction:
+    meta = pq.read_metadata(file)
+    stat = file.stat()
+    return AddAction(
+        path=str(file.relative_to(table_root)),
+        size=stat.st_size,
+        partition_values={},
+        modification_time=int(stat.st_mtime * 1000),
+        data_change=True,
+        stats=json.dumps({"numRecords": meta.num_rows}),
+    )
+
+
+def _check_plain_parquet(table: DeltaTable) -> None:
+    """Reading the parquet files directly is only right when no Delta feature changes what rows mean."""
+    features = set(table.protocol().reader_features or [])
+    unsupported = features & {"deletionVectors", "columnMapping"}
+    if unsupported:
+        raise LakeError(
+            f"table uses {sorted(unsupported)}; read it with delta-spark (RECSYS_SPARK_DELTA_JARS=true) instead"
+        )
+
+
+def _spark_schema(spark: SparkSession, table: DeltaTable):
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    arrow_schema = pa.schema(table.schema().to_arrow())
+    return from_arrow_schema(arrow_schema)
+
+
+def _arrow_schema_of(df: DataFrame) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(df.schema)
+
+
+def _delta_spark_enabled(spark: SparkSession) -> bool:
+    return "DeltaSparkSessionExtension" in (spark.conf.get("spark.sql.extensions", "") or "")
+
+
+def _spark_write_native(df, path, mode, app_id, app_version, metadata) -> int:
+    writer = df.write.format("delta").mode(mode)
+    if app_id is not None:
+        writer = writer.option("txnAppId", app_id).option("txnVersion", app_version)
+    if metadata:
+        writer = writer.option("userMetadata", json.dumps(dict(metadata)))
+    writer.save(str(path))
+    return version(path)

@@ -1,0 +1,145 @@
+"""The one settings module: every knob of every layer, read from `RECSYS_*` variables.
+
+Each field's environment variable is its name upper-cased with the `RECSYS_`
+prefix (for example `kafka_bootstrap` <- `RECSYS_KAFKA_BOOTSTRAP`). Dict and
+list fields take JSON (`RECSYS_EVENT_WEIGHTS='{"view": 1, "like": 2}'`).
+The README's configuration table is generated from this class
+(`python -m recsys.settings`), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "RECSYS_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    # --- where state lives -------------------------------------------------
+    state_dir: Path = Field(
+        PROJECT_ROOT / ".state",
+        description="Root of all local state (broker data, Delta tables, models, keys). Git-ignored.",
+    )
+
+    # --- event log -----------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092",
+        description="Kafka bootstrap servers. Point at a real Kafka cluster and nothing else changes.",
+    )
+    events_partitions: int = Field(4, ge=1, description="Partitions of the `events` topic when we create it.")
+    broker_port: int = Field(9092, description="Port of the local broker started by `infra/broker.py`.")
+
+    # --- compute -------------------------------------------------------------
+    spark_master: str = Field("local[*]", description="Spark master URL (ignored under spark-submit, which sets it).")
+    spark_driver_memory: str = Field("4g", description="Driver memory for local Spark sessions.")
+    spark_shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions; small on one machine.")
+    spark_ui: bool = Field(False, description="Start the Spark web UI (bound to 127.0.0.1).")
+    spark_delta_jars: bool = Field(
+        False,
+        description="Set where delta-spark's jars are on the Spark classpath (a cluster): "
+        "Spark then uses Delta's own extension instead of reading snapshots through delta-rs.",
+    )
+
+    # --- events and their meaning -------------------------------------------
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0},
+        description="Event types and the strength each adds to a (user, item) pair. Keys are the accepted types.",
+    )
+    max_event_bytes: int = Field(16_384, ge=256, description="Events larger than this go to the DLQ.")
+    max_id_length: int = Field(128, ge=8, description="Longest accepted user, item, event or session id.")
+    max_future_skew_s: int = Field(
+        86_400, ge=0, description="Events timestamped further than this in the future are rejected."
+    )
+    min_event_year: int = Field(1995, description="Events timestamped before this year are rejected.")
+
+    # --- privacy and security -------------------------------------------------
+    pseudonym_key: SecretStr | None = Field(
+        None,
+        description="HMAC key for user-id pseudonyms. If unset, a random key is created once in "
+        "`<state_dir>/secrets/pseudonym.key` (mode 600). Never commit it.",
+    )
+
+    @field_validator("event_weights")
+    @classmethod
+    def _weights_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("event_weights must name at least one event type")
+        bad = {k: w for k, w in v.items() if not (w > 0)}
+        if bad:
+            raise ValueError(f"event weights must be > 0, got {bad}")
+        return v
+
+    # --- derived paths (one place says where each thing lives) ----------------
+    @property
+    def broker_dir(self) -> Path:
+        return self.state_dir / "broker"
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.state_dir / "lake"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+    def pseudonym_key_bytes(self) -> bytes:
+        """The HMAC key: from the environment, else from (or newly into) the state folder."""
+        if self.pseudonym_key is not None:
+            return self.pseudonym_key.get_secret_value().encode()
+        return _key_file(self.secrets_dir / "pseudonym.key")
+
+
+def _key_file(path: Path) -> bytes:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: two processes starting together must not each write their own key.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise ValueError(f"key file {path} holds fewer than 32 characters; delete it to regenerate")
+    return key.encode()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings. Tests that change the environment call `get_settings.cache_clear()`."""
+    return Settings()
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the fields above."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        if isinstance(default, Path):
+            default = str(default).replace(str(PROJECT_ROOT), ".")
+        elif default is None:
+            default = "(unset)"
+        elif isinstance(default, dict | list | bool):
+            default = json.dumps(default)  # the form the environment variable takes
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | `{default}` | {field.description or ''} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

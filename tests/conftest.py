@@ -1,0 +1,89 @@
+"""Shared fixtures: an isolated state folder, a real broker on a free port, one Spark session.
+
+The environment is set before anything reads settings, so no test touches `.state/`
+or a broker the developer has running.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TEST_KEY = "test-pseudonym-key-0123456789abcdef0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    state = Path(tempfile.mkdtemp(prefix="recsys-test-"))
+    port = _free_port()
+    os.environ.update(
+        {
+            "RECSYS_STATE_DIR": str(state),
+            "RECSYS_PSEUDONYM_KEY": TEST_KEY,
+            "RECSYS_BROKER_PORT": str(port),
+            "RECSYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+            "RECSYS_SPARK_DRIVER_MEMORY": "2g",
+            "RECSYS_SPARK_SHUFFLE_PARTITIONS": "4",
+            "SPARK_LOCAL_IP": "127.0.0.1",
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from recsys.settings import get_settings
+
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def broker(settings) -> Iterator[object]:
+    """The real local broker (noida-db over TCP), started once for the session and stopped after."""
+    from infra import broker as broker_process
+
+    broker_process.start(settings)
+    yield settings
+    broker_process.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    from recsys.spark import get_spark
+
+    session = get_spark("recsys-tests", settings)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def table_path(tmp_path: Path) -> Path:
+    return tmp_path / "table"
+
+
+@pytest.fixture
+def unique_topic(broker) -> Iterator[str]:
+    """A fresh topic name per test, so tests never see each other's messages."""
+    import uuid
+
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from recsys.kafka_io import bootstrap
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap(broker))
+    admin.create_topics([NewTopic(name, 3, 1)])
+    admin.close()
+    yield name

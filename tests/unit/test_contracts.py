@@ -1,0 +1,146 @@
+"""The event contract: what is accepted, and the reason for everything that is not."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from recsys.contracts import (
+    DeadLetter,
+    Event,
+    ModelManifest,
+    Objective,
+    Rejection,
+    UpdateMessage,
+    validate_event,
+)
+from recsys.privacy import pseudonymise
+from recsys.settings import Settings
+
+KEY = b"k" * 32
+USER = pseudonymise("alice", KEY)
+NOW_MS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def good(**overrides) -> dict:
+    event = {"event_id": "e-1", "user_id": USER, "item_id": "i-9", "event_type": "view", "ts": NOW_MS}
+    event.update(overrides)
+    return event
+
+
+def check(raw, **kw):
+    return validate_event(
+        raw if isinstance(raw, (bytes, str)) else json.dumps(raw),
+        Settings(),
+        now=datetime(2026, 6, 2, tzinfo=UTC),
+        **kw,
+    )
+
+
+def test_valid_event_round_trips_through_the_wire_format():
+    event = check(good(session_id="s1", quantity=2, price=9.5))
+    assert isinstance(event, Event)
+    assert check(event.to_wire()) == event
+    assert json.loads(event.to_wire())["ts"] == NOW_MS
+    assert event.key() == USER.encode()
+
+
+def test_iso_and_epoch_ms_timestamps_mean_the_same_instant():
+    iso = check(good(ts="2026-06-01T02:00:00+02:00"))
+    naive = check(good(ts="2026-06-01T00:00:00"))
+    assert isinstance(iso, Event) and isinstance(naive, Event)
+    assert iso.ts_ms == naive.ts_ms == NOW_MS
+
+
+def test_epoch_ms_keeps_millisecond_precision():
+    assert check(good(ts=1614827167001)).ts_ms == 1614827167001
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+        (b"[1, 2]", "not_an_object"),
+        (b'"just a string"', "not_an_object"),
+        (good(event_id=None), "invalid_field"),
+        ({k: v for k, v in good().items() if k != "item_id"}, "invalid_field"),
+        (good(event_id=17), "invalid_field"),
+        (good(item_id=""), "invalid_field"),
+        (good(item_id="a\x00b"), "invalid_field"),
+        (good(item_id="x" * 500), "invalid_field"),
+        (good(ts=True), "invalid_field"),
+        (good(ts="yesterday"), "invalid_field"),
+        (good(ts=10**20), "invalid_field"),
+        (good(quantity=0), "invalid_field"),
+        (good(quantity="2"), "invalid_field"),
+        (good(price=-1), "invalid_field"),
+        (good(schema_version=2), "invalid_field"),
+        (good(colour="red"), "invalid_field"),
+        (good(event_type="click"), "unknown_event_type"),
+        (good(ts=NOW_MS + 10 * 86_400_000), "ts_out_of_range"),
+        (good(ts=881250949), "ts_out_of_range"),  # seconds mistaken for ms land in 1970
+        (good(user_id="alice"), "not_pseudonymised"),
+        (good(item_id="x" * 20_000), "too_large"),
+    ],
+)
+def test_each_bad_event_is_rejected_with_its_reason(raw, reason):
+    result = check(raw)
+    assert isinstance(result, Rejection), result
+    assert result.reason == reason
+    assert result.detail
+
+
+def test_nan_price_is_rejected():
+    raw = json.dumps(good()).replace("}", ', "price": NaN}')
+    assert check(raw).reason == "invalid_field"
+
+
+def test_producers_may_validate_before_pseudonymising():
+    assert isinstance(check(good(user_id="alice"), require_pseudonym=False), Event)
+
+
+def test_event_types_come_from_settings():
+    s = Settings(event_weights={"view": 1, "like": 2})
+    assert isinstance(
+        validate_event(json.dumps(good(event_type="like")), s, now=datetime(2026, 6, 2, tzinfo=UTC)), Event
+    )
+    assert validate_event(json.dumps(good(event_type="purchase")), s).reason == "unknown_event_type"
+
+
+def test_future_skew_is_configurable():
+    s = Settings(max_future_skew_s=0)
+    future = good(ts=int((datetime.now(UTC) + timedelta(minutes=5)).timestamp() * 1000))
+    assert validate_event(json.dumps(future), s).reason == "ts_out_of_range"
+
+
+def test_dead_letter_carries_reason_source_and_truncated_payload():
+    raw = b"{" + b"x" * 10_000
+    letter = DeadLetter.of(raw, check(raw), source_topic="events", source_partition=2, source_offset=41)
+    decoded = json.loads(letter.to_wire())
+    assert decoded["reason"] == "invalid_json"
+    assert decoded["source_partition"] == 2 and decoded["source_offset"] == 41
+    assert len(decoded["payload"]) == 4096
+
+
+def test_update_messages_are_told_apart_by_type():
+    from pydantic import TypeAdapter
+
+    adapter = TypeAdapter(UpdateMessage)
+    up = adapter.validate_json('{"type":"UP","model_version":"v1","kind":"user","id":"u","vector":[0.5,1]}')
+    assert up.type == "UP" and up.vector == [0.5, 1.0]
+    assert adapter.validate_json('{"type":"FORGET","user_id":"u"}').type == "FORGET"
+    with pytest.raises(ValueError):
+        adapter.validate_json('{"type":"NOPE"}')
+
+
+def test_manifest_records_the_objective():
+    manifest = ModelManifest(
+        model_version="v1", created_at_ms=1, engine="spark_als",
+        objective=Objective(confidence="one_plus_alpha_r", reg_scaling="count", alpha=10, reg=0.1),
+        rank=8, hyperparameters={"iterations": 10}, n_users=3, n_items=4, kafka_offsets={0: 12},
+    )  # fmt: skip
+    again = ModelManifest.model_validate_json(manifest.model_dump_json())
+    assert again == manifest
+    with pytest.raises(ValueError):
+        Objective(confidence="alpha_r", reg_scaling="sometimes", alpha=1, reg=0.1)
