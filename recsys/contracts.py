@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pyarrow as pa
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -47,6 +48,41 @@ class Tables:
     @staticmethod
     def path(name: str, settings: Settings | None = None) -> Path:
         return (settings or get_settings()).lake_dir / name
+
+
+_TS = pa.timestamp("us", tz="UTC")
+
+# The event's own fields, as columns (the wire format's `ts` becomes a UTC timestamp).
+EVENT_COLUMNS = pa.schema(
+    [
+        ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
+        ("event_type", pa.string()), ("ts", _TS), ("session_id", pa.string()),
+        ("quantity", pa.int32()), ("price", pa.float64()), ("schema_version", pa.int32()),
+    ]
+)  # fmt: skip
+
+# Bronze: every accepted event as it arrived, and where from (backfilled rows have partition -1).
+BRONZE_SCHEMA = pa.schema(
+    [*EVENT_COLUMNS, ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()), ("ingested_at", _TS)]
+)
+
+# Silver: what training reads. One row per distinct event, user ids pseudonymised, bots dropped.
+SILVER_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
+        ("event_type", pa.string()), ("weight", pa.float64()), ("ts", _TS),
+        ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
+    ]
+)  # fmt: skip
+
+# The model registry: append-only; the last row of a version is its current status.
+REGISTRY_SCHEMA = pa.schema(
+    [
+        ("model_version", pa.string()), ("status", pa.string()), ("engine", pa.string()),
+        ("recorded_at", _TS), ("silver_table_version", pa.int64()), ("path", pa.string()),
+        ("metrics_json", pa.string()), ("reason", pa.string()),
+    ]
+)  # fmt: skip
 
 
 def event_weights(settings: Settings | None = None) -> dict[str, float]:

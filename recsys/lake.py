@@ -10,8 +10,8 @@ Where delta-spark's jars are on Spark's classpath (`RECSYS_SPARK_DELTA_JARS=true
 a cluster), `spark_read` and `spark_write` use Delta's own Spark data source
 instead; the API stays the same.
 
-Exactly-once writers (the archiver) pass `app_id` and `app_version`: the pair is
-stored in the same commit as the data (Delta's transaction identifiers), so after
+Exactly-once writers (the archiver) pass `txns={app_id: app_version, ...}`: the pairs
+are stored in the same commit as the data (Delta's transaction identifiers), so after
 a crash `committed_app_version` says precisely what was written.
 """
 
@@ -96,8 +96,7 @@ def write(
     data: pa.Table | pa.RecordBatchReader,
     mode: WriteMode = "append",
     *,
-    app_id: str | None = None,
-    app_version: int | None = None,
+    txns: Mapping[str, int] | None = None,
     metadata: Mapping[str, object] | None = None,
 ) -> int:
     """Append (or overwrite with) `data` in one atomic commit; creates the table if needed.
@@ -110,19 +109,16 @@ def write(
         data,
         mode=mode,
         schema_mode="merge" if mode == "append" else "overwrite",
-        commit_properties=_commit_properties(app_id, app_version, metadata),
+        commit_properties=_commit_properties(txns, metadata),
     )
     return open_table(path).version()
 
 
-def _commit_properties(
-    app_id: str | None, app_version: int | None, metadata: Mapping[str, object] | None
-) -> CommitProperties:
-    if (app_id is None) != (app_version is None):
-        raise ValueError("app_id and app_version go together")
-    txns = [Transaction(app_id=app_id, version=app_version, last_updated=int(time.time() * 1000))] if app_id else None
+def _commit_properties(txns: Mapping[str, int] | None, metadata: Mapping[str, object] | None) -> CommitProperties:
+    now_ms = int(time.time() * 1000)
+    app_txns = [Transaction(app_id=a, version=int(v), last_updated=now_ms) for a, v in (txns or {}).items()]
     custom = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    return CommitProperties(custom_metadata=custom or None, app_transactions=txns)
+    return CommitProperties(custom_metadata=custom or None, app_transactions=app_txns or None)
 
 
 # --- Spark: read a snapshot as a DataFrame, write a DataFrame as one commit -----------------
@@ -147,14 +143,13 @@ def spark_write(
     path: str | Path,
     mode: WriteMode = "append",
     *,
-    app_id: str | None = None,
-    app_version: int | None = None,
+    txns: Mapping[str, int] | None = None,
     metadata: Mapping[str, object] | None = None,
 ) -> int:
     """Write `df` to the table in one atomic Delta commit. Returns the new table version."""
     spark = df.sparkSession
     if _delta_spark_enabled(spark):
-        return _spark_write_native(df, path, mode, app_id, app_version, metadata)
+        return _spark_write_native(df, path, mode, txns, metadata)
     path = Path(path)
     staging = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     # Spark writes the files where no reader looks; the commit below is what makes them visible.
@@ -163,10 +158,10 @@ def spark_write(
     if not files:  # an empty DataFrame may yield no part files; keep the commit for its metadata
         shutil.rmtree(path / staging, ignore_errors=True)
         empty = pa.Table.from_batches([], schema=_arrow_schema_of(df))
-        return write(path, empty, mode, app_id=app_id, app_version=app_version, metadata=metadata)
+        return write(path, empty, mode, txns=txns, metadata=metadata)
     schema = pq.read_schema(files[0])
     actions = [_add_action(path, f) for f in files]
-    props = _commit_properties(app_id, app_version, metadata)
+    props = _commit_properties(txns, metadata)
     if exists(path):
         open_table(path).create_write_transaction(actions, mode=mode, schema=schema, commit_properties=props)
     else:
@@ -227,9 +222,12 @@ def _delta_spark_enabled(spark: SparkSession) -> bool:
     return "DeltaSparkSessionExtension" in (spark.conf.get("spark.sql.extensions", "") or "")
 
 
-def _spark_write_native(df, path, mode, app_id, app_version, metadata) -> int:
+def _spark_write_native(df, path, mode, txns, metadata) -> int:
     writer = df.write.format("delta").mode(mode)
-    if app_id is not None:
+    if txns:
+        if len(txns) > 1:  # delta-spark's writer options carry a single transaction identifier
+            raise LakeError("delta-spark writes take one (app_id, version) pair per commit")
+        [(app_id, app_version)] = txns.items()
         writer = writer.option("txnAppId", app_id).option("txnVersion", app_version)
     if metadata:
         writer = writer.option("userMetadata", json.dumps(dict(metadata)))

@@ -14,6 +14,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +62,35 @@ class Settings(BaseSettings):
         86_400, ge=0, description="Events timestamped further than this in the future are rejected."
     )
     min_event_year: int = Field(1995, description="Events timestamped before this year are rejected.")
+
+    # --- batch layer -------------------------------------------------------------
+    archiver_group: str = Field("archiver", description="Consumer group of the archiver (events -> bronze).")
+    archiver_batch_max: int = Field(20_000, ge=1, description="Most events the archiver writes in one Delta commit.")
+    archiver_batch_ms: int = Field(1_000, ge=10, description="Longest the archiver waits to fill a batch.")
+    bot_max_events_per_minute: int = Field(
+        600, ge=1, description="The clean job drops users who ever exceed this many events in one minute."
+    )
+    decay_half_life_days: float = Field(
+        0.0, ge=0, description="Half-life of the time decay of event strengths; 0 turns decay off."
+    )
+    als_engine: Literal["spark_als", "implicit"] = Field(
+        "spark_als", description="Training engine: Spark MLlib ALS or the `implicit` library (single machine)."
+    )
+    als_rank: int = Field(64, ge=1, description="Number of latent factors.")
+    als_iterations: int = Field(15, ge=1, description="ALS iterations.")
+    als_reg: float = Field(0.1, ge=0, description="Regularisation lambda (Spark scales it by |I(u)|).")
+    als_alpha: float = Field(10.0, gt=0, description="Confidence scale alpha.")
+    als_seed: int = Field(42, description="Random seed for the factor initialisation.")
+    eval_test_share: float = Field(0.2, gt=0, lt=1, description="Per user, the latest share of events held out.")
+    eval_k: int = Field(10, ge=1, description="Cut-off k of the ranking metrics.")
+    eval_max_users: int = Field(20_000, ge=1, description="Evaluate on at most this many (seeded, sampled) users.")
+    gate_min_lift: float = Field(
+        0.10, description="Publish only if NDCG@k >= (1 + this) x the popularity baseline's."
+    )
+    gate_max_regression: float = Field(
+        0.05, ge=0, description="...and NDCG@k >= (1 - this) x the current published model's."
+    )
+    vacuum_retention_hours: int = Field(168, ge=0, description="Files older than this are vacuumed after compaction.")
 
     # --- privacy and security -------------------------------------------------
     pseudonym_key: SecretStr | None = Field(

@@ -42,12 +42,14 @@ def test_missing_table_and_version_give_clear_errors(table_path):
 
 def test_app_transaction_and_metadata_are_stored_in_the_same_commit(table_path):
     assert lake.committed_app_version(table_path, "archiver") is None
-    v = lake.write(table_path, rows(0, 2), app_id="archiver", app_version=41, metadata={"offsets": {"0": 12}})
+    v = lake.write(table_path, rows(0, 2), txns={"archiver": 41, "archiver-p1": 7}, metadata={"offsets": {"0": 12}})
     assert lake.committed_app_version(table_path, "archiver") == 41
+    assert lake.committed_app_version(table_path, "archiver-p1") == 7
     assert lake.committed_app_version(table_path, "someone-else") is None
     assert lake.commit_metadata(table_path, v)["offsets"] == '{"0": 12}'
-    with pytest.raises(ValueError):
-        lake.write(table_path, rows(2, 1), app_id="archiver")
+    lake.write(table_path, rows(2, 1), txns={"archiver": 42})
+    assert lake.committed_app_version(table_path, "archiver") == 42
+    assert lake.committed_app_version(table_path, "archiver-p1") == 7
 
 
 def _append_many(path: str, writer: int, batches: int, size: int) -> None:
@@ -84,12 +86,12 @@ def test_spark_reads_a_snapshot_version(spark, table_path):
 
 def test_spark_write_is_one_commit_that_delta_rs_reads(spark, table_path):
     df = spark.range(1000).selectExpr("id", "cast(id % 7 as int) as writer", "current_timestamp() as ts")
-    v0 = lake.spark_write(df.repartition(4), table_path, app_id="job", app_version=1, metadata={"job": "test"})
+    v0 = lake.spark_write(df.repartition(4), table_path, txns={"job": 1}, metadata={"job": "test"})
     assert v0 == 0
     table = lake.read(table_path)
     assert table.num_rows == 1000
     assert table.schema.field("ts").type == pa.timestamp("us", tz="UTC")
-    v1 = lake.spark_write(df.limit(10), table_path, app_id="job", app_version=2)
+    v1 = lake.spark_write(df.limit(10), table_path, txns={"job": 2})
     assert v1 == 1 and lake.read(table_path).num_rows == 1010
     assert lake.committed_app_version(table_path, "job") == 2
     assert lake.spark_write(df.limit(3), table_path, mode="overwrite") == 2
@@ -100,7 +102,7 @@ def test_spark_write_is_one_commit_that_delta_rs_reads(spark, table_path):
 def test_empty_spark_result_still_commits(spark, table_path):
     df = spark.range(5).selectExpr("id", "cast(0 as int) as writer", "current_timestamp() as ts")
     lake.spark_write(df, table_path)
-    assert lake.spark_write(df.limit(0), table_path, app_id="job", app_version=9) == 1
+    assert lake.spark_write(df.limit(0), table_path, txns={"job": 9}) == 1
     assert lake.read(table_path).num_rows == 5
     assert lake.committed_app_version(table_path, "job") == 9
 
