@@ -102,6 +102,9 @@ def consumer(group_id: str | None, *topics: str, settings: Settings | None = Non
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": 5000,
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 1000,
+        "max_poll_interval_ms": 20000,
     }
     return KafkaConsumer(*topics, **{**config, **overrides})
 

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
 
     # --- batch layer -------------------------------------------------------------
     archiver_group: str = Field("archiver", description="Consumer group of the archiver (events -> bronze).")
+    archiver_instance_id: str = Field(
+        "archiver-0", description="Static group membership id of this archiver instance (unique per instance)."
+    )
     archiver_batch_max: int = Field(20_000, ge=1, description="Most events the archiver writes in one Delta commit.")
     archiver_batch_ms: int = Field(1_000, ge=10, description="Longest the archiver waits to fill a batch.")
     bot_max_events_per_minute: int = Field(
@@ -171,5 +174,19 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+def write_readme_table(readme: Path = PROJECT_ROOT / "README.md") -> None:
+    """Replace the table between the README's settings-table markers with the generated one."""
+    text = readme.read_text()
+    start = text.index("<!-- settings-table")
+    start = text.index("\n", start) + 1
+    end = text.index("<!-- /settings-table -->")
+    readme.write_text(text[:start] + markdown_table() + "\n" + text[end:])
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    if "--write-readme" in sys.argv:
+        write_readme_table()
+    else:
+        print(markdown_table())

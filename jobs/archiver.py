@@ -1,0 +1,260 @@
+"""The archiver: `events` topic -> bronze Delta table, exactly once; bad events -> `events.dlq`, exactly once.
+
+How "exactly once" holds across crashes:
+
+- Bronze rows and the next Kafka offset of every partition they came from are
+  written in ONE Delta commit (Delta transaction identifiers `archiver:<topic>:<p>`).
+  On start and on every partition assignment the archiver seeks to the offsets
+  the table records, not to the consumer group's: the table is the truth. The
+  group offsets are committed too, but only so lag can be monitored.
+- Dead letters are produced (and flushed) before that commit. A crash after the
+  flush but before the commit would replay them, so each dead letter is keyed by
+  its source `topic:partition:offset`, and on start the archiver reads the DLQ's
+  highest dead-lettered offset per partition and skips anything at or below it.
+
+    python -m jobs.archiver             # run until SIGTERM / Ctrl-C
+    python -m jobs.archiver --until-caught-up
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import typer
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from recsys import lake
+from recsys.contracts import BRONZE_SCHEMA, DeadLetter, Event, Rejection, Tables, Topics, validate_event
+from recsys.kafka_io import consumer, producer
+from recsys.settings import Settings, get_settings
+
+log = logging.getLogger("archiver")
+
+
+def txn_id(topic: str, partition: int) -> str:
+    return f"archiver:{topic}:{partition}"
+
+
+def dlq_key(topic: str, partition: int, offset: int) -> bytes:
+    return f"{topic}:{partition}:{offset}".encode()
+
+
+@dataclass
+class Batch:
+    rows: list[tuple[Event, int, int]] = field(default_factory=list)  # (event, partition, offset)
+    dead: list[tuple[bytes, Rejection, int, int]] = field(default_factory=list)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.dead)
+
+
+@dataclass
+class ArchiverStats:
+    archived: int = 0
+    dead_lettered: int = 0
+    dead_letters_skipped: int = 0  # already in the DLQ from before a crash
+    commits: int = 0
+
+
+class Archiver:
+    def __init__(self, settings: Settings | None = None, topic: str = Topics.EVENTS) -> None:
+        self.s = settings or get_settings()
+        self.topic = topic
+        self.table = Tables.path(Tables.BRONZE_EVENTS, self.s)
+        self.stats = ArchiverStats()
+        self._stop = False
+        self._pending = Batch()
+        # Static membership: a restarted archiver takes its old place in the group at once instead of
+        # waiting for the dead member to time out (and a second copy with the same id is fenced off).
+        self.consumer = consumer(
+            self.s.archiver_group,
+            settings=self.s,
+            max_poll_records=self.s.archiver_batch_max,
+            group_instance_id=self.s.archiver_instance_id,
+        )
+        self.producer = producer(self.s)
+        self.dlq_high = dlq_high_watermarks(self.topic, self.s)
+        self.consumer.subscribe([topic], listener=_SeekToTable(self))
+
+    # --- offsets recorded in the table ------------------------------------------------
+    def table_offset(self, partition: int) -> int | None:
+        return lake.committed_app_version(self.table, txn_id(self.topic, partition))
+
+    def seek_to_table(self, partitions) -> None:
+        """Start each partition where the table says, whatever the group's offsets say."""
+        for tp in partitions:
+            offset = self.table_offset(tp.partition)
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+
+    def forget_pending(self, partitions) -> None:
+        """Drop unwritten events of partitions taken from us: their new owner reads them from the table offset."""
+        lost = {tp.partition for tp in partitions}
+        self._pending.rows = [r for r in self._pending.rows if r[1] not in lost]
+        self._pending.dead = [d for d in self._pending.dead if d[2] not in lost]
+        self._pending.next_offsets = {p: o for p, o in self._pending.next_offsets.items() if p not in lost}
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self, until_caught_up: bool = False, idle_timeout_s: float | None = None) -> ArchiverStats:
+        """Archive until stopped; with `until_caught_up`, stop once the end offsets seen at start are reached."""
+        targets: dict[int, int] | None = None
+        last_progress = time.monotonic()
+        while not self._stop:
+            batch = self.poll_batch()
+            if len(batch):
+                self.write(batch)
+                last_progress = time.monotonic()
+            if until_caught_up:
+                targets = targets or self._end_offsets()
+                if self._caught_up(targets):
+                    break
+            if idle_timeout_s is not None and time.monotonic() - last_progress > idle_timeout_s:
+                break
+        return self.stats
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+        self.producer.close()
+
+    def poll_batch(self) -> Batch:
+        self._pending = batch = Batch()
+        deadline = time.monotonic() + self.s.archiver_batch_ms / 1000
+        while len(batch) < self.s.archiver_batch_max and time.monotonic() < deadline and not self._stop:
+            polled = self.consumer.poll(timeout_ms=100, max_records=self.s.archiver_batch_max - len(batch))
+            for tp, records in polled.items():
+                for r in records:
+                    result = validate_event(r.value, self.s)
+                    if isinstance(result, Event):
+                        batch.rows.append((result, tp.partition, r.offset))
+                    else:
+                        batch.dead.append((r.value, result, tp.partition, r.offset))
+                    batch.next_offsets[tp.partition] = r.offset + 1
+            if not polled and len(batch):
+                break  # nothing more waiting: write what we have rather than sit on it
+        return batch
+
+    def write(self, batch: Batch) -> None:
+        self._dead_letter(batch.dead)
+        txns = {txn_id(self.topic, p): off for p, off in batch.next_offsets.items()}
+        rows = bronze_rows(batch.rows)
+        lake.write(self.table, rows, txns=txns, metadata={"writer": "archiver", "offsets": batch.next_offsets})
+        self.stats.archived += len(batch.rows)
+        self.stats.commits += 1
+        # Only after the table holds them: the group's offsets are for lag monitoring.
+        self.consumer.commit({TopicPartition(self.topic, p): _offset_meta(o) for p, o in batch.next_offsets.items()})
+
+    def _dead_letter(self, dead: list[tuple[bytes, Rejection, int, int]]) -> None:
+        sent = 0
+        for raw, rejection, partition, offset in dead:
+            if offset <= self.dlq_high.get(partition, -1):
+                self.stats.dead_letters_skipped += 1
+                continue
+            letter = DeadLetter.of(
+                raw, rejection, source_topic=self.topic, source_partition=partition, source_offset=offset
+            )
+            self.producer.send(Topics.DLQ, key=dlq_key(self.topic, partition, offset), value=letter.to_wire())
+            self.dlq_high[partition] = offset
+            sent += 1
+        if sent:
+            self.producer.flush()  # durable before the table commit that moves past them
+            self.stats.dead_lettered += sent
+
+    def _end_offsets(self) -> dict[int, int]:
+        parts = self.consumer.partitions_for_topic(self.topic) or set()
+        ends = self.consumer.end_offsets([TopicPartition(self.topic, p) for p in parts])
+        return {tp.partition: off for tp, off in ends.items()}
+
+    def _caught_up(self, targets: dict[int, int]) -> bool:
+        return all(end == 0 or (self.table_offset(p) or 0) >= end for p, end in targets.items())
+
+
+class _SeekToTable(ConsumerRebalanceListener):
+    def __init__(self, archiver: Archiver) -> None:
+        self.archiver = archiver
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self.archiver.forget_pending(revoked)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.archiver.seek_to_table(assigned)
+
+
+def _offset_meta(offset: int):
+    from kafka.structs import OffsetAndMetadata
+
+    return OffsetAndMetadata(offset, "", -1)
+
+
+def bronze_rows(rows: list[tuple[Event, int, int]]) -> pa.Table:
+    now = datetime.now(UTC)
+    columns = {
+        "event_id": [e.event_id for e, _, _ in rows],
+        "user_id": [e.user_id for e, _, _ in rows],
+        "item_id": [e.item_id for e, _, _ in rows],
+        "event_type": [e.event_type for e, _, _ in rows],
+        "ts": [e.ts for e, _, _ in rows],
+        "session_id": [e.session_id for e, _, _ in rows],
+        "quantity": [e.quantity for e, _, _ in rows],
+        "price": [e.price for e, _, _ in rows],
+        "schema_version": [e.schema_version for e, _, _ in rows],
+        "kafka_partition": [p for _, p, _ in rows],
+        "kafka_offset": [o for _, _, o in rows],
+        "ingested_at": [now] * len(rows),
+    }
+    return pa.table(columns, schema=BRONZE_SCHEMA)
+
+
+def dlq_high_watermarks(source_topic: str, settings: Settings) -> dict[int, int]:
+    """Highest source offset already dead-lettered, per partition of `source_topic` (read from the DLQ)."""
+    c = consumer(None, settings=settings)
+    high: dict[int, int] = {}
+    try:
+        tps = [TopicPartition(Topics.DLQ, p) for p in (c.partitions_for_topic(Topics.DLQ) or [])]
+        if not tps:
+            return high
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        ends = c.end_offsets(tps)
+        while any(c.position(tp) < ends[tp] for tp in tps):
+            for records in c.poll(timeout_ms=1000).values():
+                for r in records:
+                    topic, _, rest = (r.key or b"").decode().partition(":")
+                    partition, _, offset = rest.partition(":")
+                    if topic == source_topic and partition.isdigit() and offset.isdigit():
+                        high[int(partition)] = max(high.get(int(partition), -1), int(offset))
+    finally:
+        c.close()
+    return high
+
+
+def main(
+    until_caught_up: bool = typer.Option(False, help="Stop once everything in the topic at start is archived."),
+    topic: str = typer.Option(Topics.EVENTS, help="Source topic."),
+) -> None:
+    """Archive the `events` topic into the bronze Delta table."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    archiver = Archiver(topic=topic)
+    signal.signal(signal.SIGTERM, archiver.stop)
+    signal.signal(signal.SIGINT, archiver.stop)
+    try:
+        stats = archiver.run(until_caught_up=until_caught_up)
+    finally:
+        archiver.close()
+    log.info("archived %s events, %s dead letters (%s already there), %s commits",
+             stats.archived, stats.dead_lettered, stats.dead_letters_skipped, stats.commits)  # fmt: skip
+
+
+if __name__ == "__main__":
+    typer.run(main)

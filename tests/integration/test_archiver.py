@@ -1,0 +1,138 @@
+"""The archiver against the real broker and real Delta tables: every event in bronze or the DLQ, exactly once."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from jobs.archiver import Archiver, dlq_key
+from recsys import lake
+from recsys.contracts import Tables, Topics
+from recsys.data.synthetic import SyntheticConfig, iter_messages, n_valid_events
+from recsys.kafka_io import consumer
+from recsys.replay import replay
+from recsys.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def local(broker, tmp_path):
+    """Settings with this test's own lake and consumer group, on the session's broker."""
+    return broker.model_copy(
+        update={"state_dir": tmp_path, "archiver_group": f"archiver-{uuid.uuid4().hex[:8]}", "archiver_batch_max": 700}
+    )
+
+
+def stream(topic: str, settings, n: int = 6_000, malformed: float = 0.05, seed: int = 1) -> SyntheticConfig:
+    config = SyntheticConfig(n_events=n, n_users=200, n_items=300, malformed_share=malformed, seed=seed)
+    report = replay(iter_messages(config, key=settings.pseudonym_key_bytes()), topic=topic, progress=False)
+    assert report.sent == n
+    return config
+
+
+def dead_letters_for(topic: str, settings) -> list[bytes]:
+    c = consumer(None, settings=settings)
+    tps = [TopicPartition(Topics.DLQ, p) for p in c.partitions_for_topic(Topics.DLQ)]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    ends, keys = c.end_offsets(tps), []
+    while any(c.position(tp) < ends[tp] for tp in tps):
+        for records in c.poll(timeout_ms=1000).values():
+            keys += [r.key for r in records if r.key.startswith(f"{topic}:".encode())]
+    c.close()
+    return keys
+
+
+def bronze(settings):
+    return lake.read(Tables.path(Tables.BRONZE_EVENTS, settings))
+
+
+def assert_exactly_once(topic: str, settings, config: SyntheticConfig) -> None:
+    table = bronze(settings)
+    dead = dead_letters_for(topic, settings)
+    assert table.num_rows == n_valid_events(config)
+    assert len(dead) == config.n_events - n_valid_events(config)
+    assert len(set(dead)) == len(dead), "a dead letter was produced twice"
+    ids = table["event_id"].to_pylist()
+    assert len(set(ids)) == len(ids), "an event was archived twice"
+    positions = set(zip(table["kafka_partition"].to_pylist(), table["kafka_offset"].to_pylist(), strict=True))
+    assert len(positions) == table.num_rows
+
+
+def test_stream_lands_in_bronze_or_dlq_exactly_once(unique_topic, local):
+    config = stream(unique_topic, local)
+    archiver = Archiver(local, topic=unique_topic)
+    stats = archiver.run(until_caught_up=True)
+    archiver.close()
+    assert stats.commits > 1
+    assert_exactly_once(unique_topic, local, config)
+    assert set(bronze(local)["user_id"].to_pylist()) <= {u for u in bronze(local)["user_id"].to_pylist() if u[:2] == "u_"}
+
+
+def test_restart_resumes_from_the_table_even_if_group_offsets_are_behind(unique_topic, local):
+    config = stream(unique_topic, local, n=3_000)
+    first = Archiver(local, topic=unique_topic)
+    first.run(until_caught_up=True)
+    first.close()
+    # Rewind the group to zero: only the table's transaction ids can prevent re-archiving.
+    rewind = consumer(local.archiver_group, unique_topic, settings=local, group_instance_id=local.archiver_instance_id)
+    while not rewind.assignment():
+        rewind.poll(timeout_ms=200)
+    rewind.commit({TopicPartition(unique_topic, p): OffsetAndMetadata(0, "", -1) for p in range(3)})
+    assert sum(rewind.committed(TopicPartition(unique_topic, p)) for p in range(3)) == 0
+    rewind.close()
+
+    stream(unique_topic, local, n=1_000, seed=2)
+    second = Archiver(local, topic=unique_topic)
+    stats = second.run(until_caught_up=True)
+    second.close()
+    more = SyntheticConfig(n_events=1_000, n_users=200, n_items=300, malformed_share=0.05, seed=2)
+    assert stats.archived == n_valid_events(more)
+    assert bronze(local).num_rows == n_valid_events(config) + n_valid_events(more)
+
+
+def test_crash_after_dead_letters_before_the_commit_duplicates_nothing(unique_topic, local):
+    config = stream(unique_topic, local, n=2_000, malformed=0.2)
+    crashing = Archiver(local, topic=unique_topic)
+    batch = crashing.poll_batch()
+    while not batch.dead:
+        batch = crashing.poll_batch()
+    dead = list(batch.dead)
+    crashing._dead_letter(dead)  # dead letters flushed ...
+    crashing.close()  # ... then the process dies before the table commit
+
+    survivor = Archiver(local, topic=unique_topic)
+    stats = survivor.run(until_caught_up=True)
+    survivor.close()
+    assert stats.dead_letters_skipped >= len(dead)
+    assert_exactly_once(unique_topic, local, config)
+    assert dlq_key(unique_topic, dead[0][2], dead[0][3]) in dead_letters_for(unique_topic, local)
+
+
+def test_kill_9_at_random_points_loses_and_duplicates_nothing(unique_topic, local):
+    config = stream(unique_topic, local, n=20_000, malformed=0.02)
+    env = {
+        **os.environ,
+        "RECSYS_STATE_DIR": str(local.state_dir),
+        "RECSYS_ARCHIVER_GROUP": local.archiver_group,
+        "RECSYS_ARCHIVER_BATCH_MAX": "300",
+    }
+    cmd = [sys.executable, "-m", "jobs.archiver", "--topic", unique_topic]
+    rng = random.Random(7)
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    final = subprocess.run([*cmd, "--until-caught-up"], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert_exactly_once(unique_topic, local, config)
+    assert lake.version(Tables.path(Tables.BRONZE_EVENTS, local)) > 3
