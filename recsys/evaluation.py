@@ -244,13 +244,28 @@ def train_implicit_lib(
     seed: int = 0,
     num_threads: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The `implicit` library's CPU ALS on the train strengths; returns float32 (user_factors, item_factors).
+    """The `implicit` library's CPU ALS as it ships (conjugate-gradient solves) on the train strengths."""
+    return fit_implicit(train.matrix, factors, regularization, alpha, iterations, seed, num_threads, use_cg=True)
+
+
+def fit_implicit(
+    matrix: sp.spmatrix,
+    factors: int,
+    regularization: float,
+    alpha: float,
+    iterations: int,
+    seed: int = 0,
+    num_threads: int = 0,
+    use_cg: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """implicit's CPU ALS on a (users x items) strength matrix; returns float32 (user_factors, item_factors).
 
     Objective (implicit 0.7): c_ui = alpha · r_ui, p_ui = 1 for r_ui > 0, unscaled
-    λ (DESIGN.md, "The math"). `num_threads` = 0 uses every core for implicit's
-    own threads; BLAS is held to one thread meanwhile, because implicit's
-    threads each call BLAS and nested pools oversubscribe the cores (implicit
-    warns about exactly this; the limit removes the cause, and the warning is
+    λ (DESIGN.md, "The math"). `use_cg=False` solves each least-squares step exactly
+    (Cholesky) instead of implicit's default few conjugate-gradient steps. `num_threads`
+    = 0 uses every core for implicit's own threads; BLAS is held to one thread meanwhile,
+    because implicit's threads each call BLAS and nested pools oversubscribe the cores
+    (implicit warns about exactly this; the limit removes the cause, and the warning is
     silenced in case threadpoolctl cannot see the BLAS).
     """
     import threadpoolctl
@@ -265,11 +280,12 @@ def train_implicit_lib(
             regularization=regularization,
             alpha=alpha,
             iterations=iterations,
+            use_cg=use_cg,
             calculate_training_loss=False,
             num_threads=num_threads,
             random_state=seed,
         )
-        model.fit(sp.csr_matrix(train.matrix, dtype=np.float32), show_progress=False)
+        model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=False)
     return _as_float32(model.user_factors), _as_float32(model.item_factors)
 
 

@@ -171,6 +171,22 @@ def spark_write(
     return open_table(path).version()
 
 
+def compact(path: str | Path, target_file_bytes: int, retention_hours: int) -> dict:
+    """Merge small files, checkpoint the log, vacuum unreferenced files older than the retention."""
+    table = open_table(path)
+    metrics = table.optimize.compact(target_size=target_file_bytes)
+    table = open_table(path)
+    table.create_checkpoint()
+    vacuumed = table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False)
+    return {
+        "files_removed": metrics.get("numFilesRemoved", 0),
+        "files_added": metrics.get("numFilesAdded", 0),
+        "vacuumed": len(vacuumed),
+        "staging_removed": clean_staging(path, older_than_s=retention_hours * 3600),
+        "version": table.version(),
+    }
+
+
 def clean_staging(path: str | Path, older_than_s: float = 3600) -> int:
     """Remove staging folders that no commit references (left by crashed jobs). Returns how many."""
     removed = 0

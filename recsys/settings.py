@@ -42,6 +42,11 @@ class Settings(BaseSettings):
 
     # --- compute -------------------------------------------------------------
     spark_master: str = Field("local[*]", description="Spark master URL (ignored under spark-submit, which sets it).")
+    spark_driver_host: str = Field(
+        "127.0.0.1",
+        description="Address the Spark driver binds to and advertises. Keep 127.0.0.1 for local[*] and a "
+        "cluster on this machine; set the driver machine's cluster address when executors run elsewhere.",
+    )
     spark_driver_memory: str = Field("4g", description="Driver memory for local Spark sessions.")
     spark_shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions; small on one machine.")
     spark_ui: bool = Field(False, description="Start the Spark web UI (bound to 127.0.0.1).")
@@ -81,18 +86,19 @@ class Settings(BaseSettings):
     )
     als_rank: int = Field(64, ge=1, description="Number of latent factors.")
     als_iterations: int = Field(15, ge=1, description="ALS iterations.")
-    als_reg: float = Field(0.1, ge=0, description="Regularisation lambda (Spark scales it by |I(u)|).")
-    als_alpha: float = Field(10.0, gt=0, description="Confidence scale alpha.")
+    als_reg: float | None = Field(
+        None, ge=0, description="Regularisation lambda; unset = the engine's tuned default (Spark scales it by |I(u)|)."
+    )
+    als_alpha: float | None = Field(None, gt=0, description="Confidence scale alpha; unset = the engine's default.")
     als_seed: int = Field(42, description="Random seed for the factor initialisation.")
     eval_test_share: float = Field(0.2, gt=0, lt=1, description="Per user, the latest share of events held out.")
     eval_k: int = Field(10, ge=1, description="Cut-off k of the ranking metrics.")
     eval_max_users: int = Field(20_000, ge=1, description="Evaluate on at most this many (seeded, sampled) users.")
-    gate_min_lift: float = Field(
-        0.10, description="Publish only if NDCG@k >= (1 + this) x the popularity baseline's."
-    )
+    gate_min_lift: float = Field(0.10, description="Publish only if NDCG@k >= (1 + this) x the popularity baseline's.")
     gate_max_regression: float = Field(
         0.05, ge=0, description="...and NDCG@k >= (1 - this) x the current published model's."
     )
+    airflow_port: int = Field(8080, description="Port of the local Airflow UI / API server (bound to 127.0.0.1).")
     vacuum_retention_hours: int = Field(168, ge=0, description="Files older than this are vacuumed after compaction.")
 
     # --- privacy and security -------------------------------------------------

@@ -23,9 +23,9 @@ def under_spark_submit() -> bool:
 def get_spark(app_name: str, settings: Settings | None = None, **extra_conf: str) -> SparkSession:
     """A SparkSession configured from settings; extra Spark options override the defaults."""
     s = settings or get_settings()
-    if not under_spark_submit() and s.spark_master.startswith("local"):
-        # Spark otherwise binds to the eth0 address and advertises it; keep everything on loopback.
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if s.spark_driver_host:
+        # Spark otherwise binds to the eth0 address and advertises it; keep it where settings say.
+        os.environ.setdefault("SPARK_LOCAL_IP", s.spark_driver_host)
     # Python workers must run the same interpreter (and virtualenv) as the driver.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # Native BLAS (OpenBLAS) must not start its own threads inside Spark's task threads.
@@ -49,12 +49,12 @@ def spark_conf(s: Settings) -> dict[str, str]:
         "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
         "spark.hadoop.parquet.enable.summary-metadata": "false",
     }
-    if not under_spark_submit():
+    if s.spark_driver_host:  # applies under spark-submit too: the SparkContext is not created yet
+        conf["spark.driver.host"] = s.spark_driver_host
+        conf["spark.driver.bindAddress"] = s.spark_driver_host
+    if not under_spark_submit():  # spark-submit owns the master and the driver JVM's memory
         conf["spark.master"] = s.spark_master
         conf["spark.driver.memory"] = s.spark_driver_memory
-        if s.spark_master.startswith("local"):
-            conf["spark.driver.host"] = "127.0.0.1"
-            conf["spark.driver.bindAddress"] = "127.0.0.1"
     if s.spark_delta_jars:
         conf["spark.sql.extensions"] = "io.delta.sql.DeltaSparkSessionExtension"
         conf["spark.sql.catalog.spark_catalog"] = "org.apache.spark.sql.delta.catalog.DeltaCatalog"

@@ -37,6 +37,17 @@ def pytest_configure(config: pytest.Config) -> None:
             "SPARK_LOCAL_IP": "127.0.0.1",
         }
     )
+    # Airflow reads its configuration once, at first import: point it at this run's state first.
+    from infra.airflow import airflow_env
+    from recsys.settings import Settings
+
+    os.environ.update(airflow_env(Settings()))
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function giving a port on 127.0.0.1 that was free a moment ago."""
+    return _free_port
 
 
 @pytest.fixture(scope="session")

@@ -74,7 +74,9 @@ def test_stream_lands_in_bronze_or_dlq_exactly_once(unique_topic, local):
     archiver.close()
     assert stats.commits > 1
     assert_exactly_once(unique_topic, local, config)
-    assert set(bronze(local)["user_id"].to_pylist()) <= {u for u in bronze(local)["user_id"].to_pylist() if u[:2] == "u_"}
+    assert set(bronze(local)["user_id"].to_pylist()) <= {
+        u for u in bronze(local)["user_id"].to_pylist() if u[:2] == "u_"
+    }
 
 
 def test_restart_resumes_from_the_table_even_if_group_offsets_are_behind(unique_topic, local):

@@ -1,0 +1,79 @@
+"""Nightly rebuild of the recommender's batch model: archive-compact -> clean -> train -> evaluate -> publish.
+
+Thin on purpose: the work lives in `jobs/`. Each Spark step is a spark-submit of a
+job file through the `spark_recsys` connection (local[*] by default; point the
+connection at spark://..., yarn or k8s://... to run on a cluster; nothing else
+changes). archive-compact is not a Spark job and runs in the worker.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import DAG, Param, task
+
+from recsys.settings import get_settings
+
+JOBS = Path(__file__).resolve().parent.parent / "jobs"
+SPARK_CONN_ID = "spark_recsys"
+MODEL_VERSION = "m{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S%f') }}"
+
+settings = get_settings()
+
+
+def spark_job(task_id: str, args: list[str], **kwargs) -> SparkSubmitOperator:
+    return SparkSubmitOperator(
+        task_id=task_id,
+        application=str(JOBS / f"{task_id}.py"),
+        application_args=args,
+        conn_id=SPARK_CONN_ID,
+        name=f"recsys-{task_id}",
+        driver_memory=settings.spark_driver_memory,
+        conf={
+            # Driver and Python workers use the interpreter (and virtualenv) Airflow runs in.
+            "spark.pyspark.python": sys.executable,
+            "spark.pyspark.driver.python": sys.executable,
+        },
+        env_vars={"OPENBLAS_NUM_THREADS": "1"},
+        **kwargs,
+    )
+
+
+with DAG(
+    dag_id="recsys_nightly",
+    description="Rebuild the ALS model from the Delta master dataset and publish it if it passes the gate",
+    schedule="0 2 * * *",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,  # a missed night is made up by the next one: every run trains on all history
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True},
+    dagrun_timeout=timedelta(hours=4),
+    params={
+        "engine": Param(settings.als_engine, enum=["spark_als", "implicit"], description="Training engine"),
+        "rank": Param(settings.als_rank, type="integer", minimum=1),
+        "iterations": Param(settings.als_iterations, type="integer", minimum=1),
+        "drain_events": Param(True, type="boolean", description="Archive the events topic before cleaning"),
+    },
+    tags=["recsys"],
+) as dag:
+
+    @task(task_id="archive_compact")
+    def archive_compact(params: dict | None = None) -> dict:
+        from jobs.archive_compact import archive_compact as run
+
+        return run(drain=bool((params or {}).get("drain_events", True)))
+
+    clean = spark_job("clean", [])
+    train = spark_job(
+        "train",
+        ["--model-version", MODEL_VERSION, "--engine", "{{ params.engine }}",
+         "--rank", "{{ params.rank }}", "--iterations", "{{ params.iterations }}"],
+    )  # fmt: skip
+    evaluate = spark_job("evaluate", ["--model-version", MODEL_VERSION])
+    # A failed quality gate is an answer, not a glitch: retrying would give the same one.
+    publish = spark_job("publish", ["--model-version", MODEL_VERSION], retries=0)
+
+    archive_compact() >> clean >> train >> evaluate >> publish

@@ -1,0 +1,146 @@
+"""Run the project's Airflow locally: configured from settings, bound to 127.0.0.1, state in `<state>/airflow`.
+
+    python -m infra.airflow check      # DAG import errors (exit 1 if any)
+    python -m infra.airflow run-dag    # run the nightly DAG once, now (`airflow dags test`, real Spark)
+    python -m infra.airflow ui         # api-server, scheduler, dag-processor as separate processes
+    python -m infra.airflow stop
+
+Not `airflow standalone`: it binds its log servers to every interface. The
+scheduler runs with --skip-serve-logs (the API server reads the log files
+directly on this machine) and the API server binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from recsys.settings import PROJECT_ROOT, Settings, get_settings
+
+app = typer.Typer(help="Local Airflow for the nightly DAG.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)  # fmt: skip
+DAG_ID = "recsys_nightly"
+SERVICES = {
+    "api-server": ["api-server"],
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+}
+
+
+def airflow_home(s: Settings) -> Path:
+    return s.state_dir / "airflow"
+
+
+def airflow_env(s: Settings | None = None) -> dict[str, str]:
+    """The environment every airflow command of ours runs with (configuration by environment only)."""
+    s = s or get_settings()
+    home = airflow_home(s)
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",  # spark-submit comes from the venv's pyspark
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(s.airflow_port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{s.airflow_port}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        # The Spark master is a connection, so a cluster is a configuration change, not a code change.
+        "AIRFLOW_CONN_SPARK_RECSYS": json.dumps({"conn_type": "spark", "host": s.spark_master}),
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+    }
+
+
+def airflow(*args: str, s: Settings | None = None, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([_airflow_bin(), *args], env=airflow_env(s), check=check, **kwargs)
+
+
+def _airflow_bin() -> str:
+    return str(Path(sys.executable).parent / "airflow")
+
+
+def migrate(s: Settings | None = None) -> None:
+    s = s or get_settings()
+    airflow_home(s).mkdir(parents=True, exist_ok=True)
+    airflow("db", "migrate", s=s, stdout=subprocess.DEVNULL)
+
+
+@app.command()
+def check() -> None:
+    """List DAG import errors; exit 1 if there are any."""
+    migrate()
+    raise typer.Exit(airflow("dags", "list-import-errors", "--local", check=False).returncode)
+
+
+@app.command("run-dag")
+def run_dag(conf: str = typer.Option("{}", help='DAG params as JSON, e.g. \'{"engine": "implicit"}\'.')) -> None:
+    """Run the nightly DAG once, now, without a scheduler (`airflow dags test`)."""
+    migrate()
+    result = airflow("dags", "test", DAG_ID, "--conf", conf, check=False)
+    raise typer.Exit(result.returncode)
+
+
+def _pid_file(s: Settings, name: str) -> Path:
+    return airflow_home(s) / f"{name}.pid"
+
+
+@app.command()
+def ui() -> None:
+    """Start the Airflow UI (api-server), scheduler and dag-processor on 127.0.0.1 in the background."""
+    s = get_settings()
+    migrate(s)
+    logs = airflow_home(s) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name, args in SERVICES.items():
+        if _running(_pid_file(s, name)):
+            continue
+        with (logs / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen([_airflow_bin(), *args], env=airflow_env(s), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        _pid_file(s, name).write_text(str(proc.pid))
+    typer.echo(f"Airflow UI: http://127.0.0.1:{s.airflow_port}  (user admin; password in "
+               f"{airflow_home(s) / 'simple_auth_manager_passwords.json.generated'})\n"
+               f"logs in {logs}; stop with `python -m infra.airflow stop` or `make stop`")  # fmt: skip
+
+
+@app.command()
+def stop() -> None:
+    """Stop the processes `ui` started (by PID file, whole process group)."""
+    s = get_settings()
+    for name in SERVICES:
+        pid_file = _pid_file(s, name)
+        pid = _running(pid_file)
+        if pid:
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not _running(pid_file):
+                    break
+                time.sleep(0.1)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+            typer.echo(f"stopped {name}")
+        pid_file.unlink(missing_ok=True)
+
+
+def _running(pid_file: Path) -> int | None:
+    """The PID in `pid_file` if that process is alive and is an airflow process of ours."""
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if b"airflow" in cmdline else None
+
+
+if __name__ == "__main__":
+    app()

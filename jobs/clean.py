@@ -1,0 +1,164 @@
+"""clean: bronze snapshot -> silver interactions (validated, deduplicated, pseudonymised, bots dropped).
+
+Silver is recomputed in full from an immutable bronze snapshot (the batch view of
+the lambda architecture), so late events simply take their place by event time
+and the job is idempotent: the same bronze version always gives the same silver.
+
+    spark-submit jobs/clean.py [--bronze-version N]
+    python -m jobs.clean [--bronze-version N]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+import typer
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from jobs.common import setup_logging, spark_session, timed
+from recsys import lake
+from recsys.contracts import SILVER_SCHEMA, Tables
+from recsys.privacy import PSEUDONYM_RE, pseudonymise
+from recsys.settings import Settings, get_settings
+
+log = logging.getLogger("jobs.clean")
+LATE_AFTER_S = 3600  # an event that reached us more than an hour after it happened counts as late
+
+
+@dataclass
+class CleanReport:
+    bronze_version: int
+    silver_version: int = -1
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    pseudonymised_here: int = 0
+    late_events: int = 0
+    bot_users: int = 0
+    kafka_offsets: dict[int, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [
+            f"data quality, bronze v{self.bronze_version} -> silver v{self.silver_version}",
+            f"  rows in           {self.rows_in:>12,}",
+            *(f"  dropped {reason:<10}{n:>12,}" for reason, n in self.dropped.items()),
+            f"  rows out          {self.rows_out:>12,}",
+            f"  late events kept  {self.late_events:>12,}  (arrived > {LATE_AFTER_S}s after their event time)",
+            f"  bot users dropped {self.bot_users:>12,}",
+            f"  ids pseudonymised {self.pseudonymised_here:>12,}  (arrived raw; producers should do it)",
+        ]
+        return "\n".join(lines)
+
+
+def clean(spark: SparkSession, bronze_version: int | None = None, settings: Settings | None = None) -> CleanReport:
+    s = settings or get_settings()
+    bronze_path = Tables.path(Tables.BRONZE_EVENTS, s)
+    version = bronze_version if bronze_version is not None else lake.version(bronze_path)
+    if version is None:
+        raise lake.LakeError(f"no bronze table at {bronze_path}: run the archiver (or a backfill) first")
+    report = CleanReport(bronze_version=version)
+    bronze = lake.spark_read(spark, bronze_path, version).cache()
+    report.rows_in = bronze.count()
+    report.kafka_offsets = _next_offsets(bronze)
+
+    valid, reasons = _tag_invalid(bronze, s)
+    pseudonymised, report.pseudonymised_here = _pseudonymise(valid, s)
+    unique = _deduplicate(pseudonymised)
+    bots = _bot_users(unique, s.bot_max_events_per_minute).cache()
+    report.bot_users = bots.count()
+    silver = unique.join(bots, "user_id", "left_anti")
+
+    counts = {name: bronze.filter(cond).count() for name, cond in reasons.items()}
+    n_valid = valid.count()
+    n_unique = unique.count()
+    silver = silver.withColumn("weight", _weight(s)).select(*SILVER_SCHEMA.names).cache()
+    report.rows_out = silver.count()
+    report.dropped = {**counts, "duplicate": n_valid - n_unique, "bot": n_unique - report.rows_out}
+    report.late_events = (
+        silver.join(bronze.select("event_id", "ingested_at"), "event_id")
+        .filter(F.col("ingested_at").cast("long") - F.col("ts").cast("long") > LATE_AFTER_S)
+        .count()
+    )
+
+    silver_path = Tables.path(Tables.SILVER_INTERACTIONS, s)
+    report.silver_version = lake.spark_write(
+        silver.orderBy("ts", "event_id"),
+        silver_path,
+        mode="overwrite",
+        metadata={"job": "clean", "bronze_version": version, "report": asdict(report)},
+    )
+    bronze.unpersist()
+    return report
+
+
+def _next_offsets(bronze: DataFrame) -> dict[int, int]:
+    """Per Kafka partition, the first offset this snapshot does not contain (backfilled rows have -1)."""
+    rows = bronze.filter("kafka_partition >= 0").groupBy("kafka_partition").agg(F.max("kafka_offset")).collect()
+    return {int(r[0]): int(r[1]) + 1 for r in rows}
+
+
+def _tag_invalid(bronze: DataFrame, s: Settings) -> tuple[DataFrame, dict[str, Column]]:
+    """The rows that pass, and a condition per reason for the ones that do not (first reason wins)."""
+    missing = F.col("event_id").isNull() | F.col("user_id").isNull() | F.col("item_id").isNull() | F.col("ts").isNull()
+    unknown_type = ~F.col("event_type").isin(list(s.event_weights))
+    too_old = F.year("ts") < s.min_event_year
+    # Judged against arrival, not against now: a replayed old stream is not "from the future".
+    from_future = F.col("ts") > F.col("ingested_at") + F.expr(f"INTERVAL {s.max_future_skew_s} SECONDS")
+    reasons = {
+        "invalid": missing,
+        "type": ~missing & unknown_type,
+        "ts_range": ~missing & ~unknown_type & (too_old | from_future),
+    }
+    bad = missing | unknown_type | too_old | from_future
+    return bronze.filter(~bad), reasons
+
+
+def _pseudonymise(df: DataFrame, s: Settings) -> tuple[DataFrame, int]:
+    """Pseudonymise any user id that is not one yet (events that bypassed our producers)."""
+    is_pseudonym = F.col("user_id").rlike(PSEUDONYM_RE.pattern)
+    raw = df.filter(~is_pseudonym).count()
+    if raw == 0:
+        return df, 0
+    key = s.pseudonym_key_bytes()
+
+    @F.pandas_udf("string")
+    def hmac_ids(ids: pd.Series) -> pd.Series:
+        return ids.map(lambda u: pseudonymise(u, key))
+
+    return df.withColumn("user_id", F.when(is_pseudonym, F.col("user_id")).otherwise(hmac_ids("user_id"))), raw
+
+
+def _deduplicate(df: DataFrame) -> DataFrame:
+    """One row per event_id: the first that arrived (lowest partition/offset, then earliest ingestion)."""
+    first = Window.partitionBy("event_id").orderBy("ingested_at", "kafka_partition", "kafka_offset")
+    return df.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
+
+
+def _bot_users(df: DataFrame, max_per_minute: int) -> DataFrame:
+    """Users who ever sent more than `max_per_minute` events within one calendar minute."""
+    per_minute = df.groupBy("user_id", F.date_trunc("minute", "ts").alias("minute")).count()
+    return per_minute.filter(F.col("count") > max_per_minute).select("user_id").distinct()
+
+
+def _weight(s: Settings) -> Column:
+    mapping = F.create_map(*[x for k, w in s.event_weights.items() for x in (F.lit(k), F.lit(float(w)))])
+    return mapping[F.col("event_type")]
+
+
+def main(bronze_version: int = typer.Option(None, help="Bronze table version to clean (default: latest).")) -> None:
+    """Clean a bronze snapshot into the silver interactions table and print a data-quality summary."""
+    setup_logging()
+    spark = spark_session("clean")
+    with timed("clean"):
+        report = clean(spark, bronze_version)
+    print(report.summary())
+    print(json.dumps({"silver_version": report.silver_version, "rows_out": report.rows_out}))
+    spark.stop()
+
+
+if __name__ == "__main__":
+    typer.run(main)

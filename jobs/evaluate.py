@@ -1,0 +1,82 @@
+"""evaluate: score a candidate model's recipe on a time-based holdout, next to the popularity baseline.
+
+A model trained on all data cannot be scored on that data, so the job re-trains
+the candidate's engine with its exact hyper-parameters on the per-user time split
+of the same silver snapshot (DESIGN.md: each user's latest 20% of events are
+test), then computes P/R/F1/NDCG/MAP@k, AUC and coverage for it and for item
+popularity on the same split. The numbers go into the candidate's manifest and
+the registry, where `publish` reads them.
+
+    spark-submit jobs/evaluate.py --model-version m2026...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+import typer
+from pyspark.sql import SparkSession
+
+from jobs.common import record_in_registry, setup_logging, spark_session, timed
+from jobs.engines import AlsParams, get_engine
+from recsys import lake, model_store
+from recsys.contracts import Tables
+from recsys.evaluation import evaluate_factors, evaluate_popularity, make_split
+from recsys.settings import Settings, get_settings
+
+log = logging.getLogger("jobs.evaluate")
+
+
+def silver_events(spark: SparkSession, version: int, settings: Settings) -> pd.DataFrame:
+    """The snapshot's events as the evaluation protocol wants them: user_id, item_id, ts (epoch ms), weight."""
+    silver = lake.spark_read(spark, Tables.path(Tables.SILVER_INTERACTIONS, settings), version)
+    table = silver.selectExpr("user_id", "item_id", "unix_millis(ts) as ts", "weight").toArrow()
+    return table.to_pandas()
+
+
+def evaluate(spark: SparkSession, model_version: str, settings: Settings | None = None) -> dict[str, dict]:
+    s = settings or get_settings()
+    path = model_store.candidates_dir(s) / model_version
+    manifest = model_store.read_manifest(path)
+    hp = manifest.hyperparameters
+    params = AlsParams(manifest.rank, hp["iterations"], hp["reg"], hp["alpha"], hp["seed"])
+
+    with timed("time split"):
+        split = make_split(silver_events(spark, manifest.silver_table_version, s), test_share=s.eval_test_share)
+    log.info("split: %d train users, %d test events", split.train.n_users, split.n_test_events)
+    with timed(f"re-fit {manifest.engine} on the train part"):
+        user_factors, item_factors = get_engine(manifest.engine).fit(split.train.matrix, params, spark)
+    common = {"k": s.eval_k, "max_users": s.eval_max_users, "seed": s.als_seed}
+    metrics = evaluate_factors(user_factors, item_factors, split, **common)
+    baseline = evaluate_popularity(split, **common)
+
+    model_store.update_manifest(path, manifest.model_copy(update={"metrics": metrics, "baseline_metrics": baseline}))
+    record_in_registry(
+        model_version, "evaluated", engine=manifest.engine, silver_version=manifest.silver_table_version,
+        path=str(path), metrics={"model": metrics, "popularity": baseline}, settings=s,
+    )  # fmt: skip
+    return {"model": metrics, "popularity": baseline}
+
+
+def format_metrics(results: dict[str, dict]) -> str:
+    names = [k for k in next(iter(results.values())) if k != "n_users"]
+    lines = [f"{'':<12}" + "".join(f"{n:>13}" for n in names)]
+    for model, m in results.items():
+        lines.append(f"{model:<12}" + "".join(f"{m[n]:>13.4f}" for n in names))
+    return "\n".join(lines)
+
+
+def main(model_version: str = typer.Option(..., help="Candidate model version to evaluate.")) -> None:
+    """Evaluate a candidate against the popularity baseline on a time-based holdout."""
+    setup_logging()
+    spark = spark_session("evaluate")
+    results = evaluate(spark, model_version)
+    print(format_metrics(results))
+    print(json.dumps(results))
+    spark.stop()
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,106 @@
+"""publish: the quality gate, then an atomic promotion, a registry row and a MODEL message.
+
+The gate, on NDCG@k from `evaluate`:
+  - the candidate must beat popularity by a margin: ndcg >= (1 + min_lift) * popularity's, and
+  - must not regress against the current published model: ndcg >= (1 - max_regression) * current's.
+A failed gate publishes nothing, records why in the registry, and exits non-zero.
+
+Publishing is re-runnable: if a crash came after the promotion but before the
+MODEL message, running it again sends the message.
+
+    spark-submit jobs/publish.py --model-version m2026...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from jobs.common import record_in_registry, setup_logging
+from recsys import model_store
+from recsys.contracts import ModelManifest, ModelMessage, Topics
+from recsys.kafka_io import ensure_topics, producer
+from recsys.settings import Settings, get_settings
+
+log = logging.getLogger("jobs.publish")
+GATE_FAILED_EXIT = 3
+
+
+@dataclass
+class Decision:
+    passed: bool
+    reason: str
+    path: Path | None = None
+
+
+def gate(candidate: ModelManifest, current: ModelManifest | None, s: Settings) -> Decision:
+    key = f"ndcg@{s.eval_k}"
+    if key not in candidate.metrics or key not in candidate.baseline_metrics:
+        return Decision(False, f"candidate {candidate.model_version} has no {key}: run evaluate first")
+    new, popular = candidate.metrics[key], candidate.baseline_metrics[key]
+    needed = (1 + s.gate_min_lift) * popular
+    if new < needed:
+        return Decision(False, f"{key} {new:.4f} < {needed:.4f} = (1 + {s.gate_min_lift}) x popularity {popular:.4f}")
+    if current is not None and key in current.metrics:
+        floor = (1 - s.gate_max_regression) * current.metrics[key]
+        if new < floor:
+            return Decision(
+                False,
+                f"{key} {new:.4f} < {floor:.4f} = (1 - {s.gate_max_regression}) x current "
+                f"{current.model_version}'s {current.metrics[key]:.4f}",
+            )
+    vs_current = f", current {current.metrics.get(key, float('nan')):.4f}" if current else ", no current model"
+    return Decision(True, f"{key} {new:.4f} vs popularity {popular:.4f}{vs_current}")
+
+
+def publish(model_version: str, settings: Settings | None = None) -> Decision:
+    s = settings or get_settings()
+    candidate_path = model_store.candidates_dir(s) / model_version
+    published_path = model_store.published_dir(s) / model_version
+    if published_path.exists() and not candidate_path.exists():
+        log.info("%s was already promoted; sending its MODEL message again", model_version)
+        announce(model_version, published_path, s)
+        return Decision(True, "already published; MODEL message re-sent", published_path)
+
+    candidate = model_store.read_manifest(candidate_path)
+    current_path = model_store.latest_published(s)
+    current = model_store.read_manifest(current_path) if current_path else None
+    decision = gate(candidate, current, s)
+    common = {"engine": candidate.engine, "silver_version": candidate.silver_table_version, "settings": s}
+    if not decision.passed:
+        record_in_registry(model_version, "rejected", path=str(candidate_path), reason=decision.reason,
+                           metrics=candidate.metrics, **common)  # fmt: skip
+        return decision
+    decision.path = model_store.promote(candidate_path, s)
+    record_in_registry(model_version, "published", path=str(decision.path), reason=decision.reason,
+                       metrics=candidate.metrics, **common)  # fmt: skip
+    announce(model_version, decision.path, s)
+    return decision
+
+
+def announce(model_version: str, path: Path, s: Settings) -> None:
+    """Tell the speed and serving layers where the new model is (never the model itself)."""
+    ensure_topics(s)
+    prod = producer(s)
+    message = ModelMessage(model_version=model_version, path=str(path))
+    prod.send(Topics.MODEL_UPDATES, key=b"MODEL", value=message.model_dump_json().encode()).get(timeout=30)
+    prod.close()
+
+
+def main(model_version: str = typer.Option(..., help="Candidate model version to publish.")) -> None:
+    """Publish a candidate if it passes the quality gate."""
+    setup_logging()
+    decision = publish(model_version)
+    print(json.dumps({"published": decision.passed, "reason": decision.reason, "path": str(decision.path or "")}))
+    if not decision.passed:
+        log.error("quality gate failed, nothing published: %s", decision.reason)
+        sys.exit(GATE_FAILED_EXIT)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,106 @@
+"""The nightly DAG: parsed by real Airflow without a database, then run whole with `airflow dags test`."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from kafka import TopicPartition
+
+from infra import broker as broker_process
+from recsys import model_store
+from recsys.contracts import ModelMessage, Topics
+from recsys.data import movielens
+from recsys.kafka_io import consumer, end_offsets
+from recsys.replay import replay
+from recsys.settings import PROJECT_ROOT, Settings
+
+pytestmark = pytest.mark.integration
+TASKS = ["archive_compact", "clean", "train", "evaluate", "publish"]
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))  # examples are off in the environment
+    assert bag.import_errors == {}
+    return bag.dags["recsys_nightly"]
+
+
+def test_tasks_run_in_order_without_cycles(dag):
+    from airflow.utils.dag_cycle_tester import check_cycle
+
+    check_cycle(dag)
+    assert sorted(dag.task_ids) == sorted(TASKS)
+    for upstream, downstream in itertools.pairwise(TASKS):
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    assert dag.get_task("archive_compact").upstream_task_ids == set()
+
+
+def test_schedule_retries_and_no_catch_up_storm(dag):
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.get_task("clean").retries == 2
+    assert dag.get_task("publish").retries == 0  # a failed gate is not retried
+    assert set(dag.params.keys()) >= {"engine", "rank", "iterations"}
+
+
+def test_spark_steps_submit_job_files_through_one_connection(dag):
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    spark_tasks = [t for t in dag.tasks if isinstance(t, SparkSubmitOperator)]
+    assert sorted(t.task_id for t in spark_tasks) == ["clean", "evaluate", "publish", "train"]
+    for t in spark_tasks:
+        assert t._conn_id == "spark_recsys"
+        assert os.path.exists(t.application) and t.application.startswith(str(PROJECT_ROOT / "jobs"))
+
+
+def test_airflow_cli_reports_no_import_errors():
+    result = subprocess.run([sys.executable, "-m", "infra.airflow", "check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def isolated_stack(tmp_path, free_port):
+    """A broker and a state folder of this test's own, so the DAG drains only what the test produced."""
+    port = free_port()
+    s = Settings(state_dir=tmp_path, broker_port=port, kafka_bootstrap=f"127.0.0.1:{port}",
+                 pseudonym_key=os.environ["RECSYS_PSEUDONYM_KEY"])  # fmt: skip
+    broker_process.start(s)
+    yield s
+    broker_process.stop(s)
+
+
+def test_nightly_dag_runs_end_to_end_on_movielens(isolated_stack):
+    s = isolated_stack
+    events = ((e.key(), e.to_wire()) for e in movielens.iter_events(s.pseudonym_key_bytes()))
+    assert replay(events, settings=s, progress=False).sent == movielens.N_RATINGS
+    env = {
+        **os.environ,
+        "RECSYS_STATE_DIR": str(s.state_dir),
+        "RECSYS_BROKER_PORT": str(s.broker_port),
+        "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "infra.airflow", "run-dag", "--conf", json.dumps({"engine": "spark_als"})],
+        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
+
+    [version] = model_store.published_versions(s)
+    manifest = model_store.read_manifest(model_store.published_dir(s) / version)
+    assert manifest.engine == "spark_als" and manifest.n_users == movielens.N_USERS
+    assert manifest.metrics["ndcg@10"] >= 1.3 * manifest.baseline_metrics["ndcg@10"]
+    assert manifest.kafka_offsets == end_offsets(Topics.EVENTS, s)
+
+    c = consumer(f"check-{uuid.uuid4().hex[:6]}", settings=s)
+    tp = TopicPartition(Topics.MODEL_UPDATES, 0)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
+    records = [r for batch in c.poll(timeout_ms=5000).values() for r in batch]
+    c.close()
+    [message] = [ModelMessage.model_validate_json(r.value) for r in records]
+    assert message.model_version == version and message.path == str(model_store.published_dir(s) / version)

@@ -1,0 +1,159 @@
+"""The batch jobs on real Spark and real Delta tables: clean, train (both engines), evaluate, publish."""
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs.backfill import backfill, events_to_batches
+from jobs.clean import clean
+from jobs.common import registry_status
+from jobs.evaluate import evaluate
+from jobs.publish import publish
+from jobs.train import train
+from recsys import lake, model_store
+from recsys.contracts import BRONZE_SCHEMA, Tables, Topics
+from recsys.data import movielens
+from recsys.kafka_io import count_messages
+from recsys.privacy import pseudonymise
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def local(settings, tmp_path):
+    return settings.model_copy(update={"state_dir": tmp_path})
+
+
+def bronze_rows(rows: list[dict]) -> pa.Table:
+    defaults = {"session_id": None, "quantity": None, "price": None, "schema_version": 1, "ingested_at": NOW}
+    full = [{**defaults, **r} for r in rows]
+    for offset, r in enumerate(full):
+        r.setdefault("kafka_partition", 0)
+        r.setdefault("kafka_offset", offset)
+    return pa.Table.from_pylist(full, schema=BRONZE_SCHEMA)
+
+
+def event(eid: str, user: str, item: str = "i1", etype: str = "view", ts: datetime = NOW, **kw) -> dict:
+    return {"event_id": eid, "user_id": user, "item_id": item, "event_type": etype, "ts": ts, **kw}
+
+
+def test_clean_drops_each_kind_of_bad_row_and_says_how_many(spark, local):
+    alice = pseudonymise("alice", local.pseudonym_key_bytes())
+    bot = pseudonymise("bot", local.pseudonym_key_bytes())
+    rows = [
+        event(f"a{i}", alice, f"i{i}", "purchase" if i == 0 else "view", NOW - timedelta(minutes=i)) for i in range(5)
+    ]
+    rows += [
+        event("a0", alice, "i0", "purchase", NOW, kafka_offset=900),  # duplicate delivery of a0
+        event("raw1", "bob", "i2"),  # bypassed the producers: pseudonymised here
+        event("t1", alice, "i3", "click"),  # unknown event type
+        event("f1", alice, "i4", ts=NOW + timedelta(days=3)),  # from the future at arrival
+        event("o1", alice, "i4", ts=datetime(1990, 1, 1, tzinfo=UTC)),  # too old
+        event("late1", alice, "i9", ts=NOW - timedelta(days=3)),  # late but valid: kept
+    ]
+    rows += [
+        event(f"b{i}", bot, f"i{i % 50}", ts=NOW.replace(second=0) + timedelta(milliseconds=i)) for i in range(700)
+    ]
+    lake.write(Tables.path(Tables.BRONZE_EVENTS, local), bronze_rows(rows))
+
+    report = clean(spark, settings=local)
+    assert report.rows_in == len(rows)
+    assert report.dropped == {"invalid": 0, "type": 1, "ts_range": 2, "duplicate": 1, "bot": 700}
+    assert report.rows_out == 7 and report.bot_users == 1
+    assert report.pseudonymised_here == 1 and report.late_events == 1
+    assert report.kafka_offsets == {0: 901}
+
+    silver = lake.read(Tables.path(Tables.SILVER_INTERACTIONS, local)).to_pylist()
+    assert sorted(r["event_id"] for r in silver) == ["a0", "a1", "a2", "a3", "a4", "late1", "raw1"]
+    assert all(r["user_id"].startswith("u_") for r in silver)
+    assert {r["event_id"]: r["weight"] for r in silver}["a0"] == local.event_weights["purchase"]
+    assert "data quality" in report.summary()
+
+
+@pytest.fixture(scope="module")
+def movielens_models(spark, settings, tmp_path_factory):
+    """MovieLens-100K backfilled, cleaned, trained with both engines and evaluated, once for this module."""
+    s = settings.model_copy(update={"state_dir": tmp_path_factory.mktemp("ml")})
+    backfill(events_to_batches(movielens.iter_events(s.pseudonym_key_bytes())), settings=s)
+    clean(spark, settings=s)
+    results = {}
+    for engine in ("spark_als", "implicit"):
+        version = f"m2026010{len(results) + 1}-{engine}"
+        train(spark, version, engine, settings=s)
+        results[engine] = (version, evaluate(spark, version, settings=s))
+    return s, results
+
+
+def test_both_engines_write_the_same_artifact_format(movielens_models):
+    s, results = movielens_models
+    artifacts = {e: model_store.load(model_store.candidates_dir(s) / v) for e, (v, _) in results.items()}
+    spark_model, implicit_model = artifacts["spark_als"], artifacts["implicit"]
+    assert spark_model.manifest.objective.confidence == "one_plus_alpha_r"
+    assert spark_model.manifest.objective.reg_scaling == "count"
+    assert implicit_model.manifest.objective.confidence == "alpha_r"
+    assert implicit_model.manifest.objective.reg_scaling == "none"
+    for a in artifacts.values():
+        assert a.user_factors.shape == (movielens.N_USERS, a.manifest.rank)
+        assert a.item_factors.shape == (movielens.N_ITEMS, a.manifest.rank)
+        assert a.interactions.nnz == movielens.N_RATINGS  # one rating per (user, item) pair
+        assert np.isfinite(a.user_factors).all() and np.abs(a.item_factors).sum() > 0
+        assert a.manifest.silver_table_version == 0
+    np.testing.assert_array_equal(spark_model.user_ids, implicit_model.user_ids)
+    statuses = registry_status(s)
+    assert {statuses[v]["status"] for v, _ in results.values()} == {"evaluated"}
+
+
+def test_als_clearly_beats_popularity_on_movielens(movielens_models):
+    _, results = movielens_models
+    for engine, (_, metrics) in results.items():
+        model, popular = metrics["model"], metrics["popularity"]
+        assert model["ndcg@10"] >= 1.3 * popular["ndcg@10"], (engine, model, popular)
+        assert model["precision@10"] > popular["precision@10"]
+        assert model["coverage@10"] > popular["coverage@10"]
+        assert model["n_users"] == popular["n_users"] == movielens.N_USERS
+
+
+def test_spark_and_implicit_engines_reach_comparable_quality(movielens_models):
+    _, results = movielens_models
+    spark_ndcg = results["spark_als"][1]["model"]["ndcg@10"]
+    implicit_ndcg = results["implicit"][1]["model"]["ndcg@10"]
+    assert abs(spark_ndcg - implicit_ndcg) <= 0.15 * max(spark_ndcg, implicit_ndcg), (spark_ndcg, implicit_ndcg)
+
+
+def test_gate_failure_publishes_nothing_then_a_good_model_is_published(movielens_models, broker):
+    s, results = movielens_models
+    s = s.model_copy(update={"kafka_bootstrap": broker.kafka_bootstrap})
+    version = results["implicit"][0]
+    messages_before = count_messages([Topics.MODEL_UPDATES], s)[Topics.MODEL_UPDATES]
+
+    strict = s.model_copy(update={"gate_min_lift": 10.0})
+    refused = publish(version, strict)
+    assert not refused.passed and "popularity" in refused.reason
+    assert model_store.published_versions(s) == []
+    assert registry_status(s)[version]["status"] == "rejected"
+    assert count_messages([Topics.MODEL_UPDATES], s)[Topics.MODEL_UPDATES] == messages_before
+
+    accepted = publish(version, s)
+    assert accepted.passed and model_store.published_versions(s) == [version]
+    assert registry_status(s)[version]["status"] == "published"
+    assert count_messages([Topics.MODEL_UPDATES], s)[Topics.MODEL_UPDATES] == messages_before + 1
+
+    again = publish(version, s)  # as after a crash between the promotion and the message
+    assert again.passed and "re-sent" in again.reason
+    assert count_messages([Topics.MODEL_UPDATES], s)[Topics.MODEL_UPDATES] == messages_before + 2
+
+
+def test_time_decay_weights_recent_events_more(spark, local):
+    user = pseudonymise("carol", local.pseudonym_key_bytes())
+    rows = [event("old", user, "i_old", ts=NOW - timedelta(days=30)), event("new", user, "i_new", ts=NOW)]
+    lake.write(Tables.path(Tables.BRONZE_EVENTS, local), bronze_rows(rows))
+    clean(spark, settings=local)
+    decayed = local.model_copy(update={"decay_half_life_days": 10.0, "als_rank": 2, "als_iterations": 2})
+    path = train(spark, "m-decay", "implicit", settings=decayed)
+    artifact = model_store.load(path)
+    strengths = dict(zip(artifact.item_ids, artifact.interactions.toarray()[0], strict=True))
+    assert strengths["i_new"] == pytest.approx(1.0)
+    assert strengths["i_old"] == pytest.approx(0.5**3, rel=1e-4)

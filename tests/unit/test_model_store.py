@@ -1,0 +1,71 @@
+"""Model directories: complete or absent, immutable, promoted by rename."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsys import model_store
+from recsys.contracts import ModelManifest, Objective
+from recsys.settings import Settings
+
+
+def artifact(version: str = "m1", n_users: int = 3, n_items: int = 4, rank: int = 2) -> model_store.ModelArtifact:
+    manifest = ModelManifest(
+        model_version=version, created_at_ms=1, engine="implicit",
+        objective=Objective(confidence="alpha_r", reg_scaling="none", alpha=1, reg=0.1),
+        rank=rank, hyperparameters={}, n_users=n_users, n_items=n_items,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    return model_store.ModelArtifact(
+        manifest=manifest,
+        user_ids=np.array([f"u{i}" for i in range(n_users)]),
+        item_ids=np.array([f"i{j}" for j in range(n_items)]),
+        user_factors=rng.normal(size=(n_users, rank)).astype(np.float32),
+        item_factors=rng.normal(size=(n_items, rank)).astype(np.float32),
+        interactions=sp.random(n_users, n_items, density=0.5, format="csr", random_state=1, dtype=np.float32),
+        popularity=np.ones(n_items, np.float32),
+    )
+
+
+def test_round_trip(tmp_path):
+    a = artifact()
+    model_store.save(a, tmp_path / "m1")
+    b = model_store.load(tmp_path / "m1")
+    assert b.manifest.model_version == "m1" and b.manifest.files == model_store.FILES
+    np.testing.assert_array_equal(b.user_factors, a.user_factors)
+    np.testing.assert_array_equal(b.item_ids, a.item_ids)
+    assert (b.interactions != a.interactions).nnz == 0
+
+
+def test_inconsistent_shapes_are_refused():
+    a = artifact()
+    with pytest.raises(ValueError, match="inconsistent"):
+        model_store.ModelArtifact(**{**a.__dict__, "item_factors": a.item_factors[:2]})
+
+
+def test_failed_save_leaves_nothing_and_versions_are_immutable(tmp_path):
+    broken = artifact()
+    broken.popularity = object()  # fails while writing, after the factors are on disk
+    with pytest.raises(Exception):  # noqa: B017 - whatever numpy raises, the directory must not appear
+        model_store.save(broken, tmp_path / "m1")
+    assert list(tmp_path.iterdir()) == []
+    model_store.save(artifact(), tmp_path / "m1")
+    with pytest.raises(FileExistsError):
+        model_store.save(artifact(), tmp_path / "m1")
+
+
+def test_directory_without_manifest_is_not_a_model(tmp_path):
+    (tmp_path / "m1").mkdir()
+    with pytest.raises(model_store.ModelNotFound):
+        model_store.load(tmp_path / "m1")
+
+
+def test_promote_and_latest(tmp_path):
+    s = Settings(state_dir=tmp_path)
+    assert model_store.latest_published(s) is None
+    for v in ("m20260101", "m20260301", "m20260201"):
+        model_store.save(artifact(v), model_store.candidates_dir(s) / v)
+        model_store.promote(model_store.candidates_dir(s) / v, s)
+    assert model_store.published_versions(s) == ["m20260101", "m20260201", "m20260301"]
+    assert model_store.latest_published(s).name == "m20260301"
+    assert not (model_store.candidates_dir(s) / "m20260101").exists()
