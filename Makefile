@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # The demo keeps its own state (broker data, tables, keys), so it never touches anything else in .state/.
 DEMO_ENV := RECSYS_STATE_DIR=$(CURDIR)/.state/demo
 
-.PHONY: help venv system-deps demo test lint broker broker-stop stop lock clean
+.PHONY: help venv demo test lint broker stop lock clean dag-run airflow-ui bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,8 +48,23 @@ lint: venv  ## ruff
 broker: venv  ## start the local broker on 127.0.0.1 (default state folder)
 	$(PY) -m infra.broker start
 
-stop: ## stop everything the demo or `make broker` started
-	@if [ -x $(PY) ]; then $(DEMO_ENV) $(PY) -m infra.broker stop; $(PY) -m infra.broker stop; fi
+dag-run: venv  ## run the nightly DAG once, now, with real Airflow and Spark (needs `make broker`)
+	$(PY) -m infra.airflow run-dag
+
+airflow-ui: venv  ## start Airflow's UI, scheduler and dag-processor on 127.0.0.1
+	$(PY) -m infra.airflow ui
+
+bench: venv  ## benchmarks: writes bench/results/latest.json and report.md (tens of minutes)
+	$(PY) -m bench.run
+
+bench-quick: venv  ## reduced benchmarks, same output files
+	$(PY) -m bench.run --quick
+
+stop: ## stop everything the demo, `make broker` or `make airflow-ui` started
+	@if [ -x $(PY) ]; then \
+	  for env in "$(DEMO_ENV)" ""; do \
+	    env $$env $(PY) -m infra.airflow stop; env $$env $(PY) -m infra.broker stop; \
+	  done; fi
 
 clean: stop  ## remove the virtual environment and all local state
 	rm -rf $(VENV) .state .pytest_cache .ruff_cache

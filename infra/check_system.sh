@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# System packages the Python dependencies cannot bring: a Java runtime for Spark (17 or 21).
+# System packages the Python dependencies cannot bring:
+#   - a Java runtime for Spark (17 or 21): required;
+#   - OpenBLAS (libopenblas0-pthread) for Spark's native BLAS: optional, ALS runs ~1.6x faster with it.
 # Installs them with apt-get when we are root on Debian; otherwise says what is missing.
 set -euo pipefail
 
-need=()
-if ! command -v java >/dev/null 2>&1; then
-  need+=(openjdk-17-jre-headless)
-fi
-if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+required=()
+optional=()
+command -v java >/dev/null 2>&1 || required+=(openjdk-17-jre-headless)
+[ -e /usr/lib/x86_64-linux-gnu/libblas.so.3 ] || [ -e /usr/lib/libblas.so.3 ] || optional+=(libopenblas0-pthread)
+wanted=("${required[@]}" "${optional[@]}")
+[ ${#wanted[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing system packages: ${need[*]}"
+  echo "installing system packages: ${wanted[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-else
-  echo "missing system packages: ${need[*]} (install them, e.g. sudo apt-get install ${need[*]})" >&2
+  if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}" >/dev/null; then exit 0; fi
+fi
+if [ ${#required[@]} -gt 0 ]; then
+  echo "missing system packages: ${required[*]} (install them, e.g. sudo apt-get install ${required[*]})" >&2
   exit 1
 fi
+echo "note: ${optional[*]} not installed; Spark's ALS falls back to its slower Java BLAS" >&2

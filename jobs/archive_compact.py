@@ -17,7 +17,7 @@ import logging
 import typer
 
 from jobs.archiver import Archiver
-from jobs.common import setup_logging, timed
+from jobs.common import run_cli, setup_logging, timed
 from recsys import lake
 from recsys.contracts import Tables
 from recsys.settings import Settings, get_settings
@@ -51,4 +51,4 @@ def main(drain: bool = typer.Option(True, help="Archive what is in `events` befo
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_cli(main)

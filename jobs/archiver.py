@@ -257,4 +257,6 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    from jobs.common import run_cli
+
+    run_cli(main)

@@ -18,8 +18,9 @@ import pandas as pd
 import typer
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.storagelevel import StorageLevel
 
-from jobs.common import setup_logging, spark_session, timed
+from jobs.common import run_cli, setup_logging, spark_session, timed
 from recsys import lake
 from recsys.contracts import SILVER_SCHEMA, Tables
 from recsys.privacy import PSEUDONYM_RE, pseudonymise
@@ -27,6 +28,7 @@ from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.clean")
 LATE_AFTER_S = 3600  # an event that reached us more than an hour after it happened counts as late
+REASONS = ("invalid", "type", "ts_range")
 
 
 @dataclass
@@ -61,75 +63,80 @@ def clean(spark: SparkSession, bronze_version: int | None = None, settings: Sett
     if version is None:
         raise lake.LakeError(f"no bronze table at {bronze_path}: run the archiver (or a backfill) first")
     report = CleanReport(bronze_version=version)
-    bronze = lake.spark_read(spark, bronze_path, version).cache()
-    report.rows_in = bronze.count()
-    report.kafka_offsets = _next_offsets(bronze)
+    tagged = _tag_reasons(lake.spark_read(spark, bronze_path, version), s)
+    _tally_bronze(tagged, report)
 
-    valid, reasons = _tag_invalid(bronze, s)
-    pseudonymised, report.pseudonymised_here = _pseudonymise(valid, s)
-    unique = _deduplicate(pseudonymised)
+    valid = tagged.filter(F.col("_reason").isNull()).drop("_reason")
+    if report.pseudonymised_here:
+        valid = _pseudonymise(valid, s)
+    unique = _deduplicate(valid).persist(StorageLevel.MEMORY_AND_DISK)
+    n_unique = unique.count()
     bots = _bot_users(unique, s.bot_max_events_per_minute).cache()
     report.bot_users = bots.count()
-    silver = unique.join(bots, "user_id", "left_anti")
+    kept = unique.join(F.broadcast(bots), "user_id", "left_anti")
+    late = F.col("ingested_at").cast("long") - F.col("ts").cast("long") > LATE_AFTER_S
+    totals = kept.agg(F.count(F.lit(1)), F.sum(late.cast("int"))).first()
+    report.rows_out, report.late_events = int(totals[0]), int(totals[1] or 0)
+    n_valid = report.rows_in - sum(report.dropped.values())
+    report.dropped.update({"duplicate": n_valid - n_unique, "bot": n_unique - report.rows_out})
 
-    counts = {name: bronze.filter(cond).count() for name, cond in reasons.items()}
-    n_valid = valid.count()
-    n_unique = unique.count()
-    silver = silver.withColumn("weight", _weight(s)).select(*SILVER_SCHEMA.names).cache()
-    report.rows_out = silver.count()
-    report.dropped = {**counts, "duplicate": n_valid - n_unique, "bot": n_unique - report.rows_out}
-    report.late_events = (
-        silver.join(bronze.select("event_id", "ingested_at"), "event_id")
-        .filter(F.col("ingested_at").cast("long") - F.col("ts").cast("long") > LATE_AFTER_S)
-        .count()
-    )
-
-    silver_path = Tables.path(Tables.SILVER_INTERACTIONS, s)
+    silver = kept.withColumn("weight", _weight(s)).select(*SILVER_SCHEMA.names)
     report.silver_version = lake.spark_write(
-        silver.orderBy("ts", "event_id"),
-        silver_path,
+        silver,
+        Tables.path(Tables.SILVER_INTERACTIONS, s),
         mode="overwrite",
         metadata={"job": "clean", "bronze_version": version, "report": asdict(report)},
     )
-    bronze.unpersist()
+    unique.unpersist()
     return report
 
 
-def _next_offsets(bronze: DataFrame) -> dict[int, int]:
-    """Per Kafka partition, the first offset this snapshot does not contain (backfilled rows have -1)."""
-    rows = bronze.filter("kafka_partition >= 0").groupBy("kafka_partition").agg(F.max("kafka_offset")).collect()
-    return {int(r[0]): int(r[1]) + 1 for r in rows}
-
-
-def _tag_invalid(bronze: DataFrame, s: Settings) -> tuple[DataFrame, dict[str, Column]]:
-    """The rows that pass, and a condition per reason for the ones that do not (first reason wins)."""
+def _tag_reasons(bronze: DataFrame, s: Settings) -> DataFrame:
+    """Add `_reason`: why a row cannot be used (first reason wins), or null for a usable row."""
     missing = F.col("event_id").isNull() | F.col("user_id").isNull() | F.col("item_id").isNull() | F.col("ts").isNull()
     unknown_type = ~F.col("event_type").isin(list(s.event_weights))
     too_old = F.year("ts") < s.min_event_year
     # Judged against arrival, not against now: a replayed old stream is not "from the future".
     from_future = F.col("ts") > F.col("ingested_at") + F.expr(f"INTERVAL {s.max_future_skew_s} SECONDS")
-    reasons = {
-        "invalid": missing,
-        "type": ~missing & unknown_type,
-        "ts_range": ~missing & ~unknown_type & (too_old | from_future),
-    }
-    bad = missing | unknown_type | too_old | from_future
-    return bronze.filter(~bad), reasons
+    reason = (
+        F.when(missing, "invalid")
+        .when(unknown_type, "type")
+        .when(too_old | from_future, "ts_range")
+        .otherwise(F.lit(None).cast("string"))
+    )
+    return bronze.withColumn("_reason", reason)
 
 
-def _pseudonymise(df: DataFrame, s: Settings) -> tuple[DataFrame, int]:
-    """Pseudonymise any user id that is not one yet (events that bypassed our producers)."""
-    is_pseudonym = F.col("user_id").rlike(PSEUDONYM_RE.pattern)
-    raw = df.filter(~is_pseudonym).count()
-    if raw == 0:
-        return df, 0
+def _tally_bronze(tagged: DataFrame, report: CleanReport) -> None:
+    """One pass over bronze: rows, rejections per reason, raw user ids, and the next Kafka offset per partition."""
+    raw_id = F.col("_reason").isNull() & ~F.col("user_id").rlike(PSEUDONYM_RE.pattern)
+    per_partition = (
+        tagged.groupBy("kafka_partition")
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.max("kafka_offset").alias("max_offset"),
+            F.sum(raw_id.cast("int")).alias("raw_ids"),
+            *(F.sum((F.col("_reason") == r).cast("int")).alias(r) for r in REASONS),
+        )
+        .collect()
+    )
+    report.rows_in = sum(r["rows"] for r in per_partition)
+    report.pseudonymised_here = sum(r["raw_ids"] or 0 for r in per_partition)
+    report.dropped = {reason: sum(r[reason] or 0 for r in per_partition) for reason in REASONS}
+    # Backfilled rows (partition -1) did not come through Kafka: they cover no offsets.
+    report.kafka_offsets = {int(r["kafka_partition"]): int(r["max_offset"]) + 1
+                            for r in per_partition if r["kafka_partition"] >= 0}  # fmt: skip
+
+
+def _pseudonymise(df: DataFrame, s: Settings) -> DataFrame:
+    """Pseudonymise the user ids that are not pseudonyms yet (events that bypassed our producers)."""
     key = s.pseudonym_key_bytes()
 
     @F.pandas_udf("string")
     def hmac_ids(ids: pd.Series) -> pd.Series:
-        return ids.map(lambda u: pseudonymise(u, key))
+        return ids.map(lambda u: pseudonymise(u, key))  # pseudonyms map to themselves
 
-    return df.withColumn("user_id", F.when(is_pseudonym, F.col("user_id")).otherwise(hmac_ids("user_id"))), raw
+    return df.withColumn("user_id", hmac_ids("user_id"))
 
 
 def _deduplicate(df: DataFrame) -> DataFrame:
@@ -161,4 +168,4 @@ def main(bronze_version: int = typer.Option(None, help="Bronze table version to 
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_cli(main)

@@ -5,17 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import typer
 
 from recsys import lake
 from recsys.contracts import REGISTRY_SCHEMA, Tables
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs")
+
+
+def run_cli(main: Callable[..., None]) -> None:
+    """Run a job's typer `main` as its command line (plain tracebacks: they end up in Airflow's logs)."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(main)
+    app()
 
 
 def setup_logging() -> None:

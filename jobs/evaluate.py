@@ -19,7 +19,7 @@ import pandas as pd
 import typer
 from pyspark.sql import SparkSession
 
-from jobs.common import record_in_registry, setup_logging, spark_session, timed
+from jobs.common import record_in_registry, run_cli, setup_logging, spark_session, timed
 from jobs.engines import AlsParams, get_engine
 from recsys import lake, model_store
 from recsys.contracts import Tables
@@ -79,4 +79,4 @@ def main(model_version: str = typer.Option(..., help="Candidate model version to
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_cli(main)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import typer
 
-from jobs.common import record_in_registry, setup_logging
+from jobs.common import record_in_registry, run_cli, setup_logging
 from recsys import model_store
 from recsys.contracts import ModelManifest, ModelMessage, Topics
 from recsys.kafka_io import ensure_topics, producer
@@ -103,4 +103,4 @@ def main(model_version: str = typer.Option(..., help="Candidate model version to
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_cli(main)

@@ -24,7 +24,7 @@ import typer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.common import blas_in_use, new_model_version, record_in_registry, setup_logging, spark_session, timed
+from jobs.common import blas_in_use, new_model_version, record_in_registry, run_cli, setup_logging, spark_session, timed
 from jobs.engines import AlsParams, get_engine
 from recsys import lake, model_store
 from recsys.contracts import ModelManifest, Tables
@@ -158,4 +158,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_cli(main)

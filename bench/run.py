@@ -1,0 +1,201 @@
+"""`make bench`: measure, side by side in one run, and write `bench/results/latest.json` plus a Markdown report.
+
+    python -m bench.run                 # full: batch pipeline at 1M and 10M synthetic events, both engines
+    python -m bench.run --quick         # reduced sizes, same output file
+    python -m bench.run --sizes 2000000 --engines implicit
+
+Each figure carries its unit; the machine's core count and the repetitions are in
+`meta`. Absolute times on a shared machine are noisy: compare within one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from recsys.settings import PROJECT_ROOT, Settings
+
+RESULTS = PROJECT_ROOT / "bench" / "results"
+console = Console(width=160)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+class PeakRss:
+    """Samples the resident memory of a process and all its descendants (driver + Spark JVM) in a thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
+        self.pid, self.interval_s, self.peak_bytes = pid, interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                tree = [root, *root.children(recursive=True)]
+                self.peak_bytes = max(self.peak_bytes, sum(_rss(p) for p in tree))
+            except psutil.NoSuchProcess:
+                return
+            self._stop.wait(self.interval_s)
+
+
+def _rss(p: psutil.Process) -> int:
+    try:
+        return p.memory_info().rss
+    except psutil.NoSuchProcess:
+        return 0
+
+
+def bench_env(state: Path, port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "RECSYS_STATE_DIR": str(state),
+        "RECSYS_BROKER_PORT": str(port),
+        "RECSYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+        "RECSYS_PSEUDONYM_KEY": "bench-only-key-" + "0" * 32,
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_batch(sizes: list[int], engines: list[str], users: int, items: int) -> dict:
+    """Backfill n synthetic events, then time the whole batch pipeline per engine in a fresh child process."""
+    from infra import broker
+
+    results: dict = {engine: {} for engine in engines}
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
+            env = bench_env(Path(tmp), _free_port())
+            s = Settings(state_dir=Path(tmp), broker_port=int(env["RECSYS_BROKER_PORT"]),
+                         kafka_bootstrap=env["RECSYS_KAFKA_BOOTSTRAP"])  # fmt: skip
+            broker.start(s)
+            try:
+                console.print(f"[bold]batch[/bold]: backfilling {n:,} synthetic events")
+                backfill = [sys.executable, "-m", "jobs.backfill", "synthetic", "--events", str(n),
+                            "--users", str(users), "--items", str(items)]  # fmt: skip
+                subprocess.run(backfill, env=env, check=True, cwd=PROJECT_ROOT, stderr=subprocess.DEVNULL)
+                for engine in engines:
+                    results[engine][str(n)] = _time_pipeline(engine, n, env)
+            finally:
+                broker.stop(s)
+    return results
+
+
+def _time_pipeline(engine: str, n: int, env: dict[str, str]) -> dict:
+    console.print(f"[bold]batch[/bold]: {engine} pipeline on {n:,} events")
+    cmd = [sys.executable, "-m", "bench.batch_pipeline", "--engine", engine]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with PeakRss(proc.pid) as rss:
+        out, err = proc.communicate()
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{engine} pipeline failed:\n{err[-3000:]}")
+    detail = json.loads(out.strip().splitlines()[-1])
+    return {
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(rss.peak_bytes / 2**20),
+        "events_per_s": round(n / seconds),
+        **detail,
+    }
+
+
+def meta(quick: bool, repetitions: dict) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    return {
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "git_commit": commit.stdout.strip() or "unknown",
+        "quick": quick,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "repetitions": repetitions,
+    }
+
+
+def batch_table(batch: dict) -> Table:
+    table = Table(title="batch pipeline (clean + train + evaluate + publish), one run each")
+    for col in ("engine", "events", "seconds", "events/s", "peak RSS MB", "train s", "evaluate s", "NDCG@10",
+                "popularity", "BLAS"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for engine, by_size in batch.items():
+        for n, r in by_size.items():
+            table.add_row(engine, f"{int(n):,}", f"{r['seconds']:.0f}", f"{r['events_per_s']:,}",
+                          f"{r['peak_rss_mb']:,}", f"{r['steps_s']['train']:.0f}", f"{r['steps_s']['evaluate']:.0f}",
+                          f"{r['ndcg@10']:.3f}", f"{r['popularity_ndcg@10']:.3f}", r["blas"])  # fmt: skip
+    return table
+
+
+def write_report(results: dict) -> Path:
+    lines = [
+        "# Benchmark report",
+        "",
+        f"Machine: {results['meta']['cores']} cores, {results['meta']['memory_gb']} GB; commit "
+        f"{results['meta']['git_commit']}; quick={results['meta']['quick']}; {results['meta']['started_at']}.",
+        "",
+    ]
+    if "batch" in results:
+        lines += ["## Batch pipeline", "", "| engine | events | seconds | events/s | peak RSS (MB) | train (s) | "
+                  "evaluate (s) | NDCG@10 | popularity NDCG@10 | BLAS |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for engine, by_size in results["batch"].items():
+            for n, r in by_size.items():
+                lines.append(
+                    f"| {engine} | {int(n):,} | {r['seconds']} | {r['events_per_s']:,} | {r['peak_rss_mb']:,} | "
+                    f"{r['steps_s']['train']:.1f} | {r['steps_s']['evaluate']:.1f} | {r['ndcg@10']:.4f} | "
+                    f"{r['popularity_ndcg@10']:.4f} | {r['blas']} |"
+                )
+        lines += ["", "Reproduce: `make bench` (or `make bench-quick`). One run per cell; peak RSS is the whole "
+                  "process tree (Python driver + Spark JVM), sampled every 0.2 s."]  # fmt: skip
+    path = RESULTS / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@app.command()
+def main(
+    quick: bool = typer.Option(False, help="Reduced sizes (minutes, not tens of minutes)."),
+    sizes: str = typer.Option("", help="Comma-separated event counts for the batch section."),
+    engines: str = typer.Option("spark_als,implicit", help="Comma-separated training engines."),
+) -> None:
+    """Run the benchmarks and write bench/results/latest.json and report.md."""
+    chosen = [int(x) for x in sizes.split(",") if x] or ([1_000_000] if quick else [1_000_000, 10_000_000])
+    engine_list = [e for e in engines.split(",") if e]
+    results: dict = {}
+    results["batch"] = run_batch(chosen, engine_list, users=100_000, items=50_000)
+    results["meta"] = meta(quick, {"batch": 1})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    report = write_report(results)
+    console.print(batch_table(results["batch"]))
+    console.print(f"wrote {RESULTS / 'latest.json'} and {report}")
+
+
+if __name__ == "__main__":
+    app()
