@@ -162,8 +162,9 @@ def write_report(results: dict) -> Path:
         "",
     ]
     if "batch" in results:
-        lines += ["## Batch pipeline", "", "| engine | events | seconds | events/s | peak RSS (MB) | train (s) | "
-                  "evaluate (s) | NDCG@10 | popularity NDCG@10 | BLAS |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        header = "engine | events | seconds | events/s | peak RSS (MB) | train (s) | evaluate (s) | NDCG@10 | " \
+                 "popularity NDCG@10 | BLAS"  # fmt: skip
+        lines += ["## Batch pipeline", "", f"| {header} |", "|---" * 10 + "|"]
         for engine, by_size in results["batch"].items():
             for n, r in by_size.items():
                 lines.append(
@@ -173,27 +174,58 @@ def write_report(results: dict) -> Path:
                 )
         lines += ["", "Reproduce: `make bench` (or `make bench-quick`). One run per cell; peak RSS is the whole "
                   "process tree (Python driver + Spark JVM), sampled every 0.2 s."]  # fmt: skip
+    if "speed_layer" in results:
+        sl = results["speed_layer"]
+        lines += [
+            "", "## Speed layer", "",
+            f"Rank {sl['rank']}, {sl['n_items']:,} items, {sl['n_users']:,} model users, one process, real broker.", "",
+            "| events/s (drain a backlog) | event -> UP p50 (ms) at 1,000/s | p99 (ms) | solve per user (µs) | "
+            "mean history length |",
+            "|---|---|---|---|---|",
+            f"| {sl['events_per_s']:,} | {sl['latency_ms_p50']} | {sl['latency_ms_p99']} | {sl['solve_us_per_user']} | "
+            f"{sl['history_len_mean']} |",
+        ]  # fmt: skip
     path = RESULTS / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
+def speed_table(speed: dict) -> Table:
+    table = Table(title=f"speed layer, rank {speed['rank']}, {speed['n_items']:,} items, one process")
+    for col in ("events/s (backlog drain)", "latency p50 ms @1k/s", "latency p99 ms @1k/s", "solve µs/user",
+                "mean history length"):  # fmt: skip
+        table.add_column(col, justify="right")
+    table.add_row(f"{speed['events_per_s']:,}", f"{speed['latency_ms_p50']}", f"{speed['latency_ms_p99']}",
+                  f"{speed['solve_us_per_user']}", f"{speed['history_len_mean']}")  # fmt: skip
+    return table
+
+
 @app.command()
 def main(
     quick: bool = typer.Option(False, help="Reduced sizes (minutes, not tens of minutes)."),
+    only: str = typer.Option("batch,speed", help="Comma-separated sections to run."),
     sizes: str = typer.Option("", help="Comma-separated event counts for the batch section."),
     engines: str = typer.Option("spark_als,implicit", help="Comma-separated training engines."),
 ) -> None:
     """Run the benchmarks and write bench/results/latest.json and report.md."""
-    chosen = [int(x) for x in sizes.split(",") if x] or ([1_000_000] if quick else [1_000_000, 10_000_000])
-    engine_list = [e for e in engines.split(",") if e]
+    sections = set(only.split(","))
     results: dict = {}
-    results["batch"] = run_batch(chosen, engine_list, users=100_000, items=50_000)
-    results["meta"] = meta(quick, {"batch": 1})
+    repetitions: dict = {}
+    if "batch" in sections:
+        chosen = [int(x) for x in sizes.split(",") if x] or ([1_000_000] if quick else [1_000_000, 10_000_000])
+        results["batch"] = run_batch(chosen, [e for e in engines.split(",") if e], users=100_000, items=50_000)
+        repetitions["batch"] = 1
+        console.print(batch_table(results["batch"]))
+    if "speed" in sections:
+        from bench import speed
+
+        results["speed_layer"] = speed.run(quick)
+        repetitions["speed_layer"] = {"throughput": 1, "latency": 1, "solve": results["speed_layer"]["repetitions"]}
+        console.print(speed_table(results["speed_layer"]))
+    results["meta"] = meta(quick, repetitions)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
     report = write_report(results)
-    console.print(batch_table(results["batch"]))
     console.print(f"wrote {RESULTS / 'latest.json'} and {report}")
 
 

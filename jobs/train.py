@@ -28,6 +28,7 @@ from jobs.common import blas_in_use, new_model_version, record_in_registry, run_
 from jobs.engines import AlsParams, get_engine
 from recsys import lake, model_store
 from recsys.contracts import ModelManifest, Tables
+from recsys.evaluation import distinct_users_per_item
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.train")
@@ -131,7 +132,7 @@ def train(
         user_factors=user_factors,
         item_factors=item_factors,
         interactions=strengths.matrix,
-        popularity=np.asarray((strengths.matrix > 0).sum(axis=0)).ravel().astype(np.float32),
+        popularity=distinct_users_per_item(strengths.matrix).astype(np.float32),
     )
     path = model_store.save(artifact, model_store.candidates_dir(s) / model_version)
     record_in_registry(model_version, "trained", engine=engine_name, silver_version=version, path=str(path), settings=s)

@@ -197,19 +197,17 @@ def evaluate_factors(
     users = sample_users(split.test, max_users, seed)
     items_t = np.ascontiguousarray(np.asarray(item_factors, dtype=np.float32).T)
     recommended, _ = top_k(user_factors[users], item_factors, k, exclude=train.matrix[users], batch_size=batch_size)
-    return ranking_metrics(
-        recommended,
-        split.test,
-        users=users,
-        scores_fn=lambda rows: np.asarray(user_factors[rows], dtype=np.float32) @ items_t,
-        train=train.matrix,
-        batch_size=batch_size,
-    )
+    scores_fn = lambda rows: np.asarray(user_factors[rows], dtype=np.float32) @ items_t  # noqa: E731
+    return ranking_metrics(recommended, split.test, users, scores_fn, train.matrix, batch_size)
 
 
 def item_popularity(train: Interactions) -> np.ndarray:
     """Number of distinct train users per item (not summed weights: one heavy user should not make a hit)."""
-    return np.bincount(train.matrix.indices[train.matrix.data != 0], minlength=train.n_items).astype(np.float64)
+    return distinct_users_per_item(train.matrix)
+
+
+def distinct_users_per_item(matrix: sp.csr_matrix) -> np.ndarray:
+    return np.bincount(matrix.indices[matrix.data != 0], minlength=matrix.shape[1]).astype(np.float64)
 
 
 def evaluate_popularity(
@@ -224,14 +222,8 @@ def evaluate_popularity(
     pop = item_popularity(train)
     users = sample_users(split.test, max_users, seed)
     recommended, _ = top_k_popular(pop, k, exclude=train.matrix[users], batch_size=batch_size)
-    return ranking_metrics(
-        recommended,
-        split.test,
-        users=users,
-        scores_fn=lambda rows: np.broadcast_to(pop, (len(rows), pop.size)),
-        train=train.matrix,
-        batch_size=batch_size,
-    )
+    scores_fn = lambda rows: np.broadcast_to(pop, (len(rows), pop.size))  # noqa: E731
+    return ranking_metrics(recommended, split.test, users, scores_fn, train.matrix, batch_size)
 
 
 # --- the reference ALS --------------------------------------------------------------------

@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     airflow_port: int = Field(8080, description="Port of the local Airflow UI / API server (bound to 127.0.0.1).")
     vacuum_retention_hours: int = Field(168, ge=0, description="Files older than this are vacuumed after compaction.")
 
+    # --- speed layer -------------------------------------------------------------
+    speed_group: str = Field("speed-layer", description="Consumer group of the speed layer instances.")
+    speed_instance_id: str = Field("speed-0", description="Static member id of this speed-layer instance.")
+    speed_batch_max: int = Field(5_000, ge=1, description="Most events folded in per micro-batch.")
+    speed_batch_ms: int = Field(20, ge=1, description="Longest a micro-batch waits for events.")
+    speed_metrics_port: int = Field(9102, ge=0, description="Prometheus metrics port on 127.0.0.1 (0 = off).")
+
     # --- privacy and security -------------------------------------------------
     pseudonym_key: SecretStr | None = Field(
         None,

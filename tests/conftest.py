@@ -98,3 +98,17 @@ def unique_topic(broker) -> Iterator[str]:
     admin.create_topics([NewTopic(name, 3, 1)])
     admin.close()
     yield name
+
+
+@pytest.fixture
+def isolated_stack(tmp_path, free_port):
+    """A broker and a state folder of this test's own: the fixed topic names hold only what the test produced."""
+    from infra import broker as broker_process
+    from recsys.settings import Settings
+
+    port = free_port()
+    s = Settings(state_dir=tmp_path, broker_port=port, kafka_bootstrap=f"127.0.0.1:{port}",
+                 pseudonym_key=os.environ["RECSYS_PSEUDONYM_KEY"], speed_metrics_port=0)  # fmt: skip
+    broker_process.start(s)
+    yield s
+    broker_process.stop(s)

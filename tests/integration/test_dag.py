@@ -10,13 +10,12 @@ import uuid
 import pytest
 from kafka import TopicPartition
 
-from infra import broker as broker_process
 from recsys import model_store
 from recsys.contracts import ModelMessage, Topics
 from recsys.data import movielens
 from recsys.kafka_io import consumer, end_offsets
 from recsys.replay import replay
-from recsys.settings import PROJECT_ROOT, Settings
+from recsys.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 TASKS = ["archive_compact", "clean", "train", "evaluate", "publish"]
@@ -61,17 +60,6 @@ def test_spark_steps_submit_job_files_through_one_connection(dag):
 def test_airflow_cli_reports_no_import_errors():
     result = subprocess.run([sys.executable, "-m", "infra.airflow", "check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.fixture
-def isolated_stack(tmp_path, free_port):
-    """A broker and a state folder of this test's own, so the DAG drains only what the test produced."""
-    port = free_port()
-    s = Settings(state_dir=tmp_path, broker_port=port, kafka_bootstrap=f"127.0.0.1:{port}",
-                 pseudonym_key=os.environ["RECSYS_PSEUDONYM_KEY"])  # fmt: skip
-    broker_process.start(s)
-    yield s
-    broker_process.stop(s)
 
 
 def test_nightly_dag_runs_end_to_end_on_movielens(isolated_stack):

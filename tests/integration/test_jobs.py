@@ -15,6 +15,7 @@ from jobs.train import train
 from recsys import lake, model_store
 from recsys.contracts import BRONZE_SCHEMA, Tables, Topics
 from recsys.data import movielens
+from recsys.foldin import FoldIn
 from recsys.kafka_io import count_messages
 from recsys.privacy import pseudonymise
 
@@ -157,3 +158,20 @@ def test_time_decay_weights_recent_events_more(spark, local):
     strengths = dict(zip(artifact.item_ids, artifact.interactions.toarray()[0], strict=True))
     assert strengths["i_new"] == pytest.approx(1.0)
     assert strengths["i_old"] == pytest.approx(0.5**3, rel=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["spark_als", "implicit"])
+def test_folding_in_a_batch_user_reproduces_the_batch_vector(movielens_models, engine):
+    """Same data, same item factors, the objective from the manifest: the fold-in lands on the trained vector.
+
+    Up to one half-iteration: an engine whose last step updated the items has user
+    vectors one step behind the final item factors.
+    """
+    s, results = movielens_models
+    artifact = model_store.load(model_store.candidates_dir(s) / results[engine][0])
+    folded = FoldIn(artifact.item_factors, artifact.manifest.objective).vectors(artifact.interactions)
+    batch = np.asarray(artifact.user_factors, dtype=np.float64)
+    cosine = (folded * batch).sum(1) / (np.linalg.norm(folded, axis=1) * np.linalg.norm(batch, axis=1))
+    relative = np.linalg.norm(folded - batch, axis=1) / np.linalg.norm(batch, axis=1)
+    assert np.median(cosine) > 0.99 and cosine.min() > 0.9, (engine, np.median(cosine), cosine.min())
+    assert np.median(relative) < 0.1, (engine, np.median(relative))

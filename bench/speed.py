@@ -1,0 +1,188 @@
+"""Speed-layer benchmark: sustained events/s through the real broker, event -> UP latency, solve cost per user.
+
+Runs against its own broker and state folder. The model is fitted with the
+implicit engine (few iterations: throughput does not depend on factor quality,
+only on the artifact's shape: rank, catalogue size, history lengths).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from kafka import TopicPartition
+
+from jobs.engines import AlsParams, implicit_als
+from recsys import model_store
+from recsys.contracts import ModelManifest, Topics, VectorUpdate
+from recsys.data.synthetic import SyntheticConfig, iter_batches, iter_messages
+from recsys.evaluation import distinct_users_per_item
+from recsys.foldin import FoldIn
+from recsys.kafka_io import consumer, end_offsets
+from recsys.replay import replay
+from recsys.settings import PROJECT_ROOT, Settings
+
+
+def build_model(s: Settings, n_users: int, n_items: int, rank: int, history_events: int) -> model_store.ModelArtifact:
+    """A published model over `history_events` synthetic events (not in Kafka: offsets start at 0)."""
+    import pandas as pd
+    import scipy.sparse as sp
+
+    config = SyntheticConfig(n_events=history_events, n_users=n_users, n_items=n_items, seed=100)
+    frames = [b.select(["user_id", "item_id", "event_type"]).to_pandas() for b in iter_batches(config)]
+    df = pd.concat(frames, ignore_index=True)
+    df["w"] = df["event_type"].map(s.event_weights)
+    users, u = np.unique(df["user_id"].to_numpy(str), return_inverse=True)
+    items, i = np.unique(df["item_id"].to_numpy(str), return_inverse=True)
+    matrix = sp.csr_matrix((df["w"].to_numpy(np.float32), (u, i)), shape=(len(users), len(items)))
+    params = AlsParams(rank=rank, iterations=2, reg=20.0, alpha=1.0)
+    user_factors, item_factors = implicit_als.fit(matrix, params)
+    manifest = ModelManifest(
+        model_version="mbench", created_at_ms=int(time.time() * 1000), engine="implicit",
+        objective=implicit_als.objective(params), rank=rank, hyperparameters={}, n_users=len(users),
+        n_items=len(items), kafka_offsets={},
+    )  # fmt: skip
+    artifact = model_store.ModelArtifact(manifest, users, items, user_factors, item_factors, matrix,
+                                         distinct_users_per_item(matrix).astype(np.float32))  # fmt: skip
+    model_store.promote(model_store.save(artifact, model_store.candidates_dir(s) / "mbench"), s)
+    return artifact
+
+
+def solve_cost_per_user(artifact: model_store.ModelArtifact, batch: int = 2000, repeats: int = 5) -> dict:
+    """Median microseconds per user of one batched fold-in over users' full training histories."""
+    fold = FoldIn(artifact.item_factors, artifact.manifest.objective)
+    rows = artifact.interactions[:batch]
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fold.vectors(rows)
+        times.append((time.perf_counter() - started) / batch * 1e6)
+    return {"solve_us_per_user": round(statistics.median(times), 1),
+            "history_len_mean": round(rows.nnz / batch, 1), "repetitions": repeats}  # fmt: skip
+
+
+def throughput(s: Settings, n_users: int, n_items: int, n_events: int) -> dict:
+    """A backlog of `n_events` in `events`, then one speed-layer process drains it: events/s end to end."""
+    config = SyntheticConfig(n_events=n_events, n_users=n_users, n_items=n_items, seed=101)
+    replay(iter_messages(config, key=s.pseudonym_key_bytes()), settings=s, progress=False)
+    target = sum(end_offsets(Topics.EVENTS, s).values())
+    ups_before = _up_count(s)
+    proc = _speed_process(s, "speed-bench")
+    try:
+        # The clock starts at the first committed batch: process start-up and group join are not throughput.
+        first = _wait_committed(proc, s, lambda n: n > 0)
+        started = time.monotonic()
+        _wait_committed(proc, s, lambda n: n >= target)
+        seconds = time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"events": target - first, "seconds": round(seconds, 2), "events_per_s": round((target - first) / seconds),
+            "up_messages": _up_count(s) - ups_before}  # fmt: skip
+
+
+def _wait_committed(proc: subprocess.Popen, s: Settings, done) -> int:
+    while not done(n := _committed(s)):
+        if proc.poll() is not None:
+            raise RuntimeError(f"speed layer exited: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    return n
+
+
+def latency(s: Settings, n_users: int, n_items: int, rate: float, seconds: float) -> dict:
+    """Events paced at `rate`/s while one process folds them in; time from produce to the UP being readable."""
+    # A model covering the backlog, so the process starts at the end of the log instead of replaying it.
+    artifact = model_store.load(model_store.latest_published(s))
+    artifact.manifest = artifact.manifest.model_copy(
+        update={"model_version": "mbench-latency", "kafka_offsets": end_offsets(Topics.EVENTS, s)}
+    )
+    model_store.promote(model_store.save(artifact, model_store.candidates_dir(s) / "mbench-latency"), s)
+    proc = _speed_process(s, "speed-latency")
+    seen: list[float] = []
+    stop = threading.Event()
+    reader = threading.Thread(target=_read_latencies, args=(s, seen, stop), daemon=True)
+    try:
+        time.sleep(8)  # let the process load the model and join the group
+        reader.start()
+        config = SyntheticConfig(n_events=int(rate * seconds), n_users=n_users, n_items=n_items, seed=102)
+        replay(iter_messages(config, key=s.pseudonym_key_bytes()), rate=rate, settings=s, progress=False)
+        time.sleep(3)
+    finally:
+        stop.set()
+        reader.join(10)
+        proc.terminate()
+        proc.wait(30)
+    if not seen:
+        raise RuntimeError("no UP message was read back")
+    ms = np.array(seen)
+    return {"rate_per_s": rate, "ups": len(ms), "latency_ms_p50": round(float(np.percentile(ms, 50)), 1),
+            "latency_ms_p99": round(float(np.percentile(ms, 99)), 1)}  # fmt: skip
+
+
+def _read_latencies(s: Settings, out: list[float], stop: threading.Event) -> None:
+    c = consumer(None, settings=s)
+    tp = TopicPartition(Topics.MODEL_UPDATES, 0)
+    c.assign([tp])
+    c.seek_to_end(tp)
+    while not stop.is_set():
+        for records in c.poll(timeout_ms=200).values():
+            now_ms = time.time() * 1000
+            for r in records:
+                if r.key.startswith(b"UP:user:"):
+                    up = VectorUpdate.model_validate_json(r.value)
+                    if up.event_ts_ms:
+                        out.append(now_ms - up.event_ts_ms)
+    c.close()
+
+
+def _speed_process(s: Settings, instance: str) -> subprocess.Popen:
+    env = {**os.environ, "RECSYS_STATE_DIR": str(s.state_dir), "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+           "RECSYS_SPEED_METRICS_PORT": "0", "RECSYS_PSEUDONYM_KEY": s.pseudonym_key.get_secret_value()}  # fmt: skip
+    return subprocess.Popen([sys.executable, "-m", "speed_layer", "--instance-id", instance], env=env,
+                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _committed(s: Settings) -> int:
+    c = consumer(s.speed_group, settings=s)
+    parts = c.partitions_for_topic(Topics.EVENTS) or set()
+    total = sum(c.committed(TopicPartition(Topics.EVENTS, p)) or 0 for p in parts)
+    c.close()
+    return total
+
+
+def _up_count(s: Settings) -> int:
+    return sum(end_offsets(Topics.MODEL_UPDATES, s).values())
+
+
+def run(quick: bool) -> dict:
+    from infra import broker
+
+    n_users, n_items, rank = (20_000, 50_000, 64)
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-speed-") as tmp:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        s = Settings(state_dir=Path(tmp), broker_port=port, kafka_bootstrap=f"127.0.0.1:{port}",
+                     pseudonym_key="bench-only-key-" + "0" * 32)  # fmt: skip
+        broker.start(s)
+        try:
+            artifact = build_model(s, n_users, n_items, rank, history_events=300_000 if quick else 1_000_000)
+            result = {"rank": rank, "n_items": len(artifact.item_ids), "n_users": len(artifact.user_ids)}
+            result.update(solve_cost_per_user(artifact))
+            result["throughput"] = throughput(s, n_users, n_items, 50_000 if quick else 200_000)
+            result["events_per_s"] = result["throughput"]["events_per_s"]
+            lat = latency(s, n_users, n_items, rate=1_000, seconds=10 if quick else 30)
+            result.update({"latency_ms_p50": lat["latency_ms_p50"], "latency_ms_p99": lat["latency_ms_p99"],
+                           "latency": lat})  # fmt: skip
+        finally:
+            broker.stop(s)
+    return result

@@ -1,0 +1,190 @@
+"""The speed layer process: `events` -> fold-in -> UP messages on `model-updates`.
+
+One consumer group; instances share the partitions and, since events are keyed
+by user, each instance owns its users. Per micro-batch: validate, fold in, publish
+the UPs, flush, then commit offsets (at-least-once: an UP is an absolute vector,
+so applying it twice changes nothing).
+
+State lives in memory and is rebuilt, never saved: whenever a model is loaded or
+partitions are assigned, the consumer seeks to the offsets the model's manifest
+says it covers, and replays from there. So a crash, a restart or a new model all
+resume from committed state (the model and the log) and lose nothing between the
+batch cut-off and now.
+
+Invalid events are skipped and counted; the archiver owns the dead-letter topic
+(two writers would put every bad event there twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from recsys import model_store
+from recsys.contracts import Event, ModelMessage, Topics, VectorUpdate, validate_event
+from recsys.kafka_io import consumer, producer
+from recsys.settings import Settings, get_settings
+from speed_layer import metrics
+from speed_layer.state import SpeedState, Updates
+
+log = logging.getLogger("speed_layer")
+
+
+class SpeedLayer:
+    def __init__(self, settings: Settings | None = None, instance_id: str | None = None) -> None:
+        self.s = settings or get_settings()
+        self.instance_id = instance_id or self.s.speed_instance_id
+        self.artifact: model_store.ModelArtifact | None = None
+        self.state: SpeedState | None = None
+        self._stop = False
+        self._last_lag_check = 0.0
+        self.events = consumer(
+            self.s.speed_group, settings=self.s, group_instance_id=self.instance_id,
+            max_poll_records=self.s.speed_batch_max,
+        )  # fmt: skip
+        self.models = consumer(None, settings=self.s)
+        updates = TopicPartition(Topics.MODEL_UPDATES, 0)
+        self.models.assign([updates])
+        self.models.seek_to_end(updates)  # the model on disk is loaded at start; later ones arrive here
+        self.producer = producer(self.s, linger_ms=2)
+        self.events.subscribe([Topics.EVENTS], listener=_ReplayFromModel(self))
+
+    # --- models ----------------------------------------------------------------------------
+    def load_model(self, path: Path) -> None:
+        self.artifact = model_store.load(path)
+        metrics.MODEL_INFO.info({"model_version": self.artifact.manifest.model_version})
+        log.info("model %s loaded; replaying events after %s", self.artifact.manifest.model_version,
+                 self.artifact.manifest.kafka_offsets)  # fmt: skip
+        self.restart_from_model(self.events.assignment())
+
+    def restart_from_model(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fresh state from the model, and each partition read again from where the model's data ends.
+
+        Run on every model load and every assignment (kafka-python's eager rebalances hand
+        over the whole assignment), so no event is ever counted twice or skipped.
+        """
+        if self.artifact is None:
+            return
+        self.state = SpeedState(self.artifact, dict(self.s.event_weights))
+        offsets = self.artifact.manifest.kafka_offsets
+        for tp in partitions:
+            if tp.partition in offsets:
+                self.events.seek(tp, offsets[tp.partition])
+            else:  # the model holds nothing from this partition: all of it is new
+                self.events.seek_to_beginning(tp)
+
+    def _check_for_new_model(self, timeout_ms: int = 0) -> None:
+        newest: ModelMessage | None = None
+        for records in self.models.poll(timeout_ms=timeout_ms).values():
+            for r in records:
+                if r.key == b"MODEL":
+                    newest = ModelMessage.model_validate_json(r.value)
+        if newest and (self.state is None or newest.model_version != self.state.model_version):
+            self.load_model(Path(newest.path))
+
+    def wait_for_model(self) -> None:
+        latest = model_store.latest_published(self.s)
+        if latest is not None:
+            self.load_model(latest)
+        seconds = 0
+        while self.state is None and not self._stop:
+            if seconds % 10 == 0:
+                log.info("waiting for the first published model (none in %s yet)", model_store.published_dir(self.s))
+            self._check_for_new_model(timeout_ms=1000)
+            seconds += 1
+
+    # --- the loop -------------------------------------------------------------------------
+    def run(self, max_idle_s: float | None = None) -> None:
+        """Process until stopped (or, for tests and replays, until idle for `max_idle_s`)."""
+        self.wait_for_model()
+        idle_since = time.monotonic()
+        while not self._stop:
+            self._check_for_new_model()
+            n = self.step()
+            if n:
+                idle_since = time.monotonic()
+            elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                break
+            self._report_lag()
+
+    def step(self) -> int:
+        """One micro-batch: poll, fold in, publish, flush, commit. Returns the number of records read."""
+        polled = self.events.poll(timeout_ms=self.s.speed_batch_ms, max_records=self.s.speed_batch_max)
+        records = [r for batch in polled.values() for r in batch]
+        if not records or self.state is None:
+            return len(records)
+        valid: list[tuple[Event, int]] = []
+        for r in records:
+            result = validate_event(r.value, self.s)
+            if isinstance(result, Event):
+                valid.append((result, r.timestamp))
+            else:
+                metrics.INVALID.labels(result.reason).inc()
+        started = time.monotonic()
+        updates = self.state.apply(valid)
+        metrics.SOLVE_SECONDS.observe(time.monotonic() - started)
+        self.publish(updates)
+        self.events.commit()  # only after the UPs are durable
+        metrics.EVENTS.inc(len(valid))
+        return len(records)
+
+    def publish(self, updates: Updates) -> None:
+        version = self.state.model_version
+        for kind, vectors in (("user", updates.users), ("item", updates.items)):
+            for id_, vector in vectors.items():
+                message = VectorUpdate(model_version=version, kind=kind, id=id_, vector=vector.tolist(),
+                                       event_ts_ms=updates.source_ts_ms.get((kind, id_)))  # fmt: skip
+                self.producer.send(Topics.MODEL_UPDATES, key=f"UP:{kind}:{id_}".encode(),
+                                   value=message.model_dump_json().encode())  # fmt: skip
+            metrics.FOLDINS.labels(kind).inc(len(vectors))
+        self.producer.flush()
+        now_ms = time.time() * 1000
+        for ts in updates.source_ts_ms.values():
+            metrics.LATENCY.observe(max(0.0, now_ms - ts) / 1000)
+
+    def _report_lag(self) -> None:
+        if time.monotonic() - self._last_lag_check < 5:
+            return
+        self._last_lag_check = time.monotonic()
+        assigned = list(self.events.assignment())
+        if assigned:
+            ends = self.events.end_offsets(assigned)
+            metrics.LAG.set(sum(max(0, ends[tp] - self.events.position(tp)) for tp in assigned))
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        self.events.close(autocommit=False)
+        self.models.close()
+        self.producer.close()
+
+
+class _ReplayFromModel(ConsumerRebalanceListener):
+    def __init__(self, layer: SpeedLayer) -> None:
+        self.layer = layer
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass  # every batch is published and committed before the next poll
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.layer.restart_from_model(assigned)
+
+
+def serve(settings: Settings | None = None, instance_id: str | None = None) -> None:
+    s = settings or get_settings()
+    if s.speed_metrics_port:
+        metrics.start_server(s.speed_metrics_port)
+    layer = SpeedLayer(s, instance_id)
+    signal.signal(signal.SIGTERM, layer.stop)
+    signal.signal(signal.SIGINT, layer.stop)
+    try:
+        layer.run()
+    finally:
+        layer.close()
+        log.info("stopped cleanly")

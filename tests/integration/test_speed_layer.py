@@ -1,0 +1,201 @@
+"""The speed layer against the real broker: exact fold-in, replay after a new model, crashes, bad input."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from kafka import TopicPartition
+from prometheus_client import REGISTRY
+
+from jobs.engines import AlsParams, implicit_als
+from jobs.publish import announce
+from recsys import model_store
+from recsys.contracts import Event, ModelManifest, Topics, VectorUpdate, validate_event
+from recsys.data.synthetic import SyntheticConfig, iter_messages
+from recsys.evaluation import distinct_users_per_item
+from recsys.foldin import FoldIn
+from recsys.kafka_io import consumer, end_offsets
+from recsys.replay import replay
+from recsys.settings import PROJECT_ROOT
+from speed_layer.service import SpeedLayer
+
+pytestmark = pytest.mark.integration
+CATALOGUE = {"n_users": 300, "n_items": 150, "n_categories": 5}
+
+
+def produce(s, seed: int, n: int, malformed: float = 0.0) -> list[Event]:
+    config = SyntheticConfig(n_events=n, seed=seed, malformed_share=malformed, **CATALOGUE)
+    messages = list(iter_messages(config, key=s.pseudonym_key_bytes()))
+    assert replay(messages, settings=s, progress=False).sent == n
+    return [e for _, v in messages if isinstance(e := validate_event(v, s), Event)]
+
+
+def publish_model(s, events: list[Event], version: str) -> model_store.ModelArtifact:
+    """Fit the implicit engine on `events` and publish it as covering everything in `events` so far."""
+    weights = s.event_weights
+    users = np.array(sorted({e.user_id for e in events}))
+    items = np.array(sorted({e.item_id for e in events}))
+    u = np.searchsorted(users, [e.user_id for e in events])
+    i = np.searchsorted(items, [e.item_id for e in events])
+    matrix = sp.csr_matrix(([weights[e.event_type] for e in events], (u, i)), shape=(len(users), len(items)))
+    params = AlsParams(rank=16, iterations=6, reg=1.0, alpha=1.0)
+    user_factors, item_factors = implicit_als.fit(matrix, params)
+    manifest = ModelManifest(
+        model_version=version, created_at_ms=int(time.time() * 1000), engine="implicit",
+        objective=implicit_als.objective(params), rank=16, hyperparameters={}, n_users=len(users),
+        n_items=len(items), kafka_offsets=end_offsets(Topics.EVENTS, s),
+    )  # fmt: skip
+    artifact = model_store.ModelArtifact(manifest, users, items, user_factors, item_factors, matrix.astype(np.float32),
+                                         distinct_users_per_item(matrix).astype(np.float32))  # fmt: skip
+    path = model_store.save(artifact, model_store.candidates_dir(s) / version)
+    model_store.promote(path, s)
+    return artifact
+
+
+def latest_updates(s) -> dict[tuple[str, str], VectorUpdate]:
+    c = consumer(None, settings=s)
+    tp = TopicPartition(Topics.MODEL_UPDATES, 0)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
+    end = c.end_offsets([tp])[tp]
+    latest = {}
+    while c.position(tp) < end:
+        for records in c.poll(timeout_ms=1000).values():
+            for r in records:
+                if r.key.startswith(b"UP:"):
+                    up = VectorUpdate.model_validate_json(r.value)
+                    latest[(up.kind, up.id)] = up
+    c.close()
+    return latest
+
+
+def expected_user_vectors(artifact, stream: list[Event], weights) -> dict[str, np.ndarray]:
+    """Independently: each streamed user's training row plus the stream, folded in (model items only)."""
+    index = {it: j for j, it in enumerate(artifact.item_ids)}
+    rows = {u: i for i, u in enumerate(artifact.user_ids)}
+    delta = defaultdict(lambda: np.zeros(len(index)))
+    new_item_users = {e.user_id for e in stream if e.item_id not in index}
+    for e in stream:
+        if e.item_id in index:
+            delta[e.user_id][index[e.item_id]] += weights[e.event_type]
+    fold = FoldIn(artifact.item_factors, artifact.manifest.objective)
+    out = {}
+    for user, d in delta.items():
+        if user in new_item_users:
+            continue  # their vector depends on when the new item got one: checked elsewhere
+        row = d + (artifact.interactions[rows[user]].toarray().ravel() if user in rows else 0)
+        nz = np.flatnonzero(row)
+        out[user] = fold.vector(nz, row[nz])
+    return out
+
+
+def run_until_idle(s, instance: str = "speed-test", idle_s: float = 3.0) -> SpeedLayer:
+    layer = SpeedLayer(s, instance)
+    try:
+        layer.run(max_idle_s=idle_s)
+    finally:
+        layer.close()
+    return layer
+
+
+def assert_users_match(s, artifact, stream) -> int:
+    expected = expected_user_vectors(artifact, stream, s.event_weights)
+    updates = latest_updates(s)
+    for user, vector in expected.items():
+        up = updates[("user", user)]
+        assert up.model_version == artifact.manifest.model_version
+        np.testing.assert_allclose(up.vector, vector, rtol=2e-3, atol=2e-4)
+    return len(expected)
+
+
+def test_streamed_users_get_exactly_folded_vectors_and_bad_events_are_skipped(isolated_stack):
+    s = isolated_stack
+    artifact = publish_model(s, produce(s, seed=1, n=4_000), "m1")
+    stream = produce(s, seed=2, n=1_500, malformed=0.05)
+    before = REGISTRY.get_sample_value("speed_events_total") or 0
+    run_until_idle(s)
+    assert assert_users_match(s, artifact, stream) > 50
+    assert (REGISTRY.get_sample_value("speed_events_total") or 0) - before == len(stream)
+    skipped = sum(REGISTRY.get_sample_value("speed_invalid_events_total", {"reason": r}) or 0
+                  for r in ("invalid_json", "invalid_field", "not_an_object", "unknown_event_type", "ts_out_of_range",
+                            "not_pseudonymised", "too_large"))  # fmt: skip
+    assert skipped >= 1500 - len(stream)
+    new_items = {e.item_id for e in stream} - set(artifact.item_ids)
+    updates = latest_updates(s)
+    assert all(("item", it) in updates for it in new_items)
+
+
+def test_a_new_model_mid_stream_is_loaded_and_the_events_after_its_cut_off_replayed(isolated_stack):
+    s = isolated_stack
+    history = produce(s, seed=3, n=4_000)
+    publish_model(s, history, "m1")
+    layer = SpeedLayer(s, "speed-live")
+    thread = threading.Thread(target=layer.run, kwargs={"max_idle_s": 30}, daemon=True)
+    thread.start()
+    first = produce(s, seed=4, n=800)
+    _wait_for(lambda: len(latest_updates(s)) > 0)
+
+    model_b = publish_model(s, history + first, "m2")  # covers everything produced so far
+    announce("m2", model_store.published_dir(s) / "m2", s)
+    _wait_for(lambda: layer.state is not None and layer.state.model_version == "m2")
+    second = produce(s, seed=5, n=800)
+    _wait_for(lambda: _published_with(s, "m2", {e.user_id for e in second[-5:]}))
+    time.sleep(2)
+    layer.stop()
+    thread.join(30)
+    assert assert_users_match(s, model_b, second) > 20
+
+
+def test_kill_9_between_publish_and_commit_changes_no_final_vector(isolated_stack):
+    s = isolated_stack
+    artifact = publish_model(s, produce(s, seed=6, n=4_000), "m1")
+    stream = produce(s, seed=7, n=20_000)
+    env = {**os.environ, "RECSYS_STATE_DIR": str(s.state_dir), "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+           "RECSYS_SPEED_METRICS_PORT": "0", "RECSYS_SPEED_BATCH_MAX": "500"}  # fmt: skip
+    rng = random.Random(11)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "speed_layer", "--instance-id", "speed-crash"], env=env,
+                                cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(rng.uniform(3.0, 6.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    run_until_idle(s, "speed-crash")
+    assert assert_users_match(s, artifact, stream) > 100
+
+
+def test_without_a_model_it_waits_and_says_so(isolated_stack, caplog):
+    s = isolated_stack
+    history = produce(s, seed=8, n=2_000)
+    layer = SpeedLayer(s, "speed-wait")
+    with caplog.at_level("INFO", logger="speed_layer"):
+        thread = threading.Thread(target=layer.run, kwargs={"max_idle_s": 5}, daemon=True)
+        thread.start()
+        _wait_for(lambda: "waiting for the first published model" in caplog.text)
+        assert layer.state is None
+        publish_model(s, history, "m1")
+        announce("m1", model_store.published_dir(s) / "m1", s)
+        thread.join(60)
+    assert layer.state is not None and layer.state.model_version == "m1"
+    layer.close()
+
+
+def _published_with(s, version: str, users: set[str]) -> bool:
+    updates = latest_updates(s)
+    return all(("user", u) in updates and updates[("user", u)].model_version == version for u in users)
+
+
+def _wait_for(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError("condition not met in time")

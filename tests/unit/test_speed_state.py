@@ -1,0 +1,85 @@
+"""The speed layer's state on a small hand-made model: exact fold-in on top of the training history."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsys.contracts import Event, ModelManifest, Objective
+from recsys.foldin import FoldIn
+from recsys.model_store import ModelArtifact
+from recsys.ranking import top_k
+from speed_layer.state import SpeedState
+
+WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
+OBJECTIVE = Objective(confidence="alpha_r", reg_scaling="none", alpha=2.0, reg=0.5)
+
+
+@pytest.fixture
+def artifact() -> ModelArtifact:
+    """Two categories: items 0-4 live along axis 0, items 5-9 along axis 1; users 0-2 like A, 3-5 like B."""
+    rng = np.random.default_rng(0)
+    items = np.zeros((10, 4), np.float32)
+    items[:5, 0], items[5:, 1] = 1.0, 1.0
+    items += rng.normal(scale=0.05, size=items.shape).astype(np.float32)
+    base = sp.lil_matrix((6, 10), dtype=np.float32)
+    for u in range(6):
+        for j in range(5) if u < 3 else range(5, 10):
+            base[u, j] = 1.0
+    base = base.tocsr()
+    users = FoldIn(items, OBJECTIVE).vectors(base)
+    manifest = ModelManifest(model_version="m1", created_at_ms=0, engine="implicit", objective=OBJECTIVE, rank=4,
+                             hyperparameters={}, n_users=6, n_items=10)  # fmt: skip
+    return ModelArtifact(manifest, np.array([f"u{i}" for i in range(6)]), np.array([f"i{j}" for j in range(10)]),
+                         users, items, base, np.ones(10, np.float32))  # fmt: skip
+
+
+def ev(n: int, user: str, item: str, etype: str = "purchase") -> tuple[Event, int]:
+    event = Event(event_id=f"e{n}", user_id=user, item_id=item, event_type=etype, ts=1_700_000_000_000 + n)
+    return event, 1_700_000_000_000 + n
+
+
+def test_a_known_users_new_event_folds_in_on_top_of_their_history(artifact):
+    state = SpeedState(artifact, WEIGHTS)
+    updates = state.apply([ev(1, "u0", "i7"), ev(2, "u0", "i0", "view")])
+    expected_row = artifact.interactions[0].toarray().ravel()
+    expected_row[7] += 5.0
+    expected_row[0] += 1.0
+    nz = np.flatnonzero(expected_row)
+    expected = FoldIn(artifact.item_factors, OBJECTIVE).vector(nz, expected_row[nz])
+    np.testing.assert_allclose(updates.users["u0"], expected, rtol=1e-5, atol=1e-6)
+    assert updates.source_ts_ms[("user", "u0")] == 1_700_000_000_002
+    # Deltas accumulate across micro-batches.
+    again = state.apply([ev(3, "u0", "i7")])
+    expected_row[7] += 5.0
+    expected = FoldIn(artifact.item_factors, OBJECTIVE).vector(nz, expected_row[nz])
+    np.testing.assert_allclose(again.users["u0"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_user_buying_in_another_category_moves_towards_it(artifact):
+    state = SpeedState(artifact, WEIGHTS)
+    before = top_k(artifact.user_factors[[0]], artifact.item_factors, 5)[0][0]
+    updates = state.apply([ev(i, "u0", f"i{j}") for i, j in enumerate([5, 6, 7, 8, 9, 5, 6])])
+    after = top_k(updates.users["u0"][None, :], artifact.item_factors, 5)[0][0]
+    assert sum(j >= 5 for j in before) == 0
+    assert sum(j >= 5 for j in after) >= 3
+    assert updates.users["u0"][1] > artifact.user_factors[0][1] + 0.1
+
+
+def test_new_users_and_new_items_get_vectors(artifact):
+    state = SpeedState(artifact, WEIGHTS)
+    first = state.apply([ev(1, "newbie", "i8"), ev(2, "newbie", "i9"), ev(3, "u4", "brand-new")])
+    assert set(first.users) == {"newbie", "u4"} and set(first.items) == {"brand-new"}
+    assert first.users["newbie"][1] > abs(first.users["newbie"][0])  # likes category B from two B items
+    # The new item is folded in from u4 (a B user): it lands in category B.
+    assert first.items["brand-new"][1] > abs(first.items["brand-new"][0])
+    # Next time someone touches it, it takes part in their fold-in like any other item.
+    second = state.apply([ev(4, "u1", "brand-new")])
+    assert state.history(["u1"])[0, state.item_index["brand-new"]] == 5.0
+    assert np.isfinite(second.users["u1"]).all()
+    np.testing.assert_allclose(state.user_vector("newbie"), first.users["newbie"])
+
+
+def test_unknown_user_without_events_has_no_vector(artifact):
+    state = SpeedState(artifact, WEIGHTS)
+    assert state.user_vector("nobody") is None
+    np.testing.assert_allclose(state.user_vector("u3"), artifact.user_factors[3])
