@@ -143,6 +143,14 @@ def promote(candidate: Path, settings: Settings | None = None) -> Path:
     return target
 
 
+def find(model_version: str, settings: Settings | None = None) -> Path:
+    """The directory of a model version, published or still a candidate."""
+    for root in (published_dir(settings), candidates_dir(settings)):
+        if (root / model_version / MANIFEST_FILE).exists():
+            return root / model_version
+    raise ModelNotFound(f"no model {model_version} among published models or candidates")
+
+
 def published_versions(settings: Settings | None = None) -> list[str]:
     """Published model versions, oldest first (versions sort by time by construction)."""
     root = published_dir(settings)

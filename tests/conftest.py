@@ -23,6 +23,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Kafka and py4j clients log from __del__ at exit, after pytest closed the streams.
+    import logging
+
+    logging.raiseExceptions = False
+
+
 def pytest_configure(config: pytest.Config) -> None:
     state = Path(tempfile.mkdtemp(prefix="recsys-test-"))
     port = _free_port()

@@ -90,7 +90,7 @@ def movielens_models(spark, settings, tmp_path_factory):
 
 def test_both_engines_write_the_same_artifact_format(movielens_models):
     s, results = movielens_models
-    artifacts = {e: model_store.load(model_store.candidates_dir(s) / v) for e, (v, _) in results.items()}
+    artifacts = {e: model_store.load(model_store.find(v, s)) for e, (v, _) in results.items()}
     spark_model, implicit_model = artifacts["spark_als"], artifacts["implicit"]
     assert spark_model.manifest.objective.confidence == "one_plus_alpha_r"
     assert spark_model.manifest.objective.reg_scaling == "count"
@@ -168,10 +168,12 @@ def test_folding_in_a_batch_user_reproduces_the_batch_vector(movielens_models, e
     vectors one step behind the final item factors.
     """
     s, results = movielens_models
-    artifact = model_store.load(model_store.candidates_dir(s) / results[engine][0])
+    artifact = model_store.load(model_store.find(results[engine][0], s))
     folded = FoldIn(artifact.item_factors, artifact.manifest.objective).vectors(artifact.interactions)
     batch = np.asarray(artifact.user_factors, dtype=np.float64)
     cosine = (folded * batch).sum(1) / (np.linalg.norm(folded, axis=1) * np.linalg.norm(batch, axis=1))
     relative = np.linalg.norm(folded - batch, axis=1) / np.linalg.norm(batch, axis=1)
-    assert np.median(cosine) > 0.99 and cosine.min() > 0.9, (engine, np.median(cosine), cosine.min())
-    assert np.median(relative) < 0.1, (engine, np.median(relative))
+    if engine == "spark_als":  # Spark updates the users last: the fold-in is the trained vector
+        assert relative.max() < 1e-4, relative.max()
+    else:  # implicit updates the items last: the users are one half-iteration behind
+        assert cosine.min() > 0.999 and np.median(relative) < 0.03, (cosine.min(), np.median(relative))

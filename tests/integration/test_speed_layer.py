@@ -19,10 +19,11 @@ from jobs.engines import AlsParams, implicit_als
 from jobs.publish import announce
 from recsys import model_store
 from recsys.contracts import Event, ModelManifest, Topics, VectorUpdate, validate_event
-from recsys.data.synthetic import SyntheticConfig, iter_messages
+from recsys.data.synthetic import SyntheticConfig, item_category, iter_messages
 from recsys.evaluation import distinct_users_per_item
 from recsys.foldin import FoldIn
 from recsys.kafka_io import consumer, end_offsets
+from recsys.ranking import top_k
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 from speed_layer.service import SpeedLayer
@@ -131,6 +132,33 @@ def test_streamed_users_get_exactly_folded_vectors_and_bad_events_are_skipped(is
     new_items = {e.item_id for e in stream} - set(artifact.item_ids)
     updates = latest_updates(s)
     assert all(("item", it) in updates for it in new_items)
+
+
+def test_a_user_buying_in_one_category_moves_towards_it(isolated_stack):
+    s = isolated_stack
+    history = produce(s, seed=9, n=5_000)
+    artifact = publish_model(s, history, "m1")
+    category = item_category(SyntheticConfig(n_events=1, seed=9, **CATALOGUE))
+    user_row = 0
+    user = artifact.user_ids[user_row]
+    in_model = {it: j for j, it in enumerate(artifact.item_ids)}
+    # The category this user has bought least from, among items the model knows.
+    owned = [category[int(it.split("-")[1])] for it in artifact.item_ids[artifact.interactions[user_row].indices]]
+    target = min(range(CATALOGUE["n_categories"]), key=owned.count)
+    targets = [it for it in in_model if category[int(it.split("-")[1])] == target][:8]
+    purchases = [
+        Event(event_id=f"buy-{n}", user_id=user, item_id=it, event_type="purchase", ts=1_767_225_600_000 + n)
+        for n, it in enumerate(targets * 2)
+    ]
+    replay(((e.key(), e.to_wire()) for e in purchases), settings=s, progress=False)
+    run_until_idle(s)
+
+    def share_of_target(vector) -> float:
+        top, _ = top_k(np.asarray(vector, np.float32)[None, :], artifact.item_factors, 20)
+        return float(np.mean([category[int(artifact.item_ids[j].split("-")[1])] == target for j in top[0]]))
+
+    after = latest_updates(s)[("user", user)].vector
+    assert share_of_target(after) > share_of_target(artifact.user_factors[user_row]) + 0.3
 
 
 def test_a_new_model_mid_stream_is_loaded_and_the_events_after_its_cut_off_replayed(isolated_stack):

@@ -69,3 +69,13 @@ def test_promote_and_latest(tmp_path):
     assert model_store.published_versions(s) == ["m20260101", "m20260201", "m20260301"]
     assert model_store.latest_published(s).name == "m20260301"
     assert not (model_store.candidates_dir(s) / "m20260101").exists()
+
+
+def test_find_looks_in_published_then_candidates(tmp_path):
+    s = Settings(state_dir=tmp_path)
+    model_store.save(artifact("m1"), model_store.candidates_dir(s) / "m1")
+    assert model_store.find("m1", s) == model_store.candidates_dir(s) / "m1"
+    model_store.promote(model_store.candidates_dir(s) / "m1", s)
+    assert model_store.find("m1", s) == model_store.published_dir(s) / "m1"
+    with pytest.raises(model_store.ModelNotFound):
+        model_store.find("m2", s)
