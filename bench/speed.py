@@ -104,7 +104,7 @@ def latency(s: Settings, n_users: int, n_items: int, rate: float, seconds: float
         update={"model_version": "mbench-latency", "kafka_offsets": end_offsets(Topics.EVENTS, s)}
     )
     model_store.promote(model_store.save(artifact, model_store.candidates_dir(s) / "mbench-latency"), s)
-    proc = _speed_process(s, "speed-latency")
+    proc = _speed_process(s, "speed-bench")  # the same static member: it takes over at once
     seen: list[float] = []
     stop = threading.Event()
     reader = threading.Thread(target=_read_latencies, args=(s, seen, stop), daemon=True)
@@ -127,7 +127,7 @@ def latency(s: Settings, n_users: int, n_items: int, rate: float, seconds: float
 
 
 def _read_latencies(s: Settings, out: list[float], stop: threading.Event) -> None:
-    c = consumer(None, settings=s)
+    c = consumer(None, settings=s, fetch_max_wait_ms=5)  # a reader that waits would add its wait to the latency
     tp = TopicPartition(Topics.MODEL_UPDATES, 0)
     c.assign([tp])
     c.seek_to_end(tp)

@@ -46,6 +46,7 @@ class SpeedLayer:
         self.events = consumer(
             self.s.speed_group, settings=self.s, group_instance_id=self.instance_id,
             max_poll_records=self.s.speed_batch_max,
+            fetch_max_wait_ms=self.s.speed_batch_ms,  # the broker must not hold a fetch longer than a batch
         )  # fmt: skip
         self.models = consumer(None, settings=self.s)
         updates = TopicPartition(Topics.MODEL_UPDATES, 0)
