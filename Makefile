@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # The demo keeps its own state (broker data, tables, keys), so it never touches anything else in .state/.
 DEMO_ENV := RECSYS_STATE_DIR=$(CURDIR)/.state/demo
 
-.PHONY: help venv demo test lint broker stop lock clean dag-run airflow-ui bench bench-quick
+.PHONY: help venv demo test lint broker stop lock clean dag-run speed-layer airflow-ui bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ broker: venv  ## start the local broker on 127.0.0.1 (default state folder)
 
 dag-run: venv  ## run the nightly DAG once, now, with real Airflow and Spark (needs `make broker`)
 	$(PY) -m infra.airflow run-dag
+
+speed-layer: venv  ## run one speed-layer instance in the foreground (Ctrl-C stops it)
+	$(PY) -m speed_layer
 
 airflow-ui: venv  ## start Airflow's UI, scheduler and dag-processor on 127.0.0.1
 	$(PY) -m infra.airflow ui

@@ -1,5 +1,6 @@
 """The speed layer against the real broker: exact fold-in, replay after a new model, crashes, bad input."""
 
+import json
 import os
 import random
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 
 import numpy as np
@@ -15,6 +17,7 @@ import scipy.sparse as sp
 from kafka import TopicPartition
 from prometheus_client import REGISTRY
 
+from jobs.archiver import Archiver
 from jobs.engines import AlsParams, implicit_als
 from jobs.publish import announce
 from recsys import model_store
@@ -22,7 +25,7 @@ from recsys.contracts import Event, ModelManifest, Topics, VectorUpdate, validat
 from recsys.data.synthetic import SyntheticConfig, item_category, iter_messages
 from recsys.evaluation import distinct_users_per_item
 from recsys.foldin import FoldIn
-from recsys.kafka_io import consumer, end_offsets
+from recsys.kafka_io import consumer, count_messages, end_offsets
 from recsys.ranking import top_k
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
@@ -132,6 +135,42 @@ def test_streamed_users_get_exactly_folded_vectors_and_bad_events_are_skipped(is
     new_items = {e.item_id for e in stream} - set(artifact.item_ids)
     updates = latest_updates(s)
     assert all(("item", it) in updates for it in new_items)
+    # The malformed events end up in the DLQ once, through the archiver that owns it.
+    archiver = Archiver(s)
+    archiver.run(until_caught_up=True)
+    archiver.close()
+    assert count_messages([Topics.DLQ], s)[Topics.DLQ] == 1_500 - len(stream)
+
+
+def test_metrics_are_served_on_loopback_and_sigterm_stops_cleanly(isolated_stack, free_port):
+    s = isolated_stack
+    publish_model(s, produce(s, seed=12, n=2_000), "m1")
+    produce(s, seed=13, n=500)
+    port = free_port()
+    env = {**os.environ, "RECSYS_STATE_DIR": str(s.state_dir), "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+           "RECSYS_SPEED_METRICS_PORT": str(port)}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "speed_layer", "--instance-id", "speed-metrics"], env=env,
+                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _wait_for(lambda: _events_metric(port) >= 500)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        for name in ("speed_foldins_total", "speed_consumer_lag", "speed_event_to_publish_seconds_bucket"):
+            assert name in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    last = json.loads(err.strip().splitlines()[-1])
+    assert last["message"] == "stopped cleanly" and last["level"] == "info"
+
+
+def _events_metric(port: int) -> float:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    lines = [line for line in text.splitlines() if line.startswith("speed_events_total ")]
+    return float(lines[0].split()[1]) if lines else 0.0
 
 
 def test_a_user_buying_in_one_category_moves_towards_it(isolated_stack):
