@@ -77,14 +77,6 @@ def bench_env(state: Path, port: int) -> dict[str, str]:
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_batch(sizes: list[int], engines: list[str], users: int, items: int) -> dict:
     """Backfill n synthetic events, then time the whole batch pipeline per engine in a fresh child process."""
     from infra import broker
@@ -92,7 +84,7 @@ def run_batch(sizes: list[int], engines: list[str], users: int, items: int) -> d
     results: dict = {engine: {} for engine in engines}
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
-            env = bench_env(Path(tmp), _free_port())
+            env = bench_env(Path(tmp), broker.free_port())
             s = Settings(state_dir=Path(tmp), broker_port=int(env["RECSYS_BROKER_PORT"]),
                          kafka_bootstrap=env["RECSYS_KAFKA_BOOTSTRAP"])  # fmt: skip
             broker.start(s)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -105,10 +106,15 @@ def _spawn(paths: BrokerPaths, port: int) -> int:
 
 
 def _port_taken(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (for tests and benchmarks that start their own broker)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def stop(settings: Settings | None = None, timeout_s: float = 15.0) -> bool:

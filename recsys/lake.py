@@ -132,7 +132,7 @@ def spark_read(spark: SparkSession, path: str | Path, version: int | None = None
     table = open_table(path, version)
     _check_plain_parquet(table)
     files = table.file_uris()
-    schema = _spark_schema(spark, table)
+    schema = _spark_schema(table)
     if not files:
         return spark.createDataFrame([], schema)
     return spark.read.schema(schema).parquet(*files)
@@ -221,7 +221,7 @@ def _check_plain_parquet(table: DeltaTable) -> None:
         )
 
 
-def _spark_schema(spark: SparkSession, table: DeltaTable):
+def _spark_schema(table: DeltaTable):
     from pyspark.sql.pandas.types import from_arrow_schema
 
     arrow_schema = pa.schema(table.schema().to_arrow())

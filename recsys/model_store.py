@@ -138,6 +138,8 @@ def promote(candidate: Path, settings: Settings | None = None) -> Path:
     """Move a complete candidate into the published folder (one rename: atomic on one filesystem)."""
     read_manifest(candidate)  # refuse incomplete directories
     target = published_dir(settings) / candidate.name
+    if target.exists():
+        raise FileExistsError(f"model {candidate.name} is already published; versions are immutable")
     target.parent.mkdir(parents=True, exist_ok=True)
     os.rename(candidate, target)
     return target

@@ -7,7 +7,6 @@ or a broker the developer has running.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +14,6 @@ from pathlib import Path
 import pytest
 
 TEST_KEY = "test-pseudonym-key-0123456789abcdef0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -32,7 +25,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     state = Path(tempfile.mkdtemp(prefix="recsys-test-"))
-    port = _free_port()
+    from infra.broker import free_port
+
+    port = free_port()
     os.environ.update(
         {
             "RECSYS_STATE_DIR": str(state),
@@ -54,7 +49,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def free_port():
     """A function giving a port on 127.0.0.1 that was free a moment ago."""
-    return _free_port
+    from infra.broker import free_port as find
+
+    return find
 
 
 @pytest.fixture(scope="session")
