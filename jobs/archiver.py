@@ -104,21 +104,17 @@ class Archiver:
         self._pending.next_offsets = {p: o for p, o in self._pending.next_offsets.items() if p not in lost}
 
     # --- the loop -----------------------------------------------------------------------
-    def run(self, until_caught_up: bool = False, idle_timeout_s: float | None = None) -> ArchiverStats:
+    def run(self, until_caught_up: bool = False) -> ArchiverStats:
         """Archive until stopped; with `until_caught_up`, stop once the end offsets seen at start are reached."""
         targets: dict[int, int] | None = None
-        last_progress = time.monotonic()
         while not self._stop:
             batch = self.poll_batch()
             if len(batch):
                 self.write(batch)
-                last_progress = time.monotonic()
             if until_caught_up:
                 targets = targets or self._end_offsets()
                 if self._caught_up(targets):
                     break
-            if idle_timeout_s is not None and time.monotonic() - last_progress > idle_timeout_s:
-                break
         return self.stats
 
     def stop(self, *_: object) -> None:
