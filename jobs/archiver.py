@@ -30,7 +30,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 
 from recsys import lake
 from recsys.contracts import BRONZE_SCHEMA, DeadLetter, Event, Rejection, Tables, Topics, validate_event
-from recsys.kafka_io import consumer, producer
+from recsys.kafka_io import consumer, producer, read_to_end
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("archiver")
@@ -173,7 +173,8 @@ class Archiver:
         return {tp.partition: off for tp, off in ends.items()}
 
     def _caught_up(self, targets: dict[int, int]) -> bool:
-        return all(end == 0 or (self.table_offset(p) or 0) >= end for p, end in targets.items())
+        recorded = lake.committed_app_versions(self.table, [txn_id(self.topic, p) for p in targets])
+        return all(end == 0 or (recorded[txn_id(self.topic, p)] or 0) >= end for p, end in targets.items())
 
 
 class _SeekToTable(ConsumerRebalanceListener):
@@ -214,24 +215,13 @@ def bronze_rows(rows: list[tuple[Event, int, int]]) -> pa.Table:
 
 def dlq_high_watermarks(source_topic: str, settings: Settings) -> dict[int, int]:
     """Highest source offset already dead-lettered, per partition of `source_topic` (read from the DLQ)."""
-    c = consumer(None, settings=settings)
     high: dict[int, int] = {}
-    try:
-        tps = [TopicPartition(Topics.DLQ, p) for p in (c.partitions_for_topic(Topics.DLQ) or [])]
-        if not tps:
-            return high
-        c.assign(tps)
-        c.seek_to_beginning(*tps)
-        ends = c.end_offsets(tps)
-        while any(c.position(tp) < ends[tp] for tp in tps):
-            for records in c.poll(timeout_ms=1000).values():
-                for r in records:
-                    topic, _, rest = (r.key or b"").decode().partition(":")
-                    partition, _, offset = rest.partition(":")
-                    if topic == source_topic and partition.isdigit() and offset.isdigit():
-                        high[int(partition)] = max(high.get(int(partition), -1), int(offset))
-    finally:
-        c.close()
+    for records in read_to_end(Topics.DLQ, settings):
+        for r in records:
+            topic, _, rest = (r.key or b"").decode().partition(":")
+            partition, _, offset = rest.partition(":")
+            if topic == source_topic and partition.isdigit() and offset.isdigit():
+                high[int(partition)] = max(high.get(int(partition), -1), int(offset))
     return high
 
 

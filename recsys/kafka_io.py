@@ -9,10 +9,11 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from recsys.contracts import Topics
@@ -116,6 +117,22 @@ def end_offsets(topic: str, settings: Settings | None = None) -> dict[int, int]:
         parts = c.partitions_for_topic(topic) or set()
         ends = c.end_offsets([TopicPartition(topic, p) for p in parts])
         return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        c.close()
+
+
+def read_to_end(topic: str, settings: Settings | None = None) -> Iterator[list[ConsumerRecord]]:
+    """Every message of `topic` from its beginning to its end as of the call, a poll's worth at a time (no group)."""
+    c = consumer(None, settings=settings)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        if not tps:
+            return
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        ends = c.end_offsets(tps)
+        while any(c.position(tp) < ends[tp] for tp in tps):
+            yield from c.poll(timeout_ms=1000).values()
     finally:
         c.close()
 

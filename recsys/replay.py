@@ -11,11 +11,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from kafka import TopicPartition
 from tqdm import tqdm
 
 from recsys.contracts import Event, Topics, validate_event
-from recsys.kafka_io import consumer, producer
+from recsys.kafka_io import count_messages, producer, read_to_end
 from recsys.settings import Settings, get_settings
 
 Message = tuple[bytes, bytes]
@@ -100,24 +99,13 @@ class TopicSummary:
 def read_topic(topic: str = Topics.EVENTS, settings: Settings | None = None, progress: bool = True) -> TopicSummary:
     """Read `topic` from its beginning to its current end (no consumer group) and validate every event."""
     s = settings or get_settings()
-    c = consumer(None, settings=s)
     summary = TopicSummary()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
-        c.assign(tps)
-        c.seek_to_beginning(*tps)
-        ends = c.end_offsets(tps)
-        remaining = {tp for tp in tps if c.position(tp) < ends[tp]}
-        with tqdm(total=sum(ends[tp] - c.position(tp) for tp in tps), unit="ev", disable=not progress) as bar:
-            while remaining:
-                for tp, records in c.poll(timeout_ms=1000).items():
-                    for record in records:
-                        _tally(summary, validate_event(record.value, s))
-                    bar.update(len(records))
-                    if c.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
-    finally:
-        c.close()
+    total = count_messages([topic], s)[topic]
+    with tqdm(total=total, unit="ev", disable=not progress) as bar:
+        for records in read_to_end(topic, s):
+            for record in records:
+                _tally(summary, validate_event(record.value, s))
+            bar.update(len(records))
     return summary
 
 

@@ -16,7 +16,7 @@ from jobs.archiver import Archiver, dlq_key
 from recsys import lake
 from recsys.contracts import Tables, Topics
 from recsys.data.synthetic import SyntheticConfig, iter_messages, n_valid_events
-from recsys.kafka_io import consumer
+from recsys.kafka_io import consumer, read_to_end
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 
@@ -39,16 +39,8 @@ def stream(topic: str, settings, n: int = 6_000, malformed: float = 0.05, seed: 
 
 
 def dead_letters_for(topic: str, settings) -> list[bytes]:
-    c = consumer(None, settings=settings)
-    tps = [TopicPartition(Topics.DLQ, p) for p in c.partitions_for_topic(Topics.DLQ)]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
-    ends, keys = c.end_offsets(tps), []
-    while any(c.position(tp) < ends[tp] for tp in tps):
-        for records in c.poll(timeout_ms=1000).values():
-            keys += [r.key for r in records if r.key.startswith(f"{topic}:".encode())]
-    c.close()
-    return keys
+    return [r.key for records in read_to_end(Topics.DLQ, settings) for r in records
+            if r.key.startswith(f"{topic}:".encode())]  # fmt: skip
 
 
 def bronze(settings):

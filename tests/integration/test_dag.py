@@ -5,15 +5,13 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
-from kafka import TopicPartition
 
 from recsys import model_store
 from recsys.contracts import ModelMessage, Topics
 from recsys.data import movielens
-from recsys.kafka_io import consumer, end_offsets
+from recsys.kafka_io import end_offsets, read_to_end
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 
@@ -84,11 +82,6 @@ def test_nightly_dag_runs_end_to_end_on_movielens(isolated_stack):
     assert manifest.metrics["ndcg@10"] >= 1.3 * manifest.baseline_metrics["ndcg@10"]
     assert manifest.kafka_offsets == end_offsets(Topics.EVENTS, s)
 
-    c = consumer(f"check-{uuid.uuid4().hex[:6]}", settings=s)
-    tp = TopicPartition(Topics.MODEL_UPDATES, 0)
-    c.assign([tp])
-    c.seek_to_beginning(tp)
-    records = [r for batch in c.poll(timeout_ms=5000).values() for r in batch]
-    c.close()
+    records = [r for batch in read_to_end(Topics.MODEL_UPDATES, s) for r in batch]
     [message] = [ModelMessage.model_validate_json(r.value) for r in records]
     assert message.model_version == version and message.path == str(model_store.published_dir(s) / version)

@@ -14,7 +14,6 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from kafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from jobs.archiver import Archiver
@@ -25,7 +24,7 @@ from recsys.contracts import Event, ModelManifest, Topics, VectorUpdate, validat
 from recsys.data.synthetic import SyntheticConfig, item_category, iter_messages
 from recsys.evaluation import distinct_users_per_item
 from recsys.foldin import FoldIn
-from recsys.kafka_io import consumer, count_messages, end_offsets
+from recsys.kafka_io import count_messages, end_offsets, read_to_end
 from recsys.ranking import top_k
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
@@ -65,19 +64,12 @@ def publish_model(s, events: list[Event], version: str, engine=implicit_als, spa
 
 
 def latest_updates(s) -> dict[tuple[str, str], VectorUpdate]:
-    c = consumer(None, settings=s)
-    tp = TopicPartition(Topics.MODEL_UPDATES, 0)
-    c.assign([tp])
-    c.seek_to_beginning(tp)
-    end = c.end_offsets([tp])[tp]
     latest = {}
-    while c.position(tp) < end:
-        for records in c.poll(timeout_ms=1000).values():
-            for r in records:
-                if r.key.startswith(b"UP:"):
-                    up = VectorUpdate.model_validate_json(r.value)
-                    latest[(up.kind, up.id)] = up
-    c.close()
+    for records in read_to_end(Topics.MODEL_UPDATES, s):
+        for r in records:
+            if r.key.startswith(b"UP:"):
+                up = VectorUpdate.model_validate_json(r.value)
+                latest[(up.kind, up.id)] = up
     return latest
 
 
