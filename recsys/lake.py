@@ -67,9 +67,15 @@ def version(path: str | Path) -> int | None:
 
 def committed_app_version(path: str | Path, app_id: str) -> int | None:
     """The last `app_version` an exactly-once writer committed to this table, or None."""
+    return committed_app_versions(path, [app_id])[app_id]
+
+
+def committed_app_versions(path: str | Path, app_ids: list[str]) -> dict[str, int | None]:
+    """`committed_app_version` for several writers, from one read of the table's log."""
     if not exists(path):
-        return None
-    return open_table(path).transaction_version(app_id)
+        return dict.fromkeys(app_ids)
+    table = open_table(path)
+    return {app_id: table.transaction_version(app_id) for app_id in app_ids}
 
 
 def commit_metadata(path: str | Path, version: int) -> dict:
