@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the Python dependencies cannot bring:
 #   - a Java runtime for Spark (17 or 21): required;
+#   - Chromium and its WebDriver, for the storefront page's browser test: required by `make test`;
 #   - OpenBLAS (libopenblas0-pthread) for Spark's native BLAS: optional, ALS runs ~1.6x faster with it.
 # Installs them with apt-get when we are root on Debian; otherwise says what is missing.
 set -euo pipefail
@@ -8,6 +9,8 @@ set -euo pipefail
 required=()
 optional=()
 command -v java >/dev/null 2>&1 || required+=(openjdk-17-jre-headless)
+command -v chromium >/dev/null 2>&1 || required+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || required+=(chromium-driver)
 [ -e /usr/lib/x86_64-linux-gnu/libblas.so.3 ] || [ -e /usr/lib/libblas.so.3 ] || optional+=(libopenblas0-pthread)
 wanted=("${required[@]}" "${optional[@]}")
 [ ${#wanted[@]} -eq 0 ] && exit 0

@@ -43,6 +43,7 @@ class Strengths:
     user_ids: np.ndarray
     item_ids: np.ndarray
     matrix: sp.csr_matrix  # float32 (users x items)
+    seen_types: sp.csr_matrix  # int32 (users x items): bit b = event type b was seen (see `event_type_bits`)
 
 
 def params_from_settings(engine: str, s: Settings) -> AlsParams:
@@ -55,14 +56,26 @@ def params_from_settings(engine: str, s: Settings) -> AlsParams:
     )
 
 
-def strengths_frame(silver: DataFrame, half_life_days: float) -> DataFrame:
-    """(user_id, item_id, strength): summed event weights, time-decayed if a half-life is set."""
+def event_type_bits(event_types: list[str]):
+    """A column holding 1 << (position of the row's event type in `event_types`), 0 for others."""
+    bit = F.lit(0)
+    for b, name in enumerate(event_types):
+        bit = F.when(F.col("event_type") == name, F.lit(1 << b)).otherwise(bit)
+    return bit
+
+
+def strengths_frame(silver: DataFrame, half_life_days: float, event_types: list[str]) -> DataFrame:
+    """(user_id, item_id, strength, seen_types): summed event weights (time-decayed if a half-life is
+    set) and the event types seen, as a bit set over `event_types`."""
     weight = F.col("weight")
     if half_life_days > 0:
         newest = silver.agg(F.max("ts")).first()[0]
         age_days = (F.lit(newest).cast("double") - F.col("ts").cast("double")) / 86_400.0
         weight = weight * F.pow(F.lit(0.5), age_days / half_life_days)
-    return silver.groupBy("user_id", "item_id").agg(F.sum(weight).cast("float").alias("strength"))
+    return silver.groupBy("user_id", "item_id").agg(
+        F.sum(weight).cast("float").alias("strength"),
+        F.bit_or(event_type_bits(event_types)).cast("int").alias("seen_types"),
+    )
 
 
 def collect_strengths(frame: DataFrame) -> Strengths:
@@ -71,9 +84,11 @@ def collect_strengths(frame: DataFrame) -> Strengths:
     df = pd.DataFrame({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
     users, u = np.unique(df["user_id"].to_numpy(dtype=str), return_inverse=True)
     items, i = np.unique(df["item_id"].to_numpy(dtype=str), return_inverse=True)
-    matrix = sp.csr_matrix((df["strength"].to_numpy(np.float32), (u, i)), shape=(len(users), len(items)))
-    matrix.sum_duplicates()
-    return Strengths(users, items, matrix)
+    shape = (len(users), len(items))
+    # (user, item) pairs are unique after the group-by, so both matrices share one sparsity pattern.
+    matrix = sp.csr_matrix((df["strength"].to_numpy(np.float32), (u, i)), shape=shape)
+    seen = sp.csr_matrix((df["seen_types"].to_numpy(np.int32), (u, i)), shape=shape)
+    return Strengths(users, items, matrix, seen)
 
 
 def train(
@@ -94,7 +109,8 @@ def train(
     silver = lake.spark_read(spark, silver_path, version)
 
     with timed("aggregate strengths"):
-        strengths = collect_strengths(strengths_frame(silver, s.decay_half_life_days))
+        event_types = list(s.event_weights)
+        strengths = collect_strengths(strengths_frame(silver, s.decay_half_life_days, event_types))
     if strengths.matrix.nnz == 0:
         raise ValueError(f"silver v{version} holds no interactions; nothing to train on")
     log.info("%d users x %d items, %d interactions", *strengths.matrix.shape, strengths.matrix.nnz)
@@ -124,6 +140,7 @@ def train(
         n_items=len(strengths.item_ids),
         silver_table_version=version,
         kafka_offsets={int(p): int(o) for p, o in report.get("kafka_offsets", {}).items()},
+        event_types=event_types,
     )
     artifact = model_store.ModelArtifact(
         manifest=manifest,
@@ -133,6 +150,7 @@ def train(
         item_factors=item_factors,
         interactions=strengths.matrix,
         popularity=distinct_users_per_item(strengths.matrix).astype(np.float32),
+        seen_types=strengths.seen_types,
     )
     path = model_store.save(artifact, model_store.candidates_dir(s) / model_version)
     record_in_registry(model_version, "trained", engine=engine_name, silver_version=version, path=str(path), settings=s)

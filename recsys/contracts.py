@@ -44,6 +44,7 @@ class Tables:
     BRONZE_EVENTS = "bronze_events"  # every accepted event, with its Kafka partition and offset
     SILVER_INTERACTIONS = "silver_interactions"  # validated, deduplicated, bots dropped
     MODEL_REGISTRY = "model_registry"  # one row per trained model version
+    CATALOG = "catalog"  # item metadata for display and business filters (title, category)
 
     @staticmethod
     def path(name: str, settings: Settings | None = None) -> Path:
@@ -74,6 +75,9 @@ SILVER_SCHEMA = pa.schema(
         ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
     ]
 )  # fmt: skip
+
+# The catalogue: one row per item, overwritten whole by whoever owns the product data.
+CATALOG_SCHEMA = pa.schema([("item_id", pa.string()), ("title", pa.string()), ("category", pa.string())])
 
 # The model registry: append-only; the last row of a version is its current status.
 REGISTRY_SCHEMA = pa.schema(
@@ -284,6 +288,12 @@ class VectorUpdate(BaseModel):
     id: str
     vector: list[float]
     event_ts_ms: int | None = Field(None, description="Time of the newest event folded in, for latency metrics.")
+    # Users only: what the user did since the model's cut-off, so servers can filter and explain.
+    # Absolute (the whole period, not this batch), like the vector: applying an UP twice changes nothing.
+    strengths: dict[str, float] = Field(default_factory=dict, description="Item -> r_ui since the model's cut-off.")
+    event_types: dict[str, list[str]] = Field(
+        default_factory=dict, description="Item -> the event types seen since the model's cut-off."
+    )
 
 
 class ForgetMessage(BaseModel):
@@ -330,6 +340,10 @@ class ModelManifest(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     baseline_metrics: dict[str, float] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict, description="Logical name -> file name in the model directory.")
+    event_types: list[str] = Field(
+        default_factory=list,
+        description="Bit i of a `seen_types` entry means event type event_types[i] was seen for that (user, item).",
+    )
 
 
 MANIFEST_FILE = "manifest.json"

@@ -25,6 +25,32 @@ from recsys.contracts import Objective
 SOLVE_CHUNK = 1024
 
 
+def confidence(objective: Objective, strengths: np.ndarray) -> np.ndarray:
+    scaled = objective.alpha * np.asarray(strengths, dtype=np.float64)
+    return 1.0 + scaled if objective.confidence == "one_plus_alpha_r" else scaled
+
+
+def regulariser(objective: Objective, n_interactions: int) -> float:
+    return objective.reg * (n_interactions if objective.reg_scaling == "count" else 1)
+
+
+def explain(
+    gram: np.ndarray, objective: Objective, history: np.ndarray, strengths: np.ndarray, target: np.ndarray
+) -> np.ndarray:
+    """How much each history item adds to the folded-in user's score of `target` (Hu et al. 2008, sec. 5).
+
+    With W = (YᵀY + Σ_j (c_uj − 1) y_j y_jᵀ + lambda_u I)⁻¹ the fold-in is x_u = W Σ_j c_uj y_j, so
+    the score y_tᵀ x_u = Σ_j c_uj · y_tᵀ W y_j: item j's share is c_uj · y_tᵀ W y_j, and the
+    shares sum to the score exactly. `history` is (n, rank): the vectors of the user's items.
+    """
+    y = np.asarray(history, dtype=np.float64)
+    c = confidence(objective, strengths)
+    lhs = np.array(gram, dtype=np.float64) + (y.T * (c - 1.0)) @ y
+    lhs.flat[:: lhs.shape[0] + 1] += regulariser(objective, len(c))
+    weighted = np.linalg.solve(lhs, np.asarray(target, dtype=np.float64))  # W y_t (W is symmetric)
+    return c * (y @ weighted)
+
+
 class FoldIn:
     """Solves for vectors against fixed `factors` (the other side) under one objective."""
 
@@ -55,12 +81,10 @@ class FoldIn:
         self.n = max(self.n, needed)
 
     def confidence(self, strengths: np.ndarray) -> np.ndarray:
-        scaled = self.objective.alpha * np.asarray(strengths, dtype=np.float64)
-        return 1.0 + scaled if self.objective.confidence == "one_plus_alpha_r" else scaled
+        return confidence(self.objective, strengths)
 
     def regulariser(self, n_interactions: int) -> float:
-        scale = n_interactions if self.objective.reg_scaling == "count" else 1
-        return self.objective.reg * scale
+        return regulariser(self.objective, n_interactions)
 
     def vector(self, indices: np.ndarray, strengths: np.ndarray) -> np.ndarray:
         """The vector of one user (or item) who interacted with `indices` with `strengths` (r > 0)."""

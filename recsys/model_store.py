@@ -30,6 +30,7 @@ FILES = {
     "item_ids": "item_ids.npy",
     "interactions": "interactions.npz",
     "popularity": "popularity.npy",
+    "seen_types": "seen_types.npz",
 }
 
 
@@ -46,6 +47,9 @@ class ModelArtifact:
     item_factors: np.ndarray  # float32 (n_items, rank)
     interactions: sp.csr_matrix  # float32 (n_users, n_items): training strengths r_ui
     popularity: np.ndarray  # float32 (n_items,): distinct training users per item
+    # int32, same shape as interactions: bit b set = event type manifest.event_types[b] seen for (u, i).
+    # Optional: without it, servers can filter "seen" but not "seen by event type".
+    seen_types: sp.csr_matrix | None = None
 
     def __post_init__(self) -> None:
         n_users, n_items = len(self.user_ids), len(self.item_ids)
@@ -56,6 +60,8 @@ class ModelArtifact:
             "interactions": (self.interactions.shape, (n_users, n_items)),
             "popularity": (self.popularity.shape, (n_items,)),
         }
+        if self.seen_types is not None:
+            expected["seen_types"] = (self.seen_types.shape, (n_users, n_items))
         wrong = {k: got for k, (got, want) in expected.items() if got != want}
         if wrong:
             raise ValueError(f"model {self.manifest.model_version}: inconsistent shapes {wrong}")
@@ -83,7 +89,12 @@ def save(artifact: ModelArtifact, target: Path) -> Path:
         np.save(tmp / FILES["item_ids"], artifact.item_ids.astype(str))
         sp.save_npz(tmp / FILES["interactions"], artifact.interactions.astype(np.float32).tocsr())
         np.save(tmp / FILES["popularity"], artifact.popularity.astype(np.float32))
-        manifest = artifact.manifest.model_copy(update={"files": FILES})
+        files = dict(FILES)
+        if artifact.seen_types is not None:
+            sp.save_npz(tmp / FILES["seen_types"], artifact.seen_types.astype(np.int32).tocsr())
+        else:
+            del files["seen_types"]
+        manifest = artifact.manifest.model_copy(update={"files": files})
         _write_manifest(tmp, manifest)  # last: a directory without a manifest is incomplete
         _fsync_dir(tmp)
         os.rename(tmp, target)
@@ -105,6 +116,7 @@ def load(path: Path, mmap: bool = True) -> ModelArtifact:
         item_factors=np.load(path / FILES["item_factors"], mmap_mode=mode),
         interactions=sp.load_npz(path / FILES["interactions"]).tocsr(),
         popularity=np.load(path / FILES["popularity"]),
+        seen_types=sp.load_npz(path / FILES["seen_types"]).tocsr() if "seen_types" in manifest.files else None,
     )
 
 

@@ -108,6 +108,28 @@ class Settings(BaseSettings):
     speed_batch_ms: int = Field(20, ge=1, description="Longest a micro-batch waits for events.")
     speed_metrics_port: int = Field(9102, ge=0, description="Prometheus metrics port on 127.0.0.1 (0 = off).")
 
+    # --- serving layer -----------------------------------------------------------
+    serving_host: str = Field("127.0.0.1", description="Interface the HTTP service binds to (loopback by default).")
+    serving_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP service.")
+    serving_default_k: int = Field(10, ge=1, description="Recommendations returned when `k` is not given.")
+    serving_max_k: int = Field(100, ge=1, description="Largest `k` a request may ask for.")
+    serving_exclude_event_types: list[str] = Field(
+        ["purchase"],
+        description="`/recommend?exclude_seen=true` (the default) leaves out items the user had these events on.",
+    )
+    serving_index: Literal["exact", "approximate", "full_sort"] = Field(
+        "exact",
+        description="Top-k retrieval: `exact` (vectorised scan + partial sort), `approximate` (faiss IVF index, "
+        "for large catalogues; recall measured by `make bench`), `full_sort` (the naive baseline, for benchmarks).",
+    )
+    serving_ann_lists: int = Field(0, ge=0, description="IVF cells of the approximate index; 0 = 4 x sqrt(items).")
+    serving_ann_probes: int = Field(16, ge=1, description="IVF cells searched per query (recall vs speed).")
+    serving_write_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for write endpoints (`POST /events`). If unset, a random one is created once "
+        "in `<state_dir>/secrets/serving.token` (mode 600).",
+    )
+
     # --- privacy and security -------------------------------------------------
     pseudonym_key: SecretStr | None = Field(
         None,
@@ -147,6 +169,26 @@ class Settings(BaseSettings):
         if self.pseudonym_key is not None:
             return self.pseudonym_key.get_secret_value().encode()
         return _key_file(self.secrets_dir / "pseudonym.key")
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as RECSYS_* environment variables, for starting another process with the same view."""
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, dict | list | bool):
+                value = json.dumps(value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return env
+
+    def write_token(self) -> str:
+        """The bearer token of write endpoints: from the environment, else from (or newly into) the state folder."""
+        if self.serving_write_token is not None:
+            return self.serving_write_token.get_secret_value()
+        return _key_file(self.secrets_dir / "serving.token").decode()
 
 
 def _key_file(path: Path) -> bytes:

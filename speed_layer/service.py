@@ -138,8 +138,12 @@ class SpeedLayer:
         version = self.state.model_version
         for kind, vectors in (("user", updates.users), ("item", updates.items)):
             for id_, vector in vectors.items():
-                message = VectorUpdate(model_version=version, kind=kind, id=id_, vector=vector.tolist(),
-                                       event_ts_ms=updates.source_ts_ms.get((kind, id_)))  # fmt: skip
+                message = VectorUpdate(
+                    model_version=version, kind=kind, id=id_, vector=vector.tolist(),
+                    event_ts_ms=updates.source_ts_ms.get((kind, id_)),
+                    strengths=updates.user_strengths.get(id_, {}) if kind == "user" else {},
+                    event_types=updates.user_event_types.get(id_, {}) if kind == "user" else {},
+                )  # fmt: skip
                 self.producer.send(Topics.MODEL_UPDATES, key=f"UP:{kind}:{id_}".encode(),
                                    value=message.model_dump_json().encode())  # fmt: skip
             metrics.FOLDINS.labels(kind).inc(len(vectors))

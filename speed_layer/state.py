@@ -28,6 +28,9 @@ class Updates:
     users: dict[str, np.ndarray] = field(default_factory=dict)
     items: dict[str, np.ndarray] = field(default_factory=dict)
     source_ts_ms: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Per updated user, everything since the model's cut-off: item -> strength, item -> event types.
+    user_strengths: dict[str, dict[str, float]] = field(default_factory=dict)
+    user_event_types: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.users) + len(self.items)
@@ -39,13 +42,15 @@ class SpeedState:
         self.weights = weights
         self.base = artifact.interactions.tocsr()
         self.user_index = {u: i for i, u in enumerate(artifact.user_ids.tolist())}
-        self.item_index = {it: j for j, it in enumerate(artifact.item_ids.tolist())}
+        self.model_item_ids: list[str] = artifact.item_ids.tolist()
+        self.item_index = {it: j for j, it in enumerate(self.model_item_ids)}
         self.n_model_items = len(artifact.item_ids)
         self.new_item_ids: list[str] = []  # items first seen after the model, in index order
         # Users are solved against item factors (YᵀY once per model) and new items against user factors.
         self.users = FoldIn(artifact.item_factors, self.manifest.objective)
         self.items = FoldIn(artifact.user_factors, self.manifest.objective)
         self.user_delta: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+        self.user_types: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
         self.new_item_delta: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.folded_user_rows: dict[str, int] = {}  # users with a speed vector: their row in self.items
 
@@ -62,6 +67,7 @@ class SpeedState:
             j = self._item(event.item_id)
             strength = self.weights[event.event_type]
             self.user_delta[event.user_id][j] += strength
+            self.user_types[event.user_id][j].add(event.event_type)
             touched_users.add(event.user_id)
             if j >= self.n_model_items:
                 self.new_item_delta[j][event.user_id] += strength
@@ -70,7 +76,13 @@ class SpeedState:
                 updates.source_ts_ms[key] = max(updates.source_ts_ms.get(key, 0), source_ts)
         updates.users = self._fold_users(sorted(touched_users))
         updates.items = self._fold_new_items(sorted(touched_new_items))
+        for user in updates.users:
+            updates.user_strengths[user] = {self.item_id(j): r for j, r in self.user_delta[user].items()}
+            updates.user_event_types[user] = {self.item_id(j): sorted(t) for j, t in self.user_types[user].items()}
         return updates
+
+    def item_id(self, j: int) -> str:
+        return self.new_item_ids[j - self.n_model_items] if j >= self.n_model_items else self.model_item_ids[j]
 
     def _item(self, item_id: str) -> int:
         j = self.item_index.get(item_id)
@@ -127,7 +139,7 @@ class SpeedState:
         matrix = sp.csr_matrix((vals, (rows, cols)), shape=(len(items), self.items.n))
         vectors = self.items.vectors(matrix)
         self.users.set_vectors(np.array(items), vectors)
-        return {self.new_item_ids[j - self.n_model_items]: v for j, v in zip(items, vectors, strict=True)}
+        return {self.item_id(j): v for j, v in zip(items, vectors, strict=True)}
 
     def user_vector(self, user_id: str) -> np.ndarray | None:
         """The current vector of a user: folded in since the model, else the model's, else None."""

@@ -13,54 +13,23 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from prometheus_client import REGISTRY
+from published_models import CATALOGUE, produce, publish_model
 
 from jobs.archiver import Archiver
-from jobs.engines import AlsParams, implicit_als, spark_als
+from jobs.engines import implicit_als, spark_als
 from jobs.publish import announce
 from recsys import model_store
-from recsys.contracts import Event, ModelManifest, Topics, VectorUpdate, validate_event
-from recsys.data.synthetic import SyntheticConfig, item_category, iter_messages
-from recsys.evaluation import distinct_users_per_item
+from recsys.contracts import Event, Topics, VectorUpdate
+from recsys.data.synthetic import SyntheticConfig, item_category
 from recsys.foldin import FoldIn
-from recsys.kafka_io import count_messages, end_offsets, read_to_end
+from recsys.kafka_io import count_messages, read_to_end
 from recsys.ranking import top_k
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 from speed_layer.service import SpeedLayer
 
 pytestmark = pytest.mark.integration
-CATALOGUE = {"n_users": 300, "n_items": 150, "n_categories": 5}
-
-
-def produce(s, seed: int, n: int, malformed: float = 0.0) -> list[Event]:
-    config = SyntheticConfig(n_events=n, seed=seed, malformed_share=malformed, **CATALOGUE)
-    messages = list(iter_messages(config, key=s.pseudonym_key_bytes()))
-    assert replay(messages, settings=s, progress=False).sent == n
-    return [e for _, v in messages if isinstance(e := validate_event(v, s), Event)]
-
-
-def publish_model(s, events: list[Event], version: str, engine=implicit_als, spark=None) -> model_store.ModelArtifact:
-    """Fit an engine on `events` and publish it as covering everything in `events` so far."""
-    weights = s.event_weights
-    users = np.array(sorted({e.user_id for e in events}))
-    items = np.array(sorted({e.item_id for e in events}))
-    u = np.searchsorted(users, [e.user_id for e in events])
-    i = np.searchsorted(items, [e.item_id for e in events])
-    matrix = sp.csr_matrix(([weights[e.event_type] for e in events], (u, i)), shape=(len(users), len(items)))
-    params = AlsParams(rank=16, iterations=6, reg=1.0 if engine is implicit_als else 0.1, alpha=1.0)
-    user_factors, item_factors = engine.fit(matrix, params, spark)
-    manifest = ModelManifest(
-        model_version=version, created_at_ms=int(time.time() * 1000), engine=engine.NAME,
-        objective=engine.objective(params), rank=16, hyperparameters={}, n_users=len(users),
-        n_items=len(items), kafka_offsets=end_offsets(Topics.EVENTS, s),
-    )  # fmt: skip
-    artifact = model_store.ModelArtifact(manifest, users, items, user_factors, item_factors, matrix.astype(np.float32),
-                                         distinct_users_per_item(matrix).astype(np.float32))  # fmt: skip
-    path = model_store.save(artifact, model_store.candidates_dir(s) / version)
-    model_store.promote(path, s)
-    return artifact
 
 
 def latest_updates(s) -> dict[tuple[str, str], VectorUpdate]:

@@ -29,12 +29,20 @@ def artifact(version: str = "m1", n_users: int = 3, n_items: int = 4, rank: int 
 
 def test_round_trip(tmp_path):
     a = artifact()
+    a.seen_types = (a.interactions != 0).astype(np.int32) * 5  # bits 0 and 2
     model_store.save(a, tmp_path / "m1")
     b = model_store.load(tmp_path / "m1")
     assert b.manifest.model_version == "m1" and b.manifest.files == model_store.FILES
     np.testing.assert_array_equal(b.user_factors, a.user_factors)
     np.testing.assert_array_equal(b.item_ids, a.item_ids)
     assert (b.interactions != a.interactions).nnz == 0
+    assert (b.seen_types != a.seen_types).nnz == 0
+
+
+def test_seen_types_are_optional(tmp_path):
+    model_store.save(artifact(), tmp_path / "m1")
+    b = model_store.load(tmp_path / "m1")
+    assert b.seen_types is None and "seen_types" not in b.manifest.files
 
 
 def test_inconsistent_shapes_are_refused():

@@ -1,0 +1,30 @@
+"""`python -m serving [--port 8000]`: the HTTP service, bound to 127.0.0.1 unless told otherwise."""
+
+from __future__ import annotations
+
+import typer
+import uvicorn
+
+from recsys.logs import setup_json_logging
+from recsys.settings import get_settings
+from serving.api import create_app
+
+
+def main(
+    host: str = typer.Option(None, help="Interface to bind (default RECSYS_SERVING_HOST, 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default RECSYS_SERVING_PORT)."),
+) -> None:
+    """Serve recommendations from the latest published model plus the speed layer's updates."""
+    setup_json_logging()
+    overrides = {"serving_host": host, "serving_port": port}
+    s = get_settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    where = f"http://{s.serving_host}:{s.serving_port}"
+    token = "RECSYS_SERVING_WRITE_TOKEN" if s.serving_write_token else s.secrets_dir / "serving.token"
+    print(f"serving on {where} (API docs at /docs, storefront at /storefront); write token: {token}", flush=True)
+    uvicorn.run(create_app(s), host=s.serving_host, port=s.serving_port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(main)
+    app()

@@ -1,0 +1,290 @@
+"""The HTTP API: FastAPI routes over the follower's current `ServingModel`.
+
+    python -m serving            # 127.0.0.1:8000; docs at /docs, storefront at /storefront
+
+Every user id in a path or body is the shop's own id: it is pseudonymised on the
+way in (an id that already is a pseudonym is taken as it is), so raw ids never
+reach Kafka, the tables or a log line. Reads are open; writes need the bearer token.
+
+No `from __future__ import annotations` here: FastAPI reads the route signatures at
+definition time, and `k`'s limit comes from the settings, inside `_routes`.
+"""
+
+
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path as FsPath
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from kafka.errors import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from recsys.contracts import Event, Topics, validate_event
+from recsys.kafka_io import producer
+from recsys.privacy import pseudonymise
+from recsys.settings import Settings, get_settings
+from serving import metrics
+from serving.follower import ModelFollower
+from serving.model import Ranked, ServingModel, UnknownId
+from serving.schemas import (
+    Contribution,
+    Error,
+    EventAccepted,
+    EventIn,
+    Explanation,
+    Health,
+    Item,
+    ModelInfo,
+    Popular,
+    Readiness,
+    Recommendations,
+    Similar,
+)
+
+log = logging.getLogger("serving.api")
+STATIC = FsPath(__file__).parent / "static"
+# Ids in paths: printable, no control characters (the length limit is a setting, checked below).
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+UserId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN, description="The shop's user id, or its pseudonym.")]
+ItemId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN)]
+ERRORS = {400: {"model": Error}, 404: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}
+
+
+def create_app(settings: Settings | None = None, follower: ModelFollower | None = None) -> FastAPI:
+    s = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.follower = follower or ModelFollower(s)
+        app.state.follower.start()
+        app.state.producer = None
+        app.state.producer_lock = threading.Lock()
+        app.state.token = s.write_token()
+        yield
+        app.state.follower.stop()
+        if app.state.producer is not None:
+            app.state.producer.close(timeout=5)
+
+    app = FastAPI(
+        title="recsys-lambda serving layer",
+        description="Recommendations from the nightly batch model merged with the speed layer's updates.",
+        version="1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(_Metrics)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.state.settings = s
+    _routes(app, s)
+    return app
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one readable sentence ("query.k: Input should be less than or equal to 100")."""
+    parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]]
+    return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+
+
+# --- dependencies ------------------------------------------------------------------------------
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
+
+
+def current_model(request: Request) -> ServingModel:
+    model = request.app.state.follower.current
+    if model is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model loaded yet: see GET /ready")
+    return model
+
+
+def require_token(request: Request, credentials: BearerCredentials) -> None:
+    if credentials is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "this endpoint needs 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    if not hmac.compare_digest(credentials.credentials.encode(), request.app.state.token.encode()):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong token")
+
+
+Model = Annotated[ServingModel, Depends(current_model)]
+
+
+def _k(s: Settings):
+    return Annotated[int, Query(ge=1, le=s.serving_max_k, description=f"How many items (1 to {s.serving_max_k}).")]
+
+
+def _user(user_id: str, s: Settings) -> str:
+    if len(user_id) > s.max_id_length:
+        raise HTTPException(422, f"user_id longer than {s.max_id_length} characters")
+    return pseudonymise(user_id, s.pseudonym_key_bytes())
+
+
+def _check_item(item_id: str, s: Settings) -> None:
+    if len(item_id) > s.max_id_length:
+        raise HTTPException(422, f"item_id longer than {s.max_id_length} characters")
+
+
+def _check_category(model: ServingModel, category: str | None) -> None:
+    if category is not None and not model.has_category(category):
+        known = sorted(model.category_names)
+        hint = (
+            f"; known: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''}" if known else "; no catalogue loaded"
+        )
+        raise HTTPException(400, f"unknown category {category!r}{hint}")
+
+
+def _items(model: ServingModel, ranked: Ranked) -> list[Item]:
+    out = []
+    for item_id, score, fresh in zip(ranked.item_ids, ranked.scores, ranked.from_speed, strict=True):
+        title, category = model.item_meta(item_id)
+        out.append(Item(item_id=item_id, score=score, title=title, category=category, from_speed=fresh))
+    return out
+
+
+# --- routes --------------------------------------------------------------------------------------
+def _routes(app: FastAPI, s: Settings) -> None:
+    K = _k(s)
+
+    @app.get("/recommend/{user_id}", response_model=Recommendations, responses=ERRORS, tags=["recommendations"])
+    def recommend(user_id: UserId, model: Model, k: K = s.serving_default_k, exclude_seen: bool = True,
+                  category: str | None = None) -> Recommendations:  # fmt: skip
+        """Top-k items for a user, from the speed layer's vector if there is one, else the batch model's,
+        else the most popular items. `exclude_seen` leaves out items the user had the configured event
+        types on (RECSYS_SERVING_EXCLUDE_EVENT_TYPES); `category` keeps one catalogue category."""
+        pseudonym = _user(user_id, s)
+        _check_category(model, category)
+        ranked = model.recommend(pseudonym, k, exclude_seen, category)
+        metrics.ANSWERS.labels(ranked.source).inc()
+        return Recommendations(user_id=pseudonym, model_version=model.version, source=ranked.source,
+                               as_of_ms=ranked.as_of_ms, items=_items(model, ranked))  # fmt: skip
+
+    @app.get("/similar/{item_id}", response_model=Similar, responses=ERRORS, tags=["recommendations"])
+    def similar(item_id: ItemId, model: Model, k: K = s.serving_default_k) -> Similar:
+        """Items whose factors point the same way (cosine similarity)."""
+        _check_item(item_id, s)
+        try:
+            ranked = model.similar(item_id, k)
+        except UnknownId as e:
+            raise HTTPException(404, str(e)) from None
+        return Similar(item_id=item_id, model_version=model.version, items=_items(model, ranked))
+
+    @app.get("/because/{user_id}/{item_id}", response_model=Explanation, responses=ERRORS, tags=["recommendations"])
+    def because(user_id: UserId, item_id: ItemId, model: Model, k: K = 5) -> Explanation:
+        """The user's own items that contribute most to their score of `item_id`."""
+        pseudonym = _user(user_id, s)
+        _check_item(item_id, s)
+        try:
+            score, shares = model.because(pseudonym, item_id, k)
+        except UnknownId as e:
+            raise HTTPException(404, str(e)) from None
+        because = [Contribution(item_id=i, title=model.item_meta(i)[0], contribution=c) for i, c in shares]
+        return Explanation(user_id=pseudonym, item_id=item_id, model_version=model.version, score=score,
+                           because=because)  # fmt: skip
+
+    @app.get("/popular", response_model=Popular, responses=ERRORS, tags=["recommendations"])
+    def popular(model: Model, k: K = s.serving_default_k, category: str | None = None) -> Popular:
+        """The items most users interacted with in the batch model's data."""
+        _check_category(model, category)
+        return Popular(model_version=model.version, category=category, items=_items(model, model.popular(k, category)))
+
+    @app.post("/events", status_code=202, response_model=EventAccepted, responses={401: {"model": Error},
+              403: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}, tags=["events"],
+              dependencies=[Depends(require_token)])  # fmt: skip
+    def post_event(event: EventIn, request: Request) -> EventAccepted:
+        """Validate one event, pseudonymise its user id, and produce it to `events`; answers once Kafka has it."""
+        body = event.model_dump(exclude_none=True)
+        body["user_id"] = _user(event.user_id, s)
+        body.setdefault("event_id", uuid.uuid4().hex)
+        body.setdefault("ts", int(time.time() * 1000))
+        raw = json.dumps(body).encode()
+        checked = validate_event(raw, s)
+        if not isinstance(checked, Event):
+            metrics.EVENTS_REJECTED.labels(checked.reason).inc()
+            raise HTTPException(422, f"{checked.reason}: {checked.detail}")
+        try:
+            sent = _producer(request, s).send(Topics.EVENTS, key=checked.key(), value=checked.to_wire()).get(timeout=10)
+        except KafkaError as e:
+            raise HTTPException(503, f"the event log is unavailable, try again: {type(e).__name__}") from None
+        metrics.EVENTS_ACCEPTED.inc()
+        return EventAccepted(event_id=checked.event_id, user_id=checked.user_id, partition=sent.partition,
+                             offset=sent.offset)  # fmt: skip
+
+    @app.get("/models", response_model=ModelInfo, responses=ERRORS, tags=["operations"])
+    def models(model: Model) -> ModelInfo:
+        """The model being served, its evaluation, and how much the speed layer has added to it."""
+        m = model.manifest
+        return ModelInfo(
+            model_version=m.model_version, engine=m.engine, created_at_ms=m.created_at_ms, rank=m.rank,
+            n_users=m.n_users, n_items=m.n_items, new_items=model.n_items - model.n_base,
+            speed_users=model.speed_users, speed_updates_applied=model.speed_updates, index=s.serving_index,
+            metrics=m.metrics, baseline_metrics=m.baseline_metrics, kafka_offsets=m.kafka_offsets,
+        )  # fmt: skip
+
+    @app.get("/health", response_model=Health, tags=["operations"])
+    def health() -> Health:
+        """The process is up (it may not have a model yet: see /ready)."""
+        return Health()
+
+    @app.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}}, tags=["operations"])
+    def ready(request: Request, response: Response) -> Readiness:
+        """Ready once a model is loaded and the updates published before start are applied."""
+        follower: ModelFollower = request.app.state.follower
+        if not follower.ready:
+            response.status_code = 503
+        current = follower.current
+        return Readiness(ready=follower.ready, model_version=current.version if current else None,
+                         caught_up=follower.caught_up.is_set(), error=follower.error)  # fmt: skip
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def prometheus() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/storefront")
+
+    @app.get("/storefront", include_in_schema=False)
+    def storefront() -> FileResponse:
+        return FileResponse(STATIC / "storefront.html", media_type="text/html")
+
+
+def _producer(request: Request, s: Settings):
+    state = request.app.state
+    with state.producer_lock:
+        if state.producer is None:
+            state.producer = producer(s, linger_ms=0)
+        return state.producer
+
+
+class _Metrics:
+    """Counts and times every request by route template (not by raw path: ids would explode the labels)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_code = 500
+
+        async def send_and_record(message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.REQUESTS.labels(route, str(status_code)).inc()
+            metrics.LATENCY.labels(route).observe(time.perf_counter() - started)

@@ -1,0 +1,184 @@
+"""Keeps a server's model current: loads the latest published model, then follows `model-updates`.
+
+One background thread per server process (every replica follows the whole topic;
+there is no consumer group, so no replica misses an update). Messages, in log order:
+
+- MODEL: a newer model than the one served is loaded here, off the request path,
+  then swapped in with one assignment; requests already running finish on the
+  old one. UPs tagged with the new version that arrived before its MODEL message
+  (a speed layer that found the model on disk first) were kept aside and are
+  applied before the swap.
+- UP: applied to the served model if tagged with its version; older versions'
+  UPs are stale (the newer model's data covers them) and dropped.
+- FORGET: the user is erased from this and every later model this process loads.
+
+At start the topic is read from the beginning, so a restarted replica rebuilds
+exactly the state of the others. (With log compaction on `model-updates`, keyed
+`UP:<kind>:<id>`, that read stays proportional to users and items, not events.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from kafka import TopicPartition
+from kafka.errors import KafkaError
+from pydantic import TypeAdapter, ValidationError
+
+from recsys import catalog, model_store
+from recsys.contracts import ForgetMessage, ModelMessage, Topics, UpdateMessage, VectorUpdate
+from recsys.kafka_io import BrokerUnavailable, consumer, ensure_topics, wait_for_broker
+from recsys.settings import Settings
+from serving import metrics
+from serving.model import ServingModel
+
+log = logging.getLogger("serving.follower")
+_MESSAGE = TypeAdapter(UpdateMessage)
+MAX_PENDING = 1_000_000  # UPs held for a model not loaded yet; beyond this the oldest version's are dropped
+
+
+class ModelFollower:
+    def __init__(self, s: Settings, loader: Callable[[Path], ServingModel] | None = None) -> None:
+        self.s = s
+        self.current: ServingModel | None = None
+        self.caught_up = threading.Event()
+        self.forgotten: set[str] = set()
+        self._pending: dict[str, list[VectorUpdate]] = defaultdict(list)
+        self._loader = loader or self._load
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-follower", daemon=True)
+        self.error: str | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None and self.caught_up.is_set()
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            latest = model_store.latest_published(self.s)
+            if latest is not None:
+                self._swap(latest)
+            self._follow()
+        except Exception as e:  # the thread must say why it died: /ready reports it
+            self.error = f"{type(e).__name__}: {e}"
+            log.exception("model follower stopped")
+
+    def _follow(self) -> None:
+        updates = TopicPartition(Topics.MODEL_UPDATES, 0)
+        reader = self._connect(updates)
+        try:
+            reader.seek_to_beginning(updates)
+            target = reader.end_offsets([updates])[updates]
+            while not self._stop.is_set():
+                for records in reader.poll(timeout_ms=200, max_records=5_000).values():
+                    for record in records:
+                        self.handle(record.value)
+                if not self.caught_up.is_set() and reader.position(updates) >= target:
+                    log.info("caught up with %s at offset %d", Topics.MODEL_UPDATES, target)
+                    self.caught_up.set()
+        finally:
+            reader.close()
+
+    def _connect(self, updates: TopicPartition):
+        while not self._stop.is_set():
+            try:
+                wait_for_broker(self.s, timeout_s=10)
+                ensure_topics(self.s)
+                reader = consumer(None, settings=self.s)
+                reader.assign([updates])
+                return reader
+            except (BrokerUnavailable, KafkaError) as e:
+                log.warning("broker unavailable (%s); retrying in 2 s", e)
+                time.sleep(2)
+        raise RuntimeError("stopped before the broker was reachable")
+
+    # --- messages ----------------------------------------------------------------------------
+    def handle(self, raw: bytes) -> None:
+        try:
+            message = _MESSAGE.validate_json(raw)
+        except ValidationError as e:
+            metrics.UPDATES.labels("invalid").inc()
+            log.warning("skipping an invalid model-updates message: %s", str(e)[:200])
+            return
+        if isinstance(message, ModelMessage):
+            self._on_model(message)
+        elif isinstance(message, ForgetMessage):
+            self.forgotten.add(message.user_id)
+            if self.current is not None:
+                self.current.forget(message.user_id)
+            metrics.UPDATES.labels("forget").inc()
+        else:
+            self._on_update(message)
+
+    def _on_model(self, message: ModelMessage) -> None:
+        current = self.current.version if self.current else ""
+        # Versions sort by creation time (jobs.common.new_model_version): never go back to an older model.
+        if message.model_version <= current:
+            return
+        path = Path(message.path)
+        if not (path / "manifest.json").exists():
+            try:
+                path = model_store.find(message.model_version, self.s)
+            except model_store.ModelNotFound:
+                metrics.MODEL_LOAD_FAILURES.inc()
+                log.error("MODEL %s points at %s, which is not here; keeping %s", message.model_version,
+                          message.path, current or "no model")  # fmt: skip
+                return
+        self._swap(path)
+
+    def _on_update(self, up: VectorUpdate) -> None:
+        current = self.current
+        if current is not None and up.model_version == current.version:
+            try:
+                current.apply(up)
+            except ValueError as e:
+                metrics.UPDATES.labels("invalid").inc()
+                log.warning("%s", e)
+                return
+            metrics.UPDATES.labels("applied").inc()
+            if up.event_ts_ms:
+                metrics.UPDATE_LAG.observe(max(0.0, time.time() - up.event_ts_ms / 1000))
+        elif current is None or up.model_version > current.version:
+            self._hold(up)
+        else:
+            metrics.UPDATES.labels("stale").inc()
+
+    def _hold(self, up: VectorUpdate) -> None:
+        self._pending[up.model_version].append(up)
+        if sum(len(v) for v in self._pending.values()) > MAX_PENDING:
+            dropped = min(self._pending)
+            log.warning("dropping %d UPs held for model %s, never announced", len(self._pending[dropped]), dropped)
+            del self._pending[dropped]
+
+    def _swap(self, path: Path) -> None:
+        started = time.monotonic()
+        model = self._loader(path)
+        for user in self.forgotten:
+            model.forget(user)
+        for up in self._pending.pop(model.version, []):
+            model.apply(up)
+        for version in [v for v in self._pending if v < model.version]:
+            del self._pending[version]
+        old = self.current.version if self.current else None
+        self.current = model  # the swap: one assignment; running requests keep the model they started with
+        metrics.MODEL_INFO.info({"model_version": model.version})
+        metrics.MODEL_SWAPS.inc()
+        metrics.MODEL_LOAD_SECONDS.observe(time.monotonic() - started)
+        log.info("serving model %s (was %s), loaded in %.2f s", model.version, old, time.monotonic() - started)
+
+    def _load(self, path: Path) -> ServingModel:
+        return ServingModel(model_store.load(path), catalog.read(self.s), self.s)

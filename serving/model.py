@@ -1,0 +1,302 @@
+"""What a request reads: one batch model plus the speed layer's updates since its cut-off.
+
+A `ServingModel` is built for each published model and then only grows: UP
+messages replace user vectors and add (or move) items that are newer than the
+model. Readers never lock. Everything a request needs in one consistent piece
+(the items folded in since the model) is an immutable `_NewItems` swapped in as
+a whole, and dict assignments are atomic, so a request sees either the state
+before an update or after it, never half of one. A new batch model is a new
+`ServingModel`, swapped in by the follower in one assignment (see `follower.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from recsys.contracts import VectorUpdate
+from recsys.foldin import explain
+from recsys.model_store import ModelArtifact
+from recsys.ranking import PAD, full_sort_top_k, normalize_rows, top_k_of_scores
+from recsys.settings import Settings
+from serving.index import ApproximateIndex
+
+log = logging.getLogger("serving.model")
+
+Source = Literal["speed", "batch", "popular"]
+
+
+class UnknownId(LookupError):
+    """A user or item this model (and the updates since) has never seen."""
+
+
+@dataclass(frozen=True)
+class _NewItems:
+    """Items first seen after the batch model, folded in by the speed layer. Replaced whole, never mutated."""
+
+    ids: tuple[str, ...] = ()
+    factors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    categories: tuple[str | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Recent:
+    """A user's activity since the model's cut-off, from their latest UP."""
+
+    vector: np.ndarray
+    strengths: dict[str, float]
+    event_types: dict[str, list[str]]
+    as_of_ms: int | None
+
+
+@dataclass
+class Ranked:
+    item_ids: list[str]
+    scores: list[float]
+    source: Source
+    # Per item, for speed answers: True if the batch vector alone would not have ranked it in the top k.
+    from_speed: list[bool]
+    as_of_ms: int | None = None
+
+
+class ServingModel:
+    def __init__(self, artifact: ModelArtifact, catalog: dict[str, tuple[str | None, str | None]], s: Settings):
+        self.manifest = artifact.manifest
+        self.version = artifact.manifest.model_version
+        self.settings = s
+        self.catalog = catalog
+        self.item_factors = np.asarray(artifact.item_factors, dtype=np.float32)  # memory-mapped: pages are shared
+        self.user_factors = np.asarray(artifact.user_factors, dtype=np.float32)
+        self.item_ids: list[str] = artifact.item_ids.tolist()
+        self.item_index = {item: j for j, item in enumerate(self.item_ids)}
+        self.user_index = {user: u for u, user in enumerate(artifact.user_ids.tolist())}
+        self.interactions = artifact.interactions
+        self.seen_types = artifact.seen_types
+        self.popularity = np.asarray(artifact.popularity, dtype=np.float32)
+        self.n_base = len(self.item_ids)
+        self.gram = self.item_factors.T.astype(np.float64) @ self.item_factors.astype(np.float64)
+        self.unit_items = normalize_rows(self.item_factors)
+        self.categories = np.array([catalog.get(i, (None, None))[1] or "" for i in self.item_ids], dtype=object)
+        self.category_names = {c for c in self.categories if c}
+        self._category_masks: dict[str, np.ndarray] = {}
+        self._exclude_bits = self._bits(s.serving_exclude_event_types)
+        self._new = _NewItems(factors=np.zeros((0, self.manifest.rank), np.float32))
+        self._recent: dict[str, _Recent] = {}
+        self.forgotten: set[str] = set()
+        self.speed_updates = 0
+        self.index = ApproximateIndex.build(self.item_factors, s) if s.serving_index == "approximate" else None
+
+    # --- updates (one writer: the follower thread) ----------------------------------------
+    def apply(self, up: VectorUpdate) -> None:
+        vector = np.asarray(up.vector, dtype=np.float32)
+        if vector.shape != (self.manifest.rank,):
+            raise ValueError(
+                f"UP for {up.kind} {up.id} has {vector.shape} values, the model's rank is {self.manifest.rank}"
+            )
+        if up.kind == "user":
+            if up.id not in self.forgotten:
+                self._recent[up.id] = _Recent(vector, up.strengths, up.event_types, up.event_ts_ms)
+        elif up.id in self.item_index and self.item_index[up.id] < self.n_base:
+            return  # the speed layer folds in only items newer than the model; a model item keeps its vector
+        else:
+            self._set_new_item(up.id, vector)
+        self.speed_updates += 1
+
+    def _set_new_item(self, item_id: str, vector: np.ndarray) -> None:
+        new = self._new
+        j = self.item_index.get(item_id)
+        if j is None:
+            factors = np.vstack([new.factors, vector[None, :]])
+            category = self.catalog.get(item_id, (None, None))[1]
+            self._new = _NewItems((*new.ids, item_id), factors, (*new.categories, category))
+            self.item_index[item_id] = self.n_base + len(new.ids)  # after the swap: the index is valid
+        else:
+            factors = new.factors.copy()
+            factors[j - self.n_base] = vector
+            self._new = _NewItems(new.ids, factors, new.categories)
+
+    def forget(self, user_id: str) -> None:
+        """Erase a user from what this process answers (the model files change at the next retrain)."""
+        self.forgotten.add(user_id)
+        self._recent.pop(user_id, None)
+
+    # --- reads -------------------------------------------------------------------------------
+    @property
+    def speed_users(self) -> int:
+        return len(self._recent)
+
+    @property
+    def n_items(self) -> int:
+        return self.n_base + len(self._new.ids)
+
+    def knows_user(self, user_id: str) -> bool:
+        return user_id not in self.forgotten and (user_id in self._recent or user_id in self.user_index)
+
+    def item_position(self, item_id: str) -> int:
+        j = self.item_index.get(item_id)
+        if j is None or j >= self.n_items:
+            raise UnknownId(f"unknown item {item_id!r}")
+        return j
+
+    def item_meta(self, item_id: str) -> tuple[str | None, str | None]:
+        return self.catalog.get(item_id, (None, None))
+
+    def recommend(self, user_id: str, k: int, exclude_seen: bool = True, category: str | None = None) -> Ranked:
+        new = self._new  # one consistent view of the newer items for the whole request
+        recent = None if user_id in self.forgotten else self._recent.get(user_id)
+        row = None if user_id in self.forgotten else self.user_index.get(user_id)
+        excluded = self._excluded(row, recent, new) if exclude_seen else np.zeros(0, np.int64)
+        if recent is None and row is None:
+            return self._popular(k, category, excluded, new)
+        vector = recent.vector if recent is not None else self.user_factors[row]
+        idx, scores = self._top(vector, k, excluded, category, new)
+        source: Source = "speed" if recent is not None else "batch"
+        from_speed = [False] * len(idx)
+        if recent is not None:
+            batch_ids = set()
+            if row is not None:
+                batch_idx, _ = self._top(self.user_factors[row], k, excluded, category, new)
+                batch_ids = set(batch_idx.tolist())
+            from_speed = [j not in batch_ids for j in idx.tolist()]
+        return Ranked(self._ids(idx, new), scores.tolist(), source, from_speed, recent.as_of_ms if recent else None)
+
+    def popular(self, k: int, category: str | None = None) -> Ranked:
+        return self._popular(k, category, np.zeros(0, np.int64), self._new)
+
+    def similar(self, item_id: str, k: int) -> Ranked:
+        """Items by cosine similarity of their factors, the item itself left out."""
+        new = self._new
+        j = self.item_position(item_id)
+        target = self._item_vector(j, new)
+        norm = np.linalg.norm(target)
+        unit = target / norm if norm > 0 else target
+        scores = self.unit_items @ unit
+        if len(new.ids):
+            scores = np.concatenate([scores, normalize_rows(new.factors) @ unit])
+        scores[j] = -np.inf
+        idx, val = top_k_of_scores(scores, k)
+        keep = idx != PAD
+        return Ranked(self._ids(idx[keep], new), val[keep].tolist(), "batch", [False] * int(keep.sum()))
+
+    def because(self, user_id: str, item_id: str, n: int) -> tuple[float, list[tuple[str, float]]]:
+        """The user's items that most explain the score of `item_id`: (score, [(item, contribution)])."""
+        new = self._new
+        target_j = self.item_position(item_id)
+        history = self.history(user_id, new)
+        if not history:
+            raise UnknownId(f"no history for user {user_id!r}")
+        items = np.fromiter(history, dtype=np.int64)
+        strengths = np.fromiter(history.values(), dtype=np.float64)
+        vectors = np.vstack([self._item_vector(j, new) for j in items.tolist()])
+        shares = explain(self.gram, self.manifest.objective, vectors, strengths, self._item_vector(target_j, new))
+        order = np.argsort(-shares, kind="stable")[:n]
+        return float(shares.sum()), [(self._id(int(items[i]), new), float(shares[i])) for i in order]
+
+    def history(self, user_id: str, new: _NewItems | None = None) -> dict[int, float]:
+        """Item position -> r_ui: the training strengths plus everything since the model's cut-off."""
+        if user_id in self.forgotten:
+            return {}
+        new = new or self._new
+        out: dict[int, float] = {}
+        row = self.user_index.get(user_id)
+        if row is not None:
+            start, end = self.interactions.indptr[row], self.interactions.indptr[row + 1]
+            out.update(
+                zip(
+                    self.interactions.indices[start:end].tolist(),
+                    self.interactions.data[start:end].tolist(),
+                    strict=True,
+                )
+            )
+        recent = self._recent.get(user_id)
+        for item, strength in (recent.strengths if recent else {}).items():
+            j = self.item_index.get(item)
+            if j is not None and j < self.n_base + len(new.ids):
+                out[j] = out.get(j, 0.0) + strength
+        return out
+
+    # --- internals ---------------------------------------------------------------------------
+    def _scores(self, vector: np.ndarray, new: _NewItems) -> np.ndarray:
+        scores = self.item_factors @ vector
+        return np.concatenate([scores, new.factors @ vector]) if len(new.ids) else scores
+
+    def _top(
+        self, vector: np.ndarray, k: int, excluded: np.ndarray, category: str | None, new: _NewItems
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.index is not None and category is None:
+            idx, val = self._top_approximate(vector, k, excluded, new)
+        else:
+            scores = self._scores(vector, new)
+            scores[excluded] = -np.inf
+            if category is not None:
+                scores[~self._category_mask(category, new)] = -np.inf
+            select = full_sort_top_k if self.settings.serving_index == "full_sort" else top_k_of_scores
+            idx, val = select(scores, k)
+        keep = idx != PAD
+        return idx[keep], val[keep]
+
+    def _top_approximate(
+        self, vector: np.ndarray, k: int, excluded: np.ndarray, new: _NewItems
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates from the IVF index (asked for enough to survive the exclusions) plus the new items."""
+        idx, val = self.index.search(vector, k + len(excluded))
+        if len(new.ids):
+            idx = np.concatenate([idx, self.n_base + np.arange(len(new.ids))])
+            val = np.concatenate([val, new.factors @ vector])
+        val = val.astype(np.float32, copy=True)
+        val[np.isin(idx, excluded)] = -np.inf
+        best, best_val = top_k_of_scores(val, k)
+        return np.where(best == PAD, PAD, idx[np.maximum(best, 0)]), best_val
+
+    def _popular(self, k: int, category: str | None, excluded: np.ndarray, new: _NewItems) -> Ranked:
+        scores = np.concatenate([self.popularity, np.zeros(len(new.ids), np.float32)])
+        scores[excluded] = -np.inf
+        if category is not None:
+            scores[~self._category_mask(category, new)] = -np.inf
+        idx, val = top_k_of_scores(scores, k)
+        keep = idx != PAD
+        return Ranked(self._ids(idx[keep], new), val[keep].tolist(), "popular", [False] * int(keep.sum()))
+
+    def _excluded(self, row: int | None, recent: _Recent | None, new: _NewItems) -> np.ndarray:
+        """Positions of the items the user had one of the excluded event types on (model period and since)."""
+        parts = []
+        if row is not None:
+            start, end = self.interactions.indptr[row], self.interactions.indptr[row + 1]
+            cols = self.interactions.indices[start:end]
+            if self.seen_types is not None:  # same sparsity pattern as the interactions, by construction
+                cols = cols[(self.seen_types.data[start:end] & self._exclude_bits) != 0]
+            parts.append(cols)
+        if recent is not None:
+            wanted = set(self.settings.serving_exclude_event_types)
+            recent_items = [i for i, types in recent.event_types.items() if wanted.intersection(types)]
+            limit = self.n_base + len(new.ids)
+            js = [j for i in recent_items if (j := self.item_index.get(i)) is not None and j < limit]
+            parts.append(np.array(js, dtype=np.int64))
+        return np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def _bits(self, event_types: list[str]) -> int:
+        names = self.manifest.event_types
+        return sum(1 << names.index(t) for t in event_types if t in names)
+
+    def _category_mask(self, category: str, new: _NewItems) -> np.ndarray:
+        base = self._category_masks.get(category)
+        if base is None:
+            base = self._category_masks[category] = self.categories == category
+        if not len(new.ids):
+            return base
+        return np.concatenate([base, np.array([c == category for c in new.categories], dtype=bool)])
+
+    def _item_vector(self, j: int, new: _NewItems) -> np.ndarray:
+        return self.item_factors[j] if j < self.n_base else new.factors[j - self.n_base]
+
+    def _id(self, j: int, new: _NewItems) -> str:
+        return self.item_ids[j] if j < self.n_base else new.ids[j - self.n_base]
+
+    def _ids(self, idx: np.ndarray, new: _NewItems) -> list[str]:
+        return [self._id(j, new) for j in idx.tolist()]
+
+    def has_category(self, category: str) -> bool:
+        return category in self.category_names or category in self._new.categories

@@ -1,0 +1,111 @@
+"""Request and response models of the HTTP API (they are also its OpenAPI documentation)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Source = Literal["speed", "batch", "popular"]
+
+
+class Item(BaseModel):
+    item_id: str
+    score: float
+    title: str | None = None
+    category: str | None = None
+    from_speed: bool = Field(
+        False,
+        description="True when the speed layer's view of the user put this item here and the batch model alone "
+        "would not have.",
+    )
+
+
+class Recommendations(BaseModel):
+    user_id: str = Field(description="The pseudonym the user is known by (raw ids are never stored).")
+    model_version: str
+    source: Source = Field(
+        description="`speed`: the user's vector folded in since the batch model; `batch`: the batch model's "
+        "vector; `popular`: unknown user, most popular items."
+    )
+    as_of_ms: int | None = Field(None, description="Time of the newest event behind a `speed` answer.")
+    items: list[Item]
+
+
+class Similar(BaseModel):
+    item_id: str
+    model_version: str
+    items: list[Item]
+
+
+class Popular(BaseModel):
+    model_version: str
+    category: str | None = None
+    items: list[Item]
+
+
+class Contribution(BaseModel):
+    item_id: str
+    title: str | None = None
+    contribution: float = Field(description="This history item's share of the score; all shares sum to `score`.")
+
+
+class Explanation(BaseModel):
+    user_id: str
+    item_id: str
+    model_version: str
+    score: float = Field(description="The user's score of the item, from the fold-in of their whole history.")
+    because: list[Contribution]
+
+
+class EventIn(BaseModel):
+    """One behaviour event from a shop or app. The user id is pseudonymised here, before Kafka."""
+
+    user_id: str = Field(min_length=1, description="The shop's own user id (or an existing pseudonym).")
+    item_id: str = Field(min_length=1)
+    event_type: str = Field(description="One of the configured event types (RECSYS_EVENT_WEIGHTS).")
+    ts: str | int | None = Field(None, description="Event time, ISO-8601 or epoch ms; default: now.")
+    event_id: str | None = Field(None, description="Unique id used for de-duplication; default: a new UUID.")
+    session_id: str | None = None
+    quantity: int | None = None
+    price: float | None = None
+
+    model_config = {"extra": "forbid"}
+
+
+class EventAccepted(BaseModel):
+    event_id: str
+    user_id: str = Field(description="The pseudonym stored in place of the raw user id.")
+    partition: int
+    offset: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_version: str | None = None
+    caught_up: bool = Field(description="Whether `model-updates` has been read up to where it ended at start.")
+    error: str | None = None
+
+
+class ModelInfo(BaseModel):
+    model_version: str
+    engine: str
+    created_at_ms: int
+    rank: int
+    n_users: int
+    n_items: int
+    new_items: int = Field(description="Items folded in by the speed layer since the model's cut-off.")
+    speed_users: int = Field(description="Users whose vector comes from the speed layer.")
+    speed_updates_applied: int
+    index: str
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    kafka_offsets: dict[int, int]
+
+
+class Error(BaseModel):
+    detail: str

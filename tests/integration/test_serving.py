@@ -1,0 +1,192 @@
+"""The serving process against the real broker, the real speed layer and a real published model."""
+
+import threading
+import time
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+from published_models import produce, publish_model
+from serving_stack import TOKEN, call, get, start_stack, stop_stack, wait_for
+
+from jobs.publish import announce
+from recsys import model_store
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    st = start_stack(tmp_path_factory.mktemp("serving"))
+    yield st
+    stop_stack(st)
+
+
+def known_user(stack) -> tuple[str, str]:
+    """(raw id, pseudonym) of a user the batch model knows, who bought something."""
+    model_users = {e.user_id for e in stack.events if e.event_type == "purchase"}
+    for n in range(300):
+        raw = stack.raw_user(n)
+        if stack.pseudonym(raw) in model_users:
+            return raw, stack.pseudonym(raw)
+    raise AssertionError("no model user found")
+
+
+def post_event(stack, user: str, item: str, event_type: str = "view", token: str | None = TOKEN):
+    return call("POST", f"{stack.url}/events", {"user_id": user, "item_id": item, "event_type": event_type}, token)
+
+
+def test_recommend_similar_because_popular_for_a_batch_user(stack):
+    raw, pseudonym = known_user(stack)
+    status, body = get(stack, f"/recommend/{raw}?k=7")
+    assert status == 200 and body["source"] == "batch" and body["user_id"] == pseudonym
+    assert body["model_version"] == "m1" and len(body["items"]) == 7
+    assert all(item["title"] and item["category"] for item in body["items"])  # from the catalogue table
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    purchased = {e.item_id for e in stack.events if e.user_id == pseudonym and e.event_type == "purchase"}
+    _, everything = get(stack, f"/recommend/{raw}?k=100")
+    assert not purchased & {i["item_id"] for i in everything["items"]}
+    _, unfiltered = get(stack, f"/recommend/{raw}?k=100&exclude_seen=false")
+    assert purchased and purchased & {i["item_id"] for i in unfiltered["items"]}  # what the filter took out
+
+    _, in_category = get(stack, f"/recommend/{raw}?k=5&category=category-2")
+    assert {i["category"] for i in in_category["items"]} == {"category-2"}
+
+    item = body["items"][0]["item_id"]
+    status, sim = get(stack, f"/similar/{item}?k=5")
+    assert status == 200 and len(sim["items"]) == 5 and item not in {i["item_id"] for i in sim["items"]}
+
+    status, why = get(stack, f"/because/{raw}/{item}?k=50")
+    history = {e.item_id for e in stack.events if e.user_id == pseudonym}
+    assert status == 200 and {c["item_id"] for c in why["because"]} <= history
+    assert sum(c["contribution"] for c in why["because"]) == pytest.approx(why["score"], rel=1e-4)
+
+    status, popular = get(stack, "/popular?k=3")
+    counts = {}
+    for e in stack.events:
+        counts.setdefault(e.item_id, set()).add(e.user_id)
+    top = sorted(counts, key=lambda i: (-len(counts[i]), i))[:3]
+    assert status == 200 and [i["item_id"] for i in popular["items"]] == top
+
+
+def test_unknown_user_gets_popular_items_and_unknown_ids_get_404(stack):
+    _, body = get(stack, f"/recommend/stranger-{uuid.uuid4().hex}?k=3")
+    _, popular = get(stack, "/popular?k=3")
+    assert body["source"] == "popular" and body["items"] == popular["items"]
+    assert get(stack, "/similar/no-such-item")[0] == 404
+    assert get(stack, "/because/stranger/item-1")[0] == 404
+    raw, _ = known_user(stack)
+    status, body = get(stack, f"/because/{raw}/no-such-item")
+    assert status == 404 and "no-such-item" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "says"),
+    [
+        ("/recommend/user-1?k=0", 422, "greater than or equal to 1"),
+        ("/recommend/user-1?k=101", 422, "less than or equal to 100"),
+        ("/recommend/user-1?k=ten", 422, "valid integer"),
+        ("/recommend/user-1?category=nonsense", 400, "unknown category"),
+        ("/recommend/" + "x" * 200, 422, "longer than 128"),
+        ("/similar/item-1?k=-3", 422, "greater than or equal to 1"),
+        ("/nowhere", 404, "Not Found"),
+    ],
+)
+def test_bad_reads_get_clear_4xx(stack, path, status, says):
+    got, body = get(stack, path)
+    assert got == status and says in body["detail"]
+
+
+def test_writes_need_the_token_and_valid_events(stack):
+    assert post_event(stack, "user-1", "item-1", token=None)[0] == 401
+    assert post_event(stack, "user-1", "item-1", token="wrong")[0] == 403
+    status, body = call("POST", f"{stack.url}/events", raw=b'{"user_id": "user-1", "item_id": ', token=TOKEN)
+    assert status == 422 and "JSON" in body["detail"]
+    status, body = post_event(stack, "user-1", "item-1", event_type="wishlist")
+    assert status == 422 and body["detail"].startswith("unknown_event_type")
+    status, body = call("POST", f"{stack.url}/events", {"user_id": "u", "item_id": "i", "event_type": "view",
+                                                        "colour": "red"}, TOKEN)  # fmt: skip
+    assert status == 422 and "colour" in body["detail"]
+    status, body = call("POST", f"{stack.url}/events", {"user_id": "u", "item_id": "i", "event_type": "view",
+                                                        "ts": "2999-01-01T00:00:00Z"}, TOKEN)  # fmt: skip
+    assert status == 422 and body["detail"].startswith("ts_out_of_range")
+
+
+def test_a_posted_event_changes_the_users_recommendations_within_moments(stack):
+    raw = f"visitor-{uuid.uuid4().hex[:8]}"
+    assert get(stack, f"/recommend/{raw}?k=5")[1]["source"] == "popular"
+    _, popular = get(stack, "/popular?k=1")
+    bought = popular["items"][0]["item_id"]
+    status, accepted = post_event(stack, raw, bought, "purchase")
+    assert status == 202 and accepted["user_id"] == stack.pseudonym(raw)  # the raw id never left the service
+    started = time.monotonic()
+    body = wait_for(lambda: (b := get(stack, f"/recommend/{raw}?k=10")[1])["source"] == "speed" and b, timeout_s=10)
+    assert time.monotonic() - started < 5
+    assert body["as_of_ms"] and all(i["from_speed"] for i in body["items"])  # no batch vector: all from speed
+    assert bought not in {i["item_id"] for i in body["items"]}  # bought: left out
+    _, why = get(stack, f"/because/{raw}/{body['items'][0]['item_id']}")
+    assert [c["item_id"] for c in why["because"]] == [bought]
+    _, info = get(stack, "/models")
+    assert info["speed_users"] >= 1 and info["speed_updates_applied"] >= 1
+
+
+def test_metrics_docs_and_loopback_only(stack):
+    get(stack, "/recommend/user-2?k=3")
+    with urllib.request.urlopen(f"{stack.url}/metrics") as r:
+        text = r.read().decode()
+    assert 'serving_requests_total{route="/recommend/{user_id}",status="200"}' in text
+    assert "serving_model_info" in text and 'model_version="m1"' in text
+    status, spec = get(stack, "/openapi.json")
+    assert status == 200 and {"/recommend/{user_id}", "/events", "/because/{user_id}/{item_id}"} <= set(spec["paths"])
+    port = stack.s.serving_port
+    listening = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+    mine = [cols[1] for cols in listening if cols[3] == "0A" and int(cols[1].split(":")[1], 16) == port]
+    assert mine == ["0100007F:" + f"{port:04X}"]  # 127.0.0.1 only
+
+
+@pytest.fixture
+def swap_stack(tmp_path):
+    st = start_stack(tmp_path)
+    yield st
+    stop_stack(st)
+
+
+def test_hot_swap_under_concurrent_requests_fails_nothing_and_keeps_later_updates(swap_stack):
+    st = swap_stack
+    raw, _ = known_user(st)
+    failures, versions, done = [], [], threading.Event()
+
+    def hammer() -> None:
+        while not done.is_set():
+            status, body = get(st, f"/recommend/{raw}?k=10")
+            if status != 200 or len(body["items"]) != 10:
+                failures.append((status, body))
+            else:
+                versions.append(body["model_version"])
+
+    clients = [threading.Thread(target=hammer) for _ in range(4)]
+    for c in clients:
+        c.start()
+    try:
+        # m2 covers everything produced so far; one event arrives after its cut-off, before it is announced.
+        more = produce(st.s, seed=2, n=1_500)
+        m2 = publish_model(st.s, st.events + more, "m2", rank=24)
+        late_user = f"late-{uuid.uuid4().hex[:6]}"
+        assert post_event(st, late_user, "item-3", "purchase")[0] == 202
+        wait_for(lambda: get(st, f"/recommend/{late_user}")[1]["source"] == "speed")
+        announce("m2", model_store.published_dir(st.s) / "m2", st.s)
+        wait_for(lambda: get(st, "/models")[1]["model_version"] == "m2")
+        # The speed layer replays from m2's offsets: the late event is folded in against m2, and stays applied.
+        late = wait_for(lambda: (b := get(st, f"/recommend/{late_user}")[1])["source"] == "speed"
+                        and b["model_version"] == "m2" and b)  # fmt: skip
+        assert "item-3" not in {i["item_id"] for i in late["items"]}
+        time.sleep(0.5)
+    finally:
+        done.set()
+        for c in clients:
+            c.join()
+    assert failures == []
+    assert "m1" in versions and versions[-1] == "m2" and len(versions) > 100
+    assert np.asarray(m2.item_factors).shape[1] == get(st, "/models")[1]["rank"] == 24
