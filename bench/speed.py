@@ -7,10 +7,8 @@ only on the artifact's shape: rank, catalogue size, history lengths).
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from kafka import TopicPartition
 
+from infra import processes
 from jobs.engines import AlsParams, implicit_als
 from recsys import model_store
 from recsys.contracts import ModelManifest, Topics, VectorUpdate
@@ -27,15 +26,18 @@ from recsys.evaluation import distinct_users_per_item
 from recsys.foldin import FoldIn
 from recsys.kafka_io import consumer, end_offsets
 from recsys.replay import replay
-from recsys.settings import PROJECT_ROOT, Settings
+from recsys.settings import Settings
 
 
-def build_model(s: Settings, n_users: int, n_items: int, rank: int, history_events: int) -> model_store.ModelArtifact:
+def build_model(
+    s: Settings, n_users: int, n_items: int, rank: int, history_events: int, zipf_exponent: float = 1.1
+) -> model_store.ModelArtifact:
     """A published model over `history_events` synthetic events (not in Kafka: offsets start at 0)."""
     import pandas as pd
     import scipy.sparse as sp
 
-    config = SyntheticConfig(n_events=history_events, n_users=n_users, n_items=n_items, seed=100)
+    config = SyntheticConfig(n_events=history_events, n_users=n_users, n_items=n_items, seed=100,
+                             zipf_exponent=zipf_exponent)  # fmt: skip
     frames = [b.select(["user_id", "item_id", "event_type"]).to_pandas() for b in iter_batches(config)]
     df = pd.concat(frames, ignore_index=True)
     df["w"] = df["event_type"].map(s.event_weights)
@@ -105,7 +107,7 @@ def publish_cutoff(s: Settings) -> int:
 def _wait_committed(proc: subprocess.Popen, s: Settings, done) -> int:
     while not done(n := _committed(s)):
         if proc.poll() is not None:
-            raise RuntimeError(f"speed layer exited: {proc.stderr.read()[-2000:]}")
+            raise RuntimeError(f"speed layer exited with {proc.returncode}: see {s.state_dir}/speed-bench.log")
         time.sleep(0.05)
     return n
 
@@ -152,10 +154,8 @@ def _read_latencies(s: Settings, out: list[float], stop: threading.Event) -> Non
 
 
 def _speed_process(s: Settings, instance: str) -> subprocess.Popen:
-    env = {**os.environ, "RECSYS_STATE_DIR": str(s.state_dir), "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-           "RECSYS_SPEED_METRICS_PORT": "0", "RECSYS_PSEUDONYM_KEY": s.pseudonym_key.get_secret_value()}  # fmt: skip
-    return subprocess.Popen([sys.executable, "-m", "speed_layer", "--instance-id", instance], env=env,
-                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return processes.start("speed_layer", s.model_copy(update={"speed_metrics_port": 0}), "--instance-id", instance,
+                           log=s.state_dir / f"{instance}.log")  # fmt: skip
 
 
 def _committed(s: Settings) -> int:
