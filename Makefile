@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # The demo keeps its own state (broker data, tables, keys), so it never touches anything else in .state/.
 DEMO_ENV := RECSYS_STATE_DIR=$(CURDIR)/.state/demo
 
-.PHONY: help venv demo test lint broker stop lock clean dag-run speed-layer airflow-ui bench bench-quick
+.PHONY: help venv demo test lint broker stop lock clean dag-run speed-layer serve airflow-ui bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ dag-run: venv  ## run the nightly DAG once, now, with real Airflow and Spark (ne
 speed-layer: venv  ## run one speed-layer instance in the foreground (Ctrl-C stops it)
 	$(PY) -m speed_layer
 
+serve: venv  ## run the serving layer (HTTP on 127.0.0.1:8000, storefront at /storefront) in the foreground
+	$(PY) -m serving
+
 airflow-ui: venv  ## start Airflow's UI, scheduler and dag-processor on 127.0.0.1
 	$(PY) -m infra.airflow ui
 
@@ -66,7 +69,8 @@ bench-quick: venv  ## reduced benchmarks, same output files
 stop: ## stop everything the demo, `make broker` or `make airflow-ui` started
 	@if [ -x $(PY) ]; then \
 	  for env in "$(DEMO_ENV)" ""; do \
-	    env $$env $(PY) -m infra.airflow stop; env $$env $(PY) -m infra.broker stop; \
+	    env $$env $(PY) -m infra.processes stop; env $$env $(PY) -m infra.airflow stop; \
+	    env $$env $(PY) -m infra.broker stop; \
 	  done; fi
 
 clean: stop  ## remove the virtual environment and all local state

@@ -177,9 +177,39 @@ def write_report(results: dict) -> Path:
             f"| {sl['events_per_s']:,} | {sl['latency_ms_p50']} | {sl['latency_ms_p99']} | {sl['solve_us_per_user']} | "
             f"{sl['history_len_mean']} |",
         ]  # fmt: skip
+    if "serving" in results:
+        lines += serving_report(results["serving"])
     path = RESULTS / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def serving_report(sv: dict) -> list[str]:
+    ann = sv["approximate"]
+    lines = [
+        "", "## Serving layer: GET /recommend", "",
+        f"{sv['n_items']:,} items, rank {sv['rank']}, top-{sv['k']}, {sv['n_users']:,} model users; load from a "
+        f"separate process on the same 2 cores; {sv['seconds_per_run']} s per run.", "",
+        "| index / workers | max requests/s (8 conn.) | offered rate | p50 ms | p99 ms | errors | RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for mode, r in sv["modes"].items():
+        lines.append(f"| {mode} | {r['max_requests_per_s']:,} | {r['offered_rate']:,}/s | {r['p50_ms']} | "
+                     f"{r['p99_ms']} | {r['errors']} | {r['rss_mb']:,} |")  # fmt: skip
+    lines += ["", f"Approximate index: recall@10 {ann['recall@10']} against the exact scan ({ann['users']} users, "
+              f"{ann['lists']} lists, {ann['probes']} probed). Exact vs full sort (2 workers each): "
+              f"{sv.get('speedup_vs_full_sort', 'n/a')}x the requests/s."]  # fmt: skip
+    return lines
+
+
+def serving_table(sv: dict) -> Table:
+    table = Table(title=f"serving GET /recommend, {sv['n_items']:,} items, rank {sv['rank']}, top-{sv['k']}")
+    for col in ("index/workers", "max req/s", "offered", "p50 ms", "p99 ms", "errors", "RSS MB"):
+        table.add_column(col, justify="right")
+    for mode, r in sv["modes"].items():
+        table.add_row(mode, f"{r['max_requests_per_s']:,}", f"{r['offered_rate']:,}", f"{r['p50_ms']}",
+                      f"{r['p99_ms']}", f"{r['errors']}", f"{r['rss_mb']:,}")  # fmt: skip
+    return table
 
 
 def speed_table(speed: dict) -> Table:
@@ -195,7 +225,7 @@ def speed_table(speed: dict) -> Table:
 @app.command()
 def main(
     quick: bool = typer.Option(False, help="Reduced sizes (minutes, not tens of minutes)."),
-    only: str = typer.Option("batch,speed", help="Comma-separated sections to run."),
+    only: str = typer.Option("batch,speed,serving", help="Comma-separated sections to run."),
     sizes: str = typer.Option("", help="Comma-separated event counts for the batch section."),
     engines: str = typer.Option("spark_als,implicit", help="Comma-separated training engines."),
 ) -> None:
@@ -214,9 +244,23 @@ def main(
         results["speed_layer"] = speed.run(quick)
         repetitions["speed_layer"] = {"throughput": 1, "latency": 1, "solve": results["speed_layer"]["repetitions"]}
         console.print(speed_table(results["speed_layer"]))
-    results["meta"] = meta(quick, repetitions)
+    if "serving" in sections:
+        from bench import serving
+
+        results["serving"] = serving.run(quick)
+        repetitions["serving"] = 1
+        console.print(serving_table(results["serving"]))
+    # Sections not run this time keep their last results; `meta.sections` says when each was measured.
+    latest = RESULTS / "latest.json"
+    merged = json.loads(latest.read_text()) if latest.exists() else {}
+    run_meta = meta(quick, repetitions)
+    sections_meta = merged.get("meta", {}).get("sections", {})
+    sections_meta.update({name: run_meta for name in results})
+    merged.update(results)
+    merged["meta"] = {**run_meta, "sections": sections_meta}
+    results = merged
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    latest.write_text(json.dumps(results, indent=2))
     report = write_report(results)
     console.print(f"wrote {RESULTS / 'latest.json'} and {report}")
 

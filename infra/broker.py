@@ -126,15 +126,15 @@ def stop(settings: Settings | None = None, timeout_s: float = 15.0) -> bool:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive(pid):
         time.sleep(0.1)
-    if _alive(pid):
+    if alive(pid):
         os.kill(pid, signal.SIGKILL)
     paths.pid_file.unlink(missing_ok=True)
     return True
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     # Reap it if it is our child (tests start it in-process); harmless otherwise.
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)

@@ -6,17 +6,19 @@ so the demo gives the same result every time and never touches other local state
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
 
-from infra import broker
-from recsys import lake, model_store
+from infra import broker, processes
+from recsys import catalog, lake, model_store
 from recsys.contracts import Tables, Topics
 from recsys.data import movielens
 from recsys.replay import read_topic, replay
@@ -53,6 +55,8 @@ def reset_state() -> None:
     from infra import airflow
 
     s = get_settings()
+    for name in processes.SERVICES:
+        processes.stop_service(name, s)
     airflow.stop()
     broker.stop(s)
     if s.state_dir.exists():
@@ -67,6 +71,8 @@ def start_broker() -> None:
 
 
 def load_movielens() -> None:
+    version = catalog.write(catalog.movielens())
+    console.print(f"catalogue (titles, genres) -> Delta table `catalog` v{version}")
     events = ((e.key(), e.to_wire()) for e in movielens.iter_events())
     report = replay(events, total=movielens.N_RATINGS)
     console.print(f"produced {report.sent:,} events in {report.seconds:.1f}s ({report.rate:,.0f}/s)")
@@ -126,6 +132,84 @@ def show_published_model() -> None:
     console.print(table)
 
 
+def start_services() -> None:
+    s = get_settings()
+    for name in processes.SERVICES:
+        pid = processes.start_service(name, s)
+        console.print(f"{name}: pid {pid}, log {s.state_dir / 'logs' / f'{name}.log'}")
+    try:
+        ready = processes.wait_ready(s, timeout_s=120)
+    except (TimeoutError, RuntimeError) as e:
+        log = s.state_dir / "logs" / "serving.log"
+        tail = "\n".join(log.read_text().splitlines()[-20:]) if log.exists() else "(no log)"
+        raise DemoFailed(f"{e}\nlast lines of {log}:\n{tail}") from None
+    console.print(f"serving model {ready['model_version']} on {processes.serving_url(s)}")
+
+
+DEMO_USERS = ("1", "42", "500")  # MovieLens user ids, as a shop would send them; the service pseudonymises
+STREAMED_FILM = "50"  # Star Wars (1977): each demo user buys it and its nearest neighbours
+
+
+def stream_and_compare() -> None:
+    """Before/after recommendations of a few users around new events streamed through the whole system."""
+    s = get_settings()
+    url, token = processes.serving_url(s), s.write_token()
+    visitor = f"visitor-{int(time.time())}"
+    users = [*DEMO_USERS, visitor]
+    before = {u: _get(f"{url}/recommend/{u}?k=5") for u in users}
+    neighbours = [i["item_id"] for i in _get(f"{url}/similar/{STREAMED_FILM}?k=2")["items"]]
+    bought = [STREAMED_FILM, *neighbours]
+    sent_at = time.monotonic()
+    for user in users:
+        for item in bought:
+            _post(f"{url}/events", {"user_id": user, "item_id": item, "event_type": "purchase"}, token)
+    titles = catalog.read(s)
+    console.print(f"each of {len(users)} users bought: " + "; ".join(titles.get(i, (i,))[0] or i for i in bought))
+    after = {}
+    for user in users:
+        after[user] = _wait_for_speed(f"{url}/recommend/{user}?k=5", deadline=sent_at + 30)
+    console.print(
+        f"all {len(users)} users answered by the speed layer {time.monotonic() - sent_at:.1f}s after the events"
+    )
+    table = Table("user", "before (source)", "after (source; * = brought by the speed layer)", show_lines=True)
+    for user in users:
+        b, a = before[user], after[user]
+        table.add_row(
+            user,
+            f"[{b['source']}]\n" + "\n".join(i["title"] or i["item_id"] for i in b["items"]),
+            f"[{a['source']}]\n" + "\n".join(("* " if i["from_speed"] else "  ") + (i["title"] or i["item_id"])
+                                               for i in a["items"]),
+        )  # fmt: skip
+    console.print(table)
+
+
+def _wait_for_speed(url: str, deadline: float) -> dict:
+    while True:
+        answer = _get(url)
+        if answer["source"] == "speed":
+            return answer
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"no speed-layer answer at {url} within 30 s: is the speed layer running? "
+                             f"see {get_settings().state_dir / 'logs' / 'speed.log'}")  # fmt: skip
+        time.sleep(0.2)
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, body: dict, token: str) -> dict:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.loads(r.read())
+
+
 def main() -> int:
     try:
         step("0. check prerequisites", check_prerequisites)
@@ -135,11 +219,17 @@ def main() -> int:
         step("4. read it back from the broker", show_arrival)
         step("5. archive the events topic into the bronze Delta table", archive)
         step("6. run the nightly DAG once with real Airflow and Spark", run_nightly_dag)
+        step("7. start the speed layer and the serving layer", start_services)
+        step("8. stream new events for a few users: recommendations before and after", stream_and_compare)
     except DemoFailed:
         return 1
+    s = get_settings()
+    url = processes.serving_url(s)
     console.rule("[bold]done")
     console.print(
-        f"The broker keeps running on {get_settings().kafka_bootstrap}.\n"
+        f"Running: broker on {s.kafka_bootstrap}, speed layer, serving on {url}.\n"
+        f"Storefront: {url}/storefront#token={s.write_token()}  (the token is in {s.secrets_dir / 'serving.token'})\n"
+        f"API docs:   {url}/docs     metrics: {url}/metrics\n"
         "Look around: `RECSYS_STATE_DIR=.state/demo .venv/bin/recsys topics`; "
         "the Airflow UI: `RECSYS_STATE_DIR=.state/demo make airflow-ui`\n"
         "Stop everything: `make stop`"

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from infra.broker import alive
 from recsys.settings import PROJECT_ROOT, Settings
 
 
@@ -65,3 +66,68 @@ def wait_ready(s: Settings, proc: subprocess.Popen | None = None, timeout_s: flo
             last = str(e)
         time.sleep(0.2)
     raise TimeoutError(f"serving at {serving_url(s)} not ready within {timeout_s:.0f}s: {last}")
+
+
+# --- background services of the demo (speed layer, serving), found again by PID file --------------
+SERVICES = {"speed": ("speed_layer", "--instance-id", "speed-demo"), "serving": ("serving",)}
+
+
+def _pid_file(name: str, s: Settings) -> Path:
+    return s.state_dir / "run" / f"{name}.pid"
+
+
+def service_pid(name: str, s: Settings) -> int | None:
+    """The PID of our running service `name`, checked against its command line (a recycled PID is never ours)."""
+    try:
+        pid = int(_pid_file(name, s).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    module = SERVICES[name][0].encode()
+    return pid if module in cmdline and alive(pid) else None
+
+
+def start_service(name: str, s: Settings) -> int:
+    """Start a service in the background (logs in <state>/logs/<name>.log); a running one is kept."""
+    pid = service_pid(name, s)
+    if pid is not None:
+        return pid
+    logs = s.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    module, *args = SERVICES[name]
+    proc = start(module, s, *args, log=logs / f"{name}.log")
+    _pid_file(name, s).parent.mkdir(parents=True, exist_ok=True)
+    _pid_file(name, s).write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_service(name: str, s: Settings, timeout_s: float = 15) -> bool:
+    """SIGTERM (then SIGKILL) our service `name`. Returns whether it was running."""
+    pid = service_pid(name, s)
+    _pid_file(name, s).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.1)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+if __name__ == "__main__":
+    import typer
+
+    from recsys.settings import get_settings
+
+    cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+
+    @cli.command("stop")
+    def stop_cmd() -> None:
+        """Stop the speed layer and serving processes the demo started."""
+        for service in SERVICES:
+            if stop_service(service, get_settings()):
+                typer.echo(f"{service} stopped")
+
+    cli()

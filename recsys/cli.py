@@ -71,6 +71,30 @@ def replay_synthetic(
     _print_report(replay(iter_messages(config), rate=rate, total=events))
 
 
+catalog_app = typer.Typer(help="Load item titles and categories into the `catalog` table.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("movielens")
+def catalog_movielens() -> None:
+    """MovieLens-100K's films (title and year; first genre as the category)."""
+    from recsys import catalog
+
+    table = catalog.movielens()
+    console.print(f"catalog version {catalog.write(table)}: {table.num_rows:,} items")
+
+
+@catalog_app.command("synthetic")
+def catalog_synthetic(
+    items: int = typer.Option(5_000), categories: int = typer.Option(20), seed: int = typer.Option(0)
+) -> None:
+    """The synthetic stream's items and the categories the generator draws them from."""
+    from recsys import catalog
+
+    table = catalog.synthetic(items, categories, seed)
+    console.print(f"catalog version {catalog.write(table)}: {table.num_rows:,} items")
+
+
 @app.command()
 def topics() -> None:
     """Messages held per topic."""

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # --- serving layer -----------------------------------------------------------
     serving_host: str = Field("127.0.0.1", description="Interface the HTTP service binds to (loopback by default).")
     serving_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP service.")
+    serving_workers: int = Field(
+        1, ge=1, description="Worker processes of the HTTP service, each a full replica sharing the port."
+    )
     serving_default_k: int = Field(10, ge=1, description="Recommendations returned when `k` is not given.")
     serving_max_k: int = Field(100, ge=1, description="Largest `k` a request may ask for.")
     serving_exclude_event_types: list[str] = Field(
@@ -123,7 +126,7 @@ class Settings(BaseSettings):
         "for large catalogues; recall measured by `make bench`), `full_sort` (the naive baseline, for benchmarks).",
     )
     serving_ann_lists: int = Field(0, ge=0, description="IVF cells of the approximate index; 0 = 4 x sqrt(items).")
-    serving_ann_probes: int = Field(16, ge=1, description="IVF cells searched per query (recall vs speed).")
+    serving_ann_probes: int = Field(64, ge=1, description="IVF cells searched per query (recall vs speed).")
     serving_write_token: SecretStr | None = Field(
         None,
         description="Bearer token for write endpoints (`POST /events`). If unset, a random one is created once "

@@ -10,7 +10,6 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 definition time, and `k`'s limit comes from the settings, inside `_routes`.
 """
 
-
 import hmac
 import json
 import logging
@@ -26,13 +25,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kafka.errors import KafkaError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from threadpoolctl import threadpool_limits
 
 from recsys.contracts import Event, Topics, validate_event
 from recsys.kafka_io import producer
 from recsys.privacy import pseudonymise
 from recsys.settings import Settings, get_settings
 from serving import metrics
+from serving.batcher import Batcher
 from serving.follower import ModelFollower
 from serving.model import Ranked, ServingModel, UnknownId
 from serving.schemas import (
@@ -59,14 +59,23 @@ ItemId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN)]
 ERRORS = {400: {"model": Error}, 404: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}
 
 
+def app_from_environment() -> FastAPI:
+    """The app as each uvicorn worker process builds it (settings from RECSYS_* variables)."""
+    return create_app(get_settings())
+
+
 def create_app(settings: Settings | None = None, follower: ModelFollower | None = None) -> FastAPI:
     s = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # One BLAS thread per process: a request's product is memory-bound, and BLAS threads fighting
+        # over two cores (per request!) cost far more than they give. Scale out with processes instead.
+        app.state.blas_limits = threadpool_limits(1)
         app.state.follower = follower or ModelFollower(s)
         app.state.follower.start()
         app.state.producer = None
+        app.state.batcher = Batcher()
         app.state.producer_lock = threading.Lock()
         app.state.token = s.write_token()
         yield
@@ -97,7 +106,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
 
 
-def current_model(request: Request) -> ServingModel:
+async def current_model(request: Request) -> ServingModel:  # async: no thread-pool hop per request
     model = request.app.state.follower.current
     if model is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model loaded yet: see GET /ready")
@@ -152,20 +161,20 @@ def _routes(app: FastAPI, s: Settings) -> None:
     K = _k(s)
 
     @app.get("/recommend/{user_id}", response_model=Recommendations, responses=ERRORS, tags=["recommendations"])
-    def recommend(user_id: UserId, model: Model, k: K = s.serving_default_k, exclude_seen: bool = True,
-                  category: str | None = None) -> Recommendations:  # fmt: skip
+    async def recommend(user_id: UserId, model: Model, request: Request, k: K = s.serving_default_k,
+                        exclude_seen: bool = True, category: str | None = None) -> Recommendations:  # fmt: skip
         """Top-k items for a user, from the speed layer's vector if there is one, else the batch model's,
         else the most popular items. `exclude_seen` leaves out items the user had the configured event
         types on (RECSYS_SERVING_EXCLUDE_EVENT_TYPES); `category` keeps one catalogue category."""
         pseudonym = _user(user_id, s)
         _check_category(model, category)
-        ranked = model.recommend(pseudonym, k, exclude_seen, category)
+        ranked = await request.app.state.batcher.submit(model, model.prepare(pseudonym, k, exclude_seen, category))
         metrics.ANSWERS.labels(ranked.source).inc()
         return Recommendations(user_id=pseudonym, model_version=model.version, source=ranked.source,
                                as_of_ms=ranked.as_of_ms, items=_items(model, ranked))  # fmt: skip
 
     @app.get("/similar/{item_id}", response_model=Similar, responses=ERRORS, tags=["recommendations"])
-    def similar(item_id: ItemId, model: Model, k: K = s.serving_default_k) -> Similar:
+    async def similar(item_id: ItemId, model: Model, k: K = s.serving_default_k) -> Similar:
         """Items whose factors point the same way (cosine similarity)."""
         _check_item(item_id, s)
         try:
@@ -175,7 +184,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
         return Similar(item_id=item_id, model_version=model.version, items=_items(model, ranked))
 
     @app.get("/because/{user_id}/{item_id}", response_model=Explanation, responses=ERRORS, tags=["recommendations"])
-    def because(user_id: UserId, item_id: ItemId, model: Model, k: K = 5) -> Explanation:
+    async def because(user_id: UserId, item_id: ItemId, model: Model, k: K = 5) -> Explanation:
         """The user's own items that contribute most to their score of `item_id`."""
         pseudonym = _user(user_id, s)
         _check_item(item_id, s)
@@ -188,7 +197,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
                            because=because)  # fmt: skip
 
     @app.get("/popular", response_model=Popular, responses=ERRORS, tags=["recommendations"])
-    def popular(model: Model, k: K = s.serving_default_k, category: str | None = None) -> Popular:
+    async def popular(model: Model, k: K = s.serving_default_k, category: str | None = None) -> Popular:
         """The items most users interacted with in the batch model's data."""
         _check_category(model, category)
         return Popular(model_version=model.version, category=category, items=_items(model, model.popular(k, category)))
@@ -216,7 +225,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
                              offset=sent.offset)  # fmt: skip
 
     @app.get("/models", response_model=ModelInfo, responses=ERRORS, tags=["operations"])
-    def models(model: Model) -> ModelInfo:
+    async def models(model: Model) -> ModelInfo:
         """The model being served, its evaluation, and how much the speed layer has added to it."""
         m = model.manifest
         return ModelInfo(
@@ -227,12 +236,12 @@ def _routes(app: FastAPI, s: Settings) -> None:
         )  # fmt: skip
 
     @app.get("/health", response_model=Health, tags=["operations"])
-    def health() -> Health:
+    async def health() -> Health:
         """The process is up (it may not have a model yet: see /ready)."""
         return Health()
 
     @app.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}}, tags=["operations"])
-    def ready(request: Request, response: Response) -> Readiness:
+    async def ready(request: Request, response: Response) -> Readiness:
         """Ready once a model is loaded and the updates published before start are applied."""
         follower: ModelFollower = request.app.state.follower
         if not follower.ready:
@@ -244,7 +253,8 @@ def _routes(app: FastAPI, s: Settings) -> None:
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def prometheus() -> Response:
         """Prometheus metrics."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = metrics.exposition()
+        return Response(body, media_type=media_type)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -64,18 +64,20 @@ class ModelFollower:
 
     @property
     def ready(self) -> bool:
-        return self.current is not None and self.caught_up.is_set()
+        return self.current is not None and self.caught_up.is_set() and self.error is None
 
     # --- the loop ----------------------------------------------------------------------------
     def _run(self) -> None:
-        try:
-            latest = model_store.latest_published(self.s)
-            if latest is not None:
-                self._swap(latest)
-            self._follow()
-        except Exception as e:  # the thread must say why it died: /ready reports it
-            self.error = f"{type(e).__name__}: {e}"
-            log.exception("model follower stopped")
+        latest = model_store.latest_published(self.s)
+        if latest is not None:
+            self._try_swap(latest)
+        while not self._stop.is_set():
+            try:
+                self._follow()
+            except Exception as e:  # never die silently: /ready reports it, and we start over
+                self.error = f"{type(e).__name__}: {e}"
+                log.exception("following %s failed; starting over in 2 s", Topics.MODEL_UPDATES)
+                self._stop.wait(2)
 
     def _follow(self) -> None:
         updates = TopicPartition(Topics.MODEL_UPDATES, 0)
@@ -83,6 +85,7 @@ class ModelFollower:
         try:
             reader.seek_to_beginning(updates)
             target = reader.end_offsets([updates])[updates]
+            self.error = None
             while not self._stop.is_set():
                 for records in reader.poll(timeout_ms=200, max_records=5_000).values():
                     for record in records:
@@ -138,7 +141,15 @@ class ModelFollower:
                 log.error("MODEL %s points at %s, which is not here; keeping %s", message.model_version,
                           message.path, current or "no model")  # fmt: skip
                 return
-        self._swap(path)
+        self._try_swap(path)
+
+    def _try_swap(self, path: Path) -> None:
+        try:
+            self._swap(path)
+        except Exception:  # a broken model directory must not take the served one down
+            metrics.MODEL_LOAD_FAILURES.inc()
+            log.exception("could not load the model at %s; keeping %s", path,
+                          self.current.version if self.current else "no model")  # fmt: skip
 
     def _on_update(self, up: VectorUpdate) -> None:
         current = self.current
@@ -175,7 +186,7 @@ class ModelFollower:
             del self._pending[version]
         old = self.current.version if self.current else None
         self.current = model  # the swap: one assignment; running requests keep the model they started with
-        metrics.MODEL_INFO.info({"model_version": model.version})
+        metrics.show_model(model.version, old)
         metrics.MODEL_SWAPS.inc()
         metrics.MODEL_LOAD_SECONDS.observe(time.monotonic() - started)
         log.info("serving model %s (was %s), loaded in %.2f s", model.version, old, time.monotonic() - started)

@@ -53,6 +53,18 @@ class _Recent:
 
 
 @dataclass
+class Query:
+    """One recommend request, prepared: who, what to leave out, and the vectors to score."""
+
+    user_id: str
+    k: int
+    category: str | None
+    excluded: np.ndarray
+    vectors: list[np.ndarray]  # [] unknown user; [batch]; [speed]; or [speed, batch]
+    recent: _Recent | None
+
+
+@dataclass
 class Ranked:
     item_ids: list[str]
     scores: list[float]
@@ -145,23 +157,42 @@ class ServingModel:
         return self.catalog.get(item_id, (None, None))
 
     def recommend(self, user_id: str, k: int, exclude_seen: bool = True, category: str | None = None) -> Ranked:
-        new = self._new  # one consistent view of the newer items for the whole request
+        return self.answer([self.prepare(user_id, k, exclude_seen, category)])[0]
+
+    def prepare(self, user_id: str, k: int, exclude_seen: bool = True, category: str | None = None) -> Query:
+        """Everything about one request except the scoring, which `answer` does for many requests at once."""
         recent = None if user_id in self.forgotten else self._recent.get(user_id)
         row = None if user_id in self.forgotten else self.user_index.get(user_id)
-        excluded = self._excluded(row, recent, new) if exclude_seen else np.zeros(0, np.int64)
-        if recent is None and row is None:
-            return self._popular(k, category, excluded, new)
-        vector = recent.vector if recent is not None else self.user_factors[row]
-        idx, scores = self._top(vector, k, excluded, category, new)
-        source: Source = "speed" if recent is not None else "batch"
-        from_speed = [False] * len(idx)
+        excluded = self._excluded(row, recent) if exclude_seen else np.zeros(0, np.int64)
+        vectors = []
         if recent is not None:
-            batch_ids = set()
-            if row is not None:
-                batch_idx, _ = self._top(self.user_factors[row], k, excluded, category, new)
-                batch_ids = set(batch_idx.tolist())
+            vectors.append(recent.vector)
+        if row is not None:  # for a speed user, the batch vector tells which items the speed layer brought in
+            vectors.append(self.user_factors[row])
+        return Query(user_id, k, category, excluded, vectors, recent)
+
+    def answer(self, queries: list[Query]) -> list[Ranked]:
+        """Rank for many prepared queries. In `exact` mode all their vectors are scored by one matrix
+        product: the item factors are read from memory once per batch instead of once per request."""
+        new = self._new  # one consistent view of the newer items for the whole batch
+        vectors = [v for q in queries for v in q.vectors]
+        block = self._score_block(vectors, new) if vectors and self.settings.serving_index == "exact" else None
+        out, row = [], 0
+        for q in queries:
+            if not q.vectors:
+                out.append(self._popular(q.k, q.category, q.excluded, new))
+                continue
+            rows = [None if block is None else block[row + i] for i in range(len(q.vectors))]
+            row += len(q.vectors)
+            tops = [self._top(v, q.k, q.excluded, q.category, new, r) for v, r in zip(q.vectors, rows, strict=True)]
+            idx, scores = tops[0]
+            if q.recent is None:
+                out.append(Ranked(self._ids(idx, new), scores.tolist(), "batch", [False] * len(idx)))
+                continue
+            batch_ids = set(tops[1][0].tolist()) if len(tops) > 1 else set()
             from_speed = [j not in batch_ids for j in idx.tolist()]
-        return Ranked(self._ids(idx, new), scores.tolist(), source, from_speed, recent.as_of_ms if recent else None)
+            out.append(Ranked(self._ids(idx, new), scores.tolist(), "speed", from_speed, q.recent.as_of_ms))
+        return out
 
     def popular(self, k: int, category: str | None = None) -> Ranked:
         return self._popular(k, category, np.zeros(0, np.int64), self._new)
@@ -223,13 +254,21 @@ class ServingModel:
         scores = self.item_factors @ vector
         return np.concatenate([scores, new.factors @ vector]) if len(new.ids) else scores
 
+    def _score_block(self, vectors: list[np.ndarray], new: _NewItems) -> np.ndarray:
+        """(len(vectors), n_items) scores, one row per vector, rows contiguous."""
+        v = np.vstack(vectors).astype(np.float32, copy=False)
+        # Y·Vᵀ streams the item matrix once; BLAS runs it several times faster than V·Yᵀ here.
+        block = np.ascontiguousarray((self.item_factors @ v.T).T)
+        return np.hstack([block, v @ new.factors.T]) if len(new.ids) else block
+
     def _top(
-        self, vector: np.ndarray, k: int, excluded: np.ndarray, category: str | None, new: _NewItems
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, vector: np.ndarray, k: int, excluded: np.ndarray, category: str | None, new: _NewItems,
+        scores: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         if self.index is not None and category is None:
             idx, val = self._top_approximate(vector, k, excluded, new)
         else:
-            scores = self._scores(vector, new)
+            scores = self._scores(vector, new) if scores is None else scores
             scores[excluded] = -np.inf
             if category is not None:
                 scores[~self._category_mask(category, new)] = -np.inf
@@ -260,7 +299,7 @@ class ServingModel:
         keep = idx != PAD
         return Ranked(self._ids(idx[keep], new), val[keep].tolist(), "popular", [False] * int(keep.sum()))
 
-    def _excluded(self, row: int | None, recent: _Recent | None, new: _NewItems) -> np.ndarray:
+    def _excluded(self, row: int | None, recent: _Recent | None) -> np.ndarray:
         """Positions of the items the user had one of the excluded event types on (model period and since)."""
         parts = []
         if row is not None:
@@ -272,7 +311,7 @@ class ServingModel:
         if recent is not None:
             wanted = set(self.settings.serving_exclude_event_types)
             recent_items = [i for i, types in recent.event_types.items() if wanted.intersection(types)]
-            limit = self.n_base + len(new.ids)
+            limit = self.n_items  # the new items only ever grow, so these positions stay valid for the answer
             js = [j for i in recent_items if (j := self.item_index.get(i)) is not None and j < limit]
             parts.append(np.array(js, dtype=np.int64))
         return np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)

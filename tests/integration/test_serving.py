@@ -4,6 +4,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,11 +138,11 @@ def test_metrics_docs_and_loopback_only(stack):
     with urllib.request.urlopen(f"{stack.url}/metrics") as r:
         text = r.read().decode()
     assert 'serving_requests_total{route="/recommend/{user_id}",status="200"}' in text
-    assert "serving_model_info" in text and 'model_version="m1"' in text
+    assert 'serving_model_loaded{model_version="m1"} 1.0' in text
     status, spec = get(stack, "/openapi.json")
     assert status == 200 and {"/recommend/{user_id}", "/events", "/because/{user_id}/{item_id}"} <= set(spec["paths"])
     port = stack.s.serving_port
-    listening = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+    listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
     mine = [cols[1] for cols in listening if cols[3] == "0A" and int(cols[1].split(":")[1], 16) == port]
     assert mine == ["0100007F:" + f"{port:04X}"]  # 127.0.0.1 only
 

@@ -163,3 +163,33 @@ def test_follower_swaps_models_keeps_early_updates_and_drops_stale_ones(tmp_path
     f.handle(_raw(ModelMessage(model_version="m1", path=str(tmp_path / "m1"))))  # old model: ignored
     f.handle(b"not json")
     assert f.current is models["m2"] and f.current.speed_users == 1
+
+
+def test_a_batch_of_queries_is_answered_as_each_alone():
+    m = model()
+    m.apply(VectorUpdate(model_version="m1", kind="user", id="u1", vector=[1.0, -1.0, 0.5, 0.0]))
+    m.apply(VectorUpdate(model_version="m1", kind="item", id="fresh", vector=[0.1] * RANK))
+    asks = [("u0", 5, True, None), ("u1", 7, True, "odd"), ("stranger", 3, True, None), ("u2", 40, False, None)]
+    together = m.answer([m.prepare(*a) for a in asks])
+    alone = [m.recommend(*a) for a in asks]
+    assert [r.item_ids for r in together] == [r.item_ids for r in alone]
+    assert [r.source for r in together] == ["batch", "speed", "popular", "batch"]
+    np.testing.assert_allclose(together[3].scores, alone[3].scores, rtol=1e-5)
+
+
+def test_a_model_that_fails_to_load_leaves_the_served_one_in_place(tmp_path):
+    for v in ("m1", "m2"):
+        (tmp_path / v).mkdir()
+        (tmp_path / v / "manifest.json").write_text("{}")
+    served = ServingModel(artifact("m1"), {}, Settings())
+
+    def loader(path):
+        if Path(path).name == "m2":
+            raise ValueError("corrupt factors")
+        return served
+
+    f = ModelFollower(Settings(), loader=loader)
+    f.handle(_raw(ModelMessage(model_version="m1", path=str(tmp_path / "m1"))))
+    f.handle(_raw(ModelMessage(model_version="m2", path=str(tmp_path / "m2"))))
+    f.handle(_raw(ModelMessage(model_version="m3", path=str(tmp_path / "nowhere"))))
+    assert f.current is served
