@@ -21,8 +21,8 @@ Hyper-parameters are never tuned here on the test split: this module only measur
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import numpy as np

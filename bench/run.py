@@ -26,6 +26,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bench import report as bench_report
+from bench.plots import write_plots
 from recsys.settings import PROJECT_ROOT, Settings
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
@@ -145,61 +147,24 @@ def batch_table(batch: dict) -> Table:
     return table
 
 
-def write_report(results: dict) -> Path:
-    lines = [
-        "# Benchmark report",
-        "",
-        f"Machine: {results['meta']['cores']} cores, {results['meta']['memory_gb']} GB; commit "
-        f"{results['meta']['git_commit']}; quick={results['meta']['quick']}; {results['meta']['started_at']}.",
-        "",
-    ]
-    if "batch" in results:
-        header = "engine | events | seconds | events/s | peak RSS (MB) | train (s) | evaluate (s) | NDCG@10 | " \
-                 "popularity NDCG@10 | BLAS"  # fmt: skip
-        lines += ["## Batch pipeline", "", f"| {header} |", "|---" * 10 + "|"]
-        for engine, by_size in results["batch"].items():
-            for n, r in by_size.items():
-                lines.append(
-                    f"| {engine} | {int(n):,} | {r['seconds']} | {r['events_per_s']:,} | {r['peak_rss_mb']:,} | "
-                    f"{r['steps_s']['train']:.1f} | {r['steps_s']['evaluate']:.1f} | {r['ndcg@10']:.4f} | "
-                    f"{r['popularity_ndcg@10']:.4f} | {r['blas']} |"
-                )
-        lines += ["", "Reproduce: `make bench` (or `make bench-quick`). One run per cell; peak RSS is the whole "
-                  "process tree (Python driver + Spark JVM), sampled every 0.2 s."]  # fmt: skip
-    if "speed_layer" in results:
-        sl = results["speed_layer"]
-        lines += [
-            "", "## Speed layer", "",
-            f"Rank {sl['rank']}, {sl['n_items']:,} items, {sl['n_users']:,} model users, one process, real broker.", "",
-            "| events/s (drain a backlog) | event -> UP p50 (ms) at 1,000/s | p99 (ms) | solve per user (µs) | "
-            "mean history length |",
-            "|---|---|---|---|---|",
-            f"| {sl['events_per_s']:,} | {sl['latency_ms_p50']} | {sl['latency_ms_p99']} | {sl['solve_us_per_user']} | "
-            f"{sl['history_len_mean']} |",
-        ]  # fmt: skip
-    if "serving" in results:
-        lines += serving_report(results["serving"])
-    path = RESULTS / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def quality_table(q: dict) -> Table:
+    table = Table(title="quality on MovieLens-100K, per-user time split, k=10")
+    for col in ("model", "P@10", "R@10", "NDCG@10", "MAP@10", "AUC"):
+        table.add_column(col, justify="right")
+    for model in bench_report.QUALITY_MODELS:
+        r = q[model]
+        table.add_row(model, *(f"{r[key]:.4f}" for key in ("precision@10", "recall@10", "ndcg@10", "map@10", "auc")))
+    return table
 
 
-def serving_report(sv: dict) -> list[str]:
-    ann = sv["approximate"]
-    lines = [
-        "", "## Serving layer: GET /recommend", "",
-        f"{sv['n_items']:,} items, rank {sv['rank']}, top-{sv['k']}, {sv['n_users']:,} model users; load from a "
-        f"separate process on the same 2 cores; {sv['seconds_per_run']} s per run.", "",
-        "| index / workers | max requests/s (8 conn.) | offered rate | p50 ms | p99 ms | errors | RSS MB |",
-        "|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
-    for mode, r in sv["modes"].items():
-        lines.append(f"| {mode} | {r['max_requests_per_s']:,} | {r['offered_rate']:,}/s | {r['p50_ms']} | "
-                     f"{r['p99_ms']} | {r['errors']} | {r['rss_mb']:,} |")  # fmt: skip
-    lines += ["", f"Approximate index: recall@10 {ann['recall@10']} against the exact scan ({ann['users']} users, "
-              f"{ann['lists']} lists, {ann['probes']} probed). Exact vs full sort (2 workers each): "
-              f"{sv.get('speedup_vs_full_sort', 'n/a')}x the requests/s."]  # fmt: skip
-    return lines
+def freshness_table(f: dict) -> Table:
+    share = f.get("recovered_share")
+    table = Table(title=f"freshness: speed layer recovers {'n/a' if share is None else f'{share:.0%}'} of the gain")
+    for col in ("model", "NDCG@10", "R@10"):
+        table.add_column(col, justify="right")
+    for name in ("stale", "speed", "retrain"):
+        table.add_row(name, f"{f[name]['ndcg@10']:.4f}", f"{f[name]['recall@10']:.4f}")
+    return table
 
 
 def serving_table(sv: dict) -> Table:
@@ -225,7 +190,7 @@ def speed_table(speed: dict) -> Table:
 @app.command()
 def main(
     quick: bool = typer.Option(False, help="Reduced sizes (minutes, not tens of minutes)."),
-    only: str = typer.Option("batch,speed,serving", help="Comma-separated sections to run."),
+    only: str = typer.Option("quality,freshness,batch,speed,serving", help="Comma-separated sections to run."),
     sizes: str = typer.Option("", help="Comma-separated event counts for the batch section."),
     engines: str = typer.Option("spark_als,implicit", help="Comma-separated training engines."),
 ) -> None:
@@ -233,6 +198,18 @@ def main(
     sections = set(only.split(","))
     results: dict = {}
     repetitions: dict = {}
+    if "quality" in sections:
+        from bench import quality
+
+        results["quality"] = quality.run(quick)
+        repetitions["quality"] = 1
+        console.print(quality_table(results["quality"]))
+    if "freshness" in sections:
+        from bench import freshness
+
+        results["freshness"] = freshness.run(quick)
+        repetitions["freshness"] = 1
+        console.print(freshness_table(results["freshness"]))
     if "batch" in sections:
         chosen = [int(x) for x in sizes.split(",") if x] or ([1_000_000] if quick else [1_000_000, 10_000_000])
         results["batch"] = run_batch(chosen, [e for e in engines.split(",") if e], users=100_000, items=50_000)
@@ -261,8 +238,9 @@ def main(
     results = merged
     RESULTS.mkdir(parents=True, exist_ok=True)
     latest.write_text(json.dumps(results, indent=2))
-    report = write_report(results)
-    console.print(f"wrote {RESULTS / 'latest.json'} and {report}")
+    report = bench_report.write(results, RESULTS)
+    pictures = write_plots(results, RESULTS)
+    console.print(f"wrote {latest}, {report}, {', '.join(p.name for p in pictures)} and the README's Results section")
 
 
 if __name__ == "__main__":

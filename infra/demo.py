@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from infra import broker, processes
@@ -147,7 +148,7 @@ def start_services() -> None:
 
 
 DEMO_USERS = ("1", "42", "500")  # MovieLens user ids, as a shop would send them; the service pseudonymises
-STREAMED_FILM = "50"  # Star Wars (1977): each demo user buys it and its nearest neighbours
+STREAMED_CATEGORY = "Horror"  # each demo user buys the three most popular horror films: a visible change of taste
 
 
 def stream_and_compare() -> None:
@@ -157,8 +158,7 @@ def stream_and_compare() -> None:
     visitor = f"visitor-{int(time.time())}"
     users = [*DEMO_USERS, visitor]
     before = {u: _get(f"{url}/recommend/{u}?k=5") for u in users}
-    neighbours = [i["item_id"] for i in _get(f"{url}/similar/{STREAMED_FILM}?k=2")["items"]]
-    bought = [STREAMED_FILM, *neighbours]
+    bought = [i["item_id"] for i in _get(f"{url}/popular?k=3&category={STREAMED_CATEGORY}")["items"]]
     sent_at = time.monotonic()
     for user in users:
         for item in bought:
@@ -171,16 +171,17 @@ def stream_and_compare() -> None:
     console.print(
         f"all {len(users)} users answered by the speed layer {time.monotonic() - sent_at:.1f}s after the events"
     )
-    table = Table("user", "before (source)", "after (source; * = brought by the speed layer)", show_lines=True)
+    table = Table("user (shop id)", "before", "after (* = brought in by the speed layer)", show_lines=True)
     for user in users:
-        b, a = before[user], after[user]
-        table.add_row(
-            user,
-            f"[{b['source']}]\n" + "\n".join(i["title"] or i["item_id"] for i in b["items"]),
-            f"[{a['source']}]\n" + "\n".join(("* " if i["from_speed"] else "  ") + (i["title"] or i["item_id"])
-                                               for i in a["items"]),
-        )  # fmt: skip
+        table.add_row(escape(user), _cell(before[user]), _cell(after[user]))
     console.print(table)
+
+
+def _cell(answer: dict) -> str:
+    """The answer's source and titles, items the speed layer brought in starred (escaped: titles are not markup)."""
+    lines = [f"source: {answer['source']}"]
+    lines += [("* " if i["from_speed"] else "  ") + (i["title"] or i["item_id"]) for i in answer["items"]]
+    return escape("\n".join(lines))
 
 
 def _wait_for_speed(url: str, deadline: float) -> dict:
