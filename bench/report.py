@@ -22,7 +22,8 @@ def render(results: dict) -> str:
         f"Machine: {m['cores']} cores, {m['memory_gb']} GB RAM, Python {m['python']}. Each section says the "
         "commit and date it was measured at; every cell is one run unless it says otherwise. Times on a shared "
         "machine are noisy: compare within a section. Reproduce everything with `make bench` (`make bench-quick`: "
-        "reduced sizes); one section with `.venv/bin/python -m bench.run --only <section>`.",
+        "reduced sizes); one section with `.venv/bin/python -m bench.run --only <section>`. Plots (matplotlib): "
+        "`bench/results/<section>.png`; all figures: `bench/results/latest.json`.",
     ]
     for name, section in (("quality", _quality), ("freshness", _freshness), ("batch", _batch),
                           ("speed_layer", _speed), ("serving", _serving)):  # fmt: skip

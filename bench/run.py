@@ -1,11 +1,16 @@
 """`make bench`: measure, side by side in one run, and write `bench/results/latest.json` plus a Markdown report.
 
-    python -m bench.run                 # full: batch pipeline at 1M and 10M synthetic events, both engines
-    python -m bench.run --quick         # reduced sizes, same output file
+    python -m bench.run                 # every section; batch at 1M and 10M synthetic events, both engines
+    python -m bench.run --quick         # reduced sizes (batch at 500k), same output file
+    python -m bench.run --only serving  # some sections; the others keep their last results
     python -m bench.run --sizes 2000000 --engines implicit
 
-Each figure carries its unit; the machine's core count and the repetitions are in
-`meta`. Absolute times on a shared machine are noisy: compare within one run.
+Sections: quality (MovieLens-100K, four models), freshness (stale vs speed vs retrain),
+batch (pipeline time and memory), speed (events/s, event -> UP latency), serving
+(GET /recommend latency and throughput). Each figure carries its unit; the machine's
+core count, the commit and the repetitions are in `meta` (per section in
+`meta.sections`). Also writes report.md, one PNG plot per section and the README's
+Results section. Absolute times on a shared machine are noisy: compare within a run.
 """
 
 from __future__ import annotations
@@ -211,7 +216,7 @@ def main(
         repetitions["freshness"] = 1
         console.print(freshness_table(results["freshness"]))
     if "batch" in sections:
-        chosen = [int(x) for x in sizes.split(",") if x] or ([1_000_000] if quick else [1_000_000, 10_000_000])
+        chosen = [int(x) for x in sizes.split(",") if x] or ([500_000] if quick else [1_000_000, 10_000_000])
         results["batch"] = run_batch(chosen, [e for e in engines.split(",") if e], users=100_000, items=50_000)
         repetitions["batch"] = 1
         console.print(batch_table(results["batch"]))

@@ -11,18 +11,15 @@ pointing at a real Kafka cluster, skip this script: nothing else changes.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 import typer
 
+from infra.processes import terminate
 from recsys.kafka_io import BrokerUnavailable, ensure_topics, wait_for_broker
 from recsys.settings import Settings, get_settings
 
@@ -124,26 +121,9 @@ def stop(settings: Settings | None = None, timeout_s: float = 15.0) -> bool:
     if pid is None:
         paths.pid_file.unlink(missing_ok=True)
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and alive(pid):
-        time.sleep(0.1)
-    if alive(pid):
-        os.kill(pid, signal.SIGKILL)
+    terminate(pid, timeout_s)
     paths.pid_file.unlink(missing_ok=True)
     return True
-
-
-def alive(pid: int) -> bool:
-    # Reap it if it is our child (tests start it in-process); harmless otherwise.
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
-    return state not in ("Z", "X")
 
 
 @app.command("start")

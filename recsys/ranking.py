@@ -118,7 +118,7 @@ def top_k_of_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     scores = np.asarray(scores, dtype=np.float32).ravel()
     if np.isnan(scores).any():
         scores = np.where(np.isnan(scores), np.float32(-np.inf), scores)
-    sample = scores[:: _SAMPLE_STRIDE]
+    sample = scores[::_SAMPLE_STRIDE]
     if sample.size > 4 * k:
         bound = np.partition(sample, sample.size - k)[sample.size - k]
         if np.isfinite(bound):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from event_frames import random_events as make_random_events
 
 from bench import freshness, plots
 from jobs.engines import AlsParams, implicit_als
@@ -36,16 +37,8 @@ def fsplit(ml_subset: pd.DataFrame) -> freshness.FreshnessSplit:
 
 @pytest.fixture(scope="module")
 def random_events() -> pd.DataFrame:
-    rng = np.random.default_rng(1)
-    n = 2000
-    return pd.DataFrame(
-        {
-            "user_id": rng.integers(0, 60, n).astype(str),
-            "item_id": rng.integers(0, 50, n).astype(str),
-            "ts": rng.integers(0, 30, n) * 1000,  # coarse times: ties straddle the cut
-            "weight": rng.choice([1.0, 3.0, 5.0], n),
-        }
-    )
+    # coarse times: ties inside a user straddle the cut
+    return make_random_events(1, n=2000, users=60, items=50, times=30)
 
 
 # --- the streamed / held split ------------------------------------------------------------

@@ -21,7 +21,9 @@ def test_round_trip_and_overwrite(tmp_path):
 @pytest.mark.parametrize("ids", [["a", "a"], ["a", None]])
 def test_bad_ids_are_refused(tmp_path, ids):
     with pytest.raises(ValueError, match="item"):
-        catalog.write(pa.table({"item_id": ids, "title": ["A", "B"], "category": ["x", "y"]}), Settings(state_dir=tmp_path))
+        catalog.write(
+            pa.table({"item_id": ids, "title": ["A", "B"], "category": ["x", "y"]}), Settings(state_dir=tmp_path)
+        )
 
 
 def test_shipped_catalogues(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from event_frames import random_events as make_random_events
 
 from recsys.evaluation import (
     Interactions,
@@ -32,16 +33,8 @@ def _events(rows: list[tuple[str, str, int, float]]) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def random_events() -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    n = 3000
-    return pd.DataFrame(
-        {
-            "user_id": rng.integers(0, 120, n).astype(str),
-            "item_id": rng.integers(0, 80, n).astype(str),
-            "ts": rng.integers(0, 50, n) * 1000,  # coarse times: many ties inside a user
-            "weight": rng.choice([1.0, 3.0, 5.0], n),
-        }
-    )
+    # coarse times: ties inside a user straddle the cut
+    return make_random_events(0, n=3000, users=120, items=80, times=50)
 
 
 # --- time_split ------------------------------------------------------------------

@@ -107,3 +107,24 @@ def test_similar_items_by_cosine_excludes_itself() -> None:
 def test_similar_items_rejects_unknown_index() -> None:
     with pytest.raises(IndexError):
         similar_items(np.ones((3, 2)), 3, 1)
+
+
+def test_top_k_of_scores_matches_a_full_sort_on_ties_infs_and_nans():
+    from recsys.ranking import full_sort_top_k, top_k_of_scores
+
+    rng = np.random.default_rng(5)
+    for trial in range(400):
+        m = int(rng.integers(1, 3000))
+        scores = rng.normal(size=m).astype(np.float32)
+        if trial % 3 == 0:
+            scores[rng.random(m) < 0.5] = -np.inf  # excluded items
+        if trial % 5 == 0:
+            scores = np.round(scores, 1)  # many ties
+        if trial % 7 == 0:
+            scores[rng.random(m) < 0.1] = np.nan
+        k = int(rng.integers(1, 50))
+        fast, naive = top_k_of_scores(scores, k), full_sort_top_k(scores, k)
+        np.testing.assert_array_equal(fast[1], naive[1])  # the same k best scores, best first
+        above_kth = fast[1] > fast[1][-1]  # ties at the k-th place may be broken either way
+        np.testing.assert_array_equal(fast[0][above_kth], naive[0][above_kth])
+        assert ((fast[0] == -1) == np.isneginf(fast[1])).all()  # padding, never a recommendation
