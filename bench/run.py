@@ -127,7 +127,9 @@ def _time_pipeline(engine: str, n: int, env: dict[str, str]) -> dict:
 
 
 def meta(quick: bool, repetitions: dict) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    # `--dirty`: a result measured with uncommitted changes says so.
+    commit = subprocess.run(["git", "describe", "--always", "--dirty=+uncommitted"], capture_output=True, text=True,
+                            cwd=PROJECT_ROOT)  # fmt: skip
     return {
         "cores": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
@@ -237,6 +239,9 @@ def main(
     merged = json.loads(latest.read_text()) if latest.exists() else {}
     run_meta = meta(quick, repetitions)
     sections_meta = merged.get("meta", {}).get("sections", {})
+    for name in merged:  # sections from a file written before per-section meta existed
+        if name != "meta" and name not in sections_meta:
+            sections_meta[name] = {k: v for k, v in merged["meta"].items() if k != "sections"}
     sections_meta.update({name: run_meta for name in results})
     merged.update(results)
     merged["meta"] = {**run_meta, "sections": sections_meta}

@@ -23,15 +23,15 @@ from recsys.settings import PROJECT_ROOT, Settings
 
 def start(module: str, s: Settings, *args: str, log: Path | None = None, **env: str) -> subprocess.Popen:
     """`python -m module args...` with the settings `s` (and `env` on top) in its environment."""
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (the child keeps it open)
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        env={**os.environ, **s.as_env(), **env},
-        cwd=PROJECT_ROOT,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop the children ourselves
-    )
+    with open(log or os.devnull, "ab") as out:  # the child gets its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env={**os.environ, **s.as_env(), **env},
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop the children ourselves
+        )
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 15) -> int:

@@ -128,10 +128,10 @@ def _k(s: Settings):
     return Annotated[int, Query(ge=1, le=s.serving_max_k, description=f"How many items (1 to {s.serving_max_k}).")]
 
 
-def _user(user_id: str, s: Settings) -> str:
+def _user(user_id: str, s: Settings, key: bytes) -> str:
     if len(user_id) > s.max_id_length:
         raise HTTPException(422, f"user_id longer than {s.max_id_length} characters")
-    return pseudonymise(user_id, s.pseudonym_key_bytes())
+    return pseudonymise(user_id, key)
 
 
 def _check_item(item_id: str, s: Settings) -> None:
@@ -159,6 +159,7 @@ def _items(model: ServingModel, ranked: Ranked) -> list[Item]:
 # --- routes --------------------------------------------------------------------------------------
 def _routes(app: FastAPI, s: Settings) -> None:
     K = _k(s)
+    key = s.pseudonym_key_bytes()  # read once: without RECSYS_PSEUDONYM_KEY it comes from a file
 
     @app.get("/recommend/{user_id}", response_model=Recommendations, responses=ERRORS, tags=["recommendations"])
     async def recommend(user_id: UserId, model: Model, request: Request, k: K = s.serving_default_k,
@@ -166,7 +167,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
         """Top-k items for a user, from the speed layer's vector if there is one, else the batch model's,
         else the most popular items. `exclude_seen` leaves out items the user had the configured event
         types on (RECSYS_SERVING_EXCLUDE_EVENT_TYPES); `category` keeps one catalogue category."""
-        pseudonym = _user(user_id, s)
+        pseudonym = _user(user_id, s, key)
         _check_category(model, category)
         ranked = await request.app.state.batcher.submit(model, model.prepare(pseudonym, k, exclude_seen, category))
         metrics.ANSWERS.labels(ranked.source).inc()
@@ -186,7 +187,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
     @app.get("/because/{user_id}/{item_id}", response_model=Explanation, responses=ERRORS, tags=["recommendations"])
     async def because(user_id: UserId, item_id: ItemId, model: Model, k: K = 5) -> Explanation:
         """The user's own items that contribute most to their score of `item_id`."""
-        pseudonym = _user(user_id, s)
+        pseudonym = _user(user_id, s, key)
         _check_item(item_id, s)
         try:
             score, shares = model.because(pseudonym, item_id, k)
@@ -208,7 +209,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
     def post_event(event: EventIn, request: Request) -> EventAccepted:
         """Validate one event, pseudonymise its user id, and produce it to `events`; answers once Kafka has it."""
         body = event.model_dump(exclude_none=True)
-        body["user_id"] = _user(event.user_id, s)
+        body["user_id"] = _user(event.user_id, s, key)
         body.setdefault("event_id", uuid.uuid4().hex)
         body.setdefault("ts", int(time.time() * 1000))
         raw = json.dumps(body).encode()
