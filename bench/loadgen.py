@@ -52,7 +52,12 @@ async def _connection(host, port, paths, deadline, interval, start, latencies, f
             sent_at = due if interval else time.perf_counter()
             if sent_at >= deadline:
                 return
-            status = await _request(reader, writer, host, rng.choice(paths))
+            try:
+                status = await _request(reader, writer, host, rng.choice(paths))
+            except (ConnectionError, asyncio.IncompleteReadError):  # the server closed it: count, reconnect
+                status = 0
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
             latencies.append(time.perf_counter() - sent_at)
             if status != 200:
                 failures.append(status)
@@ -61,16 +66,17 @@ async def _connection(host, port, paths, deadline, interval, start, latencies, f
         writer.close()
 
 
-async def _run(url: str, paths: list[str], connections: int, seconds: float, rate: float, warmup_s: float) -> dict:
-    parts = urlsplit(url)
-    host, port = parts.hostname, parts.port or 80
+async def _run(
+    urls: list[str], paths: list[str], connections: int, seconds: float, rate: float, warmup_s: float
+) -> dict:
+    servers = [((u := urlsplit(url)).hostname, u.port or 80) for url in urls]
     interval = connections / rate if rate else 0.0
     if warmup_s:
-        await _load(host, port, paths, connections, warmup_s, interval, [], [])
+        await _load(servers, paths, connections, warmup_s, interval, [], [])
     latencies: list[float] = []
     failures: list[int] = []
     started = time.perf_counter()
-    await _load(host, port, paths, connections, seconds, interval, latencies, failures)
+    await _load(servers, paths, connections, seconds, interval, latencies, failures)
     elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     return {
@@ -84,18 +90,22 @@ async def _run(url: str, paths: list[str], connections: int, seconds: float, rat
     }
 
 
-async def _load(host, port, paths, connections, seconds, interval, latencies, failures) -> None:
+async def _load(servers, paths, connections, seconds, interval, latencies, failures) -> None:
+    """Connection i goes to servers[i % len(servers)]: a client-side round-robin balancer over replicas."""
     start = time.perf_counter()
     deadline = start + seconds
     rngs = [random.Random(i) for i in range(connections)]
     await asyncio.gather(
-        *(_connection(host, port, paths, deadline, interval, start, latencies, failures, r) for r in rngs)
+        *(
+            _connection(*servers[i % len(servers)], paths, deadline, interval, start, latencies, failures, r)
+            for i, r in enumerate(rngs)
+        )
     )
 
 
 @app.command()
 def main(
-    url: str = typer.Option(..., help="Base URL, e.g. http://127.0.0.1:8000"),
+    url: str = typer.Option(..., help="Base URL, e.g. http://127.0.0.1:8000; several, comma-separated, are replicas."),
     paths_file: str = typer.Option(..., help="One request path per line; each request picks one at random."),
     connections: int = typer.Option(8),
     seconds: float = typer.Option(10.0),
@@ -109,7 +119,7 @@ def main(
         uvloop.install()
     except ImportError:
         pass
-    print(json.dumps(asyncio.run(_run(url, paths, connections, seconds, rate, warmup))))
+    print(json.dumps(asyncio.run(_run(url.split(","), paths, connections, seconds, rate, warmup))))
 
 
 if __name__ == "__main__":

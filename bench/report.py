@@ -103,17 +103,18 @@ def _serving(sv: dict) -> list[str]:
     lines = [
         "### Serving layer: GET /recommend", "",
         f"{sv['n_items']:,} items, rank {sv['rank']}, top-{sv['k']}, {sv['n_users']:,} model users; the load "
-        f"generator is a separate process on the same {2} cores; {sv['seconds_per_run']} s per run. Max requests/s: "
+        f"generator is a separate process on the same {2} cores, spreading its connections evenly over the replicas "
+        f"(separate serving processes); {sv['seconds_per_run']} s per run. Max requests/s: "
         "closed loop, 8 connections. Latency: open loop at the offered rate (1,000/s, or half the mode's maximum if "
         "that is lower), measured from when each request was due.", "",
-        "| index / workers | max requests/s | offered rate | p50 ms | p99 ms | errors | RSS MB (all workers) |",
+        "| index / replicas | max requests/s | offered rate | p50 ms | p99 ms | errors | RSS MB (all replicas) |",
         "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for mode, r in sv["modes"].items():
         lines.append(f"| {mode} | {r['max_requests_per_s']:,} | {r['offered_rate']:,}/s | {r['p50_ms']} | "
                      f"{r['p99_ms']} | {r['errors']} | {r['rss_mb']:,} |")  # fmt: skip
     lines += ["", f"Approximate index: recall@10 {ann['recall@10']} against the exact scan ({ann['users']} users, "
-              f"{ann['lists']} lists, {ann['probes']} probed). Exact vs the naive full sort, 2 workers each: "
+              f"{ann['lists']} lists, {ann['probes']} probed). Exact vs the naive full sort, 2 replicas each: "
               f"{sv.get('speedup_vs_full_sort', 'n/a')}x the requests/s. Target: p99 ≤ 10 ms at ≥ 1,000 requests/s "
               "(exact)."]  # fmt: skip
     return lines

@@ -176,7 +176,7 @@ def freshness_table(f: dict) -> Table:
 
 def serving_table(sv: dict) -> Table:
     table = Table(title=f"serving GET /recommend, {sv['n_items']:,} items, rank {sv['rank']}, top-{sv['k']}")
-    for col in ("index/workers", "max req/s", "offered", "p50 ms", "p99 ms", "errors", "RSS MB"):
+    for col in ("index/replicas", "max req/s", "offered", "p50 ms", "p99 ms", "errors", "RSS MB"):
         table.add_column(col, justify="right")
     for mode, r in sv["modes"].items():
         table.add_row(mode, f"{r['max_requests_per_s']:,}", f"{r['offered_rate']:,}", f"{r['p50_ms']}",

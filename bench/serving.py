@@ -15,6 +15,7 @@ server's resident memory after the runs.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,15 +31,31 @@ from recsys import catalog, model_store
 from recsys.settings import PROJECT_ROOT, Settings
 from serving.model import ServingModel
 
-# (index, worker processes): the default (exact, one process), then each index with one worker per core.
+# (index, replicas): the default (exact, one process), then each index with one replica per core.
 MODES = (("exact", 1), ("exact", 2), ("full_sort", 2), ("approximate", 2))
 
 
 def _loadgen(url: str, paths: Path, connections: int, seconds: float, rate: float = 0) -> dict:
     cmd = [sys.executable, "-m", "bench.loadgen", "--url", url, "--paths-file", str(paths),
            "--connections", str(connections), "--seconds", str(seconds), "--rate", str(rate)]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=PROJECT_ROOT).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _two_free_ports() -> int:
+    """A port p on 127.0.0.1 with p + 1 free too (one per replica)."""
+    from infra.broker import free_port
+
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
 
 
 def _paths(s: Settings, users: list[str], k: int) -> Path:
@@ -47,23 +64,28 @@ def _paths(s: Settings, users: list[str], k: int) -> Path:
     return path
 
 
-def measure_mode(s: Settings, mode: str, workers: int, paths: Path, seconds: float, rate: float) -> dict:
-    ms = s.model_copy(update={"serving_index": mode, "serving_workers": workers})
-    proc = processes.start("serving", ms, log=s.state_dir / f"serving-{mode}-{workers}.log")
+def measure_mode(s: Settings, mode: str, replicas: int, paths: Path, seconds: float, rate: float) -> dict:
+    """`replicas` serving processes on their own ports, connections spread evenly over them, as a load balancer
+    would (uvicorn's `--workers` share one socket and the kernel decides which takes each connection)."""
+    configs = [
+        s.model_copy(update={"serving_index": mode, "serving_port": s.serving_port + i}) for i in range(replicas)
+    ]
+    procs = [processes.start("serving", c, log=s.state_dir / f"serving-{mode}-{i}.log") for i, c in enumerate(configs)]
     try:
         started = time.monotonic()
-        processes.wait_ready(ms, proc, timeout_s=300)
+        for c, proc in zip(configs, procs, strict=True):
+            processes.wait_ready(c, proc, timeout_s=300)
         ready_s = time.monotonic() - started
-        url = processes.serving_url(ms)
+        url = ",".join(processes.serving_url(c) for c in configs)
         closed = _loadgen(url, paths, connections=8, seconds=seconds)
         # Latency at the target rate, or at half of what this mode sustains if that is less (near capacity
         # the queue grows for the whole run and the percentiles only measure the run's length).
         offered = min(rate, round(0.5 * closed["requests_per_s"]))
         open_loop = _loadgen(url, paths, connections=32, seconds=seconds, rate=offered)
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        rss = sum(p.memory_info().rss for p in tree)  # shared pages (the mapped factors) count once per process
+        rss = sum(psutil.Process(p.pid).memory_info().rss for p in procs)  # mapped factor pages count per process
     finally:
-        processes.stop(proc)
+        for proc in procs:
+            processes.stop(proc)
     return {
         "max_requests_per_s": closed["requests_per_s"],
         "closed_loop": closed,
@@ -93,7 +115,7 @@ def run(quick: bool) -> dict:
     n_users, n_items, rank = (20_000, 100_000, 64)
     seconds, rate = (5, 1_000) if quick else (15, 1_000)
     with tempfile.TemporaryDirectory(prefix="recsys-bench-serving-") as tmp:
-        s = Settings(state_dir=Path(tmp), broker_port=broker.free_port(), serving_port=broker.free_port(),
+        s = Settings(state_dir=Path(tmp), broker_port=broker.free_port(), serving_port=_two_free_ports(),
                      pseudonym_key="bench-only-key-" + "0" * 32)  # fmt: skip
         s = s.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{s.broker_port}"})
         broker.start(s)
@@ -107,8 +129,8 @@ def run(quick: bool) -> dict:
             paths = _paths(s, users, k=10)
             result: dict = {"rank": rank, "n_items": len(artifact.item_ids), "n_users": len(artifact.user_ids),
                             "k": 10, "offered_rate": rate, "seconds_per_run": seconds, "modes": {}}  # fmt: skip
-            for mode, workers in MODES:
-                result["modes"][f"{mode}/{workers}"] = measure_mode(s, mode, workers, paths, seconds, rate)
+            for mode, replicas in MODES:
+                result["modes"][f"{mode}/{replicas}"] = measure_mode(s, mode, replicas, paths, seconds, rate)
             result["approximate"] = approximate_recall(s, users[:500])
         finally:
             broker.stop(s)
