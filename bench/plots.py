@@ -107,7 +107,7 @@ def plot_serving(serving: dict, path: Path) -> Path | None:
     fig = Figure(figsize=(10, 4.5))
     panels = (
         ("max_requests_per_s", "requests/s (higher is better)", "Throughput", "{:,.0f}"),
-        ("p99_ms", "p99 latency, ms (lower is better)", "Tail latency", "{:.1f}"),
+        ("p99_ms", "p99 latency, ms (lower is better)", "p99 at each mode's offered rate", "{:.1f}"),
     )
     for n, (key, ylabel, title, fmt) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, 2, n)
@@ -115,7 +115,7 @@ def plot_serving(serving: dict, path: Path) -> Path | None:
         bars = ax.bar(names, values, color=f"C{n - 1}")
         ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=7, padding=1)
         ax.set_title(f"GET /recommend: {title}")
-        ax.set_xlabel("index / workers")
+        ax.set_xlabel("index / replicas")
         ax.set_ylabel(ylabel)
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
