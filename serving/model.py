@@ -95,6 +95,7 @@ class ServingModel:
         self.category_names = {c for c in self.categories if c}
         self._category_masks: dict[str, np.ndarray] = {}
         self._exclude_bits = self._bits(s.serving_exclude_event_types)
+        self._exclude_types = frozenset(s.serving_exclude_event_types)
         self._new = _NewItems(factors=np.zeros((0, self.manifest.rank), np.float32))
         self._recent: dict[str, _Recent] = {}
         self.forgotten: set[str] = set()
@@ -309,8 +310,7 @@ class ServingModel:
                 cols = cols[(self.seen_types.data[start:end] & self._exclude_bits) != 0]
             parts.append(cols)
         if recent is not None:
-            wanted = set(self.settings.serving_exclude_event_types)
-            recent_items = [i for i, types in recent.event_types.items() if wanted.intersection(types)]
+            recent_items = [i for i, types in recent.event_types.items() if self._exclude_types.intersection(types)]
             limit = self.n_items  # the new items only ever grow, so these positions stay valid for the answer
             js = [j for i in recent_items if (j := self.item_index.get(i)) is not None and j < limit]
             parts.append(np.array(js, dtype=np.int64))
