@@ -2,9 +2,10 @@
 
 The archiver normally runs all the time; this nightly step drains what it has
 not written yet (exactly once, so it is harmless when the archiver is running),
-then rewrites the day's many small files into few large ones, checkpoints the
-Delta log, vacuums files older than the retention, and removes staging folders
-left by crashed Spark writes. Not a Spark job: delta-rs does the work in-process.
+completes pending forget requests (recsys.erasure), then rewrites the day's
+many small files into few large ones, checkpoints the Delta log, vacuums files
+older than the retention, and removes staging folders left by crashed Spark
+writes. Not a Spark job: delta-rs does the work in-process.
 
     python -m jobs.archive_compact [--no-drain]
 """
@@ -18,7 +19,7 @@ import typer
 
 from jobs.archiver import Archiver
 from jobs.common import run_cli, setup_logging, timed
-from recsys import lake
+from recsys import erasure, lake
 from recsys.contracts import Tables
 from recsys.settings import Settings, get_settings
 
@@ -36,6 +37,8 @@ def archive_compact(drain: bool = True, settings: Settings | None = None) -> dic
                 result["archived"] = archiver.run(until_caught_up=True).archived
             finally:
                 archiver.close()
+    # The archiver has now passed every FORGET marker put on `events` so far: finish those requests.
+    result["forget"] = erasure.complete_pending(s)
     for name in (Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS):
         path = Tables.path(name, s)
         if lake.exists(path):

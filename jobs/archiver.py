@@ -7,6 +7,9 @@ How "exactly once" holds across crashes:
   On start and on every partition assignment the archiver seeks to the offsets
   the table records, not to the consumer group's: the table is the truth. The
   group offsets are committed too, but only so lag can be monitored.
+- A FORGET marker (a control record, see recsys.erasure) deletes the user's
+  earlier rows from bronze before the commit that moves past it, and keeps
+  their earlier rows of the same batch out of it: a crash repeats the delete.
 - Dead letters are produced (and flushed) before that commit. A crash after the
   flush but before the commit would replay them, so each dead letter is keyed by
   its source `topic:partition:offset`, and on start the archiver reads the DLQ's
@@ -29,8 +32,22 @@ import typer
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from recsys import lake
-from recsys.contracts import BRONZE_SCHEMA, DeadLetter, Event, Rejection, Tables, Topics, validate_event
+from recsys.contracts import (
+    BRONZE_SCHEMA,
+    FORGET_CONTROL,
+    DeadLetter,
+    Event,
+    ForgetMarker,
+    ForgetMessage,
+    Rejection,
+    Tables,
+    Topics,
+    control_kind,
+    validate_event,
+)
+from recsys.erasure import before_marker_predicate
 from recsys.kafka_io import consumer, producer, read_to_end
+from recsys.privacy import is_pseudonym
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("archiver")
@@ -48,10 +65,11 @@ def dlq_key(topic: str, partition: int, offset: int) -> bytes:
 class Batch:
     rows: list[tuple[Event, int, int]] = field(default_factory=list)  # (event, partition, offset)
     dead: list[tuple[bytes, Rejection, int, int]] = field(default_factory=list)
+    forgets: list[ForgetMessage] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.dead)
+        return len(self.rows) + len(self.dead) + len(self.forgets)
 
 
 @dataclass
@@ -60,6 +78,8 @@ class ArchiverStats:
     dead_lettered: int = 0
     dead_letters_skipped: int = 0  # already in the DLQ from before a crash
     commits: int = 0
+    forgets: int = 0  # FORGET markers acted on
+    erased: int = 0  # rows of forgotten users deleted or never written
 
 
 class Archiver:
@@ -101,6 +121,7 @@ class Archiver:
         lost = {tp.partition for tp in partitions}
         self._pending.rows = [r for r in self._pending.rows if r[1] not in lost]
         self._pending.dead = [d for d in self._pending.dead if d[2] not in lost]
+        self._pending.forgets = [f for f in self._pending.forgets if f.partition not in lost]
         self._pending.next_offsets = {p: o for p, o in self._pending.next_offsets.items() if p not in lost}
 
     # --- the loop -----------------------------------------------------------------------
@@ -131,18 +152,40 @@ class Archiver:
             polled = self.consumer.poll(timeout_ms=100, max_records=self.s.archiver_batch_max - len(batch))
             for tp, records in polled.items():
                 for r in records:
+                    batch.next_offsets[tp.partition] = r.offset + 1
+                    if control_kind(r.headers) is not None:
+                        self._control(batch, r, tp.partition)
+                        continue
                     result = validate_event(r.value, self.s)
                     if isinstance(result, Event):
                         batch.rows.append((result, tp.partition, r.offset))
                     else:
                         batch.dead.append((r.value, result, tp.partition, r.offset))
-                    batch.next_offsets[tp.partition] = r.offset + 1
             if not polled and len(batch):
                 break  # nothing more waiting: write what we have rather than sit on it
         return batch
 
+    def _control(self, batch: Batch, record, partition: int) -> None:
+        """A control record is an instruction, not an event; a malformed one is dead-lettered like a bad event."""
+        try:
+            if control_kind(record.headers) != FORGET_CONTROL:
+                raise ValueError(f"unknown control record {control_kind(record.headers)!r}")
+            marker = ForgetMarker.model_validate_json(record.value)
+            if not is_pseudonym(marker.user_id) or record.key != marker.user_id.encode():
+                raise ValueError("a FORGET marker must carry a pseudonym, keyed by it")
+        except ValueError as e:
+            batch.dead.append((record.value, Rejection("invalid_control", str(e)[:200]), partition, record.offset))
+            return
+        forget = ForgetMessage(user_id=marker.user_id, partition=partition, offset=record.offset)
+        batch.forgets.append(forget)
+        before = len(batch.rows)
+        batch.rows = [(e, p, o) for e, p, o in batch.rows
+                      if not (e.user_id == forget.user_id and p == partition and o < record.offset)]  # fmt: skip
+        self.stats.erased += before - len(batch.rows)
+
     def write(self, batch: Batch) -> None:
         self._dead_letter(batch.dead)
+        self._erase(batch.forgets)
         txns = {txn_id(self.topic, p): off for p, off in batch.next_offsets.items()}
         rows = bronze_rows(batch.rows)
         lake.write(self.table, rows, txns=txns, metadata={"writer": "archiver", "offsets": batch.next_offsets})
@@ -150,6 +193,15 @@ class Archiver:
         self.stats.commits += 1
         # Only after the table holds them: the group's offsets are for lag monitoring.
         self.consumer.commit({TopicPartition(self.topic, p): _offset_meta(o) for p, o in batch.next_offsets.items()})
+
+    def _erase(self, forgets: list[ForgetMessage]) -> None:
+        """Delete forgotten users' earlier rows: before the commit that moves past their markers."""
+        if forgets and lake.exists(self.table):
+            for forget in forgets:
+                self.stats.erased += lake.delete(self.table, before_marker_predicate(forget))
+        self.stats.forgets += len(forgets)
+        for forget in forgets:
+            log.info("forgot %s: rows before events[%d]@%d deleted", forget.user_id, forget.partition, forget.offset)
 
     def _dead_letter(self, dead: list[tuple[bytes, Rejection, int, int]]) -> None:
         sent = 0

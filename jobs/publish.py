@@ -22,7 +22,7 @@ from pathlib import Path
 import typer
 
 from jobs.common import record_in_registry, run_cli, setup_logging
-from recsys import model_store
+from recsys import erasure, model_store
 from recsys.contracts import ModelManifest, ModelMessage, Topics
 from recsys.kafka_io import ensure_topics, producer
 from recsys.settings import Settings, get_settings
@@ -76,6 +76,8 @@ def publish(model_version: str, settings: Settings | None = None) -> Decision:
         record_in_registry(model_version, "rejected", path=str(candidate_path), reason=decision.reason,
                            metrics=candidate.metrics, **common)  # fmt: skip
         return decision
+    # Users forgotten while this model was trained on data from before their request leave it first.
+    erasure.erase_from_model(candidate_path, erasure.requests(s))
     decision.path = model_store.promote(candidate_path, s)
     record_in_registry(model_version, "published", path=str(decision.path), reason=decision.reason,
                        metrics=candidate.metrics, **common)  # fmt: skip

@@ -112,7 +112,8 @@ def check_events(expect: int = typer.Option(0, help="Exit 1 unless exactly this 
     s = read_topic(Topics.EVENTS)
     table = Table("what", "count")
     for label, value in [
-        ("messages", s.messages), ("valid events", s.valid), ("distinct users", len(s.users)),
+        ("messages", s.messages), ("control records", s.control), ("valid events", s.valid),
+        ("distinct users", len(s.users)),
         ("distinct items", len(s.items)), ("duplicate event ids", s.duplicate_event_ids),
         *((f"type {k}", v) for k, v in sorted(s.event_types.items())),
         *((f"rejected: {k}", v) for k, v in sorted(s.rejected.items())),
@@ -122,6 +123,38 @@ def check_events(expect: int = typer.Option(0, help="Exit 1 unless exactly this 
     if expect and s.valid != expect:
         console.print(f"[red]expected {expect:,} valid events, found {s.valid:,}[/red]")
         raise typer.Exit(1)
+
+
+@app.command()
+def forget(
+    user_id: str = typer.Argument(None, help="The shop's user id, or its pseudonym. Omit with --pending."),
+    wait: float = typer.Option(
+        120,
+        help="Seconds to wait for the archiver to pass the request before leaving it "
+        "pending (the nightly DAG completes pending requests).",
+    ),
+    pending: bool = typer.Option(False, "--pending", help="Complete the pending requests the archiver has passed."),
+) -> None:
+    """Erase a user across all layers (right to erasure): lake, model files, speed and serving layers."""
+    from recsys import erasure
+
+    _broker_or_exit()
+    if pending:
+        console.print(erasure.complete_pending())
+        return
+    if not user_id:
+        raise typer.BadParameter("give a user id, or --pending")
+    message = erasure.request(user_id)
+    console.print(f"forget {message.user_id}: marker at events[{message.partition}]@{message.offset}; "
+                  "speed and serving layers told")  # fmt: skip
+    with console.status("waiting for the archiver to pass the marker, then erasing from the lake and models"):
+        done = erasure.wait_and_complete(message, timeout_s=wait)
+    if not done:
+        console.print(f"[yellow]the archiver has not passed the marker within {wait:.0f}s: the request is pending; "
+                      "`recsys forget --pending` or the nightly DAG completes it[/yellow]")  # fmt: skip
+        raise typer.Exit(2)
+    console.print(f"erased {message.user_id} from the lake (old files vacuumed after "
+                  f"{get_settings().vacuum_retention_hours} h) and from every model directory")  # fmt: skip
 
 
 @app.command()

@@ -44,6 +44,7 @@ class Tables:
     BRONZE_EVENTS = "bronze_events"  # every accepted event, with its Kafka partition and offset
     SILVER_INTERACTIONS = "silver_interactions"  # validated, deduplicated, bots dropped
     MODEL_REGISTRY = "model_registry"  # one row per trained model version
+    FORGET_REQUESTS = "forget_requests"  # erasure requests and their completion (append-only)
     CATALOG = "catalog"  # item metadata for display and business filters (title, category)
 
     @staticmethod
@@ -173,6 +174,7 @@ RejectReason = Literal[
     "unknown_event_type",
     "ts_out_of_range",
     "not_pseudonymised",
+    "invalid_control",
 ]
 
 
@@ -270,6 +272,40 @@ class DeadLetter(BaseModel):
         return self.model_dump_json().encode()
 
 
+# Erasure log: one "requested" row per forget request, one "erased" row once the lake and models hold nothing
+# of the user from before the request. Keyed by where the request's marker sits in `events`.
+FORGET_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
+        ("status", pa.string()), ("recorded_at", _TS),
+    ]
+)  # fmt: skip
+
+
+# --- control records on `events` -------------------------------------------------------------
+# A record with this header is an instruction, not an event: it is neither archived nor dead-lettered.
+CONTROL_HEADER = "recsys-control"
+FORGET_CONTROL = b"forget"
+
+
+class ForgetMarker(BaseModel):
+    """Put on `events` under the user's key, so it sits after every earlier event of that user."""
+
+    user_id: str
+    requested_at_ms: int
+
+    def to_wire(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def control_kind(headers: list[tuple[str, bytes]] | None) -> bytes | None:
+    """The control instruction a record carries (None for an ordinary event)."""
+    for name, value in headers or ():
+        if name == CONTROL_HEADER:
+            return value
+    return None
+
+
 # --- update messages on `model-updates` ------------------------------------------------
 class ModelMessage(BaseModel):
     """A new batch model is published: where it is, never the model itself."""
@@ -294,13 +330,25 @@ class VectorUpdate(BaseModel):
     event_types: dict[str, list[str]] = Field(
         default_factory=dict, description="Item -> the event types seen since the model's cut-off."
     )
+    source_offset: int | None = Field(
+        None, description="Users: `events` offset of the newest event folded in (their partition is fixed by key)."
+    )
 
 
 class ForgetMessage(BaseModel):
-    """Erase a user everywhere (right to be forgotten)."""
+    """Erase a user (right to be forgotten): everything from before their marker at (partition, offset) in `events`.
+
+    Events after the marker are new data (the user came back) and are kept.
+    """
 
     type: Literal["FORGET"] = "FORGET"
     user_id: str
+    partition: int = Field(-1, description="Partition of `events` holding the user's marker.")
+    offset: int = Field(-1, description="Offset of the marker; -1 = everything (no marker).")
+
+    def covers(self, kafka_offsets: dict[int, int]) -> bool:
+        """Whether a model whose data ends at `kafka_offsets` may hold the user's data from before the marker."""
+        return self.offset < 0 or kafka_offsets.get(self.partition, 0) <= self.offset
 
 
 UpdateMessage = Annotated[ModelMessage | VectorUpdate | ForgetMessage, Field(discriminator="type")]

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 if TYPE_CHECKING:
@@ -177,18 +177,43 @@ def spark_write(
     return open_table(path).version()
 
 
+def delete(path: str | Path, predicate: str, *, attempts: int = 5) -> int:
+    """Delete the rows matching `predicate` (Delta SQL) in one commit; returns how many.
+
+    Files holding such rows are rewritten without them; the old files stay (for time
+    travel) until `vacuum` after the retention. A commit that conflicts with a
+    concurrent writer is retried on the new version.
+    """
+    for attempt in range(attempts):
+        try:
+            return int(open_table(path).delete(predicate).get("num_deleted_rows", 0))
+        except CommitFailedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def vacuum(path: str | Path, retention_hours: int) -> int:
+    """Remove files no version younger than the retention refers to. Returns how many files and folders.
+
+    Delta's vacuum skips folders whose name starts with `_`, so Spark's staging
+    folders (see `spark_write`) that no version refers to any more are removed here.
+    """
+    files = open_table(path).vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False)
+    return len(files) + clean_staging(path, older_than_s=retention_hours * 3600)
+
+
 def compact(path: str | Path, target_file_bytes: int, retention_hours: int) -> dict:
     """Merge small files, checkpoint the log, vacuum unreferenced files older than the retention."""
     table = open_table(path)
     metrics = table.optimize.compact(target_size=target_file_bytes)
     table = open_table(path)
     table.create_checkpoint()
-    vacuumed = table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False)
     return {
         "files_removed": metrics.get("numFilesRemoved", 0),
         "files_added": metrics.get("numFilesAdded", 0),
-        "vacuumed": len(vacuumed),
-        "staging_removed": clean_staging(path, older_than_s=retention_hours * 3600),
+        "vacuumed": vacuum(path, retention_hours),
         "version": table.version(),
     }
 

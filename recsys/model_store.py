@@ -146,6 +146,49 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fh.fileno())
 
 
+ERASED_PREFIX = "erased-"
+
+
+def erase_users(path: Path, users: set[str]) -> int:
+    """Erase users from a model directory in place (right to erasure). Returns how many rows were erased.
+
+    Their id becomes `erased-<row>`, their factors zeros, their interactions and seen
+    types empty. Shapes never change and each file is replaced atomically, so a reader
+    sees every file whole, and processes that memory-mapped the old files keep them.
+    Ids go first: a reader mixing old and new files then finds no such user at all.
+    """
+    user_ids = np.load(path / FILES["user_ids"])
+    rows = np.flatnonzero(np.isin(user_ids, list(users)))
+    if not len(rows):
+        return 0
+    manifest = read_manifest(path)
+    user_ids = user_ids.astype(object)
+    user_ids[rows] = [f"{ERASED_PREFIX}{r}" for r in rows]
+    _replace(path, "user_ids", lambda f: np.save(f, user_ids.astype(str)))
+    factors = np.load(path / FILES["user_factors"])
+    factors[rows] = 0
+    _replace(path, "user_factors", lambda f: np.save(f, factors))
+    for name in ("interactions", "seen_types"):
+        if name in manifest.files:
+            matrix = sp.load_npz(path / FILES[name]).tolil()
+            matrix[rows] = 0
+            cleared = matrix.tocsr()
+            cleared.eliminate_zeros()
+            _replace(path, name, lambda f, m=cleared: sp.save_npz(f, m))
+    return len(rows)
+
+
+def _replace(directory: Path, name: str, write) -> None:
+    """Write a model file under a temporary name, fsync it, then rename it over the old one."""
+    target = directory / FILES[name]
+    tmp = directory / f".{target.name}.{uuid.uuid4().hex[:8]}"
+    with tmp.open("wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
 def promote(candidate: Path, settings: Settings | None = None) -> Path:
     """Move a complete candidate into the published folder (one rename: atomic on one filesystem)."""
     read_manifest(candidate)  # refuse incomplete directories

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from recsys.contracts import Event, Topics, validate_event
+from recsys.contracts import Event, Topics, control_kind, validate_event
 from recsys.kafka_io import count_messages, producer, read_to_end
 from recsys.settings import Settings, get_settings
 
@@ -90,6 +90,7 @@ class TopicSummary:
     items: set[str] = field(default_factory=set)
     event_types: Counter = field(default_factory=Counter)
     event_ids: set[str] = field(default_factory=set)
+    control: int = 0  # control records (FORGET markers), not events
 
     @property
     def duplicate_event_ids(self) -> int:
@@ -104,6 +105,9 @@ def read_topic(topic: str = Topics.EVENTS, settings: Settings | None = None, pro
     with tqdm(total=total, unit="ev", disable=not progress) as bar:
         for records in read_to_end(topic, s):
             for record in records:
+                if control_kind(record.headers) is not None:  # an instruction (e.g. FORGET), not an event
+                    summary.control += 1
+                    continue
                 _tally(summary, validate_event(record.value, s))
             bar.update(len(records))
     return summary

@@ -127,9 +127,13 @@ class Settings(BaseSettings):
     )
     serving_ann_lists: int = Field(0, ge=0, description="IVF cells of the approximate index; 0 = 4 x sqrt(items).")
     serving_ann_probes: int = Field(64, ge=1, description="IVF cells searched per query (recall vs speed).")
+    serving_max_body_bytes: int = Field(
+        65_536, ge=1_024, description="Larger request bodies are refused with 413 before they are read whole."
+    )
     serving_write_token: SecretStr | None = Field(
         None,
-        description="Bearer token for write endpoints (`POST /events`). If unset, a random one is created once "
+        description="Bearer token for write and admin endpoints (`POST /events`, `POST /admin/forget`). "
+        "If unset, a random one is created once "
         "in `<state_dir>/secrets/serving.token` (mode 600).",
     )
 

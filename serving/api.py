@@ -4,7 +4,8 @@
 
 Every user id in a path or body is the shop's own id: it is pseudonymised on the
 way in (an id that already is a pseudonym is taken as it is), so raw ids never
-reach Kafka, the tables or a log line. Reads are open; writes need the bearer token.
+reach Kafka, the tables or a log line. Reads are open; writes and admin endpoints
+need the bearer token. Request bodies are capped (RECSYS_SERVING_MAX_BODY_BYTES).
 
 No `from __future__ import annotations` here: FastAPI reads the route signatures at
 definition time, and `k`'s limit comes from the settings, inside `_routes`.
@@ -20,13 +21,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path as FsPath
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kafka.errors import KafkaError
 from threadpoolctl import threadpool_limits
 
+from recsys import erasure
 from recsys.contracts import Event, Topics, validate_event
 from recsys.kafka_io import producer
 from recsys.privacy import pseudonymise
@@ -41,6 +43,7 @@ from serving.schemas import (
     EventAccepted,
     EventIn,
     Explanation,
+    ForgetAccepted,
     Health,
     Item,
     ModelInfo,
@@ -89,6 +92,7 @@ def create_app(settings: Settings | None = None, follower: ModelFollower | None 
         version="1.0",
         lifespan=lifespan,
     )
+    app.add_middleware(_BodyLimit, limit=s.serving_max_body_bytes)
     app.add_middleware(_Metrics)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.settings = s
@@ -225,6 +229,22 @@ def _routes(app: FastAPI, s: Settings) -> None:
         return EventAccepted(event_id=checked.event_id, user_id=checked.user_id, partition=sent.partition,
                              offset=sent.offset)  # fmt: skip
 
+    @app.post("/admin/forget/{user_id}", status_code=202, response_model=ForgetAccepted,
+              responses={401: {"model": Error}, 403: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
+              tags=["admin"], dependencies=[Depends(require_token)])  # fmt: skip
+    def forget(user_id: UserId, background: BackgroundTasks) -> ForgetAccepted:
+        """Erase a user across all layers (right to erasure). Answers once the request is in the event log
+        and the serving layers are told; erasing from the lake and model files follows in the background
+        once the archiver has passed the request (else the nightly DAG completes it)."""
+        pseudonym = _user(user_id, s, key)
+        try:
+            message = erasure.request(pseudonym, s)
+        except KafkaError as e:
+            raise HTTPException(503, f"the event log is unavailable, try again: {type(e).__name__}") from None
+        background.add_task(erasure.wait_and_complete, message, s)
+        return ForgetAccepted(user_id=pseudonym, partition=message.partition, offset=message.offset,
+                              detail="speed and serving layers told; lake and model files follow")  # fmt: skip
+
     @app.get("/models", response_model=ModelInfo, responses=ERRORS, tags=["operations"])
     async def models(model: Model) -> ModelInfo:
         """The model being served, its evaluation, and how much the speed layer has added to it."""
@@ -272,6 +292,45 @@ def _producer(request: Request, s: Settings):
         if state.producer is None:
             state.producer = producer(s, linger_ms=0)
         return state.producer
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _BodyLimit:
+    """Refuse bodies over `limit` bytes with 413: by Content-Length up front, else while the body streams in."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted_receive, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        response = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, status_code=413)
+        await response({"type": "http"}, None, send)
 
 
 class _Metrics:

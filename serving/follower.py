@@ -10,7 +10,9 @@ there is no consumer group, so no replica misses an update). Messages, in log or
   applied before the swap.
 - UP: applied to the served model if tagged with its version; older versions'
   UPs are stale (the newer model's data covers them) and dropped.
-- FORGET: the user is erased from this and every later model this process loads.
+- FORGET: the user's data from before their marker is erased from this model and
+  from every later model whose data ends before the marker; their older UPs,
+  held or still to come, are dropped (see `ServingModel.forget`).
 
 At start the topic is read from the beginning, so a restarted replica rebuilds
 exactly the state of the others. (With log compaction on `model-updates`, keyed
@@ -47,7 +49,7 @@ class ModelFollower:
         self.s = s
         self.current: ServingModel | None = None
         self.caught_up = threading.Event()
-        self.forgotten: set[str] = set()
+        self.forgotten: dict[str, ForgetMessage] = {}
         self._pending: dict[str, list[VectorUpdate]] = defaultdict(list)
         self._loader = loader or self._load
         self._stop = threading.Event()
@@ -120,10 +122,7 @@ class ModelFollower:
         if isinstance(message, ModelMessage):
             self._on_model(message)
         elif isinstance(message, ForgetMessage):
-            self.forgotten.add(message.user_id)
-            if self.current is not None:
-                self.current.forget(message.user_id)
-            metrics.UPDATES.labels("forget").inc()
+            self._on_forget(message)
         else:
             self._on_update(message)
 
@@ -150,6 +149,14 @@ class ModelFollower:
             metrics.MODEL_LOAD_FAILURES.inc()
             log.exception("could not load the model at %s; keeping %s", path,
                           self.current.version if self.current else "no model")  # fmt: skip
+
+    def _on_forget(self, message: ForgetMessage) -> None:
+        known = self.forgotten.get(message.user_id)
+        if known is None or message.offset >= known.offset:
+            self.forgotten[message.user_id] = message
+        if self.current is not None:
+            self.current.forget(self.forgotten[message.user_id])
+        metrics.UPDATES.labels("forget").inc()
 
     def _on_update(self, up: VectorUpdate) -> None:
         current = self.current
@@ -178,8 +185,8 @@ class ModelFollower:
     def _swap(self, path: Path) -> None:
         started = time.monotonic()
         model = self._loader(path)
-        for user in self.forgotten:
-            model.forget(user)
+        for message in self.forgotten.values():
+            model.forget(message)
         for up in self._pending.pop(model.version, []):
             model.apply(up)
         for version in [v for v in self._pending if v < model.version]:

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from recsys.contracts import VectorUpdate
+from recsys.contracts import ForgetMessage, VectorUpdate
 from recsys.foldin import explain
 from recsys.model_store import ModelArtifact
 from recsys.ranking import PAD, full_sort_top_k, normalize_rows, top_k_of_scores
@@ -50,6 +50,7 @@ class _Recent:
     strengths: dict[str, float]
     event_types: dict[str, list[str]]
     as_of_ms: int | None
+    source_offset: int | None = None  # `events` offset of the newest event folded in
 
 
 @dataclass
@@ -98,7 +99,9 @@ class ServingModel:
         self._exclude_types = frozenset(s.serving_exclude_event_types)
         self._new = _NewItems(factors=np.zeros((0, self.manifest.rank), np.float32))
         self._recent: dict[str, _Recent] = {}
-        self.forgotten: set[str] = set()
+        # Right to erasure: users whose batch row is erased, and each user's latest FORGET (to spot older UPs).
+        self.erased: set[str] = set()
+        self.forgets: dict[str, ForgetMessage] = {}
         self.speed_updates = 0
         self.index = ApproximateIndex.build(self.item_factors, s) if s.serving_index == "approximate" else None
 
@@ -110,8 +113,9 @@ class ServingModel:
                 f"UP for {up.kind} {up.id} has {vector.shape} values, the model's rank is {self.manifest.rank}"
             )
         if up.kind == "user":
-            if up.id not in self.forgotten:
-                self._recent[up.id] = _Recent(vector, up.strengths, up.event_types, up.event_ts_ms)
+            if self._predates_forget(up):
+                return
+            self._recent[up.id] = _Recent(vector, up.strengths, up.event_types, up.event_ts_ms, up.source_offset)
         elif up.id in self.item_index and self.item_index[up.id] < self.n_base:
             return  # the speed layer folds in only items newer than the model; a model item keeps its vector
         else:
@@ -131,10 +135,24 @@ class ServingModel:
             factors[j - self.n_base] = vector
             self._new = _NewItems(new.ids, factors, new.categories)
 
-    def forget(self, user_id: str) -> None:
-        """Erase a user from what this process answers (the model files change at the next retrain)."""
-        self.forgotten.add(user_id)
-        self._recent.pop(user_id, None)
+    def forget(self, message: ForgetMessage) -> None:
+        """Erase what this process holds of a user from before their FORGET marker.
+
+        Their batch row goes if this model's data ends before the marker (a later model
+        was cleaned of them); their speed vector goes if it folds in earlier events.
+        UPs made from events after the marker (the user came back) are kept.
+        """
+        user = message.user_id
+        self.forgets[user] = message
+        if message.covers(self.manifest.kafka_offsets):
+            self.erased.add(user)
+        recent = self._recent.get(user)
+        if recent is not None and (recent.source_offset is None or recent.source_offset < message.offset):
+            self._recent.pop(user, None)
+
+    def _predates_forget(self, up: VectorUpdate) -> bool:
+        forget = self.forgets.get(up.id)
+        return forget is not None and (up.source_offset is None or up.source_offset < forget.offset)
 
     # --- reads -------------------------------------------------------------------------------
     @property
@@ -146,7 +164,7 @@ class ServingModel:
         return self.n_base + len(self._new.ids)
 
     def knows_user(self, user_id: str) -> bool:
-        return user_id not in self.forgotten and (user_id in self._recent or user_id in self.user_index)
+        return user_id in self._recent or (user_id not in self.erased and user_id in self.user_index)
 
     def item_position(self, item_id: str) -> int:
         j = self.item_index.get(item_id)
@@ -162,8 +180,8 @@ class ServingModel:
 
     def prepare(self, user_id: str, k: int, exclude_seen: bool = True, category: str | None = None) -> Query:
         """Everything about one request except the scoring, which `answer` does for many requests at once."""
-        recent = None if user_id in self.forgotten else self._recent.get(user_id)
-        row = None if user_id in self.forgotten else self.user_index.get(user_id)
+        recent = self._recent.get(user_id)
+        row = None if user_id in self.erased else self.user_index.get(user_id)
         excluded = self._excluded(row, recent) if exclude_seen else np.zeros(0, np.int64)
         vectors = []
         if recent is not None:
@@ -229,11 +247,9 @@ class ServingModel:
 
     def history(self, user_id: str, new: _NewItems | None = None) -> dict[int, float]:
         """Item position -> r_ui: the training strengths plus everything since the model's cut-off."""
-        if user_id in self.forgotten:
-            return {}
         new = new or self._new
         out: dict[int, float] = {}
-        row = self.user_index.get(user_id)
+        row = None if user_id in self.erased else self.user_index.get(user_id)
         if row is not None:
             start, end = self.interactions.indptr[row], self.interactions.indptr[row + 1]
             out.update(

@@ -80,6 +80,14 @@ class EventAccepted(BaseModel):
     offset: int
 
 
+class ForgetAccepted(BaseModel):
+    user_id: str = Field(description="The pseudonym being erased.")
+    partition: int = Field(description="Partition of `events` holding the FORGET marker.")
+    offset: int = Field(description="Offset of the marker: the user's events before it are erased.")
+    status: Literal["requested"] = "requested"
+    detail: str
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
 

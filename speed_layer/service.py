@@ -11,6 +11,9 @@ says it covers, and replays from there. So a crash, a restart or a new model all
 resume from committed state (the model and the log) and lose nothing between the
 batch cut-off and now.
 
+A FORGET marker on `events` (recsys.erasure) drops the user's state and their
+earlier events of the same batch; a replay meets the marker again.
+
 Invalid events are skipped and counted; the archiver owns the dead-letter topic
 (two writers would put every bad event there twice).
 """
@@ -26,7 +29,16 @@ from pathlib import Path
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from recsys import model_store
-from recsys.contracts import Event, ModelMessage, Topics, VectorUpdate, validate_event
+from recsys.contracts import (
+    FORGET_CONTROL,
+    Event,
+    ForgetMarker,
+    ModelMessage,
+    Topics,
+    VectorUpdate,
+    control_kind,
+    validate_event,
+)
 from recsys.kafka_io import consumer, producer
 from recsys.settings import Settings, get_settings
 from speed_layer import metrics
@@ -119,30 +131,41 @@ class SpeedLayer:
         records = [r for batch in polled.values() for r in batch]
         if not records or self.state is None:
             return len(records)
+        markers = forget_markers(records)
         valid: list[tuple[Event, int]] = []
+        newest: dict[str, int] = {}  # per user, the offset of their newest event in this batch
         for r in records:
+            if control_kind(r.headers) is not None:
+                continue
             result = validate_event(r.value, self.s)
-            if isinstance(result, Event):
-                valid.append((result, r.timestamp))
-            else:
+            if not isinstance(result, Event):
                 metrics.INVALID.labels(result.reason).inc()
+            elif r.offset > markers.get(result.user_id, -1):  # events before a user's marker are erased
+                valid.append((result, r.timestamp))
+                newest[result.user_id] = max(newest.get(result.user_id, -1), r.offset)
         started = time.monotonic()
+        refolded = [self.state.forget(user) for user in markers]
         updates = self.state.apply(valid)
         metrics.SOLVE_SECONDS.observe(time.monotonic() - started)
-        self.publish(updates)
+        for forgotten in refolded:
+            self.publish(forgotten)
+        self.publish(updates, newest)
         self.events.commit()  # only after the UPs are durable
         metrics.EVENTS.inc(len(valid))
+        metrics.FORGETS.inc(len(markers))
         return len(records)
 
-    def publish(self, updates: Updates) -> None:
+    def publish(self, updates: Updates, source_offsets: dict[str, int] | None = None) -> None:
         version = self.state.model_version
         for kind, vectors in (("user", updates.users), ("item", updates.items)):
             for id_, vector in vectors.items():
+                user = kind == "user"
                 message = VectorUpdate(
                     model_version=version, kind=kind, id=id_, vector=vector.tolist(),
                     event_ts_ms=updates.source_ts_ms.get((kind, id_)),
-                    strengths=updates.user_strengths.get(id_, {}) if kind == "user" else {},
-                    event_types=updates.user_event_types.get(id_, {}) if kind == "user" else {},
+                    strengths=updates.user_strengths.get(id_, {}) if user else {},
+                    event_types=updates.user_event_types.get(id_, {}) if user else {},
+                    source_offset=(source_offsets or {}).get(id_) if user else None,
                 )  # fmt: skip
                 self.producer.send(Topics.MODEL_UPDATES, key=f"UP:{kind}:{id_}".encode(),
                                    value=message.model_dump_json().encode())  # fmt: skip
@@ -168,6 +191,19 @@ class SpeedLayer:
         self.events.close(autocommit=False)
         self.models.close()
         self.producer.close()
+
+
+def forget_markers(records) -> dict[str, int]:
+    """User -> offset of their last FORGET marker among `records` (a malformed marker is the archiver's to report)."""
+    markers: dict[str, int] = {}
+    for r in records:
+        if control_kind(r.headers) == FORGET_CONTROL:
+            try:
+                user = ForgetMarker.model_validate_json(r.value).user_id
+            except ValueError:
+                continue
+            markers[user] = max(markers.get(user, -1), r.offset)
+    return markers
 
 
 class _ReplayFromModel(ConsumerRebalanceListener):

@@ -53,6 +53,7 @@ class SpeedState:
         self.user_types: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
         self.new_item_delta: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.folded_user_rows: dict[str, int] = {}  # users with a speed vector: their row in self.items
+        self.erased: set[str] = set()  # forgotten model users: their training row no longer counts
 
     @property
     def model_version(self) -> str:
@@ -81,6 +82,23 @@ class SpeedState:
             updates.user_event_types[user] = {self.item_id(j): sorted(t) for j, t in self.user_types[user].items()}
         return updates
 
+    def forget(self, user_id: str) -> Updates:
+        """Drop everything known about a user so far (right to erasure); later events start them afresh.
+
+        New items they touched are folded in again from the remaining users. Returns those item vectors.
+        """
+        self.user_delta.pop(user_id, None)
+        self.user_types.pop(user_id, None)
+        if user_id in self.user_index:
+            self.erased.add(user_id)
+        row = self.user_index.get(user_id, self.folded_user_rows.get(user_id))
+        if row is not None and row < self.items.n:
+            self.items.set_vectors(np.array([row]), np.zeros((1, self.items.rank)))
+        touched = [j for j, users in self.new_item_delta.items() if users.pop(user_id, None) is not None]
+        updates = Updates()
+        updates.items = self._fold_new_items(sorted(j for j in touched if self.new_item_delta[j]))
+        return updates
+
     def item_id(self, j: int) -> str:
         return self.new_item_ids[j - self.n_model_items] if j >= self.n_model_items else self.model_item_ids[j]
 
@@ -95,7 +113,7 @@ class SpeedState:
         """Training strengths plus everything since, for these users, over items that have a vector."""
         rows, cols, vals = [], [], []
         for r, user in enumerate(user_ids):
-            u = self.user_index.get(user)
+            u = None if user in self.erased else self.user_index.get(user)
             if u is not None:
                 start, end = self.base.indptr[u], self.base.indptr[u + 1]
                 cols.extend(self.base.indices[start:end])
@@ -143,5 +161,7 @@ class SpeedState:
 
     def user_vector(self, user_id: str) -> np.ndarray | None:
         """The current vector of a user: folded in since the model, else the model's, else None."""
+        if user_id in self.erased and user_id not in self.user_delta:
+            return None
         row = self.user_index.get(user_id, self.folded_user_rows.get(user_id))
         return None if row is None or row >= self.items.n else self.items.factors[row].astype(np.float32)

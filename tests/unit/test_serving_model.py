@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.contracts import ModelManifest, ModelMessage, Objective, VectorUpdate
+from recsys.contracts import ForgetMessage, ModelManifest, ModelMessage, Objective, VectorUpdate
 from recsys.foldin import FoldIn
 from recsys.model_store import ModelArtifact
 from recsys.settings import Settings
@@ -99,13 +99,27 @@ def test_wrong_rank_and_model_items_in_updates():
     np.testing.assert_array_equal(m.item_factors[3], before)
 
 
-def test_forgotten_users_get_popular_items_and_no_explanation():
+def test_forgotten_users_get_popular_items_until_they_come_back():
     m = model()
-    m.forget("u0")
-    m.apply(VectorUpdate(model_version="m1", kind="user", id="u0", vector=[1.0] * RANK))
+    m.apply(VectorUpdate(model_version="m1", kind="user", id="u0", vector=[1.0] * RANK, source_offset=5))
+    m.forget(ForgetMessage(user_id="u0", partition=0, offset=9))  # the model's data ends before the marker
+    late = VectorUpdate(model_version="m1", kind="user", id="u0", vector=[1.0] * RANK, source_offset=8)
+    m.apply(late)  # folded from events before the marker, published after the FORGET: dropped
     assert m.recommend("u0", k=3).source == "popular" and not m.knows_user("u0")
     with pytest.raises(UnknownId):
         m.because("u0", "i3", 3)
+    m.apply(late.model_copy(update={"source_offset": 12, "strengths": {"i3": 1.0}}))  # new events after the marker
+    assert m.recommend("u0", k=3).source == "speed" and set(m.history("u0")) == {3}
+
+
+def test_a_model_whose_data_ends_after_the_marker_keeps_the_batch_row():
+    a = artifact()
+    a.manifest.kafka_offsets = {0: 20}  # built after the marker at offset 9: cleaned of the user's older events
+    m = ServingModel(a, CATALOG, Settings())
+    m.forget(ForgetMessage(user_id="u0", partition=0, offset=9))
+    assert m.recommend("u0", k=3).source == "batch"
+    m.forget(ForgetMessage(user_id="u1", partition=1, offset=9))  # no data from partition 1: covered
+    assert m.recommend("u1", k=3).source == "popular"
 
 
 def test_because_shares_sum_to_the_folded_in_score():
@@ -153,7 +167,7 @@ def test_follower_swaps_models_keeps_early_updates_and_drops_stale_ones(tmp_path
     f.handle(_raw(early))  # m2's speed layer was quicker than m2's MODEL message
     f.handle(_raw(VectorUpdate(model_version="m1", kind="user", id="u4", vector=[1.0] * RANK)))
     assert f.current.version == "m1" and f.current.speed_users == 1
-    f.handle(b'{"type": "FORGET", "user_id": "u2"}')
+    f.handle(b'{"type": "FORGET", "user_id": "u2", "partition": 0, "offset": 3}')
     f.handle(_raw(ModelMessage(model_version="m2", path=str(tmp_path / "m2"))))
     assert f.current is models["m2"]
     assert f.current.recommend("u3", 3).source == "speed"  # held, then applied before the swap

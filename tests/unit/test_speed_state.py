@@ -83,3 +83,18 @@ def test_unknown_user_without_events_has_no_vector(artifact):
     state = SpeedState(artifact, WEIGHTS)
     assert state.user_vector("nobody") is None
     np.testing.assert_allclose(state.user_vector("u3"), artifact.user_factors[3])
+
+
+def test_forgetting_a_user_drops_their_training_row_and_events_and_refolds_their_new_items(artifact):
+    state = SpeedState(artifact, WEIGHTS)
+    before = state.apply([ev(1, "u0", "i7"), ev(2, "u4", "brand-new"), ev(3, "u5", "brand-new", "view")])
+    refolded = state.forget("u4")
+    assert state.user_vector("u4") is None and state.history(["u4"]).nnz == 0
+    assert set(refolded.items) == {"brand-new"}  # now from u5's view alone
+    assert not np.allclose(refolded.items["brand-new"], before.items["brand-new"])
+    state.forget("u0")
+    # u0 comes back: only what they do from now on counts, not the training row nor the earlier purchase.
+    again = state.apply([ev(4, "u0", "i9")])
+    expected = FoldIn(artifact.item_factors, OBJECTIVE).vector(np.array([9]), np.array([5.0]))
+    np.testing.assert_allclose(again.users["u0"], expected, rtol=1e-4)
+    assert again.user_strengths["u0"] == {"i9": 5.0}
