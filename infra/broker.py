@@ -11,6 +11,7 @@ pointing at a real Kafka cluster, skip this script: nothing else changes.
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -108,10 +109,29 @@ def _port_taken(port: int) -> bool:
 
 
 def free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago (for tests and benchmarks that start their own broker)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port on 127.0.0.1 that was free a moment ago (for tests and benchmarks that start their own broker).
+
+    Chosen below the kernel's ephemeral range: a client reconnecting in a loop to a
+    stopped server on an ephemeral port can be handed that very port as its source
+    and connect to itself, which then holds the port and keeps the server from restarting.
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(10_000, low) if low > 11_000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port found on 127.0.0.1")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def stop(settings: Settings | None = None, timeout_s: float = 15.0) -> bool:

@@ -9,76 +9,26 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import defaultdict
 
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 from published_models import CATALOGUE, produce, publish_model
+from speed_checks import assert_users_match, latest_updates, run_until_idle
 
 from jobs.archiver import Archiver
 from jobs.engines import implicit_als, spark_als
 from jobs.publish import announce
 from recsys import model_store
-from recsys.contracts import Event, Topics, VectorUpdate
+from recsys.contracts import Event, Topics
 from recsys.data.synthetic import SyntheticConfig, item_category
-from recsys.foldin import FoldIn
-from recsys.kafka_io import count_messages, read_to_end
+from recsys.kafka_io import count_messages
 from recsys.ranking import top_k
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 from speed_layer.service import SpeedLayer
 
 pytestmark = pytest.mark.integration
-
-
-def latest_updates(s) -> dict[tuple[str, str], VectorUpdate]:
-    latest = {}
-    for records in read_to_end(Topics.MODEL_UPDATES, s):
-        for r in records:
-            if r.key.startswith(b"UP:"):
-                up = VectorUpdate.model_validate_json(r.value)
-                latest[(up.kind, up.id)] = up
-    return latest
-
-
-def expected_user_vectors(artifact, stream: list[Event], weights) -> dict[str, np.ndarray]:
-    """Independently: each streamed user's training row plus the stream, folded in (model items only)."""
-    index = {it: j for j, it in enumerate(artifact.item_ids)}
-    rows = {u: i for i, u in enumerate(artifact.user_ids)}
-    delta = defaultdict(lambda: np.zeros(len(index)))
-    new_item_users = {e.user_id for e in stream if e.item_id not in index}
-    for e in stream:
-        if e.item_id in index:
-            delta[e.user_id][index[e.item_id]] += weights[e.event_type]
-    fold = FoldIn(artifact.item_factors, artifact.manifest.objective)
-    out = {}
-    for user, d in delta.items():
-        if user in new_item_users:
-            continue  # their vector depends on when the new item got one: checked elsewhere
-        row = d + (artifact.interactions[rows[user]].toarray().ravel() if user in rows else 0)
-        nz = np.flatnonzero(row)
-        out[user] = fold.vector(nz, row[nz])
-    return out
-
-
-def run_until_idle(s, instance: str = "speed-test", idle_s: float = 3.0) -> SpeedLayer:
-    layer = SpeedLayer(s, instance)
-    try:
-        layer.run(max_idle_s=idle_s)
-    finally:
-        layer.close()
-    return layer
-
-
-def assert_users_match(s, artifact, stream) -> int:
-    expected = expected_user_vectors(artifact, stream, s.event_weights)
-    updates = latest_updates(s)
-    for user, vector in expected.items():
-        up = updates[("user", user)]
-        assert up.model_version == artifact.manifest.model_version
-        np.testing.assert_allclose(up.vector, vector, rtol=2e-3, atol=2e-4)
-    return len(expected)
 
 
 def test_streamed_users_get_exactly_folded_vectors_and_bad_events_are_skipped(isolated_stack):
