@@ -112,7 +112,9 @@ class ModelFollower:
         raise RuntimeError("stopped before the broker was reachable")
 
     # --- messages ----------------------------------------------------------------------------
-    def handle(self, raw: bytes) -> None:
+    def handle(self, raw: bytes | None) -> None:
+        if raw is None:  # a tombstone: lets log compaction drop a forgotten user's last UP; nothing to apply
+            return
         try:
             message = _MESSAGE.validate_json(raw)
         except ValidationError as e:

@@ -147,6 +147,8 @@ class SpeedLayer:
         refolded = [self.state.forget(user) for user in markers]
         updates = self.state.apply(valid)
         metrics.SOLVE_SECONDS.observe(time.monotonic() - started)
+        for user in markers:  # with log compaction, the tombstone removes their older UPs from the topic too
+            self.producer.send(Topics.MODEL_UPDATES, key=f"UP:user:{user}".encode(), value=None)
         for forgotten in refolded:
             self.publish(forgotten)
         self.publish(updates, newest)

@@ -21,7 +21,7 @@ def latest_updates(s) -> dict[tuple[str, str], VectorUpdate]:
     latest = {}
     for records in read_to_end(Topics.MODEL_UPDATES, s):
         for r in records:
-            if r.key.startswith(b"UP:"):
+            if r.key.startswith(b"UP:") and r.value is not None:  # None: a forgotten user's tombstone
                 up = VectorUpdate.model_validate_json(r.value)
                 latest[(up.kind, up.id)] = up
     return latest

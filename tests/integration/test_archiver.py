@@ -71,6 +71,7 @@ def test_stream_lands_in_bronze_or_dlq_exactly_once(unique_topic, local):
     }
 
 
+@pytest.mark.reliability
 def test_restart_resumes_from_the_table_even_if_group_offsets_are_behind(unique_topic, local):
     config = stream(unique_topic, local, n=3_000)
     first = Archiver(local, topic=unique_topic)
@@ -93,6 +94,7 @@ def test_restart_resumes_from_the_table_even_if_group_offsets_are_behind(unique_
     assert bronze(local).num_rows == n_valid_events(config) + n_valid_events(more)
 
 
+@pytest.mark.reliability
 def test_crash_after_dead_letters_before_the_commit_duplicates_nothing(unique_topic, local):
     config = stream(unique_topic, local, n=2_000, malformed=0.2)
     crashing = Archiver(local, topic=unique_topic)
@@ -111,6 +113,7 @@ def test_crash_after_dead_letters_before_the_commit_duplicates_nothing(unique_to
     assert dlq_key(unique_topic, dead[0][2], dead[0][3]) in dead_letters_for(unique_topic, local)
 
 
+@pytest.mark.reliability
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(unique_topic, local):
     config = stream(unique_topic, local, n=20_000, malformed=0.02)
     env = {

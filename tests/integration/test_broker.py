@@ -45,6 +45,7 @@ def test_start_is_idempotent_and_creates_the_topics(broker):
     assert ensure_topics(broker) == described
 
 
+@pytest.mark.reliability
 def test_the_broker_listens_on_loopback_only(broker):
     pid = broker_process.running_pid(broker_process.BrokerPaths(broker.broker_dir))
     cmdline = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
@@ -92,6 +93,7 @@ def test_consumer_group_resumes_from_committed_offsets(unique_topic, broker):
     other_group.close()
 
 
+@pytest.mark.reliability
 def test_restart_keeps_messages_and_committed_offsets(unique_topic, broker):
     produce(unique_topic, 200, broker)
     c = consumer("group-restart", unique_topic, settings=broker)

@@ -57,6 +57,7 @@ def _append_many(path: str, writer: int, batches: int, size: int) -> None:
         lake.write(path, rows(writer * 1_000_000 + b * size, size, writer))
 
 
+@pytest.mark.reliability
 def test_concurrent_writers_each_get_whole_commits(table_path):
     lake.write(table_path, rows(0, 0))
     writers, batches, size = 4, 5, 50
@@ -107,6 +108,7 @@ def test_empty_spark_result_still_commits(spark, table_path):
     assert lake.committed_app_version(table_path, "job") == 9
 
 
+@pytest.mark.reliability
 def test_spark_job_failing_mid_write_leaves_no_visible_trace(spark, table_path):
     from pyspark.sql.functions import udf
 

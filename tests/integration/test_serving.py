@@ -100,6 +100,7 @@ def test_bad_reads_get_clear_4xx(stack, path, status, says):
     assert got == status and says in body["detail"]
 
 
+@pytest.mark.reliability
 def test_writes_need_the_token_and_valid_events(stack):
     assert post_event(stack, "user-1", "item-1", token=None)[0] == 401
     assert post_event(stack, "user-1", "item-1", token="wrong")[0] == 403
@@ -133,6 +134,7 @@ def test_a_posted_event_changes_the_users_recommendations_within_moments(stack):
     assert info["speed_users"] >= 1 and info["speed_updates_applied"] >= 1
 
 
+@pytest.mark.reliability
 def test_metrics_docs_and_loopback_only(stack):
     get(stack, "/recommend/user-2?k=3")
     with urllib.request.urlopen(f"{stack.url}/metrics") as r:
@@ -154,6 +156,7 @@ def swap_stack(tmp_path):
     stop_stack(st)
 
 
+@pytest.mark.reliability
 def test_hot_swap_under_concurrent_requests_fails_nothing_and_keeps_later_updates(swap_stack):
     st = swap_stack
     raw, _ = known_user(st)

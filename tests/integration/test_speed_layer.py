@@ -152,6 +152,7 @@ def test_a_new_model_mid_stream_is_loaded_and_the_events_after_its_cut_off_repla
     assert assert_users_match(s, model_b, second) > 20
 
 
+@pytest.mark.reliability
 def test_kill_9_between_publish_and_commit_changes_no_final_vector(isolated_stack):
     s = isolated_stack
     artifact = publish_model(s, produce(s, seed=6, n=4_000), "m1")

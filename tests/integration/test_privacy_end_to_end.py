@@ -53,12 +53,15 @@ def users_in_files(s, table: str) -> Counter:
 
 
 def latest_user_update(s, user: str, after_offset: int = -1) -> VectorUpdate | None:
-    """The user's newest UP on `model-updates` (only among those written after `after_offset`)."""
+    """The user's newest UP on `model-updates` (only among those written after `after_offset`).
+
+    None if there is none, or if the newest is a tombstone (what the speed layer sends on forgetting).
+    """
     latest = None
     for records in read_to_end(Topics.MODEL_UPDATES, s):
         for r in records:
             if r.key == f"UP:user:{user}".encode() and r.offset > after_offset:
-                latest = VectorUpdate.model_validate_json(r.value)
+                latest = None if r.value is None else VectorUpdate.model_validate_json(r.value)
     return latest
 
 
@@ -120,6 +123,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     assert up.strengths == {item: s.event_weights["view"]} and up.source_offset == accepted["offset"]
     np.testing.assert_allclose(up.vector, expected, rtol=1e-3, atol=1e-5)
     assert get(stack, f"/recommend/{gone_raw}")[1]["source"] == "popular"
+    assert latest_user_update(s, gone) is None  # their last UP is followed by a tombstone (for log compaction)
     # A speed layer killed and restarted replays from m1's cut-off through the markers: same result.
     stack.procs["speed"].send_signal(signal.SIGKILL)
     stack.procs["speed"].wait()
