@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # The demo keeps its own state (broker data, tables, keys), so it never touches anything else in .state/.
 DEMO_ENV := RECSYS_STATE_DIR=$(CURDIR)/.state/demo
 
-.PHONY: help venv demo test lint broker stop lock clean dag-run speed-layer serve airflow-ui bench bench-quick
+.PHONY: help venv demo test lint broker stop lock clean dag-run speed-layer serve airflow-ui bench bench-quick bench-soak
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench: venv  ## benchmarks: writes bench/results/latest.json and report.md (tens
 
 bench-quick: venv  ## reduced benchmarks, same output files
 	$(PY) -m bench.run --quick
+
+bench-soak: venv  ## crash soak: kill -9s and broker restarts under a 300k-event stream, then exactly-once checks
+	$(PY) -m bench.run --only soak
 
 stop: ## stop everything the demo, `make broker` or `make airflow-ui` started
 	@if [ -x $(PY) ]; then \

@@ -26,7 +26,7 @@ def render(results: dict) -> str:
         "`bench/results/<section>.png`; all figures: `bench/results/latest.json`.",
     ]
     for name, section in (("quality", _quality), ("freshness", _freshness), ("batch", _batch),
-                          ("speed_layer", _speed), ("serving", _serving)):  # fmt: skip
+                          ("speed_layer", _speed), ("serving", _serving), ("soak", _soak)):  # fmt: skip
         if name in results:
             lines += ["", *section(results[name]), "", _measured(results, name)]
     return "\n".join(lines) + "\n"
@@ -39,6 +39,19 @@ def _measured(results: dict, name: str) -> str:
     return (
         f"_Measured at commit {meta['git_commit']}, {meta['started_at']}{quick}: `python -m bench.run --only {cli}`._"
     )
+
+
+def _soak(k: dict) -> list[str]:
+    return [
+        "### Soak: crashes and broker restarts under a stream (`make bench-soak`)", "",
+        f"{k['events']:,} events (2% malformed) streamed while the archiver and the speed layer were killed with "
+        f"SIGKILL {k['kills']} times at random moments and the broker restarted {k['broker_restarts']} times; "
+        f"{k['processes_died_on_their_own']} processes died on their own. Afterwards: {k['bronze_rows']:,} rows in "
+        f"bronze + {k['dlq_rows']:,} in the DLQ, {k['lost']} lost, {k['duplicated']} duplicated; "
+        f"{k['users_checked']:,} users' vectors equal an uninterrupted run's. Sends retried after the broker did not "
+        f"acknowledge them: {k.get('send_retries_logged', 'n/a')} times. Streaming took "
+        f"{k['streaming_seconds']} s; the final catch-up after the last kill {k['final_catch_up_seconds']} s.",
+    ]  # fmt: skip
 
 
 def _quality(q: dict) -> list[str]:

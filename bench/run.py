@@ -3,6 +3,7 @@
     python -m bench.run                 # every section; batch at 1M and 10M synthetic events, both engines
     python -m bench.run --quick         # reduced sizes (batch at 500k), same output file
     python -m bench.run --only serving  # some sections; the others keep their last results
+    python -m bench.run --only soak     # the crash soak (`make bench-soak`; not part of a plain run)
     python -m bench.run --sizes 2000000 --engines implicit
 
 Sections: quality (MovieLens-100K, four models), freshness (stale vs speed vs retrain),
@@ -228,6 +229,12 @@ def main(
         results["speed_layer"] = speed.run(quick)
         repetitions["speed_layer"] = {"throughput": 1, "latency": 1, "solve": results["speed_layer"]["repetitions"]}
         console.print(speed_table(results["speed_layer"]))
+    if "soak" in sections:
+        from bench import soak
+
+        results["soak"] = soak.run(quick)
+        repetitions["soak"] = 1
+        console.print(f"soak: {results['soak']}")
     if "serving" in sections:
         from bench import serving
 

@@ -10,10 +10,12 @@ How "exactly once" holds across crashes:
 - A FORGET marker (a control record, see recsys.erasure) deletes the user's
   earlier rows from bronze before the commit that moves past it, and keeps
   their earlier rows of the same batch out of it: a crash repeats the delete.
-- Dead letters are produced (and flushed) before that commit. A crash after the
-  flush but before the commit would replay them, so each dead letter is keyed by
-  its source `topic:partition:offset`, and on start the archiver reads the DLQ's
-  highest dead-lettered offset per partition and skips anything at or below it.
+- Dead letters are produced, and each one acknowledged, before that commit (a send
+  that fails is retried; the commit never moves past an unacknowledged letter).
+  A crash after the acknowledgements but before the commit would replay them, so
+  each dead letter is keyed by its source `topic:partition:offset`, and on start
+  the archiver reads which source positions past the table's offsets the DLQ holds
+  already, and skips exactly those.
 
     python -m jobs.archiver             # run until SIGTERM / Ctrl-C
     python -m jobs.archiver --until-caught-up
@@ -30,6 +32,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import typer
 from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError
 
 from recsys import lake
 from recsys.contracts import (
@@ -99,7 +102,7 @@ class Archiver:
             group_instance_id=self.s.archiver_instance_id,
         )
         self.producer = producer(self.s)
-        self.dlq_high = dlq_high_watermarks(self.topic, self.s)
+        self.dead_lettered = dead_lettered_positions(self.topic, self.s, self._table_offsets())
         self.consumer.subscribe([topic], listener=_SeekToTable(self))
 
     # --- offsets recorded in the table ------------------------------------------------
@@ -191,8 +194,13 @@ class Archiver:
         lake.write(self.table, rows, txns=txns, metadata={"writer": "archiver", "offsets": batch.next_offsets})
         self.stats.archived += len(batch.rows)
         self.stats.commits += 1
-        # Only after the table holds them: the group's offsets are for lag monitoring.
-        self.consumer.commit({TopicPartition(self.topic, p): _offset_meta(o) for p, o in batch.next_offsets.items()})
+        # Only after the table holds them. The group's offsets are for lag monitoring only (the table is the
+        # truth), so a broker that is away right now must not stop the archiver.
+        try:
+            offsets = {TopicPartition(self.topic, p): _offset_meta(o) for p, o in batch.next_offsets.items()}
+            self.consumer.commit(offsets)
+        except KafkaError as e:
+            log.warning("could not commit group offsets (lag monitoring only): %s", e)
 
     def _erase(self, forgets: list[ForgetMessage]) -> None:
         """Delete forgotten users' earlier rows: before the commit that moves past their markers."""
@@ -203,21 +211,36 @@ class Archiver:
         for forget in forgets:
             log.info("forgot %s: rows before events[%d]@%d deleted", forget.user_id, forget.partition, forget.offset)
 
-    def _dead_letter(self, dead: list[tuple[bytes, Rejection, int, int]]) -> None:
-        sent = 0
-        for raw, rejection, partition, offset in dead:
-            if offset <= self.dlq_high.get(partition, -1):
-                self.stats.dead_letters_skipped += 1
-                continue
-            letter = DeadLetter.of(
-                raw, rejection, source_topic=self.topic, source_partition=partition, source_offset=offset
-            )
-            self.producer.send(Topics.DLQ, key=dlq_key(self.topic, partition, offset), value=letter.to_wire())
-            self.dlq_high[partition] = offset
-            sent += 1
-        if sent:
-            self.producer.flush()  # durable before the table commit that moves past them
-            self.stats.dead_lettered += sent
+    def _dead_letter(self, dead: list[tuple[bytes, Rejection, int, int]], attempts: int = 10) -> None:
+        """Produce the batch's dead letters; return only once the broker acknowledged every one of them."""
+        todo = [d for d in dead if (d[2], d[3]) not in self.dead_lettered]
+        self.stats.dead_letters_skipped += len(dead) - len(todo)
+        for attempt in range(attempts):
+            sent = [(d, self._send_dead_letter(*d)) for d in todo]
+            self.producer.flush()
+            failed = [(d, f.exception) for d, f in sent if not f.succeeded()]
+            for d, f in sent:
+                if f.succeeded():
+                    self.dead_lettered.add((d[2], d[3]))
+            self.stats.dead_lettered += len(sent) - len(failed)
+            if not failed:
+                return
+            log.warning("%d dead letters not acknowledged (%s); retrying", len(failed), failed[0][1])
+            time.sleep(min(30.0, 0.5 * 2**attempt))
+            # A send reported failed may still have been written: ask the DLQ before sending again.
+            self.dead_lettered |= dead_lettered_positions(self.topic, self.s, self._table_offsets())
+            todo = [d for d, _ in failed if (d[2], d[3]) not in self.dead_lettered]
+        raise RuntimeError(f"the broker did not acknowledge {len(todo)} dead letters after {attempts} attempts")
+
+    def _send_dead_letter(self, raw: bytes, rejection: Rejection, partition: int, offset: int):
+        letter = DeadLetter.of(raw, rejection, source_topic=self.topic, source_partition=partition,
+                               source_offset=offset)  # fmt: skip
+        return self.producer.send(Topics.DLQ, key=dlq_key(self.topic, partition, offset), value=letter.to_wire())
+
+    def _table_offsets(self) -> dict[int, int]:
+        parts = self.consumer.partitions_for_topic(self.topic) or set()
+        recorded = lake.committed_app_versions(self.table, [txn_id(self.topic, p) for p in parts])
+        return {p: recorded[txn_id(self.topic, p)] or 0 for p in parts}
 
     def _end_offsets(self) -> dict[int, int]:
         parts = self.consumer.partitions_for_topic(self.topic) or set()
@@ -265,16 +288,20 @@ def bronze_rows(rows: list[tuple[Event, int, int]]) -> pa.Table:
     return pa.table(columns, schema=BRONZE_SCHEMA)
 
 
-def dlq_high_watermarks(source_topic: str, settings: Settings) -> dict[int, int]:
-    """Highest source offset already dead-lettered, per partition of `source_topic` (read from the DLQ)."""
-    high: dict[int, int] = {}
+def dead_lettered_positions(source_topic: str, settings: Settings, since: dict[int, int]) -> set[tuple[int, int]]:
+    """(partition, offset) of every `source_topic` message the DLQ holds at or after the offsets in `since`.
+
+    Earlier positions are behind the table's offsets and never read again, so they need not be remembered.
+    """
+    found: set[tuple[int, int]] = set()
     for records in read_to_end(Topics.DLQ, settings):
         for r in records:
             topic, _, rest = (r.key or b"").decode().partition(":")
             partition, _, offset = rest.partition(":")
-            if topic == source_topic and partition.isdigit() and offset.isdigit():
-                high[int(partition)] = max(high.get(int(partition), -1), int(offset))
-    return high
+            ours = topic == source_topic and partition.isdigit() and offset.isdigit()
+            if ours and int(offset) >= since.get(int(partition), 0):
+                found.add((int(partition), int(offset)))
+    return found
 
 
 def main(

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError
 
 from recsys import model_store
 from recsys.contracts import (
@@ -147,18 +148,19 @@ class SpeedLayer:
         refolded = [self.state.forget(user) for user in markers]
         updates = self.state.apply(valid)
         metrics.SOLVE_SECONDS.observe(time.monotonic() - started)
-        for user in markers:  # with log compaction, the tombstone removes their older UPs from the topic too
-            self.producer.send(Topics.MODEL_UPDATES, key=f"UP:user:{user}".encode(), value=None)
+        # With log compaction, a tombstone removes the forgotten users' older UPs from the topic too.
+        self.send_acknowledged([(f"UP:user:{user}".encode(), None) for user in markers])
         for forgotten in refolded:
             self.publish(forgotten)
         self.publish(updates, newest)
-        self.events.commit()  # only after the UPs are durable
+        self._commit()  # only after the UPs are durable
         metrics.EVENTS.inc(len(valid))
         metrics.FORGETS.inc(len(markers))
         return len(records)
 
     def publish(self, updates: Updates, source_offsets: dict[str, int] | None = None) -> None:
         version = self.state.model_version
+        messages = []
         for kind, vectors in (("user", updates.users), ("item", updates.items)):
             for id_, vector in vectors.items():
                 user = kind == "user"
@@ -169,13 +171,36 @@ class SpeedLayer:
                     event_types=updates.user_event_types.get(id_, {}) if user else {},
                     source_offset=(source_offsets or {}).get(id_) if user else None,
                 )  # fmt: skip
-                self.producer.send(Topics.MODEL_UPDATES, key=f"UP:{kind}:{id_}".encode(),
-                                   value=message.model_dump_json().encode())  # fmt: skip
+                messages.append((f"UP:{kind}:{id_}".encode(), message.model_dump_json().encode()))
             metrics.FOLDINS.labels(kind).inc(len(vectors))
-        self.producer.flush()
+        self.send_acknowledged(messages)
         now_ms = time.time() * 1000
         for ts in updates.source_ts_ms.values():
             metrics.LATENCY.observe(max(0.0, now_ms - ts) / 1000)
+
+    def send_acknowledged(self, messages: list[tuple[bytes, bytes | None]], attempts: int = 10) -> None:
+        """Produce (key, value) pairs to `model-updates`; return once the broker acknowledged every one.
+
+        The offsets are committed after this, so an unacknowledged UP must not be skipped. Sending one
+        again is harmless: an UP is an absolute vector (and a tombstone is a tombstone).
+        """
+        for attempt in range(attempts):
+            sent = [(m, self.producer.send(Topics.MODEL_UPDATES, key=m[0], value=m[1])) for m in messages]
+            self.producer.flush()
+            messages = [m for m, future in sent if not future.succeeded()]
+            if not messages:
+                return
+            log.warning("%d updates not acknowledged; retrying", len(messages))
+            time.sleep(min(30.0, 0.5 * 2**attempt))
+        raise RuntimeError(f"the broker did not acknowledge {len(messages)} updates after {attempts} attempts")
+
+    def _commit(self) -> None:
+        """Commit the consumed offsets: for lag monitoring (a restart replays from the model's offsets anyway),
+        so a broker that is away right now must not stop the speed layer."""
+        try:
+            self.events.commit()
+        except KafkaError as e:
+            log.warning("offset commit failed (lag monitoring only): %s", e)
 
     def _report_lag(self) -> None:
         if time.monotonic() - self._last_lag_check < 5:

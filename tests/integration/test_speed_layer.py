@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 from published_models import CATALOGUE, produce, publish_model
-from speed_checks import assert_users_match, latest_updates, run_until_idle
+from speed_checks import run_until_idle
 
+from infra.chaos import check_user_vectors, latest_updates
 from jobs.archiver import Archiver
 from jobs.engines import implicit_als, spark_als
 from jobs.publish import announce
@@ -37,7 +38,7 @@ def test_streamed_users_get_exactly_folded_vectors_and_bad_events_are_skipped(is
     stream = produce(s, seed=2, n=1_500, malformed=0.05)
     before = REGISTRY.get_sample_value("speed_events_total") or 0
     run_until_idle(s)
-    assert assert_users_match(s, artifact, stream) > 50
+    assert check_user_vectors(s, artifact, stream) > 50
     assert (REGISTRY.get_sample_value("speed_events_total") or 0) - before == len(stream)
     skipped = sum(REGISTRY.get_sample_value("speed_invalid_events_total", {"reason": r}) or 0
                   for r in ("invalid_json", "invalid_field", "not_an_object", "unknown_event_type", "ts_out_of_range",
@@ -149,7 +150,7 @@ def test_a_new_model_mid_stream_is_loaded_and_the_events_after_its_cut_off_repla
     time.sleep(2)
     layer.stop()
     thread.join(30)
-    assert assert_users_match(s, model_b, second) > 20
+    assert check_user_vectors(s, model_b, second) > 20
 
 
 @pytest.mark.reliability
@@ -167,7 +168,7 @@ def test_kill_9_between_publish_and_commit_changes_no_final_vector(isolated_stac
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     run_until_idle(s, "speed-crash")
-    assert assert_users_match(s, artifact, stream) > 100
+    assert check_user_vectors(s, artifact, stream) > 100
 
 
 def test_without_a_model_it_waits_and_says_so(isolated_stack, caplog):

@@ -144,3 +144,24 @@ def test_manifest_records_the_objective():
     assert again == manifest
     with pytest.raises(ValueError):
         Objective(confidence="alpha_r", reg_scaling="sometimes", alpha=1, reg=0.1)
+
+
+@pytest.mark.reliability
+def test_a_forget_covers_models_whose_data_ends_before_the_marker():
+    from recsys.contracts import ForgetMessage
+
+    forget = ForgetMessage(user_id="u_" + "0" * 32, partition=2, offset=100)
+    assert forget.covers({2: 100}) and forget.covers({2: 7}) and forget.covers({0: 500})  # no data past the marker
+    assert not forget.covers({2: 101})  # built after the marker: cleaned of the user's earlier events
+    assert ForgetMessage(user_id="u_x").covers({2: 10**9})  # no marker: everything
+
+
+@pytest.mark.reliability
+def test_erasure_never_splices_anything_but_a_pseudonym_into_sql():
+    from recsys.contracts import ForgetMessage
+    from recsys.erasure import before_marker_predicate
+
+    ok = before_marker_predicate(ForgetMessage(user_id="u_" + "a" * 32, partition=1, offset=5))
+    assert "kafka_partition = 1 AND kafka_offset < 5" in ok
+    with pytest.raises(ValueError):
+        before_marker_predicate(ForgetMessage(user_id="x' OR '1'='1", partition=1, offset=5))

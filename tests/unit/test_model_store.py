@@ -51,6 +51,7 @@ def test_inconsistent_shapes_are_refused():
         model_store.ModelArtifact(**{**a.__dict__, "item_factors": a.item_factors[:2]})
 
 
+@pytest.mark.reliability
 def test_failed_save_leaves_nothing_and_versions_are_immutable(tmp_path):
     broken = artifact()
     broken.popularity = object()  # fails while writing, after the factors are on disk
@@ -62,6 +63,7 @@ def test_failed_save_leaves_nothing_and_versions_are_immutable(tmp_path):
         model_store.save(artifact(), tmp_path / "m1")
 
 
+@pytest.mark.reliability
 def test_directory_without_manifest_is_not_a_model(tmp_path):
     (tmp_path / "m1").mkdir()
     with pytest.raises(model_store.ModelNotFound):
@@ -87,3 +89,21 @@ def test_find_looks_in_published_then_candidates(tmp_path):
     assert model_store.find("m1", s) == model_store.published_dir(s) / "m1"
     with pytest.raises(model_store.ModelNotFound):
         model_store.find("m2", s)
+
+
+@pytest.mark.reliability
+def test_erasing_users_keeps_shapes_and_every_other_user(tmp_path):
+    a = artifact(n_users=5)
+    a.seen_types = (a.interactions != 0).astype(np.int32)
+    model_store.save(a, tmp_path / "m1")
+    with_mmap = model_store.load(tmp_path / "m1")  # a reader that mapped the files before the erasure
+    assert model_store.erase_users(tmp_path / "m1", {"u1", "u3", "nobody"}) == 2
+    b = model_store.load(tmp_path / "m1", mmap=False)
+    assert b.user_ids.tolist() == ["u0", "erased-1", "u2", "erased-3", "u4"]
+    assert not b.user_factors[[1, 3]].any() and b.interactions[[1, 3]].nnz == 0 and b.seen_types[[1, 3]].nnz == 0
+    keep = [0, 2, 4]
+    np.testing.assert_array_equal(b.user_factors[keep], a.user_factors[keep])
+    assert (b.interactions[keep] != a.interactions[keep]).nnz == 0
+    np.testing.assert_array_equal(with_mmap.user_factors, a.user_factors)  # its view is whole, not torn
+    assert model_store.erase_users(tmp_path / "m1", {"u1"}) == 0  # idempotent
+    assert not [p for p in (tmp_path / "m1").iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -99,6 +99,7 @@ def test_wrong_rank_and_model_items_in_updates():
     np.testing.assert_array_equal(m.item_factors[3], before)
 
 
+@pytest.mark.reliability
 def test_forgotten_users_get_popular_items_until_they_come_back():
     m = model()
     m.apply(VectorUpdate(model_version="m1", kind="user", id="u0", vector=[1.0] * RANK, source_offset=5))
@@ -112,6 +113,7 @@ def test_forgotten_users_get_popular_items_until_they_come_back():
     assert m.recommend("u0", k=3).source == "speed" and set(m.history("u0")) == {3}
 
 
+@pytest.mark.reliability
 def test_a_model_whose_data_ends_after_the_marker_keeps_the_batch_row():
     a = artifact()
     a.manifest.kafka_offsets = {0: 20}  # built after the marker at offset 9: cleaned of the user's older events

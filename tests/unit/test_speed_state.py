@@ -85,6 +85,7 @@ def test_unknown_user_without_events_has_no_vector(artifact):
     np.testing.assert_allclose(state.user_vector("u3"), artifact.user_factors[3])
 
 
+@pytest.mark.reliability
 def test_forgetting_a_user_drops_their_training_row_and_events_and_refolds_their_new_items(artifact):
     state = SpeedState(artifact, WEIGHTS)
     before = state.apply([ev(1, "u0", "i7"), ev(2, "u4", "brand-new"), ev(3, "u5", "brand-new", "view")])
