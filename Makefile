@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # The demo keeps its own state (broker data, tables, keys), so it never touches anything else in .state/.
 DEMO_ENV := RECSYS_STATE_DIR=$(CURDIR)/.state/demo
 
-.PHONY: help venv demo test lint broker stop lock clean dag-run speed-layer serve airflow-ui bench bench-quick bench-soak
+.PHONY: help venv demo test lint broker stop lock clean dag-run speed-layer serve airflow-ui bench bench-quick bench-soak spark-cluster
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ speed-layer: venv  ## run one speed-layer instance in the foreground (Ctrl-C sto
 serve: venv  ## run the serving layer (HTTP on 127.0.0.1:8000, storefront at /storefront) in the foreground
 	$(PY) -m serving
 
+spark-cluster: venv  ## start a local Spark standalone cluster on 127.0.0.1 (then RECSYS_SPARK_MASTER=spark://127.0.0.1:7077)
+	$(PY) -m infra.spark_cluster start
+
 airflow-ui: venv  ## start Airflow's UI, scheduler and dag-processor on 127.0.0.1
 	$(PY) -m infra.airflow ui
 
@@ -73,7 +76,7 @@ stop: ## stop everything the demo, `make broker` or `make airflow-ui` started
 	@if [ -x $(PY) ]; then \
 	  for env in "$(DEMO_ENV)" ""; do \
 	    env $$env $(PY) -m infra.processes stop; env $$env $(PY) -m infra.airflow stop; \
-	    env $$env $(PY) -m infra.broker stop; \
+	    env $$env $(PY) -m infra.broker stop; env $$env $(PY) -m infra.spark_cluster stop; \
 	  done; fi
 
 clean: stop  ## remove the virtual environment and all local state

@@ -108,7 +108,16 @@ def _speed(sl: dict) -> list[str]:
         "mean history length |", "|---|---|---|---|---|",
         f"| {sl['events_per_s']:,} | {sl['latency_ms_p50']} | {sl['latency_ms_p99']} | {sl['solve_us_per_user']} | "
         f"{sl['history_len_mean']} |",
+        *_speed_scale_out(sl.get("scale_out")),
     ]  # fmt: skip
+
+
+def _speed_scale_out(so: dict | None) -> list[str]:
+    if not so:
+        return []
+    return ["", f"Two instances in one consumer group vs one, side by side ({so['one']['events']:,}-event backlogs): "
+                f"{so['two']['events_per_s']:,} vs {so['one']['events_per_s']:,} events/s, **{so['ratio']}x** "
+                "(same 2 cores, shared with the broker)."]  # fmt: skip
 
 
 def _serving(sv: dict) -> list[str]:
@@ -130,6 +139,12 @@ def _serving(sv: dict) -> list[str]:
               f"{ann['lists']} lists, {ann['probes']} probed). Exact vs the naive full sort, 2 replicas each: "
               f"{sv.get('speedup_vs_full_sort', 'n/a')}x the requests/s. Target: p99 ≤ 10 ms at ≥ 1,000 requests/s "
               "(exact)."]  # fmt: skip
+    one, two = sv["modes"].get("exact/1"), sv["modes"].get("exact/2")
+    if one and two:
+        ratio = two["max_requests_per_s"] / one["max_requests_per_s"]
+        lines += ["", f"Two serving replicas vs one (exact): {two['max_requests_per_s']:,} vs "
+                      f"{one['max_requests_per_s']:,} requests/s, **{ratio:.2f}x** (same 2 cores, load generator "
+                      "included)."]  # fmt: skip
     return lines
 
 

@@ -91,6 +91,28 @@ def throughput(s: Settings, n_users: int, n_items: int, n_events: int) -> dict:
             "up_messages": _up_count(s) - ups_before}  # fmt: skip
 
 
+def instances_throughput(s: Settings, n_users: int, n_items: int, n_events: int, instances: int) -> dict:
+    """`instances` speed-layer processes in one group, started and settled first, then a backlog of `n_events`:
+    events/s from their first committed batch until the group has committed everything."""
+    base = publish_cutoff(s)
+    procs = [_speed_process(s, f"speed-scale-{i}") for i in range(instances)]
+    try:
+        time.sleep(8 + 4 * instances)  # group joins and the rebalance after each: not throughput
+        config = SyntheticConfig(n_events=n_events, n_users=n_users, n_items=n_items, seed=200 + instances)
+        replay(iter_messages(config, key=s.pseudonym_key_bytes()), settings=s, progress=False)
+        target = sum(end_offsets(Topics.EVENTS, s).values())
+        first = _wait_committed(procs, s, lambda n: n > base)
+        started = time.monotonic()
+        _wait_committed(procs, s, lambda n: n >= target)
+        seconds = time.monotonic() - started
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+    return {"instances": instances, "events": target - first, "seconds": round(seconds, 2),
+            "events_per_s": round((target - first) / seconds)}  # fmt: skip
+
+
 def publish_cutoff(s: Settings) -> int:
     """Re-publish the model as covering everything in `events` now, so a new process starts at the end of the log.
 
@@ -104,10 +126,11 @@ def publish_cutoff(s: Settings) -> int:
     return sum(offsets.values())
 
 
-def _wait_committed(proc: subprocess.Popen, s: Settings, done) -> int:
+def _wait_committed(procs: subprocess.Popen | list[subprocess.Popen], s: Settings, done) -> int:
+    procs = procs if isinstance(procs, list) else [procs]
     while not done(n := _committed(s)):
-        if proc.poll() is not None:
-            raise RuntimeError(f"speed layer exited with {proc.returncode}: see {s.state_dir}/speed-bench.log")
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a speed layer exited: see the logs in {s.state_dir}")
         time.sleep(0.05)
     return n
 
@@ -190,6 +213,10 @@ def run(quick: bool) -> dict:
                            "latency": lat})  # fmt: skip
             result["throughput"] = throughput(s, n_users, n_items, 50_000 if quick else 200_000)
             result["events_per_s"] = result["throughput"]["events_per_s"]
+            # Side by side, the same way: one process vs two in one group (same machine, same 2 cores).
+            n_scale = 50_000 if quick else 150_000
+            one, two = (instances_throughput(s, n_users, n_items, n_scale, k) for k in (1, 2))
+            result["scale_out"] = {"one": one, "two": two, "ratio": round(two["events_per_s"] / one["events_per_s"], 2)}
         finally:
             broker.stop(s)
     return result

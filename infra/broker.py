@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -85,6 +86,9 @@ def start(settings: Settings | None = None, timeout_s: float = 30.0) -> int:
 
 
 def _spawn(paths: BrokerPaths, port: int) -> int:
+    deadline = time.monotonic() + 5  # a broker that just stopped may take a moment to let go of its port
+    while _port_taken(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
     if _port_taken(port):
         raise BrokerUnavailable(
             f"port {port} on 127.0.0.1 is taken by another program; stop it or set RECSYS_BROKER_PORT "
@@ -134,8 +138,13 @@ def _ephemeral_low() -> int:
         return 0
 
 
-def stop(settings: Settings | None = None, timeout_s: float = 15.0) -> bool:
-    """Stop our broker (SIGTERM, then SIGKILL after `timeout_s`). Returns whether one was running."""
+def stop(settings: Settings | None = None, timeout_s: float = 300.0) -> bool:
+    """Stop our broker (SIGTERM, then SIGKILL after `timeout_s`). Returns whether one was running.
+
+    The timeout is long on purpose: noida-db writes everything it holds to one file on SIGTERM
+    (13 s for 300 MB here, more under load), and a SIGKILL before it is done loses what it took
+    since its last write, acknowledged or not.
+    """
     paths = BrokerPaths((settings or get_settings()).broker_dir)
     pid = running_pid(paths)
     if pid is None:

@@ -77,6 +77,11 @@ def wait_ready(s: Settings, proc: subprocess.Popen | None = None, timeout_s: flo
 
 
 def alive(pid: int) -> bool:
+    """Whether any thread of the process still runs.
+
+    A process whose main thread has exited shows as a zombie while its other threads (a JVM's,
+    a broker's I/O threads) still hold its sockets, so a zombie leader with live tasks is alive.
+    """
     # Reap it if it is our child (tests start it in-process); harmless otherwise.
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
@@ -84,8 +89,14 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
-    return state not in ("Z", "X")
+    return any(_task_state(task) not in ("Z", "X") for task in Path(f"/proc/{pid}/task").glob("*"))
+
+
+def _task_state(task: Path) -> str:
+    try:
+        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
 
 
 def terminate(pid: int, timeout_s: float = 15) -> None:

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     spark_driver_memory: str = Field("4g", description="Driver memory for local Spark sessions.")
     spark_shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions; small on one machine.")
     spark_ui: bool = Field(False, description="Start the Spark web UI (bound to 127.0.0.1).")
+    spark_cluster_port: int = Field(
+        7077, description="Master port of the local Spark standalone cluster (`make spark-cluster`)."
+    )
+    spark_cluster_webui_port: int = Field(
+        8090, description="Master web UI port of the local Spark cluster (8080 is Airflow's)."
+    )
+    spark_cluster_workers: int = Field(1, ge=1, description="Workers of the local Spark cluster.")
+    spark_worker_memory: str = Field("2g", description="Memory each local Spark worker offers to executors.")
     spark_delta_jars: bool = Field(
         False,
         description="Set where delta-spark's jars are on the Spark classpath (a cluster): "

@@ -40,6 +40,7 @@ from recsys.contracts import (
     control_kind,
     validate_event,
 )
+from recsys.group_liveness import SilentMemberEviction
 from recsys.kafka_io import consumer, producer
 from recsys.settings import Settings, get_settings
 from speed_layer import metrics
@@ -66,6 +67,9 @@ class SpeedLayer:
         self.models.assign([updates])
         self.models.seek_to_end(updates)  # the model on disk is loaded at start; later ones arrive here
         self.producer = producer(self.s, linger_ms=2)
+        # The local broker never expires a dead member's session; see recsys.group_liveness.
+        self.liveness = SilentMemberEviction(self.s, self.s.speed_group, self.instance_id,
+                                             self.events.config["session_timeout_ms"] / 1000)  # fmt: skip
         self.events.subscribe([Topics.EVENTS], listener=_ReplayFromModel(self))
 
     # --- models ----------------------------------------------------------------------------
@@ -215,6 +219,7 @@ class SpeedLayer:
         self._stop = True
 
     def close(self) -> None:
+        self.liveness.stop()
         self.events.close(autocommit=False)
         self.models.close()
         self.producer.close()
