@@ -47,7 +47,8 @@ def _soak(k: dict) -> list[str]:
         f"{k['events']:,} events (2% malformed) streamed while the archiver and the speed layer were killed with "
         f"SIGKILL {k['kills']} times at random moments and the broker restarted {k['broker_restarts']} times; "
         f"{k['processes_died_on_their_own']} processes died on their own. Afterwards: {k['bronze_rows']:,} rows in "
-        f"bronze + {k['dlq_rows']:,} in the DLQ, {k['lost']} lost, {k['duplicated']} duplicated; "
+        f"bronze + {k['dlq_rows']:,} in the DLQ: {k['lost_events']} events and {k['lost_dead_letters']} dead letters "
+        f"lost, {k['duplicated']} duplicated; "
         f"{k['users_checked']:,} users' vectors equal an uninterrupted run's. Sends retried after the broker did not "
         f"acknowledge them: {k.get('send_retries_logged', 'n/a')} times. Streaming took "
         f"{k['streaming_seconds']} s; the final catch-up after the last kill {k['final_catch_up_seconds']} s.",

@@ -3,8 +3,9 @@ through a long stream, broker restarts in between; then the same exactly-once an
 
     python -m bench.run --only soak     (or `make bench-soak`)
 
-Correctness is asserted (an AssertionError fails the run); what is reported is the scale the
-guarantees held at and how long recovery took, not a speed target.
+What is reported is what was stored against what was produced (lost and duplicated events and
+dead letters; a broken guarantee is a result, not a crash), whether every touched user's vector
+equals an uninterrupted run's (asserted), and how long recovery took: not a speed target.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from bench.speed import build_model
 from infra import broker
-from infra.chaos import Chaos, catch_up, check_exactly_once, check_user_vectors, stream_with_kills
+from infra.chaos import Chaos, catch_up, check_user_vectors, stored_counts, stream_with_kills, wait_archived
 from recsys.settings import Settings
 
 
@@ -40,11 +41,12 @@ def run(quick: bool) -> dict:
                 stream += stream_with_kills(s, chaos, per_round, phases, seed=100 + r, n_users=n_users,
                                             n_items=n_items)  # fmt: skip
                 if r < rounds - 1:
+                    wait_archived(s)  # the local broker loses writes acknowledged during its shutdown
                     broker.stop(s)
                     broker.start(s)
             streaming_s = time.monotonic() - started
             recovery_s = catch_up(s, chaos)
-            stored = check_exactly_once(s, produced=rounds * (n_events // rounds), produced_valid=len(stream))
+            stored = stored_counts(s)  # reported, not asserted: a broken guarantee is a result too
             users = check_user_vectors(s, artifact, stream)
             logs = "".join(p.read_text(errors="replace") for p in (s.state_dir / "logs").glob("*.log"))
         finally:
@@ -54,7 +56,8 @@ def run(quick: bool) -> dict:
         "events": rounds * (n_events // rounds), "valid_events": len(stream), "kills": chaos.kills,
         "broker_restarts": rounds - 1, "processes_died_on_their_own": chaos.restarts_after_crash,
         "bronze_rows": stored["bronze_rows"], "dlq_rows": stored["dlq_rows"],
-        "lost": len(stream) - stored["distinct_event_ids"],
+        "lost_events": len(stream) - stored["distinct_event_ids"],
+        "lost_dead_letters": (rounds * (n_events // rounds) - len(stream)) - stored["distinct_dlq_keys"],
         "duplicated": (stored["bronze_rows"] - stored["distinct_event_ids"])
         + (stored["dlq_rows"] - stored["distinct_dlq_keys"]),
         "users_checked": users,
