@@ -49,15 +49,14 @@ from recsys.contracts import (
     validate_event,
 )
 from recsys.erasure import before_marker_predicate
-from recsys.kafka_io import consumer, producer, read_to_end
+from recsys.kafka_io import consumer, producer, read_to_end, send_acknowledged
 from recsys.privacy import is_pseudonym
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("archiver")
 
 
-def txn_id(topic: str, partition: int) -> str:
-    return f"archiver:{topic}:{partition}"
+txn_id = Tables.archiver_txn_id
 
 
 def dlq_key(topic: str, partition: int, offset: int) -> bytes:
@@ -211,31 +210,24 @@ class Archiver:
         for forget in forgets:
             log.info("forgot %s: rows before events[%d]@%d deleted", forget.user_id, forget.partition, forget.offset)
 
-    def _dead_letter(self, dead: list[tuple[bytes, Rejection, int, int]], attempts: int = 10) -> None:
+    def _dead_letter(self, dead: list[tuple[bytes, Rejection, int, int]]) -> None:
         """Produce the batch's dead letters; return only once the broker acknowledged every one of them."""
-        todo = [d for d in dead if (d[2], d[3]) not in self.dead_lettered]
+        todo = {dlq_key(self.topic, p, o): self._letter(raw, rejection, p, o)
+                for raw, rejection, p, o in dead if (p, o) not in self.dead_lettered}  # fmt: skip
         self.stats.dead_letters_skipped += len(dead) - len(todo)
-        for attempt in range(attempts):
-            sent = [(d, self._send_dead_letter(*d)) for d in todo]
-            self.producer.flush()
-            failed = [(d, f.exception) for d, f in sent if not f.succeeded()]
-            for d, f in sent:
-                if f.succeeded():
-                    self.dead_lettered.add((d[2], d[3]))
-            self.stats.dead_lettered += len(sent) - len(failed)
-            if not failed:
-                return
-            log.warning("%d dead letters not acknowledged (%s); retrying", len(failed), failed[0][1])
-            time.sleep(min(30.0, 0.5 * 2**attempt))
+
+        def not_in_dlq_yet(failed: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
             # A send reported failed may still have been written: ask the DLQ before sending again.
             self.dead_lettered |= dead_lettered_positions(self.topic, self.s, self._table_offsets())
-            todo = [d for d, _ in failed if (d[2], d[3]) not in self.dead_lettered]
-        raise RuntimeError(f"the broker did not acknowledge {len(todo)} dead letters after {attempts} attempts")
+            return [(k, v) for k, v in failed if _position(k) not in self.dead_lettered]
 
-    def _send_dead_letter(self, raw: bytes, rejection: Rejection, partition: int, offset: int):
-        letter = DeadLetter.of(raw, rejection, source_topic=self.topic, source_partition=partition,
-                               source_offset=offset)  # fmt: skip
-        return self.producer.send(Topics.DLQ, key=dlq_key(self.topic, partition, offset), value=letter.to_wire())
+        send_acknowledged(self.producer, Topics.DLQ, list(todo.items()), recheck=not_in_dlq_yet)
+        self.dead_lettered |= {_position(k) for k in todo}
+        self.stats.dead_lettered += len(todo)
+
+    def _letter(self, raw: bytes, rejection: Rejection, partition: int, offset: int) -> bytes:
+        return DeadLetter.of(raw, rejection, source_topic=self.topic, source_partition=partition,
+                             source_offset=offset).to_wire()  # fmt: skip
 
     def _table_offsets(self) -> dict[int, int]:
         parts = self.consumer.partitions_for_topic(self.topic) or set()
@@ -286,6 +278,12 @@ def bronze_rows(rows: list[tuple[Event, int, int]]) -> pa.Table:
         "ingested_at": [now] * len(rows),
     }
     return pa.table(columns, schema=BRONZE_SCHEMA)
+
+
+def _position(key: bytes) -> tuple[int, int]:
+    """(partition, offset) from a dead letter's key `topic:partition:offset`."""
+    _, partition, offset = key.decode().rsplit(":", 2)
+    return int(partition), int(offset)
 
 
 def dead_lettered_positions(source_topic: str, settings: Settings, since: dict[int, int]) -> set[tuple[int, int]]:

@@ -51,6 +51,11 @@ class Tables:
     def path(name: str, settings: Settings | None = None) -> Path:
         return (settings or get_settings()).lake_dir / name
 
+    @staticmethod
+    def archiver_txn_id(topic: str, partition: int) -> str:
+        """The Delta transaction id under which bronze records the next offset archived from a partition."""
+        return f"archiver:{topic}:{partition}"
+
 
 _TS = pa.timestamp("us", tz="UTC")
 

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -93,6 +93,33 @@ def producer(settings: Settings | None = None, **overrides) -> KafkaProducer:
         "retries": 10,
     }
     return KafkaProducer(**{**config, **overrides})
+
+
+def send_acknowledged(
+    prod: KafkaProducer,
+    topic: str,
+    messages: list[tuple[bytes, bytes | None]],
+    attempts: int = 10,
+    recheck: Callable[[list[tuple[bytes, bytes | None]]], list[tuple[bytes, bytes | None]]] | None = None,
+) -> None:
+    """Produce (key, value) pairs; return once the broker acknowledged every one, else raise.
+
+    `flush()` alone does not say whether a send failed (a restarted broker refuses in-flight
+    batches), and callers commit offsets next: a message must not be skipped silently.
+    Failed ones are sent again with backoff; `recheck` may first drop those found written after all.
+    """
+    for attempt in range(attempts):
+        sent = [(m, prod.send(topic, key=m[0], value=m[1])) for m in messages]
+        prod.flush()
+        failed = [(m, f.exception) for m, f in sent if not f.succeeded()]
+        if not failed:
+            return
+        log.warning("%d messages to %s not acknowledged (%s); retrying", len(failed), topic, failed[0][1])
+        time.sleep(min(30.0, 0.5 * 2**attempt))
+        messages = [m for m, _ in failed]
+        messages = recheck(messages) if recheck else messages
+    if messages:
+        raise KafkaError(f"the broker did not acknowledge {len(messages)} messages to {topic} after {attempts} tries")
 
 
 def consumer(group_id: str | None, *topics: str, settings: Settings | None = None, **overrides) -> KafkaConsumer:

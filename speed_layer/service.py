@@ -41,7 +41,7 @@ from recsys.contracts import (
     validate_event,
 )
 from recsys.group_liveness import SilentMemberEviction
-from recsys.kafka_io import consumer, producer
+from recsys.kafka_io import consumer, producer, send_acknowledged
 from recsys.settings import Settings, get_settings
 from speed_layer import metrics
 from speed_layer.state import SpeedState, Updates
@@ -153,7 +153,7 @@ class SpeedLayer:
         updates = self.state.apply(valid)
         metrics.SOLVE_SECONDS.observe(time.monotonic() - started)
         # With log compaction, a tombstone removes the forgotten users' older UPs from the topic too.
-        self.send_acknowledged([(f"UP:user:{user}".encode(), None) for user in markers])
+        send_acknowledged(self.producer, Topics.MODEL_UPDATES, [(f"UP:user:{user}".encode(), None) for user in markers])
         for forgotten in refolded:
             self.publish(forgotten)
         self.publish(updates, newest)
@@ -177,26 +177,11 @@ class SpeedLayer:
                 )  # fmt: skip
                 messages.append((f"UP:{kind}:{id_}".encode(), message.model_dump_json().encode()))
             metrics.FOLDINS.labels(kind).inc(len(vectors))
-        self.send_acknowledged(messages)
+        # The offsets are committed next: an unacknowledged UP must not be skipped (sending one twice is harmless).
+        send_acknowledged(self.producer, Topics.MODEL_UPDATES, messages)
         now_ms = time.time() * 1000
         for ts in updates.source_ts_ms.values():
             metrics.LATENCY.observe(max(0.0, now_ms - ts) / 1000)
-
-    def send_acknowledged(self, messages: list[tuple[bytes, bytes | None]], attempts: int = 10) -> None:
-        """Produce (key, value) pairs to `model-updates`; return once the broker acknowledged every one.
-
-        The offsets are committed after this, so an unacknowledged UP must not be skipped. Sending one
-        again is harmless: an UP is an absolute vector (and a tombstone is a tombstone).
-        """
-        for attempt in range(attempts):
-            sent = [(m, self.producer.send(Topics.MODEL_UPDATES, key=m[0], value=m[1])) for m in messages]
-            self.producer.flush()
-            messages = [m for m, future in sent if not future.succeeded()]
-            if not messages:
-                return
-            log.warning("%d updates not acknowledged; retrying", len(messages))
-            time.sleep(min(30.0, 0.5 * 2**attempt))
-        raise RuntimeError(f"the broker did not acknowledge {len(messages)} updates after {attempts} attempts")
 
     def _commit(self) -> None:
         """Commit the consumed offsets: for lag monitoring (a restart replays from the model's offsets anyway),

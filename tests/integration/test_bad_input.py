@@ -136,7 +136,7 @@ def test_malformed_events_through_the_broker_end_in_the_dlq_and_valid_ones_in_br
     send()
     prod.close()
     n_valid, n_bad = sum(sent.values()), sum(not ok for ok in sent.values())
-    assert n_bad >= 2_000 and n_valid >= 500
+    assert n_bad >= 2_000 and n_valid >= 300  # enough of each (hypothesis decides the exact mix)
 
     archiver = Archiver(s)
     archiver.run(until_caught_up=True)
