@@ -94,9 +94,8 @@ def wait_archived(s: Settings, timeout_s: float = 300) -> None:
     table = Tables.path(Tables.BRONZE_EVENTS, s)
     deadline = time.monotonic() + timeout_s
     while True:
-        ids = {p: Tables.archiver_txn_id(Topics.EVENTS, p) for p in ends}
-        done = lake.committed_app_versions(table, list(ids.values()))
-        if all(end == 0 or (done[ids[p]] or 0) >= end for p, end in ends.items()):
+        done = lake.archived_offsets(table, Topics.EVENTS, ends)
+        if all(end == 0 or done[p] >= end for p, end in ends.items()):
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"the archiver did not catch up within {timeout_s:.0f}s: {done} < {ends}")

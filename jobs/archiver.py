@@ -230,9 +230,7 @@ class Archiver:
                              source_offset=offset).to_wire()  # fmt: skip
 
     def _table_offsets(self) -> dict[int, int]:
-        parts = self.consumer.partitions_for_topic(self.topic) or set()
-        recorded = lake.committed_app_versions(self.table, [txn_id(self.topic, p) for p in parts])
-        return {p: recorded[txn_id(self.topic, p)] or 0 for p in parts}
+        return lake.archived_offsets(self.table, self.topic, self.consumer.partitions_for_topic(self.topic) or set())
 
     def _end_offsets(self) -> dict[int, int]:
         parts = self.consumer.partitions_for_topic(self.topic) or set()
@@ -240,8 +238,8 @@ class Archiver:
         return {tp.partition: off for tp, off in ends.items()}
 
     def _caught_up(self, targets: dict[int, int]) -> bool:
-        recorded = lake.committed_app_versions(self.table, [txn_id(self.topic, p) for p in targets])
-        return all(end == 0 or (recorded[txn_id(self.topic, p)] or 0) >= end for p, end in targets.items())
+        archived = lake.archived_offsets(self.table, self.topic, targets)
+        return all(end == 0 or archived[p] >= end for p, end in targets.items())
 
 
 class _SeekToTable(ConsumerRebalanceListener):

@@ -89,9 +89,8 @@ def complete(message: ForgetMessage, settings: Settings | None = None) -> bool:
 
 def archived_past(message: ForgetMessage, settings: Settings) -> bool:
     """True once bronze records an offset beyond the marker for its partition."""
-    from_archiver = Tables.archiver_txn_id(Topics.EVENTS, message.partition)
-    done = lake.committed_app_version(Tables.path(Tables.BRONZE_EVENTS, settings), from_archiver)
-    return done is not None and done > message.offset
+    bronze = Tables.path(Tables.BRONZE_EVENTS, settings)
+    return lake.archived_offsets(bronze, Topics.EVENTS, [message.partition])[message.partition] > message.offset
 
 
 def wait_and_complete(message: ForgetMessage, settings: Settings | None = None, timeout_s: float = 120) -> bool:

@@ -78,6 +78,15 @@ def committed_app_versions(path: str | Path, app_ids: list[str]) -> dict[str, in
     return {app_id: table.transaction_version(app_id) for app_id in app_ids}
 
 
+def archived_offsets(path: str | Path, topic: str, partitions) -> dict[int, int]:
+    """Per partition of `topic`, the next offset the archiver has committed to the table at `path` (0 = none)."""
+    from recsys.contracts import Tables  # the archiver's transaction ids are part of the bronze contract
+
+    ids = {p: Tables.archiver_txn_id(topic, p) for p in partitions}
+    recorded = committed_app_versions(path, list(ids.values()))
+    return {p: recorded[app_id] or 0 for p, app_id in ids.items()}
+
+
 def commit_metadata(path: str | Path, version: int) -> dict:
     """The custom metadata a writer stored with commit `version`."""
     for entry in open_table(path).history():
