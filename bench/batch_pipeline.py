@@ -13,10 +13,11 @@ import time
 import typer
 
 from jobs.clean import clean
-from jobs.common import blas_in_use, new_model_version, run_cli, spark_session
+from jobs.common import blas_in_use, run_cli, spark_session
 from jobs.evaluate import evaluate
 from jobs.publish import publish
 from jobs.train import train
+from recsys import protocol
 
 
 def main(engine: str = typer.Option(...)) -> None:
@@ -24,7 +25,7 @@ def main(engine: str = typer.Option(...)) -> None:
     t0 = time.monotonic()
     spark = spark_session("bench")
     steps: dict[str, float] = {"spark_start": time.monotonic() - t0}
-    version = new_model_version()
+    version = protocol.new_version()
 
     def step(name: str, fn) -> object:
         started = time.monotonic()

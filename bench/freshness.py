@@ -13,7 +13,7 @@ streamed items excluded from every list (they cannot be hits):
 - `speed`:   the same item factors Y; each user with streamed events gets the
              speed layer's fold-in over train + streamed strengths,
              x_u = (YᵀY + Σ_i (c_ui − 1) y_i y_iᵀ + λ_u I)⁻¹ Σ_i c_ui y_i
-             (recsys.foldin.FoldIn, with the engine's objective). Users without
+             (recsys.models.foldin.FoldIn, with the engine's objective). Users without
              streamed events keep their batch vector, as in the speed layer.
 - `retrain`: the same engine fitted again on train + streamed.
 
@@ -36,8 +36,8 @@ import scipy.sparse as sp
 
 from bench.quality import engine_params
 from jobs.engines import AlsParams, implicit_als
-from recsys.evaluation import EvalSplit, Interactions, evaluate_factors, load_ml100k_events, time_split
-from recsys.foldin import FoldIn
+from recsys.evaluation.protocol import EvalSplit, Interactions, evaluate_factors, load_ml100k_events, time_split
+from recsys.models.foldin import FoldIn
 from recsys.settings import Settings, get_settings
 
 REPORTED = ("ndcg", "recall", "precision", "map")

@@ -29,7 +29,7 @@ import numpy as np
 
 from jobs.engines import AlsParams, implicit_als, spark_als
 from jobs.train import DEFAULT_ALPHA, DEFAULT_REG
-from recsys.evaluation import (
+from recsys.evaluation.protocol import (
     EvalSplit,
     evaluate_factors,
     evaluate_popularity,
@@ -136,7 +136,7 @@ def _spark_scored(
     """spark_als on a given session, or on a local one made here and stopped after (session start-up not timed)."""
     own = spark is None
     if own:
-        from recsys.spark import get_spark
+        from recsys.io.spark import get_spark
 
         spark = get_spark("bench-quality")
         spark.sparkContext.setLogLevel("ERROR")

@@ -27,7 +27,8 @@ import psutil
 
 from bench.speed import build_model
 from infra import processes
-from recsys import catalog, model_store
+from recsys.data import catalog
+from recsys.io import model_store
 from recsys.settings import PROJECT_ROOT, Settings
 from serving.model import ServingModel
 

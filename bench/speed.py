@@ -19,12 +19,13 @@ from kafka import TopicPartition
 
 from infra import processes
 from jobs.engines import AlsParams, implicit_als
-from recsys import model_store
-from recsys.contracts import ModelManifest, Topics, VectorUpdate
+from recsys.contracts.manifest import ModelManifest
 from recsys.data.synthetic import SyntheticConfig, iter_batches, iter_messages
-from recsys.evaluation import distinct_users_per_item
-from recsys.foldin import FoldIn
-from recsys.kafka_io import consumer, end_offsets
+from recsys.evaluation.protocol import distinct_users_per_item
+from recsys.io import model_store
+from recsys.io.kafka import consumer, end_offsets
+from recsys.models.foldin import FoldIn
+from recsys.protocol import Topics, VectorUpdate
 from recsys.replay import replay
 from recsys.settings import Settings
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Param, task
 
+from recsys import protocol
 from recsys.settings import get_settings
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 SPARK_CONN_ID = "spark_recsys"
-MODEL_VERSION = "m{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S%f') }}"
+MODEL_VERSION = protocol.VERSION_TEMPLATE
 
 settings = get_settings()
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import typer
 
 from infra.processes import terminate
-from recsys.kafka_io import BrokerUnavailable, ensure_topics, wait_for_broker
+from recsys.io.kafka import BrokerUnavailable, ensure_topics, wait_for_broker
 from recsys.settings import Settings, get_settings
 
 app = typer.Typer(

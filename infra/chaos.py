@@ -19,12 +19,14 @@ import numpy as np
 from kafka import TopicPartition
 
 from infra import processes
-from recsys import lake
-from recsys.contracts import Event, Tables, Topics, VectorUpdate, validate_event
+from recsys.contracts.events import Event, validate_event
+from recsys.contracts.tables import Tables
 from recsys.data.synthetic import SyntheticConfig, iter_messages
-from recsys.foldin import FoldIn
-from recsys.kafka_io import consumer, end_offsets, read_to_end
-from recsys.model_store import ModelArtifact
+from recsys.io import lake
+from recsys.io.kafka import consumer, end_offsets, read_to_end
+from recsys.io.model_store import ModelArtifact
+from recsys.models.foldin import FoldIn
+from recsys.protocol import Topics, VectorUpdate
 from recsys.replay import replay
 from recsys.settings import Settings
 

@@ -19,9 +19,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from infra import broker, processes
-from recsys import catalog, lake, model_store
-from recsys.contracts import Tables, Topics
-from recsys.data import movielens
+from recsys.contracts.tables import Tables
+from recsys.data import catalog, movielens
+from recsys.io import lake, model_store
+from recsys.protocol import Topics
 from recsys.replay import read_topic, replay
 from recsys.settings import get_settings
 

@@ -19,8 +19,9 @@ import typer
 
 from jobs.archiver import Archiver
 from jobs.common import run_cli, setup_logging, timed
-from recsys import erasure, lake
-from recsys.contracts import Tables
+from recsys import erasure
+from recsys.contracts.tables import Tables
+from recsys.io import lake
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.archive_compact")

@@ -34,23 +34,21 @@ import typer
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 
-from recsys import lake
-from recsys.contracts import (
-    BRONZE_SCHEMA,
+from recsys.contracts.events import (
     FORGET_CONTROL,
     DeadLetter,
     Event,
     ForgetMarker,
-    ForgetMessage,
     Rejection,
-    Tables,
-    Topics,
     control_kind,
     validate_event,
 )
+from recsys.contracts.tables import BRONZE_SCHEMA, Tables
 from recsys.erasure import before_marker_predicate
-from recsys.kafka_io import consumer, producer, read_to_end, send_acknowledged
+from recsys.io import lake
+from recsys.io.kafka import consumer, producer, read_to_end, send_acknowledged
 from recsys.privacy import is_pseudonym
+from recsys.protocol import ForgetMessage, Topics
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("archiver")

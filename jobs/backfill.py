@@ -19,8 +19,9 @@ import pyarrow as pa
 import typer
 from tqdm import tqdm
 
-from recsys import lake
-from recsys.contracts import BRONZE_SCHEMA, EVENT_COLUMNS, Event, Tables
+from recsys.contracts.events import Event
+from recsys.contracts.tables import BRONZE_SCHEMA, EVENT_COLUMNS, Tables
+from recsys.io import lake
 from recsys.settings import Settings, get_settings
 
 app = typer.Typer(help="Bulk-load history into the bronze table.", no_args_is_help=True, add_completion=False)

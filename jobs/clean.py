@@ -21,8 +21,8 @@ from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
 
 from jobs.common import run_cli, setup_logging, spark_session, timed
-from recsys import lake
-from recsys.contracts import SILVER_SCHEMA, Tables
+from recsys.contracts.tables import SILVER_SCHEMA, Tables
+from recsys.io import lake
 from recsys.privacy import PSEUDONYM_RE, pseudonymise
 from recsys.settings import Settings, get_settings
 

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import typer
 
-from recsys import lake
-from recsys.contracts import REGISTRY_SCHEMA, Tables
+from recsys.contracts.tables import REGISTRY_SCHEMA, Tables
+from recsys.io import lake
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs")
@@ -39,7 +39,7 @@ def timed(what: str) -> Iterator[None]:
 
 
 def spark_session(job: str, settings: Settings | None = None):
-    from recsys.spark import get_spark
+    from recsys.io.spark import get_spark
 
     spark = get_spark(f"recsys-{job}", settings)
     spark.sparkContext.setLogLevel("WARN")
@@ -52,11 +52,6 @@ def blas_in_use(spark) -> str:
         return spark._jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getSimpleName()
     except Exception as e:  # the JVM classes are an implementation detail of Spark
         return f"unknown ({type(e).__name__})"
-
-
-def new_model_version(now: datetime | None = None) -> str:
-    """Versions sort by creation time: m20261124T031500123456."""
-    return (now or datetime.now(UTC)).strftime("m%Y%m%dT%H%M%S%f")
 
 
 def record_in_registry(

@@ -21,9 +21,9 @@ from pyspark.sql import SparkSession
 
 from jobs.common import record_in_registry, run_cli, setup_logging, spark_session, timed
 from jobs.engines import AlsParams, get_engine
-from recsys import lake, model_store
-from recsys.contracts import Tables
-from recsys.evaluation import evaluate_factors, evaluate_popularity, make_split
+from recsys.contracts.tables import Tables
+from recsys.evaluation.protocol import evaluate_factors, evaluate_popularity, make_split
+from recsys.io import lake, model_store
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.evaluate")

@@ -22,9 +22,11 @@ from pathlib import Path
 import typer
 
 from jobs.common import record_in_registry, run_cli, setup_logging
-from recsys import erasure, model_store
-from recsys.contracts import ModelManifest, ModelMessage, Topics
-from recsys.kafka_io import ensure_topics, producer
+from recsys import erasure, protocol
+from recsys.contracts.manifest import ModelManifest
+from recsys.io import model_store
+from recsys.io.kafka import ensure_topics, producer
+from recsys.protocol import ModelMessage, Topics
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.publish")
@@ -89,8 +91,8 @@ def announce(model_version: str, path: Path, s: Settings) -> None:
     """Tell the speed and serving layers where the new model is (never the model itself)."""
     ensure_topics(s)
     prod = producer(s)
-    message = ModelMessage(model_version=model_version, path=str(path))
-    prod.send(Topics.MODEL_UPDATES, key=b"MODEL", value=message.model_dump_json().encode()).get(timeout=30)
+    key, value = protocol.encode(ModelMessage(model_version=model_version, path=str(path)))
+    prod.send(Topics.MODEL_UPDATES, key=key, value=value).get(timeout=30)
     prod.close()
 
 

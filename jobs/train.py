@@ -24,11 +24,13 @@ import typer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.common import blas_in_use, new_model_version, record_in_registry, run_cli, setup_logging, spark_session, timed
+from jobs.common import blas_in_use, record_in_registry, run_cli, setup_logging, spark_session, timed
 from jobs.engines import AlsParams, get_engine
-from recsys import lake, model_store
-from recsys.contracts import ModelManifest, Tables
-from recsys.evaluation import distinct_users_per_item
+from recsys import protocol
+from recsys.contracts.manifest import ModelManifest
+from recsys.contracts.tables import Tables
+from recsys.evaluation.protocol import distinct_users_per_item
+from recsys.io import lake, model_store
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.train")
@@ -171,7 +173,7 @@ def main(
     overrides = {"als_rank": rank, "als_iterations": iterations, "als_reg": reg, "als_alpha": alpha}
     settings = get_settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
     spark = spark_session("train", settings)
-    path = train(spark, model_version or new_model_version(), engine, silver_version, settings)
+    path = train(spark, model_version or protocol.new_version(), engine, silver_version, settings)
     print(json.dumps({"candidate": str(path)}))
     spark.stop()
 

@@ -6,8 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from recsys.contracts import Topics
-from recsys.kafka_io import BrokerUnavailable, count_messages, ensure_topics, wait_for_broker
+from recsys.io.kafka import BrokerUnavailable, count_messages, ensure_topics, wait_for_broker
+from recsys.protocol import Topics
 from recsys.replay import ReplayReport, read_topic, replay
 from recsys.settings import get_settings, markdown_table
 
@@ -78,7 +78,7 @@ app.add_typer(catalog_app, name="catalog")
 @catalog_app.command("movielens")
 def catalog_movielens() -> None:
     """MovieLens-100K's films (title and year; first genre as the category)."""
-    from recsys import catalog
+    from recsys.data import catalog
 
     table = catalog.movielens()
     console.print(f"catalog version {catalog.write(table)}: {table.num_rows:,} items")
@@ -89,7 +89,7 @@ def catalog_synthetic(
     items: int = typer.Option(5_000), categories: int = typer.Option(20), seed: int = typer.Option(0)
 ) -> None:
     """The synthetic stream's items and the categories the generator draws them from."""
-    from recsys import catalog
+    from recsys.data import catalog
 
     table = catalog.synthetic(items, categories, seed)
     console.print(f"catalog version {catalog.write(table)}: {table.num_rows:,} items")

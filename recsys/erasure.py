@@ -26,18 +26,13 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from recsys import lake, model_store
-from recsys.contracts import (
-    CONTROL_HEADER,
-    FORGET_CONTROL,
-    FORGET_SCHEMA,
-    ForgetMarker,
-    ForgetMessage,
-    Tables,
-    Topics,
-)
-from recsys.kafka_io import ensure_topics, producer
+from recsys import protocol
+from recsys.contracts.events import CONTROL_HEADER, FORGET_CONTROL, ForgetMarker
+from recsys.contracts.tables import FORGET_SCHEMA, Tables
+from recsys.io import lake, model_store
+from recsys.io.kafka import ensure_topics, producer
 from recsys.privacy import is_pseudonym, pseudonymise
+from recsys.protocol import ForgetMessage, Topics
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("recsys.erasure")
@@ -56,8 +51,8 @@ def request(user_id: str, settings: Settings | None = None) -> ForgetMessage:
                          headers=[(CONTROL_HEADER, FORGET_CONTROL)]).get(timeout=30)  # fmt: skip
         message = ForgetMessage(user_id=pseudonym, partition=sent.partition, offset=sent.offset)
         _record(message, REQUESTED, s)
-        prod.send(Topics.MODEL_UPDATES, key=f"FORGET:{pseudonym}".encode(),
-                  value=message.model_dump_json().encode()).get(timeout=30)  # fmt: skip
+        key, value = protocol.encode(message)
+        prod.send(Topics.MODEL_UPDATES, key=key, value=value).get(timeout=30)
     finally:
         prod.close()
     log.info("forget %s requested: marker at events[%d]@%d", pseudonym, message.partition, message.offset)

@@ -21,7 +21,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import MemberToRemove
 from kafka.errors import KafkaError
 
-from recsys.kafka_io import bootstrap
+from recsys.io.kafka import bootstrap
 from recsys.settings import Settings
 
 log = logging.getLogger(__name__)

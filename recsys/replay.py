@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from recsys.contracts import Event, Topics, control_kind, validate_event
-from recsys.kafka_io import count_messages, producer, read_to_end
+from recsys.contracts.events import Event, control_kind, validate_event
+from recsys.io.kafka import count_messages, producer, read_to_end
+from recsys.protocol import Topics
 from recsys.settings import Settings, get_settings
 
 Message = tuple[bytes, bytes]

@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     )
     events_partitions: int = Field(4, ge=1, description="Partitions of the `events` topic when we create it.")
     broker_port: int = Field(9092, description="Port of the local broker started by `infra/broker.py`.")
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of the topics we create (3 on the local three-broker cluster)."
+    )
+    updates_segment_ms: int = Field(
+        3_600_000, ge=1_000, description="Segment roll time of the compacted `model-updates` topic: compaction "
+        "only cleans closed segments, so this bounds how long superseded UPs stay readable.",
+    )
 
     # --- compute -------------------------------------------------------------
     spark_master: str = Field("local[*]", description="Spark master URL (ignored under spark-submit, which sets it).")

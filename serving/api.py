@@ -29,9 +29,10 @@ from kafka.errors import KafkaError
 from threadpoolctl import threadpool_limits
 
 from recsys import erasure
-from recsys.contracts import Event, Topics, validate_event
-from recsys.kafka_io import producer
+from recsys.contracts.events import Event, validate_event
+from recsys.io.kafka import producer
 from recsys.privacy import pseudonymise
+from recsys.protocol import Topics
 from recsys.settings import Settings, get_settings
 from serving import metrics
 from serving.batcher import Batcher

@@ -30,17 +30,18 @@ from pathlib import Path
 
 from kafka import TopicPartition
 from kafka.errors import KafkaError
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from recsys import catalog, model_store
-from recsys.contracts import ForgetMessage, ModelMessage, Topics, UpdateMessage, VectorUpdate
-from recsys.kafka_io import BrokerUnavailable, consumer, ensure_topics, wait_for_broker
+from recsys import protocol
+from recsys.data import catalog
+from recsys.io import model_store
+from recsys.io.kafka import BrokerUnavailable, consumer, ensure_topics, wait_for_broker
+from recsys.protocol import ForgetMessage, ModelMessage, Topics, VectorUpdate
 from recsys.settings import Settings
 from serving import metrics
 from serving.model import ServingModel
 
 log = logging.getLogger("serving.follower")
-_MESSAGE = TypeAdapter(UpdateMessage)
 MAX_PENDING = 1_000_000  # UPs held for a model not loaded yet; beyond this the oldest version's are dropped
 
 
@@ -82,7 +83,7 @@ class ModelFollower:
                 self._stop.wait(2)
 
     def _follow(self) -> None:
-        updates = TopicPartition(Topics.MODEL_UPDATES, 0)
+        updates = TopicPartition(Topics.MODEL_UPDATES, protocol.UPDATE_PARTITION)
         reader = self._connect(updates)
         try:
             reader.seek_to_beginning(updates)
@@ -113,13 +114,13 @@ class ModelFollower:
 
     # --- messages ----------------------------------------------------------------------------
     def handle(self, raw: bytes | None) -> None:
-        if raw is None:  # a tombstone: lets log compaction drop a forgotten user's last UP; nothing to apply
-            return
         try:
-            message = _MESSAGE.validate_json(raw)
+            message = protocol.decode(raw)
         except ValidationError as e:
             metrics.UPDATES.labels("invalid").inc()
             log.warning("skipping an invalid model-updates message: %s", str(e)[:200])
+            return
+        if message is None:  # a tombstone: lets log compaction drop a forgotten user's last UP; nothing to apply
             return
         if isinstance(message, ModelMessage):
             self._on_model(message)
@@ -130,8 +131,7 @@ class ModelFollower:
 
     def _on_model(self, message: ModelMessage) -> None:
         current = self.current.version if self.current else ""
-        # Versions sort by creation time (jobs.common.new_model_version): never go back to an older model.
-        if message.model_version <= current:
+        if not protocol.is_newer(message.model_version, current or None):  # never go back to an older model
             return
         path = Path(message.path)
         if not (path / "manifest.json").exists():
@@ -172,7 +172,7 @@ class ModelFollower:
             metrics.UPDATES.labels("applied").inc()
             if up.event_ts_ms:
                 metrics.UPDATE_LAG.observe(max(0.0, time.time() - up.event_ts_ms / 1000))
-        elif current is None or up.model_version > current.version:
+        elif current is None or protocol.is_newer(up.model_version, current.version):
             self._hold(up)
         else:
             metrics.UPDATES.labels("stale").inc()
@@ -191,7 +191,7 @@ class ModelFollower:
             model.forget(message)
         for up in self._pending.pop(model.version, []):
             model.apply(up)
-        for version in [v for v in self._pending if v < model.version]:
+        for version in [v for v in self._pending if protocol.is_newer(model.version, v)]:
             del self._pending[version]
         old = self.current.version if self.current else None
         self.current = model  # the swap: one assignment; running requests keep the model they started with

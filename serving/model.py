@@ -17,10 +17,10 @@ from typing import Literal
 
 import numpy as np
 
-from recsys.contracts import ForgetMessage, VectorUpdate
-from recsys.foldin import explain
-from recsys.model_store import ModelArtifact
-from recsys.ranking import PAD, full_sort_top_k, normalize_rows, top_k_of_scores
+from recsys.io.model_store import ModelArtifact
+from recsys.models.foldin import explain
+from recsys.models.topk import PAD, full_sort_top_k, normalize_rows, top_k_of_scores
+from recsys.protocol import ForgetMessage, VectorUpdate
 from recsys.settings import Settings
 from serving.index import ApproximateIndex
 

@@ -29,19 +29,12 @@ from pathlib import Path
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 
-from recsys import model_store
-from recsys.contracts import (
-    FORGET_CONTROL,
-    Event,
-    ForgetMarker,
-    ModelMessage,
-    Topics,
-    VectorUpdate,
-    control_kind,
-    validate_event,
-)
+from recsys import protocol
+from recsys.contracts.events import FORGET_CONTROL, Event, ForgetMarker, control_kind, validate_event
 from recsys.group_liveness import SilentMemberEviction
-from recsys.kafka_io import consumer, producer, send_acknowledged
+from recsys.io import model_store
+from recsys.io.kafka import consumer, producer, send_acknowledged
+from recsys.protocol import ModelMessage, Topics, VectorUpdate
 from recsys.settings import Settings, get_settings
 from speed_layer import metrics
 from speed_layer.state import SpeedState, Updates
@@ -63,7 +56,7 @@ class SpeedLayer:
             fetch_max_wait_ms=self.s.speed_batch_ms,  # the broker must not hold a fetch longer than a batch
         )  # fmt: skip
         self.models = consumer(None, settings=self.s)
-        updates = TopicPartition(Topics.MODEL_UPDATES, 0)
+        updates = TopicPartition(Topics.MODEL_UPDATES, protocol.UPDATE_PARTITION)
         self.models.assign([updates])
         self.models.seek_to_end(updates)  # the model on disk is loaded at start; later ones arrive here
         self.producer = producer(self.s, linger_ms=2)
@@ -100,8 +93,9 @@ class SpeedLayer:
         newest: ModelMessage | None = None
         for records in self.models.poll(timeout_ms=timeout_ms).values():
             for r in records:
-                if r.key == b"MODEL":
-                    newest = ModelMessage.model_validate_json(r.value)
+                if protocol.is_model_key(r.key):
+                    message = protocol.decode(r.value)
+                    newest = message if isinstance(message, ModelMessage) else newest
         if newest and (self.state is None or newest.model_version != self.state.model_version):
             self.load_model(Path(newest.path))
 
@@ -153,7 +147,7 @@ class SpeedLayer:
         updates = self.state.apply(valid)
         metrics.SOLVE_SECONDS.observe(time.monotonic() - started)
         # With log compaction, a tombstone removes the forgotten users' older UPs from the topic too.
-        send_acknowledged(self.producer, Topics.MODEL_UPDATES, [(f"UP:user:{user}".encode(), None) for user in markers])
+        send_acknowledged(self.producer, Topics.MODEL_UPDATES, [protocol.tombstone("user", user) for user in markers])
         for forgotten in refolded:
             self.publish(forgotten)
         self.publish(updates, newest)
@@ -175,7 +169,7 @@ class SpeedLayer:
                     event_types=updates.user_event_types.get(id_, {}) if user else {},
                     source_offset=(source_offsets or {}).get(id_) if user else None,
                 )  # fmt: skip
-                messages.append((f"UP:{kind}:{id_}".encode(), message.model_dump_json().encode()))
+                messages.append(protocol.encode(message))
             metrics.FOLDINS.labels(kind).inc(len(vectors))
         # The offsets are committed next: an unacknowledged UP must not be skipped (sending one twice is harmless).
         send_acknowledged(self.producer, Topics.MODEL_UPDATES, messages)

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.contracts import Event, ModelManifest
-from recsys.foldin import FoldIn
-from recsys.model_store import ModelArtifact
+from recsys.contracts.events import Event
+from recsys.contracts.manifest import ModelManifest
+from recsys.io.model_store import ModelArtifact
+from recsys.models.foldin import FoldIn
 
 
 @dataclass

@@ -74,7 +74,7 @@ def broker(settings) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def spark(settings):
-    from recsys.spark import get_spark
+    from recsys.io.spark import get_spark
 
     session = get_spark("recsys-tests", settings)
     session.sparkContext.setLogLevel("ERROR")
@@ -95,7 +95,7 @@ def unique_topic(broker) -> Iterator[str]:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    from recsys.kafka_io import bootstrap
+    from recsys.io.kafka import bootstrap
 
     name = f"t-{uuid.uuid4().hex[:10]}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap(broker))

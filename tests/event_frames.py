@@ -1,4 +1,4 @@
-"""Small random event frames for evaluation tests (the columns recsys.evaluation expects)."""
+"""Small random event frames for evaluation tests (the columns recsys.evaluation.protocol expects)."""
 
 from __future__ import annotations
 

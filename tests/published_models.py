@@ -13,11 +13,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from jobs.engines import AlsParams, implicit_als
-from recsys import catalog, model_store
-from recsys.contracts import Event, ModelManifest, Topics, validate_event
+from recsys.contracts.events import Event, validate_event
+from recsys.contracts.manifest import ModelManifest
+from recsys.data import catalog
 from recsys.data.synthetic import SyntheticConfig, iter_messages
-from recsys.evaluation import distinct_users_per_item
-from recsys.kafka_io import end_offsets
+from recsys.evaluation.protocol import distinct_users_per_item
+from recsys.io import model_store
+from recsys.io.kafka import end_offsets
+from recsys.protocol import Topics
 from recsys.replay import replay
 
 CATALOGUE = {"n_users": 300, "n_items": 150, "n_categories": 5}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.contracts import Objective
+from recsys.contracts.manifest import Objective
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -11,8 +11,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from jobs.engines import AlsParams
-from recsys.contracts import Objective
-from recsys.evaluation import fit_implicit
+from recsys.contracts.manifest import Objective
+from recsys.evaluation.protocol import fit_implicit
 
 NAME = "implicit"
 

@@ -13,7 +13,7 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import SparkSession
 
 from jobs.engines import AlsParams
-from recsys.contracts import Objective
+from recsys.contracts.manifest import Objective
 
 NAME = "spark_als"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recsys.contracts import Event
+from recsys.contracts.events import Event
 from recsys.privacy import pseudonymise
 
 DATASET = "ml-100k"

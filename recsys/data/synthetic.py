@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from recsys.contracts import EVENT_COLUMNS, SCHEMA_VERSION, RejectReason
+from recsys.contracts.events import SCHEMA_VERSION, RejectReason
+from recsys.contracts.tables import EVENT_COLUMNS
 from recsys.privacy import pseudonymise
 from recsys.settings import get_settings
 

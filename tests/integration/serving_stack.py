@@ -16,7 +16,7 @@ from published_models import CATALOGUE, produce, publish_model, write_catalogue
 from infra import broker as broker_process
 from infra import processes
 from infra.broker import free_port
-from recsys.contracts import Event
+from recsys.contracts.events import Event
 from recsys.privacy import pseudonymise
 from recsys.settings import Settings
 
@@ -47,7 +47,7 @@ def start_stack(state: Path, n_events: int = 4_000, **overrides) -> Stack:
     broker_process.start(s)
     events = produce(s, seed=1, n=n_events)
     write_catalogue(s)
-    publish_model(s, events, "m1")
+    publish_model(s, events, "m20260101T000000000000")
     stack = Stack(s, processes.serving_url(s), events)
     stack.procs["speed"] = processes.start("speed_layer", s, "--instance-id", "speed-test", log=state / "speed.log")
     stack.procs["serving"] = processes.start("serving", s, log=state / "serving.log")

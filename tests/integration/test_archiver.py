@@ -13,10 +13,11 @@ from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from jobs.archiver import Archiver, dlq_key
-from recsys import lake
-from recsys.contracts import Tables, Topics
+from recsys.contracts.tables import Tables
 from recsys.data.synthetic import SyntheticConfig, iter_messages, n_valid_events
-from recsys.kafka_io import consumer, read_to_end
+from recsys.io import lake
+from recsys.io.kafka import consumer, read_to_end
+from recsys.protocol import Topics
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 

@@ -18,10 +18,12 @@ from serving_stack import TOKEN, call, get, start_stack, stop_stack
 from speed_checks import run_until_idle
 
 from jobs.archiver import Archiver
-from recsys import lake
-from recsys.contracts import CONTROL_HEADER, FORGET_CONTROL, DeadLetter, Tables, Topics
-from recsys.kafka_io import producer, read_to_end
+from recsys.contracts.events import CONTROL_HEADER, FORGET_CONTROL, DeadLetter
+from recsys.contracts.tables import Tables
+from recsys.io import lake
+from recsys.io.kafka import producer, read_to_end
 from recsys.privacy import pseudonymise
+from recsys.protocol import Topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 # Examples are fixed (derandomize) so CI is repeatable; no shrinking: each step re-sends over the network.
@@ -113,7 +115,7 @@ def messages(raw_users: bool = False) -> st.SearchStrategy[list[tuple[bool, byte
 # --- through the broker: the archiver and the speed layer ----------------------------------------------------
 def test_malformed_events_through_the_broker_end_in_the_dlq_and_valid_ones_in_bronze(isolated_stack):
     s = isolated_stack
-    publish_model(s, produce(s, seed=1, n=1_000), "m1")  # the speed layer needs a model to fold into
+    publish_model(s, produce(s, seed=1, n=1_000), "m20260101T000000000000")  # the speed layer needs a model to fold into
     sent: dict[tuple[int, int], bool] = {}  # (partition, offset) -> valid?
     raws: dict[tuple[int, int], bytes] = {}
     prod = producer(s)

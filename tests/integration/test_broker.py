@@ -8,8 +8,9 @@ import pytest
 from kafka import KafkaAdminClient, TopicPartition
 
 from infra import broker as broker_process
-from recsys.contracts import Topics
-from recsys.kafka_io import BrokerUnavailable, bootstrap, consumer, ensure_topics, producer, topic_partitions
+from recsys import protocol
+from recsys.io.kafka import BrokerUnavailable, bootstrap, consumer, ensure_topics, producer
+from recsys.protocol import Topics
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def test_start_is_idempotent_and_creates_the_topics(broker):
     admin = KafkaAdminClient(bootstrap_servers=bootstrap(broker))
     described = {d["name"]: len(d["partitions"]) for d in admin.describe_topics(list(Topics.ALL))}
     admin.close()
-    assert described == topic_partitions(broker)
+    assert described == {spec.name: spec.partitions for spec in protocol.topic_specs(broker)}
     assert described[Topics.EVENTS] > 1
     assert ensure_topics(broker) == described
 

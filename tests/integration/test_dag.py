@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from recsys import model_store
-from recsys.contracts import ModelMessage, Topics
 from recsys.data import movielens
-from recsys.kafka_io import end_offsets, read_to_end
+from recsys.io import model_store
+from recsys.io.kafka import end_offsets, read_to_end
+from recsys.protocol import ModelMessage, Topics
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 

@@ -21,8 +21,8 @@ from infra import processes
 from infra.chaos import Chaos, check_exactly_once, check_user_vectors, stream_with_kills, wait_archived
 from jobs.archiver import Archiver
 from jobs.clean import clean
-from recsys import lake, model_store
-from recsys.contracts import Tables
+from recsys.contracts.tables import Tables
+from recsys.io import lake, model_store
 from recsys.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -42,7 +42,7 @@ def kill_clean_mid_write(s: Settings, silver: Path, timeout_s: float = 180) -> N
 
 def test_kill_9_broker_restart_and_a_killed_spark_write_lose_and_duplicate_nothing(isolated_stack, spark):
     s = isolated_stack.model_copy(update={"archiver_batch_max": 2_000, "speed_batch_max": 2_000})
-    artifact = publish_model(s, produce(s, seed=1, n=4_000), "m1")
+    artifact = publish_model(s, produce(s, seed=1, n=4_000), "m20260101T000000000000")
     chaos = Chaos(s, random.Random(2026))
     for name in ("archiver", "speed"):
         chaos.start(name)
@@ -76,4 +76,4 @@ def test_kill_9_broker_restart_and_a_killed_spark_write_lose_and_duplicate_nothi
     assert len(silver_ids) == len(set(silver_ids)) == report.rows_out and report.dropped["duplicate"] == 0
     bronze_ids = lake.read(Tables.path(Tables.BRONZE_EVENTS, s), columns=["event_id"])["event_id"].to_pylist()
     assert set(silver_ids) <= set(bronze_ids)
-    assert model_store.published_versions(s) == ["m1"]
+    assert model_store.published_versions(s) == ["m20260101T000000000000"]

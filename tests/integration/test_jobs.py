@@ -12,12 +12,13 @@ from jobs.common import registry_status
 from jobs.evaluate import evaluate
 from jobs.publish import publish
 from jobs.train import train
-from recsys import lake, model_store
-from recsys.contracts import BRONZE_SCHEMA, Tables, Topics
+from recsys.contracts.tables import BRONZE_SCHEMA, Tables
 from recsys.data import movielens
-from recsys.foldin import FoldIn
-from recsys.kafka_io import count_messages
+from recsys.io import lake, model_store
+from recsys.io.kafka import count_messages
+from recsys.models.foldin import FoldIn
 from recsys.privacy import pseudonymise
+from recsys.protocol import Topics
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from recsys import lake
+from recsys.io import lake
 
 pytestmark = pytest.mark.integration
 

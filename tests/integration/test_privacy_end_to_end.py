@@ -17,11 +17,13 @@ from infra import processes
 from jobs.archiver import Archiver
 from jobs.clean import clean
 from jobs.train import train
-from recsys import erasure, lake, model_store
-from recsys.contracts import Tables, Topics, VectorUpdate
-from recsys.foldin import FoldIn
-from recsys.kafka_io import end_offsets, read_to_end
+from recsys import erasure
+from recsys.contracts.tables import Tables
+from recsys.io import lake, model_store
+from recsys.io.kafka import end_offsets, read_to_end
+from recsys.models.foldin import FoldIn
 from recsys.privacy import is_pseudonym
+from recsys.protocol import Topics, VectorUpdate
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 RAW_ID = re.compile(r"user-\d+")  # the synthetic stream's raw ids, before pseudonymisation
@@ -107,7 +109,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
         assert user_rows(s, table, gone) == 0 and user_rows(s, table, back) == 0
         in_files = users_in_files(s, table)  # vacuumed: not even old, unreferenced files hold them
         assert in_files[gone] == 0 and in_files[back] == 0 and in_files[stack.pseudonym(other_raw)] > 0
-    m1 = model_store.load(model_store.published_dir(s) / "m1", mmap=False)
+    m1 = model_store.load(model_store.published_dir(s) / "m20260101T000000000000", mmap=False)
     assert gone not in set(m1.user_ids) and back not in set(m1.user_ids)
     erased_rows = [i for i, u in enumerate(m1.user_ids) if u.startswith(model_store.ERASED_PREFIX)]
     assert len(erased_rows) == 2 and not m1.user_factors[erased_rows].any()
@@ -137,7 +139,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     # The next batch model: `gone` is absent, `back` holds exactly what they did after the request.
     archive(s)
     clean(spark, settings=s)
-    m2 = model_store.load(train(spark, "m2", "implicit", settings=s), mmap=False)
+    m2 = model_store.load(train(spark, "m20260102T000000000000", "implicit", settings=s), mmap=False)
     assert gone not in set(m2.user_ids)
     row = int(np.flatnonzero(m2.user_ids == back)[0])
     assert m2.item_ids[m2.interactions[row].indices].tolist() == [item]

@@ -8,7 +8,7 @@ import pytest
 
 from recsys.data import movielens
 from recsys.data.synthetic import SyntheticConfig, iter_messages, n_valid_events
-from recsys.kafka_io import count_messages
+from recsys.io.kafka import count_messages
 from recsys.replay import paced, read_topic, replay
 
 pytestmark = pytest.mark.integration

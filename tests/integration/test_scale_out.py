@@ -26,16 +26,17 @@ from serving_stack import call, start_stack, stop_stack, wait_for
 from infra import processes
 from infra.chaos import expected_user_vectors, latest_updates
 from jobs.publish import announce
-from recsys import model_store
-from recsys.contracts import Event, Topics, validate_event
+from recsys.contracts.events import Event, validate_event
 from recsys.data.synthetic import SyntheticConfig, iter_messages
-from recsys.kafka_io import bootstrap, end_offsets, read_to_end
+from recsys.io import model_store
+from recsys.io.kafka import bootstrap, end_offsets, read_to_end
+from recsys.protocol import Topics
 from recsys.replay import replay
 from recsys.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-SESSION_TIMEOUT_S = 6.0  # recsys.kafka_io.consumer: session_timeout_ms=6000
+SESSION_TIMEOUT_S = 6.0  # recsys.io.kafka.consumer: session_timeout_ms=6000
 
 
 # --- speed layer: two instances, one killed ---------------------------------------------------------------
@@ -104,7 +105,7 @@ def test_two_speed_instances_survivor_takes_over_a_killed_ones_partitions_and_no
     isolated_stack, speed_instances
 ):
     s = isolated_stack.model_copy(update={"speed_batch_max": 500})
-    artifact = publish_model(s, produce(s, seed=21, n=4_000), "m1")
+    artifact = publish_model(s, produce(s, seed=21, n=4_000), "m20260101T000000000000")
     logs = s.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     for name in ("speed-a", "speed-b"):
@@ -141,7 +142,7 @@ def test_two_speed_instances_survivor_takes_over_a_killed_ones_partitions_and_no
     after_kill, problems = {}, {}
     while time.monotonic() < deadline:
         after_kill = group_assignment(s)
-        problems = vector_problems(s, expected, "m1")
+        problems = vector_problems(s, expected, "m20260101T000000000000")
         if after_kill == {"speed-a": partitions} and not problems:
             break
         time.sleep(2)
@@ -222,14 +223,14 @@ def test_serving_replicas_agree_after_a_stream_and_a_swap_and_a_late_one_is_read
 
     # A stream on m1, then m2 (covering it all), then a stream after m2's cut-off: speed answers on m2.
     before = produce(s1, seed=31, n=3_000)
-    wait_for(lambda: speed_layer_idle(s1, {e.user_id for e in before[-20:]}, "m1"), timeout_s=60)
-    publish_model(s1, st.events + before, "m2", rank=24)
-    announce("m2", model_store.published_dir(s1) / "m2", s1)
+    wait_for(lambda: speed_layer_idle(s1, {e.user_id for e in before[-20:]}, "m20260101T000000000000"), timeout_s=60)
+    publish_model(s1, st.events + before, "m20260102T000000000000", rank=24)
+    announce("m20260102T000000000000", model_store.published_dir(s1) / "m20260102T000000000000", s1)
     for s in (s1, s2):
-        wait_for(lambda s=s: model_info(s)[:2] == (200, "m2"), timeout_s=60)
+        wait_for(lambda s=s: model_info(s)[:2] == (200, "m20260102T000000000000"), timeout_s=60)
     after = produce(s1, seed=32, n=600, n_users=40)  # 40 of the 300 users: the rest keep their batch vector
     streamed = {e.user_id for e in after}
-    wait_for(lambda: speed_layer_idle(s1, streamed, "m2"), timeout_s=60)
+    wait_for(lambda: speed_layer_idle(s1, streamed, "m20260102T000000000000"), timeout_s=60)
 
     # ~30 users: streamed after m2 (speed), untouched since m2 (batch), and never seen (popular).
     raw_users = [f"user-{n}" for n in range(CATALOGUE["n_users"])]
@@ -239,7 +240,7 @@ def test_serving_replicas_agree_after_a_stream_and_a_swap_and_a_late_one_is_read
     first = wait_for(lambda: (a := answers(s1, sample)) and not differing(a, answers(s2, sample)) and a,
                      timeout_s=20, every_s=0.5)  # fmt: skip
     sources = Counter(source for _, source, _, _ in first.values())
-    assert {version for version, _, _, _ in first.values()} == {"m2"}
+    assert {version for version, _, _, _ in first.values()} == {"m20260102T000000000000"}
     assert sources["speed"] == len(speed_users) and sources["batch"] == len(batch_users) and sources["popular"] == 4
     assert model_info(s1) == model_info(s2)
 
@@ -256,7 +257,7 @@ def test_serving_replicas_agree_after_a_stream_and_a_swap_and_a_late_one_is_read
         if status == 200:
             break
         time.sleep(0.02)
-    assert body["model_version"] == "m2" and body["caught_up"], body
+    assert body["model_version"] == "m20260102T000000000000" and body["caught_up"], body
     late = answers(s3, sample)  # right at readiness: nothing was published since the stream ended
     assert differing(first, late) == [], {u: (first[u], late[u]) for u in differing(first, late)}
     assert model_info(s3) == model_info(s1)

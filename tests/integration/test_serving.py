@@ -12,7 +12,7 @@ from published_models import produce, publish_model
 from serving_stack import TOKEN, call, get, start_stack, stop_stack, wait_for
 
 from jobs.publish import announce
-from recsys import model_store
+from recsys.io import model_store
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def test_recommend_similar_because_popular_for_a_batch_user(stack):
     raw, pseudonym = known_user(stack)
     status, body = get(stack, f"/recommend/{raw}?k=7")
     assert status == 200 and body["source"] == "batch" and body["user_id"] == pseudonym
-    assert body["model_version"] == "m1" and len(body["items"]) == 7
+    assert body["model_version"] == "m20260101T000000000000" and len(body["items"]) == 7
     assert all(item["title"] and item["category"] for item in body["items"])  # from the catalogue table
     scores = [item["score"] for item in body["items"]]
     assert scores == sorted(scores, reverse=True)
@@ -140,7 +140,7 @@ def test_metrics_docs_and_loopback_only(stack):
     with urllib.request.urlopen(f"{stack.url}/metrics") as r:
         text = r.read().decode()
     assert 'serving_requests_total{route="/recommend/{user_id}",status="200"}' in text
-    assert 'serving_model_loaded{model_version="m1"} 1.0' in text
+    assert 'serving_model_loaded{model_version="m20260101T000000000000"} 1.0' in text
     status, spec = get(stack, "/openapi.json")
     assert status == 200 and {"/recommend/{user_id}", "/events", "/because/{user_id}/{item_id}"} <= set(spec["paths"])
     port = stack.s.serving_port
@@ -176,15 +176,15 @@ def test_hot_swap_under_concurrent_requests_fails_nothing_and_keeps_later_update
     try:
         # m2 covers everything produced so far; one event arrives after its cut-off, before it is announced.
         more = produce(st.s, seed=2, n=1_500)
-        m2 = publish_model(st.s, st.events + more, "m2", rank=24)
+        m2 = publish_model(st.s, st.events + more, "m20260102T000000000000", rank=24)
         late_user = f"late-{uuid.uuid4().hex[:6]}"
         assert post_event(st, late_user, "item-3", "purchase")[0] == 202
         wait_for(lambda: get(st, f"/recommend/{late_user}")[1]["source"] == "speed")
-        announce("m2", model_store.published_dir(st.s) / "m2", st.s)
-        wait_for(lambda: get(st, "/models")[1]["model_version"] == "m2")
+        announce("m20260102T000000000000", model_store.published_dir(st.s) / "m20260102T000000000000", st.s)
+        wait_for(lambda: get(st, "/models")[1]["model_version"] == "m20260102T000000000000")
         # The speed layer replays from m2's offsets: the late event is folded in against m2, and stays applied.
         late = wait_for(lambda: (b := get(st, f"/recommend/{late_user}")[1])["source"] == "speed"
-                        and b["model_version"] == "m2" and b)  # fmt: skip
+                        and b["model_version"] == "m20260102T000000000000" and b)  # fmt: skip
         assert "item-3" not in {i["item_id"] for i in late["items"]}
         time.sleep(0.5)
     finally:
@@ -192,5 +192,5 @@ def test_hot_swap_under_concurrent_requests_fails_nothing_and_keeps_later_update
         for c in clients:
             c.join()
     assert failures == []
-    assert "m1" in versions and versions[-1] == "m2" and len(versions) > 100
+    assert "m20260101T000000000000" in versions and versions[-1] == "m20260102T000000000000" and len(versions) > 100
     assert np.asarray(m2.item_factors).shape[1] == get(st, "/models")[1]["rank"] == 24

@@ -25,9 +25,9 @@ from jobs.backfill import backfill, events_to_batches
 from jobs.common import registry_status
 from jobs.evaluate import evaluate
 from jobs.train import train
-from recsys import lake, model_store
-from recsys.contracts import Tables
+from recsys.contracts.tables import Tables
 from recsys.data import movielens
+from recsys.io import lake, model_store
 from recsys.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration

@@ -20,11 +20,12 @@ from infra.chaos import check_user_vectors, latest_updates
 from jobs.archiver import Archiver
 from jobs.engines import implicit_als, spark_als
 from jobs.publish import announce
-from recsys import model_store
-from recsys.contracts import Event, Topics
+from recsys.contracts.events import Event
 from recsys.data.synthetic import SyntheticConfig, item_category
-from recsys.kafka_io import count_messages
-from recsys.ranking import top_k
+from recsys.io import model_store
+from recsys.io.kafka import count_messages
+from recsys.models.topk import top_k
+from recsys.protocol import Topics
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 from speed_layer.service import SpeedLayer
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 def test_streamed_users_get_exactly_folded_vectors_and_bad_events_are_skipped(isolated_stack):
     s = isolated_stack
-    artifact = publish_model(s, produce(s, seed=1, n=4_000), "m1")
+    artifact = publish_model(s, produce(s, seed=1, n=4_000), "m20260101T000000000000")
     stream = produce(s, seed=2, n=1_500, malformed=0.05)
     before = REGISTRY.get_sample_value("speed_events_total") or 0
     run_until_idle(s)
@@ -56,7 +57,7 @@ def test_streamed_users_get_exactly_folded_vectors_and_bad_events_are_skipped(is
 
 def test_metrics_are_served_on_loopback_and_sigterm_stops_cleanly(isolated_stack, free_port):
     s = isolated_stack
-    publish_model(s, produce(s, seed=12, n=2_000), "m1")
+    publish_model(s, produce(s, seed=12, n=2_000), "m20260101T000000000000")
     produce(s, seed=13, n=500)
     port = free_port()
     env = {**os.environ, "RECSYS_STATE_DIR": str(s.state_dir), "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
@@ -89,7 +90,7 @@ def _events_metric(port: int) -> float:
 def test_a_batch_users_unchanged_history_reproduces_the_batch_vector(isolated_stack, spark, engine):
     """An event on an item nobody else knows leaves the solvable history as trained: the UP is the batch vector."""
     s = isolated_stack
-    artifact = publish_model(s, produce(s, seed=14, n=3_000), "m1", engine, spark)
+    artifact = publish_model(s, produce(s, seed=14, n=3_000), "m20260101T000000000000", engine, spark)
     users = artifact.user_ids[:20]
     touches = [Event(event_id=f"t-{n}", user_id=u, item_id=f"unseen-{n}", event_type="view", ts=1_767_225_600_000)
                for n, u in enumerate(users)]  # fmt: skip
@@ -108,7 +109,7 @@ def test_a_batch_users_unchanged_history_reproduces_the_batch_vector(isolated_st
 def test_a_user_buying_in_one_category_moves_towards_it(isolated_stack):
     s = isolated_stack
     history = produce(s, seed=9, n=5_000)
-    artifact = publish_model(s, history, "m1")
+    artifact = publish_model(s, history, "m20260101T000000000000")
     category = item_category(SyntheticConfig(n_events=1, seed=9, **CATALOGUE))
     user_row = 0
     user = artifact.user_ids[user_row]
@@ -135,18 +136,18 @@ def test_a_user_buying_in_one_category_moves_towards_it(isolated_stack):
 def test_a_new_model_mid_stream_is_loaded_and_the_events_after_its_cut_off_replayed(isolated_stack):
     s = isolated_stack
     history = produce(s, seed=3, n=4_000)
-    publish_model(s, history, "m1")
+    publish_model(s, history, "m20260101T000000000000")
     layer = SpeedLayer(s, "speed-live")
     thread = threading.Thread(target=layer.run, kwargs={"max_idle_s": 30}, daemon=True)
     thread.start()
     first = produce(s, seed=4, n=800)
     _wait_for(lambda: len(latest_updates(s)) > 0)
 
-    model_b = publish_model(s, history + first, "m2")  # covers everything produced so far
-    announce("m2", model_store.published_dir(s) / "m2", s)
-    _wait_for(lambda: layer.state is not None and layer.state.model_version == "m2")
+    model_b = publish_model(s, history + first, "m20260102T000000000000")  # covers everything produced so far
+    announce("m20260102T000000000000", model_store.published_dir(s) / "m20260102T000000000000", s)
+    _wait_for(lambda: layer.state is not None and layer.state.model_version == "m20260102T000000000000")
     second = produce(s, seed=5, n=800)
-    _wait_for(lambda: _published_with(s, "m2", {e.user_id for e in second[-5:]}))
+    _wait_for(lambda: _published_with(s, "m20260102T000000000000", {e.user_id for e in second[-5:]}))
     time.sleep(2)
     layer.stop()
     thread.join(30)
@@ -156,7 +157,7 @@ def test_a_new_model_mid_stream_is_loaded_and_the_events_after_its_cut_off_repla
 @pytest.mark.reliability
 def test_kill_9_between_publish_and_commit_changes_no_final_vector(isolated_stack):
     s = isolated_stack
-    artifact = publish_model(s, produce(s, seed=6, n=4_000), "m1")
+    artifact = publish_model(s, produce(s, seed=6, n=4_000), "m20260101T000000000000")
     stream = produce(s, seed=7, n=20_000)
     env = {**os.environ, "RECSYS_STATE_DIR": str(s.state_dir), "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
            "RECSYS_SPEED_METRICS_PORT": "0", "RECSYS_SPEED_BATCH_MAX": "500"}  # fmt: skip
@@ -180,10 +181,10 @@ def test_without_a_model_it_waits_and_says_so(isolated_stack, caplog):
         thread.start()
         _wait_for(lambda: "waiting for the first published model" in caplog.text)
         assert layer.state is None
-        publish_model(s, history, "m1")
-        announce("m1", model_store.published_dir(s) / "m1", s)
+        publish_model(s, history, "m20260101T000000000000")
+        announce("m20260101T000000000000", model_store.published_dir(s) / "m20260101T000000000000", s)
         thread.join(60)
-    assert layer.state is not None and layer.state.model_version == "m1"
+    assert layer.state is not None and layer.state.model_version == "m20260101T000000000000"
     layer.close()
 
 

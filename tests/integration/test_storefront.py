@@ -65,7 +65,7 @@ def open_as_new_visitor(driver, url: str) -> str:
 def test_buying_a_product_turns_the_panel_into_speed_recommendations(stack, browser, tmp_path):
     raw = open_as_new_visitor(browser, f"{stack.url}/storefront#token={TOKEN}")
     assert not browser.find_element(By.ID, "token-box").is_displayed()  # the fragment's token is used
-    assert text(browser, "source") == "popular" and text(browser, "model-version") == "m1"
+    assert text(browser, "source") == "popular" and text(browser, "model-version") == "m20260101T000000000000"
     assert len(shown_recommendations(browser)) == 8
     cards = browser.find_elements(By.CSS_SELECTOR, "#products .product")
     assert cards[0].find_element(By.CSS_SELECTOR, ".title").text  # titles come from the catalogue

@@ -13,9 +13,9 @@ from event_frames import random_events as make_random_events
 
 from bench import freshness, plots
 from jobs.engines import AlsParams, implicit_als
-from recsys.evaluation import load_ml100k_events, time_split
-from recsys.foldin import FoldIn
-from recsys.ranking import top_k
+from recsys.evaluation.protocol import load_ml100k_events, time_split
+from recsys.models.foldin import FoldIn
+from recsys.models.topk import top_k
 
 # Small enough for a unit test (a fit takes ~0.1 s); the bench itself uses the settings' rank and iterations.
 SMALL = AlsParams(rank=16, iterations=8, reg=20.0, alpha=1.0, seed=0)

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from recsys import catalog
 from recsys.cli import app
+from recsys.data import catalog
 from recsys.data.movielens import N_ITEMS
 from recsys.settings import Settings
 

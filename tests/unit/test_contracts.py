@@ -5,16 +5,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from recsys.contracts import (
-    DeadLetter,
-    Event,
-    ModelManifest,
-    Objective,
-    Rejection,
-    UpdateMessage,
-    validate_event,
-)
+from recsys.contracts.events import DeadLetter, Event, Rejection, validate_event
+from recsys.contracts.manifest import ModelManifest, Objective
 from recsys.privacy import pseudonymise
+from recsys.protocol import UpdateMessage
 from recsys.settings import Settings
 
 KEY = b"k" * 32
@@ -148,7 +142,7 @@ def test_manifest_records_the_objective():
 
 @pytest.mark.reliability
 def test_a_forget_covers_models_whose_data_ends_before_the_marker():
-    from recsys.contracts import ForgetMessage
+    from recsys.protocol import ForgetMessage
 
     forget = ForgetMessage(user_id="u_" + "0" * 32, partition=2, offset=100)
     assert forget.covers({2: 100}) and forget.covers({2: 7}) and forget.covers({0: 500})  # no data past the marker
@@ -158,8 +152,8 @@ def test_a_forget_covers_models_whose_data_ends_before_the_marker():
 
 @pytest.mark.reliability
 def test_erasure_never_splices_anything_but_a_pseudonym_into_sql():
-    from recsys.contracts import ForgetMessage
     from recsys.erasure import before_marker_predicate
+    from recsys.protocol import ForgetMessage
 
     ok = before_marker_predicate(ForgetMessage(user_id="u_" + "a" * 32, partition=1, offset=5))
     assert "kafka_partition = 1 AND kafka_offset < 5" in ok

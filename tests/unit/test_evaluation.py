@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 from event_frames import random_events as make_random_events
 
-from recsys.evaluation import (
+from recsys.evaluation.protocol import (
     Interactions,
     evaluate_factors,
     evaluate_popularity,

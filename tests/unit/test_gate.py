@@ -1,7 +1,7 @@
 """The publish gate's decision, on manifests alone."""
 
 from jobs.publish import gate
-from recsys.contracts import ModelManifest, Objective
+from recsys.contracts.manifest import ModelManifest, Objective
 from recsys.settings import Settings
 
 S = Settings(gate_min_lift=0.1, gate_max_regression=0.05, eval_k=10)

@@ -8,13 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.metrics import (
-    auc_per_user,
-    coverage_at_k,
-    hits,
-    per_user_metrics,
-    ranking_metrics,
-)
+from recsys.evaluation.metrics import auc_per_user, coverage_at_k, hits, per_user_metrics, ranking_metrics
 
 
 def _csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys import model_store
-from recsys.contracts import ModelManifest, Objective
+from recsys.contracts.manifest import ModelManifest, Objective
+from recsys.io import model_store
 from recsys.settings import Settings
 
 
-def artifact(version: str = "m1", n_users: int = 3, n_items: int = 4, rank: int = 2) -> model_store.ModelArtifact:
+def artifact(version: str = "m20260101T000000000000", n_users: int = 3, n_items: int = 4, rank: int = 2) -> model_store.ModelArtifact:
     manifest = ModelManifest(
         model_version=version, created_at_ms=1, engine="implicit",
         objective=Objective(confidence="alpha_r", reg_scaling="none", alpha=1, reg=0.1),
@@ -30,9 +30,9 @@ def artifact(version: str = "m1", n_users: int = 3, n_items: int = 4, rank: int 
 def test_round_trip(tmp_path):
     a = artifact()
     a.seen_types = (a.interactions != 0).astype(np.int32) * 5  # bits 0 and 2
-    model_store.save(a, tmp_path / "m1")
-    b = model_store.load(tmp_path / "m1")
-    assert b.manifest.model_version == "m1" and b.manifest.files == model_store.FILES
+    model_store.save(a, tmp_path / "m20260101T000000000000")
+    b = model_store.load(tmp_path / "m20260101T000000000000")
+    assert b.manifest.model_version == "m20260101T000000000000" and b.manifest.files == model_store.FILES
     np.testing.assert_array_equal(b.user_factors, a.user_factors)
     np.testing.assert_array_equal(b.item_ids, a.item_ids)
     assert (b.interactions != a.interactions).nnz == 0
@@ -40,8 +40,8 @@ def test_round_trip(tmp_path):
 
 
 def test_seen_types_are_optional(tmp_path):
-    model_store.save(artifact(), tmp_path / "m1")
-    b = model_store.load(tmp_path / "m1")
+    model_store.save(artifact(), tmp_path / "m20260101T000000000000")
+    b = model_store.load(tmp_path / "m20260101T000000000000")
     assert b.seen_types is None and "seen_types" not in b.manifest.files
 
 
@@ -56,54 +56,54 @@ def test_failed_save_leaves_nothing_and_versions_are_immutable(tmp_path):
     broken = artifact()
     broken.popularity = object()  # fails while writing, after the factors are on disk
     with pytest.raises(Exception):  # noqa: B017 - whatever numpy raises, the directory must not appear
-        model_store.save(broken, tmp_path / "m1")
+        model_store.save(broken, tmp_path / "m20260101T000000000000")
     assert list(tmp_path.iterdir()) == []
-    model_store.save(artifact(), tmp_path / "m1")
+    model_store.save(artifact(), tmp_path / "m20260101T000000000000")
     with pytest.raises(FileExistsError):
-        model_store.save(artifact(), tmp_path / "m1")
+        model_store.save(artifact(), tmp_path / "m20260101T000000000000")
 
 
 @pytest.mark.reliability
 def test_directory_without_manifest_is_not_a_model(tmp_path):
-    (tmp_path / "m1").mkdir()
+    (tmp_path / "m20260101T000000000000").mkdir()
     with pytest.raises(model_store.ModelNotFound):
-        model_store.load(tmp_path / "m1")
+        model_store.load(tmp_path / "m20260101T000000000000")
 
 
 def test_promote_and_latest(tmp_path):
     s = Settings(state_dir=tmp_path)
     assert model_store.latest_published(s) is None
-    for v in ("m20260101", "m20260301", "m20260201"):
+    for v in ("m20260101T000000000000", "m20260301T000000000000", "m20260201T000000000000"):
         model_store.save(artifact(v), model_store.candidates_dir(s) / v)
         model_store.promote(model_store.candidates_dir(s) / v, s)
-    assert model_store.published_versions(s) == ["m20260101", "m20260201", "m20260301"]
-    assert model_store.latest_published(s).name == "m20260301"
-    assert not (model_store.candidates_dir(s) / "m20260101").exists()
+    assert model_store.published_versions(s) == ["m20260101T000000000000", "m20260201T000000000000", "m20260301T000000000000"]
+    assert model_store.latest_published(s).name == "m20260301T000000000000"
+    assert not (model_store.candidates_dir(s) / "m20260101T000000000000").exists()
 
 
 def test_find_looks_in_published_then_candidates(tmp_path):
     s = Settings(state_dir=tmp_path)
-    model_store.save(artifact("m1"), model_store.candidates_dir(s) / "m1")
-    assert model_store.find("m1", s) == model_store.candidates_dir(s) / "m1"
-    model_store.promote(model_store.candidates_dir(s) / "m1", s)
-    assert model_store.find("m1", s) == model_store.published_dir(s) / "m1"
+    model_store.save(artifact("m20260101T000000000000"), model_store.candidates_dir(s) / "m20260101T000000000000")
+    assert model_store.find("m20260101T000000000000", s) == model_store.candidates_dir(s) / "m20260101T000000000000"
+    model_store.promote(model_store.candidates_dir(s) / "m20260101T000000000000", s)
+    assert model_store.find("m20260101T000000000000", s) == model_store.published_dir(s) / "m20260101T000000000000"
     with pytest.raises(model_store.ModelNotFound):
-        model_store.find("m2", s)
+        model_store.find("m20260102T000000000000", s)
 
 
 @pytest.mark.reliability
 def test_erasing_users_keeps_shapes_and_every_other_user(tmp_path):
     a = artifact(n_users=5)
     a.seen_types = (a.interactions != 0).astype(np.int32)
-    model_store.save(a, tmp_path / "m1")
-    with_mmap = model_store.load(tmp_path / "m1")  # a reader that mapped the files before the erasure
-    assert model_store.erase_users(tmp_path / "m1", {"u1", "u3", "nobody"}) == 2
-    b = model_store.load(tmp_path / "m1", mmap=False)
+    model_store.save(a, tmp_path / "m20260101T000000000000")
+    with_mmap = model_store.load(tmp_path / "m20260101T000000000000")  # a reader that mapped the files before the erasure
+    assert model_store.erase_users(tmp_path / "m20260101T000000000000", {"u1", "u3", "nobody"}) == 2
+    b = model_store.load(tmp_path / "m20260101T000000000000", mmap=False)
     assert b.user_ids.tolist() == ["u0", "erased-1", "u2", "erased-3", "u4"]
     assert not b.user_factors[[1, 3]].any() and b.interactions[[1, 3]].nnz == 0 and b.seen_types[[1, 3]].nnz == 0
     keep = [0, 2, 4]
     np.testing.assert_array_equal(b.user_factors[keep], a.user_factors[keep])
     assert (b.interactions[keep] != a.interactions[keep]).nnz == 0
     np.testing.assert_array_equal(with_mmap.user_factors, a.user_factors)  # its view is whole, not torn
-    assert model_store.erase_users(tmp_path / "m1", {"u1"}) == 0  # idempotent
-    assert not [p for p in (tmp_path / "m1").iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert model_store.erase_users(tmp_path / "m20260101T000000000000", {"u1"}) == 0  # idempotent
+    assert not [p for p in (tmp_path / "m20260101T000000000000").iterdir() if p.name.startswith(".")]  # no temporary files left

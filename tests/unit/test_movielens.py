@@ -9,7 +9,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from recsys.contracts import Event, validate_event
+from recsys.contracts.events import Event, validate_event
 from recsys.data import movielens
 from recsys.data.movielens import (
     N_ITEMS,

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.contracts import ForgetMessage, ModelManifest, ModelMessage, Objective, VectorUpdate
-from recsys.foldin import FoldIn
-from recsys.model_store import ModelArtifact
+from recsys.contracts.manifest import ModelManifest, Objective
+from recsys.io.model_store import ModelArtifact
+from recsys.models.foldin import FoldIn
+from recsys.protocol import ForgetMessage, ModelMessage, VectorUpdate
 from recsys.settings import Settings
 from serving.follower import ModelFollower
 from serving.model import ServingModel, UnknownId
@@ -18,7 +19,7 @@ VIEW, PURCHASE = 1 << 0, 1 << 2
 RANK = 4
 
 
-def artifact(version: str = "m1", n_users: int = 5, n_items: int = 40, seed: int = 0) -> ModelArtifact:
+def artifact(version: str = "m20260101T000000000000", n_users: int = 5, n_items: int = 40, seed: int = 0) -> ModelArtifact:
     rng = np.random.default_rng(seed)
     manifest = ModelManifest(
         model_version=version, created_at_ms=1, engine="implicit",
@@ -78,9 +79,9 @@ def test_category_filter_and_unknown_user_fallback():
 
 def test_speed_update_replaces_the_user_vector_and_adds_new_items():
     m = model()
-    m.apply(VectorUpdate(model_version="m1", kind="item", id="fresh", vector=[5.0, 5.0, 5.0, 5.0]))
+    m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="item", id="fresh", vector=[5.0, 5.0, 5.0, 5.0]))
     vector = [1.0, 1.0, 1.0, 1.0]
-    m.apply(VectorUpdate(model_version="m1", kind="user", id="u1", vector=vector, event_ts_ms=123,
+    m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u1", vector=vector, event_ts_ms=123,
                          strengths={"i5": 5.0}, event_types={"i5": ["purchase"]}))  # fmt: skip
     ranked = m.recommend("u1", k=5)
     assert ranked.source == "speed" and ranked.as_of_ms == 123
@@ -93,18 +94,18 @@ def test_speed_update_replaces_the_user_vector_and_adds_new_items():
 def test_wrong_rank_and_model_items_in_updates():
     m = model()
     with pytest.raises(ValueError, match="rank"):
-        m.apply(VectorUpdate(model_version="m1", kind="user", id="u1", vector=[1.0]))
+        m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u1", vector=[1.0]))
     before = m.item_factors[3].copy()
-    m.apply(VectorUpdate(model_version="m1", kind="item", id="i3", vector=[9.0] * RANK))
+    m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="item", id="i3", vector=[9.0] * RANK))
     np.testing.assert_array_equal(m.item_factors[3], before)
 
 
 @pytest.mark.reliability
 def test_forgotten_users_get_popular_items_until_they_come_back():
     m = model()
-    m.apply(VectorUpdate(model_version="m1", kind="user", id="u0", vector=[1.0] * RANK, source_offset=5))
+    m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u0", vector=[1.0] * RANK, source_offset=5))
     m.forget(ForgetMessage(user_id="u0", partition=0, offset=9))  # the model's data ends before the marker
-    late = VectorUpdate(model_version="m1", kind="user", id="u0", vector=[1.0] * RANK, source_offset=8)
+    late = VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u0", vector=[1.0] * RANK, source_offset=8)
     m.apply(late)  # folded from events before the marker, published after the FORGET: dropped
     assert m.recommend("u0", k=3).source == "popular" and not m.knows_user("u0")
     with pytest.raises(UnknownId):
@@ -159,32 +160,32 @@ def _raw(message) -> bytes:
 
 
 def test_follower_swaps_models_keeps_early_updates_and_drops_stale_ones(tmp_path):
-    for v in ("m1", "m2"):
+    for v in ("m20260101T000000000000", "m20260102T000000000000"):
         (tmp_path / v).mkdir()
         (tmp_path / v / "manifest.json").write_text("{}")
-    models = {"m1": ServingModel(artifact("m1"), {}, Settings()), "m2": ServingModel(artifact("m2"), {}, Settings())}
+    models = {"m20260101T000000000000": ServingModel(artifact("m20260101T000000000000"), {}, Settings()), "m20260102T000000000000": ServingModel(artifact("m20260102T000000000000"), {}, Settings())}
     f = _follower(models)
-    f.handle(_raw(ModelMessage(model_version="m1", path=str(tmp_path / "m1"))))
-    early = VectorUpdate(model_version="m2", kind="user", id="u3", vector=[1.0] * RANK)
+    f.handle(_raw(ModelMessage(model_version="m20260101T000000000000", path=str(tmp_path / "m20260101T000000000000"))))
+    early = VectorUpdate(model_version="m20260102T000000000000", kind="user", id="u3", vector=[1.0] * RANK)
     f.handle(_raw(early))  # m2's speed layer was quicker than m2's MODEL message
-    f.handle(_raw(VectorUpdate(model_version="m1", kind="user", id="u4", vector=[1.0] * RANK)))
-    assert f.current.version == "m1" and f.current.speed_users == 1
+    f.handle(_raw(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u4", vector=[1.0] * RANK)))
+    assert f.current.version == "m20260101T000000000000" and f.current.speed_users == 1
     f.handle(b'{"type": "FORGET", "user_id": "u2", "partition": 0, "offset": 3}')
-    f.handle(_raw(ModelMessage(model_version="m2", path=str(tmp_path / "m2"))))
-    assert f.current is models["m2"]
+    f.handle(_raw(ModelMessage(model_version="m20260102T000000000000", path=str(tmp_path / "m20260102T000000000000"))))
+    assert f.current is models["m20260102T000000000000"]
     assert f.current.recommend("u3", 3).source == "speed"  # held, then applied before the swap
     assert f.current.recommend("u4", 3).source == "batch"  # m1's update: covered by m2's data
     assert f.current.recommend("u2", 3).source == "popular"  # forgotten before m2 arrived, still forgotten
-    f.handle(_raw(VectorUpdate(model_version="m1", kind="user", id="u1", vector=[1.0] * RANK)))
-    f.handle(_raw(ModelMessage(model_version="m1", path=str(tmp_path / "m1"))))  # old model: ignored
+    f.handle(_raw(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u1", vector=[1.0] * RANK)))
+    f.handle(_raw(ModelMessage(model_version="m20260101T000000000000", path=str(tmp_path / "m20260101T000000000000"))))  # old model: ignored
     f.handle(b"not json")
-    assert f.current is models["m2"] and f.current.speed_users == 1
+    assert f.current is models["m20260102T000000000000"] and f.current.speed_users == 1
 
 
 def test_a_batch_of_queries_is_answered_as_each_alone():
     m = model()
-    m.apply(VectorUpdate(model_version="m1", kind="user", id="u1", vector=[1.0, -1.0, 0.5, 0.0]))
-    m.apply(VectorUpdate(model_version="m1", kind="item", id="fresh", vector=[0.1] * RANK))
+    m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u1", vector=[1.0, -1.0, 0.5, 0.0]))
+    m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="item", id="fresh", vector=[0.1] * RANK))
     asks = [("u0", 5, True, None), ("u1", 7, True, "odd"), ("stranger", 3, True, None), ("u2", 40, False, None)]
     together = m.answer([m.prepare(*a) for a in asks])
     alone = [m.recommend(*a) for a in asks]
@@ -194,18 +195,18 @@ def test_a_batch_of_queries_is_answered_as_each_alone():
 
 
 def test_a_model_that_fails_to_load_leaves_the_served_one_in_place(tmp_path):
-    for v in ("m1", "m2"):
+    for v in ("m20260101T000000000000", "m20260102T000000000000"):
         (tmp_path / v).mkdir()
         (tmp_path / v / "manifest.json").write_text("{}")
-    served = ServingModel(artifact("m1"), {}, Settings())
+    served = ServingModel(artifact("m20260101T000000000000"), {}, Settings())
 
     def loader(path):
-        if Path(path).name == "m2":
+        if Path(path).name == "m20260102T000000000000":
             raise ValueError("corrupt factors")
         return served
 
     f = ModelFollower(Settings(), loader=loader)
-    f.handle(_raw(ModelMessage(model_version="m1", path=str(tmp_path / "m1"))))
-    f.handle(_raw(ModelMessage(model_version="m2", path=str(tmp_path / "m2"))))
-    f.handle(_raw(ModelMessage(model_version="m3", path=str(tmp_path / "nowhere"))))
+    f.handle(_raw(ModelMessage(model_version="m20260101T000000000000", path=str(tmp_path / "m20260101T000000000000"))))
+    f.handle(_raw(ModelMessage(model_version="m20260102T000000000000", path=str(tmp_path / "m20260102T000000000000"))))
+    f.handle(_raw(ModelMessage(model_version="m20260103T000000000000", path=str(tmp_path / "nowhere"))))
     assert f.current is served

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.contracts import Event, ModelManifest, Objective
-from recsys.foldin import FoldIn
-from recsys.model_store import ModelArtifact
-from recsys.ranking import top_k
+from recsys.contracts.events import Event
+from recsys.contracts.manifest import ModelManifest, Objective
+from recsys.io.model_store import ModelArtifact
+from recsys.models.foldin import FoldIn
+from recsys.models.topk import top_k
 from speed_layer.state import SpeedState
 
 WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
@@ -27,7 +28,7 @@ def artifact() -> ModelArtifact:
             base[u, j] = 1.0
     base = base.tocsr()
     users = FoldIn(items, OBJECTIVE).vectors(base)
-    manifest = ModelManifest(model_version="m1", created_at_ms=0, engine="implicit", objective=OBJECTIVE, rank=4,
+    manifest = ModelManifest(model_version="m20260101T000000000000", created_at_ms=0, engine="implicit", objective=OBJECTIVE, rank=4,
                              hyperparameters={}, n_users=6, n_items=10)  # fmt: skip
     return ModelArtifact(manifest, np.array([f"u{i}" for i in range(6)]), np.array([f"i{j}" for j in range(10)]),
                          users, items, base, np.ones(10, np.float32))  # fmt: skip

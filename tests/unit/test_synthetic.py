@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from recsys.contracts import Event, validate_event
+from recsys.contracts.events import Event, validate_event
 from recsys.data.synthetic import (
     BATCH_SCHEMA,
     EVENT_TYPES,

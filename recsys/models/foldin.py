@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.contracts import Objective
+from recsys.contracts.manifest import Objective
 
 SOLVE_CHUNK = 1024
 

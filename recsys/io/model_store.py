@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.contracts import MANIFEST_FILE, ModelManifest
+from recsys.contracts.manifest import MANIFEST_FILE, ModelManifest
 from recsys.settings import Settings, get_settings
 
 FILES = {

@@ -16,7 +16,7 @@ from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from recsys.contracts import Topics
+from recsys import protocol
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -53,32 +53,32 @@ def _tcp_check(address: str) -> None:
         pass
 
 
-def topic_partitions(settings: Settings | None = None) -> dict[str, int]:
-    """The topics the system uses and their partition counts.
+def ensure_topics(settings: Settings | None = None) -> dict[str, int]:
+    """Create missing topics with their configuration (recsys.protocol.topic_specs); leave existing ones alone.
 
-    `model-updates` has one partition so MODEL and UP messages keep their order.
+    Returns partitions per topic as found.
     """
     s = settings or get_settings()
-    return {Topics.EVENTS: s.events_partitions, Topics.DLQ: 1, Topics.MODEL_UPDATES: 1}
-
-
-def ensure_topics(settings: Settings | None = None) -> dict[str, int]:
-    """Create missing topics; leave existing ones alone. Returns partitions per topic as found."""
-    wanted = topic_partitions(settings)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap(settings))
+    specs = protocol.topic_specs(s)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap(s))
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+        missing = [
+            NewTopic(spec.name, spec.partitions, s.kafka_replication_factor, topic_configs=spec.configs)
+            for spec in specs
+            if spec.name not in existing
+        ]
         if missing:
             # Another process may win the race to create them; that is fine.
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
-        found = {d["name"]: len(d["partitions"]) for d in admin.describe_topics(list(wanted))}
+        found = {d["name"]: len(d["partitions"]) for d in admin.describe_topics([spec.name for spec in specs])}
     finally:
         admin.close()
-    for name, n in wanted.items():
-        if found.get(name, 0) < n:
-            log.warning("topic %s has %s partitions, settings ask for %s", name, found.get(name), n)
+    for spec in specs:
+        if found.get(spec.name, 0) < spec.partitions:
+            log.warning("topic %s has %s partitions, settings ask for %s", spec.name, found.get(spec.name),
+                        spec.partitions)  # fmt: skip
     return found
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys.metrics import ranking_metrics
-from recsys.ranking import top_k, top_k_popular
+from recsys.evaluation.metrics import ranking_metrics
+from recsys.models.topk import top_k, top_k_popular
 
 EVENT_COLUMNS = ("user_id", "item_id", "ts", "weight")
 
@@ -293,7 +293,7 @@ def load_ml100k_events(weights: Mapping[str, float] | None = None) -> pd.DataFra
 
     Columns: user_id, item_id, ts (epoch ms), weight, event_type. Raw ids (not pseudonymised): evaluation only.
     """
-    from recsys.contracts import event_weights
+    from recsys.contracts.events import event_weights
     from recsys.data.movielens import RATING_TO_EVENT, load_ratings
 
     weights = dict(weights) if weights is not None else event_weights()

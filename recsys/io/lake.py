@@ -80,7 +80,7 @@ def committed_app_versions(path: str | Path, app_ids: list[str]) -> dict[str, in
 
 def archived_offsets(path: str | Path, topic: str, partitions) -> dict[int, int]:
     """Per partition of `topic`, the next offset the archiver has committed to the table at `path` (0 = none)."""
-    from recsys.contracts import Tables  # the archiver's transaction ids are part of the bronze contract
+    from recsys.contracts.tables import Tables
 
     ids = {p: Tables.archiver_txn_id(topic, p) for p in partitions}
     recorded = committed_app_versions(path, list(ids.values()))

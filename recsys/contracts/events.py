@@ -1,7 +1,5 @@
-"""Data contracts shared by every layer: topics, tables, the event schema, update messages, the model manifest.
-
-A layer talks to another only through what is defined here (a Kafka message,
-a Delta table, a model directory), never through the other's internals.
+"""The event contract: what a behaviour event on `events` looks like, how it is validated, and what a
+rejected one becomes on `events.dlq`. Also the control records (FORGET markers) that share the topic.
 """
 
 from __future__ import annotations
@@ -10,10 +8,8 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import pyarrow as pa
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,71 +24,6 @@ from recsys.privacy import is_pseudonym
 from recsys.settings import Settings, get_settings
 
 SCHEMA_VERSION = 1
-
-
-# --- topics -------------------------------------------------------------------
-class Topics:
-    EVENTS = "events"  # keyed by (pseudonymised) user id, so one user's events stay in order
-    DLQ = "events.dlq"  # rejected events with the reason
-    MODEL_UPDATES = "model-updates"  # MODEL / UP / FORGET messages
-
-    ALL = (EVENTS, DLQ, MODEL_UPDATES)
-
-
-# --- tables ---------------------------------------------------------------------
-class Tables:
-    BRONZE_EVENTS = "bronze_events"  # every accepted event, with its Kafka partition and offset
-    SILVER_INTERACTIONS = "silver_interactions"  # validated, deduplicated, bots dropped
-    MODEL_REGISTRY = "model_registry"  # one row per trained model version
-    FORGET_REQUESTS = "forget_requests"  # erasure requests and their completion (append-only)
-    CATALOG = "catalog"  # item metadata for display and business filters (title, category)
-
-    @staticmethod
-    def path(name: str, settings: Settings | None = None) -> Path:
-        return (settings or get_settings()).lake_dir / name
-
-    @staticmethod
-    def archiver_txn_id(topic: str, partition: int) -> str:
-        """The Delta transaction id under which bronze records the next offset archived from a partition."""
-        return f"archiver:{topic}:{partition}"
-
-
-_TS = pa.timestamp("us", tz="UTC")
-
-# The event's own fields, as columns (the wire format's `ts` becomes a UTC timestamp).
-EVENT_COLUMNS = pa.schema(
-    [
-        ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
-        ("event_type", pa.string()), ("ts", _TS), ("session_id", pa.string()),
-        ("quantity", pa.int32()), ("price", pa.float64()), ("schema_version", pa.int32()),
-    ]
-)  # fmt: skip
-
-# Bronze: every accepted event as it arrived, and where from (backfilled rows have partition -1).
-BRONZE_SCHEMA = pa.schema(
-    [*EVENT_COLUMNS, ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()), ("ingested_at", _TS)]
-)
-
-# Silver: what training reads. One row per distinct event, user ids pseudonymised, bots dropped.
-SILVER_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
-        ("event_type", pa.string()), ("weight", pa.float64()), ("ts", _TS),
-        ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
-    ]
-)  # fmt: skip
-
-# The catalogue: one row per item, overwritten whole by whoever owns the product data.
-CATALOG_SCHEMA = pa.schema([("item_id", pa.string()), ("title", pa.string()), ("category", pa.string())])
-
-# The model registry: append-only; the last row of a version is its current status.
-REGISTRY_SCHEMA = pa.schema(
-    [
-        ("model_version", pa.string()), ("status", pa.string()), ("engine", pa.string()),
-        ("recorded_at", _TS), ("silver_table_version", pa.int64()), ("path", pa.string()),
-        ("metrics_json", pa.string()), ("reason", pa.string()),
-    ]
-)  # fmt: skip
 
 
 def event_weights(settings: Settings | None = None) -> dict[str, float]:
@@ -278,15 +209,6 @@ class DeadLetter(BaseModel):
 
 
 # Erasure log: one "requested" row per forget request, one "erased" row once the lake and models hold nothing
-# of the user from before the request. Keyed by where the request's marker sits in `events`.
-FORGET_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
-        ("status", pa.string()), ("recorded_at", _TS),
-    ]
-)  # fmt: skip
-
-
 # --- control records on `events` -------------------------------------------------------------
 # A record with this header is an instruction, not an event: it is neither archived nor dead-lettered.
 CONTROL_HEADER = "recsys-control"
@@ -310,93 +232,3 @@ def control_kind(headers: list[tuple[str, bytes]] | None) -> bytes | None:
             return value
     return None
 
-
-# --- update messages on `model-updates` ------------------------------------------------
-class ModelMessage(BaseModel):
-    """A new batch model is published: where it is, never the model itself."""
-
-    type: Literal["MODEL"] = "MODEL"
-    model_version: str
-    path: str
-
-
-class VectorUpdate(BaseModel):
-    """One user's or item's new factor vector, folded in by the speed layer."""
-
-    type: Literal["UP"] = "UP"
-    model_version: str
-    kind: Literal["user", "item"]
-    id: str
-    vector: list[float]
-    event_ts_ms: int | None = Field(None, description="Time of the newest event folded in, for latency metrics.")
-    # Users only: what the user did since the model's cut-off, so servers can filter and explain.
-    # Absolute (the whole period, not this batch), like the vector: applying an UP twice changes nothing.
-    strengths: dict[str, float] = Field(default_factory=dict, description="Item -> r_ui since the model's cut-off.")
-    event_types: dict[str, list[str]] = Field(
-        default_factory=dict, description="Item -> the event types seen since the model's cut-off."
-    )
-    source_offset: int | None = Field(
-        None, description="Users: `events` offset of the newest event folded in (their partition is fixed by key)."
-    )
-
-
-class ForgetMessage(BaseModel):
-    """Erase a user (right to be forgotten): everything from before their marker at (partition, offset) in `events`.
-
-    Events after the marker are new data (the user came back) and are kept.
-    """
-
-    type: Literal["FORGET"] = "FORGET"
-    user_id: str
-    partition: int = Field(-1, description="Partition of `events` holding the user's marker.")
-    offset: int = Field(-1, description="Offset of the marker; -1 = everything (no marker).")
-
-    def covers(self, kafka_offsets: dict[int, int]) -> bool:
-        """Whether a model whose data ends at `kafka_offsets` may hold the user's data from before the marker."""
-        return self.offset < 0 or kafka_offsets.get(self.partition, 0) <= self.offset
-
-
-UpdateMessage = Annotated[ModelMessage | VectorUpdate | ForgetMessage, Field(discriminator="type")]
-
-
-# --- the model artifact's manifest -----------------------------------------------------
-class Objective(BaseModel):
-    """Which implicit-ALS objective the factors minimise; the speed layer folds in with exactly this.
-
-    confidence: `one_plus_alpha_r` (Spark MLlib, Hu et al.) is c = 1 + alpha*r;
-    `alpha_r` (the `implicit` library) is c = alpha*r.
-    reg_scaling: `count` (Spark, ALS-WR) is lambda_u = reg * |I(u)|; `none` is lambda_u = reg.
-    """
-
-    confidence: Literal["one_plus_alpha_r", "alpha_r"]
-    reg_scaling: Literal["count", "none"]
-    alpha: float = Field(gt=0)
-    reg: float = Field(ge=0)
-
-
-class ModelManifest(BaseModel):
-    """`manifest.json` in each model directory. Written last, so a directory without it is incomplete."""
-
-    model_version: str
-    created_at_ms: int
-    engine: Literal["spark_als", "implicit"]
-    objective: Objective
-    rank: int = Field(gt=0)
-    hyperparameters: dict[str, Any]
-    n_users: int
-    n_items: int
-    silver_table_version: int | None = Field(None, description="Delta version of the silver table trained on.")
-    kafka_offsets: dict[int, int] = Field(
-        default_factory=dict,
-        description="Next offset per `events` partition not covered by this model; the speed layer replays from here.",
-    )
-    metrics: dict[str, float] = Field(default_factory=dict)
-    baseline_metrics: dict[str, float] = Field(default_factory=dict)
-    files: dict[str, str] = Field(default_factory=dict, description="Logical name -> file name in the model directory.")
-    event_types: list[str] = Field(
-        default_factory=list,
-        description="Bit i of a `seen_types` entry means event type event_types[i] was seen for that (user, item).",
-    )
-
-
-MANIFEST_FILE = "manifest.json"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from recsys import lake
-from recsys.contracts import CATALOG_SCHEMA, Tables
+from recsys.contracts.tables import CATALOG_SCHEMA, Tables
+from recsys.io import lake
 from recsys.settings import Settings, get_settings
 
 

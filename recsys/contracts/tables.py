@@ -1,0 +1,75 @@
+"""The lake's tables: their names, where they live, and their Arrow schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from recsys.settings import Settings, get_settings
+
+
+# --- tables ---------------------------------------------------------------------
+class Tables:
+    BRONZE_EVENTS = "bronze_events"  # every accepted event, with its Kafka partition and offset
+    SILVER_INTERACTIONS = "silver_interactions"  # validated, deduplicated, bots dropped
+    MODEL_REGISTRY = "model_registry"  # one row per trained model version
+    FORGET_REQUESTS = "forget_requests"  # erasure requests and their completion (append-only)
+    CATALOG = "catalog"  # item metadata for display and business filters (title, category)
+
+    @staticmethod
+    def path(name: str, settings: Settings | None = None) -> Path:
+        return (settings or get_settings()).lake_dir / name
+
+    @staticmethod
+    def archiver_txn_id(topic: str, partition: int) -> str:
+        """The Delta transaction id under which bronze records the next offset archived from a partition."""
+        return f"archiver:{topic}:{partition}"
+
+
+_TS = pa.timestamp("us", tz="UTC")
+
+# The event's own fields, as columns (the wire format's `ts` becomes a UTC timestamp).
+EVENT_COLUMNS = pa.schema(
+    [
+        ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
+        ("event_type", pa.string()), ("ts", _TS), ("session_id", pa.string()),
+        ("quantity", pa.int32()), ("price", pa.float64()), ("schema_version", pa.int32()),
+    ]
+)  # fmt: skip
+
+# Bronze: every accepted event as it arrived, and where from (backfilled rows have partition -1).
+BRONZE_SCHEMA = pa.schema(
+    [*EVENT_COLUMNS, ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()), ("ingested_at", _TS)]
+)
+
+# Silver: what training reads. One row per distinct event, user ids pseudonymised, bots dropped.
+SILVER_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
+        ("event_type", pa.string()), ("weight", pa.float64()), ("ts", _TS),
+        ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
+    ]
+)  # fmt: skip
+
+# The catalogue: one row per item, overwritten whole by whoever owns the product data.
+CATALOG_SCHEMA = pa.schema([("item_id", pa.string()), ("title", pa.string()), ("category", pa.string())])
+
+# The model registry: append-only; the last row of a version is its current status.
+REGISTRY_SCHEMA = pa.schema(
+    [
+        ("model_version", pa.string()), ("status", pa.string()), ("engine", pa.string()),
+        ("recorded_at", _TS), ("silver_table_version", pa.int64()), ("path", pa.string()),
+        ("metrics_json", pa.string()), ("reason", pa.string()),
+    ]
+)  # fmt: skip
+
+
+# of the user from before the request. Keyed by where the request's marker sits in `events`.
+FORGET_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
+        ("status", pa.string()), ("recorded_at", _TS),
+    ]
+)  # fmt: skip
+

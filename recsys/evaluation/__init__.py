@@ -1,0 +1,1 @@
+"""The offline evaluation protocol: time splits, metrics, and scoring a recommender on them."""

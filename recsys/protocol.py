@@ -1,0 +1,184 @@
+"""The update protocol between the layers: topics, `model-updates` messages, their keys, model versions.
+
+One module owns it (as Oryx's update topic has one owner). Every producer and
+reader of `model-updates` goes through `encode` / `decode` here, every topic is
+created from `topic_specs`, and model versions are made and compared only here.
+
+`model-updates` carries three kinds of message, each under a key that log
+compaction keeps the newest of:
+
+    MODEL               a new batch model was published: where it is (never the model itself)
+    UP:<kind>:<id>      one user's (or new item's) state since the model's cut-off
+    FORGET:<user>       erase a user from before their marker on `events`
+
+It has one partition, so MODEL and UP messages keep their order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+if TYPE_CHECKING:
+    from recsys.settings import Settings
+
+# --- topics -------------------------------------------------------------------
+class Topics:
+    EVENTS = "events"  # keyed by (pseudonymised) user id, so one user's events stay in order
+    DLQ = "events.dlq"  # rejected events with the reason
+    MODEL_UPDATES = "model-updates"  # MODEL / UP / FORGET messages
+
+    ALL = (EVENTS, DLQ, MODEL_UPDATES)
+
+
+
+
+# --- update messages on `model-updates` ------------------------------------------------
+class ModelMessage(BaseModel):
+    """A new batch model is published: where it is, never the model itself."""
+
+    type: Literal["MODEL"] = "MODEL"
+    model_version: str
+    path: str
+
+
+class VectorUpdate(BaseModel):
+    """One user's or item's new factor vector, folded in by the speed layer."""
+
+    type: Literal["UP"] = "UP"
+    model_version: str
+    kind: Literal["user", "item"]
+    id: str
+    vector: list[float]
+    event_ts_ms: int | None = Field(None, description="Time of the newest event folded in, for latency metrics.")
+    # Users only: what the user did since the model's cut-off, so servers can filter and explain.
+    # Absolute (the whole period, not this batch), like the vector: applying an UP twice changes nothing.
+    strengths: dict[str, float] = Field(default_factory=dict, description="Item -> r_ui since the model's cut-off.")
+    event_types: dict[str, list[str]] = Field(
+        default_factory=dict, description="Item -> the event types seen since the model's cut-off."
+    )
+    source_offset: int | None = Field(
+        None, description="Users: `events` offset of the newest event folded in (their partition is fixed by key)."
+    )
+
+
+class ForgetMessage(BaseModel):
+    """Erase a user (right to be forgotten): everything from before their marker at (partition, offset) in `events`.
+
+    Events after the marker are new data (the user came back) and are kept.
+    """
+
+    type: Literal["FORGET"] = "FORGET"
+    user_id: str
+    partition: int = Field(-1, description="Partition of `events` holding the user's marker.")
+    offset: int = Field(-1, description="Offset of the marker; -1 = everything (no marker).")
+
+    def covers(self, kafka_offsets: dict[int, int]) -> bool:
+        """Whether a model whose data ends at `kafka_offsets` may hold the user's data from before the marker."""
+        return self.offset < 0 or kafka_offsets.get(self.partition, 0) <= self.offset
+
+
+UpdateMessage = Annotated[ModelMessage | VectorUpdate | ForgetMessage, Field(discriminator="type")]
+
+_MESSAGE: TypeAdapter[ModelMessage | VectorUpdate | ForgetMessage] = TypeAdapter(UpdateMessage)
+
+
+# --- keys -------------------------------------------------------------------------------------
+MODEL_KEY = b"MODEL"
+UPDATE_PARTITION = 0  # `model-updates` has exactly one partition (see topic_specs)
+
+
+def up_key(kind: str, id_: str) -> bytes:
+    return f"UP:{kind}:{id_}".encode()
+
+
+def forget_key(user_id: str) -> bytes:
+    return f"FORGET:{user_id}".encode()
+
+
+def key_of(message: ModelMessage | VectorUpdate | ForgetMessage) -> bytes:
+    if isinstance(message, ModelMessage):
+        return MODEL_KEY
+    if isinstance(message, VectorUpdate):
+        return up_key(message.kind, message.id)
+    return forget_key(message.user_id)
+
+
+def encode(message: ModelMessage | VectorUpdate | ForgetMessage) -> tuple[bytes, bytes]:
+    """(key, value) of a message on `model-updates`."""
+    return key_of(message), message.model_dump_json().encode()
+
+
+def tombstone(kind: str, id_: str) -> tuple[bytes, None]:
+    """A null value under an UP key: compaction then drops that id's older UPs (used for erasure)."""
+    return up_key(kind, id_), None
+
+
+def decode(value: bytes | None) -> ModelMessage | VectorUpdate | ForgetMessage | None:
+    """The message in a record's value; None for a tombstone. Raises pydantic.ValidationError if malformed."""
+    if value is None:
+        return None
+    return _MESSAGE.validate_json(value)
+
+
+def is_model_key(key: bytes | None) -> bool:
+    return key == MODEL_KEY
+
+
+# --- model versions ---------------------------------------------------------------------------
+VERSION_PREFIX = "m"
+VERSION_TIME_FORMAT = "%Y%m%dT%H%M%S%f"
+_VERSION = re.compile(r"^m\d{8}T\d{12}$")
+# The same format as a Jinja template over an Airflow run's logical time (the DAG's model version).
+VERSION_TEMPLATE = f"{VERSION_PREFIX}{{{{ dag_run.run_after.strftime('{VERSION_TIME_FORMAT}') }}}}"
+
+
+def new_version(now: datetime | None = None) -> str:
+    """A model version named by its creation time: m20261124T031500123456 (UTC, microseconds)."""
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime(f"{VERSION_PREFIX}{VERSION_TIME_FORMAT}")
+
+
+def version_time(version: str) -> datetime:
+    """When a version was made; raises ValueError for a string that is not a model version."""
+    if not _VERSION.match(version):
+        raise ValueError(f"not a model version: {version!r} (expected m<YYYYmmddTHHMMSSffffff>)")
+    return datetime.strptime(version[len(VERSION_PREFIX) :], VERSION_TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def is_newer(version: str, than: str | None) -> bool:
+    """Whether `version` was made after `than` (None: nothing served yet). Compared as times, not strings."""
+    return than is None or version_time(version) > version_time(than)
+
+
+# --- topic specifications ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic the system uses, with its real configuration (created by `recsys.io.kafka.ensure_topics`)."""
+    week_ms = str(7 * 24 * 3600 * 1000)
+    return [
+        # Keyed by pseudonymised user: one user's events stay in order on one partition.
+        TopicSpec(Topics.EVENTS, settings.events_partitions, {"retention.ms": week_ms}),
+        TopicSpec(Topics.DLQ, 1, {"retention.ms": week_ms}),
+        # Compacted: a new replica reads the newest message per key (one MODEL, one UP per user/item, FORGETs),
+        # not every update ever made. segment.ms rolls segments so compaction can reach them.
+        TopicSpec(
+            Topics.MODEL_UPDATES,
+            1,
+            {
+                "cleanup.policy": "compact",
+                "segment.ms": str(settings.updates_segment_ms),
+                "min.cleanable.dirty.ratio": "0.1",
+                "delete.retention.ms": week_ms,
+            },
+        ),
+    ]
