@@ -25,7 +25,7 @@ def main(engine: str = typer.Option(...)) -> None:
     t0 = time.monotonic()
     spark = spark_session("bench")
     steps: dict[str, float] = {"spark_start": time.monotonic() - t0}
-    version = protocol.new_version()
+    version = protocol.new_version(model=engine)
 
     def step(name: str, fn) -> object:
         started = time.monotonic()

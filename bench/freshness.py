@@ -1,57 +1,62 @@
-"""Freshness: what the speed layer earns. Stale batch model vs. speed-layer fold-in vs. full retrain.
+"""Freshness: what the real-time path earns, per recommender. Stale batch model vs real time vs full retrain.
 
-MovieLens-100K, the per-user time split of DESIGN.md (the last ceil(test_share · n_u)
-events of each user are test). Each user's test slice is split again in time:
+MovieLens-100K, the per-user time split (the last ceil(test_share · n_u) events of each
+user are test). Each user's test slice is split again in time:
 
     streamed = the first floor(n_test / 2) test events (>= 1 whenever n_test >= 2),
     held     = the rest; only held events are scored.
 
-Three models, all ranked over the train catalogue, with the user's train and
-streamed items excluded from every list (they cannot be hits):
+For every recommender, three views, all ranked over the train items, with the user's
+train and streamed items excluded from every list (they cannot be hits):
 
-- `stale`:   implicit ALS fitted on train; its own user vectors.
-- `speed`:   the same item factors Y; each user with streamed events gets the
-             speed layer's fold-in over train + streamed strengths,
-             x_u = (YᵀY + Σ_i (c_ui − 1) y_i y_iᵀ + λ_u I)⁻¹ Σ_i c_ui y_i
-             (recsys.models.foldin.FoldIn, with the engine's objective). Users without
-             streamed events keep their batch vector, as in the speed layer.
-- `retrain`: the same engine fitted again on train + streamed.
+- `stale`:    fitted on train; each user as they were at the split.
+- `realtime`: the same fitted model; each user's history and latest events include the
+              streamed events, and stateful models update the user through their real-time
+              path (`Recommender.update_users`: ALS's exact fold-in), as the speed layer does.
+- `retrain`:  the same recommender fitted again on train + streamed.
 
-    recovered_share = (NDCG_speed − NDCG_stale) / (NDCG_retrain − NDCG_stale)
+    recovered_share = (NDCG_realtime − NDCG_stale) / (NDCG_retrain − NDCG_stale)
 
-is the share of a nightly retrain's gain that the speed layer delivers in seconds.
-A control, `refold_train_only`, folds every user in from their train history alone:
-if it matched `speed`, the gain would come from re-solving, not from fresh events.
+is the share of a nightly retrain's gain the real-time path delivers in seconds, like for
+like; `vs_als_retrain` divides the same gain by the ALS retrain's gain instead.
+This is the protocol run in one process (the fold-in code is the speed layer's); the
+`speed` section measures the running speed layer over Kafka.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from functools import cached_property
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from bench.quality import engine_params
-from jobs.engines import AlsParams, implicit_als
-from recsys.evaluation.protocol import EvalSplit, Interactions, evaluate_factors, load_ml100k_events, time_split
-from recsys.models.foldin import FoldIn
+from recsys.evaluation.protocol import (
+    EvalSplit,
+    dataset_from_events,
+    evaluate,
+    load_ml100k_events,
+    order_events,
+    time_split,
+)
+from recsys.models import registry
+from recsys.models.base import Dataset, Recommender, UserContext
 from recsys.settings import Settings, get_settings
 
 REPORTED = ("ndcg", "recall", "precision", "map")
+REFERENCE = "implicit_als"
 
 
 # --- split -------------------------------------------------------------------------------
 def stream_split(test_events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per user, the first floor(n/2) test events (in time order) are streamed, the rest held.
+    """Per user, the first floor(n/2) test events (in the protocol's order) are streamed, the rest held.
 
-    Time order is the one time_split uses (ts, then item_id, then weight), so a streamed
-    event is never later than a held one of the same user; equal timestamps can straddle
-    the cut, as they can straddle the train/test cut.
+    A streamed event is never later than a held one of the same user; equal timestamps
+    can straddle the cut, as they can straddle the train/test cut.
     """
-    ordered = test_events.sort_values(["user_id", "ts", "item_id", "weight"], kind="mergesort").reset_index(drop=True)
+    ordered = order_events(test_events)
     by_user = ordered.groupby("user_id", sort=False)
     position = by_user.cumcount().to_numpy()
     size = by_user["user_id"].transform("size").to_numpy()
@@ -61,17 +66,15 @@ def stream_split(test_events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
 
 @dataclass(frozen=True)
 class FreshnessSplit:
-    """Train strengths, streamed strengths and held relevant items on the train model's indices.
+    """Train data, train + streamed data on the same positions, and the held relevant items.
 
-    `streamed` holds only events on train items: an item new since the batch has no
-    factor in the model being compared, so it cannot enter a fold-in here (the speed
-    layer skips it in the history the same way until it has folded the item in) and
-    cannot be ranked by any of the three models. `touched` marks the users with any
-    streamed event, on a known item or not: those the speed layer would re-solve.
+    Streamed events on items unknown to train are left out (no model fitted on train can
+    use them; the speed layer skips them the same way until it has folded the item in).
+    `touched` marks the users with any streamed event: those the speed layer would update.
     """
 
-    train: Interactions
-    streamed: sp.csr_matrix
+    train: Dataset
+    seen: Dataset  # train + streamed: the realtime view, and what the retrain fits on
     held: sp.csr_matrix  # 1.0 = relevant: a held item the user saw neither in train nor streamed
     touched: np.ndarray
     n_streamed_events: int
@@ -79,60 +82,53 @@ class FreshnessSplit:
     n_held_events: int
     n_held_dropped: int
 
-    @cached_property
-    def seen(self) -> sp.csr_matrix:
-        """r_ui over train + streamed (strengths add up, as the speed layer's history does)."""
-        out = (self.train.matrix + self.streamed).tocsr()
-        out.sort_indices()
-        return out.astype(np.float32)
-
     def eval_split(self) -> EvalSplit:
-        """The held part as an EvalSplit whose exclude matrix is train + streamed."""
-        seen = Interactions(self.train.user_ids, self.train.item_ids, self.seen)
-        return EvalSplit(seen, self.held, self.n_held_events, self.n_held_dropped)
+        """The held part as an EvalSplit whose exclusions are train + streamed."""
+        return EvalSplit(self.seen, self.held, self.n_held_events, self.n_held_dropped, pd.DataFrame())
 
 
-def make_freshness_split(events: pd.DataFrame, test_share: float) -> FreshnessSplit:
-    """time_split, stream_split of the test part, then matrices on the train ids."""
+def make_freshness_split(events: pd.DataFrame, test_share: float, event_types: list[str] | None = None
+                         ) -> FreshnessSplit:  # fmt: skip
     train_events, test_events = time_split(events, test_share)
     streamed_events, held_events = stream_split(test_events)
-    train = Interactions.from_events(train_events)
-    streamed = Interactions.from_events(streamed_events, user_ids=train.user_ids, item_ids=train.item_ids)
-    held = Interactions.from_events(held_events, user_ids=train.user_ids, item_ids=train.item_ids)
+    train, _ = dataset_from_events(train_events, event_types=event_types)
+    types = train.event_types
+    both = pd.concat([train_events, streamed_events], ignore_index=True)
+    seen, skipped = dataset_from_events(both, user_ids=train.user_ids, item_ids=train.item_ids, event_types=types)
+    held, dropped = dataset_from_events(held_events, user_ids=train.user_ids, item_ids=train.item_ids,
+                                        event_types=types)  # fmt: skip
     touched = np.zeros(train.n_users, dtype=bool)
-    rows = train.user_index(streamed_events["user_id"].astype(str).unique())
+    rows = pd.Index(train.user_ids).get_indexer(streamed_events["user_id"].astype(str).unique())
     touched[rows[rows >= 0]] = True
-    seen_bin = ((train.matrix + streamed.matrix) != 0).astype(np.float32)
-    held_bin = (held.matrix != 0).astype(np.float32)
+    seen_bin = (seen.strengths != 0).astype(np.float32)
+    held_bin = (held.strengths != 0).astype(np.float32)
     # As in make_split: items already seen (now also the streamed ones) are excluded, so never relevant.
     relevant = (held_bin - held_bin.multiply(seen_bin)).tocsr()
     relevant.eliminate_zeros()
     relevant.sort_indices()
-    return FreshnessSplit(
-        train=train, streamed=streamed.matrix, held=relevant.astype(np.float32), touched=touched,
-        n_streamed_events=len(streamed_events), n_streamed_skipped=streamed.n_dropped,
-        n_held_events=len(held_events), n_held_dropped=held.n_dropped,
-    )  # fmt: skip
+    return FreshnessSplit(train, seen, relevant.astype(np.float32), touched, len(streamed_events), skipped,
+                          len(held_events), dropped)  # fmt: skip
 
 
-# --- models -------------------------------------------------------------------------------
-def speed_user_factors(
-    stale_users: np.ndarray, item_factors: np.ndarray, params: AlsParams, history: sp.csr_matrix, touched: np.ndarray
-) -> np.ndarray:
-    """Batch vectors, with each touched user's row replaced by FoldIn over `history` (train + streamed)."""
-    out = np.array(stale_users, dtype=np.float32, copy=True)
-    rows = np.flatnonzero(touched)
-    if rows.size:
-        out[rows] = FoldIn(item_factors, implicit_als.objective(params)).vectors(history[rows])
-    return out
+def realtime_contexts(model: Recommender, fs: FreshnessSplit) -> list[UserContext]:
+    """Every user as the real-time path sees them: history and latest events with the streamed ones; stateful
+    models update the touched users exactly as the speed layer does (untouched users keep their batch state)."""
+    contexts = fs.seen.contexts(range(fs.seen.n_users), model.recent_events)
+    rows = np.flatnonzero(fs.touched)
+    if model.stateful and rows.size:
+        states = model.update_users([contexts[r] for r in rows])
+        if states is not None:
+            for r, state in zip(rows, states, strict=True):
+                contexts[r].state = state
+    return contexts
 
 
-def recovered_share(stale: float, speed: float, retrain: float) -> float | None:
-    """(speed − stale) / (retrain − stale); None when retraining did not improve on the stale model."""
+def recovered_share(stale: float, realtime: float, retrain: float) -> float | None:
+    """(realtime − stale) / (retrain − stale); None when retraining did not improve on the stale model."""
     gap = retrain - stale
     if not np.isfinite(gap) or gap <= 0:
         return None
-    return float((speed - stale) / gap)
+    return float((realtime - stale) / gap)
 
 
 def _summary(metrics: dict[str, float], k: int) -> dict[str, float]:
@@ -140,54 +136,51 @@ def _summary(metrics: dict[str, float], k: int) -> dict[str, float]:
     return {**out, "auc": metrics["auc"], "n_users": metrics["n_users"]}
 
 
-def measure(events: pd.DataFrame, params: AlsParams, test_share: float = 0.2, k: int = 10) -> dict:
-    """Fit stale and retrained models, fold in the speed layer's users, score all three on the held part."""
-    fs = make_freshness_split(events, test_share)
+def measure(make: Callable[[], Recommender], fs: FreshnessSplit, k: int = 10) -> dict:
+    """Stale, realtime and retrain views of one recommender on one freshness split."""
     split = fs.eval_split()
-    seconds: dict[str, float] = {}
-
+    seconds = {}
     started = time.perf_counter()
-    stale_users, items = implicit_als.fit(fs.train.matrix, params)
+    stale = make()
+    stale.fit(fs.train)
     seconds["stale_fit"] = time.perf_counter() - started
-
     started = time.perf_counter()
-    speed_users = speed_user_factors(stale_users, items, params, fs.seen, fs.touched)
-    seconds["speed_foldin"] = time.perf_counter() - started
-
+    contexts = realtime_contexts(stale, fs)
+    seconds["realtime_update"] = time.perf_counter() - started
     started = time.perf_counter()
-    retrain_users, retrain_items = implicit_als.fit(fs.seen, params)
+    retrained = make()
+    retrained.fit(fs.seen)
     seconds["retrain_fit"] = time.perf_counter() - started
-
-    everyone = np.ones(fs.train.n_users, dtype=bool)
-    control_users = speed_user_factors(stale_users, items, params, fs.train.matrix, everyone)
-
+    stale_view = fs.train.contexts(range(fs.train.n_users), stale.recent_events)
     scored = {
-        "stale": evaluate_factors(stale_users, items, split, k=k),
-        "speed": evaluate_factors(speed_users, items, split, k=k),
-        "retrain": evaluate_factors(retrain_users, retrain_items, split, k=k),
-        "refold_train_only": evaluate_factors(control_users, items, split, k=k),
+        "stale": evaluate(stale, split, k=k, contexts=stale_view),
+        "realtime": evaluate(stale, split, k=k, contexts=contexts),
+        "retrain": evaluate(retrained, split, k=k),
     }
     ndcg = f"ndcg@{k}"
-    share = recovered_share(scored["stale"][ndcg], scored["speed"][ndcg], scored["retrain"][ndcg])
-    return {
-        **{name: _summary(m, k) for name, m in scored.items()},
-        "recovered_share": share,
-        "retrain_beats_stale": share is not None,
-        "users": int(scored["stale"]["n_users"]),
-        "streamed_events": fs.n_streamed_events,
-        "streamed_events_on_new_items": fs.n_streamed_skipped,
-        "held_events": fs.n_held_events,
-        "held_events_on_new_items": fs.n_held_dropped,
-        "touched_users": int(fs.touched.sum()),
-        "seconds": {name: round(s, 3) for name, s in seconds.items()},
-        "params": {**asdict(params), "engine": implicit_als.NAME, "k": k, "test_share": test_share},
-    }
+    share = recovered_share(scored["stale"][ndcg], scored["realtime"][ndcg], scored["retrain"][ndcg])
+    return {**{name: _summary(m, k) for name, m in scored.items()},  # type: ignore[arg-type]
+            "recovered_share": share, "seconds": {n: round(v, 3) for n, v in seconds.items()}}  # fmt: skip
 
 
-def run(quick: bool, settings: Settings | None = None) -> dict:
-    """The freshness comparison on MovieLens-100K with the implicit engine's default parameters."""
+def run(quick: bool, settings: Settings | None = None, only: list[str] | None = None) -> dict:
+    """Every single-machine recommender on MovieLens-100K; the gain of each is also set against ALS's retrain."""
     s = settings or get_settings()
-    return measure(load_ml100k_events(), engine_params("implicit", s, quick), s.eval_test_share, s.eval_k)
+    fs = make_freshness_split(load_ml100k_events(), s.eval_test_share, list(s.event_weights))
+    names = [n for n in registry.names() if n != "spark_als" and (not only or n in only or n == REFERENCE)]
+    out: dict = {name: measure(lambda n=name: registry.create(n, s), fs, s.eval_k) for name in names}
+    ndcg = f"ndcg@{s.eval_k}"
+    if REFERENCE in out:
+        als = out[REFERENCE]
+        for r in out.values():
+            r["vs_als_retrain"] = recovered_share(als["stale"][ndcg], r["realtime"][ndcg], als["retrain"][ndcg])
+    out["split"] = {
+        "users": int(fs.train.n_users), "touched_users": int(fs.touched.sum()),
+        "streamed_events": fs.n_streamed_events, "streamed_events_on_new_items": fs.n_streamed_skipped,
+        "held_events": fs.n_held_events, "held_events_on_new_items": fs.n_held_dropped,
+        "k": s.eval_k, "test_share": s.eval_test_share,
+    }  # fmt: skip
+    return out
 
 
-__all__ = ["FreshnessSplit", "make_freshness_split", "measure", "recovered_share", "run", "speed_user_factors"]
+__all__ = ["FreshnessSplit", "make_freshness_split", "measure", "realtime_contexts", "recovered_share", "run"]

@@ -47,36 +47,35 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def plot_quality(quality: dict, path: Path) -> Path | None:
-    """Grouped bars: NDCG@k, precision@k, recall@k per model (popularity, implicit_lib, our engines)."""
-    k = _k(quality)
+    """Grouped bars: NDCG@k, precision@k, recall@k per model (ties ordered as the split orders them)."""
+    k = quality.get("params", {}).get("k", 10)
+    section = quality.get("ordered", {})
     metrics = [f"ndcg@{k}", f"precision@{k}", f"recall@{k}"]
-    models = [m for m, v in quality.items() if isinstance(v, dict) and all(key in v for key in metrics)]
+    models = [m for m, v in section.items() if isinstance(v, dict) and all(key in v for key in metrics)]
     if not models:
         return None
-    fig = Figure(figsize=(8, 4.5))
+    fig = Figure(figsize=(10, 4.8))
     ax = fig.add_subplot()
-    _grouped_bars(ax, metrics, {m: [float(quality[m][key]) for key in metrics] for m in models})
-    ax.set_title(f"Offline quality, MovieLens-100K per-user time split (k={k})")
+    _grouped_bars(ax, metrics, {m: [float(section[m][key]) for key in metrics] for m in models})
+    ax.set_title(f"Offline quality, MovieLens-100K per-user time split (k={k}, mean of seeds)")
     ax.set_xlabel("metric")
     ax.set_ylabel("score (0–1, higher is better)")
     return _save(fig, path)
 
 
 def plot_freshness(freshness: dict, path: Path) -> Path | None:
-    """Grouped bars: NDCG@k and recall@k on the held-out part for stale / speed / retrain."""
-    k = _k(freshness)
-    metrics = [f"ndcg@{k}", f"recall@{k}"]
-    models = [m for m in ("stale", "speed", "retrain") if all(key in freshness.get(m, {}) for key in metrics)]
+    """Grouped bars per recommender: NDCG@k of the stale, realtime and retrained views."""
+    k = freshness.get("split", {}).get("k", 10)
+    models = [m for m, v in freshness.items() if isinstance(v, dict) and "stale" in v]
     if not models:
         return None
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(10, 4.8))
     ax = fig.add_subplot()
-    _grouped_bars(ax, metrics, {m: [float(freshness[m][key]) for key in metrics] for m in models})
-    share = freshness.get("recovered_share")
-    note = f"speed layer recovers {share:.0%} of a retrain's NDCG gain" if share is not None else "retrain ≤ stale"
-    ax.set_title(f"Freshness: scored on held events after streaming (k={k})\n{note}")
-    ax.set_xlabel("metric")
-    ax.set_ylabel("score (0–1, higher is better)")
+    views = ("stale", "realtime", "retrain")
+    _grouped_bars(ax, models, {v: [float(freshness[m][v][f"ndcg@{k}"]) for m in models] for v in views})
+    ax.set_title(f"Freshness: NDCG@{k} on held events after streaming, per recommender")
+    ax.set_xlabel("recommender")
+    ax.set_ylabel(f"NDCG@{k}")
     return _save(fig, path)
 
 

@@ -1,150 +1,120 @@
-"""Offline quality, side by side in one run: popularity, the `implicit` library, and both of our engines.
+"""Offline quality, side by side in one run: every recommender, popularity and the `implicit` library.
 
-MovieLens-100K, the per-user time split of DESIGN.md ("Evaluation protocol"): the
-last ceil(test_share · n_u) events of each user are test, items the user saw in
-train are filtered out of every list and cannot count as hits. Metrics at k
-(settings' eval_k, 10), formulas in recsys/metrics.py:
+MovieLens-100K, the per-user time split (the last ceil(test_share · n_u) events of each
+user are test; items the user saw in train are filtered out of every list and cannot count
+as hits). Metrics at k (settings' eval_k, 10), formulas in recsys/evaluation/metrics.py:
 
     P@k = |rec ∩ rel| / k              R@k = |rec ∩ rel| / min(k, |rel|)
     NDCG@k = Σ_i rel_i / log2(i+1) / IDCG    MAP@k = Σ_i P@i · rel_i / min(k, |rel|)
 
-Every ALS variant gets the same budget (rank and iterations from settings); each
-engine keeps its own default λ and alpha (jobs/train.py), because the two
-objectives scale λ differently (Spark: λ·|I(u)|, implicit: λ) and the confidence
-differently (1 + alpha·r vs. alpha·r). `implicit_lib` is the library as it ships
-(conjugate-gradient solves) with the implicit engine's λ and alpha, so the only
-difference from `implicit_engine` is exact (Cholesky) vs. CG solves.
+Every figure is the mean over `SEEDS` (each model's own seed), reported twice: with
+equal timestamps ordered as the split orders them (by item id) and with ties shuffled
+(a seeded random order per seed), so a gain that comes from the tie order shows.
+Each model is compared with ALS (implicit_als) by the paired standard error of the
+per-user NDCG difference (per-user NDCG averaged over the seeds first).
 
-Hyper-parameters are never tuned here on the test split: this module only measures.
+Hyper-parameters are never chosen here: each model runs with its defaults, which
+come from `bench.tune` (validation carved from train, never the test split).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jobs.engines import AlsParams, implicit_als, spark_als
-from jobs.train import DEFAULT_ALPHA, DEFAULT_REG
-from recsys.evaluation.protocol import (
-    EvalSplit,
-    evaluate_factors,
-    evaluate_popularity,
-    load_ml100k_events,
-    make_split,
-    train_implicit_lib,
-)
+from recsys.evaluation.protocol import EvalSplit, evaluate, load_ml100k_events, make_split, shuffle_ties
+from recsys.models import registry
+from recsys.models.base import Recommender
 from recsys.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-MODELS = ("popularity", "implicit_lib", "spark_als", "implicit_engine")
-# Quick mode keeps the full budget: MovieLens-100K trains in seconds, and fewer
-# iterations would measure a different (under-fitted) model.
-QUICK_ITERATIONS: int | None = None
+SEEDS = (0, 1, 2)
+REFERENCE = "implicit_als"
+TIE_MODES = ("ordered", "shuffled")
 
 
-def engine_params(engine: str, s: Settings, quick: bool) -> AlsParams:
-    """Shared rank/iterations/seed from settings, the engine's own default λ and alpha from jobs/train.py."""
-    iterations = QUICK_ITERATIONS if quick and QUICK_ITERATIONS else s.als_iterations
-    return AlsParams(
-        rank=s.als_rank, iterations=iterations, reg=DEFAULT_REG[engine], alpha=DEFAULT_ALPHA[engine], seed=s.als_seed
-    )
+def implicit_lib(s: Settings, seed: int) -> Recommender:
+    """The `implicit` library as it ships (conjugate-gradient solves), with the implicit engine's λ and alpha."""
+    base = registry.create("implicit_als", s)
+    return type(base)(base.params.model_copy(update={"seed": seed, "conjugate_gradient": True}))
 
 
-def _timed(fit: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, float]:
-    started = time.perf_counter()
-    user_factors, item_factors = fit()
-    return user_factors, item_factors, time.perf_counter() - started
+def seeded(name: str) -> Callable[[Settings, int], Recommender]:
+    def make(s: Settings, seed: int) -> Recommender:
+        model = registry.create(name, s)
+        if "seed" in type(model.params).model_fields:
+            return type(model)(model.params.model_copy(update={"seed": seed}))
+        return model
+
+    return make
 
 
-def _scored(
-    split: EvalSplit, k: int, fit: Callable[[], tuple[np.ndarray, np.ndarray]], max_users: int | None
-) -> dict[str, float]:
-    """Fit, then evaluate the factors on the split; `fit_seconds` is the wall time of the fit alone."""
-    user_factors, item_factors, seconds = _timed(fit)
-    metrics = evaluate_factors(user_factors, item_factors, split, k=k, max_users=max_users)
-    return {**metrics, "fit_seconds": round(seconds, 2)}
-
-
-def ratio(a: float, b: float) -> float | None:
-    """a / b, or None when b is 0 or not finite (a ratio to nothing says nothing)."""
-    if not np.isfinite(b) or b == 0:
-        return None
-    return float(a / b)
-
-
-def ratios(results: dict[str, dict], metric: str) -> dict[str, float | None]:
-    """Our engines against popularity and against the `implicit` library, on `metric`."""
-    out = {}
-    for ours in ("spark_als", "implicit_engine"):
-        for reference in ("popularity", "implicit_lib"):
-            out[f"{ours}_vs_{reference}"] = ratio(results[ours][metric], results[reference][metric])
+def entries(s: Settings, with_spark: bool) -> dict[str, Callable[[Settings, int], Recommender]]:
+    """What the section compares: every registered recommender (Spark's only with a session), plus implicit_lib."""
+    out: dict[str, Callable[[Settings, int], Recommender]] = {"popularity": seeded("popularity"),
+                                                               "implicit_lib": implicit_lib}  # fmt: skip
+    for name in registry.names():
+        if name == "popularity" or (name == "spark_als" and not with_spark):
+            continue
+        out[name] = seeded(name)
     return out
 
 
-def run(quick: bool, spark: SparkSession | None = None, settings: Settings | None = None) -> dict:
-    """All four models on one MovieLens-100K time split. Keys per model: the metrics@k, auc, coverage, fit_seconds.
+def paired_se(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the per-user difference a − b."""
+    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
 
-    A local Spark session is created (and stopped afterwards) when none is given.
-    """
+
+def _split(events, mode: str, seed: int, s: Settings) -> EvalSplit:
+    ordered = events if mode == "ordered" else shuffle_ties(events, seed)
+    return make_split(ordered, test_share=s.eval_test_share, event_types=list(s.event_weights))
+
+
+def run(quick: bool, spark: SparkSession | None = None, settings: Settings | None = None,
+        only: list[str] | None = None) -> dict:  # fmt: skip
+    """Every model, every seed, both tie orders. Keys: tie mode -> model -> mean metrics, per-seed NDCG, fit seconds."""
     s = settings or get_settings()
     k = s.eval_k
-    split = make_split(load_ml100k_events(), test_share=s.eval_test_share)
-    # 943 users: evaluate all of them, not a sample.
-    max_users = None
-    spark_params, implicit_params = engine_params("spark_als", s, quick), engine_params("implicit", s, quick)
-
-    results: dict = {"popularity": {**evaluate_popularity(split, k=k, max_users=max_users), "fit_seconds": 0.0}}
-    results["implicit_lib"] = _scored(
-        split, k,
-        lambda: train_implicit_lib(split.train, implicit_params.rank, implicit_params.reg, implicit_params.alpha,
-                                   implicit_params.iterations, seed=implicit_params.seed),
-        max_users,
-    )  # fmt: skip
-    results["implicit_engine"] = _scored(
-        split, k, lambda: implicit_als.fit(split.train.matrix, implicit_params), max_users
-    )
-    results["spark_als"] = _spark_scored(split, k, spark_params, spark, max_users)
-
-    ndcg = f"ndcg@{k}"
-    return {
-        **{name: results[name] for name in MODELS},
-        "params": {
-            "k": k,
-            "ratio_metric": ndcg,
-            "test_share": s.eval_test_share,
-            "users": split.train.n_users,
-            "items": split.train.n_items,
-            "train_events": int(split.train.matrix.nnz),
-            "test_events": split.n_test_events,
-            "spark_als": asdict(spark_params),
-            "implicit_engine": asdict(implicit_params),
-            "implicit_lib": {**asdict(implicit_params), "solver": "conjugate gradient (implicit's default)"},
-        },
-        "ratios": ratios(results, ndcg),
-    }
-
-
-def _spark_scored(
-    split: EvalSplit, k: int, params: AlsParams, spark: SparkSession | None, max_users: int | None
-) -> dict[str, float]:
-    """spark_als on a given session, or on a local one made here and stopped after (session start-up not timed)."""
-    own = spark is None
-    if own:
-        from recsys.io.spark import get_spark
-
-        spark = get_spark("bench-quality")
-        spark.sparkContext.setLogLevel("ERROR")
-    try:
-        return _scored(split, k, lambda: spark_als.fit(split.train.matrix, params, spark), max_users)
-    finally:
-        if own:
-            spark.stop()
+    events = load_ml100k_events()
+    models = entries(s, with_spark=spark is not None)
+    if only:
+        models = {name: make for name, make in models.items() if name in only or name == REFERENCE}
+    seeds = SEEDS[:1] if quick else SEEDS
+    out: dict = {"params": {"k": k, "test_share": s.eval_test_share, "seeds": list(seeds), "reference": REFERENCE}}
+    for mode in TIE_MODES:
+        per_model: dict[str, dict] = {}
+        per_user: dict[str, list[np.ndarray]] = {name: [] for name in models}
+        users = None
+        for seed in seeds:
+            split = _split(events, mode, seed, s)
+            for name, make in models.items():
+                model = make(s, seed)
+                started = time.perf_counter()
+                model.fit(split.train, spark)
+                seconds = time.perf_counter() - started
+                metrics, users, ndcg = evaluate(model, split, k=k, per_user=True)  # type: ignore[misc]
+                entry = per_model.setdefault(name, {"runs": [], "params": model.params.model_dump()})
+                entry["runs"].append({**metrics, "fit_seconds": round(seconds, 2), "seed": seed})
+                per_user[name].append(ndcg)
+        summary: dict[str, dict] = {}
+        reference = np.mean(per_user[REFERENCE], axis=0) if REFERENCE in per_user else None
+        for name, entry in per_model.items():
+            runs = entry["runs"]
+            means = {key: float(np.mean([r[key] for r in runs])) for key in runs[0] if key not in ("seed",)}
+            ndcg_seeds = [r[f"ndcg@{k}"] for r in runs]
+            summary[name] = {**means, "ndcg_per_seed": ndcg_seeds, "params": entry["params"]}
+            if reference is not None and name != REFERENCE:
+                diff, se = paired_se(np.mean(per_user[name], axis=0), reference)
+                summary[name]["vs_reference"] = {"ndcg_diff": diff, "paired_se": se}
+        summary["users"] = len(users) if users is not None else 0
+        out[mode] = summary
+    return out
 
 
-__all__ = ["MODELS", "engine_params", "ratios", "run"]
+__all__ = ["REFERENCE", "SEEDS", "entries", "paired_se", "run"]

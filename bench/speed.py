@@ -18,13 +18,12 @@ import numpy as np
 from kafka import TopicPartition
 
 from infra import processes
-from jobs.engines import AlsParams, implicit_als
-from recsys.contracts.manifest import ModelManifest
+from recsys import protocol
+from recsys.data import datasets
 from recsys.data.synthetic import SyntheticConfig, iter_batches, iter_messages
-from recsys.evaluation.protocol import distinct_users_per_item
 from recsys.io import model_store
 from recsys.io.kafka import consumer, end_offsets
-from recsys.models.foldin import FoldIn
+from recsys.models.als import FoldIn, ImplicitALS
 from recsys.protocol import Topics, VectorUpdate
 from recsys.replay import replay
 from recsys.settings import Settings
@@ -33,34 +32,29 @@ from recsys.settings import Settings
 def build_model(
     s: Settings, n_users: int, n_items: int, rank: int, history_events: int, zipf_exponent: float = 1.1
 ) -> model_store.ModelArtifact:
-    """A published model over `history_events` synthetic events (not in Kafka: offsets start at 0)."""
-    import pandas as pd
-    import scipy.sparse as sp
+    """A published ALS model over `history_events` synthetic events (not in Kafka: offsets start at 0)."""
+    import pyarrow as pa
 
     config = SyntheticConfig(n_events=history_events, n_users=n_users, n_items=n_items, seed=100,
                              zipf_exponent=zipf_exponent)  # fmt: skip
-    frames = [b.select(["user_id", "item_id", "event_type"]).to_pandas() for b in iter_batches(config)]
-    df = pd.concat(frames, ignore_index=True)
-    df["w"] = df["event_type"].map(s.event_weights)
-    users, u = np.unique(df["user_id"].to_numpy(str), return_inverse=True)
-    items, i = np.unique(df["item_id"].to_numpy(str), return_inverse=True)
-    matrix = sp.csr_matrix((df["w"].to_numpy(np.float32), (u, i)), shape=(len(users), len(items)))
-    params = AlsParams(rank=rank, iterations=2, reg=20.0, alpha=1.0)
-    user_factors, item_factors = implicit_als.fit(matrix, params)
-    manifest = ModelManifest(
-        model_version="mbench", created_at_ms=int(time.time() * 1000), engine="implicit",
-        objective=implicit_als.objective(params), rank=rank, hyperparameters={}, n_users=len(users),
-        n_items=len(items), kafka_offsets={},
-    )  # fmt: skip
-    artifact = model_store.ModelArtifact(manifest, users, items, user_factors, item_factors, matrix,
-                                         distinct_users_per_item(matrix).astype(np.float32))  # fmt: skip
-    model_store.promote(model_store.save(artifact, model_store.candidates_dir(s) / "mbench"), s)
+    table = pa.Table.from_batches(list(iter_batches(config)))
+    weights = table.column("event_type").to_pandas().map(s.event_weights).to_numpy()
+    ts = table.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
+    data, _ = datasets.build(table.column("user_id"), table.column("item_id"), ts, table.column("event_type"),
+                             weights, list(s.event_weights))  # fmt: skip
+    # Few iterations: throughput depends on the artifact's shape (rank, catalogue, histories), not on its quality.
+    model = ImplicitALS(ImplicitALS.Params(rank=rank, iterations=2, reg=20.0, alpha=1.0))
+    model.fit(data)
+    manifest = model_store.build_manifest(model, data, "m20260101T000000000000-bench", kafka_offsets={})
+    artifact = model_store.ModelArtifact(manifest, data, model)
+    target = model_store.candidates_dir(s) / manifest.model_version
+    model_store.promote(model_store.save(artifact, target), s)
     return artifact
 
 
 def solve_cost_per_user(artifact: model_store.ModelArtifact, batch: int = 2000, repeats: int = 5) -> dict:
     """Median microseconds per user of one batched fold-in over users' full training histories."""
-    fold = FoldIn(artifact.item_factors, artifact.manifest.objective)
+    fold = FoldIn(artifact.item_factors, artifact.model.objective)
     rows = artifact.interactions[:batch]
     times = []
     for _ in range(repeats):
@@ -121,7 +115,7 @@ def publish_cutoff(s: Settings) -> int:
     """
     artifact = model_store.load(model_store.latest_published(s))
     offsets = end_offsets(Topics.EVENTS, s)
-    version = f"mbench-{time.time_ns()}"
+    version = protocol.new_version(model="bench")
     artifact.manifest = artifact.manifest.model_copy(update={"model_version": version, "kafka_offsets": offsets})
     model_store.promote(model_store.save(artifact, model_store.candidates_dir(s) / version), s)
     return sum(offsets.values())

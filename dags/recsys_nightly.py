@@ -1,9 +1,11 @@
-"""Nightly rebuild of the recommender's batch model: archive-compact -> clean -> train -> evaluate -> publish.
+"""Nightly rebuild of the batch models: archive-compact -> clean -> (train -> evaluate) per candidate -> publish.
 
 Thin on purpose: the work lives in `jobs/`. Each Spark step is a spark-submit of a
 job file through the `spark_recsys` connection (local[*] by default; point the
 connection at spark://..., yarn or k8s://... to run on a cluster; nothing else
-changes). archive-compact is not a Spark job and runs in the worker.
+changes). archive-compact is not a Spark job and runs in the worker. Every
+recommender in RECSYS_CANDIDATES is trained and evaluated; publish puts the best of
+them through the quality gate, and the registry keeps every candidate's metrics.
 """
 
 from __future__ import annotations
@@ -20,18 +22,17 @@ from recsys.settings import get_settings
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 SPARK_CONN_ID = "spark_recsys"
-MODEL_VERSION = protocol.VERSION_TEMPLATE
 
 settings = get_settings()
 
 
-def spark_job(task_id: str, args: list[str], **kwargs) -> SparkSubmitOperator:
+def spark_job(job: str, args: list[str], task_id: str | None = None, **kwargs) -> SparkSubmitOperator:
     return SparkSubmitOperator(
-        task_id=task_id,
-        application=str(JOBS / f"{task_id}.py"),
+        task_id=task_id or job,
+        application=str(JOBS / f"{job}.py"),
         application_args=args,
         conn_id=SPARK_CONN_ID,
-        name=f"recsys-{task_id}",
+        name=f"recsys-{task_id or job}",
         driver_memory=settings.spark_driver_memory,
         conf={
             # Driver and Python workers use the interpreter (and virtualenv) Airflow runs in.
@@ -45,7 +46,7 @@ def spark_job(task_id: str, args: list[str], **kwargs) -> SparkSubmitOperator:
 
 with DAG(
     dag_id="recsys_nightly",
-    description="Rebuild the ALS model from the Delta master dataset and publish it if it passes the gate",
+    description="Rebuild the recommenders from the Delta master dataset and publish the best if it passes the gate",
     schedule="0 2 * * *",
     start_date=datetime(2026, 1, 1),
     catchup=False,  # a missed night is made up by the next one: every run trains on all history
@@ -53,9 +54,9 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True},
     dagrun_timeout=timedelta(hours=4),
     params={
-        "engine": Param(settings.als_engine, enum=["spark_als", "implicit"], description="Training engine"),
-        "rank": Param(settings.als_rank, type="integer", minimum=1),
-        "iterations": Param(settings.als_iterations, type="integer", minimum=1),
+        "overrides": Param(
+            {}, type="object", description='Hyper-parameters per recommender, e.g. {"spark_als": {"rank": 32}}'
+        ),
         "drain_events": Param(True, type="boolean", description="Archive the events topic before cleaning"),
     },
     tags=["recsys"],
@@ -68,13 +69,20 @@ with DAG(
         return run(drain=bool((params or {}).get("drain_events", True)))
 
     clean = spark_job("clean", [])
-    train = spark_job(
-        "train",
-        ["--model-version", MODEL_VERSION, "--engine", "{{ params.engine }}",
-         "--rank", "{{ params.rank }}", "--iterations", "{{ params.iterations }}"],
-    )  # fmt: skip
-    evaluate = spark_job("evaluate", ["--model-version", MODEL_VERSION])
+    versions = {name: protocol.version_template(name) for name in settings.candidates}
+    candidates = []
+    for name, version in versions.items():
+        overrides = f"{{{{ (params.overrides.get('{name}') or {{}}) | tojson }}}}"
+        train = spark_job("train", ["--model-version", version, "--model", name, "--params", overrides],
+                          task_id=f"train_{name}")  # fmt: skip
+        evaluate = spark_job("evaluate", ["--model-version", version], task_id=f"evaluate_{name}")
+        train >> evaluate
+        candidates.append((train, evaluate))
     # A failed quality gate is an answer, not a glitch: retrying would give the same one.
-    publish = spark_job("publish", ["--model-version", MODEL_VERSION], retries=0)
+    publish = spark_job("publish", [arg for v in versions.values() for arg in ("--model-version", v)], retries=0)
 
-    archive_compact() >> clean >> train >> evaluate >> publish
+    compacted = archive_compact()
+    compacted >> clean
+    for train, evaluate in candidates:
+        clean >> train
+        evaluate >> publish

@@ -83,7 +83,9 @@ def check() -> None:
 
 
 @app.command("run-dag")
-def run_dag(conf: str = typer.Option("{}", help='DAG params as JSON, e.g. \'{"engine": "implicit"}\'.')) -> None:
+def run_dag(
+    conf: str = typer.Option("{}", help='DAG params as JSON, e.g. \'{"overrides": {"spark_als": {"rank": 32}}}\'.'),
+) -> None:
     """Run the nightly DAG once, now, without a scheduler (`airflow dags test`)."""
     migrate()
     result = airflow("dags", "test", DAG_ID, "--conf", conf, check=False)

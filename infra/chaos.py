@@ -25,7 +25,7 @@ from recsys.data.synthetic import SyntheticConfig, iter_messages
 from recsys.io import lake
 from recsys.io.kafka import consumer, end_offsets, read_to_end
 from recsys.io.model_store import ModelArtifact
-from recsys.models.foldin import FoldIn
+from recsys.models.als import FoldIn
 from recsys.protocol import Topics, VectorUpdate
 from recsys.replay import replay
 from recsys.settings import Settings
@@ -179,7 +179,7 @@ def expected_user_vectors(artifact: ModelArtifact, stream: list[Event], weights:
     for e in stream:
         if e.item_id in index:
             delta[e.user_id][index[e.item_id]] += weights[e.event_type]
-    fold = FoldIn(artifact.item_factors, artifact.manifest.objective)
+    fold = FoldIn(artifact.item_factors, artifact.model.objective)
     out = {}
     for user, d in delta.items():
         if user not in new_item_users:

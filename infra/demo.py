@@ -127,8 +127,8 @@ def show_published_model() -> None:
     if path is None:
         raise DemoFailed("the DAG finished but no model was published")
     m = model_store.read_manifest(path)
-    console.print(f"published model {m.model_version} ({m.engine}, rank {m.rank}) at {path}")
-    table = Table("metric (time-split holdout)", "ALS", "popularity", title="quality gate input")
+    console.print(f"published model {m.model_version} ({m.engine}, {m.params}) at {path}")
+    table = Table("metric (time-split holdout)", m.engine, "popularity", title="quality gate input")
     for key in ("precision@10", "recall@10", "ndcg@10", "map@10", "auc", "coverage@10"):
         table.add_row(key, f"{m.metrics[key]:.4f}", f"{m.baseline_metrics[key]:.4f}")
     console.print(table)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import typer
@@ -21,39 +20,14 @@ from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
 
 from jobs.common import run_cli, setup_logging, spark_session, timed
+from recsys.contracts.handoffs import LATE_AFTER_S, CleanReport
 from recsys.contracts.tables import SILVER_SCHEMA, Tables
 from recsys.io import lake
 from recsys.privacy import PSEUDONYM_RE, pseudonymise
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.clean")
-LATE_AFTER_S = 3600  # an event that reached us more than an hour after it happened counts as late
 REASONS = ("invalid", "type", "ts_range")
-
-
-@dataclass
-class CleanReport:
-    bronze_version: int
-    silver_version: int = -1
-    rows_in: int = 0
-    rows_out: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    pseudonymised_here: int = 0
-    late_events: int = 0
-    bot_users: int = 0
-    kafka_offsets: dict[int, int] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        lines = [
-            f"data quality, bronze v{self.bronze_version} -> silver v{self.silver_version}",
-            f"  rows in           {self.rows_in:>12,}",
-            *(f"  dropped {reason:<10}{n:>12,}" for reason, n in self.dropped.items()),
-            f"  rows out          {self.rows_out:>12,}",
-            f"  late events kept  {self.late_events:>12,}  (arrived > {LATE_AFTER_S}s after their event time)",
-            f"  bot users dropped {self.bot_users:>12,}",
-            f"  ids pseudonymised {self.pseudonymised_here:>12,}  (arrived raw; producers should do it)",
-        ]
-        return "\n".join(lines)
 
 
 def clean(spark: SparkSession, bronze_version: int | None = None, settings: Settings | None = None) -> CleanReport:
@@ -85,7 +59,7 @@ def clean(spark: SparkSession, bronze_version: int | None = None, settings: Sett
         silver,
         Tables.path(Tables.SILVER_INTERACTIONS, s),
         mode="overwrite",
-        metadata={"job": "clean", "bronze_version": version, "report": asdict(report)},
+        metadata={"job": "clean", "bronze_version": version, "report": report.model_dump_json()},
     )
     unique.unpersist()
     return report

@@ -1,11 +1,11 @@
-"""evaluate: score a candidate model's recipe on a time-based holdout, next to the popularity baseline.
+"""evaluate: score a candidate's recipe on a time-based holdout, next to the popularity baseline.
 
-A model trained on all data cannot be scored on that data, so the job re-trains
-the candidate's engine with its exact hyper-parameters on the per-user time split
-of the same silver snapshot (DESIGN.md: each user's latest 20% of events are
-test), then computes P/R/F1/NDCG/MAP@k, AUC and coverage for it and for item
-popularity on the same split. The numbers go into the candidate's manifest and
-the registry, where `publish` reads them.
+A model trained on all data cannot be scored on that data, so the job re-fits the
+candidate's recommender with its exact hyper-parameters on the per-user time split
+of the same silver snapshot (each user's latest 20% of events are held out), then
+computes P/R/F1/NDCG/MAP@k, AUC and coverage for it and for item popularity on the
+same split. The numbers go into the candidate's manifest and the registry, where
+`publish` reads them.
 
     spark-submit jobs/evaluate.py --model-version m2026...
 """
@@ -20,37 +20,46 @@ import typer
 from pyspark.sql import SparkSession
 
 from jobs.common import record_in_registry, run_cli, setup_logging, spark_session, timed
-from jobs.engines import AlsParams, get_engine
 from recsys.contracts.tables import Tables
-from recsys.evaluation.protocol import evaluate_factors, evaluate_popularity, make_split
+from recsys.data import catalog
+from recsys.evaluation.protocol import evaluate as score_on
+from recsys.evaluation.protocol import make_split
 from recsys.io import lake, model_store
+from recsys.models import registry
+from recsys.models.popularity import Popularity
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.evaluate")
 
 
 def silver_events(spark: SparkSession, version: int, settings: Settings) -> pd.DataFrame:
-    """The snapshot's events as the evaluation protocol wants them: user_id, item_id, ts (epoch ms), weight."""
+    """The snapshot's events as the evaluation protocol wants them: user_id, item_id, ts (epoch ms), weight, type."""
     silver = lake.spark_read(spark, Tables.path(Tables.SILVER_INTERACTIONS, settings), version)
-    table = silver.selectExpr("user_id", "item_id", "unix_millis(ts) as ts", "weight").toArrow()
-    return table.to_pandas()
+    columns = ["user_id", "item_id", "unix_millis(ts) as ts", "weight", "event_type"]
+    if "session_id" in silver.columns:
+        columns.append("session_id")
+    return silver.selectExpr(*columns).toArrow().to_pandas()
 
 
 def evaluate(spark: SparkSession, model_version: str, settings: Settings | None = None) -> dict[str, dict]:
     s = settings or get_settings()
     path = model_store.candidates_dir(s) / model_version
     manifest = model_store.read_manifest(path)
-    hp = manifest.hyperparameters
-    params = AlsParams(manifest.rank, hp["iterations"], hp["reg"], hp["alpha"], hp["seed"])
-
+    items = catalog.attributes(s)
     with timed("time split"):
-        split = make_split(silver_events(spark, manifest.silver_table_version, s), test_share=s.eval_test_share)
+        split = make_split(silver_events(spark, manifest.silver_table_version, s), test_share=s.eval_test_share,
+                           event_types=manifest.event_types, items=items or None,
+                           item_universe=list(items) or None)  # fmt: skip
     log.info("split: %d train users, %d test events", split.train.n_users, split.n_test_events)
+    cls = registry.model_class(manifest.engine)
+    model = cls(cls.Params.model_validate(manifest.params))
     with timed(f"re-fit {manifest.engine} on the train part"):
-        user_factors, item_factors = get_engine(manifest.engine).fit(split.train.matrix, params, spark)
+        model.fit(split.train, spark)
     common = {"k": s.eval_k, "max_users": s.eval_max_users, "seed": s.als_seed}
-    metrics = evaluate_factors(user_factors, item_factors, split, **common)
-    baseline = evaluate_popularity(split, **common)
+    metrics = score_on(model, split, **common)
+    popularity = Popularity()
+    popularity.fit(split.train)
+    baseline = score_on(popularity, split, **common)
 
     model_store.update_manifest(path, manifest.model_copy(update={"metrics": metrics, "baseline_metrics": baseline}))
     record_in_registry(

@@ -1,6 +1,8 @@
-"""publish: the quality gate, then an atomic promotion, a registry row and a MODEL message.
+"""publish: choose the best candidate, put it through the quality gate, then promote and announce it.
 
-The gate, on NDCG@k from `evaluate`:
+A nightly run trains several candidates (one per recommender); the best by NDCG@k
+from `evaluate` is put through the gate, the others are recorded as not chosen
+(the registry keeps every candidate's metrics). The gate:
   - the candidate must beat popularity by a margin: ndcg >= (1 + min_lift) * popularity's, and
   - must not regress against the current published model: ndcg >= (1 - max_regression) * current's.
 A failed gate publishes nothing, records why in the registry, and exits non-zero.
@@ -18,6 +20,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -60,14 +63,35 @@ def gate(candidate: ModelManifest, current: ModelManifest | None, s: Settings) -
     return Decision(True, f"{key} {new:.4f} vs popularity {popular:.4f}{vs_current}")
 
 
-def publish(model_version: str, settings: Settings | None = None) -> Decision:
+def choose(versions: list[str], s: Settings) -> tuple[str, list[tuple[str, str]]]:
+    """The candidate with the best NDCG@k, and why each other one was not chosen."""
+    key = f"ndcg@{s.eval_k}"
+    scored = []
+    for version in versions:
+        manifest = model_store.read_manifest(model_store.candidates_dir(s) / version)
+        scored.append((manifest.metrics.get(key, float("-inf")), version, manifest.engine))
+    scored.sort(reverse=True)
+    best_score, best, best_engine = scored[0]
+    others = [(v, f"not chosen: {key} {score:.4f} < {best_score:.4f} of {best_engine}") for score, v, _ in scored[1:]]
+    return best, others
+
+
+def publish(model_versions: str | list[str], settings: Settings | None = None) -> Decision:
+    """Publish the best of the candidates (one version or a nightly run's set) if it passes the gate."""
     s = settings or get_settings()
+    versions = [model_versions] if isinstance(model_versions, str) else list(model_versions)
+    already = [v for v in versions if (model_store.published_dir(s) / v).exists()]
+    if already and not (model_store.candidates_dir(s) / already[0]).exists():
+        log.info("%s was already promoted; sending its MODEL message again", already[0])
+        announce(already[0], model_store.published_dir(s) / already[0], s)
+        return Decision(True, "already published; MODEL message re-sent", model_store.published_dir(s) / already[0])
+    model_version, others = choose(versions, s)
+    for version, reason in others:
+        manifest = model_store.read_manifest(model_store.candidates_dir(s) / version)
+        record_in_registry(version, "not_chosen", engine=manifest.engine, silver_version=manifest.silver_table_version,
+                           path=str(model_store.candidates_dir(s) / version), reason=reason, metrics=manifest.metrics,
+                           settings=s)  # fmt: skip
     candidate_path = model_store.candidates_dir(s) / model_version
-    published_path = model_store.published_dir(s) / model_version
-    if published_path.exists() and not candidate_path.exists():
-        log.info("%s was already promoted; sending its MODEL message again", model_version)
-        announce(model_version, published_path, s)
-        return Decision(True, "already published; MODEL message re-sent", published_path)
 
     candidate = model_store.read_manifest(candidate_path)
     current_path = model_store.latest_published(s)
@@ -96,8 +120,10 @@ def announce(model_version: str, path: Path, s: Settings) -> None:
     prod.close()
 
 
-def main(model_version: str = typer.Option(..., help="Candidate model version to publish.")) -> None:
-    """Publish a candidate if it passes the quality gate."""
+def main(
+    model_version: Annotated[list[str], typer.Option(help="Candidate version(s); the best one goes through the gate.")],
+) -> None:
+    """Publish the best candidate if it passes the quality gate."""
     setup_logging()
     decision = publish(model_version)
     print(json.dumps({"published": decision.passed, "reason": decision.reason, "path": str(decision.path or "")}))

@@ -47,13 +47,18 @@ class ModelMessage(BaseModel):
 
 
 class VectorUpdate(BaseModel):
-    """One user's or item's new factor vector, folded in by the speed layer."""
+    """One user's (or new item's) state since the model's cut-off, as the speed layer computed it.
+
+    `vector` is the model's real-time state (ALS: the folded-in factors); None for models
+    that read the user's latest events at request time. For users, `recent` carries those
+    events (the newest `Recommender.recent_events` since the cut-off, oldest first).
+    """
 
     type: Literal["UP"] = "UP"
     model_version: str
     kind: Literal["user", "item"]
     id: str
-    vector: list[float]
+    vector: list[float] | None = None
     event_ts_ms: int | None = Field(None, description="Time of the newest event folded in, for latency metrics.")
     # Users only: what the user did since the model's cut-off, so servers can filter and explain.
     # Absolute (the whole period, not this batch), like the vector: applying an UP twice changes nothing.
@@ -63,6 +68,9 @@ class VectorUpdate(BaseModel):
     )
     source_offset: int | None = Field(
         None, description="Users: `events` offset of the newest event folded in (their partition is fixed by key)."
+    )
+    recent: list[tuple[str, str, int]] = Field(
+        default_factory=list, description="Users: their latest events since the cut-off as (item, event type, ts ms)."
     )
 
 
@@ -130,28 +138,40 @@ def is_model_key(key: bytes | None) -> bool:
 
 
 # --- model versions ---------------------------------------------------------------------------
+# m<creation time, UTC, microseconds>[-<recommender>]: one nightly run trains several candidates at one time.
 VERSION_PREFIX = "m"
 VERSION_TIME_FORMAT = "%Y%m%dT%H%M%S%f"
-_VERSION = re.compile(r"^m\d{8}T\d{12}$")
-# The same format as a Jinja template over an Airflow run's logical time (the DAG's model version).
-VERSION_TEMPLATE = f"{VERSION_PREFIX}{{{{ dag_run.run_after.strftime('{VERSION_TIME_FORMAT}') }}}}"
+_VERSION = re.compile(r"^m(\d{8}T\d{12})(?:-([a-z0-9_]+))?$")
 
 
-def new_version(now: datetime | None = None) -> str:
-    """A model version named by its creation time: m20261124T031500123456 (UTC, microseconds)."""
-    return (now or datetime.now(UTC)).astimezone(UTC).strftime(f"{VERSION_PREFIX}{VERSION_TIME_FORMAT}")
+def new_version(now: datetime | None = None, model: str | None = None) -> str:
+    """A model version named by its creation time: m20261124T031500123456, or m20261124T031500123456-spark_als."""
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime(f"{VERSION_PREFIX}{VERSION_TIME_FORMAT}")
+    return f"{stamp}-{model}" if model else stamp
+
+
+def version_template(model: str | None = None) -> str:
+    """The same format as a Jinja template over an Airflow run's logical time (the DAG's model versions)."""
+    stamp = f"{VERSION_PREFIX}{{{{ dag_run.run_after.strftime('{VERSION_TIME_FORMAT}') }}}}"
+    return f"{stamp}-{model}" if model else stamp
 
 
 def version_time(version: str) -> datetime:
     """When a version was made; raises ValueError for a string that is not a model version."""
-    if not _VERSION.match(version):
-        raise ValueError(f"not a model version: {version!r} (expected m<YYYYmmddTHHMMSSffffff>)")
-    return datetime.strptime(version[len(VERSION_PREFIX) :], VERSION_TIME_FORMAT).replace(tzinfo=UTC)
+    match = _VERSION.match(version)
+    if not match:
+        raise ValueError(f"not a model version: {version!r} (expected m<YYYYmmddTHHMMSSffffff>[-<recommender>])")
+    return datetime.strptime(match.group(1), VERSION_TIME_FORMAT).replace(tzinfo=UTC)
 
 
 def is_newer(version: str, than: str | None) -> bool:
     """Whether `version` was made after `than` (None: nothing served yet). Compared as times, not strings."""
     return than is None or version_time(version) > version_time(than)
+
+
+def version_key(version: str) -> tuple[datetime, str]:
+    """Sort key: oldest first (the name breaks ties between candidates of one run)."""
+    return version_time(version), version
 
 
 # --- topic specifications ---------------------------------------------------------------------

@@ -96,8 +96,12 @@ class Settings(BaseSettings):
     decay_half_life_days: float = Field(
         0.0, ge=0, description="Half-life of the time decay of event strengths; 0 turns decay off."
     )
-    als_engine: Literal["spark_als", "implicit"] = Field(
-        "spark_als", description="Training engine: Spark MLlib ALS or the `implicit` library (single machine)."
+    model: str = Field(
+        "spark_als", description="The recommender `train` fits when none is named (a name in recsys.models.registry)."
+    )
+    candidates: list[str] = Field(
+        ["spark_als"],
+        description="Recommenders the nightly DAG trains and evaluates; the gate publishes the best of them.",
     )
     als_rank: int = Field(64, ge=1, description="Number of latent factors.")
     als_iterations: int = Field(15, ge=1, description="ALS iterations.")
@@ -135,6 +139,14 @@ class Settings(BaseSettings):
         ["purchase"],
         description="`/recommend?exclude_seen=true` (the default) leaves out items the user had these events on.",
     )
+    serving_recent_exclude_types: list[str] = Field(
+        ["view", "add_to_cart"],
+        description="Items the user had these events on within `RECSYS_SERVING_RECENT_EXCLUDE_S` before their latest "
+        "event are not recommended again (the shopper just saw them).",
+    )
+    serving_recent_exclude_s: int = Field(
+        3600, ge=0, description="The cool-down of recently viewed or carted items, in seconds; 0 turns it off."
+    )
     serving_index: Literal["exact", "approximate", "full_sort"] = Field(
         "exact",
         description="Top-k retrieval: `exact` (vectorised scan + partial sort), `approximate` (faiss IVF index, "
@@ -158,6 +170,24 @@ class Settings(BaseSettings):
         description="HMAC key for user-id pseudonyms. If unset, a random key is created once in "
         "`<state_dir>/secrets/pseudonym.key` (mode 600). Never commit it.",
     )
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from recsys.models import registry
+
+        if v not in registry.names():
+            raise ValueError(f"unknown recommender {v!r}; choose one of {', '.join(registry.names())}")
+        return v
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, v: list[str]) -> list[str]:
+        for name in v:
+            cls._known_model(name)
+        if not v:
+            raise ValueError("name at least one candidate recommender")
+        return v
 
     @field_validator("event_weights")
     @classmethod

@@ -155,9 +155,10 @@ def _check_category(model: ServingModel, category: str | None) -> None:
 
 def _items(model: ServingModel, ranked: Ranked) -> list[Item]:
     out = []
-    for item_id, score, fresh in zip(ranked.item_ids, ranked.scores, ranked.from_speed, strict=True):
+    reasons = ranked.reasons or [None] * len(ranked.item_ids)
+    for item_id, score, fresh, why in zip(ranked.item_ids, ranked.scores, ranked.from_speed, reasons, strict=True):
         title, category = model.item_meta(item_id)
-        out.append(Item(item_id=item_id, score=score, title=title, category=category, from_speed=fresh))
+        out.append(Item(item_id=item_id, score=score, title=title, category=category, from_speed=fresh, because=why))
     return out
 
 
@@ -168,26 +169,31 @@ def _routes(app: FastAPI, s: Settings) -> None:
 
     @app.get("/recommend/{user_id}", response_model=Recommendations, responses=ERRORS, tags=["recommendations"])
     async def recommend(user_id: UserId, model: Model, request: Request, k: K = s.serving_default_k,
-                        exclude_seen: bool = True, category: str | None = None) -> Recommendations:  # fmt: skip
-        """Top-k items for a user, from the speed layer's vector if there is one, else the batch model's,
-        else the most popular items. `exclude_seen` leaves out items the user had the configured event
-        types on (RECSYS_SERVING_EXCLUDE_EVENT_TYPES); `category` keeps one catalogue category."""
+                        exclude_seen: bool = True, category: str | None = None,
+                        explain: bool = False) -> Recommendations:  # fmt: skip
+        """Top-k items for a user from the served recommender's view of them: their history and latest events
+        including what the speed layer saw since the batch model, else the batch model's view, else the most
+        popular items. `exclude_seen` leaves out items the user had the configured event types on
+        (RECSYS_SERVING_EXCLUDE_EVENT_TYPES) and items they just viewed or carted (RECSYS_SERVING_RECENT_EXCLUDE_S);
+        `category` keeps one catalogue category (any case); `explain` adds "because you viewed X" per item."""
         pseudonym = _user(user_id, s, key)
         _check_category(model, category)
-        ranked = await request.app.state.batcher.submit(model, model.prepare(pseudonym, k, exclude_seen, category))
+        query = model.prepare(pseudonym, k, exclude_seen, category, explain)
+        ranked = await request.app.state.batcher.submit(model, query)
         metrics.ANSWERS.labels(ranked.source).inc()
         return Recommendations(user_id=pseudonym, model_version=model.version, source=ranked.source,
                                as_of_ms=ranked.as_of_ms, items=_items(model, ranked))  # fmt: skip
 
     @app.get("/similar/{item_id}", response_model=Similar, responses=ERRORS, tags=["recommendations"])
     async def similar(item_id: ItemId, model: Model, k: K = s.serving_default_k) -> Similar:
-        """Items whose factors point the same way (cosine similarity)."""
+        """Items like this one by the served model (co-occurrence, factors or attributes); for an item the model
+        knows nothing of, the most popular items of its category (`source` says which)."""
         _check_item(item_id, s)
         try:
             ranked = model.similar(item_id, k)
         except UnknownId as e:
             raise HTTPException(404, str(e)) from None
-        return Similar(item_id=item_id, model_version=model.version, items=_items(model, ranked))
+        return Similar(item_id=item_id, model_version=model.version, source=ranked.source, items=_items(model, ranked))
 
     @app.get("/because/{user_id}/{item_id}", response_model=Explanation, responses=ERRORS, tags=["recommendations"])
     async def because(user_id: UserId, item_id: ItemId, model: Model, k: K = 5) -> Explanation:
@@ -251,7 +257,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
         """The model being served, its evaluation, and how much the speed layer has added to it."""
         m = model.manifest
         return ModelInfo(
-            model_version=m.model_version, engine=m.engine, created_at_ms=m.created_at_ms, rank=m.rank,
+            model_version=m.model_version, engine=m.engine, created_at_ms=m.created_at_ms, params=m.params,
             n_users=m.n_users, n_items=m.n_items, new_items=model.n_items - model.n_base,
             speed_users=model.speed_users, speed_updates_applied=model.speed_updates, index=s.serving_index,
             metrics=m.metrics, baseline_metrics=m.baseline_metrics, kafka_offsets=m.kafka_offsets,

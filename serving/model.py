@@ -1,32 +1,38 @@
-"""What a request reads: one batch model plus the speed layer's updates since its cut-off.
+"""What a request reads: one published model plus the speed layer's updates since its cut-off.
 
-A `ServingModel` is built for each published model and then only grows: UP
-messages replace user vectors and add (or move) items that are newer than the
-model. Readers never lock. Everything a request needs in one consistent piece
-(the items folded in since the model) is an immutable `_NewItems` swapped in as
-a whole, and dict assignments are atomic, so a request sees either the state
-before an update or after it, never half of one. A new batch model is a new
-`ServingModel`, swapped in by the follower in one assignment (see `follower.py`).
+A `ServingModel` wraps one artifact (its `Recommender` and the data it was fitted on)
+and then only grows: user UPs replace what is known of a user since the cut-off (their
+state, strengths, event types and latest events), item UPs add (or move) items newer
+than the model. Readers never lock. Everything a request needs in one consistent piece
+(the items folded in since the model) is an immutable `NewItems` swapped in whole, and
+dict assignments are atomic, so a request sees either the state before an update or
+after it, never half of one. A new batch model is a new `ServingModel`, swapped in by
+the follower in one assignment (see `follower.py`).
+
+Scoring goes through the recommender interface only: `answer` builds one `UserContext`
+per request and scores a whole micro-batch with one `Recommender.score` call (for
+factor models: one matrix product, the item matrix read once per batch).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from recsys.io.model_store import ModelArtifact
-from recsys.models.foldin import explain
-from recsys.models.topk import PAD, full_sort_top_k, normalize_rows, top_k_of_scores
+from recsys.models.base import NewItems, UserContext, select
+from recsys.models.topk import PAD, full_sort_top_k, top_k_of_scores
 from recsys.protocol import ForgetMessage, VectorUpdate
 from recsys.settings import Settings
 from serving.index import ApproximateIndex
 
 log = logging.getLogger("serving.model")
 
-Source = Literal["speed", "batch", "popular"]
+Source = Literal["speed", "batch", "popular", "content"]
+VERBS = {"view": "viewed", "add_to_cart": "added", "purchase": "bought"}
 
 
 class UnknownId(LookupError):
@@ -34,35 +40,28 @@ class UnknownId(LookupError):
 
 
 @dataclass(frozen=True)
-class _NewItems:
-    """Items first seen after the batch model, folded in by the speed layer. Replaced whole, never mutated."""
-
-    ids: tuple[str, ...] = ()
-    factors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-    categories: tuple[str | None, ...] = ()
-
-
-@dataclass(frozen=True)
 class _Recent:
     """A user's activity since the model's cut-off, from their latest UP."""
 
-    vector: np.ndarray
+    state: np.ndarray | None
     strengths: dict[str, float]
     event_types: dict[str, list[str]]
+    events: list[tuple[str, str, int]]  # (item, event type, ts ms), oldest first
     as_of_ms: int | None
     source_offset: int | None = None  # `events` offset of the newest event folded in
 
 
 @dataclass
 class Query:
-    """One recommend request, prepared: who, what to leave out, and the vectors to score."""
+    """One recommend request, prepared: who, what to leave out, and the views of the user to score."""
 
     user_id: str
     k: int
     category: str | None
     excluded: np.ndarray
-    vectors: list[np.ndarray]  # [] unknown user; [batch]; [speed]; or [speed, batch]
+    contexts: list[UserContext]  # [] unknown user; [batch]; [speed]; or [speed, batch]
     recent: _Recent | None
+    explain: bool = False
 
 
 @dataclass
@@ -70,9 +69,10 @@ class Ranked:
     item_ids: list[str]
     scores: list[float]
     source: Source
-    # Per item, for speed answers: True if the batch vector alone would not have ranked it in the top k.
+    # Per item, for speed answers: True if the batch view of the user alone would not have ranked it in the top k.
     from_speed: list[bool]
     as_of_ms: int | None = None
+    reasons: list[str | None] | None = None  # "because you viewed X", when asked for
 
 
 class ServingModel:
@@ -81,65 +81,84 @@ class ServingModel:
         self.version = artifact.manifest.model_version
         self.settings = s
         self.catalog = catalog
-        self.item_factors = np.asarray(artifact.item_factors, dtype=np.float32)  # memory-mapped: pages are shared
-        self.user_factors = np.asarray(artifact.user_factors, dtype=np.float32)
-        self.item_ids: list[str] = artifact.item_ids.tolist()
+        self.data = artifact.data
+        self.model = artifact.model
+        self.item_ids: list[str] = self.data.item_ids.tolist()
         self.item_index = {item: j for j, item in enumerate(self.item_ids)}
-        self.user_index = {user: u for u, user in enumerate(artifact.user_ids.tolist())}
-        self.interactions = artifact.interactions
-        self.seen_types = artifact.seen_types
-        self.popularity = np.asarray(artifact.popularity, dtype=np.float32)
+        self.user_index = {user: u for u, user in enumerate(self.data.user_ids.tolist())}
+        self.interactions = self.data.strengths
+        self.seen_types = self.data.seen_types
+        self.popularity = self.data.popularity()
         self.n_base = len(self.item_ids)
-        self.gram = self.item_factors.T.astype(np.float64) @ self.item_factors.astype(np.float64)
-        self.unit_items = normalize_rows(self.item_factors)
-        self.categories = np.array([catalog.get(i, (None, None))[1] or "" for i in self.item_ids], dtype=object)
+        self._tail_ptr = self.data.events.indptr(self.data.n_users)
+        self._kinds = {name: b for b, name in enumerate(self.data.event_types)}
+        self.categories = np.array([self._category_of(i, j) for j, i in enumerate(self.item_ids)], dtype=object)
         self.category_names = {c for c in self.categories if c}
+        self._lower_categories = {c.lower(): c for c in self.category_names}
         self._category_masks: dict[str, np.ndarray] = {}
         self._exclude_bits = self._bits(s.serving_exclude_event_types)
         self._exclude_types = frozenset(s.serving_exclude_event_types)
-        self._new = _NewItems(factors=np.zeros((0, self.manifest.rank), np.float32))
+        self._cooldown_types = frozenset(s.serving_recent_exclude_types)
+        self._new = NewItems(states=np.zeros((0, 0), np.float32))
+        self._new_categories: tuple[str | None, ...] = ()
         self._recent: dict[str, _Recent] = {}
         # Right to erasure: users whose batch row is erased, and each user's latest FORGET (to spot older UPs).
         self.erased: set[str] = set()
         self.forgets: dict[str, ForgetMessage] = {}
         self.speed_updates = 0
-        self.index = ApproximateIndex.build(self.item_factors, s) if s.serving_index == "approximate" else None
+        factors = getattr(self.model, "item_factors", None)
+        self.index = (
+            ApproximateIndex.build(np.asarray(factors), s)
+            if s.serving_index == "approximate" and factors is not None and self.model.stateful
+            else None
+        )
+
+    def _category_of(self, item_id: str, j: int | None = None) -> str:
+        meta = self.catalog.get(item_id)
+        if meta is not None and meta[1]:
+            return meta[1]
+        if j is not None and self.data.items is not None:
+            return self.data.items.category[j] or ""
+        return ""
 
     # --- updates (one writer: the follower thread) ----------------------------------------
     def apply(self, up: VectorUpdate) -> None:
-        vector = np.asarray(up.vector, dtype=np.float32)
-        if vector.shape != (self.manifest.rank,):
-            raise ValueError(
-                f"UP for {up.kind} {up.id} has {vector.shape} values, the model's rank is {self.manifest.rank}"
-            )
+        state = None if up.vector is None else np.asarray(up.vector, dtype=np.float32)
+        if state is not None and state.shape != (self.model.state_size,):
+            raise ValueError(f"UP for {up.kind} {up.id} has {state.shape[0]} values; the model's state size "
+                             f"(ALS: its rank) is {self.model.state_size}")  # fmt: skip
         if up.kind == "user":
             if self._predates_forget(up):
                 return
-            self._recent[up.id] = _Recent(vector, up.strengths, up.event_types, up.event_ts_ms, up.source_offset)
+            self._recent[up.id] = _Recent(state, up.strengths, up.event_types, list(up.recent), up.event_ts_ms,
+                                          up.source_offset)  # fmt: skip
         elif up.id in self.item_index and self.item_index[up.id] < self.n_base:
-            return  # the speed layer folds in only items newer than the model; a model item keeps its vector
-        else:
-            self._set_new_item(up.id, vector)
+            return  # the speed layer folds in only items newer than the model; a model item keeps its state
+        elif state is not None:
+            self._set_new_item(up.id, state)
         self.speed_updates += 1
 
-    def _set_new_item(self, item_id: str, vector: np.ndarray) -> None:
+    def _set_new_item(self, item_id: str, state: np.ndarray) -> None:
         new = self._new
+        if len(new) and new.states.shape[1] != state.shape[0]:
+            raise ValueError(f"UP for item {item_id} has {state.shape[0]} values, the model's states have "
+                             f"{new.states.shape[1]}")  # fmt: skip
         j = self.item_index.get(item_id)
         if j is None:
-            factors = np.vstack([new.factors, vector[None, :]])
-            category = self.catalog.get(item_id, (None, None))[1]
-            self._new = _NewItems((*new.ids, item_id), factors, (*new.categories, category))
+            states = np.vstack([new.states.reshape(len(new), -1), state[None, :]]) if len(new) else state[None, :]
+            self._new_categories = (*self._new_categories, self._category_of(item_id) or None)
+            self._new = NewItems((*new.ids, item_id), states)
             self.item_index[item_id] = self.n_base + len(new.ids)  # after the swap: the index is valid
         else:
-            factors = new.factors.copy()
-            factors[j - self.n_base] = vector
-            self._new = _NewItems(new.ids, factors, new.categories)
+            states = new.states.copy()
+            states[j - self.n_base] = state
+            self._new = NewItems(new.ids, states)
 
     def forget(self, message: ForgetMessage) -> None:
         """Erase what this process holds of a user from before their FORGET marker.
 
         Their batch row goes if this model's data ends before the marker (a later model
-        was cleaned of them); their speed vector goes if it folds in earlier events.
+        was cleaned of them); their speed state goes if it folds in earlier events.
         UPs made from events after the marker (the user came back) are kept.
         """
         user = message.user_id
@@ -173,92 +192,139 @@ class ServingModel:
         return j
 
     def item_meta(self, item_id: str) -> tuple[str | None, str | None]:
-        return self.catalog.get(item_id, (None, None))
+        meta = self.catalog.get(item_id)
+        if meta is not None:
+            return meta
+        j = self.item_index.get(item_id)
+        if j is not None and j < self.n_base and self.data.items is not None:
+            return self.data.items.title[j], self.data.items.category[j]
+        return None, None
 
-    def recommend(self, user_id: str, k: int, exclude_seen: bool = True, category: str | None = None) -> Ranked:
-        return self.answer([self.prepare(user_id, k, exclude_seen, category)])[0]
+    def canonical_category(self, category: str) -> str | None:
+        """The catalogue's spelling of a category, matched without regard to case; None if unknown."""
+        if category in self.category_names or category in self._new_categories:
+            return category
+        return self._lower_categories.get(category.lower())
 
-    def prepare(self, user_id: str, k: int, exclude_seen: bool = True, category: str | None = None) -> Query:
+    def has_category(self, category: str) -> bool:
+        return self.canonical_category(category) is not None
+
+    def recommend(self, user_id: str, k: int, exclude_seen: bool = True, category: str | None = None,
+                  explain: bool = False) -> Ranked:  # fmt: skip
+        return self.answer([self.prepare(user_id, k, exclude_seen, category, explain)])[0]
+
+    def context(self, user_id: str, with_speed: bool = True) -> UserContext | None:
+        """The user as the model sees them now (training data plus their latest UP); None if nothing is known."""
+        recent = self._recent.get(user_id) if with_speed else None
+        row = None if user_id in self.erased else self.user_index.get(user_id)
+        if row is None and recent is None:
+            return None
+        history = self.history(user_id) if with_speed else self._batch_history(row)
+        events: list[tuple[int, int, int]] = []
+        if row is not None:
+            ev, lo, hi = self.data.events, self._tail_ptr[row], self._tail_ptr[row + 1]
+            events = list(zip(ev.item[lo:hi].tolist(), ev.kind[lo:hi].tolist(), ev.ts_ms[lo:hi].tolist(), strict=True))
+        limit = self.n_base  # positions request-time models index; new items enter through their state
+        for item, kind, ts in recent.events if recent is not None else ():
+            j = self.item_index.get(item)
+            if j is not None and j < limit:
+                events.append((j, self._kinds.get(kind, 0), ts))
+        events = events[-self.model.recent_events :]
+        keys = np.fromiter((j for j in history if j < limit), np.int64)
+        return UserContext(
+            row=row, items=keys, strengths=np.array([history[j] for j in keys.tolist()], np.float32),
+            recent=np.array([e[0] for e in events], np.int64), recent_kinds=np.array([e[1] for e in events], np.int8),
+            recent_ts_ms=np.array([e[2] for e in events], np.int64),
+            state=recent.state if recent is not None else None,
+        )  # fmt: skip
+
+    def prepare(self, user_id: str, k: int, exclude_seen: bool = True, category: str | None = None,
+                explain: bool = False) -> Query:  # fmt: skip
         """Everything about one request except the scoring, which `answer` does for many requests at once."""
         recent = self._recent.get(user_id)
         row = None if user_id in self.erased else self.user_index.get(user_id)
         excluded = self._excluded(row, recent) if exclude_seen else np.zeros(0, np.int64)
-        vectors = []
-        if recent is not None:
-            vectors.append(recent.vector)
-        if row is not None:  # for a speed user, the batch vector tells which items the speed layer brought in
-            vectors.append(self.user_factors[row])
-        return Query(user_id, k, category, excluded, vectors, recent)
+        contexts = []
+        now = self.context(user_id)
+        if now is not None:
+            contexts.append(now)
+            if recent is not None and row is not None:  # the batch view tells which items the speed layer brought in
+                contexts.append(self.context(user_id, with_speed=False))
+        if category is not None:
+            category = self.canonical_category(category) or category
+        return Query(user_id, k, category, excluded, contexts, recent, explain)  # type: ignore[arg-type]
 
     def answer(self, queries: list[Query]) -> list[Ranked]:
-        """Rank for many prepared queries. In `exact` mode all their vectors are scored by one matrix
-        product: the item factors are read from memory once per batch instead of once per request."""
+        """Rank for many prepared queries: all their contexts are scored by one call to the recommender."""
         new = self._new  # one consistent view of the newer items for the whole batch
-        vectors = [v for q in queries for v in q.vectors]
-        block = self._score_block(vectors, new) if vectors and self.settings.serving_index == "exact" else None
+        contexts = [c for q in queries for c in q.contexts]
+        block = self._score_block(contexts, new) if contexts and self.index is None else None
         out, row = [], 0
         for q in queries:
-            if not q.vectors:
+            if not q.contexts:
                 out.append(self._popular(q.k, q.category, q.excluded, new))
                 continue
-            rows = [None if block is None else block[row + i] for i in range(len(q.vectors))]
-            row += len(q.vectors)
-            tops = [self._top(v, q.k, q.excluded, q.category, new, r) for v, r in zip(q.vectors, rows, strict=True)]
+            rows = [None if block is None else block[row + i] for i in range(len(q.contexts))]
+            row += len(q.contexts)
+            tops = [self._top(c, q.k, q.excluded, q.category, new, r) for c, r in zip(q.contexts, rows, strict=True)]
             idx, scores = tops[0]
-            if q.recent is None:
-                out.append(Ranked(self._ids(idx, new), scores.tolist(), "batch", [False] * len(idx)))
+            if len(idx) == 0:  # nothing the model can rank for this user (or this filter)
+                out.append(self._popular(q.k, q.category, q.excluded, new))
                 continue
-            batch_ids = set(tops[1][0].tolist()) if len(tops) > 1 else set()
-            from_speed = [j not in batch_ids for j in idx.tolist()]
-            out.append(Ranked(self._ids(idx, new), scores.tolist(), "speed", from_speed, q.recent.as_of_ms))
+            if q.recent is None:
+                ranked = Ranked(self._ids(idx, new), scores.tolist(), "batch", [False] * len(idx))
+            else:
+                batch_ids = set(tops[1][0].tolist()) if len(tops) > 1 else set()
+                from_speed = [j not in batch_ids for j in idx.tolist()]
+                ranked = Ranked(self._ids(idx, new), scores.tolist(), "speed", from_speed, q.recent.as_of_ms)
+            if len(idx) < q.k:  # top up with popular items rather than answer short
+                ranked = self._top_up(ranked, q, new)
+            if q.explain:
+                ranked.reasons = [self._reason(q.contexts[0], j) for j in self._positions(ranked.item_ids)]
+            out.append(ranked)
         return out
 
     def popular(self, k: int, category: str | None = None) -> Ranked:
+        if category is not None:
+            category = self.canonical_category(category) or category
         return self._popular(k, category, np.zeros(0, np.int64), self._new)
 
     def similar(self, item_id: str, k: int) -> Ranked:
-        """Items by cosine similarity of their factors, the item itself left out."""
-        new = self._new
+        """Items like this one by the model's own notion (factors, co-occurrence, attributes), itself left out.
+
+        An item the model has nothing on gets the popular items of its category, marked as such.
+        """
         j = self.item_position(item_id)
-        target = self._item_vector(j, new)
-        norm = np.linalg.norm(target)
-        unit = target / norm if norm > 0 else target
-        scores = self.unit_items @ unit
-        if len(new.ids):
-            scores = np.concatenate([scores, normalize_rows(new.factors) @ unit])
-        scores[j] = -np.inf
-        idx, val = top_k_of_scores(scores, k)
-        keep = idx != PAD
-        return Ranked(self._ids(idx[keep], new), val[keep].tolist(), "batch", [False] * int(keep.sum()))
+        idx, val = self.model.similar_items(j, k) if j < self.n_base else (np.zeros(0, np.int64), np.zeros(0))
+        keep = (idx != PAD) & np.isfinite(val) & (val > 0)
+        idx, val = idx[keep], val[keep]
+        if len(idx) == 0:
+            category = self.categories[j] if j < self.n_base else self._new_categories[j - self.n_base]
+            return self._popular(k, category or None, np.array([j]), self._new)
+        source: Source = self.model.similar_source(j)  # type: ignore[assignment]
+        return Ranked(self._ids(idx, self._new), val.astype(float).tolist(), source, [False] * len(idx))
 
     def because(self, user_id: str, item_id: str, n: int) -> tuple[float, list[tuple[str, float]]]:
         """The user's items that most explain the score of `item_id`: (score, [(item, contribution)])."""
-        new = self._new
-        target_j = self.item_position(item_id)
-        history = self.history(user_id, new)
-        if not history:
+        target = self.item_position(item_id)
+        ctx = self.context(user_id)
+        if ctx is None or (not len(ctx.items) and not len(ctx.recent)):
             raise UnknownId(f"no history for user {user_id!r}")
-        items = np.fromiter(history, dtype=np.int64)
-        strengths = np.fromiter(history.values(), dtype=np.float64)
-        vectors = np.vstack([self._item_vector(j, new) for j in items.tolist()])
-        shares = explain(self.gram, self.manifest.objective, vectors, strengths, self._item_vector(target_j, new))
-        order = np.argsort(-shares, kind="stable")[:n]
-        return float(shares.sum()), [(self._id(int(items[i]), new), float(shares[i])) for i in order]
+        if target >= self.n_base:
+            return 0.0, []
+        if self.model.additive_explanations:  # the shares of all the user's items make up the score
+            every = self.model.explain(ctx, target, len(ctx.items) + len(ctx.recent))
+            score = float(sum(r.share for r in every))
+        else:
+            score = float(self.model.score([ctx])[0, target])
+        reasons = self.model.explain(ctx, target, n)
+        return score, [(self.item_ids[r.item], r.share) for r in reasons]
 
-    def history(self, user_id: str, new: _NewItems | None = None) -> dict[int, float]:
+    def history(self, user_id: str) -> dict[int, float]:
         """Item position -> r_ui: the training strengths plus everything since the model's cut-off."""
-        new = new or self._new
-        out: dict[int, float] = {}
+        new = self._new
         row = None if user_id in self.erased else self.user_index.get(user_id)
-        if row is not None:
-            start, end = self.interactions.indptr[row], self.interactions.indptr[row + 1]
-            out.update(
-                zip(
-                    self.interactions.indices[start:end].tolist(),
-                    self.interactions.data[start:end].tolist(),
-                    strict=True,
-                )
-            )
+        out = self._batch_history(row)
         recent = self._recent.get(user_id)
         for item, strength in (recent.strengths if recent else {}).items():
             j = self.item_index.get(item)
@@ -267,57 +333,85 @@ class ServingModel:
         return out
 
     # --- internals ---------------------------------------------------------------------------
-    def _scores(self, vector: np.ndarray, new: _NewItems) -> np.ndarray:
-        scores = self.item_factors @ vector
-        return np.concatenate([scores, new.factors @ vector]) if len(new.ids) else scores
+    def _batch_history(self, row: int | None) -> dict[int, float]:
+        if row is None:
+            return {}
+        start, end = self.interactions.indptr[row], self.interactions.indptr[row + 1]
+        return dict(zip(self.interactions.indices[start:end].tolist(), self.interactions.data[start:end].tolist(),
+                        strict=True))  # fmt: skip
 
-    def _score_block(self, vectors: list[np.ndarray], new: _NewItems) -> np.ndarray:
-        """(len(vectors), n_items) scores, one row per vector, rows contiguous."""
-        v = np.vstack(vectors).astype(np.float32, copy=False)
-        # Y·Vᵀ streams the item matrix once; BLAS runs it several times faster than V·Yᵀ here.
-        block = np.ascontiguousarray((self.item_factors @ v.T).T)
-        return np.hstack([block, v @ new.factors.T]) if len(new.ids) else block
+    def _score_block(self, contexts: list[UserContext], new: NewItems) -> np.ndarray:
+        """(len(contexts), n_items) scores, one row per context, rows contiguous."""
+        return np.ascontiguousarray(self.model.score_all(contexts, new), dtype=np.float32)
 
-    def _top(
-        self, vector: np.ndarray, k: int, excluded: np.ndarray, category: str | None, new: _NewItems,
-        scores: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def _top(self, ctx: UserContext, k: int, excluded: np.ndarray, category: str | None, new: NewItems,
+             scores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         if self.index is not None and category is None:
-            idx, val = self._top_approximate(vector, k, excluded, new)
+            return self._top_approximate(ctx, k, excluded, new)
+        if scores is None:
+            scores = self._score_block([ctx], new)[0]
+        scores = scores.copy()
+        scores[excluded[excluded < len(scores)]] = -np.inf
+        if category is not None:
+            scores[~self._category_mask(category, new)] = -np.inf
+        if self.settings.serving_index == "full_sort":
+            idx, val = full_sort_top_k(scores, k)
         else:
-            scores = self._scores(vector, new) if scores is None else scores
-            scores[excluded] = -np.inf
-            if category is not None:
-                scores[~self._category_mask(category, new)] = -np.inf
-            select = full_sort_top_k if self.settings.serving_index == "full_sort" else top_k_of_scores
-            idx, val = select(scores, k)
-        keep = idx != PAD
+            idx, val = top_k_of_scores(scores, k)
+        keep = (idx != PAD) & np.isfinite(val)
         return idx[keep], val[keep]
 
-    def _top_approximate(
-        self, vector: np.ndarray, k: int, excluded: np.ndarray, new: _NewItems
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _top_approximate(self, ctx: UserContext, k: int, excluded: np.ndarray, new: NewItems):
         """Candidates from the IVF index (asked for enough to survive the exclusions) plus the new items."""
-        idx, val = self.index.search(vector, k + len(excluded))
-        if len(new.ids):
-            idx = np.concatenate([idx, self.n_base + np.arange(len(new.ids))])
-            val = np.concatenate([val, new.factors @ vector])
+        vector = self.model.user_vectors([ctx])[0]  # type: ignore[attr-defined]  # factor models only
+        idx, val = self.index.search(vector, k + len(excluded))  # type: ignore[union-attr]
+        if len(new):
+            idx = np.concatenate([idx, self.n_base + np.arange(len(new))])
+            val = np.concatenate([val, new.states @ vector])
         val = val.astype(np.float32, copy=True)
         val[np.isin(idx, excluded)] = -np.inf
         best, best_val = top_k_of_scores(val, k)
-        return np.where(best == PAD, PAD, idx[np.maximum(best, 0)]), best_val
+        keep = best != PAD
+        return idx[best[keep]], best_val[keep]
 
-    def _popular(self, k: int, category: str | None, excluded: np.ndarray, new: _NewItems) -> Ranked:
-        scores = np.concatenate([self.popularity, np.zeros(len(new.ids), np.float32)])
-        scores[excluded] = -np.inf
-        if category is not None:
-            scores[~self._category_mask(category, new)] = -np.inf
-        idx, val = top_k_of_scores(scores, k)
-        keep = idx != PAD
-        return Ranked(self._ids(idx[keep], new), val[keep].tolist(), "popular", [False] * int(keep.sum()))
+    def _popular(self, k: int, category: str | None, excluded: np.ndarray, new: NewItems) -> Ranked:
+        scores = np.concatenate([self.popularity, np.zeros(len(new), np.float32)])
+        allowed = self._category_mask(category, new) if category is not None else None
+        idx, val = select(scores, k, excluded, allowed)
+        return Ranked(self._ids(idx, new), val.tolist(), "popular", [False] * len(idx))
+
+    def _top_up(self, ranked: Ranked, q: Query, new: NewItems) -> Ranked:
+        taken = np.concatenate([q.excluded, np.asarray(self._positions(ranked.item_ids), np.int64)])
+        extra = self._popular(q.k - len(ranked.item_ids), q.category, taken, new)
+        ranked.item_ids += extra.item_ids
+        ranked.scores += [0.0] * len(extra.item_ids)  # below every model score: they only fill the list
+        ranked.from_speed += [False] * len(extra.item_ids)
+        return ranked
+
+    def _positions(self, item_ids: list[str]) -> list[int]:
+        return [self.item_index[i] for i in item_ids]
+
+    def _reason(self, ctx: UserContext, item: int) -> str | None:
+        """'because you viewed X': the user's event that carries most of this item's score."""
+        if item >= self.n_base:
+            return None
+        reasons = self.model.explain(ctx, item, 1)
+        if not reasons:
+            return None
+        source = reasons[0].item
+        kind = self._last_kind(ctx, source)
+        title = self.item_meta(self.item_ids[source])[0] or self.item_ids[source]
+        return f"because you {VERBS.get(kind, 'viewed')} {title}"
+
+    def _last_kind(self, ctx: UserContext, item: int) -> str:
+        hits = np.flatnonzero(ctx.recent == item)
+        if len(hits):
+            return self.data.event_types[int(ctx.recent_kinds[hits[-1]])]
+        return "view"
 
     def _excluded(self, row: int | None, recent: _Recent | None) -> np.ndarray:
-        """Positions of the items the user had one of the excluded event types on (model period and since)."""
+        """Positions not to recommend: items the user had an excluded event type on (model period and since),
+        and items they viewed or carted within the cool-down before their latest event."""
         parts = []
         if row is not None:
             start, end = self.interactions.indptr[row], self.interactions.indptr[row + 1]
@@ -325,33 +419,49 @@ class ServingModel:
             if self.seen_types is not None:  # same sparsity pattern as the interactions, by construction
                 cols = cols[(self.seen_types.data[start:end] & self._exclude_bits) != 0]
             parts.append(cols)
+        limit = self.n_items  # the new items only ever grow, so these positions stay valid for the answer
         if recent is not None:
             recent_items = [i for i, types in recent.event_types.items() if self._exclude_types.intersection(types)]
-            limit = self.n_items  # the new items only ever grow, so these positions stay valid for the answer
             js = [j for i in recent_items if (j := self.item_index.get(i)) is not None and j < limit]
             parts.append(np.array(js, dtype=np.int64))
+        parts.append(self._cooling(row, recent, limit))
         return np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def _cooling(self, row: int | None, recent: _Recent | None, limit: int) -> np.ndarray:
+        window_ms = self.settings.serving_recent_exclude_s * 1000
+        if window_ms <= 0 or not self._cooldown_types:
+            return np.zeros(0, np.int64)
+        events: list[tuple[int, str, int]] = []
+        if row is not None:
+            ev, lo, hi = self.data.events, self._tail_ptr[row], self._tail_ptr[row + 1]
+            names = self.data.event_types
+            events = [(int(j), names[int(c)], int(t)) for j, c, t in zip(ev.item[lo:hi], ev.kind[lo:hi],
+                                                                         ev.ts_ms[lo:hi], strict=True)]  # fmt: skip
+        for item, kind, ts in recent.events if recent is not None else ():
+            j = self.item_index.get(item)
+            if j is not None and j < limit:
+                events.append((j, kind, ts))
+        if not events:
+            return np.zeros(0, np.int64)
+        # Relative to the user's own latest event: replayed history keeps its meaning, live traffic is "now".
+        newest = max(ts for _, _, ts in events)
+        return np.array([j for j, kind, ts in events if kind in self._cooldown_types and newest - ts <= window_ms],
+                        dtype=np.int64)  # fmt: skip
 
     def _bits(self, event_types: list[str]) -> int:
         names = self.manifest.event_types
         return sum(1 << names.index(t) for t in event_types if t in names)
 
-    def _category_mask(self, category: str, new: _NewItems) -> np.ndarray:
+    def _category_mask(self, category: str, new: NewItems) -> np.ndarray:
         base = self._category_masks.get(category)
         if base is None:
             base = self._category_masks[category] = self.categories == category
-        if not len(new.ids):
+        if not len(new):
             return base
-        return np.concatenate([base, np.array([c == category for c in new.categories], dtype=bool)])
+        return np.concatenate([base, np.array([c == category for c in self._new_categories], dtype=bool)])
 
-    def _item_vector(self, j: int, new: _NewItems) -> np.ndarray:
-        return self.item_factors[j] if j < self.n_base else new.factors[j - self.n_base]
-
-    def _id(self, j: int, new: _NewItems) -> str:
+    def _id(self, j: int, new: NewItems) -> str:
         return self.item_ids[j] if j < self.n_base else new.ids[j - self.n_base]
 
-    def _ids(self, idx: np.ndarray, new: _NewItems) -> list[str]:
+    def _ids(self, idx: np.ndarray, new: NewItems) -> list[str]:
         return [self._id(j, new) for j in idx.tolist()]
-
-    def has_category(self, category: str) -> bool:
-        return category in self.category_names or category in self._new.categories

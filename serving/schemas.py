@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Source = Literal["speed", "batch", "popular"]
+Source = Literal["speed", "batch", "popular", "content"]
 
 
 class Item(BaseModel):
@@ -19,14 +19,16 @@ class Item(BaseModel):
         description="True when the speed layer's view of the user put this item here and the batch model alone "
         "would not have.",
     )
+    because: str | None = Field(None, description="Why, in words (\"because you viewed X\"), when `explain=true`.")
 
 
 class Recommendations(BaseModel):
     user_id: str = Field(description="The pseudonym the user is known by (raw ids are never stored).")
     model_version: str
     source: Source = Field(
-        description="`speed`: the user's vector folded in since the batch model; `batch`: the batch model's "
-        "vector; `popular`: unknown user, most popular items."
+        description="`speed`: the model's view of the user includes what they did since the batch model (their "
+        "latest events, a folded-in vector); `batch`: the batch model's view alone; `popular`: nothing is known of "
+        "the user (or nothing the model can rank), most popular items (within the category, if one is asked for)."
     )
     as_of_ms: int | None = Field(None, description="Time of the newest event behind a `speed` answer.")
     items: list[Item]
@@ -35,6 +37,10 @@ class Recommendations(BaseModel):
 class Similar(BaseModel):
     item_id: str
     model_version: str
+    source: Source = Field(
+        "batch", description="`batch`: the model's behavioural similarity; `content`: the items' attributes (a cold "
+        "item); `popular`: nothing is known of the item, the most popular items of its category."
+    )
     items: list[Item]
 
 
@@ -47,14 +53,15 @@ class Popular(BaseModel):
 class Contribution(BaseModel):
     item_id: str
     title: str | None = None
-    contribution: float = Field(description="This history item's share of the score; all shares sum to `score`.")
+    contribution: float = Field(description="This history item's share of the score (for ALS all shares sum to "
+                                "`score`).")
 
 
 class Explanation(BaseModel):
     user_id: str
     item_id: str
     model_version: str
-    score: float = Field(description="The user's score of the item, from the fold-in of their whole history.")
+    score: float = Field(description="The user's score of the item by the served model.")
     because: list[Contribution]
 
 
@@ -103,7 +110,7 @@ class ModelInfo(BaseModel):
     model_version: str
     engine: str
     created_at_ms: int
-    rank: int
+    params: dict[str, object] = Field(description="The recommender's hyper-parameters.")
     n_users: int
     n_items: int
     new_items: int = Field(description="Items folded in by the speed layer since the model's cut-off.")

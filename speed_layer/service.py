@@ -163,11 +163,12 @@ class SpeedLayer:
             for id_, vector in vectors.items():
                 user = kind == "user"
                 message = VectorUpdate(
-                    model_version=version, kind=kind, id=id_, vector=vector.tolist(),
+                    model_version=version, kind=kind, id=id_, vector=None if vector is None else vector.tolist(),
                     event_ts_ms=updates.source_ts_ms.get((kind, id_)),
                     strengths=updates.user_strengths.get(id_, {}) if user else {},
                     event_types=updates.user_event_types.get(id_, {}) if user else {},
                     source_offset=(source_offsets or {}).get(id_) if user else None,
+                    recent=updates.user_recent.get(id_, []) if user else [],
                 )  # fmt: skip
                 messages.append(protocol.encode(message))
             metrics.FOLDINS.labels(kind).inc(len(vectors))

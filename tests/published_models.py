@@ -1,25 +1,21 @@
 """Helpers shared by the speed-layer and serving tests: events on the real broker, and real published models.
 
-`publish_model` fits a real engine on real events and publishes the artifact the
+`publish_model` fits a real recommender on real events and publishes the artifact the
 way `jobs.train` + `jobs.publish` do (model_store.save, promote), without Spark's
 aggregation step, so a test gets a published model in about a second.
 """
 
 from __future__ import annotations
 
-import time
+import pandas as pd
 
-import numpy as np
-import scipy.sparse as sp
-
-from jobs.engines import AlsParams, implicit_als
 from recsys.contracts.events import Event, validate_event
-from recsys.contracts.manifest import ModelManifest
 from recsys.data import catalog
 from recsys.data.synthetic import SyntheticConfig, iter_messages
-from recsys.evaluation.protocol import distinct_users_per_item
+from recsys.evaluation.protocol import dataset_from_events
 from recsys.io import model_store
 from recsys.io.kafka import end_offsets
+from recsys.models import registry
 from recsys.protocol import Topics
 from recsys.replay import replay
 
@@ -40,40 +36,21 @@ def write_catalogue(s, **catalogue) -> None:
 
 
 def publish_model(
-    s, events: list[Event], version: str, engine=implicit_als, spark=None, rank: int = 16
+    s, events: list[Event], version: str, model: str = "implicit_als", spark=None, rank: int = 16
 ) -> model_store.ModelArtifact:
-    """Fit an engine on `events` and publish it as covering everything in `events` so far."""
+    """Fit a recommender on `events` and publish it as covering everything in `events` so far."""
     weights = s.event_weights
-    types = list(weights)
-    users = np.array(sorted({e.user_id for e in events}))
-    items = np.array(sorted({e.item_id for e in events}))
-    u = np.searchsorted(users, [e.user_id for e in events])
-    i = np.searchsorted(items, [e.item_id for e in events])
-    shape = (len(users), len(items))
-    matrix = sp.csr_matrix(([weights[e.event_type] for e in events], (u, i)), shape=shape)
-    seen = sp.coo_matrix(([1 << types.index(e.event_type) for e in events], (u, i)), shape=shape)
-    seen = _bit_or(seen, matrix)
-    params = AlsParams(rank=rank, iterations=6, reg=1.0 if engine is implicit_als else 0.1, alpha=1.0)
-    user_factors, item_factors = engine.fit(matrix, params, spark)
-    manifest = ModelManifest(
-        model_version=version, created_at_ms=int(time.time() * 1000), engine=engine.NAME,
-        objective=engine.objective(params), rank=rank, hyperparameters={}, n_users=len(users),
-        n_items=len(items), kafka_offsets=end_offsets(Topics.EVENTS, s), event_types=types,
-    )  # fmt: skip
-    artifact = model_store.ModelArtifact(manifest, users, items, user_factors, item_factors, matrix.astype(np.float32),
-                                         distinct_users_per_item(matrix).astype(np.float32), seen)  # fmt: skip
+    frame = pd.DataFrame({
+        "user_id": [e.user_id for e in events], "item_id": [e.item_id for e in events],
+        "ts": [e.ts_ms for e in events], "weight": [weights[e.event_type] for e in events],
+        "event_type": [e.event_type for e in events],
+    })  # fmt: skip
+    data, _ = dataset_from_events(frame, event_types=list(weights))
+    overrides = {"rank": rank, "iterations": 6, "reg": 1.0 if model == "implicit_als" else 0.1, "alpha": 1.0}
+    recommender = registry.create(model, s, overrides if "als" in model else None)
+    recommender.fit(data, spark)
+    manifest = model_store.build_manifest(recommender, data, version, kafka_offsets=end_offsets(Topics.EVENTS, s))
+    artifact = model_store.ModelArtifact(manifest, data, recommender)
     path = model_store.save(artifact, model_store.candidates_dir(s) / version)
     model_store.promote(path, s)
     return artifact
-
-
-def _bit_or(bits: sp.coo_matrix, pattern: sp.csr_matrix) -> sp.csr_matrix:
-    """OR of the bits per (row, col), laid out on exactly `pattern`'s sparsity (as the train job stores it)."""
-    merged: dict[tuple[int, int], int] = {}
-    for r, c, b in zip(bits.row.tolist(), bits.col.tolist(), bits.data.tolist(), strict=True):
-        merged[(r, c)] = merged.get((r, c), 0) | b
-    out = pattern.astype(np.int32, copy=True)
-    for r in range(out.shape[0]):
-        start, end = out.indptr[r], out.indptr[r + 1]
-        out.data[start:end] = [merged[(r, c)] for c in out.indices[start:end].tolist()]
-    return out

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-
-# --- the model artifact's manifest -----------------------------------------------------
-class Objective(BaseModel):
-    """Which implicit-ALS objective the factors minimise; the speed layer folds in with exactly this.
-
-    confidence: `one_plus_alpha_r` (Spark MLlib, Hu et al.) is c = 1 + alpha*r;
-    `alpha_r` (the `implicit` library) is c = alpha*r.
-    reg_scaling: `count` (Spark, ALS-WR) is lambda_u = reg * |I(u)|; `none` is lambda_u = reg.
-    """
-
-    confidence: Literal["one_plus_alpha_r", "alpha_r"]
-    reg_scaling: Literal["count", "none"]
-    alpha: float = Field(gt=0)
-    reg: float = Field(ge=0)
+MANIFEST_FILE = "manifest.json"
 
 
 class ModelManifest(BaseModel):
@@ -27,10 +14,11 @@ class ModelManifest(BaseModel):
 
     model_version: str
     created_at_ms: int
-    engine: Literal["spark_als", "implicit"]
-    objective: Objective
-    rank: int = Field(gt=0)
-    hyperparameters: dict[str, Any]
+    engine: str = Field(description="The recommender's name in recsys.models.registry.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Its hyper-parameters (its Params class).")
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="What else the model says about itself (ALS: the objective it minimised)."
+    )
     n_users: int
     n_items: int
     silver_table_version: int | None = Field(None, description="Delta version of the silver table trained on.")
@@ -45,6 +33,4 @@ class ModelManifest(BaseModel):
         default_factory=list,
         description="Bit i of a `seen_types` entry means event type event_types[i] was seen for that (user, item).",
     )
-
-
-MANIFEST_FILE = "manifest.json"
+    fit_seconds: float | None = None

@@ -49,11 +49,18 @@ SILVER_SCHEMA = pa.schema(
         ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
         ("event_type", pa.string()), ("weight", pa.float64()), ("ts", _TS),
         ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
+        ("session_id", pa.string()), ("quantity", pa.int32()), ("price", pa.float64()),
     ]
 )  # fmt: skip
 
 # The catalogue: one row per item, overwritten whole by whoever owns the product data.
-CATALOG_SCHEMA = pa.schema([("item_id", pa.string()), ("title", pa.string()), ("category", pa.string())])
+CATALOG_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()), ("title", pa.string()), ("category", pa.string()),
+        ("price", pa.float64()),  # null where the shop gives none
+        ("tags", pa.string()),  # '|'-separated attributes beyond the category (MovieLens: every genre)
+    ]
+)  # fmt: skip
 
 # The model registry: append-only; the last row of a version is its current status.
 REGISTRY_SCHEMA = pa.schema(

@@ -86,6 +86,15 @@ def load_items() -> pd.DataFrame:
     )
 
 
+def attributes() -> dict[str, tuple[str | None, str | None, float | None, str]]:
+    """item_id -> (category, title, price, tags): the catalogue as content models read it (no prices here)."""
+    items = load_items()
+    out = {}
+    for item, title, year, genres in items.itertuples(index=False, name=None):
+        out[item] = (genres[0] if genres else None, f"{title} ({year})" if year else title, None, "|".join(genres))
+    return out
+
+
 def iter_events(key: bytes | None = None, mapping: Mapping[int, str] = RATING_TO_EVENT) -> Iterator[Event]:
     """Every rating as an `Event`, in time order (ties by user, then item), user ids pseudonymised.
 

@@ -46,6 +46,8 @@ def _select_top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     # argpartition is O(m) per row; only the k survivors are sorted.
     part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < m else np.broadcast_to(np.arange(m), (n, m))
     part_scores = np.take_along_axis(scores, part, axis=1)
+    if kk < m:
+        part, part_scores = _ties_by_index(scores, part, part_scores, kk)
     # Sort by score descending, then by item index, so equal scores come out in a stable order.
     order = np.lexsort((part, -part_scores), axis=1)
     idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
@@ -56,6 +58,23 @@ def _select_top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         idx = np.hstack([idx, np.full((n, k - kk), PAD, dtype=np.int64)])
         val = np.hstack([val, np.full((n, k - kk), -np.inf, dtype=np.float32)])
     return idx, val
+
+
+def _ties_by_index(
+    scores: np.ndarray, part: np.ndarray, part_scores: np.ndarray, kk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Make the cut at the k-th place deterministic: of items tied with the k-th score, the lowest indices win.
+
+    argpartition picks arbitrarily among ties at the boundary; rows where more items share
+    the k-th score than fit are redone by a lexsort over just the items at or above it.
+    """
+    kth = part_scores.min(axis=1)
+    at_or_above = (scores >= kth[:, None]).sum(axis=1)
+    for r in np.flatnonzero((at_or_above > kk) & np.isfinite(kth)):  # -inf at the cut is padding anyway
+        candidates = np.flatnonzero(scores[r] >= kth[r])
+        order = np.lexsort((candidates, -scores[r, candidates]))[:kk]
+        part[r], part_scores[r] = candidates[order], scores[r, candidates[order]]
+    return part, part_scores
 
 
 def _check_exclude(exclude: sp.csr_matrix | None, n: int, m: int) -> sp.csr_matrix | None:

@@ -16,7 +16,8 @@ from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
-TASKS = ["archive_compact", "clean", "train", "evaluate", "publish"]
+# One train/evaluate pair per candidate (the settings' default: spark_als only), then one publish.
+TASKS = ["archive_compact", "clean", "train_spark_als", "evaluate_spark_als", "publish"]
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +43,14 @@ def test_schedule_retries_and_no_catch_up_storm(dag):
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.get_task("clean").retries == 2
     assert dag.get_task("publish").retries == 0  # a failed gate is not retried
-    assert set(dag.params.keys()) >= {"engine", "rank", "iterations"}
+    assert set(dag.params.keys()) >= {"overrides", "drain_events"}
 
 
 def test_spark_steps_submit_job_files_through_one_connection(dag):
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
     spark_tasks = [t for t in dag.tasks if isinstance(t, SparkSubmitOperator)]
-    assert sorted(t.task_id for t in spark_tasks) == ["clean", "evaluate", "publish", "train"]
+    assert sorted(t.task_id for t in spark_tasks) == ["clean", "evaluate_spark_als", "publish", "train_spark_als"]
     for t in spark_tasks:
         assert t._conn_id == "spark_recsys"
         assert os.path.exists(t.application) and t.application.startswith(str(PROJECT_ROOT / "jobs"))
@@ -71,7 +72,7 @@ def test_nightly_dag_runs_end_to_end_on_movielens(isolated_stack):
         "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
     }
     run = subprocess.run(
-        [sys.executable, "-m", "infra.airflow", "run-dag", "--conf", json.dumps({"engine": "spark_als"})],
+        [sys.executable, "-m", "infra.airflow", "run-dag", "--conf", json.dumps({"overrides": {"spark_als": {"iterations": 10}}})],  # noqa: E501
         env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]

@@ -16,7 +16,7 @@ from recsys.contracts.tables import BRONZE_SCHEMA, Tables
 from recsys.data import movielens
 from recsys.io import lake, model_store
 from recsys.io.kafka import count_messages
-from recsys.models.foldin import FoldIn
+from recsys.models.als import FoldIn
 from recsys.privacy import pseudonymise
 from recsys.protocol import Topics
 
@@ -82,8 +82,8 @@ def movielens_models(spark, settings, tmp_path_factory):
     backfill(events_to_batches(movielens.iter_events(s.pseudonym_key_bytes())), settings=s)
     clean(spark, settings=s)
     results = {}
-    for engine in ("spark_als", "implicit"):
-        version = f"m2026010{len(results) + 1}-{engine}"
+    for engine in ("spark_als", "implicit_als"):
+        version = f"m2026010{len(results) + 1}T000000000000-{engine}"
         train(spark, version, engine, settings=s)
         results[engine] = (version, evaluate(spark, version, settings=s))
     return s, results
@@ -92,14 +92,14 @@ def movielens_models(spark, settings, tmp_path_factory):
 def test_both_engines_write_the_same_artifact_format(movielens_models):
     s, results = movielens_models
     artifacts = {e: model_store.load(model_store.find(v, s)) for e, (v, _) in results.items()}
-    spark_model, implicit_model = artifacts["spark_als"], artifacts["implicit"]
-    assert spark_model.manifest.objective.confidence == "one_plus_alpha_r"
-    assert spark_model.manifest.objective.reg_scaling == "count"
-    assert implicit_model.manifest.objective.confidence == "alpha_r"
-    assert implicit_model.manifest.objective.reg_scaling == "none"
+    spark_model, implicit_model = artifacts["spark_als"], artifacts["implicit_als"]
+    assert spark_model.manifest.details["objective"]["confidence"] == "one_plus_alpha_r"
+    assert spark_model.model.objective.reg_scaling == "count"
+    assert implicit_model.manifest.details["objective"]["confidence"] == "alpha_r"
+    assert implicit_model.model.objective.reg_scaling == "none"
     for a in artifacts.values():
-        assert a.user_factors.shape == (movielens.N_USERS, a.manifest.rank)
-        assert a.item_factors.shape == (movielens.N_ITEMS, a.manifest.rank)
+        assert a.user_factors.shape == (movielens.N_USERS, a.model.params.rank)
+        assert a.item_factors.shape == (movielens.N_ITEMS, a.model.params.rank)
         assert a.interactions.nnz == movielens.N_RATINGS  # one rating per (user, item) pair
         assert np.isfinite(a.user_factors).all() and np.abs(a.item_factors).sum() > 0
         assert a.manifest.silver_table_version == 0
@@ -121,14 +121,14 @@ def test_als_clearly_beats_popularity_on_movielens(movielens_models):
 def test_spark_and_implicit_engines_reach_comparable_quality(movielens_models):
     _, results = movielens_models
     spark_ndcg = results["spark_als"][1]["model"]["ndcg@10"]
-    implicit_ndcg = results["implicit"][1]["model"]["ndcg@10"]
+    implicit_ndcg = results["implicit_als"][1]["model"]["ndcg@10"]
     assert abs(spark_ndcg - implicit_ndcg) <= 0.15 * max(spark_ndcg, implicit_ndcg), (spark_ndcg, implicit_ndcg)
 
 
 def test_gate_failure_publishes_nothing_then_a_good_model_is_published(movielens_models, broker):
     s, results = movielens_models
     s = s.model_copy(update={"kafka_bootstrap": broker.kafka_bootstrap})
-    version = results["implicit"][0]
+    version = results["implicit_als"][0]
     messages_before = count_messages([Topics.MODEL_UPDATES], s)[Topics.MODEL_UPDATES]
 
     strict = s.model_copy(update={"gate_min_lift": 10.0})
@@ -154,14 +154,14 @@ def test_time_decay_weights_recent_events_more(spark, local):
     lake.write(Tables.path(Tables.BRONZE_EVENTS, local), bronze_rows(rows))
     clean(spark, settings=local)
     decayed = local.model_copy(update={"decay_half_life_days": 10.0, "als_rank": 2, "als_iterations": 2})
-    path = train(spark, "m-decay", "implicit", settings=decayed)
+    path = train(spark, "m20260101T000000000000-decay", "implicit_als", settings=decayed)
     artifact = model_store.load(path)
     strengths = dict(zip(artifact.item_ids, artifact.interactions.toarray()[0], strict=True))
     assert strengths["i_new"] == pytest.approx(1.0)
     assert strengths["i_old"] == pytest.approx(0.5**3, rel=1e-4)
 
 
-@pytest.mark.parametrize("engine", ["spark_als", "implicit"])
+@pytest.mark.parametrize("engine", ["spark_als", "implicit_als"])
 def test_folding_in_a_batch_user_reproduces_the_batch_vector(movielens_models, engine):
     """Same data, same item factors, the objective from the manifest: the fold-in lands on the trained vector.
 
@@ -170,7 +170,7 @@ def test_folding_in_a_batch_user_reproduces_the_batch_vector(movielens_models, e
     """
     s, results = movielens_models
     artifact = model_store.load(model_store.find(results[engine][0], s))
-    folded = FoldIn(artifact.item_factors, artifact.manifest.objective).vectors(artifact.interactions)
+    folded = FoldIn(artifact.item_factors, artifact.model.objective).vectors(artifact.interactions)
     batch = np.asarray(artifact.user_factors, dtype=np.float64)
     cosine = (folded * batch).sum(1) / (np.linalg.norm(folded, axis=1) * np.linalg.norm(batch, axis=1))
     relative = np.linalg.norm(folded - batch, axis=1) / np.linalg.norm(batch, axis=1)

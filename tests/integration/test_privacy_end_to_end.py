@@ -21,7 +21,7 @@ from recsys import erasure
 from recsys.contracts.tables import Tables
 from recsys.io import lake, model_store
 from recsys.io.kafka import end_offsets, read_to_end
-from recsys.models.foldin import FoldIn
+from recsys.models.als import FoldIn
 from recsys.privacy import is_pseudonym
 from recsys.protocol import Topics, VectorUpdate
 
@@ -118,7 +118,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     # `back` returns: only what they do from now on counts, in the speed layer and after a replay.
     j = 5
     item = str(m1.item_ids[j])
-    expected = FoldIn(m1.item_factors, m1.manifest.objective).vector(np.array([j]), np.array([s.event_weights["view"]]))
+    expected = FoldIn(m1.item_factors, m1.model.objective).vector(np.array([j]), np.array([s.event_weights["view"]]))
     accepted = post(stack, back_raw, item, "view")
     wait_for(lambda: get(stack, f"/recommend/{back_raw}")[1]["source"] == "speed")
     up = latest_user_update(s, back)
@@ -139,7 +139,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     # The next batch model: `gone` is absent, `back` holds exactly what they did after the request.
     archive(s)
     clean(spark, settings=s)
-    m2 = model_store.load(train(spark, "m20260102T000000000000", "implicit", settings=s), mmap=False)
+    m2 = model_store.load(train(spark, "m20260102T000000000000", "implicit_als", settings=s), mmap=False)
     assert gone not in set(m2.user_ids)
     row = int(np.flatnonzero(m2.user_ids == back)[0])
     assert m2.item_ids[m2.interactions[row].indices].tolist() == [item]

@@ -193,4 +193,4 @@ def test_hot_swap_under_concurrent_requests_fails_nothing_and_keeps_later_update
             c.join()
     assert failures == []
     assert "m20260101T000000000000" in versions and versions[-1] == "m20260102T000000000000" and len(versions) > 100
-    assert np.asarray(m2.item_factors).shape[1] == get(st, "/models")[1]["rank"] == 24
+    assert np.asarray(m2.item_factors).shape[1] == get(st, "/models")[1]["params"]["rank"] == 24

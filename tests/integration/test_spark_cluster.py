@@ -10,6 +10,7 @@ happens; the last test checks `stop` itself.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -33,6 +34,7 @@ from recsys.settings import PROJECT_ROOT, Settings
 pytestmark = pytest.mark.integration
 WORKERS = 1  # one executor per job: each executor JVM costs CPU seconds on a 2-core machine
 RANK, ITERATIONS = 32, 10
+CLUSTER, LOCAL = "m20260101T000000000000-cluster", "m20260101T000000000001-local"
 
 
 @pytest.fixture(scope="module")
@@ -128,28 +130,28 @@ def test_nightly_jobs_on_the_cluster_train_as_good_a_model_as_local(cluster, spa
     assert lake.read(Tables.path(Tables.SILVER_INTERACTIONS, s)).num_rows == movielens.N_RATINGS
 
     # rank/iterations are the DAG's own params; smaller than the defaults only to keep the test quick.
-    spark_submit(spec.master_url, "train", "--model-version", "m-cluster", "--engine", "spark_als",
-                 "--rank", str(RANK), "--iterations", str(ITERATIONS), s=s)  # fmt: skip
-    spark_submit(spec.master_url, "evaluate", "--model-version", "m-cluster", s=s)
+    spark_submit(spec.master_url, "train", "--model-version", CLUSTER, "--model", "spark_als",
+                 "--params", json.dumps({"rank": RANK, "iterations": ITERATIONS}), s=s)  # fmt: skip
+    spark_submit(spec.master_url, "evaluate", "--model-version", CLUSTER, s=s)
     # The same jobs on the test session's local[*] Spark (already running: no second JVM to start).
     small = s.model_copy(update={"als_rank": RANK, "als_iterations": ITERATIONS})
-    train(spark, "m-local", "spark_als", settings=small)
-    evaluate(spark, "m-local", settings=small)
+    train(spark, LOCAL, "spark_als", settings=small)
+    evaluate(spark, LOCAL, settings=small)
 
     # The cluster, not a silent local fallback, ran the jobs: the master saw each one with the workers' cores.
     apps = spark_cluster.master_state(spec)["completedapps"]
     assert sorted(a["name"] for a in apps) == ["recsys-clean", "recsys-evaluate", "recsys-train"]
     assert all(a["cores"] == WORKERS * spec.worker_cores for a in apps), apps
 
-    manifests = {v: model_store.read_manifest(model_store.candidates_dir(s) / v) for v in ("m-cluster", "m-local")}
+    manifests = {v: model_store.read_manifest(model_store.candidates_dir(s) / v) for v in (CLUSTER, LOCAL)}
     assert {registry_status(s)[v]["status"] for v in manifests} == {"evaluated"}
-    cluster_m, local_m = manifests["m-cluster"], manifests["m-local"]
+    cluster_m, local_m = manifests[CLUSTER], manifests[LOCAL]
     assert cluster_m.silver_table_version == local_m.silver_table_version == 0
-    assert cluster_m.rank == local_m.rank == RANK
-    assert cluster_m.hyperparameters["seed"] == local_m.hyperparameters["seed"]
+    assert cluster_m.params["rank"] == local_m.params["rank"] == RANK
+    assert cluster_m.params["seed"] == local_m.params["seed"]
     ndcg = {v: m.metrics["ndcg@10"] for v, m in manifests.items()}
     print(f"NDCG@10 {ndcg}, popularity {local_m.baseline_metrics['ndcg@10']:.6f}")
-    assert abs(ndcg["m-cluster"] - ndcg["m-local"]) <= 0.01, ndcg
+    assert abs(ndcg[CLUSTER] - ndcg[LOCAL]) <= 0.01, ndcg
     for m in manifests.values():
         assert m.metrics["ndcg@10"] >= 1.3 * m.baseline_metrics["ndcg@10"], (m.metrics, m.baseline_metrics)
         assert m.metrics["n_users"] == movielens.N_USERS

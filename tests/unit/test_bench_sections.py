@@ -12,13 +12,29 @@ import scipy.sparse as sp
 from event_frames import random_events as make_random_events
 
 from bench import freshness, plots
-from jobs.engines import AlsParams, implicit_als
-from recsys.evaluation.protocol import load_ml100k_events, time_split
-from recsys.models.foldin import FoldIn
+from recsys.evaluation.protocol import evaluate, load_ml100k_events, time_split
+from recsys.models.als import FoldIn, ImplicitALS
 from recsys.models.topk import top_k
 
-# Small enough for a unit test (a fit takes ~0.1 s); the bench itself uses the settings' rank and iterations.
-SMALL = AlsParams(rank=16, iterations=8, reg=20.0, alpha=1.0, seed=0)
+
+def small(seed: int = 0) -> ImplicitALS:
+    """Small enough for a unit test (a fit takes ~0.1 s); the bench itself uses the model's defaults."""
+    return ImplicitALS(ImplicitALS.Params(rank=16, iterations=8, reg=20.0, alpha=1.0, seed=seed))
+
+
+def streamed(fs: freshness.FreshnessSplit) -> sp.csr_matrix:
+    """The streamed strengths alone (train + streamed minus train)."""
+    out = (fs.seen.strengths - fs.train.strengths).tocsr()
+    out.eliminate_zeros()
+    return out
+
+
+def fitted(fs: freshness.FreshnessSplit) -> ImplicitALS:
+    model = small()
+    model.fit(fs.train)
+    return model
+
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -86,66 +102,76 @@ def _within(a: sp.spmatrix, b: sp.spmatrix) -> bool:
 
 # --- matrices on the train model's indices -------------------------------------------------
 def test_held_relevant_items_were_never_seen(fsplit: freshness.FreshnessSplit) -> None:
-    assert fsplit.held.nnz > 0 and fsplit.streamed.nnz > 0
-    assert fsplit.held.multiply(fsplit.seen != 0).nnz == 0
-    assert fsplit.held.multiply(fsplit.train.matrix != 0).nnz == 0
+    assert fsplit.held.nnz > 0 and streamed(fsplit).nnz > 0
+    assert fsplit.held.multiply(fsplit.seen.strengths != 0).nnz == 0
+    assert fsplit.held.multiply(fsplit.train.strengths != 0).nnz == 0
     # The exclude matrix handed to evaluation holds train and streamed items.
-    exclude = fsplit.eval_split().train.matrix
-    assert _within(fsplit.streamed, exclude) and _within(fsplit.train.matrix, exclude)
-    assert fsplit.touched.sum() == np.unique(fsplit.streamed.nonzero()[0]).size == 400
+    exclude = fsplit.eval_split().train.strengths
+    assert _within(streamed(fsplit), exclude) and _within(fsplit.train.strengths, exclude)
+    assert fsplit.touched.sum() == np.unique(streamed(fsplit).nonzero()[0]).size == 400
 
 
 def test_no_streamed_item_is_recommended(fsplit: freshness.FreshnessSplit) -> None:
-    users, items = implicit_als.fit(fsplit.train.matrix, SMALL)
-    speed = freshness.speed_user_factors(users, items, SMALL, fsplit.seen, fsplit.touched)
+    model = fitted(fsplit)
+    contexts = freshness.realtime_contexts(model, fsplit)
+    speed = model.user_vectors(contexts)
     split = fsplit.eval_split()
     rows = np.arange(fsplit.train.n_users)
-    recommended, _ = top_k(speed[rows], items, 10, exclude=split.train.matrix[rows])
-    streamed = fsplit.streamed.tocsr()
+    recommended, _ = top_k(speed[rows], model.item_factors, 10, exclude=split.train.strengths[rows])
+    fresh = streamed(fsplit)
     for r in rows:
-        assert not set(recommended[r]) & set(streamed[r].indices)
+        assert not set(recommended[r]) & set(fresh[r].indices)
     # Without the exclusion, streamed items do come up (the folded vector leans towards them):
     # so the check above is not vacuous.
-    unfiltered, _ = top_k(speed[rows], items, 10)
-    assert sum(len(set(unfiltered[r]) & set(streamed[r].indices)) for r in rows) > 0
+    unfiltered, _ = top_k(speed[rows], model.item_factors, 10)
+    assert sum(len(set(unfiltered[r]) & set(fresh[r].indices)) for r in rows) > 0
 
 
-# --- speed-layer vectors ------------------------------------------------------------------------
-def test_speed_vectors_replace_only_touched_users(fsplit: freshness.FreshnessSplit) -> None:
-    users, items = implicit_als.fit(fsplit.train.matrix, SMALL)
+# --- real-time vectors ------------------------------------------------------------------------
+def test_realtime_vectors_replace_only_touched_users(fsplit: freshness.FreshnessSplit) -> None:
+    model = fitted(fsplit)
     touched = np.zeros(fsplit.train.n_users, dtype=bool)
     touched[::3] = True
-    speed = freshness.speed_user_factors(users, items, SMALL, fsplit.seen, touched)
-    np.testing.assert_array_equal(speed[~touched], users[~touched])
-    expected = FoldIn(items, implicit_als.objective(SMALL)).vectors(fsplit.seen[np.flatnonzero(touched)])
+    fs = freshness.FreshnessSplit(**{**fsplit.__dict__, "touched": touched})
+    speed = model.user_vectors(freshness.realtime_contexts(model, fs))
+    np.testing.assert_array_equal(speed[~touched], model.user_factors[~touched])
+    expected = FoldIn(model.item_factors, model.objective).vectors(fsplit.seen.strengths[np.flatnonzero(touched)])
     np.testing.assert_allclose(speed[touched], expected, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(speed[touched], users[touched], atol=1e-3)
+    assert not np.allclose(speed[touched], model.user_factors[touched], atol=1e-3)
 
 
 def test_folding_in_the_train_history_alone_reproduces_the_batch_vectors(fsplit: freshness.FreshnessSplit) -> None:
-    # Same objective as the engine: the re-solve alone changes little, so any gain of `speed` comes from the events.
-    users, items = implicit_als.fit(fsplit.train.matrix, SMALL)
-    everyone = np.ones(fsplit.train.n_users, dtype=bool)
-    refold = freshness.speed_user_factors(users, items, SMALL, fsplit.train.matrix, everyone)
+    # Same objective as the engine: the re-solve alone changes little, so any gain of `realtime` comes from the events.
+    model = fitted(fsplit)
+    refold = model.update_users(fsplit.train.contexts(range(fsplit.train.n_users)))
+    users = model.user_factors
     cosine = (refold * users).sum(1) / (np.linalg.norm(refold, axis=1) * np.linalg.norm(users, axis=1))
     assert np.median(cosine) > 0.99
 
 
 # --- the comparison -------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_speed_beats_stale_and_recovered_share_is_finite(ml_subset: pd.DataFrame, seed: int) -> None:
-    params = AlsParams(rank=16, iterations=8, reg=20.0, alpha=1.0, seed=seed)
-    out = freshness.measure(ml_subset, params, test_share=0.2, k=10)
-    assert out["users"] == 400 and out["touched_users"] == 400
-    assert out["streamed_events"] + out["held_events"] == len(time_split(ml_subset, 0.2)[1])
-    for model in ("stale", "speed", "retrain", "refold_train_only"):
-        assert set(out[model]) >= {"ndcg@10", "recall@10"}
-    stale, speed = out["stale"]["ndcg@10"], out["speed"]["ndcg@10"]
-    assert speed > stale + 0.003
-    # The control (re-solve without the streamed events) stays near stale: the gain is the fresh events'.
-    assert abs(out["refold_train_only"]["ndcg@10"] - stale) < (speed - stale) / 2
-    assert out["retrain_beats_stale"] and math.isfinite(out["recovered_share"])
+def test_realtime_beats_stale_and_recovered_share_is_finite(fsplit: freshness.FreshnessSplit, seed: int) -> None:
+    out = freshness.measure(lambda: small(seed), fsplit, k=10)
+    for view in ("stale", "realtime", "retrain"):
+        assert set(out[view]) >= {"ndcg@10", "recall@10"} and out[view]["n_users"] == 400
+    stale, realtime = out["stale"]["ndcg@10"], out["realtime"]["ndcg@10"]
+    assert realtime > stale + 0.003
+    assert out["recovered_share"] is not None and math.isfinite(out["recovered_share"])
     assert out["recovered_share"] > 0
+
+
+def test_the_realtime_gain_comes_from_the_streamed_events(fsplit: freshness.FreshnessSplit) -> None:
+    # Control: re-solving every user from their train history alone stays near stale.
+    model = fitted(fsplit)
+    split = fsplit.eval_split()
+    train_view = fsplit.train.contexts(range(fsplit.train.n_users))
+    for ctx, state in zip(train_view, model.update_users(train_view), strict=True):
+        ctx.state = state
+    stale = evaluate(model, split, contexts=fsplit.train.contexts(range(fsplit.train.n_users)))["ndcg@10"]
+    refold = evaluate(model, split, contexts=train_view)["ndcg@10"]
+    realtime = evaluate(model, split, contexts=freshness.realtime_contexts(model, fsplit))["ndcg@10"]
+    assert abs(refold - stale) < (realtime - stale) / 2
 
 
 def test_recovered_share_guards_a_retrain_that_did_not_help() -> None:
@@ -157,17 +183,20 @@ def test_recovered_share_guards_a_retrain_that_did_not_help() -> None:
 
 # --- plots --------------------------------------------------------------------------------------
 QUALITY = {
-    "popularity": {"ndcg@10": 0.12, "precision@10": 0.11, "recall@10": 0.12},
-    "implicit_lib": {"ndcg@10": 0.20, "precision@10": 0.18, "recall@10": 0.20},
-    "params": {"k": 10},
-    "ratios": {"implicit_engine_vs_popularity": 1.7},
+    "ordered": {
+        "popularity": {"ndcg@10": 0.12, "precision@10": 0.11, "recall@10": 0.12},
+        "implicit_lib": {"ndcg@10": 0.20, "precision@10": 0.18, "recall@10": 0.20},
+    },
+    "params": {"k": 10, "seeds": [0], "reference": "implicit_als"},
 }
 FRESHNESS = {
-    "stale": {"ndcg@10": 0.127, "recall@10": 0.139},
-    "speed": {"ndcg@10": 0.138, "recall@10": 0.150},
-    "retrain": {"ndcg@10": 0.141, "recall@10": 0.152},
-    "recovered_share": None,
-    "params": {"k": 10},
+    "implicit_als": {
+        "stale": {"ndcg@10": 0.127, "recall@10": 0.139},
+        "realtime": {"ndcg@10": 0.138, "recall@10": 0.150},
+        "retrain": {"ndcg@10": 0.141, "recall@10": 0.152},
+        "recovered_share": None,
+    },
+    "split": {"k": 10},
 }
 
 
@@ -200,5 +229,5 @@ def test_write_plots_all_sections(tmp_path: Path) -> None:
 def test_write_plots_tolerates_missing_or_empty_sections(tmp_path: Path) -> None:
     assert plots.write_plots({}, tmp_path / "none") == []
     assert not (tmp_path / "none").exists()
-    empty = {"quality": {}, "serving": {"modes": {}}, "batch": {}, "freshness": {"params": {"k": 10}}}
+    empty = {"quality": {}, "serving": {"modes": {}}, "batch": {}, "freshness": {"split": {"k": 10}}}
     assert plots.write_plots(empty, tmp_path / "empty") == []

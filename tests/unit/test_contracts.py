@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from recsys.contracts.events import DeadLetter, Event, Rejection, validate_event
-from recsys.contracts.manifest import ModelManifest, Objective
+from recsys.contracts.manifest import ModelManifest
+from recsys.models.als import Objective
 from recsys.privacy import pseudonymise
 from recsys.protocol import UpdateMessage
 from recsys.settings import Settings
@@ -129,13 +130,13 @@ def test_update_messages_are_told_apart_by_type():
 
 
 def test_manifest_records_the_objective():
+    objective = Objective(confidence="one_plus_alpha_r", reg_scaling="count", alpha=10, reg=0.1)
     manifest = ModelManifest(
-        model_version="v1", created_at_ms=1, engine="spark_als",
-        objective=Objective(confidence="one_plus_alpha_r", reg_scaling="count", alpha=10, reg=0.1),
-        rank=8, hyperparameters={"iterations": 10}, n_users=3, n_items=4, kafka_offsets={0: 12},
+        model_version="v1", created_at_ms=1, engine="spark_als", params={"rank": 8, "iterations": 10},
+        details={"objective": objective.model_dump()}, n_users=3, n_items=4, kafka_offsets={0: 12},
     )  # fmt: skip
     again = ModelManifest.model_validate_json(manifest.model_dump_json())
-    assert again == manifest
+    assert again == manifest and Objective.model_validate(again.details["objective"]) == objective
     with pytest.raises(ValueError):
         Objective(confidence="alpha_r", reg_scaling="sometimes", alpha=1, reg=0.1)
 

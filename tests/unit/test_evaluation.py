@@ -12,19 +12,50 @@ import scipy.sparse as sp
 from event_frames import random_events as make_random_events
 
 from recsys.evaluation.protocol import (
-    Interactions,
-    evaluate_factors,
-    evaluate_popularity,
-    item_popularity,
+    dataset_from_events,
+    evaluate,
     load_ml100k_events,
     make_split,
     sample_users,
     time_split,
-    train_implicit_lib,
 )
+from recsys.models.als import ImplicitALS, fit_implicit
+from recsys.models.base import Recommender
+from recsys.models.popularity import Popularity
+
+
+class FixedScores(Recommender):
+    """A toy recommender: the same given scores for every user."""
+
+    name = "fixed"
+    Params = Popularity.Params
+
+    def __init__(self, scores: np.ndarray) -> None:
+        super().__init__()
+        self.scores = np.asarray(scores, np.float32)
+        self.n_items = len(scores)
+
+    def fit(self, data, spark=None) -> None:
+        pass
+
+    def score(self, users):
+        return np.broadcast_to(self.scores, (len(users), self.n_items)).copy()
+
+    def save(self, directory):
+        return {}
+
+    @classmethod
+    def load(cls, directory, params, data):
+        raise NotImplementedError
+
+
+def evaluate_popularity(split, **kwargs):
+    model = Popularity()
+    model.fit(split.train)
+    return evaluate(model, split, **kwargs)
 
 # Best of a small grid on this split (factors 32/64/128, λ 0.01..100, alpha 0.25..5); see the module's report.
-ALS_PARAMS = {"factors": 64, "regularization": 20.0, "alpha": 1.0, "iterations": 15}
+ALS_PARAMS = {"rank": 64, "reg": 20.0, "alpha": 1.0, "iterations": 15}
 
 
 def _events(rows: list[tuple[str, str, int, float]]) -> pd.DataFrame:
@@ -91,20 +122,21 @@ def test_time_split_rejects_bad_share(random_events: pd.DataFrame) -> None:
         time_split(random_events, 1.0)
 
 
-# --- Interactions and the split --------------------------------------------------------
-def test_interactions_sum_weights_and_share_id_orders() -> None:
+# --- datasets and the split --------------------------------------------------------
+def test_datasets_sum_weights_and_share_id_orders() -> None:
     events = _events([("u1", "a", 1, 1.0), ("u1", "a", 2, 3.0), ("u2", "b", 3, 5.0)])
-    inter = Interactions.from_events(events)
-    assert inter.user_ids.tolist() == ["u1", "u2"] and inter.item_ids.tolist() == ["a", "b"]
-    assert inter.matrix.dtype == np.float32
-    assert inter.matrix.toarray().tolist() == [[4.0, 0.0], [0.0, 5.0]]
-    assert inter.user_index("u2") == 1 and inter.item_index(["b", "zz"]).tolist() == [1, -1]
-    assert inter.items_of("u1").tolist() == ["a"] and inter.items_of("nobody").size == 0
+    data, dropped = dataset_from_events(events)
+    assert data.user_ids.tolist() == ["u1", "u2"] and data.item_ids.tolist() == ["a", "b"] and dropped == 0
+    assert data.strengths.dtype == np.float32
+    assert data.strengths.toarray().tolist() == [[4.0, 0.0], [0.0, 5.0]]
+    # The ordered log: user 0's two events oldest first, then user 1's.
+    assert data.events.user.tolist() == [0, 0, 1] and data.events.ts_ms.tolist() == [1, 2, 3]
+    assert data.context(0).recent.tolist() == [0, 0] and data.context(1).items.tolist() == [1]
 
     other = _events([("u2", "a", 4, 1.0), ("u3", "a", 4, 1.0), ("u1", "new", 4, 1.0)])
-    shared = Interactions.from_events(other, user_ids=inter.user_ids, item_ids=inter.item_ids)
-    assert shared.matrix.shape == (2, 2) and shared.n_dropped == 2
-    assert shared.matrix.toarray().tolist() == [[0.0, 0.0], [1.0, 0.0]]
+    shared, dropped = dataset_from_events(other, user_ids=data.user_ids, item_ids=data.item_ids)
+    assert shared.strengths.shape == (2, 2) and dropped == 2
+    assert shared.strengths.toarray().tolist() == [[0.0, 0.0], [1.0, 0.0]]
 
 
 def test_make_split_relevant_items_exclude_seen_and_unknown_items() -> None:
@@ -128,7 +160,7 @@ def test_make_split_relevant_items_exclude_seen_and_unknown_items() -> None:
 
 def test_popularity_counts_distinct_users() -> None:
     events = _events([("u", "a", 1, 5.0), ("u", "a", 2, 5.0), ("v", "b", 1, 1.0), ("w", "b", 1, 1.0)])
-    assert item_popularity(Interactions.from_events(events)).tolist() == [1.0, 2.0]
+    assert dataset_from_events(events)[0].popularity().tolist() == [1.0, 2.0]
 
 
 def test_evaluate_popularity_and_factors_on_a_tiny_split() -> None:
@@ -143,14 +175,13 @@ def test_evaluate_popularity_and_factors_on_a_tiny_split() -> None:
     # u has seen a, b → c (ties with d, lower index first): hit; v has seen a → b: hit. w has nothing to find.
     assert pop["precision@1"] == 1.0 and pop["n_users"] == 2
     assert pop["coverage@1"] == pytest.approx(2 / 4)
-    # A factor model that scores only item d: both get d, no hits.
-    users, items = np.ones((4, 1), np.float32), np.array([[0.0], [0.0], [0.0], [1.0]], np.float32)
-    out = evaluate_factors(users, items, split, k=1)
+    # A model that scores only item d: both get d, no hits.
+    out = evaluate(FixedScores(np.array([0.0, 0.0, 0.0, 1.0])), split, k=1)
     assert out["precision@1"] == 0.0 and out["coverage@1"] == pytest.approx(1 / 4)
     # AUC: u's c (0) vs negative d (1) → 0; v's b (0) vs c (0, tie) and d (1) → 0.25.
     assert out["auc"] == pytest.approx(0.125)
     with pytest.raises(ValueError):
-        evaluate_factors(users[:2], items, split)
+        evaluate(FixedScores(np.zeros(2)), split, k=1)  # scores for 2 items on a 4-item split
 
 
 def test_sample_users_is_seeded_and_only_takes_users_with_test_items() -> None:
@@ -173,7 +204,7 @@ def test_ml100k_events_and_split(ml100k_split) -> None:
     assert len(events) == 100_000 and set(events["weight"]) == {1.0, 3.0, 5.0}
     assert events["ts"].dtype == np.int64
     split = ml100k_split
-    assert split.train.n_users == 943 and split.train.matrix.nnz + split.n_test_events == 100_000
+    assert split.train.n_users == 943 and len(split.train.events) + split.n_test_events == 100_000
     # Every user has >= 20 ratings, so every user is evaluated.
     assert (np.diff(split.test.indptr) > 0).sum() == 943
 
@@ -181,17 +212,18 @@ def test_ml100k_events_and_split(ml100k_split) -> None:
 def test_implicit_als_returns_float32_factors_without_blas_warnings(ml100k_split) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        users, items = train_implicit_lib(ml100k_split.train, factors=8, regularization=1.0, alpha=1.0, iterations=2)
+        users, items = fit_implicit(ml100k_split.train.strengths, 8, 1.0, 1.0, 2)
     assert users.shape == (943, 8) and items.shape == (ml100k_split.train.n_items, 8)
     assert users.dtype == items.dtype == np.float32
-    again, _ = train_implicit_lib(ml100k_split.train, factors=8, regularization=1.0, alpha=1.0, iterations=2)
+    again, _ = fit_implicit(ml100k_split.train.strengths, 8, 1.0, 1.0, 2)
     assert np.isfinite(users).all() and again.shape == users.shape
 
 
 def test_implicit_als_clearly_beats_popularity_on_ml100k(ml100k_split) -> None:
     pop = evaluate_popularity(ml100k_split)
-    users, items = train_implicit_lib(ml100k_split.train, **ALS_PARAMS)
-    als = evaluate_factors(users, items, ml100k_split)
+    model = ImplicitALS(ImplicitALS.Params(**ALS_PARAMS, conjugate_gradient=True))
+    model.fit(ml100k_split.train)
+    als = evaluate(model, ml100k_split)
     print(f"\npopularity: {pop}\nimplicit ALS {ALS_PARAMS}: {als}")
     assert pop["n_users"] == als["n_users"] == 943
     # Popularity on this per-user time split: P@10 ≈ 0.107, NDCG@10 ≈ 0.119.

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.contracts.manifest import Objective
-from recsys.models.foldin import FoldIn
+from recsys.models.als import FoldIn, Objective
 
 SPARK = Objective(confidence="one_plus_alpha_r", reg_scaling="count", alpha=2.0, reg=0.1)
 IMPLICIT = Objective(confidence="alpha_r", reg_scaling="none", alpha=3.0, reg=0.5)
@@ -68,9 +67,9 @@ def test_matches_the_implicit_librarys_own_recalculation(problem):
 
 
 def test_large_batches_are_solved_in_chunks_with_the_same_result(problem, monkeypatch):
-    import recsys.models.foldin
+    import recsys.models.als
 
     items, strengths = problem
     whole = FoldIn(items, SPARK).vectors(strengths)
-    monkeypatch.setattr(recsys.models.foldin, "SOLVE_CHUNK", 3)
+    monkeypatch.setattr(recsys.models.als, "SOLVE_CHUNK", 3)
     np.testing.assert_allclose(FoldIn(items, SPARK).vectors(strengths), whole, rtol=1e-6)

@@ -1,7 +1,7 @@
 """The publish gate's decision, on manifests alone."""
 
 from jobs.publish import gate
-from recsys.contracts.manifest import ModelManifest, Objective
+from recsys.contracts.manifest import ModelManifest
 from recsys.settings import Settings
 
 S = Settings(gate_min_lift=0.1, gate_max_regression=0.05, eval_k=10)
@@ -9,9 +9,7 @@ S = Settings(gate_min_lift=0.1, gate_max_regression=0.05, eval_k=10)
 
 def manifest(ndcg: float | None, popularity: float = 0.1, version: str = "new") -> ModelManifest:
     return ModelManifest(
-        model_version=version, created_at_ms=0, engine="spark_als",
-        objective=Objective(confidence="one_plus_alpha_r", reg_scaling="count", alpha=1, reg=0.1),
-        rank=8, hyperparameters={}, n_users=1, n_items=1,
+        model_version=version, created_at_ms=0, engine="spark_als", params={"rank": 8}, n_users=1, n_items=1,
         metrics={} if ndcg is None else {"ndcg@10": ndcg}, baseline_metrics={"ndcg@10": popularity},
     )  # fmt: skip
 

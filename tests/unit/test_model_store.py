@@ -1,38 +1,42 @@
 """Model directories: complete or absent, immutable, promoted by rename."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from artifacts import als_artifact
 
-from recsys.contracts.manifest import ModelManifest, Objective
 from recsys.io import model_store
+from recsys.models.als import Objective
+from recsys.models.base import EventLog
 from recsys.settings import Settings
 
+OBJECTIVE = Objective(confidence="alpha_r", reg_scaling="none", alpha=1, reg=0.1)
 
-def artifact(version: str = "m20260101T000000000000", n_users: int = 3, n_items: int = 4, rank: int = 2) -> model_store.ModelArtifact:
-    manifest = ModelManifest(
-        model_version=version, created_at_ms=1, engine="implicit",
-        objective=Objective(confidence="alpha_r", reg_scaling="none", alpha=1, reg=0.1),
-        rank=rank, hyperparameters={}, n_users=n_users, n_items=n_items,
-    )  # fmt: skip
+
+def artifact(version: str = "m20260101T000000000000", n_users: int = 3, n_items: int = 4,
+             rank: int = 2) -> model_store.ModelArtifact:  # fmt: skip
     rng = np.random.default_rng(0)
-    return model_store.ModelArtifact(
-        manifest=manifest,
-        user_ids=np.array([f"u{i}" for i in range(n_users)]),
-        item_ids=np.array([f"i{j}" for j in range(n_items)]),
-        user_factors=rng.normal(size=(n_users, rank)).astype(np.float32),
-        item_factors=rng.normal(size=(n_items, rank)).astype(np.float32),
-        interactions=sp.random(n_users, n_items, density=0.5, format="csr", random_state=1, dtype=np.float32),
-        popularity=np.ones(n_items, np.float32),
-    )
+    interactions = sp.random(n_users, n_items, density=0.5, format="csr", random_state=1, dtype=np.float32)
+    events = EventLog(np.repeat(np.arange(n_users, dtype=np.int32), 2), np.zeros(2 * n_users, np.int32),
+                      np.arange(2 * n_users, dtype=np.int64), np.zeros(2 * n_users, np.int8))  # fmt: skip
+    return als_artifact(rng.normal(size=(n_users, rank)), rng.normal(size=(n_items, rank)), interactions, OBJECTIVE,
+                        version=version, events=events)  # fmt: skip
+
+
+def with_seen_types(a: model_store.ModelArtifact, bits: int = 1) -> model_store.ModelArtifact:
+    data = replace(a.data, seen_types=(a.interactions != 0).astype(np.int32) * bits)
+    return model_store.ModelArtifact(a.manifest, data, a.model)
 
 
 def test_round_trip(tmp_path):
-    a = artifact()
-    a.seen_types = (a.interactions != 0).astype(np.int32) * 5  # bits 0 and 2
+    a = with_seen_types(artifact(), 5)  # bits 0 and 2
     model_store.save(a, tmp_path / "m20260101T000000000000")
     b = model_store.load(tmp_path / "m20260101T000000000000")
-    assert b.manifest.model_version == "m20260101T000000000000" and b.manifest.files == model_store.FILES
+    assert b.manifest.model_version == "m20260101T000000000000"
+    assert set(b.manifest.files) == {*model_store.FILES, "user_factors", "item_factors"}
+    assert b.manifest.engine == "implicit_als" and b.model.objective == OBJECTIVE
     np.testing.assert_array_equal(b.user_factors, a.user_factors)
     np.testing.assert_array_equal(b.item_ids, a.item_ids)
     assert (b.interactions != a.interactions).nnz == 0
@@ -47,14 +51,14 @@ def test_seen_types_are_optional(tmp_path):
 
 def test_inconsistent_shapes_are_refused():
     a = artifact()
-    with pytest.raises(ValueError, match="inconsistent"):
-        model_store.ModelArtifact(**{**a.__dict__, "item_factors": a.item_factors[:2]})
+    with pytest.raises(ValueError, match="shape"):
+        replace(a.data, item_ids=a.item_ids[:2])
 
 
 @pytest.mark.reliability
 def test_failed_save_leaves_nothing_and_versions_are_immutable(tmp_path):
     broken = artifact()
-    broken.popularity = object()  # fails while writing, after the factors are on disk
+    broken.model.item_factors = object()  # fails while writing, after the shared files are on disk
     with pytest.raises(Exception):  # noqa: B017 - whatever numpy raises, the directory must not appear
         model_store.save(broken, tmp_path / "m20260101T000000000000")
     assert list(tmp_path.iterdir()) == []
@@ -76,7 +80,11 @@ def test_promote_and_latest(tmp_path):
     for v in ("m20260101T000000000000", "m20260301T000000000000", "m20260201T000000000000"):
         model_store.save(artifact(v), model_store.candidates_dir(s) / v)
         model_store.promote(model_store.candidates_dir(s) / v, s)
-    assert model_store.published_versions(s) == ["m20260101T000000000000", "m20260201T000000000000", "m20260301T000000000000"]
+    assert model_store.published_versions(s) == [
+        "m20260101T000000000000",
+        "m20260201T000000000000",
+        "m20260301T000000000000",
+    ]
     assert model_store.latest_published(s).name == "m20260301T000000000000"
     assert not (model_store.candidates_dir(s) / "m20260101T000000000000").exists()
 
@@ -93,17 +101,21 @@ def test_find_looks_in_published_then_candidates(tmp_path):
 
 @pytest.mark.reliability
 def test_erasing_users_keeps_shapes_and_every_other_user(tmp_path):
-    a = artifact(n_users=5)
-    a.seen_types = (a.interactions != 0).astype(np.int32)
+    a = with_seen_types(artifact(n_users=5))
     model_store.save(a, tmp_path / "m20260101T000000000000")
-    with_mmap = model_store.load(tmp_path / "m20260101T000000000000")  # a reader that mapped the files before the erasure
+    with_mmap = model_store.load(
+        tmp_path / "m20260101T000000000000"
+    )  # a reader that mapped the files before the erasure
     assert model_store.erase_users(tmp_path / "m20260101T000000000000", {"u1", "u3", "nobody"}) == 2
     b = model_store.load(tmp_path / "m20260101T000000000000", mmap=False)
     assert b.user_ids.tolist() == ["u0", "erased-1", "u2", "erased-3", "u4"]
     assert not b.user_factors[[1, 3]].any() and b.interactions[[1, 3]].nnz == 0 and b.seen_types[[1, 3]].nnz == 0
+    assert set(b.data.events.user.tolist()) == {0, 2, 4}  # their latest events are gone too
     keep = [0, 2, 4]
     np.testing.assert_array_equal(b.user_factors[keep], a.user_factors[keep])
     assert (b.interactions[keep] != a.interactions[keep]).nnz == 0
     np.testing.assert_array_equal(with_mmap.user_factors, a.user_factors)  # its view is whole, not torn
     assert model_store.erase_users(tmp_path / "m20260101T000000000000", {"u1"}) == 0  # idempotent
-    assert not [p for p in (tmp_path / "m20260101T000000000000").iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert not [
+        p for p in (tmp_path / "m20260101T000000000000").iterdir() if p.name.startswith(".")
+    ]  # no temporary files left

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from artifacts import als_artifact
 
-from recsys.contracts.manifest import ModelManifest, Objective
 from recsys.io.model_store import ModelArtifact
-from recsys.models.foldin import FoldIn
+from recsys.models.als import FoldIn, Objective
 from recsys.protocol import ForgetMessage, ModelMessage, VectorUpdate
 from recsys.settings import Settings
 from serving.follower import ModelFollower
@@ -17,15 +17,12 @@ from serving.model import ServingModel, UnknownId
 TYPES = ["view", "add_to_cart", "purchase"]
 VIEW, PURCHASE = 1 << 0, 1 << 2
 RANK = 4
+OBJECTIVE = Objective(confidence="alpha_r", reg_scaling="none", alpha=1.0, reg=0.5)
 
 
-def artifact(version: str = "m20260101T000000000000", n_users: int = 5, n_items: int = 40, seed: int = 0) -> ModelArtifact:
+def artifact(version: str = "m20260101T000000000000", n_users: int = 5, n_items: int = 40,
+             seed: int = 0) -> ModelArtifact:  # fmt: skip
     rng = np.random.default_rng(seed)
-    manifest = ModelManifest(
-        model_version=version, created_at_ms=1, engine="implicit",
-        objective=Objective(confidence="alpha_r", reg_scaling="none", alpha=1.0, reg=0.5),
-        rank=RANK, hyperparameters={}, n_users=n_users, n_items=n_items, event_types=TYPES,
-    )  # fmt: skip
     # user 0 purchased item 0 and viewed item 1; the others viewed two random items each
     rows, cols, bits = [0, 0], [0, 1], [PURCHASE, VIEW]
     for u in range(1, n_users):
@@ -34,16 +31,14 @@ def artifact(version: str = "m20260101T000000000000", n_users: int = 5, n_items:
     seen = sp.csr_matrix((bits, (rows, cols)), shape=(n_users, n_items), dtype=np.int32)
     strengths = seen.astype(np.float32)
     strengths.data[:] = [5.0 if b == PURCHASE else 1.0 for b in seen.data]
-    return ModelArtifact(
-        manifest=manifest,
-        user_ids=np.array([f"u{i}" for i in range(n_users)]),
-        item_ids=np.array([f"i{j}" for j in range(n_items)]),
-        user_factors=rng.normal(size=(n_users, RANK)).astype(np.float32),
-        item_factors=rng.normal(size=(n_items, RANK)).astype(np.float32),
-        interactions=strengths,
-        popularity=np.arange(n_items, 0, -1).astype(np.float32),  # i0 most popular
-        seen_types=seen,
-    )
+    return als_artifact(rng.normal(size=(n_users, RANK)), rng.normal(size=(n_items, RANK)), strengths, OBJECTIVE,
+                        version=version, seen_types=seen)  # fmt: skip
+
+
+def most_popular(a: ModelArtifact, k: int, among: list[int] | None = None) -> list[float]:
+    """The k highest popularities (distinct users per item), among some items (ties may go either way)."""
+    pop = a.data.popularity()
+    return sorted((float(pop[j]) for j in (among if among is not None else range(len(pop)))), reverse=True)[:k]
 
 
 CATALOG = {f"i{j}": (f"Item {j}", "even" if j % 2 == 0 else "odd") for j in range(40)}
@@ -73,8 +68,9 @@ def test_category_filter_and_unknown_user_fallback():
     m = model()
     assert all(int(i[1:]) % 2 == 1 for i in m.recommend("u2", k=10, category="odd").item_ids)
     fallback = m.recommend("stranger", k=3)
-    assert fallback.source == "popular" and fallback.item_ids == ["i0", "i1", "i2"]
-    assert m.popular(2, category="odd").item_ids == ["i1", "i3"]
+    assert fallback.source == "popular" and fallback.scores == most_popular(artifact(), 3)
+    assert m.popular(2, category="odd").scores == most_popular(artifact(), 2, list(range(1, 40, 2)))
+    assert m.popular(2, category="ODD").item_ids == m.popular(2, category="odd").item_ids  # any case
 
 
 def test_speed_update_replaces_the_user_vector_and_adds_new_items():
@@ -95,17 +91,21 @@ def test_wrong_rank_and_model_items_in_updates():
     m = model()
     with pytest.raises(ValueError, match="rank"):
         m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u1", vector=[1.0]))
-    before = m.item_factors[3].copy()
+    before = m.model.item_factors[3].copy()
     m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="item", id="i3", vector=[9.0] * RANK))
-    np.testing.assert_array_equal(m.item_factors[3], before)
+    np.testing.assert_array_equal(m.model.item_factors[3], before)
 
 
 @pytest.mark.reliability
 def test_forgotten_users_get_popular_items_until_they_come_back():
     m = model()
-    m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u0", vector=[1.0] * RANK, source_offset=5))
+    m.apply(
+        VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u0", vector=[1.0] * RANK, source_offset=5)
+    )
     m.forget(ForgetMessage(user_id="u0", partition=0, offset=9))  # the model's data ends before the marker
-    late = VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u0", vector=[1.0] * RANK, source_offset=8)
+    late = VectorUpdate(
+        model_version="m20260101T000000000000", kind="user", id="u0", vector=[1.0] * RANK, source_offset=8
+    )
     m.apply(late)  # folded from events before the marker, published after the FORGET: dropped
     assert m.recommend("u0", k=3).source == "popular" and not m.knows_user("u0")
     with pytest.raises(UnknownId):
@@ -128,7 +128,7 @@ def test_a_model_whose_data_ends_after_the_marker_keeps_the_batch_row():
 def test_because_shares_sum_to_the_folded_in_score():
     m, a = model(), artifact()
     score, shares = m.because("u0", "i7", n=5)
-    folded = FoldIn(a.item_factors, a.manifest.objective).vector(np.array([0, 1]), np.array([5.0, 1.0]))
+    folded = FoldIn(a.item_factors, a.model.objective).vector(np.array([0, 1]), np.array([5.0, 1.0]))
     assert score == pytest.approx(float(folded @ a.item_factors[7]), rel=1e-4)
     assert {i for i, _ in shares} == {"i0", "i1"}
     assert sum(c for _, c in shares) == pytest.approx(score, rel=1e-6)
@@ -163,7 +163,10 @@ def test_follower_swaps_models_keeps_early_updates_and_drops_stale_ones(tmp_path
     for v in ("m20260101T000000000000", "m20260102T000000000000"):
         (tmp_path / v).mkdir()
         (tmp_path / v / "manifest.json").write_text("{}")
-    models = {"m20260101T000000000000": ServingModel(artifact("m20260101T000000000000"), {}, Settings()), "m20260102T000000000000": ServingModel(artifact("m20260102T000000000000"), {}, Settings())}
+    models = {
+        "m20260101T000000000000": ServingModel(artifact("m20260101T000000000000"), {}, Settings()),
+        "m20260102T000000000000": ServingModel(artifact("m20260102T000000000000"), {}, Settings()),
+    }
     f = _follower(models)
     f.handle(_raw(ModelMessage(model_version="m20260101T000000000000", path=str(tmp_path / "m20260101T000000000000"))))
     early = VectorUpdate(model_version="m20260102T000000000000", kind="user", id="u3", vector=[1.0] * RANK)
@@ -177,7 +180,9 @@ def test_follower_swaps_models_keeps_early_updates_and_drops_stale_ones(tmp_path
     assert f.current.recommend("u4", 3).source == "batch"  # m1's update: covered by m2's data
     assert f.current.recommend("u2", 3).source == "popular"  # forgotten before m2 arrived, still forgotten
     f.handle(_raw(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u1", vector=[1.0] * RANK)))
-    f.handle(_raw(ModelMessage(model_version="m20260101T000000000000", path=str(tmp_path / "m20260101T000000000000"))))  # old model: ignored
+    f.handle(
+        _raw(ModelMessage(model_version="m20260101T000000000000", path=str(tmp_path / "m20260101T000000000000")))
+    )  # old model: ignored
     f.handle(b"not json")
     assert f.current is models["m20260102T000000000000"] and f.current.speed_users == 1
 

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from artifacts import als_artifact
 
 from recsys.contracts.events import Event
-from recsys.contracts.manifest import ModelManifest, Objective
 from recsys.io.model_store import ModelArtifact
-from recsys.models.foldin import FoldIn
+from recsys.models.als import FoldIn, Objective
 from recsys.models.topk import top_k
 from speed_layer.state import SpeedState
 
@@ -28,10 +28,7 @@ def artifact() -> ModelArtifact:
             base[u, j] = 1.0
     base = base.tocsr()
     users = FoldIn(items, OBJECTIVE).vectors(base)
-    manifest = ModelManifest(model_version="m20260101T000000000000", created_at_ms=0, engine="implicit", objective=OBJECTIVE, rank=4,
-                             hyperparameters={}, n_users=6, n_items=10)  # fmt: skip
-    return ModelArtifact(manifest, np.array([f"u{i}" for i in range(6)]), np.array([f"i{j}" for j in range(10)]),
-                         users, items, base, np.ones(10, np.float32))  # fmt: skip
+    return als_artifact(users, items, base, OBJECTIVE)
 
 
 def ev(n: int, user: str, item: str, etype: str = "purchase") -> tuple[Event, int]:
@@ -75,7 +72,8 @@ def test_new_users_and_new_items_get_vectors(artifact):
     assert first.items["brand-new"][1] > abs(first.items["brand-new"][0])
     # Next time someone touches it, it takes part in their fold-in like any other item.
     second = state.apply([ev(4, "u1", "brand-new")])
-    assert state.history(["u1"])[0, state.item_index["brand-new"]] == 5.0
+    u1 = state.context("u1")
+    assert dict(zip(u1.items.tolist(), u1.strengths.tolist(), strict=True))[state.item_index["brand-new"]] == 5.0
     assert np.isfinite(second.users["u1"]).all()
     np.testing.assert_allclose(state.user_vector("newbie"), first.users["newbie"])
 
@@ -91,7 +89,7 @@ def test_forgetting_a_user_drops_their_training_row_and_events_and_refolds_their
     state = SpeedState(artifact, WEIGHTS)
     before = state.apply([ev(1, "u0", "i7"), ev(2, "u4", "brand-new"), ev(3, "u5", "brand-new", "view")])
     refolded = state.forget("u4")
-    assert state.user_vector("u4") is None and state.history(["u4"]).nnz == 0
+    assert state.user_vector("u4") is None and len(state.context("u4").items) == 0
     assert set(refolded.items) == {"brand-new"}  # now from u5's view alone
     assert not np.allclose(refolded.items["brand-new"], before.items["brand-new"])
     state.forget("u0")

@@ -1,0 +1,366 @@
+"""The recommender interface: one concept with five faces, shared by every algorithm.
+
+Like the `implicit` library's model classes, a recommender is one object:
+
+1. **batch fit** from a `Dataset` (the silver snapshot as arrays), on Spark or in one process;
+2. **real-time update**: `update_users` turns a user's history as it is *now* (training
+   data plus what arrived since the model's cut-off) into the state the model needs to
+   score them (ALS: the exact fold-in; NeuMF: a re-optimised embedding). Models that read
+   the history at request time (neighbourhoods, transitions, sessions) keep no state;
+3. **score** a batch of users, each given as a `UserContext`;
+4. **similar items** and an **explanation** in terms of the user's own events;
+5. **save / load** of its own files in the model directory (the shared parts of the
+   artifact, the `Dataset`, are saved by `recsys.io.model_store`).
+
+The speed layer and serving call only this interface; a new algorithm is one file
+plus one line in `recsys.models.registry`.
+
+Item positions: every model scores the items of the `Dataset` it was fitted on
+(`n_items`, catalogue items without interactions included). Items first seen after
+the model (folded in by the speed layer) are scored through `score_new_items`.
+Scores are float32, higher is better; -inf means "this model cannot rank that item".
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict
+
+from recsys.models.topk import PAD, top_k_of_scores
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from recsys.settings import Settings
+
+_EMPTY_I = np.zeros(0, np.int64)
+_EMPTY_F = np.zeros(0, np.float32)
+
+
+class Params(BaseModel):
+    """A model's hyper-parameters: typed, validated, and written to the manifest as they are."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- the data a model is fitted on ------------------------------------------------------------
+@dataclass(frozen=True)
+class EventLog:
+    """Events as parallel arrays, ordered by user, then time (ties in a fixed order).
+
+    `user` and `item` are positions in the dataset's id arrays, `kind` a position in its
+    `event_types`. `indptr[u]:indptr[u+1]` are user u's events, oldest first.
+    """
+
+    user: np.ndarray  # int32
+    item: np.ndarray  # int32
+    ts_ms: np.ndarray  # int64
+    kind: np.ndarray  # int8
+    session: np.ndarray | None = None  # int64 session codes, if the data has sessions
+    weight: np.ndarray | None = None  # float32: the strength each event adds to r_ui (None: not kept)
+
+    @staticmethod
+    def empty() -> EventLog:
+        return EventLog(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int8),
+                        None, np.zeros(0, np.float32))  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def indptr(self, n_users: int) -> np.ndarray:
+        return np.searchsorted(self.user, np.arange(n_users + 1)).astype(np.int64)
+
+    def tail(self, n_users: int, n: int) -> EventLog:
+        """The latest `n` events of each user (what an artifact carries for request-time models)."""
+        ptr = self.indptr(n_users)
+        end = np.repeat(ptr[1:], np.diff(ptr))
+        keep = np.arange(len(self)) >= end - n
+        return self.take(keep)
+
+    def take(self, mask_or_index: np.ndarray) -> EventLog:
+        s = None if self.session is None else self.session[mask_or_index]
+        w = None if self.weight is None else self.weight[mask_or_index]
+        return EventLog(self.user[mask_or_index], self.item[mask_or_index], self.ts_ms[mask_or_index],
+                        self.kind[mask_or_index], s, w)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ItemAttributes:
+    """Catalogue attributes aligned with the dataset's items (None / NaN where unknown)."""
+
+    category: np.ndarray  # object: str | None
+    title: np.ndarray  # object: str | None
+    price: np.ndarray  # float64, NaN = unknown
+    tags: np.ndarray  # object: str, '|'-separated ("" = none)
+
+    @staticmethod
+    def unknown(n_items: int) -> ItemAttributes:
+        return ItemAttributes(np.full(n_items, None, object), np.full(n_items, None, object), np.full(n_items, np.nan),
+                              np.full(n_items, "", object))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The training data every model is fitted on, and the shared part of every artifact.
+
+    `strengths[u, i]` is r_ui, the summed event weights of user u on item i; `seen_types`
+    has the same sparsity, bit b set = event type `event_types[b]` was seen for (u, i).
+    `events` is the whole ordered log for fitting; an artifact keeps only its tail.
+    """
+
+    user_ids: np.ndarray  # str
+    item_ids: np.ndarray  # str
+    strengths: sp.csr_matrix  # float32 (n_users, n_items)
+    event_types: list[str]
+    events: EventLog = field(default_factory=EventLog.empty)
+    seen_types: sp.csr_matrix | None = None  # int32, same pattern as strengths
+    items: ItemAttributes | None = None
+
+    def __post_init__(self) -> None:
+        shape = (len(self.user_ids), len(self.item_ids))
+        if self.strengths.shape != shape:
+            raise ValueError(f"strengths have shape {self.strengths.shape}, ids say {shape}")
+        if self.seen_types is not None and self.seen_types.shape != shape:
+            raise ValueError(f"seen_types have shape {self.seen_types.shape}, ids say {shape}")
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def attributes(self) -> ItemAttributes:
+        return self.items if self.items is not None else ItemAttributes.unknown(self.n_items)
+
+    def popularity(self) -> np.ndarray:
+        """Distinct users per item (one heavy user does not make a hit)."""
+        m = self.strengths
+        return np.bincount(m.indices[m.data != 0], minlength=m.shape[1]).astype(np.float32)
+
+    def context(self, row: int, recent: int | None = None) -> UserContext:
+        """A training user as the models see them at the model's cut-off."""
+        start, end = self.strengths.indptr[row], self.strengths.indptr[row + 1]
+        ptr = self.events.indptr(self.n_users)
+        lo = ptr[row] if recent is None else max(ptr[row], ptr[row + 1] - recent)
+        ev = slice(lo, ptr[row + 1])
+        return UserContext(
+            row=row,
+            items=self.strengths.indices[start:end].astype(np.int64),
+            strengths=self.strengths.data[start:end].astype(np.float32),
+            recent=self.events.item[ev].astype(np.int64),
+            recent_ts_ms=self.events.ts_ms[ev],
+            recent_kinds=self.events.kind[ev],
+        )
+
+    def contexts(self, rows: Sequence[int], recent: int | None = None) -> list[UserContext]:
+        return [self.context(int(r), recent) for r in rows]
+
+
+# --- what a score is asked for ------------------------------------------------------------------
+@dataclass
+class UserContext:
+    """One user as a model scores them: who they are to the model, and what they did (oldest first).
+
+    `items`/`strengths` are the user's whole history r_ui over item positions (training
+    data plus everything since the cut-off); `recent*` their latest events in time order
+    (bounded); `state` what the speed layer computed for them (`update_users`), if anything.
+    """
+
+    row: int | None = None
+    items: np.ndarray = field(default_factory=lambda: _EMPTY_I)
+    strengths: np.ndarray = field(default_factory=lambda: _EMPTY_F)
+    recent: np.ndarray = field(default_factory=lambda: _EMPTY_I)
+    recent_ts_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    recent_kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    state: np.ndarray | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.row is None and not len(self.items) and not len(self.recent) and self.state is None
+
+
+@dataclass(frozen=True)
+class NewItems:
+    """Items first seen after the model, with the state the speed layer gave each (ALS: a folded-in vector)."""
+
+    ids: tuple[str, ...] = ()
+    states: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One of the user's events that explains a recommendation, and how much of its score it carries."""
+
+    item: int
+    share: float
+
+
+# --- the interface ---------------------------------------------------------------------------------
+class Recommender(ABC):
+    """Base class of every algorithm. Subclasses set `name` and `Params`, and implement `fit` and `score`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]]
+    # Whether the speed layer computes a state per user (`update_users`); False: the history is read at request time.
+    stateful: ClassVar[bool] = False
+    # How many of a user's latest events request-time scoring reads (the artifact and UPs keep this many).
+    recent_events: ClassVar[int] = 50
+    # Whether `explain`'s shares of all the user's items sum to the score of their current (updated) view.
+    additive_explanations: ClassVar[bool] = False
+
+    @property
+    def state_size(self) -> int:
+        """Length of a user's real-time state (`update_users`); 0 for models that keep none."""
+        return 0
+
+    def __init__(self, params: Params | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+        self.n_items = 0
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Recommender:
+        """The model with the hyper-parameters the settings ask for (default: the Params defaults)."""
+        return cls()
+
+    def describe(self) -> dict[str, object]:
+        """Facts for the manifest beyond the hyper-parameters (ALS: the objective it minimised)."""
+        return {}
+
+    # 1. batch fit -------------------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, data: Dataset, spark: SparkSession | None = None) -> None:
+        """Learn from the whole dataset. Sets `n_items`."""
+
+    # 2. real-time update -------------------------------------------------------------------------
+    def update_users(self, users: Sequence[UserContext]) -> np.ndarray | None:
+        """The state of each user from their history as it is now; None if the model keeps none."""
+        return None
+
+    def realtime(self, data: Dataset) -> Realtime:
+        """What the speed layer holds for this model between micro-batches (see `Realtime`)."""
+        return Realtime(self)
+
+    # 3. score ------------------------------------------------------------------------------------
+    @abstractmethod
+    def score(self, users: Sequence[UserContext]) -> np.ndarray:
+        """(len(users), n_items) float32 scores over the model's items."""
+
+    def score_new_items(self, users: Sequence[UserContext], new: NewItems) -> np.ndarray:
+        """(len(users), len(new)) scores of items newer than the model; -inf where the model cannot rank them."""
+        return np.full((len(users), len(new)), -np.inf, np.float32)
+
+    def score_all(self, users: Sequence[UserContext], new: NewItems) -> np.ndarray:
+        """Scores over the model's items then the new ones (what serving ranks), in one call."""
+        base = np.asarray(self.score(users), dtype=np.float32)
+        if not len(new):
+            return base
+        return np.hstack([base, np.asarray(self.score_new_items(users, new), dtype=np.float32)])
+
+    def recommend(
+        self,
+        user: UserContext,
+        k: int,
+        exclude: np.ndarray | None = None,
+        allowed: np.ndarray | None = None,
+        new: NewItems | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best item positions (new items after the model's) and their scores, best first.
+
+        `exclude` are positions never to return; `allowed` a boolean mask over all
+        positions (a business filter). Items the model cannot rank (-inf) are left out,
+        so fewer than k may come back.
+        """
+        scores = self.score_all([user], new if new is not None else NewItems())[0]
+        return select(scores, k, exclude, allowed)
+
+    # 4. similar items and explanations ---------------------------------------------------------------
+    def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k items most like `item` (itself excluded); empty if the model has no notion of it."""
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+
+    def similar_source(self, item: int) -> str:
+        """What `similar_items` answers from for this item: "batch" (behaviour) or "content" (attributes)."""
+        return "batch"
+
+    def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
+        """The user's own items that most explain `item`'s score, largest share first."""
+        return []
+
+    # 5. save / load ------------------------------------------------------------------------------
+    @abstractmethod
+    def save(self, directory: Path) -> dict[str, str]:
+        """Write the model's own files into `directory`; returns logical name -> file name."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path, params: Params, data: Dataset) -> Recommender:
+        """Read a fitted model back (factors may be memory-mapped); `data` is the artifact's shared part."""
+
+    @classmethod
+    def erase_rows(cls, directory: Path, rows: np.ndarray) -> None:
+        """Erase what the model's own files hold of these user rows (right to erasure), each file atomically."""
+        return None  # models without per-user files hold nothing more than the shared data
+
+
+class Realtime:
+    """A model's real-time side inside the speed layer, for one batch model.
+
+    The speed layer keeps every touched user's history (training row plus events since
+    the cut-off) and calls `users` with it; models with per-user state compute it here.
+    `new_items` folds in items the model has never seen, given who touched them
+    (ALS does; others return None). State that must persist between micro-batches (ALS's
+    growing factor tables) lives in a subclass.
+    """
+
+    def __init__(self, model: Recommender) -> None:
+        self.model = model
+
+    def users(self, keys: Sequence[str], contexts: Sequence[UserContext]) -> np.ndarray | None:
+        return self.model.update_users(contexts)
+
+    def new_items(self, positions: Sequence[int], touched_by: Sequence[dict[str, float]]) -> np.ndarray | None:
+        return None
+
+    def forget(self, key: str) -> None:
+        """Drop whatever is held for a user (right to erasure)."""
+
+    def state(self, key: str) -> np.ndarray | None:
+        """The user's current state (last computed, else the model's), None if the model keeps none for them."""
+        return None
+
+    @property
+    def n_items(self) -> int:
+        """Item positions the model can use in a history (the model's items plus new items with a state)."""
+        return self.model.n_items
+
+
+def select(
+    scores: np.ndarray, k: int, exclude: np.ndarray | None = None, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of one score vector after exclusions and a filter; -inf entries never come back."""
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    if exclude is not None and len(exclude):
+        scores[exclude[exclude < len(scores)]] = -np.inf
+    if allowed is not None:
+        scores[~allowed[: len(scores)]] = -np.inf
+    idx, val = top_k_of_scores(scores, k)
+    keep = idx != PAD
+    return idx[keep], val[keep]
+
+
+def recency_weights(n: int, decay: float) -> np.ndarray:
+    """Weights of a user's last n events, oldest first: decay ** (events since), the newest weighs 1."""
+    return (decay ** np.arange(n - 1, -1, -1, dtype=np.float64)).astype(np.float32)

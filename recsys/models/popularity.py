@@ -1,0 +1,48 @@
+"""Popularity: the same list for everyone, items ranked by how many distinct users touched them.
+
+The baseline every other model must beat, and the answer when nothing is known about a user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from recsys.models.base import Dataset, Params, Recommender, UserContext
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+class PopularityParams(Params):
+    pass
+
+
+class Popularity(Recommender):
+    name = "popularity"
+    Params = PopularityParams
+
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__(params)
+        self.counts = np.zeros(0, np.float32)
+
+    def fit(self, data: Dataset, spark: SparkSession | None = None) -> None:
+        self.counts = data.popularity()
+        self.n_items = data.n_items
+
+    def score(self, users: Sequence[UserContext]) -> np.ndarray:
+        return np.broadcast_to(self.counts, (len(users), self.n_items)).astype(np.float32)
+
+    def save(self, directory: Path) -> dict[str, str]:
+        np.save(directory / "popularity_counts.npy", self.counts)
+        return {"popularity_counts": "popularity_counts.npy"}
+
+    @classmethod
+    def load(cls, directory: Path, params: Params, data: Dataset) -> Popularity:
+        model = cls(params)
+        model.counts = np.load(directory / "popularity_counts.npy")
+        model.n_items = data.n_items
+        return model
