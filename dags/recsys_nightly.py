@@ -69,6 +69,7 @@ with DAG(
         return run(drain=bool((params or {}).get("drain_events", True)))
 
     clean = spark_job("clean", [])
+    features = spark_job("features", [])
     versions = {name: protocol.version_template(name) for name in settings.candidates}
     candidates = []
     for name, version in versions.items():
@@ -82,7 +83,7 @@ with DAG(
     publish = spark_job("publish", [arg for v in versions.values() for arg in ("--model-version", v)], retries=0)
 
     compacted = archive_compact()
-    compacted >> clean
+    compacted >> clean >> features
     for train, evaluate in candidates:
         clean >> train
         evaluate >> publish

@@ -195,6 +195,17 @@ def _routes(app: FastAPI, s: Settings) -> None:
             raise HTTPException(404, str(e)) from None
         return Similar(item_id=item_id, model_version=model.version, source=ranked.source, items=_items(model, ranked))
 
+    @app.get("/bought-together/{item_id}", response_model=Similar, responses=ERRORS, tags=["recommendations"])
+    async def bought_together(item_id: ItemId, model: Model, k: K = s.serving_default_k) -> Similar:
+        """Items shoppers carted or bought in the same session as this one; for an item nobody bought with
+        anything, the most popular items of its category (`source` says which)."""
+        _check_item(item_id, s)
+        try:
+            ranked = model.bought_together(item_id, k)
+        except UnknownId as e:
+            raise HTTPException(404, str(e)) from None
+        return Similar(item_id=item_id, model_version=model.version, source=ranked.source, items=_items(model, ranked))
+
     @app.get("/because/{user_id}/{item_id}", response_model=Explanation, responses=ERRORS, tags=["recommendations"])
     async def because(user_id: UserId, item_id: ItemId, model: Model, k: K = 5) -> Explanation:
         """The user's own items that contribute most to their score of `item_id`."""

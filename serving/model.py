@@ -304,6 +304,17 @@ class ServingModel:
         source: Source = self.model.similar_source(j)  # type: ignore[assignment]
         return Ranked(self._ids(idx, self._new), val.astype(float).tolist(), source, [False] * len(idx))
 
+    def bought_together(self, item_id: str, k: int) -> Ranked:
+        """Items carted or bought together with this one; the popular items of its category when the model has none."""
+        j = self.item_position(item_id)
+        idx, val = self.model.bought_together(j, k) if j < self.n_base else (np.zeros(0, np.int64), np.zeros(0))
+        keep = (idx != PAD) & np.isfinite(val) & (val > 0)
+        if not keep.any():
+            category = self.categories[j] if j < self.n_base else self._new_categories[j - self.n_base]
+            return self._popular(k, category or None, np.array([j]), self._new)
+        return Ranked(self._ids(idx[keep], self._new), val[keep].astype(float).tolist(), "batch",
+                      [False] * int(keep.sum()))  # fmt: skip
+
     def because(self, user_id: str, item_id: str, n: int) -> tuple[float, list[tuple[str, float]]]:
         """The user's items that most explain the score of `item_id`: (score, [(item, contribution)])."""
         target = self.item_position(item_id)

@@ -291,6 +291,10 @@ class Recommender(ABC):
         """The k items most like `item` (itself excluded); empty if the model has no notion of it."""
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
 
+    def bought_together(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k items most often carted or bought with `item` (in one session); empty if the model cannot say."""
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+
     def similar_source(self, item: int) -> str:
         """What `similar_items` answers from for this item: "batch" (behaviour) or "content" (attributes)."""
         return "batch"

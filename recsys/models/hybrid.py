@@ -208,6 +208,13 @@ class Hybrid(Recommender):
                     return idx, val
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
 
+    def bought_together(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        for model in self.components.values():
+            idx, val = model.bought_together(item, k)
+            if len(idx):
+                return idx, val
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+
     def similar_source(self, item: int) -> str:
         for name in ("item_knn", "transitions", "implicit_als", "spark_als"):
             model = self.components.get(name)
