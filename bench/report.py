@@ -17,15 +17,20 @@ START, END = "<!-- results", "<!-- /results -->"
 
 def render(results: dict) -> str:
     m = results["meta"]
+    commits = sorted({s.get("git_commit", "?") for n, s in m.get("sections", {}).items() if n in results})
+    provenance = (f"Every section below was measured at commit {commits[0]}." if len(commits) == 1 else
+                  f"Sections come from {len(commits)} commits ({', '.join(commits)}): each says its own.")  # fmt: skip
     lines = [
-        f"Machine: {m['cores']} cores, {m['memory_gb']} GB RAM, Python {m['python']}. Each section says the "
-        "commit and date it was measured at; every cell is one run unless it says otherwise. Times on a shared "
-        "machine are noisy: compare within a section. Reproduce everything with `make bench` (`make bench-quick`: "
-        "reduced sizes); one section with `.venv/bin/python -m bench.run --only <section>`. Plots (matplotlib): "
-        "`bench/results/<section>.png`; all figures: `bench/results/latest.json`.",
+        f"Machine: {m['cores']} cores, {m['memory_gb']} GB RAM, Python {m['python']}. {provenance} Each section "
+        "says the commit and the time it started at; every cell is one run unless it says otherwise. Times on a "
+        "shared machine are noisy: compare within a section. Targets missed are marked **MISSED**. Reproduce "
+        "everything with `make bench` (`make bench-quick`: reduced sizes); one section with "
+        "`.venv/bin/python -m bench.run --only <section>`. Plots (matplotlib): `bench/results/<section>.png`; all "
+        "figures: `bench/results/latest.json`.",
     ]
-    for name, section in (("quality", _quality), ("freshness", _freshness), ("batch", _batch),
-                          ("speed_layer", _speed), ("serving", _serving), ("soak", _soak)):  # fmt: skip
+    for name, section in (("quality", _quality), ("freshness", _freshness), ("reactivity", _reactivity),
+                          ("batch", _batch), ("speed_layer", _speed), ("serving", _serving),
+                          ("soak", _soak)):  # fmt: skip
         if name in results:
             lines += ["", *section(results[name]), "", _measured(results, name)]
     return "\n".join(lines) + "\n"
@@ -35,9 +40,9 @@ def _measured(results: dict, name: str) -> str:
     meta = results["meta"].get("sections", {}).get(name, results["meta"])
     quick = " (quick sizes)" if meta.get("quick") else ""
     cli = {"speed_layer": "speed"}.get(name, name)
-    return (
-        f"_Measured at commit {meta['git_commit']}, {meta['started_at']}{quick}: `python -m bench.run --only {cli}`._"
-    )
+    dirty = " (with uncommitted changes)" if meta.get("dirty") or "+uncommitted" in meta["git_commit"] else ""
+    return (f"_Measured at commit {meta['git_commit']}{dirty}, started {meta['started_at']}{quick}: "
+            f"`python -m bench.run --only {cli}`._")  # fmt: skip
 
 
 def _soak(k: dict) -> list[str]:
@@ -116,6 +121,25 @@ def _freshness(f: dict) -> list[str]:
         mark = "" if share is None or share >= 1.0 else " (missed)"
         lines.append(f"| {name} | {r['stale'][f'ndcg@{k}']:.4f} | {r['realtime'][f'ndcg@{k}']:.4f} | "
                      f"{r['retrain'][f'ndcg@{k}']:.4f} | {_pct(share)}{mark} | {_pct(vs)} |")  # fmt: skip
+    return lines
+
+
+def _reactivity(r: dict) -> list[str]:
+    lines = ["### Reactivity after one click, and cold items (MovieLens-100K, per-user time split)", "",
+             f"Users with ≥ {r['params']['min_events']} train events get one new view (a seeded pick among the 50 "
+             "most popular items they have not seen) through the real-time path; `changed` is how many of their "
+             "top-10 items change (the viewed item is excluded before and after). Cold items: catalogue items with "
+             "no train event; recall@10 on held-out events on them, and for a new visitor whose first click is a "
+             "cold item, answers scoring ≤ 0 (serving answers those from popular items instead).", "",
+             "| model | top-10 changed (target ≥ 3) | users seeing no change | recall@10 on cold items | "
+             "zero-score visitor answers |", "|---|---|---|---|---|"]  # fmt: skip
+    for name, v in r.items():
+        if isinstance(v, dict) and "mean_changed" in v:
+            cold = v.get("recall@10_on_cold")
+            mark = "" if v["mean_changed"] >= 3 else " (missed)"
+            lines.append(f"| {name} | {v['mean_changed']:.2f}{mark} | {v['share_unchanged']:.0%} | "
+                         f"{'n/a' if cold is None else f'{cold:.3f}'} | {v['visitor_answers_scoring_zero_or_less']} "
+                         f"of {v['visitor_answers']} |")  # fmt: skip
     return lines
 
 

@@ -4,14 +4,16 @@
     python -m bench.run --quick         # reduced sizes (batch at 500k), same output file
     python -m bench.run --only serving  # some sections; the others keep their last results
     python -m bench.run --only soak     # the crash soak (`make bench-soak`; not part of a plain run)
-    python -m bench.run --sizes 2000000 --engines implicit
+    python -m bench.run --sizes 2000000 --engines implicit_als
 
-Sections: quality (MovieLens-100K, four models), freshness (stale vs speed vs retrain),
-batch (pipeline time and memory), speed (events/s, event -> UP latency), serving
-(GET /recommend latency and throughput). Each figure carries its unit; the machine's
-core count, the commit and the repetitions are in `meta` (per section in
-`meta.sections`). Also writes report.md, one PNG plot per section and the README's
-Results section. Absolute times on a shared machine are noisy: compare within a run.
+Sections: quality (MovieLens-100K, every recommender, 3 seeds, ties ordered and shuffled),
+freshness (stale vs real time vs retrain, per recommender), reactivity (top-10 change after
+one view; cold items), batch (pipeline time and memory), speed (events/s, event -> UP
+latency), serving (GET /recommend latency and throughput). Each figure carries its unit.
+Every section records, when it *starts*, the commit it runs on and the time (`meta.sections`);
+a tree with uncommitted changes is refused unless `--allow-dirty`, and then marked. Also
+writes report.md, one PNG plot per section and the README's Results section. Absolute
+times on a shared machine are noisy: compare within a run.
 """
 
 from __future__ import annotations
@@ -136,15 +138,23 @@ def _time_pipeline(engine: str, n: int, env: dict[str, str]) -> dict:
     }
 
 
-def meta(quick: bool, repetitions: dict) -> dict:
-    # `--dirty`: a result measured with uncommitted changes says so.
-    commit = subprocess.run(["git", "describe", "--always", "--dirty=+uncommitted"], capture_output=True, text=True,
-                            cwd=PROJECT_ROOT)  # fmt: skip
+def git_state() -> tuple[str, bool]:
+    """The commit the tree is at, and whether the tree has uncommitted changes (tracked files only)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=PROJECT_ROOT)  # fmt: skip
+    return head.stdout.strip() or "unknown", bool(dirty.stdout.strip())
+
+
+def meta(quick: bool, repetitions: object = 1) -> dict:
+    """Where and when a section is measured: taken when the section *starts* (its commit and start time)."""
+    commit, dirty = git_state()
     return {
         "cores": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
-        "git_commit": commit.stdout.strip() or "unknown",
+        "git_commit": commit + ("+uncommitted" if dirty else ""),
+        "dirty": dirty,
         "quick": quick,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "repetitions": repetitions,
@@ -213,63 +223,107 @@ def speed_table(speed: dict) -> Table:
     return table
 
 
+def _quality(o: dict) -> dict:
+    from bench import quality
+
+    return quality.run(o["quick"], spark=_bench_spark())
+
+
+def _freshness(o: dict) -> dict:
+    from bench import freshness
+
+    return freshness.run(o["quick"])
+
+
+def _reactivity(o: dict) -> dict:
+    from bench import reactivity
+
+    return reactivity.run(o["quick"])
+
+
+def _batch(o: dict) -> dict:
+    chosen = [int(x) for x in o["sizes"].split(",") if x] or ([500_000] if o["quick"] else [1_000_000, 10_000_000])
+    return run_batch(chosen, [e for e in o["engines"].split(",") if e], users=100_000, items=50_000)
+
+
+def _speed(o: dict) -> dict:
+    from bench import speed
+
+    out = speed.run(o["quick"])
+    out["repetitions"] = {"throughput": 1, "latency": 1, "solve": out.get("repetitions")}
+    return out
+
+
+def _soak(o: dict) -> dict:
+    from bench import soak
+
+    return soak.run(o["quick"])
+
+
+def _serving(o: dict) -> dict:
+    from bench import serving
+
+    return serving.run(o["quick"])
+
+
+def reactivity_table(r: dict) -> Table:
+    table = Table(title="reactivity after one view (users >= 100 events) and cold items")
+    for col in ("model", "top-10 changed", "unchanged users", "recall@10 cold", "zero-score visitor answers"):
+        table.add_column(col, justify="right")
+    for name, v in r.items():
+        if isinstance(v, dict) and "mean_changed" in v:
+            cold = v.get("recall@10_on_cold")
+            table.add_row(name, f"{v['mean_changed']:.2f}", f"{v['share_unchanged']:.0%}",
+                          "n/a" if cold is None else f"{cold:.3f}", str(v["visitor_answers_scoring_zero_or_less"]))
+    return table
+
+
+# name on the command line -> (key in latest.json, how to run it, how to show it)
+SECTIONS = {
+    "quality": ("quality", _quality, lambda r: quality_table(r)),
+    "freshness": ("freshness", _freshness, lambda r: freshness_table(r)),
+    "reactivity": ("reactivity", _reactivity, lambda r: reactivity_table(r)),
+    "batch": ("batch", _batch, lambda r: batch_table(r)),
+    "speed": ("speed_layer", _speed, lambda r: speed_table(r)),
+    "soak": ("soak", _soak, lambda r: f"soak: {r}"),
+    "serving": ("serving", _serving, lambda r: serving_table(r)),
+}
+DEFAULT_SECTIONS = "quality,freshness,reactivity,batch,speed,serving"
+
+
 @app.command()
 def main(
     quick: bool = typer.Option(False, help="Reduced sizes (minutes, not tens of minutes)."),
-    only: str = typer.Option("quality,freshness,batch,speed,serving", help="Comma-separated sections to run."),
+    only: str = typer.Option(DEFAULT_SECTIONS, help="Comma-separated sections to run."),
+    allow_dirty: bool = typer.Option(False, help="Run on a tree with uncommitted changes (results say so)."),
     sizes: str = typer.Option("", help="Comma-separated event counts for the batch section."),
     engines: str = typer.Option("spark_als,implicit_als", help="Comma-separated recommenders for the batch section."),
 ) -> None:
     """Run the benchmarks and write bench/results/latest.json and report.md."""
-    sections = set(only.split(","))
+    sections = [s for s in only.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise typer.BadParameter(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    if git_state()[1] and not allow_dirty:
+        raise typer.BadParameter("the tree has uncommitted changes: commit first (results record the commit they "
+                                 "ran on), or pass --allow-dirty and the results say +uncommitted")  # fmt: skip
+    options = {"quick": quick, "sizes": sizes, "engines": engines}
     results: dict = {}
-    repetitions: dict = {}
-    if "quality" in sections:
-        from bench import quality
-
-        results["quality"] = quality.run(quick, spark=_bench_spark())
-        repetitions["quality"] = 1
-        console.print(quality_table(results["quality"]))
-    if "freshness" in sections:
-        from bench import freshness
-
-        results["freshness"] = freshness.run(quick)
-        repetitions["freshness"] = 1
-        console.print(freshness_table(results["freshness"]))
-    if "batch" in sections:
-        chosen = [int(x) for x in sizes.split(",") if x] or ([500_000] if quick else [1_000_000, 10_000_000])
-        results["batch"] = run_batch(chosen, [e for e in engines.split(",") if e], users=100_000, items=50_000)
-        repetitions["batch"] = 1
-        console.print(batch_table(results["batch"]))
-    if "speed" in sections:
-        from bench import speed
-
-        results["speed_layer"] = speed.run(quick)
-        repetitions["speed_layer"] = {"throughput": 1, "latency": 1, "solve": results["speed_layer"]["repetitions"]}
-        console.print(speed_table(results["speed_layer"]))
-    if "soak" in sections:
-        from bench import soak
-
-        results["soak"] = soak.run(quick)
-        repetitions["soak"] = 1
-        console.print(f"soak: {results['soak']}")
-    if "serving" in sections:
-        from bench import serving
-
-        results["serving"] = serving.run(quick)
-        repetitions["serving"] = 1
-        console.print(serving_table(results["serving"]))
-    # Sections not run this time keep their last results; `meta.sections` says when each was measured.
+    sections_meta: dict = {}
+    for name in sections:
+        key, run, show = SECTIONS[name]
+        started = meta(quick)  # before the section: its commit and start time, not the run's end
+        results[key] = run(options)
+        started["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        started["repetitions"] = results[key].pop("repetitions", 1) if isinstance(results[key], dict) else 1
+        sections_meta[key] = started
+        console.print(show(results[key]))
+    # Sections not run this time keep their last results; `meta.sections` says when and where each was measured.
     latest = RESULTS / "latest.json"
     merged = json.loads(latest.read_text()) if latest.exists() else {}
-    run_meta = meta(quick, repetitions)
-    sections_meta = merged.get("meta", {}).get("sections", {})
-    for name in merged:  # sections from a file written before per-section meta existed
-        if name != "meta" and name not in sections_meta:
-            sections_meta[name] = {k: v for k, v in merged["meta"].items() if k != "sections"}
-    sections_meta.update({name: run_meta for name in results})
+    previous = merged.get("meta", {}).get("sections", {})
     merged.update(results)
-    merged["meta"] = {**run_meta, "sections": sections_meta}
+    merged["meta"] = {**meta(quick), "sections": {**previous, **sections_meta}}
     results = merged
     RESULTS.mkdir(parents=True, exist_ok=True)
     latest.write_text(json.dumps(results, indent=2))

@@ -148,6 +148,7 @@ def start_services() -> None:
     console.print(f"serving model {ready['model_version']} on {processes.serving_url(s)}")
 
 
+SHOWN = 8
 DEMO_USERS = ("1", "42", "500")  # MovieLens user ids, as a shop would send them; the service pseudonymises
 STREAMED_CATEGORY = "Horror"  # each demo user buys the three most popular horror films: a visible change of taste
 
@@ -158,7 +159,7 @@ def stream_and_compare() -> None:
     url, token = processes.serving_url(s), s.write_token()
     visitor = f"visitor-{int(time.time())}"
     users = [*DEMO_USERS, visitor]
-    before = {u: _get(f"{url}/recommend/{u}?k=5") for u in users}
+    before = {u: _get(f"{url}/recommend/{u}?k={SHOWN}&explain=true") for u in users}
     bought = [i["item_id"] for i in _get(f"{url}/popular?k=3&category={STREAMED_CATEGORY}")["items"]]
     sent_at = time.monotonic()
     for user in users:
@@ -168,20 +169,26 @@ def stream_and_compare() -> None:
     console.print(f"each of {len(users)} users bought: " + "; ".join(titles.get(i, (i,))[0] or i for i in bought))
     after = {}
     for user in users:
-        after[user] = _wait_for_speed(f"{url}/recommend/{user}?k=5", deadline=sent_at + 30)
+        after[user] = _wait_for_speed(f"{url}/recommend/{user}?k={SHOWN}&explain=true", deadline=sent_at + 30)
     console.print(
         f"all {len(users)} users answered by the speed layer {time.monotonic() - sent_at:.1f}s after the events"
     )
-    table = Table("user (shop id)", "before", "after (* = brought in by the speed layer)", show_lines=True)
+    table = Table("user (shop id)", "before", "after (+ = new in the list, and why)", show_lines=True)
     for user in users:
-        table.add_row(escape(user), _cell(before[user]), _cell(after[user]))
+        old = {i["item_id"] for i in before[user]["items"]}
+        new = sum(i["item_id"] not in old for i in after[user]["items"])
+        label = f"{user}\n{new} of {len(after[user]['items'])} changed"
+        table.add_row(escape(label), _cell(before[user]), _cell(after[user], old))
     console.print(table)
 
 
-def _cell(answer: dict) -> str:
-    """The answer's source and titles, items the speed layer brought in starred (escaped: titles are not markup)."""
+def _cell(answer: dict, before: set[str] | None = None) -> str:
+    """The answer's source and titles; items new since `before` marked with their reason (escaped: not markup)."""
     lines = [f"source: {answer['source']}"]
-    lines += [("* " if i["from_speed"] else "  ") + (i["title"] or i["item_id"]) for i in answer["items"]]
+    for i in answer["items"]:
+        fresh = before is not None and i["item_id"] not in before
+        why = f"  ({i['because']})" if fresh and i.get("because") else ""
+        lines.append(("+ " if fresh else "  ") + (i["title"] or i["item_id"]) + why)
     return escape("\n".join(lines))
 
 

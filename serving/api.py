@@ -51,6 +51,8 @@ from serving.schemas import (
     Popular,
     Readiness,
     Recommendations,
+    Shopper,
+    Shoppers,
     Similar,
 )
 
@@ -262,6 +264,14 @@ def _routes(app: FastAPI, s: Settings) -> None:
         background.add_task(erasure.wait_and_complete, message, s)
         return ForgetAccepted(user_id=pseudonym, partition=message.partition, offset=message.offset,
                               detail="speed and serving layers told; lake and model files follow")  # fmt: skip
+
+    @app.get("/admin/shoppers", response_model=Shoppers, tags=["admin"], dependencies=[Depends(require_token)],
+             responses={401: {"model": Error}, 403: {"model": Error}, 503: {"model": Error}})  # fmt: skip
+    async def shoppers(model: Model, k: K = 20) -> Shoppers:
+        """The shoppers with the longest histories in the served model's data, by pseudonym (for the storefront's
+        picker and for operators; needs the token: pseudonyms are still personal data)."""
+        return Shoppers(model_version=model.version,
+                        shoppers=[Shopper(user_id=u, events=n) for u, n in model.shoppers(k)])  # fmt: skip
 
     @app.get("/models", response_model=ModelInfo, responses=ERRORS, tags=["operations"])
     async def models(model: Model) -> ModelInfo:

@@ -182,6 +182,18 @@ class ServingModel:
     def n_items(self) -> int:
         return self.n_base + len(self._new.ids)
 
+    def shoppers(self, k: int) -> list[tuple[str, int]]:
+        """The k users with the most events in the model's data (pseudonyms), for demos and operators."""
+        totals = np.diff(self.interactions.indptr)
+        out = []
+        for u in np.lexsort((np.arange(len(totals)), -totals)):
+            user = str(self.data.user_ids[u])
+            if user not in self.erased and not user.startswith("erased-"):
+                out.append((user, int(totals[u])))
+            if len(out) == k:
+                break
+        return out
+
     def knows_user(self, user_id: str) -> bool:
         return user_id in self._recent or (user_id not in self.erased and user_id in self.user_index)
 

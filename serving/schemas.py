@@ -122,5 +122,15 @@ class ModelInfo(BaseModel):
     kafka_offsets: dict[int, int]
 
 
+class Shopper(BaseModel):
+    user_id: str = Field(description="The shopper's pseudonym (usable wherever a user id is asked for).")
+    events: int = Field(description="Distinct items in their history in the served model's data.")
+
+
+class Shoppers(BaseModel):
+    model_version: str
+    shoppers: list[Shopper]
+
+
 class Error(BaseModel):
     detail: str

@@ -197,9 +197,11 @@ def _write_manifest(directory: Path, manifest: ModelManifest) -> None:
 
 
 def _fsync_dir(directory: Path) -> None:
-    for f in directory.iterdir():
-        with f.open("rb") as fh:
-            os.fsync(fh.fileno())
+    """fsync every file under `directory` (models may keep their files in sub-folders: the hybrid's components)."""
+    for f in directory.rglob("*"):
+        if f.is_file():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
 
 
 ERASED_PREFIX = "erased-"

@@ -37,7 +37,7 @@ class Stack:
         return pseudonymise(raw, self.s.pseudonym_key_bytes())
 
 
-def start_stack(state: Path, n_events: int = 4_000, **overrides) -> Stack:
+def start_stack(state: Path, n_events: int = 4_000, model: str = "implicit_als", **overrides) -> Stack:
     port = free_port()
     s = Settings(
         state_dir=state, broker_port=port, kafka_bootstrap=f"127.0.0.1:{port}",
@@ -47,7 +47,7 @@ def start_stack(state: Path, n_events: int = 4_000, **overrides) -> Stack:
     broker_process.start(s)
     events = produce(s, seed=1, n=n_events)
     write_catalogue(s)
-    publish_model(s, events, "m20260101T000000000000")
+    publish_model(s, events, "m20260101T000000000000", model)
     stack = Stack(s, processes.serving_url(s), events)
     stack.procs["speed"] = processes.start("speed_layer", s, "--instance-id", "speed-test", log=state / "speed.log")
     stack.procs["serving"] = processes.start("serving", s, log=state / "serving.log")

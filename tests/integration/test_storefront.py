@@ -25,7 +25,8 @@ CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    st = start_stack(tmp_path_factory.mktemp("storefront"))
+    # The hybrid: what the storefront is for is showing the list react to a click.
+    st = start_stack(tmp_path_factory.mktemp("storefront"), model="hybrid")
     yield st
     stop_stack(st)
 
@@ -79,7 +80,7 @@ def test_buying_a_product_turns_the_panel_into_speed_recommendations(stack, brow
     assert len(shown) == 8 and bought not in shown  # purchases are left out by default
     badges = browser.find_elements(By.CSS_SELECTOR, "#recommendations .rec.speed .badge")
     assert badges and badges[0].text == "new from your clicks"
-    assert re.fullmatch(r"updated \d+ ms after your click", text(browser, "refresh-ms"))
+    assert re.fullmatch(r"updated \d+ ms after your click: \d+ of 8 new", text(browser, "refresh-ms"))
     assert "error" not in browser.find_element(By.ID, "status").get_attribute("class")
 
     status, api = get(stack, f"/recommend/{raw}?k=8")
@@ -92,6 +93,36 @@ def test_buying_a_product_turns_the_panel_into_speed_recommendations(stack, brow
     assert [li.get_attribute("data-item-id") for li in browser.find_elements(By.CSS_SELECTOR, "#because li")] == [
         bought
     ]
+
+
+def test_a_long_history_shoppers_list_visibly_changes_after_one_view(stack, browser):
+    browser.get(f"{stack.url}/storefront#token={TOKEN}")
+    wait = WebDriverWait(browser, 15)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#products .product")) == 24)
+    picker = Select(browser.find_element(By.ID, "user"))
+    wait.until(lambda d: picker.options[0].get_attribute("value").startswith("u_"))  # real shoppers, by pseudonym
+    shopper = picker.options[0].get_attribute("value")
+    wait.until(lambda d: d.find_element(By.ID, "recommendations").get_attribute("data-user") == shopper)
+    assert text(browser, "source") == "batch"
+    before = shown_recommendations(browser)
+    why = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#recommendations .rec .why")]
+    assert why and all(w.startswith("because you ") for w in why)  # explanations in words
+
+    # View one product this shopper is not being recommended.
+    card = next(c for c in browser.find_elements(By.CSS_SELECTOR, "#products .product")
+                if c.get_attribute("data-item-id") not in before)  # fmt: skip
+    viewed = card.get_attribute("data-item-id")
+    card.find_element(By.CSS_SELECTOR, "button[data-event-type=view]").click()
+    wait.until(lambda d: text(d, "source") == "speed")
+    after = shown_recommendations(browser)
+    changed = browser.find_elements(By.CSS_SELECTOR, "#recommendations .rec.changed")
+    assert viewed not in after  # just viewed: not recommended again for a while
+    assert len(set(after) - set(before)) == len(changed) >= 1, (before, after)
+    new = int(re.search(r"(\d+) of 8 new", text(browser, "refresh-ms")).group(1))
+    assert new == len(changed)
+    # Switching shoppers clears the previous one's highlighted cards.
+    picker.select_by_index(1)
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#products .product.done"))
 
 
 def test_without_the_token_a_click_says_so_and_produces_nothing(stack, browser):

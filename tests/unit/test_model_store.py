@@ -119,3 +119,25 @@ def test_erasing_users_keeps_shapes_and_every_other_user(tmp_path):
     assert not [
         p for p in (tmp_path / "m20260101T000000000000").iterdir() if p.name.startswith(".")
     ]  # no temporary files left
+
+
+def test_a_model_with_sub_folders_round_trips(tmp_path):
+    """The hybrid keeps each component in a sub-folder of the model directory."""
+    from recsys.evaluation.protocol import dataset_from_events
+    from recsys.models.hybrid import Hybrid
+
+    rng = np.random.default_rng(1)
+    events = [(f"u{u}", f"i{rng.integers(12)}", t, 1.0, "view") for u in range(8) for t in range(6)]
+    import pandas as pd
+
+    data, _ = dataset_from_events(pd.DataFrame(events, columns=["user_id", "item_id", "ts", "weight", "event_type"]))
+    hybrid = Hybrid(Hybrid.Params(tune=False, weights={"implicit_als": 1.0, "item_knn": 1.0},
+                                  component_params={"implicit_als": {"rank": 4, "iterations": 2}}))  # fmt: skip
+    hybrid.fit(data)
+    manifest = model_store.build_manifest(hybrid, data, "m20260101T000000000000-hybrid")
+    model_store.save(model_store.ModelArtifact(manifest, data, hybrid), tmp_path / "m")
+    loaded = model_store.load(tmp_path / "m")
+    ctx = data.contexts(range(3))
+    np.testing.assert_allclose(loaded.model.score(ctx), hybrid.score(ctx), rtol=1e-6)
+    assert model_store.erase_users(tmp_path / "m", {"u1"}) == 1
+    assert not model_store.load(tmp_path / "m").model.components["implicit_als"].user_factors[1].any()
