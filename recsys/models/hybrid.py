@@ -184,13 +184,9 @@ class Hybrid(Recommender):
         priors = Priors.fit(train, p.position_window, p.recent_days)
         cand, feats = candidate_features(norm, priors, contexts, stage1, seen, p.rerank_candidates, list(names))
         labels = np.take_along_axis(relevant.toarray() > 0, cand, 1).astype(np.float64)
-        cv = cross_validate(feats, labels, relevant, cand, p.rerank_l2, p.seed)
-        self.validation["reranker_cv"] = cv
-        l2 = max(cv["reranked"], key=lambda k: cv["reranked"][k])
-        wins = cv["reranked"][l2] > cv["blend"]
-        if p.rerank == "auto" and not wins:
-            return weights, None
-        return weights, Reranker.fit(feats, labels, float(l2), list(names))
+        reranker, self.validation["reranker_cv"] = choose_reranker(feats, labels, relevant, cand, p.rerank_l2,
+                                                                   p.seed, p.rerank == "always", list(names))
+        return weights, reranker
 
     # --- real time ------------------------------------------------------------------------------
     @property
@@ -613,6 +609,20 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
         return float(np.sum(np.logaddexp(0.0, z) - y * z) + l2 * (w[:-1] @ w[:-1])), grad
 
     return minimize(loss, np.zeros(xb.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 1000}).x
+
+
+def choose_reranker(feats: np.ndarray, labels: np.ndarray, relevant: sp.csr_matrix, cand: np.ndarray,
+                    l2_grid: Sequence[float], seed: int, always: bool = False,
+                    components: list[str] | None = None) -> tuple[Reranker | None, dict]:  # fmt: skip
+    """The re-ranker with the best cross-validated L2, refitted on every user, if it beats the blend's own order in
+    that cross-validation (or `always`); None otherwise. Also returns the cross-validation figures."""
+    cv = cross_validate(feats, labels, relevant, cand, l2_grid, seed)
+    l2 = max(cv["reranked"], key=lambda k: cv["reranked"][k])
+    cv["kept"] = bool(always or cv["reranked"][l2] > cv["blend"])
+    cv["l2"] = float(l2)
+    if not cv["kept"]:
+        return None, cv
+    return Reranker.fit(feats, labels, float(l2), list(components or [])), cv
 
 
 def cross_validate(feats: np.ndarray, labels: np.ndarray, relevant: sp.csr_matrix, cand: np.ndarray,

@@ -17,7 +17,8 @@ are the unit, the order inside a tie is never learned. Real time: nothing to com
 over the user's latest `last` events, age in tie windows.
 
 Scale guard: as in EASE, only the `max_items` most popular items get weights (XᵀX is dense
-and inverted in O(n³)), rows of B are pruned to the `neighbours` largest weights, and at
+and inverted in O(n³)), rows of B are pruned to the `neighbours` largest weights by
+magnitude (negative ones matter: "not after this one"), and at
 most `max_rows` training rows (seeded sample of user-windows) enter XᵀX and XᵀY.
 
 Defaults: chosen on validation carved from MovieLens-100K's train part (`bench/tune.py`).
@@ -50,7 +51,7 @@ class SlitParams(Params):
     horizon_decay: float = Field(0.7, gt=0, le=1, description="Weight of a target one window further away.")
     tie_ms: int = Field(1000, ge=0, description="Events within one window ts // tie_ms are unordered (0: by row).")
     max_items: int = Field(10_000, ge=2, description="Only the most popular items get weights (the O(n³) guard).")
-    neighbours: int = Field(200, ge=1, description="Largest weights kept per row of B.")
+    neighbours: int = Field(500, ge=1, description="Largest weights (by magnitude) kept per row of B.")
     max_rows: int = Field(1_000_000, ge=1, description="Training rows (user-windows) sampled at most.")
     seed: int = 42
 
