@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 # The components and the weights chosen on validation carved from MovieLens-100K's train part (`bench/tune.py`);
 # `fit` re-chooses them on its own validation split, starting from these, unless `tune` is off (then they are the
 # blend). `fixed` is held during the search (only ratios matter).
-DEFAULT_WEIGHTS = {"slit": 1.0, "implicit_als": 0.3, "ease": 0.5, "item_knn": 0.1, "transitions": 0.5,
+DEFAULT_WEIGHTS = {"slit": 1.0, "implicit_als": 0.3, "ease": 0.5, "item_knn": 0.0, "transitions": 0.3,
                    "transitions_last": 0.3, "session_knn": 0.05, "content": 0.5}  # fmt: skip
 GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5)
 PRIORS = ("pop", "late", "position", "recent")

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 class SessionKnnParams(Params):
     neighbours: int = Field(20, ge=1, description="Most similar training users who vote.")
-    last: int = Field(10, ge=1, description="The user's latest events that make up the query profile.")
+    last: int = Field(20, ge=1, description="The user's latest events that make up the query profile.")
     decay: float = Field(0.8, gt=0, le=1, description="Weight of an event relative to the next newer tie window.")
     tie_ms: int = Field(1000, ge=0, description="Events within one window ts // tie_ms share an age (0: by row).")
 

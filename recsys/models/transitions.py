@@ -46,7 +46,7 @@ BOUGHT = ("add_to_cart", "purchase")
 
 class TransitionsParams(Params):
     window: int = Field(5, ge=1, description="How many later tie windows (or events) of a sequence an item leads to.")
-    step_decay: float = Field(0.6, gt=0, le=1, description="Weight of a transition one step further away.")
+    step_decay: float = Field(0.8, gt=0, le=1, description="Weight of a transition one step further away.")
     backward: float = Field(0.5, ge=0, le=1, description="Weight of the reverse direction (1: co-occurrence).")
     tie_ms: int = Field(1000, ge=0, description="Events within one window ts // tie_ms are unordered (0: by row).")
     max_steps: int = Field(200, ge=1, description="Pairs are counted at most this many events apart (cost guard).")
