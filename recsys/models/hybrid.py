@@ -112,6 +112,7 @@ class Hybrid(Recommender):
         self.priors: Priors | None = None
         self.validation: dict = {}
         self.popularity = np.zeros(0, np.float32)
+        self._pop_term: np.ndarray | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> Hybrid:
@@ -152,7 +153,7 @@ class Hybrid(Recommender):
             raise ValueError("the re-ranker is learned on validation: rerank='always' needs tune=True")
         needed = names if self.reranker is not None else [n for n in names if self.weights.get(n, 0) > 0]
         self.components = self._fit_components(data, needed, spark)
-        self.popularity = data.popularity()
+        self.popularity, self._pop_term = data.popularity(), None
         self.priors = Priors.fit(data, p.position_window, p.recent_days) if self.reranker is not None else None
 
     def _tune(self, data: Dataset, spark: SparkSession | None) -> tuple[dict[str, float], Reranker | None]:
@@ -250,7 +251,9 @@ class Hybrid(Recommender):
             norm[name] = _finite(raw) / scales[name][:, None]
         total = np.zeros((len(users), self.n_items + len(new)), np.float32)
         total[:, : self.n_items] = blend(norm, self.weights)
-        total[:, : self.n_items] += data_pop_term(self.popularity)[None, :]
+        if self._pop_term is None or len(self._pop_term) != self.n_items:
+            self._pop_term = data_pop_term(self.popularity)
+        total[:, : self.n_items] += self._pop_term[None, :]
         if self.reranker is not None and len(users):
             stage1 = total[:, : self.n_items]
             cand, feats = candidate_features(norm, self.priors, users, stage1, seen,  # type: ignore[arg-type]
@@ -339,7 +342,7 @@ class Hybrid(Recommender):
             model.reranker = Reranker.from_json(saved["reranker"])
             model.priors = Priors.load(directory / PRIORS_FILE)
         model.n_items = data.n_items
-        model.popularity = data.popularity()
+        model.popularity, model._pop_term = data.popularity(), None
         return model
 
     @classmethod
@@ -470,11 +473,11 @@ class Priors:
                  window: int = 30, days: float = 60.0, first_hour: int = 0) -> None:  # fmt: skip
         self.first_hour = first_hour
         self.pop, self.late = pop.astype(np.float64), late.astype(np.float64)
-        self.position = position.tocsr()  # (positions × items) event counts
-        self.hours = hours.tocsc()  # (hours × items) event counts
+        self.position = _Counts(position)  # (positions × items) event counts
+        self.hours = _Counts(hours)  # (hours × items) event counts
         self.window, self.days = window, days
-        self._cum_hours = np.concatenate([[0.0], np.cumsum(np.asarray(self.hours.sum(axis=1)).ravel())])
-        self._cum_data = np.concatenate([[0.0], np.cumsum(self.hours.data, dtype=np.float64)])
+        self._pop_share = self.pop / max(self.pop.sum(), 1e-12)
+        self._late_share = self.late / max(self.late.sum(), 1e-12)
 
     @staticmethod
     def fit(data: Dataset, window: int = 30, days: float = 60.0) -> Priors:
@@ -498,41 +501,21 @@ class Priors:
     def shares(self, users: Sequence[UserContext], cand: np.ndarray) -> np.ndarray:
         """(users × candidates × 4) log shares of the candidates under each prior."""
         out = np.zeros((*cand.shape, 4))
-        out[..., 0] = self.pop[cand] / max(self.pop.sum(), 1e-12)
-        out[..., 1] = self.late[cand] / max(self.late.sum(), 1e-12)
-        n_pos = self.position.shape[0]
+        out[..., 0] = self._pop_share[cand]
+        out[..., 1] = self._late_share[cand]
+        hours = round(self.days * 24)
         for r, ctx in enumerate(users):
             n = len(ctx.items)
-            lo, hi = min(max(n - self.window, 0), n_pos), min(n + self.window, n_pos)
-            band = self.position[lo:hi]
-            total = band.sum()
-            if total > 0:
-                out[r, :, 2] = np.asarray(band[:, cand[r]].sum(axis=0)).ravel() / total
+            out[r, :, 2] = self.position.shares(cand[r], n - self.window, n + self.window)
             if len(ctx.recent_ts_ms):
                 end = int(ctx.recent_ts_ms[-1]) // HOUR_MS - self.first_hour
-                start = end - round(self.days * 24)
-                out[r, :, 3] = self._window_counts(cand[r], start, end)
+                out[r, :, 3] = self.hours.shares(cand[r], end - hours + 1, end + 1)  # hours (end − window, end]
         return np.log(out + 1e-5)
-
-    def _window_counts(self, items: np.ndarray, start: int, end: int) -> np.ndarray:
-        """Shares of `items` among events in hours (start, end]."""
-        n_hours = self.hours.shape[0]
-        lo, hi = int(np.clip(start + 1, 0, n_hours)), int(np.clip(end + 1, 0, n_hours))
-        total = self._cum_hours[hi] - self._cum_hours[lo]
-        if total <= 0:
-            return np.zeros(len(items))
-        h = self.hours
-        counts = np.zeros(len(items))
-        for k, j in enumerate(items):
-            a, b = h.indptr[j], h.indptr[j + 1]
-            idx = h.indices[a:b]
-            x, y = a + np.searchsorted(idx, lo), a + np.searchsorted(idx, hi)
-            counts[k] = self._cum_data[y] - self._cum_data[x]
-        return counts / total
 
     def save(self, path: Path) -> None:
         np.savez(path, pop=self.pop, late=self.late, window=self.window, days=self.days, first_hour=self.first_hour,
-                 **_sparse_arrays("position", self.position), **_sparse_arrays("hours", self.hours))  # fmt: skip
+                 **_sparse_arrays("position", self.position.matrix.tocsr()),
+                 **_sparse_arrays("hours", self.hours.matrix))  # fmt: skip
 
     @staticmethod
     def load(path: Path) -> Priors:
@@ -541,6 +524,33 @@ class Priors:
                                  shape=tuple(f["position_shape"]))  # fmt: skip
         hours = sp.csc_matrix((f["hours_data"], f["hours_indices"], f["hours_indptr"]), shape=tuple(f["hours_shape"]))
         return Priors(f["pop"], f["late"], position, hours, int(f["window"]), float(f["days"]), int(f["first_hour"]))
+
+
+class _Counts:
+    """Event counts (rows: positions or hours, columns: items), read as one item's count over a row range in
+    O(log): per item, its rows sorted with a running sum (CSC), and a running sum of the row totals."""
+
+    def __init__(self, matrix: sp.spmatrix) -> None:
+        self.matrix = sp.csc_matrix(matrix, dtype=np.float64)
+        self.matrix.sort_indices()
+        self._rows = np.concatenate([[0.0], np.cumsum(np.asarray(self.matrix.sum(axis=1)).ravel())])
+        self._data = np.concatenate([[0.0], np.cumsum(self.matrix.data)])
+
+    def shares(self, items: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Each item's count in rows [lo, hi) over all counts in those rows (0 when there are none)."""
+        n_rows = self.matrix.shape[0]
+        lo, hi = int(np.clip(lo, 0, n_rows)), int(np.clip(hi, 0, n_rows))
+        total = self._rows[hi] - self._rows[lo]
+        if total <= 0:
+            return np.zeros(len(items))
+        ptr, idx = self.matrix.indptr, self.matrix.indices
+        start, end = ptr[items], ptr[items + 1]
+        out = np.empty(len(items))
+        for k in range(len(items)):
+            column = idx[start[k] : end[k]]
+            a, b = start[k] + np.searchsorted(column, lo), start[k] + np.searchsorted(column, hi)
+            out[k] = self._data[b] - self._data[a]
+        return out / total
 
 
 def _sparse_arrays(prefix: str, m: sp.spmatrix) -> dict[str, np.ndarray]:

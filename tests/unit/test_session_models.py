@@ -197,3 +197,23 @@ def test_hybrid_without_tuning_uses_the_given_weights():
     model = Hybrid(HybridParams(tune=False, weights=weights))
     model.fit(data)
     assert model.weights == weights and set(model.components) == set(weights) and model.reranker is None
+
+
+def test_priors_shares_match_a_direct_count_and_survive_save_and_load(tmp_path):
+    from recsys.models.hybrid import Priors
+
+    data, _ = dataset_from_events(_toy_events())
+    priors = Priors.fit(data, window=2, days=1.0)
+    ptr = data.events.indptr(data.n_users)
+    position = np.arange(len(data.events)) - np.repeat(ptr[:-1], np.diff(ptr))
+    user = data.context(3, 50)
+    cand = np.arange(data.n_items)[None, :]
+    got = np.exp(priors.shares([user], cand)[0]) - 1e-5
+    n = len(user.items)
+    band = (position >= n - 2) & (position < n + 2)
+    expected = np.bincount(data.events.item[band], minlength=data.n_items) / band.sum()
+    np.testing.assert_allclose(got[:, 2], expected, atol=1e-9)
+    np.testing.assert_allclose(got[:, 0], data.popularity() / data.popularity().sum(), atol=1e-7)
+    priors.save(tmp_path / "p.npz")
+    again = Priors.load(tmp_path / "p.npz")
+    np.testing.assert_allclose(again.shares([user], cand), priors.shares([user], cand))
