@@ -240,21 +240,24 @@ class Hybrid(Recommender):
 
     def score_all(self, users: Sequence[UserContext], new: NewItems) -> np.ndarray:
         """Stage 1 (+ the re-ranker) over the model's items; new items are scored by the stateful components."""
-        seen = _seen_rows(users, self.n_items)
+        seen_items = [u.items[(u.items < self.n_items) & (u.items >= 0)] for u in users]
         views = self._views(users)
         norm, scales = {}, {}
         for name, model in self.components.items():
             if self.weights.get(name, 0.0) <= 0 and self.reranker is None:
                 continue
-            raw = np.array(model.score(views[name]), dtype=np.float32)
-            scales[name] = _row_scale(raw, seen)
-            norm[name] = _finite(raw) / scales[name][:, None]
+            raw = np.nan_to_num(np.array(model.score(views[name]), dtype=np.float32), copy=False, nan=0.0,
+                                posinf=0.0, neginf=0.0)  # fmt: skip
+            scales[name] = _unseen_max(raw, seen_items)
+            raw /= scales[name][:, None]
+            norm[name] = raw
         total = np.zeros((len(users), self.n_items + len(new)), np.float32)
         total[:, : self.n_items] = blend(norm, self.weights)
         if self._pop_term is None or len(self._pop_term) != self.n_items:
             self._pop_term = data_pop_term(self.popularity)
         total[:, : self.n_items] += self._pop_term[None, :]
         if self.reranker is not None and len(users):
+            seen = _seen_rows(users, self.n_items)
             stage1 = total[:, : self.n_items]
             cand, feats = candidate_features(norm, self.priors, users, stage1, seen,  # type: ignore[arg-type]
                                              self.reranker.n_candidates, self.reranker.components)  # fmt: skip
@@ -411,6 +414,21 @@ def _row_scale(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
     return np.where(top > 0, top, 1.0).astype(np.float32)
 
 
+def _unseen_max(scores: np.ndarray, seen_items: Sequence[np.ndarray]) -> np.ndarray:
+    """`_row_scale` of finite scores, given each row's seen positions: one pass over the row (serving's path)."""
+    out = np.ones(len(scores), np.float32)
+    for r, idx in enumerate(seen_items):
+        if not scores.shape[1]:
+            break
+        row = scores[r]
+        saved = row[idx].copy()
+        row[idx] = -np.inf
+        top = row.max()
+        row[idx] = saved
+        out[r] = top if top > 0 else 1.0
+    return out
+
+
 def normalised(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """Scores divided by each row's largest score over unseen items (zeros stay zero: no evidence stays 0)."""
     return _finite(scores) / _row_scale(scores, seen)[:, None]
@@ -421,7 +439,10 @@ def blend(norm: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
     out = None
     for name, w in weights.items():
         if w > 0 and name in norm:
-            out = w * norm[name] if out is None else out + w * norm[name]
+            if out is None:
+                out = w * norm[name]
+            else:
+                out += w * norm[name]
     if out is None:
         shape = next(iter(norm.values())).shape if norm else (0, 0)
         return np.zeros(shape, np.float32)
