@@ -72,8 +72,11 @@ def paired_se(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def _split(events, mode: str, seed: int, s: Settings) -> EvalSplit:
+    from recsys.data.movielens import attributes
+
     ordered = events if mode == "ordered" else shuffle_ties(events, seed)
-    return make_split(ordered, test_share=s.eval_test_share, event_types=list(s.event_weights))
+    # The catalogue's attributes, as the train job passes them: content (and the hybrid's content part) reads them.
+    return make_split(ordered, test_share=s.eval_test_share, event_types=list(s.event_weights), items=attributes())
 
 
 def run(quick: bool, spark: SparkSession | None = None, settings: Settings | None = None,

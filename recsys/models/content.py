@@ -40,8 +40,9 @@ STOPWORDS = frozenset(
 
 
 class ContentParams(Params):
-    last: int = Field(10, ge=1, description="The user's latest events that make up their profile.")
-    decay: float = Field(0.8, gt=0, le=1)
+    last: int = Field(20, ge=1, description="The user's latest events that make up their profile.")
+    decay: float = Field(0.9, gt=0, le=1)
+    tie_ms: int = Field(1000, ge=0, description="Events within one window ts // tie_ms share an age (0: by row).")
     title_weight: float = Field(0.5, ge=0, description="Weight of title words against category and tags.")
     neighbours: int = Field(100, ge=1, description="Items kept per item for `similar_items`.")
 
@@ -61,8 +62,11 @@ class Content(Recommender):
         self.features, self.vocabulary = item_features(data.attributes, self.params.title_weight)
 
     def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        w = recent_weights(users, self.n_items, self.params.last, self.params.decay)
-        return dense((w @ self.features) @ self.features.T)
+        return dense((self._weights(users) @ self.features) @ self.features.T)
+
+    def _weights(self, users: Sequence[UserContext]) -> sp.csr_matrix:
+        p = self.params
+        return recent_weights(users, self.n_items, p.last, p.decay, tie_ms=p.tie_ms)
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         row = (self.features[item] @ self.features.T).toarray().ravel()
@@ -75,7 +79,7 @@ class Content(Recommender):
         return "content"
 
     def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
-        w = recent_weights([user], self.n_items, self.params.last, self.params.decay)
+        w = self._weights([user])
         cos = (self.features @ self.features[item].T).toarray().ravel()
         return _largest(w.multiply(cos[None, :]).tocsr(), n)
 

@@ -11,7 +11,9 @@ pick the neighbours,
 
     score(u, j) = Σ_t decay^(age_t) · w(type_t) · sim(i_t, j)
 
-so one click moves the list at once. Similar items are the row sim(i, ·); an
+so one click moves the list at once. Ages count distinct tie windows (`tie_ms`): events
+submitted together weigh the same. Defaults: validation carved from MovieLens-100K's
+train part (`bench/tune.py`). Similar items are the row sim(i, ·); an
 explanation is the recent event with the largest term ("because you viewed X").
 """
 
@@ -37,8 +39,9 @@ DEFAULT_KIND_WEIGHTS = {"view": 1.0, "add_to_cart": 1.0, "purchase": 1.0}
 class ItemKnnParams(Params):
     neighbours: int = Field(100, ge=1, description="Most similar items kept per item.")
     shrink: float = Field(10.0, ge=0, description="Added to the cosine's denominator: rare pairs count less.")
-    last: int = Field(20, ge=1, description="The user's latest events that pick the neighbours.")
-    decay: float = Field(0.8, gt=0, le=1, description="Weight of an event relative to the next newer one.")
+    last: int = Field(10, ge=1, description="The user's latest events that pick the neighbours.")
+    decay: float = Field(0.75, gt=0, le=1, description="Weight of an event relative to the next newer one.")
+    tie_ms: int = Field(1000, ge=0, description="Events within one window ts // tie_ms share an age (0: by row).")
     kind_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
     max_user_items: int = Field(500, ge=1, description="Co-occurrence counts a user's latest this many items only.")
 
@@ -59,16 +62,18 @@ class ItemKNN(Recommender):
                                       self.params.neighbours)  # fmt: skip
         self._kinds = kind_weights(data.event_types, self.params.kind_weights)
 
+    def _weights(self, users: Sequence[UserContext]) -> sp.csr_matrix:
+        p = self.params
+        return recent_weights(users, self.n_items, p.last, p.decay, self._kinds, p.tie_ms)
+
     def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        w = recent_weights(users, self.n_items, self.params.last, self.params.decay, self._kinds)
-        return dense(w @ self.similarity)
+        return dense(self._weights(users) @ self.similarity)
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return _row_top(self.similarity, item, k)
 
     def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
-        w = recent_weights([user], self.n_items, self.params.last, self.params.decay, self._kinds)
-        terms = w.multiply(self.similarity[:, item].T).tocsr()  # term per recent item
+        terms = self._weights([user]).multiply(self.similarity[:, item].T).tocsr()  # term per recent item
         return _largest(terms, n)
 
     def save(self, directory: Path) -> dict[str, str]:

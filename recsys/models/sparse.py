@@ -16,10 +16,14 @@ def recent_weights(
     last: int,
     decay: float,
     kind_weights: np.ndarray | None = None,
+    tie_ms: int = 0,
 ) -> sp.csr_matrix:
     """(users x items): each user's latest `last` events, the newest weighing 1 and each older one `decay` times less.
 
-    `kind_weights[k]` scales an event of type k (a purchase says more than a view); repeats add up.
+    Age counts events (`tie_ms` 0) or distinct time windows: with `tie_ms` > 0 an event's age is
+    the number of distinct windows ts // tie_ms after its own among those events, so events in one
+    window (a page of ratings submitted at once, whose order in the data says nothing) weigh the
+    same. `kind_weights[k]` scales an event of type k (a purchase says more than a view); repeats add up.
     """
     rows, cols, vals = [], [], []
     for r, ctx in enumerate(users):
@@ -27,8 +31,7 @@ def recent_weights(
         keep = items < n_items
         if not keep.any():
             continue
-        age = np.arange(len(items) - 1, -1, -1, dtype=np.float64)
-        w = decay**age
+        w = decay ** event_ages(ctx.recent_ts_ms[-last:] if last else ctx.recent_ts_ms[:0], len(items), tie_ms)
         if kind_weights is not None and len(ctx.recent_kinds):
             w = w * kind_weights[np.asarray(ctx.recent_kinds[-last:], dtype=np.int64)]
         rows.append(np.full(int(keep.sum()), r))
@@ -40,6 +43,36 @@ def recent_weights(
                         shape=(len(users), n_items), dtype=np.float64)  # fmt: skip
     out.sum_duplicates()
     return out.astype(np.float32)
+
+
+def event_ages(ts_ms: np.ndarray, n: int, tie_ms: int = 0) -> np.ndarray:
+    """Age of each of n events (oldest first) counted from the newest: in events, or in distinct tie windows.
+
+    With `tie_ms` > 0 (and a timestamp per event) the age is the number of distinct windows
+    ts // tie_ms newer than the event's own, so ties share an age; otherwise n-1, ..., 1, 0.
+    """
+    if tie_ms > 0 and len(ts_ms) == n and n:
+        window = np.asarray(ts_ms, dtype=np.int64) // tie_ms
+        group = np.concatenate([[0], np.cumsum(np.diff(window) != 0)])
+        return (group[-1] - group).astype(np.float64)
+    return np.arange(n - 1, -1, -1, dtype=np.float64)
+
+
+def tie_groups(user: np.ndarray, ts_ms: np.ndarray, tie_ms: int, sequence: np.ndarray | None = None) -> np.ndarray:
+    """A global group number per event of an ordered log: a new group at each user (or sequence) change and at
+    each new tie window ts // tie_ms (each event its own group when `tie_ms` is 0). Groups are consecutive."""
+    n = len(user)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    start = np.ones(n, dtype=bool)
+    key = sequence if sequence is not None else user
+    start[1:] = key[1:] != key[:-1]
+    if tie_ms > 0:
+        window = np.asarray(ts_ms, dtype=np.int64) // tie_ms
+        start[1:] |= window[1:] != window[:-1]
+    else:
+        start[1:] = True
+    return np.cumsum(start) - 1
 
 
 def history_weights(users: Sequence[UserContext], n_items: int, binary: bool = False) -> sp.csr_matrix:
@@ -58,10 +91,12 @@ def history_weights(users: Sequence[UserContext], n_items: int, binary: bool = F
     return out.astype(np.float32)
 
 
-def top_n_per_row(matrix: sp.spmatrix, n: int) -> sp.csr_matrix:
-    """Keep the n largest entries of each row (a neighbourhood); the rest become zeros. Diagonal entries are dropped."""
+def top_n_per_row(matrix: sp.spmatrix, n: int, drop_diagonal: bool = True) -> sp.csr_matrix:
+    """Keep the n largest entries of each row (a neighbourhood); the rest become zeros. Diagonal entries are dropped
+    (unless `drop_diagonal` is False: rows and columns are different things, e.g. users x training users)."""
     m = sp.csr_matrix(matrix, dtype=np.float32)
-    m.setdiag(0)
+    if drop_diagonal:
+        m.setdiag(0)
     m.eliminate_zeros()
     counts = np.diff(m.indptr)
     if n <= 0 or counts.max(initial=0) <= n:

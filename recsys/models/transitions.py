@@ -1,19 +1,27 @@
 """Item-to-item transitions: what shoppers view, cart or buy after an item, scored from the latest events.
 
 Batch: over every user's ordered events (within a session when the data has sessions),
-each later event j within `window` steps after i adds
+positions count distinct tie windows (ts // tie_ms: events in one window, such as a
+page of ratings submitted at once, are unordered) or events (`tie_ms` 0). Each pair of
+an earlier event i and a later event j at distance d = 1..`window` adds
 
-    T_ij += step_decay^(steps − 1)
+    T_ij += step_decay^(d − 1)        T_ji += backward · step_decay^(d − 1)
 
-then each row is normalised by the item's outgoing mass to the power `norm`
+and a pair inside one window (d = 0) adds the mean of both directions, (1 + backward) / 2,
+to both: the order of a tie in the data is its sort key, not behaviour, and is never
+learned. Each row is then normalised by the item's outgoing mass to the power `norm`
 (1 = a transition probability, 0 = raw counts) and by the target's popularity to the
-power `pop_damping` (so a transition to a hit says less than one to a niche item), and
-the top `neighbours` are kept. Real time: nothing to compute; at request time
+power `pop_damping`, and the top `neighbours` are kept. Real time: nothing to compute; at
+request time
 
     score(u, j) = Σ_t decay^(age_t) · w(type_t) · T(i_t, j)
 
-over the user's latest `last` events. "Bought together" is the same count restricted
-to pairs of carts and purchases in one session (or one user when there are no sessions).
+over the user's latest `last` events, age in tie windows. `transitions_last` is the same
+matrix queried with (practically) the last window only, "what follows what I just did":
+the component that makes a blend react to one click. "Bought together" is the plain
+count over pairs of carts and purchases in one session (or one user without sessions).
+
+Defaults: chosen on validation carved from MovieLens-100K's train part (`bench/tune.py`).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from pydantic import Field
 
 from recsys.models.base import Dataset, EventLog, Params, Reason, Recommender, UserContext
 from recsys.models.item_knn import _largest, _row_top
-from recsys.models.sparse import dense, kind_weights, recent_weights, top_n_per_row
+from recsys.models.sparse import dense, kind_weights, recent_weights, tie_groups, top_n_per_row
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -37,11 +45,14 @@ BOUGHT = ("add_to_cart", "purchase")
 
 
 class TransitionsParams(Params):
-    window: int = Field(3, ge=1, description="How many later events of the same sequence an item leads to.")
-    step_decay: float = Field(0.5, gt=0, le=1, description="Weight of a transition one step further away.")
+    window: int = Field(5, ge=1, description="How many later tie windows (or events) of a sequence an item leads to.")
+    step_decay: float = Field(0.8, gt=0, le=1, description="Weight of a transition one step further away.")
+    backward: float = Field(0.5, ge=0, le=1, description="Weight of the reverse direction (1: co-occurrence).")
+    tie_ms: int = Field(1000, ge=0, description="Events within one window ts // tie_ms are unordered (0: by row).")
+    max_steps: int = Field(200, ge=1, description="Pairs are counted at most this many events apart (cost guard).")
     norm: float = Field(1.0, ge=0, le=1, description="Row normalisation exponent (1: probabilities).")
     pop_damping: float = Field(0.0, ge=0, le=1, description="Divide by the target's popularity to this power.")
-    neighbours: int = Field(100, ge=1)
+    neighbours: int = Field(500, ge=1)
     last: int = Field(10, ge=1, description="The user's latest events that select transitions.")
     decay: float = Field(0.7, gt=0, le=1, description="Weight of an event relative to the next newer one.")
     kind_weights: dict[str, float] = Field(default_factory=lambda: {"view": 1.0, "add_to_cart": 1.0, "purchase": 1.0})
@@ -65,16 +76,29 @@ class Transitions(Recommender):
         self.n_items = data.n_items
         self._kinds = kind_weights(data.event_types, p.kind_weights)
         sequence = sequence_ids(data.events, p.session_gap_s)
-        counts = transition_counts(data.events, sequence, data.n_items, p.window, p.step_decay)
+        counts = transition_counts(data.events, sequence, data.n_items, p.window, p.step_decay, p.backward, p.tie_ms,
+                                   p.max_steps)  # fmt: skip
         self.transitions = top_n_per_row(normalise(counts, data.popularity(), p.norm, p.pop_damping), p.neighbours)
         bought = np.isin(np.asarray(data.event_types)[data.events.kind], BOUGHT) if len(data.events) else []
         picked = data.events.take(np.asarray(bought, dtype=bool))
         together = transition_counts(picked, sequence[np.asarray(bought, dtype=bool)], data.n_items, 50, 1.0)
         self.together = top_n_per_row(together + together.T, p.neighbours)
 
+    def fit_key(self) -> dict:
+        """The hyper-parameters the fitted matrices depend on (two models equal here can share them)."""
+        return self.params.model_dump(exclude={"last", "decay", "kind_weights"})
+
+    def share_fit(self, other: Transitions) -> None:
+        """Use another fitted model's matrices (same `fit_key`): `transitions_last` inside the hybrid."""
+        self.transitions, self.together, self._kinds, self.n_items = (other.transitions, other.together,
+                                                                      other._kinds, other.n_items)  # fmt: skip
+
+    def _weights(self, users: Sequence[UserContext]) -> sp.csr_matrix:
+        p = self.params
+        return recent_weights(users, self.n_items, p.last, p.decay, self._kinds, p.tie_ms)
+
     def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        w = recent_weights(users, self.n_items, self.params.last, self.params.decay, self._kinds)
-        return dense(w @ self.transitions)
+        return dense(self._weights(users) @ self.transitions)
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return _row_top(self.transitions, item, k)
@@ -83,8 +107,7 @@ class Transitions(Recommender):
         return _row_top(self.together, item, k)
 
     def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
-        w = recent_weights([user], self.n_items, self.params.last, self.params.decay, self._kinds)
-        return _largest(w.multiply(self.transitions[:, item].T).tocsr(), n)
+        return _largest(self._weights([user]).multiply(self.transitions[:, item].T).tocsr(), n)
 
     def save(self, directory: Path) -> dict[str, str]:
         sp.save_npz(directory / "transitions.npz", self.transitions)
@@ -118,24 +141,34 @@ def sequence_ids(events: EventLog, gap_s: int) -> np.ndarray:
     return np.cumsum(start) - 1
 
 
-def transition_counts(events: EventLog, sequence: np.ndarray, n_items: int, window: int,
-                      step_decay: float) -> sp.csr_matrix:  # fmt: skip
-    """T_ij: Σ over (i, then j within `window` steps in the same sequence) of step_decay^(steps − 1)."""
+def transition_counts(events: EventLog, sequence: np.ndarray, n_items: int, window: int, step_decay: float,
+                      backward: float = 0.0, tie_ms: int = 0, max_steps: int = 200) -> sp.csr_matrix:  # fmt: skip
+    """T_ij over pairs (i earlier, j later, same sequence) at distance d = 1..`window`: step_decay^(d − 1), and
+    `backward` times that to T_ji; d counts tie windows (`tie_ms` > 0) or events, and a pair inside one window
+    adds (1 + backward) / 2 both ways. Pairs more than `max_steps` events apart are not counted (cost guard)."""
+    group = tie_groups(events.user, events.ts_ms, tie_ms, sequence) if tie_ms > 0 else np.arange(len(sequence))
     rows, cols, vals = [], [], []
-    for step in range(1, window + 1):
-        same = sequence[step:] == sequence[:-step] if len(sequence) > step else np.zeros(0, dtype=bool)
-        if not same.any():
+    for step in range(1, max_steps + 1):
+        if len(sequence) <= step:
             break
-        src, dst = events.item[:-step][same], events.item[step:][same]
+        dist = group[step:] - group[:-step]
+        near = (sequence[step:] == sequence[:-step]) & (dist <= window)
+        if not near.any():
+            break  # distances only grow with the step
+        src, dst, d = events.item[:-step][near], events.item[step:][near], dist[near]
         differ = src != dst
-        rows.append(src[differ])
-        cols.append(dst[differ])
-        vals.append(np.full(int(differ.sum()), step_decay ** (step - 1), np.float64))
+        src, dst, d = src[differ], dst[differ], d[differ]
+        forward = np.where(d == 0, 0.5 * (1.0 + backward), step_decay ** np.maximum(d - 1, 0).astype(np.float64))
+        reverse = np.where(d == 0, forward, backward * forward)
+        rows += [src, dst]
+        cols += [dst, src]
+        vals += [forward, reverse]
     if not rows:
-        return sp.csr_matrix((n_items, n_items), dtype=np.float32)
+        return sp.csr_matrix((n_items, n_items), dtype=np.float64)
     out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                         shape=(n_items, n_items), dtype=np.float64)  # fmt: skip
     out.sum_duplicates()
+    out.eliminate_zeros()
     return out
 
 
@@ -147,3 +180,14 @@ def normalise(counts: sp.csr_matrix, popularity: np.ndarray, norm: float, pop_da
     if pop_damping > 0:
         out.data = out.data / np.maximum(popularity[out.indices], 1.0) ** pop_damping
     return out.astype(np.float32)
+
+
+class TransitionsLast(Transitions):
+    """The same transitions queried with the last tie window only (a second registry entry, like user_knn_pearson):
+    what follows what the user did just now. Alone it is a "next step" list; in the hybrid it makes one click move
+    the blend (the reactivity target) at no cost in accuracy."""
+
+    name = "transitions_last"
+
+    def __init__(self, params: TransitionsParams | None = None) -> None:
+        super().__init__(params if params is not None else TransitionsParams(last=5, decay=0.3))
