@@ -79,7 +79,6 @@ def bench_env(state: Path, port: int) -> dict[str, str]:
     return {
         **os.environ,
         "RECSYS_STATE_DIR": str(state),
-        "RECSYS_BROKER_PORT": str(port),
         "RECSYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
         "RECSYS_PSEUDONYM_KEY": "bench-only-key-" + "0" * 32,
     }
@@ -102,8 +101,7 @@ def run_batch(sizes: list[int], engines: list[str], users: int, items: int) -> d
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
             env = bench_env(Path(tmp), broker.free_port())
-            s = Settings(state_dir=Path(tmp), broker_port=int(env["RECSYS_BROKER_PORT"]),
-                         kafka_bootstrap=env["RECSYS_KAFKA_BOOTSTRAP"])  # fmt: skip
+            s = Settings(state_dir=Path(tmp), kafka_bootstrap=env["RECSYS_KAFKA_BOOTSTRAP"])
             broker.start(s)
             try:
                 console.print(f"[bold]batch[/bold]: backfilling {n:,} synthetic events")

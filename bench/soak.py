@@ -26,7 +26,7 @@ def run(quick: bool) -> dict:
     n_users, n_items = 3_000, 1_000
     with tempfile.TemporaryDirectory(prefix="recsys-bench-soak-") as tmp:
         port = broker.free_port()
-        s = Settings(state_dir=Path(tmp), broker_port=port, kafka_bootstrap=f"127.0.0.1:{port}",
+        s = Settings(state_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{port}",
                      pseudonym_key="bench-only-key-" + "0" * 32, speed_metrics_port=0)  # fmt: skip
         broker.start(s)
         chaos = Chaos(s, random.Random(7))
