@@ -31,7 +31,6 @@ from kafka.errors import KafkaError
 
 from recsys import protocol
 from recsys.contracts.events import FORGET_CONTROL, Event, ForgetMarker, control_kind, validate_event
-from recsys.group_liveness import SilentMemberEviction
 from recsys.io import model_store
 from recsys.io.kafka import consumer, producer, send_acknowledged
 from recsys.protocol import ModelMessage, Topics, VectorUpdate
@@ -53,16 +52,12 @@ class SpeedLayer:
         self.events = consumer(
             self.s.speed_group, settings=self.s, group_instance_id=self.instance_id,
             max_poll_records=self.s.speed_batch_max,
-            fetch_max_wait_ms=self.s.speed_batch_ms,  # the broker must not hold a fetch longer than a batch
         )  # fmt: skip
         self.models = consumer(None, settings=self.s)
         updates = TopicPartition(Topics.MODEL_UPDATES, protocol.UPDATE_PARTITION)
         self.models.assign([updates])
         self.models.seek_to_end(updates)  # the model on disk is loaded at start; later ones arrive here
         self.producer = producer(self.s, linger_ms=2)
-        # The local broker never expires a dead member's session; see recsys.group_liveness.
-        self.liveness = SilentMemberEviction(self.s, self.s.speed_group, self.instance_id,
-                                             self.events.config["session_timeout_ms"] / 1000)  # fmt: skip
         self.events.subscribe([Topics.EVENTS], listener=_ReplayFromModel(self))
 
     # --- models ----------------------------------------------------------------------------
@@ -199,7 +194,6 @@ class SpeedLayer:
         self._stop = True
 
     def close(self) -> None:
-        self.liveness.stop()
         self.events.close(autocommit=False)
         self.models.close()
         self.producer.close()
