@@ -157,11 +157,24 @@ def consumer(group_id: str | None, *topics: str, settings: Settings | None = Non
     return KafkaConsumer(*topics, **{**config, **overrides})
 
 
+def partitions_of(c: KafkaConsumer, topic: str, attempts: int = 10) -> set[int]:
+    """The topic's partitions. On a cluster with a node down, kafka-python may send its metadata request to
+    that node and raise; it then knows the node is unreachable, so asking again reaches another one."""
+    for attempt in range(attempts):
+        try:
+            return c.partitions_for_topic(topic) or set()
+        except KafkaError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    return set()
+
+
 def end_offsets(topic: str, settings: Settings | None = None) -> dict[int, int]:
     """Next offset to be written, per partition of `topic`."""
     c = consumer(None, settings=settings)
     try:
-        parts = c.partitions_for_topic(topic) or set()
+        parts = partitions_of(c, topic)
         ends = c.end_offsets([TopicPartition(topic, p) for p in parts])
         return {tp.partition: off for tp, off in ends.items()}
     finally:
@@ -172,7 +185,7 @@ def read_to_end(topic: str, settings: Settings | None = None) -> Iterator[list[C
     """Every message of `topic` from its beginning to its end as of the call, a poll's worth at a time (no group)."""
     c = consumer(None, settings=settings)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        tps = [TopicPartition(topic, p) for p in sorted(partitions_of(c, topic))]
         if not tps:
             return
         c.assign(tps)
@@ -190,7 +203,7 @@ def count_messages(topics: Iterable[str], settings: Settings | None = None) -> d
     try:
         counts = {}
         for topic in topics:
-            tps = [TopicPartition(topic, p) for p in (c.partitions_for_topic(topic) or set())]
+            tps = [TopicPartition(topic, p) for p in partitions_of(c, topic)]
             begin, end = c.beginning_offsets(tps), c.end_offsets(tps)
             counts[topic] = sum(end[tp] - begin[tp] for tp in tps)
         return counts
