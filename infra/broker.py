@@ -245,7 +245,9 @@ def java() -> str:
     candidate = Path(home) / "bin" / "java" if home else None
     found = str(candidate) if candidate and candidate.exists() else shutil.which("java")
     if not found:
-        raise FileNotFoundError("java not found: Kafka needs a Java 17+ runtime (apt-get install openjdk-17-jre-headless)")
+        raise FileNotFoundError(
+            "java not found: Kafka needs a Java 17+ runtime (apt-get install openjdk-17-jre-headless)"
+        )
     return found
 
 
@@ -257,7 +259,8 @@ def _classpath() -> str:
 def _jvm(paths: NodePaths, heap: str = HEAP) -> list[str]:
     return [
         java(), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-        "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true",
+        "-XX:+ExplicitGCInvokesConcurrent", "-XX:-UsePerfData", "-Djava.awt.headless=true",
+        "-Djava.net.preferIPv4Stack=true",
         f"-Dlog4j2.configurationFile={paths.log_config}", f"-Dkafka.logs.dir={paths.logs}",
         "-cp", _classpath(),
     ]  # fmt: skip
@@ -293,8 +296,10 @@ def _format(paths: NodePaths, node: Node, nodes: list[Node], cluster_id: str, di
     if len(nodes) == 1:
         quorum = ["--standalone"]  # this node is the whole controller quorum
     else:  # every node formatted with the same initial voters (id@host:port:directory id)
-        quorum = ["--initial-controllers",
-                  ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}:{directories[n.node_id]}" for n in nodes)]
+        quorum = [
+            "--initial-controllers",
+            ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}:{directories[n.node_id]}" for n in nodes),
+        ]
     cmd = [*_jvm(paths, heap="128m"), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(paths.config),
            *quorum]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)

@@ -94,9 +94,10 @@ def listening_sockets(pid: int) -> set[str]:
         for row in (line.split() for line in Path(table).read_text().splitlines()[1:]):
             if row[3] == "0A" and row[9] in inodes:  # 0A = LISTEN
                 address, port = row[1].split(":")
-                ip = socket.inet_ntop(socket.AF_INET if len(address) == 8 else socket.AF_INET6,
-                                      bytes.fromhex(address)[::-1] if len(address) == 8 else
-                                      b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, 32, 8)))  # fmt: skip
+                raw = bytes.fromhex(address)
+                # /proc/net/tcp* print each 32-bit word in host (little-endian) order
+                ip = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6,
+                                      b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))  # fmt: skip
                 found.add(f"{ip.removeprefix('::ffff:')}:{int(port, 16)}")  # an IPv4-mapped address is IPv4
     return found
 
@@ -106,7 +107,8 @@ def test_the_broker_listens_on_loopback_only(broker):
     """Every socket the Kafka process listens on (clients, controller, anything else) is on 127.0.0.1."""
     [node] = broker_process.layout(broker)
     assert listening_sockets(broker_process.running_pid(broker)) == {
-        f"127.0.0.1:{node.port}", f"127.0.0.1:{node.controller_port}"
+        f"127.0.0.1:{node.port}",
+        f"127.0.0.1:{node.controller_port}",
     }
 
 

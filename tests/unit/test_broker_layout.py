@@ -17,13 +17,13 @@ def test_a_stale_broker_port_that_disagrees_is_refused_with_a_clear_message():
     s = Settings(kafka_bootstrap="127.0.0.1:19092")
     check_no_stale_port(s, {})
     check_no_stale_port(s, {"RECSYS_BROKER_PORT": "19092"})  # agreeing: harmless
-    with pytest.raises(BrokerConfigError, match="RECSYS_BROKER_PORT=9092 disagrees.*19092"):
+    with pytest.raises(BrokerConfigError, match=r"RECSYS_BROKER_PORT=9092 disagrees.*19092"):
         check_no_stale_port(s, {"RECSYS_BROKER_PORT": "9092"})
     assert "broker_port" not in Settings.model_fields  # one setting, not two
 
 
 def test_a_remote_bootstrap_needs_no_local_broker():
-    with pytest.raises(BrokerConfigError, match="not a port on 127.0.0.1"):
+    with pytest.raises(BrokerConfigError, match=r"not a port on 127\.0\.0\.1"):
         layout(Settings(kafka_bootstrap="kafka-1.example:9092"))
 
 
