@@ -7,8 +7,10 @@
     python -m bench.run --sizes 2000000 --engines implicit
 
 Sections: quality (MovieLens-100K, four models), freshness (stale vs speed vs retrain),
-batch (pipeline time and memory), speed (events/s, event -> UP latency), serving
-(GET /recommend latency and throughput). Each figure carries its unit; the machine's
+batch (pipeline time and memory), speed (events/s, event -> UP latency, next to a bare
+kafka-python consumer and Kafka's own ConsumerPerformance / ProducerPerformance on the same
+broker), idle (CPU of each long-running service with no traffic), serving (GET /recommend
+latency and throughput). Each figure carries its unit; the machine's
 core count, the commit and the repetitions are in `meta` (per section in
 `meta.sections`). Also writes report.md, one PNG plot per section and the README's
 Results section. Absolute times on a shared machine are noisy: compare within a run.
@@ -211,10 +213,30 @@ def speed_table(speed: dict) -> Table:
     return table
 
 
+def kafka_table(speed: dict) -> Table:
+    ref = speed["kafka_reference"]
+    table = Table(title="the same events, the same broker: records/s")
+    for col in ("speed layer", "kafka-python consume", "ConsumerPerformance", "kafka-python produce",
+                "ProducerPerformance", "speed / kafka-python"):  # fmt: skip
+        table.add_column(col, justify="right")
+    table.add_row(f"{speed['events_per_s']:,}", f"{ref['kafka_python_consume']['records_per_s']:,}",
+                  f"{ref['consumer_performance']['records_per_s']:,}", f"{ref['kafka_python_produce_per_s']:,}",
+                  f"{ref['producer_performance']['records_per_s']:,}", f"{speed['speed_vs_raw_consume']}")  # fmt: skip
+    return table
+
+
+def idle_table(idle: dict) -> Table:
+    table = Table(title=f"idle CPU, % of one core over {idle['window_s']} s without traffic (target <= 2%)")
+    for name in idle["cpu_percent_of_one_core"]:
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{v}" for v in idle["cpu_percent_of_one_core"].values()))
+    return table
+
+
 @app.command()
 def main(
     quick: bool = typer.Option(False, help="Reduced sizes (minutes, not tens of minutes)."),
-    only: str = typer.Option("quality,freshness,batch,speed,serving", help="Comma-separated sections to run."),
+    only: str = typer.Option("quality,freshness,batch,speed,idle,serving", help="Comma-separated sections to run."),
     sizes: str = typer.Option("", help="Comma-separated event counts for the batch section."),
     engines: str = typer.Option("spark_als,implicit_als", help="Comma-separated recommenders for the batch section."),
 ) -> None:
@@ -222,38 +244,53 @@ def main(
     sections = set(only.split(","))
     results: dict = {}
     repetitions: dict = {}
+    started: dict = {}  # per section: the commit and time when it started (a section can take an hour)
     if "quality" in sections:
         from bench import quality
 
+        started["quality"] = meta(quick, {})
         results["quality"] = quality.run(quick, spark=_bench_spark())
         repetitions["quality"] = 1
         console.print(quality_table(results["quality"]))
     if "freshness" in sections:
         from bench import freshness
 
+        started["freshness"] = meta(quick, {})
         results["freshness"] = freshness.run(quick)
         repetitions["freshness"] = 1
         console.print(freshness_table(results["freshness"]))
     if "batch" in sections:
         chosen = [int(x) for x in sizes.split(",") if x] or ([500_000] if quick else [1_000_000, 10_000_000])
+        started["batch"] = meta(quick, {})
         results["batch"] = run_batch(chosen, [e for e in engines.split(",") if e], users=100_000, items=50_000)
         repetitions["batch"] = 1
         console.print(batch_table(results["batch"]))
     if "speed" in sections:
         from bench import speed
 
+        started["speed_layer"] = meta(quick, {})
         results["speed_layer"] = speed.run(quick)
         repetitions["speed_layer"] = {"throughput": 1, "latency": 1, "solve": results["speed_layer"]["repetitions"]}
         console.print(speed_table(results["speed_layer"]))
+        console.print(kafka_table(results["speed_layer"]))
+    if "idle" in sections:
+        from bench import idle
+
+        started["idle"] = meta(quick, {})
+        results["idle"] = idle.run(quick)
+        repetitions["idle"] = 1
+        console.print(idle_table(results["idle"]))
     if "soak" in sections:
         from bench import soak
 
+        started["soak"] = meta(quick, {})
         results["soak"] = soak.run(quick)
         repetitions["soak"] = 1
         console.print(f"soak: {results['soak']}")
     if "serving" in sections:
         from bench import serving
 
+        started["serving"] = meta(quick, {})
         results["serving"] = serving.run(quick)
         repetitions["serving"] = 1
         console.print(serving_table(results["serving"]))
@@ -265,7 +302,8 @@ def main(
     for name in merged:  # sections from a file written before per-section meta existed
         if name != "meta" and name not in sections_meta:
             sections_meta[name] = {k: v for k, v in merged["meta"].items() if k != "sections"}
-    sections_meta.update({name: run_meta for name in results})
+    # Each section's commit and start time as of when it started, not when the run ended.
+    sections_meta.update({name: {**started[name], "repetitions": {name: repetitions.get(name)}} for name in results})
     merged.update(results)
     merged["meta"] = {**run_meta, "sections": sections_meta}
     results = merged
