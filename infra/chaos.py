@@ -332,9 +332,9 @@ def ups_against_offsets(artifact: ModelArtifact, history: dict[str, list[tuple[i
     result = UpCheck()
     mine = []
     for up in ups:
-        if up.model_version == artifact.manifest.model_version:
+        if up.model_version == artifact.manifest.model_version and up.vector is not None:
             mine.append(up)
-        else:
+        else:  # another model's, or a model without user vectors (only ALS folds users in)
             result.other_models += 1
     needed: dict[str, set[int]] = defaultdict(set)
     for up in mine:
@@ -376,7 +376,7 @@ def ups_against_offsets(artifact: ModelArtifact, history: dict[str, list[tuple[i
     if not pending:
         return result
     matrix = sp.csr_matrix((data, indices, indptr), shape=(len(wanted), len(index)))
-    expected = FoldIn(artifact.item_factors, artifact.manifest.objective).vectors(matrix)
+    expected = FoldIn(artifact.item_factors, artifact.model.objective).vectors(matrix)
     got = np.array([up.vector for up, _ in pending], dtype=np.float64)
     want = expected[[r for _, r in pending]]
     close = np.all(np.isclose(got, want, rtol=2e-3, atol=2e-4), axis=1)

@@ -5,12 +5,12 @@ cover). Without these a check could pass whatever the speed layer published (iss
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from artifacts import als_artifact
 
 from infra.chaos import ups_against_offsets
 from recsys.contracts.events import Event
-from recsys.contracts.manifest import ModelManifest, Objective
 from recsys.io.model_store import ModelArtifact
-from recsys.models.foldin import FoldIn
+from recsys.models.als import FoldIn, Objective
 from recsys.protocol import VectorUpdate
 
 WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
@@ -26,12 +26,7 @@ def artifact() -> ModelArtifact:
     base.data[:] = rng.integers(1, 6, size=base.nnz)
     objective = Objective(confidence="one_plus_alpha_r", reg_scaling="count", alpha=0.3, reg=0.1)
     users = FoldIn(items, objective).vectors(base)
-    manifest = ModelManifest(model_version=VERSION, created_at_ms=0, engine="spark_als", objective=objective,
-                             rank=rank, hyperparameters={}, n_users=n_users, n_items=n_items,
-                             kafka_offsets={0: 100, 1: 100})  # fmt: skip
-    return ModelArtifact(manifest, np.array([f"u{i}" for i in range(n_users)]),
-                         np.array([f"i{j}" for j in range(n_items)]), users, items, base,
-                         np.ones(n_items, np.float32))  # fmt: skip
+    return als_artifact(users, items, base, objective, version=VERSION, kafka_offsets={0: 100, 1: 100})
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +53,7 @@ def speed_layer(artifact, log, batch: int = 7, drop=None, double=None) -> list[V
     bug), while its UPs still carry the offsets it read."""
     rows = {u: i for i, u in enumerate(artifact.user_ids)}
     index = {it: j for j, it in enumerate(artifact.item_ids)}
-    fold = FoldIn(artifact.item_factors, artifact.manifest.objective)
+    fold = FoldIn(artifact.item_factors, artifact.model.objective)
     totals: dict[str, np.ndarray] = {}
     stream = sorted((offset, user, e) for user, events in log.items() for offset, e in events)
     ups = []
