@@ -351,11 +351,14 @@ def start(settings: Settings | None = None, nodes: int | None = None, timeout_s:
     layout_ = layout(s, nodes)
     paths = BrokerPaths(s.broker_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
-    _prepare(paths, layout_)
-    pids = {}
+    pids = {node.node_id: node_pid(paths.node(node.node_id)) for node in layout_}
     for node in layout_:
-        pid = node_pid(paths.node(node.node_id))
-        pids[node.node_id] = pid if pid is not None else _spawn(paths.node(node.node_id), node)
+        if pids[node.node_id] is None:
+            _check_ports_free(node)
+    _prepare(paths, layout_)
+    for node in layout_:
+        if pids[node.node_id] is None:
+            pids[node.node_id] = _spawn(paths.node(node.node_id), node)
     everyone = s.model_copy(update={"kafka_bootstrap": cluster_bootstrap(layout_)})
     deadline = time.monotonic() + timeout_s
     try:
@@ -403,9 +406,9 @@ def _wait_registered(s: Settings, n: int, deadline: float) -> None:
     raise BrokerUnavailable(f"only {seen} of {n} Kafka nodes registered in time")
 
 
-def _spawn(paths: NodePaths, node: Node) -> int:
+def _check_ports_free(node: Node) -> None:
     for port in (node.port, node.controller_port):
-        deadline = time.monotonic() + 10  # a node that just stopped may take a moment to let go of its port
+        deadline = time.monotonic() + 5  # a node that just stopped may take a moment to let go of its port
         while _port_taken(port) and time.monotonic() < deadline:
             time.sleep(0.1)
         if _port_taken(port):
@@ -413,6 +416,9 @@ def _spawn(paths: NodePaths, node: Node) -> int:
                 f"port {port} on 127.0.0.1 is taken by another program; stop it, or point RECSYS_KAFKA_BOOTSTRAP "
                 "(client ports) and RECSYS_KAFKA_CONTROLLER_PORT (controller ports) at free ones"
             )
+
+
+def _spawn(paths: NodePaths, node: Node) -> int:
     cmd = [*_jvm(paths), MAIN_CLASS, str(paths.config)]
     with paths.console_log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -192,7 +192,7 @@ def test_kill_9_mid_publish_and_a_broker_kill_mid_burst_publish_only_exact_vecto
     assert publishing_when_killed >= 2, "the kills did not land while the speed layer was publishing"
 
     checked = check_ups_follow_their_offsets(s, artifact, start, updates_end(s))
-    assert checked.checked > 5_000 and checked.users > 100, checked
+    assert checked.checked > 2_000 and checked.users > 100, checked
     for first, last in published_by:  # each crashed instance, the one that lived through the broker kill included
         assert check_ups_follow_their_offsets(s, artifact, first, last).checked > 300
     run_until_idle(s, "speed-crash")
