@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 from published_models import CATALOGUE, produce, publish_model
 from serving_stack import call, start_stack, stop_stack, wait_for
 
@@ -46,6 +47,8 @@ def group_assignment(s: Settings) -> dict[str, list[int]]:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap(s))
     try:
         group = admin.describe_groups([s.speed_group])
+    except KafkaError:  # e.g. no coordinator yet while Kafka creates __consumer_offsets: no members known
+        return {}
     finally:
         admin.close()
     group = group[s.speed_group] if isinstance(group, dict) else group[0]
@@ -164,9 +167,9 @@ def test_two_speed_instances_survivor_takes_over_a_killed_ones_partitions_and_no
     # Evicted by the session timeout (not at once, and not much later), as the broker's own log says.
     assert evicted_after is not None and SESSION_TIMEOUT_S - 1 <= evicted_after <= SESSION_TIMEOUT_S + 20, summary
     broker_log = (BrokerPaths(s.broker_dir).node(1).logs / "server.log").read_text(errors="replace")
-    assert any("speed-b" in line and "has failed" in line for line in broker_log.splitlines()) or any(
-        s.speed_group in line and "has failed, removing it from the group" in line for line in broker_log.splitlines()
-    ), "no session-timeout eviction in the broker's log"
+    # "[GroupCoordinator ...] Member speed-b-<uuid> in group speed-layer has failed, removing it from the group."
+    evicted = f" in group {s.speed_group} has failed, removing it from the group"
+    assert any("Member speed-b-" in line and evicted in line for line in broker_log.splitlines()), broker_log[-3000:]
 
 
 # --- serving: replicas following model-updates ------------------------------------------------------------
