@@ -28,7 +28,12 @@ def render(results: dict) -> str:
                           ("speed_layer", _speed), ("idle", _idle), ("serving", _serving),
                           ("soak", _soak)):  # fmt: skip
         if name in results:
-            lines += ["", *section(results[name]), "", _measured(results, name)]
+            try:
+                body = section(results[name])
+            except (KeyError, TypeError, IndexError):  # written by an older version of its section
+                body = [f"### {name}", "", f"The stored `{name}` results predate this report's format: "
+                        f"re-run the section to show them."]  # fmt: skip
+            lines += ["", *body, "", _measured(results, name)]
     return "\n".join(lines) + "\n"
 
 
