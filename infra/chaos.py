@@ -176,7 +176,9 @@ def _produce_through_a_broker_restart(s: Settings, chaos: Chaos, chunk: list, ho
     acks=all) retries its unacknowledged batches until the broker is back. Returns how many were acknowledged."""
     reports: list = []
     rate = len(chunk) / 4.0
-    producing = threading.Thread(target=lambda: reports.append(replay(chunk, rate=rate, settings=s, progress=False)))
+    producing = threading.Thread(
+        target=lambda: reports.append(replay(chunk, rate=rate, settings=s, progress=False)), daemon=True
+    )  # a failed test must not hang on a producer waiting for a broker
     before = sum(end_offsets(Topics.EVENTS, s).values())
     producing.start()
     time.sleep(chaos.rng.uniform(1.0, 2.5))

@@ -79,7 +79,7 @@ def test_kill_9_of_a_partition_leader_mid_stream_loses_nothing_acknowledged_and_
         _wait(lambda: lake.exists(table), 180)  # the archiver is at work before the stream and the kill
         reports = [warm_up]
         producing = threading.Thread(target=lambda: reports.append(replay(messages[2_000:], rate=3_000, settings=s,
-                                                                          progress=False)))  # fmt: skip
+                                                                          progress=False)), daemon=True)  # fmt: skip
         producing.start()
         time.sleep(4)
         leader = describe(s, Topics.EVENTS)[0]["leader_id"]

@@ -127,7 +127,9 @@ def test_two_speed_instances_survivor_takes_over_a_killed_ones_partitions_and_no
 
     # The second half streams in (~4 s at 2,000 events/s) and speed-b is killed in the middle of it.
     second: list = []
-    streaming = threading.Thread(target=lambda: second.extend(produce_paced(s, seed=23, n=8_000, rate=2_000)))
+    streaming = threading.Thread(
+        target=lambda: second.extend(produce_paced(s, seed=23, n=8_000, rate=2_000)), daemon=True
+    )
     streaming.start()
     time.sleep(1.5)
     speed_instances["speed-b"].send_signal(signal.SIGKILL)
