@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # The demo keeps its own state (broker data, tables, keys), so it never touches anything else in .state/.
 DEMO_ENV := RECSYS_STATE_DIR=$(CURDIR)/.state/demo
 
-.PHONY: help venv demo test lint broker stop lock clean dag-run speed-layer serve airflow-ui bench bench-quick bench-soak spark-cluster
+.PHONY: help venv jars demo test lint broker kafka-cluster stop lock clean dag-run speed-layer serve airflow-ui bench bench-quick bench-soak spark-cluster
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,13 +31,18 @@ $(STAMP): requirements.lock pyproject.toml
 	$(UV) pip install --python $(PY) --no-deps -e .
 	@touch $(STAMP)
 
+# Released, pinned jars from Maven Central (infra/maven/<component>/pom.xml) into .jars/ (git-ignored);
+# a component whose folder matches its pom is not fetched again. Nothing is downloaded at run time.
+jars: venv  ## fetch the pinned Kafka (and other) jars from Maven Central into .jars/ (once)
+	$(PY) -m infra.jars fetch
+
 lock:  ## re-resolve requirements.in into requirements.lock
 	$(UV) pip compile requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
 
-demo: venv  ## start the local stack, load MovieLens-100K into Kafka, show it arrived
+demo: venv jars  ## start the local stack, load MovieLens-100K into Kafka, show it arrived
 	@$(DEMO_ENV) $(PY) -m infra.demo
 
-test: venv  ## run the whole test suite (starts and stops its own broker and Spark)
+test: venv jars  ## run the whole test suite (starts and stops its own broker and Spark)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
@@ -45,8 +50,11 @@ lint: venv  ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check . || true
 
-broker: venv  ## start the local broker on 127.0.0.1 (default state folder)
+broker: venv jars  ## start the local Kafka (one KRaft node) on 127.0.0.1 (default state folder)
 	$(PY) -m infra.broker start
+
+kafka-cluster: venv jars  ## start a local three-node Kafka cluster (KRaft, replication 3) on 127.0.0.1
+	$(PY) -m infra.broker start --nodes 3
 
 dag-run: venv  ## run the nightly DAG once, now, with real Airflow and Spark (needs `make broker`)
 	$(PY) -m infra.airflow run-dag
@@ -63,13 +71,13 @@ spark-cluster: venv  ## start a local Spark standalone cluster on 127.0.0.1 (the
 airflow-ui: venv  ## start Airflow's UI, scheduler and dag-processor on 127.0.0.1
 	$(PY) -m infra.airflow ui
 
-bench: venv  ## benchmarks: writes bench/results/latest.json and report.md (tens of minutes)
+bench: venv jars  ## benchmarks: writes bench/results/latest.json and report.md (tens of minutes)
 	$(PY) -m bench.run
 
-bench-quick: venv  ## reduced benchmarks, same output files
+bench-quick: venv jars  ## reduced benchmarks, same output files
 	$(PY) -m bench.run --quick
 
-bench-soak: venv  ## crash soak: kill -9s and broker restarts under a 300k-event stream, then exactly-once checks
+bench-soak: venv jars  ## crash soak: kill -9s and broker restarts under a 300k-event stream, then exactly-once checks
 	$(PY) -m bench.run --only soak
 
 stop: ## stop everything the demo, `make broker` or `make airflow-ui` started

@@ -9,7 +9,8 @@
 Sections: quality (MovieLens-100K, every recommender, 3 seeds, ties ordered and shuffled),
 freshness (stale vs real time vs retrain, per recommender), reactivity (top-10 change after
 one view; cold items), batch (pipeline time and memory), speed (events/s, event -> UP
-latency), serving (GET /recommend latency and throughput). Each figure carries its unit.
+latency, next to a bare kafka-python consumer and Kafka's ConsumerPerformance /
+ProducerPerformance on the same broker), idle (CPU of each service with no traffic), serving (GET /recommend latency and throughput). Each figure carries its unit.
 Every section records, when it *starts*, the commit it runs on and the time (`meta.sections`);
 a tree with uncommitted changes is refused unless `--allow-dirty`, and then marked. Also
 writes report.md, one PNG plot per section and the README's Results section. Absolute
@@ -81,7 +82,6 @@ def bench_env(state: Path, port: int) -> dict[str, str]:
     return {
         **os.environ,
         "RECSYS_STATE_DIR": str(state),
-        "RECSYS_BROKER_PORT": str(port),
         "RECSYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
         "RECSYS_PSEUDONYM_KEY": "bench-only-key-" + "0" * 32,
     }
@@ -104,8 +104,7 @@ def run_batch(sizes: list[int], engines: list[str], users: int, items: int) -> d
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
             env = bench_env(Path(tmp), broker.free_port())
-            s = Settings(state_dir=Path(tmp), broker_port=int(env["RECSYS_BROKER_PORT"]),
-                         kafka_bootstrap=env["RECSYS_KAFKA_BOOTSTRAP"])  # fmt: skip
+            s = Settings(state_dir=Path(tmp), kafka_bootstrap=env["RECSYS_KAFKA_BOOTSTRAP"])
             broker.start(s)
             try:
                 console.print(f"[bold]batch[/bold]: backfilling {n:,} synthetic events")
@@ -223,6 +222,26 @@ def speed_table(speed: dict) -> Table:
     return table
 
 
+def kafka_table(speed: dict) -> Table:
+    ref = speed["kafka_reference"]
+    table = Table(title="the same events, the same broker: records/s")
+    for col in ("speed layer", "kafka-python consume", "ConsumerPerformance", "kafka-python produce",
+                "ProducerPerformance", "speed / kafka-python"):  # fmt: skip
+        table.add_column(col, justify="right")
+    table.add_row(f"{speed['events_per_s']:,}", f"{ref['kafka_python_consume']['records_per_s']:,}",
+                  f"{ref['consumer_performance']['records_per_s']:,}", f"{ref['kafka_python_produce_per_s']:,}",
+                  f"{ref['producer_performance']['records_per_s']:,}", f"{speed['speed_vs_raw_consume']}")  # fmt: skip
+    return table
+
+
+def idle_table(idle: dict) -> Table:
+    table = Table(title=f"idle CPU, % of one core over {idle['window_s']} s without traffic (target <= 2%)")
+    for name in idle["cpu_percent_of_one_core"]:
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{v}" for v in idle["cpu_percent_of_one_core"].values()))
+    return table
+
+
 def _quality(o: dict) -> dict:
     from bench import quality
 
@@ -252,6 +271,12 @@ def _speed(o: dict) -> dict:
     out = speed.run(o["quick"])
     out["repetitions"] = {"throughput": 1, "latency": 1, "solve": out.get("repetitions")}
     return out
+
+
+def _idle(o: dict) -> dict:
+    from bench import idle
+
+    return idle.run(o["quick"])
 
 
 def _soak(o: dict) -> dict:
@@ -284,11 +309,12 @@ SECTIONS = {
     "freshness": ("freshness", _freshness, lambda r: freshness_table(r)),
     "reactivity": ("reactivity", _reactivity, lambda r: reactivity_table(r)),
     "batch": ("batch", _batch, lambda r: batch_table(r)),
-    "speed": ("speed_layer", _speed, lambda r: speed_table(r)),
+    "speed": ("speed_layer", _speed, lambda r: [speed_table(r), kafka_table(r)]),
+    "idle": ("idle", _idle, lambda r: idle_table(r)),
     "soak": ("soak", _soak, lambda r: f"soak: {r}"),
     "serving": ("serving", _serving, lambda r: serving_table(r)),
 }
-DEFAULT_SECTIONS = "quality,freshness,reactivity,batch,speed,serving"
+DEFAULT_SECTIONS = "quality,freshness,reactivity,batch,speed,idle,serving"
 
 
 @app.command()
@@ -317,7 +343,9 @@ def main(
         started["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         started["repetitions"] = results[key].pop("repetitions", 1) if isinstance(results[key], dict) else 1
         sections_meta[key] = started
-        console.print(show(results[key]))
+        shown = show(results[key])
+        for table in shown if isinstance(shown, list) else [shown]:
+            console.print(table)
     # Sections not run this time keep their last results; `meta.sections` says when and where each was measured.
     latest = RESULTS / "latest.json"
     merged = json.loads(latest.read_text()) if latest.exists() else {}

@@ -116,9 +116,8 @@ def run(quick: bool) -> dict:
     n_users, n_items, rank = (20_000, 100_000, 64)
     seconds, rate = (5, 1_000) if quick else (15, 1_000)
     with tempfile.TemporaryDirectory(prefix="recsys-bench-serving-") as tmp:
-        s = Settings(state_dir=Path(tmp), broker_port=broker.free_port(), serving_port=_two_free_ports(),
-                     pseudonym_key="bench-only-key-" + "0" * 32)  # fmt: skip
-        s = s.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{s.broker_port}"})
+        s = Settings(state_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
+                     serving_port=_two_free_ports(), pseudonym_key="bench-only-key-" + "0" * 32)  # fmt: skip
         broker.start(s)
         try:
             # A flatter popularity than the default so that (nearly) every one of the 100k items is in the model.

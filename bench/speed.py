@@ -1,4 +1,6 @@
-"""Speed-layer benchmark: sustained events/s through the real broker, event -> UP latency, solve cost per user.
+"""Speed-layer benchmark: sustained events/s through the real broker, event -> UP latency, solve cost per user,
+and beside them, on the same broker and events, a bare kafka-python consumer's rate and Kafka's own consumer and
+producer performance tools (bench/kafka_reference.py).
 
 Runs against its own broker and state folder. The model is fitted with the
 implicit engine (few iterations: throughput does not depend on factor quality,
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from kafka import TopicPartition
 
+from bench.kafka_reference import consumer_performance, kafka_python_consume, producer_performance
 from infra import processes
 from recsys import protocol
 from recsys.data import datasets
@@ -68,9 +71,11 @@ def solve_cost_per_user(artifact: model_store.ModelArtifact, batch: int = 2000, 
 def throughput(s: Settings, n_users: int, n_items: int, n_events: int) -> dict:
     """A backlog of `n_events` in `events`, then one speed-layer process drains it: events/s end to end."""
     base = publish_cutoff(s)
+    start_offsets = end_offsets(Topics.EVENTS, s)
     config = SyntheticConfig(n_events=n_events, n_users=n_users, n_items=n_items, seed=101)
-    replay(iter_messages(config, key=s.pseudonym_key_bytes()), settings=s, progress=False)
-    target = sum(end_offsets(Topics.EVENTS, s).values())
+    produced = replay(iter_messages(config, key=s.pseudonym_key_bytes()), settings=s, progress=False)
+    backlog = end_offsets(Topics.EVENTS, s)
+    target = sum(backlog.values())
     ups_before = _up_count(s)
     proc = _speed_process(s, "speed-bench")
     try:
@@ -83,7 +88,8 @@ def throughput(s: Settings, n_users: int, n_items: int, n_events: int) -> dict:
         proc.terminate()
         proc.wait(30)
     return {"events": target - first, "seconds": round(seconds, 2), "events_per_s": round((target - first) / seconds),
-            "up_messages": _up_count(s) - ups_before}  # fmt: skip
+            "up_messages": _up_count(s) - ups_before, "kafka_python_produce_per_s": round(produced.rate),
+            "offsets": {"start": start_offsets, "end": backlog}}  # fmt: skip
 
 
 def instances_throughput(s: Settings, n_users: int, n_items: int, n_events: int, instances: int) -> dict:
@@ -156,7 +162,7 @@ def latency(s: Settings, n_users: int, n_items: int, rate: float, seconds: float
 
 
 def _read_latencies(s: Settings, out: list[float], stop: threading.Event) -> None:
-    c = consumer(None, settings=s, fetch_max_wait_ms=5)  # a reader that waits would add its wait to the latency
+    c = consumer(None, settings=s)  # Kafka answers a waiting fetch as soon as an UP arrives: no added latency
     tp = TopicPartition(Topics.MODEL_UPDATES, 0)
     c.assign([tp])
     c.seek_to_end(tp)
@@ -194,20 +200,32 @@ def run(quick: bool) -> dict:
     n_users, n_items, rank = (20_000, 50_000, 64)
     with tempfile.TemporaryDirectory(prefix="recsys-bench-speed-") as tmp:
         port = broker.free_port()
-        s = Settings(state_dir=Path(tmp), broker_port=port, kafka_bootstrap=f"127.0.0.1:{port}",
+        s = Settings(state_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{port}",
                      pseudonym_key="bench-only-key-" + "0" * 32)  # fmt: skip
         broker.start(s)
         try:
             artifact = build_model(s, n_users, n_items, rank, history_events=300_000 if quick else 1_000_000)
             result = {"rank": rank, "n_items": len(artifact.item_ids), "n_users": len(artifact.user_ids)}
             result.update(solve_cost_per_user(artifact))
-            # Latency first: the local broker rewrites one JSON file of everything it holds, so after the
-            # throughput backlog (hundreds of MB) its pauses would be measured, not the speed layer's.
+            # Latency first, on an empty log, at the target rate.
             lat = latency(s, n_users, n_items, rate=1_000, seconds=10 if quick else 30)
             result.update({"latency_ms_p50": lat["latency_ms_p50"], "latency_ms_p99": lat["latency_ms_p99"],
                            "latency": lat})  # fmt: skip
-            result["throughput"] = throughput(s, n_users, n_items, 50_000 if quick else 200_000)
+            n_backlog = 50_000 if quick else 200_000
+            result["throughput"] = throughput(s, n_users, n_items, n_backlog)
             result["events_per_s"] = result["throughput"]["events_per_s"]
+            # Side by side on the same broker and the same events: what a bare kafka-python consumer reads, and
+            # Kafka's own consumer and producer tools (the ceiling). Target: the speed layer >= 50% of the first.
+            offsets = result["throughput"].pop("offsets")
+            raw = kafka_python_consume(s, offsets["start"], offsets["end"])
+            result["kafka_reference"] = {
+                "kafka_python_consume": raw,
+                "kafka_python_produce_per_s": result["throughput"]["kafka_python_produce_per_s"],
+                "consumer_performance": consumer_performance(s, records=n_backlog),
+                "producer_performance": producer_performance(s, records=n_backlog,
+                                                             record_bytes=raw["mean_record_bytes"]),
+            }  # fmt: skip
+            result["speed_vs_raw_consume"] = round(result["events_per_s"] / raw["records_per_s"], 2)
             # Side by side, the same way: one process vs two in one group (same machine, same 2 cores).
             n_scale = 50_000 if quick else 150_000
             one, two = (instances_throughput(s, n_users, n_items, n_scale, k) for k in (1, 2))

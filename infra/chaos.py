@@ -1,29 +1,39 @@
 """Fault injection for the local stack, and the checks that prove nothing was lost.
 
-Used by the fault tests (tests/integration/test_faults.py) and the soak benchmark
-(`make bench-soak`): the archiver and the speed layer run as processes and are
-killed with SIGKILL at random moments while events stream in; afterwards
-`check_exactly_once` and `check_user_vectors` compare what was stored and
-published with what was produced, computed independently of the code under test.
+Used by the fault tests (tests/integration/test_faults.py, test_speed_layer.py) and the soak
+benchmark (`make bench-soak`): the archiver and the speed layer run as processes and are killed
+with SIGKILL at random moments while events stream in, and the Kafka broker is killed with SIGKILL
+(or stopped with SIGTERM) and restarted in the middle of a write burst. Afterwards the checks compare
+what was stored and published with what was produced, computed independently of the code under test:
+
+- `check_exactly_once`: bronze rows + dead letters = the messages produced, each once;
+- `check_ups_follow_their_offsets`: every UP the killed and restarted speed layers published during the
+  chaos (not only the newest per user, and before any final catch-up) equals the fold-in of the
+  training row plus exactly the user's events up to the `source_offset` it carries: an event dropped
+  or counted twice by a crash shows up here;
+- `check_user_vectors`: after a catch-up, each touched user's newest UP equals an uninterrupted run's.
 """
 
 from __future__ import annotations
 
 import random
 import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-from kafka import TopicPartition
+import scipy.sparse as sp
+from kafka import KafkaAdminClient, TopicPartition
+from kafka.errors import KafkaError
 
-from infra import processes
-from recsys.contracts.events import Event, validate_event
+from infra import broker, processes
+from recsys.contracts.events import Event, control_kind, validate_event
 from recsys.contracts.tables import Tables
 from recsys.data.synthetic import SyntheticConfig, iter_messages
 from recsys.io import lake
-from recsys.io.kafka import consumer, end_offsets, read_to_end
+from recsys.io.kafka import bootstrap, consumer, end_offsets, read_to_end
 from recsys.io.model_store import ModelArtifact
 from recsys.models.als import FoldIn
 from recsys.protocol import Topics, VectorUpdate
@@ -35,24 +45,71 @@ PROCESSES = {"archiver": ("jobs.archiver",), "speed": ("speed_layer", "--instanc
 
 @dataclass
 class Chaos:
-    """The archiver and the speed layer as processes, killed with SIGKILL and restarted at random moments."""
+    """The archiver and the speed layer as processes, killed with SIGKILL and restarted at random moments;
+    the broker killed (or stopped) and restarted under them."""
 
     s: Settings
     rng: random.Random
     procs: dict = field(default_factory=dict)
     kills: int = 0
     restarts_after_crash: int = 0  # processes that died without our SIGKILL
+    broker_kills: int = 0  # SIGKILLs of the broker
+    broker_stops: int = 0  # SIGTERMs (controlled shutdowns) of the broker
+    broker_restarts_mid_burst: int = 0  # the broker went down while a producer still had messages to send
+    # (what happened, `model-updates` end offset right after it): tells which UPs restarted instances published
+    marks: list = field(default_factory=list)
+
+    kills_while_working: int = 0  # SIGKILLs of a process that had done some of its work (published, committed)
+    _progress_at_start: dict = field(default_factory=dict)
 
     def start(self, name: str) -> None:
         log = self.s.state_dir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         module, *args = PROCESSES[name]
+        self._progress_at_start[name] = self.progress(name)
         self.procs[name] = processes.start(module, self.s, *args, log=log)
 
+    def progress(self, name: str) -> tuple:
+        """What the process has done so far, as seen from outside: UPs published (speed); bronze commits and the
+        archiver's member id in its group (a restarted archiver with nothing left to archive only joins)."""
+        if name == "speed":
+            return (updates_end(self.s),)
+        return (lake.version(Tables.path(Tables.BRONZE_EVENTS, self.s)) or 0,
+                _member_id(self.s, self.s.archiver_group, self.s.archiver_instance_id))  # fmt: skip
+
+    def _advanced(self, name: str) -> bool:
+        now, then = self.progress(name), self._progress_at_start[name]
+        return now[0] > then[0] or (len(now) > 1 and now[1] is not None and now[1] != then[1])
+
+    def wait_working(self, name: str, timeout_s: float = 90) -> bool:
+        """Until a (re)started process has loaded what it needs and done some work: a kill then interrupts work,
+        not the interpreter's start-up. Returns whether it did within the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while not self._advanced(name):
+            if time.monotonic() > deadline or self.procs[name].poll() is not None:
+                return False
+            time.sleep(0.2)
+        return True
+
     def kill(self, name: str) -> None:
+        worked = self._advanced(name)
         self.procs[name].send_signal(signal.SIGKILL)
         self.procs[name].wait()
         self.kills += 1
+        self.kills_while_working += worked
+        self.marks.append((f"kill {name}", updates_end(self.s)))
+
+    def restart_broker(self, how: str = "SIGKILL", down_s: float | None = None) -> None:
+        """kill -9 the broker (or SIGTERM it and wait for Kafka's controlled shutdown), then start it again."""
+        if how == "SIGKILL":
+            broker.kill_node(self.s, 1)
+            self.broker_kills += 1
+        else:
+            broker.stop(self.s)
+            self.broker_stops += 1
+        time.sleep(self.rng.uniform(0.5, 3.0) if down_s is None else down_s)
+        broker.start(self.s)
+        self.marks.append((f"broker {how}", updates_end(self.s)))
 
     def revive_crashed(self) -> None:
         for name, proc in self.procs.items():
@@ -65,43 +122,72 @@ class Chaos:
             processes.stop(proc)
 
 
-def stream_with_kills(s: Settings, chaos: Chaos, n: int, phases: int, seed: int, n_users: int = 300,
-                      n_items: int = 150) -> list[Event]:  # fmt: skip
+def _member_id(s: Settings, group: str, instance: str) -> str | None:
+    """The member id the group coordinator gives the static member `instance` now (None if not a member)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap(s), request_timeout_ms=5000)
+    try:
+        found = admin.describe_groups([group])
+    except KafkaError:
+        return None
+    finally:
+        admin.close()
+    described = found[group] if isinstance(found, dict) else found[0]
+    return next((m["member_id"] for m in described.get("members") or [] if m.get("group_instance_id") == instance),
+                None)  # fmt: skip
+
+
+def updates_end(s: Settings) -> int:
+    """The next offset of `model-updates` (one partition)."""
+    return end_offsets(Topics.MODEL_UPDATES, s).get(0, 0)
+
+
+def stream_with_kills(s: Settings, chaos: Chaos, n: int, phases: int, seed: int, n_users: int = 300, n_items: int = 150,
+                      broker_restarts: int = 0, broker_how: str = "SIGKILL") -> list[Event]:  # fmt: skip
     """Produce `n` messages (2% malformed) in `phases`; after each, kill and restart one or both processes
-    while they are still catching up. Returns the valid events produced."""
+    while they are still catching up. In `broker_restarts` of the phases the broker is killed (`broker_how`)
+    and restarted while that phase's messages are still being produced, and while the archiver and the speed
+    layer write their own bursts (dead letters, UPs). Returns the valid events produced."""
     config = SyntheticConfig(n_events=n, seed=seed, malformed_share=0.02, n_users=n_users, n_items=n_items)
     messages = list(iter_messages(config, key=s.pseudonym_key_bytes()))
     per_phase = -(-len(messages) // phases)
+    with_broker_restart = set(chaos.rng.sample(range(phases), broker_restarts))
     for phase in range(phases):
         chunk = messages[phase * per_phase : (phase + 1) * per_phase]
-        sent = replay(chunk, settings=s, progress=False).sent
+        if phase in with_broker_restart:
+            sent = _produce_through_a_broker_restart(s, chaos, chunk, broker_how)
+        else:
+            sent = replay(chunk, settings=s, progress=False).sent
         if sent != len(chunk):
-            raise RuntimeError(f"the broker took {sent} of {len(chunk)} messages")
+            raise RuntimeError(f"the broker acknowledged {sent} of {len(chunk)} messages")
         time.sleep(chaos.rng.uniform(0.2, 2.5))
-        for name in chaos.rng.sample(sorted(PROCESSES), chaos.rng.choice([1, 2])):
+        restarted = chaos.rng.sample(sorted(PROCESSES), chaos.rng.choice([1, 2]))
+        for name in restarted:
             chaos.kill(name)
             chaos.start(name)
         chaos.revive_crashed()
+        if phase < phases - 1:  # the next kill should land on a process at work, not on one still importing
+            for name in restarted:
+                chaos.wait_working(name)
     return [e for _, raw in messages if isinstance(e := validate_event(raw, s), Event)]
 
 
-def wait_archived(s: Settings, timeout_s: float = 300) -> None:
-    """Block until bronze records every offset in `events` (the archiver has nothing in flight).
-
-    Broker restarts wait for this: the local broker (noida-db 0.2.3) acknowledges writes that
-    arrive while it saves its state on SIGTERM and then loses them (measured: 896 dead letters
-    acknowledged around a restart, 323 kept), which no client can guard against.
-    """
-    ends = end_offsets(Topics.EVENTS, s)
-    table = Tables.path(Tables.BRONZE_EVENTS, s)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        done = lake.archived_offsets(table, Topics.EVENTS, ends)
-        if all(end == 0 or done[p] >= end for p, end in ends.items()):
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the archiver did not catch up within {timeout_s:.0f}s: {done} < {ends}")
-        time.sleep(0.2)
+def _produce_through_a_broker_restart(s: Settings, chaos: Chaos, chunk: list, how: str) -> int:
+    """Replay `chunk` paced over ~4 s and take the broker down in the middle of it. The producer (idempotent,
+    acks=all) retries its unacknowledged batches until the broker is back. Returns how many were acknowledged."""
+    reports: list = []
+    rate = len(chunk) / 4.0
+    producing = threading.Thread(
+        target=lambda: reports.append(replay(chunk, rate=rate, settings=s, progress=False)), daemon=True
+    )  # a failed test must not hang on a producer waiting for a broker
+    before = sum(end_offsets(Topics.EVENTS, s).values())
+    producing.start()
+    time.sleep(chaos.rng.uniform(1.0, 2.5))
+    written = sum(end_offsets(Topics.EVENTS, s).values()) - before
+    mid_burst = producing.is_alive() and 0 < written < len(chunk)
+    chaos.restart_broker(how)
+    producing.join(300)
+    chaos.broker_restarts_mid_burst += mid_burst
+    return reports[0].sent if reports else 0
 
 
 def catch_up(s: Settings, chaos: Chaos, timeout_s: float = 900) -> float:
@@ -198,3 +284,117 @@ def check_user_vectors(s: Settings, artifact: ModelArtifact, stream: list[Event]
         assert up.model_version == artifact.manifest.model_version, (user, up.model_version)
         np.testing.assert_allclose(up.vector, vector, rtol=2e-3, atol=2e-4, err_msg=user)
     return len(expected)
+
+
+# --- UPs published during the chaos, each against the events up to its source offset ----------------------
+@dataclass
+class UpCheck:
+    checked: int = 0  # UPs compared with an independent fold-in
+    users: int = 0
+    skipped_new_items: int = 0  # UPs of users who touched an item the model lacks (their vector depends on its)
+    other_models: int = 0
+    mismatched: list = field(default_factory=list)  # UPs that are not what their source offset says
+
+    def assert_ok(self) -> None:
+        assert not self.mismatched, f"{len(self.mismatched)} of {self.checked} UPs differ, e.g. {self.mismatched[:3]}"
+
+
+def user_events_after_cutoff(s: Settings, artifact: ModelArtifact) -> dict[str, list[tuple[int, Event]]]:
+    """Per user, their valid events on `events` after the model's cut-off, as (offset, event) in log order.
+
+    A user's events are all in one partition (keyed by user), so offsets order them.
+    """
+    cutoff = artifact.manifest.kafka_offsets
+    out: dict[str, list[tuple[int, Event]]] = defaultdict(list)
+    for records in read_to_end(Topics.EVENTS, s):
+        for r in records:
+            if r.offset < cutoff.get(r.partition, 0) or control_kind(r.headers) is not None:
+                continue
+            if isinstance(e := validate_event(r.value, s), Event):
+                out[e.user_id].append((r.offset, e))
+    return out
+
+
+def user_updates(s: Settings, start: int = 0, end: int | None = None) -> list[VectorUpdate]:
+    """Every user UP on `model-updates` at offsets [start, end), in log order (all of them, not the newest)."""
+    out = []
+    for records in read_to_end(Topics.MODEL_UPDATES, s):
+        for r in records:
+            if start <= r.offset and (end is None or r.offset < end) and r.key.startswith(b"UP:user:") and r.value:
+                out.append(VectorUpdate.model_validate_json(r.value))
+    return out
+
+
+def ups_against_offsets(artifact: ModelArtifact, history: dict[str, list[tuple[int, Event]]],
+                        ups: list[VectorUpdate], weights: dict[str, float]) -> UpCheck:  # fmt: skip
+    """Compare each UP with the fold-in of its user's training row plus exactly their events up to and
+    including the UP's `source_offset`, computed here from the log, independently of the speed layer."""
+    index = {it: j for j, it in enumerate(artifact.item_ids.tolist())}
+    rows = {u: i for i, u in enumerate(artifact.user_ids.tolist())}
+    result = UpCheck()
+    mine = []
+    for up in ups:
+        if up.model_version == artifact.manifest.model_version and up.vector is not None:
+            mine.append(up)
+        else:  # another model's, or a model without user vectors (only ALS folds users in)
+            result.other_models += 1
+    needed: dict[str, set[int]] = defaultdict(set)
+    for up in mine:
+        if up.source_offset is not None:
+            needed[up.id].add(up.source_offset)
+    # One walk through each user's events: their strengths as of every offset an UP claims.
+    snapshots: dict[tuple[str, int], tuple[np.ndarray, np.ndarray] | None] = {}  # None: touched a new item
+    for user, offsets in needed.items():
+        row = np.zeros(len(index))
+        if user in rows:
+            row += artifact.interactions[rows[user]].toarray().ravel()
+        new_item = False
+        for offset, e in history.get(user, []):
+            if e.item_id in index:
+                row[index[e.item_id]] += weights[e.event_type]
+            else:
+                new_item = True
+            if offset in offsets:
+                nz = np.flatnonzero(row)
+                snapshots[(user, offset)] = None if new_item else (nz, row[nz])
+    wanted: dict[tuple[str, int], int] = {}
+    data, indices, indptr = [], [], [0]
+    pending: list[tuple[VectorUpdate, int]] = []
+    for up in mine:
+        key = (up.id, up.source_offset)
+        if key not in snapshots:
+            result.mismatched.append(f"{up.id}: source offset {up.source_offset} is none of the user's events")
+            continue
+        if snapshots[key] is None:
+            result.skipped_new_items += 1
+            continue
+        if key not in wanted:
+            nz, values = snapshots[key]
+            data.extend(values)
+            indices.extend(nz)
+            indptr.append(len(indices))
+            wanted[key] = len(wanted)
+        pending.append((up, wanted[key]))
+    if not pending:
+        return result
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(len(wanted), len(index)))
+    expected = FoldIn(artifact.item_factors, artifact.model.objective).vectors(matrix)
+    got = np.array([up.vector for up, _ in pending], dtype=np.float64)
+    want = expected[[r for _, r in pending]]
+    close = np.all(np.isclose(got, want, rtol=2e-3, atol=2e-4), axis=1)
+    result.checked = len(pending)
+    result.users = len({up.id for up, _ in pending})
+    for (up, _), ok, g, w in zip(pending, close, got, want, strict=True):
+        if not ok:
+            result.mismatched.append(f"{up.id}@{up.source_offset}: differs by up to {np.max(np.abs(g - w)):.3g}")
+    return result
+
+
+def check_ups_follow_their_offsets(s: Settings, artifact: ModelArtifact, start: int = 0,
+                                   end: int | None = None) -> UpCheck:  # fmt: skip
+    """Every user UP published at `model-updates` offsets [start, end) is the fold-in of exactly the events up
+    to its source offset. Raises AssertionError otherwise; returns what was checked."""
+    result = ups_against_offsets(artifact, user_events_after_cutoff(s, artifact), user_updates(s, start, end),
+                                 s.event_weights)  # fmt: skip
+    result.assert_ok()
+    return result

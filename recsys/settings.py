@@ -35,10 +35,15 @@ class Settings(BaseSettings):
     # --- event log -----------------------------------------------------------
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092",
-        description="Kafka bootstrap servers. Point at a real Kafka cluster and nothing else changes.",
+        description="Kafka bootstrap servers. Point at a real Kafka cluster and nothing else changes. The local "
+        "Kafka (`infra/broker.py`) listens on exactly these addresses (127.0.0.1 only), one node per address.",
     )
     events_partitions: int = Field(4, ge=1, description="Partitions of the `events` topic when we create it.")
-    broker_port: int = Field(9092, description="Port of the local broker started by `infra/broker.py`.")
+    kafka_controller_port: int = Field(
+        0, ge=0, le=65535, description="KRaft controller port of the local Kafka (`infra/broker.py`) on 127.0.0.1; "
+        "node i of a local cluster uses this + i. 0 = the ports right after the client ports (9093 for the default "
+        "bootstrap). The local broker's client ports are the bootstrap's: there is no separate setting for them.",
+    )
     kafka_replication_factor: int = Field(
         1, ge=1, description="Replication factor of the topics we create (3 on the local three-broker cluster)."
     )

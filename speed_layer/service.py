@@ -31,7 +31,6 @@ from kafka.errors import KafkaError
 
 from recsys import protocol
 from recsys.contracts.events import FORGET_CONTROL, Event, ForgetMarker, control_kind, validate_event
-from recsys.group_liveness import SilentMemberEviction
 from recsys.io import model_store
 from recsys.io.kafka import consumer, producer, send_acknowledged
 from recsys.protocol import ModelMessage, Topics, VectorUpdate
@@ -40,6 +39,7 @@ from speed_layer import metrics
 from speed_layer.state import SpeedState, Updates
 
 log = logging.getLogger("speed_layer")
+IDLE_POLL_MS = 500
 
 
 class SpeedLayer:
@@ -49,20 +49,17 @@ class SpeedLayer:
         self.artifact: model_store.ModelArtifact | None = None
         self.state: SpeedState | None = None
         self._stop = False
+        self._busy = False
         self._last_lag_check = 0.0
         self.events = consumer(
             self.s.speed_group, settings=self.s, group_instance_id=self.instance_id,
             max_poll_records=self.s.speed_batch_max,
-            fetch_max_wait_ms=self.s.speed_batch_ms,  # the broker must not hold a fetch longer than a batch
         )  # fmt: skip
         self.models = consumer(None, settings=self.s)
         updates = TopicPartition(Topics.MODEL_UPDATES, protocol.UPDATE_PARTITION)
         self.models.assign([updates])
         self.models.seek_to_end(updates)  # the model on disk is loaded at start; later ones arrive here
         self.producer = producer(self.s, linger_ms=2)
-        # The local broker never expires a dead member's session; see recsys.group_liveness.
-        self.liveness = SilentMemberEviction(self.s, self.s.speed_group, self.instance_id,
-                                             self.events.config["session_timeout_ms"] / 1000)  # fmt: skip
         self.events.subscribe([Topics.EVENTS], listener=_ReplayFromModel(self))
 
     # --- models ----------------------------------------------------------------------------
@@ -126,8 +123,12 @@ class SpeedLayer:
 
     def step(self) -> int:
         """One micro-batch: poll, fold in, publish, flush, commit. Returns the number of records read."""
-        polled = self.events.poll(timeout_ms=self.s.speed_batch_ms, max_records=self.s.speed_batch_max)
+        # A poll returns as soon as records arrive, so waiting longer when idle adds no latency and keeps an idle
+        # instance from looping 50 times a second (idle CPU).
+        wait_ms = self.s.speed_batch_ms if self._busy else IDLE_POLL_MS
+        polled = self.events.poll(timeout_ms=wait_ms, max_records=self.s.speed_batch_max)
         records = [r for batch in polled.values() for r in batch]
+        self._busy = bool(records)
         if not records or self.state is None:
             return len(records)
         markers = forget_markers(records)
@@ -199,7 +200,6 @@ class SpeedLayer:
         self._stop = True
 
     def close(self) -> None:
-        self.liveness.stop()
         self.events.close(autocommit=False)
         self.models.close()
         self.producer.close()

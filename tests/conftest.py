@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated state folder, a real broker on a free port, one Spark session.
+"""Shared fixtures: an isolated state folder, a real Kafka (KRaft, from the fetched jars) on a free port,
+one Spark session.
 
 The environment is set before anything reads settings, so no test touches `.state/`
 or a broker the developer has running.
@@ -27,12 +28,13 @@ def pytest_configure(config: pytest.Config) -> None:
     state = Path(tempfile.mkdtemp(prefix="recsys-test-"))
     from infra.broker import free_port
 
-    port = free_port()
+    port = free_port()  # the session's Kafka: clients on `port`, its controller on `port + 1`
+    os.environ.pop("RECSYS_BROKER_PORT", None)  # a developer's stale variable (no longer a setting)
+    os.environ.pop("RECSYS_KAFKA_CONTROLLER_PORT", None)
     os.environ.update(
         {
             "RECSYS_STATE_DIR": str(state),
             "RECSYS_PSEUDONYM_KEY": TEST_KEY,
-            "RECSYS_BROKER_PORT": str(port),
             "RECSYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
             "RECSYS_SPARK_DRIVER_MEMORY": "2g",
             "RECSYS_SPARK_SHUFFLE_PARTITIONS": "4",
@@ -64,7 +66,7 @@ def settings():
 
 @pytest.fixture(scope="session")
 def broker(settings) -> Iterator[object]:
-    """The real local broker (noida-db over TCP), started once for the session and stopped after."""
+    """The real local Kafka (one KRaft node over TCP), started once for the session and stopped after."""
     from infra import broker as broker_process
 
     broker_process.start(settings)
@@ -111,7 +113,7 @@ def isolated_stack(tmp_path, free_port):
     from recsys.settings import Settings
 
     port = free_port()
-    s = Settings(state_dir=tmp_path, broker_port=port, kafka_bootstrap=f"127.0.0.1:{port}",
+    s = Settings(state_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{port}",
                  pseudonym_key=os.environ["RECSYS_PSEUDONYM_KEY"], speed_metrics_port=0)  # fmt: skip
     broker_process.start(s)
     yield s

@@ -22,6 +22,11 @@ from recsys.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
+# Reconnect attempts back off up to this (kafka-python's default, 30 s, would leave clients idle long after
+# a restarted broker is back).
+RECONNECT_BACKOFF_MAX_MS = 2_000
+
+
 class BrokerUnavailable(RuntimeError):
     pass
 
@@ -83,14 +88,21 @@ def ensure_topics(settings: Settings | None = None) -> dict[str, int]:
 
 
 def producer(settings: Settings | None = None, **overrides) -> KafkaProducer:
-    """A producer that waits for the broker's acknowledgement and retries without duplicating."""
+    """A producer that waits for the broker's acknowledgement and retries without duplicating.
+
+    acks=all: on a cluster a write is acknowledged once every in-sync replica has it, and topics need
+    min.insync.replicas=2 there. Idempotent: a batch retried after a lost answer or a broker restart
+    is written once. It retries (without a count limit) for up to `delivery_timeout_ms`, long enough to
+    outlast a broker restart; only then does a send fail.
+    """
     config = {
         "bootstrap_servers": bootstrap(settings),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
         "batch_size": 256 * 1024,
-        "retries": 10,
+        "delivery_timeout_ms": 120_000,
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     return KafkaProducer(**{**config, **overrides})
 
@@ -123,25 +135,46 @@ def send_acknowledged(
 
 
 def consumer(group_id: str | None, *topics: str, settings: Settings | None = None, **overrides) -> KafkaConsumer:
-    """A consumer that never commits on its own: callers commit after their work is durable."""
+    """A consumer that never commits on its own: callers commit after their work is durable.
+
+    Fetches wait on the broker (`fetch_max_wait_ms`) until data arrives: Kafka answers a fetch as soon as
+    `fetch_min_bytes` (1) is there, so the wait adds no latency, and an idle consumer sends two fetches a
+    second instead of spinning. A member that stops heartbeating is evicted by Kafka's group coordinator
+    after `session_timeout_ms` and its partitions go to the others.
+    """
     config = {
         "bootstrap_servers": bootstrap(settings),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": 5000,
+        "fetch_max_wait_ms": 500,
         "session_timeout_ms": 6000,
         "heartbeat_interval_ms": 1000,
         "max_poll_interval_ms": 20000,
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     return KafkaConsumer(*topics, **{**config, **overrides})
+
+
+def partitions_of(c: KafkaConsumer, topic: str, attempts: int = 10) -> set[int]:
+    """The topic's partitions. On a cluster with a node down, kafka-python may send its metadata request to
+    that node and raise; it then knows the node is unreachable, so asking again reaches another one."""
+    for attempt in range(attempts):
+        try:
+            return c.partitions_for_topic(topic) or set()
+        except KafkaError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    return set()
 
 
 def end_offsets(topic: str, settings: Settings | None = None) -> dict[int, int]:
     """Next offset to be written, per partition of `topic`."""
     c = consumer(None, settings=settings)
     try:
-        parts = c.partitions_for_topic(topic) or set()
+        parts = partitions_of(c, topic)
         ends = c.end_offsets([TopicPartition(topic, p) for p in parts])
         return {tp.partition: off for tp, off in ends.items()}
     finally:
@@ -152,7 +185,7 @@ def read_to_end(topic: str, settings: Settings | None = None) -> Iterator[list[C
     """Every message of `topic` from its beginning to its end as of the call, a poll's worth at a time (no group)."""
     c = consumer(None, settings=settings)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        tps = [TopicPartition(topic, p) for p in sorted(partitions_of(c, topic))]
         if not tps:
             return
         c.assign(tps)
@@ -170,7 +203,7 @@ def count_messages(topics: Iterable[str], settings: Settings | None = None) -> d
     try:
         counts = {}
         for topic in topics:
-            tps = [TopicPartition(topic, p) for p in (c.partitions_for_topic(topic) or set())]
+            tps = [TopicPartition(topic, p) for p in partitions_of(c, topic)]
             begin, end = c.beginning_offsets(tps), c.end_offsets(tps)
             counts[topic] = sum(end[tp] - begin[tp] for tp in tps)
         return counts

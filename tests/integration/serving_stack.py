@@ -40,7 +40,7 @@ class Stack:
 def start_stack(state: Path, n_events: int = 4_000, model: str = "implicit_als", **overrides) -> Stack:
     port = free_port()
     s = Settings(
-        state_dir=state, broker_port=port, kafka_bootstrap=f"127.0.0.1:{port}",
+        state_dir=state, kafka_bootstrap=f"127.0.0.1:{port}",
         pseudonym_key=os.environ["RECSYS_PSEUDONYM_KEY"], speed_metrics_port=0,
         serving_port=free_port(), serving_write_token=TOKEN, **overrides,
     )  # fmt: skip

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from kafka import TopicPartition
@@ -114,23 +115,48 @@ def test_crash_after_dead_letters_before_the_commit_duplicates_nothing(unique_to
     assert dlq_key(unique_topic, dead[0][2], dead[0][3]) in dead_letters_for(unique_topic, local)
 
 
+def interrupted_work(topic: str, settings) -> dict[str, int]:
+    """What a just-killed archiver left half done, seen from outside (the kill landed between reading a batch and
+    committing it): dead letters it produced for positions the table has not committed yet (letters go out before
+    the commit), and Parquet files it wrote that no table version references (files go before the commit)."""
+    table = Tables.path(Tables.BRONZE_EVENTS, settings)
+    committed = lake.archived_offsets(table, topic, range(3))
+    ahead = [k for k in dead_letters_for(topic, settings) if int(k.decode().rsplit(":", 1)[1]) >= committed[
+        int(k.decode().rsplit(":", 2)[1])]]  # fmt: skip
+    referenced = {Path(f).name for f in lake.open_table(table).file_uris()} if lake.exists(table) else set()
+    orphans = [f for f in table.glob("*.parquet") if f.name not in referenced] if table.exists() else []
+    return {"dead_letters_ahead_of_the_table": len(ahead), "uncommitted_files": len(orphans)}
+
+
 @pytest.mark.reliability
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(unique_topic, local):
-    config = stream(unique_topic, local, n=20_000, malformed=0.02)
-    env = {
-        **os.environ,
-        "RECSYS_STATE_DIR": str(local.state_dir),
-        "RECSYS_ARCHIVER_GROUP": local.archiver_group,
-        "RECSYS_ARCHIVER_BATCH_MAX": "300",
-    }
+    """SIGKILL the archiver at random moments while it works, until kills have landed between reading a batch and
+    committing it (observed each time, see `interrupted_work`); a final run then leaves every message in bronze or
+    the DLQ exactly once (the dead letters of an interrupted batch are not sent twice)."""
+    config = stream(unique_topic, local, n=40_000, malformed=0.02)
+    env = {**os.environ, "RECSYS_STATE_DIR": str(local.state_dir), "RECSYS_ARCHIVER_GROUP": local.archiver_group,
+           "RECSYS_ARCHIVER_BATCH_MAX": "300", "RECSYS_KAFKA_BOOTSTRAP": local.kafka_bootstrap}  # fmt: skip
     cmd = [sys.executable, "-m", "jobs.archiver", "--topic", unique_topic]
+    table = Tables.path(Tables.BRONZE_EVENTS, local)
     rng = random.Random(7)
-    for _ in range(3):
+    kills, interrupted, seen = 0, 0, []
+    while kills < 3 or (interrupted < 2 and kills < 25):
+        started_at = lake.version(table) if lake.exists(table) else -1
         proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2.0, 4.0))
+        deadline = time.monotonic() + 90
+        while (lake.version(table) if lake.exists(table) else -1) == started_at:  # at work: it has committed
+            assert proc.poll() is None and time.monotonic() < deadline, "the archiver did not start archiving"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        kills += 1
+        left = interrupted_work(unique_topic, local)
+        seen.append(left)
+        interrupted += any(left.values())
+    print(f"{kills} kills, {interrupted} of them between reading a batch and its commit: {seen}")  # pytest -s
+    assert interrupted >= 2, f"no kill landed between reading a batch and its commit in {kills} kills: {seen}"
     final = subprocess.run([*cmd, "--until-caught-up"], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
     assert_exactly_once(unique_topic, local, config)
-    assert lake.version(Tables.path(Tables.BRONZE_EVENTS, local)) > 3
+    assert lake.version(Tables.path(Tables.BRONZE_EVENTS, local)) > kills

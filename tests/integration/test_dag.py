@@ -69,7 +69,6 @@ def test_nightly_dag_runs_end_to_end_on_movielens(isolated_stack):
     env = {
         **os.environ,
         "RECSYS_STATE_DIR": str(s.state_dir),
-        "RECSYS_BROKER_PORT": str(s.broker_port),
         "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
     }
     run = subprocess.run(

@@ -140,7 +140,9 @@ def test_one_shot_services_are_not_restarted(services):
 def test_kafka_runs_in_kraft_mode_without_zookeeper(services):
     env = environment(services["kafka"])
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
-    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] and env["CLUSTER_ID"]
+    # A dynamic quorum, as the local broker's: bootstrap servers, never static voters as well.
+    assert env["KAFKA_CONTROLLER_QUORUM_BOOTSTRAP_SERVERS"] and env["CLUSTER_ID"]
+    assert "KAFKA_CONTROLLER_QUORUM_VOTERS" not in env
     assert "zookeeper" not in COMPOSE.read_text().lower()
     bootstrap = {environment(s).get("RECSYS_KAFKA_BOOTSTRAP") for s in services.values()} - {None}
     assert bootstrap == {"kafka:9092"}
@@ -201,3 +203,21 @@ def test_the_image_installs_the_lock_and_has_java_for_spark():
     assert re.search(r"^USER (?!root|0\b)", dockerfile, re.MULTILINE), "run as an unprivileged user"
     # A filled-in infra/deploy/.env sits in the build context: copying the folder would bake the secrets in.
     assert not re.search(r"^COPY (\.|infra/?|infra/deploy\S*) ", dockerfile, re.MULTILINE)
+
+
+def test_the_compose_kafka_is_the_local_brokers_version_with_its_settings(services):
+    """The same Kafka as `make jars` fetches, with the settings infra/broker.py gives one node."""
+    from infra.broker import Node, server_properties
+
+    pom = (PROJECT_ROOT / "infra" / "maven" / "kafka" / "pom.xml").read_text()
+    version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)[1]
+    assert services["kafka"]["image"] == f"apache/kafka:{version}"
+    env = environment(services["kafka"])
+    node = Node(1, 9092, 9093)
+    local = dict(line.split("=", 1) for line in server_properties(node, [node], data="/d").splitlines())
+    for key in ("auto.create.topics.enable", "default.replication.factor", "min.insync.replicas",
+                "offsets.topic.replication.factor", "transaction.state.log.replication.factor",
+                "transaction.state.log.min.isr", "group.initial.rebalance.delay.ms",
+                "unclean.leader.election.enable"):  # fmt: skip
+        assert env["KAFKA_" + key.upper().replace(".", "_")] == local[key], key
+    assert "topics-config" not in services  # model-updates is created compacted by `recsys topics`
