@@ -10,7 +10,8 @@ Sections: quality (MovieLens-100K, every recommender, 3 seeds, ties ordered and 
 freshness (stale vs real time vs retrain, per recommender), reactivity (top-10 change after
 one view; cold items), batch (pipeline time and memory), speed (events/s, event -> UP
 latency, next to a bare kafka-python consumer and Kafka's ConsumerPerformance /
-ProducerPerformance on the same broker), idle (CPU of each service with no traffic), serving (GET /recommend latency and throughput). Each figure carries its unit.
+ProducerPerformance on the same broker), idle (CPU of each service with no traffic),
+serving (GET /recommend latency and throughput). Each figure carries its unit.
 Every section records, when it *starts*, the commit it runs on and the time (`meta.sections`);
 a tree with uncommitted changes is refused unless `--allow-dirty`, and then marked. Also
 writes report.md, one PNG plot per section and the README's Results section. Absolute
@@ -298,8 +299,9 @@ def reactivity_table(r: dict) -> Table:
     for name, v in r.items():
         if isinstance(v, dict) and "mean_changed" in v:
             cold = v.get("recall@10_on_cold")
-            table.add_row(name, f"{v['mean_changed']:.2f}", f"{v['share_unchanged']:.0%}",
-                          "n/a" if cold is None else f"{cold:.3f}", str(v["visitor_answers_scoring_zero_or_less"]))
+            cold_cell = "n/a" if cold is None else f"{cold:.3f}"
+            zero = str(v["visitor_answers_scoring_zero_or_less"])
+            table.add_row(name, f"{v['mean_changed']:.2f}", f"{v['share_unchanged']:.0%}", cold_cell, zero)
     return table
 
 
