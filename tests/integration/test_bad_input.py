@@ -115,7 +115,8 @@ def messages(raw_users: bool = False) -> st.SearchStrategy[list[tuple[bool, byte
 # --- through the broker: the archiver and the speed layer ----------------------------------------------------
 def test_malformed_events_through_the_broker_end_in_the_dlq_and_valid_ones_in_bronze(isolated_stack):
     s = isolated_stack
-    publish_model(s, produce(s, seed=1, n=1_000), "m20260101T000000000000")  # the speed layer needs a model to fold into
+    # the speed layer needs a model to fold into
+    publish_model(s, produce(s, seed=1, n=1_000), "m20260101T000000000000")
     sent: dict[tuple[int, int], bool] = {}  # (partition, offset) -> valid?
     raws: dict[tuple[int, int], bytes] = {}
     prod = producer(s)

@@ -9,7 +9,9 @@ from recsys.io import model_store
 from recsys.settings import Settings
 
 
-def artifact(version: str = "m20260101T000000000000", n_users: int = 3, n_items: int = 4, rank: int = 2) -> model_store.ModelArtifact:
+def artifact(
+    version: str = "m20260101T000000000000", n_users: int = 3, n_items: int = 4, rank: int = 2
+) -> model_store.ModelArtifact:
     manifest = ModelManifest(
         model_version=version, created_at_ms=1, engine="implicit",
         objective=Objective(confidence="alpha_r", reg_scaling="none", alpha=1, reg=0.1),
@@ -76,7 +78,9 @@ def test_promote_and_latest(tmp_path):
     for v in ("m20260101T000000000000", "m20260301T000000000000", "m20260201T000000000000"):
         model_store.save(artifact(v), model_store.candidates_dir(s) / v)
         model_store.promote(model_store.candidates_dir(s) / v, s)
-    assert model_store.published_versions(s) == ["m20260101T000000000000", "m20260201T000000000000", "m20260301T000000000000"]
+    assert model_store.published_versions(s) == [
+        "m20260101T000000000000", "m20260201T000000000000", "m20260301T000000000000"
+    ]
     assert model_store.latest_published(s).name == "m20260301T000000000000"
     assert not (model_store.candidates_dir(s) / "m20260101T000000000000").exists()
 
@@ -96,7 +100,8 @@ def test_erasing_users_keeps_shapes_and_every_other_user(tmp_path):
     a = artifact(n_users=5)
     a.seen_types = (a.interactions != 0).astype(np.int32)
     model_store.save(a, tmp_path / "m20260101T000000000000")
-    with_mmap = model_store.load(tmp_path / "m20260101T000000000000")  # a reader that mapped the files before the erasure
+    # a reader that mapped the files before the erasure
+    with_mmap = model_store.load(tmp_path / "m20260101T000000000000")
     assert model_store.erase_users(tmp_path / "m20260101T000000000000", {"u1", "u3", "nobody"}) == 2
     b = model_store.load(tmp_path / "m20260101T000000000000", mmap=False)
     assert b.user_ids.tolist() == ["u0", "erased-1", "u2", "erased-3", "u4"]
@@ -106,4 +111,5 @@ def test_erasing_users_keeps_shapes_and_every_other_user(tmp_path):
     assert (b.interactions[keep] != a.interactions[keep]).nnz == 0
     np.testing.assert_array_equal(with_mmap.user_factors, a.user_factors)  # its view is whole, not torn
     assert model_store.erase_users(tmp_path / "m20260101T000000000000", {"u1"}) == 0  # idempotent
-    assert not [p for p in (tmp_path / "m20260101T000000000000").iterdir() if p.name.startswith(".")]  # no temporary files left
+    # no temporary files left
+    assert not [p for p in (tmp_path / "m20260101T000000000000").iterdir() if p.name.startswith(".")]

@@ -19,7 +19,9 @@ VIEW, PURCHASE = 1 << 0, 1 << 2
 RANK = 4
 
 
-def artifact(version: str = "m20260101T000000000000", n_users: int = 5, n_items: int = 40, seed: int = 0) -> ModelArtifact:
+def artifact(
+    version: str = "m20260101T000000000000", n_users: int = 5, n_items: int = 40, seed: int = 0
+) -> ModelArtifact:
     rng = np.random.default_rng(seed)
     manifest = ModelManifest(
         model_version=version, created_at_ms=1, engine="implicit",
@@ -103,9 +105,11 @@ def test_wrong_rank_and_model_items_in_updates():
 @pytest.mark.reliability
 def test_forgotten_users_get_popular_items_until_they_come_back():
     m = model()
-    m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u0", vector=[1.0] * RANK, source_offset=5))
+    m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u0", vector=[1.0] * RANK,
+                         source_offset=5))  # fmt: skip
     m.forget(ForgetMessage(user_id="u0", partition=0, offset=9))  # the model's data ends before the marker
-    late = VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u0", vector=[1.0] * RANK, source_offset=8)
+    late = VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u0", vector=[1.0] * RANK,
+                        source_offset=8)  # fmt: skip
     m.apply(late)  # folded from events before the marker, published after the FORGET: dropped
     assert m.recommend("u0", k=3).source == "popular" and not m.knows_user("u0")
     with pytest.raises(UnknownId):
@@ -163,7 +167,8 @@ def test_follower_swaps_models_keeps_early_updates_and_drops_stale_ones(tmp_path
     for v in ("m20260101T000000000000", "m20260102T000000000000"):
         (tmp_path / v).mkdir()
         (tmp_path / v / "manifest.json").write_text("{}")
-    models = {"m20260101T000000000000": ServingModel(artifact("m20260101T000000000000"), {}, Settings()), "m20260102T000000000000": ServingModel(artifact("m20260102T000000000000"), {}, Settings())}
+    versions = ("m20260101T000000000000", "m20260102T000000000000")
+    models = {v: ServingModel(artifact(v), {}, Settings()) for v in versions}
     f = _follower(models)
     f.handle(_raw(ModelMessage(model_version="m20260101T000000000000", path=str(tmp_path / "m20260101T000000000000"))))
     early = VectorUpdate(model_version="m20260102T000000000000", kind="user", id="u3", vector=[1.0] * RANK)
@@ -177,7 +182,8 @@ def test_follower_swaps_models_keeps_early_updates_and_drops_stale_ones(tmp_path
     assert f.current.recommend("u4", 3).source == "batch"  # m1's update: covered by m2's data
     assert f.current.recommend("u2", 3).source == "popular"  # forgotten before m2 arrived, still forgotten
     f.handle(_raw(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u1", vector=[1.0] * RANK)))
-    f.handle(_raw(ModelMessage(model_version="m20260101T000000000000", path=str(tmp_path / "m20260101T000000000000"))))  # old model: ignored
+    # old model: ignored
+    f.handle(_raw(ModelMessage(model_version="m20260101T000000000000", path=str(tmp_path / "m20260101T000000000000"))))
     f.handle(b"not json")
     assert f.current is models["m20260102T000000000000"] and f.current.speed_users == 1
 

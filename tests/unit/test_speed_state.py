@@ -28,8 +28,8 @@ def artifact() -> ModelArtifact:
             base[u, j] = 1.0
     base = base.tocsr()
     users = FoldIn(items, OBJECTIVE).vectors(base)
-    manifest = ModelManifest(model_version="m20260101T000000000000", created_at_ms=0, engine="implicit", objective=OBJECTIVE, rank=4,
-                             hyperparameters={}, n_users=6, n_items=10)  # fmt: skip
+    manifest = ModelManifest(model_version="m20260101T000000000000", created_at_ms=0, engine="implicit",
+                             objective=OBJECTIVE, rank=4, hyperparameters={}, n_users=6, n_items=10)  # fmt: skip
     return ModelArtifact(manifest, np.array([f"u{i}" for i in range(6)]), np.array([f"i{j}" for j in range(10)]),
                          users, items, base, np.ones(10, np.float32))  # fmt: skip
 
