@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,34 +86,72 @@ def bench_env(state: Path, port: int) -> dict[str, str]:
     }
 
 
-def run_batch(sizes: list[int], engines: list[str], users: int, items: int) -> dict:
-    """Backfill n synthetic events, then time the whole batch pipeline per engine in a fresh child process."""
+def run_batch(sizes: list[int], engines: list[str], users: int, items: int,
+              baseline: str = "") -> tuple[dict, dict | None]:  # fmt: skip
+    """Backfill n synthetic events, then time the whole batch pipeline per engine in a fresh child process.
+
+    With `baseline` (a git ref), the same pipeline of that commit runs too, side by side on a copy of the
+    same bronze table, from a scratch worktree (e.g. the staging-commit path before Delta went native).
+    Returns (this commit's results, the baseline's or None).
+    """
     from infra import broker
 
     results: dict = {engine: {} for engine in engines}
-    for n in sizes:
-        with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
-            env = bench_env(Path(tmp), broker.free_port())
-            s = Settings(state_dir=Path(tmp), broker_port=int(env["RECSYS_BROKER_PORT"]),
-                         kafka_bootstrap=env["RECSYS_KAFKA_BOOTSTRAP"])  # fmt: skip
-            broker.start(s)
-            try:
-                console.print(f"[bold]batch[/bold]: backfilling {n:,} synthetic events")
-                backfill = [sys.executable, "-m", "jobs.backfill", "synthetic", "--events", str(n),
-                            "--users", str(users), "--items", str(items)]  # fmt: skip
-                subprocess.run(backfill, env=env, check=True, cwd=PROJECT_ROOT, stderr=subprocess.DEVNULL)
-                for engine in engines:
-                    results[engine][str(n)] = _time_pipeline(engine, n, env)
-            finally:
-                broker.stop(s)
-    return results
+    base: dict | None = None
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as scratch:
+        base_tree = _baseline_worktree(baseline, Path(scratch) / "baseline") if baseline else None
+        if base_tree:
+            base = {"ref": baseline, "commit": _short_commit(base_tree), **{engine: {} for engine in engines}}
+        try:
+            for n in sizes:
+                state = Path(scratch) / f"state-{n}"
+                env = bench_env(state, broker.free_port())
+                s = Settings(state_dir=state, broker_port=int(env["RECSYS_BROKER_PORT"]),
+                             kafka_bootstrap=env["RECSYS_KAFKA_BOOTSTRAP"])  # fmt: skip
+                broker.start(s)
+                try:
+                    console.print(f"[bold]batch[/bold]: backfilling {n:,} synthetic events")
+                    backfill = [sys.executable, "-m", "jobs.backfill", "synthetic", "--events", str(n),
+                                "--users", str(users), "--items", str(items)]  # fmt: skip
+                    subprocess.run(backfill, env=env, check=True, cwd=PROJECT_ROOT, stderr=subprocess.DEVNULL)
+                    base_env = None
+                    if base_tree:  # the same bronze, before any job of this commit touched the lake
+                        base_state = Path(scratch) / f"baseline-state-{n}"
+                        shutil.copytree(state / "lake" / "bronze_events", base_state / "lake" / "bronze_events")
+                        base_env = {**bench_env(base_state, s.broker_port), "PYTHONPATH": str(base_tree)}
+                    for engine in engines:
+                        results[engine][str(n)] = _time_pipeline(engine, n, env)
+                        if base_env and base is not None:
+                            base[engine][str(n)] = _time_pipeline(engine, n, base_env, cwd=base_tree)
+                            base[engine][str(n)]["this_commit"] = {k: results[engine][str(n)][k]
+                                                                   for k in ("seconds", "steps_s")}  # fmt: skip
+                finally:
+                    broker.stop(s)
+                    shutil.rmtree(state, ignore_errors=True)
+        finally:
+            if base_tree:
+                subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=PROJECT_ROOT,
+                               capture_output=True)  # fmt: skip
+    return results, base
 
 
-def _time_pipeline(engine: str, n: int, env: dict[str, str]) -> dict:
-    console.print(f"[bold]batch[/bold]: {engine} pipeline on {n:,} events")
+def _baseline_worktree(ref: str, where: Path) -> Path:
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), ref], cwd=PROJECT_ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    return where
+
+
+def _short_commit(tree: Path) -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _time_pipeline(engine: str, n: int, env: dict[str, str], cwd: Path = PROJECT_ROOT) -> dict:
+    where = "" if cwd == PROJECT_ROOT else f" (baseline, {cwd})"
+    console.print(f"[bold]batch[/bold]: {engine} pipeline on {n:,} events{where}")
     cmd = [sys.executable, "-m", "bench.batch_pipeline", "--engine", engine]
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with PeakRss(proc.pid) as rss:
         out, err = proc.communicate()
     seconds = time.monotonic() - started
@@ -142,8 +181,8 @@ def meta(quick: bool, repetitions: dict) -> dict:
     }
 
 
-def batch_table(batch: dict) -> Table:
-    table = Table(title="batch pipeline (clean + train + evaluate + publish), one run each")
+def batch_table(batch: dict, title: str = "batch pipeline (clean + train + evaluate + publish), one run each") -> Table:
+    table = Table(title=title)
     for col in ("engine", "events", "seconds", "events/s", "peak RSS MB", "train s", "evaluate s", "NDCG@10",
                 "popularity", "BLAS"):  # fmt: skip
         table.add_column(col, justify="right")
@@ -201,6 +240,8 @@ def main(
     only: str = typer.Option("quality,freshness,batch,speed,serving", help="Comma-separated sections to run."),
     sizes: str = typer.Option("", help="Comma-separated event counts for the batch section."),
     engines: str = typer.Option("spark_als,implicit", help="Comma-separated training engines."),
+    baseline: str = typer.Option("", help="Also run the batch pipeline of this git ref (a scratch worktree), "
+                                 "side by side on the same data: e.g. the staging-commit path before native Delta."),
 ) -> None:
     """Run the benchmarks and write bench/results/latest.json and report.md."""
     sections = set(only.split(","))
@@ -220,9 +261,15 @@ def main(
         console.print(freshness_table(results["freshness"]))
     if "batch" in sections:
         chosen = [int(x) for x in sizes.split(",") if x] or ([500_000] if quick else [1_000_000, 10_000_000])
-        results["batch"] = run_batch(chosen, [e for e in engines.split(",") if e], users=100_000, items=50_000)
+        results["batch"], base = run_batch(chosen, [e for e in engines.split(",") if e], users=100_000,
+                                           items=50_000, baseline=baseline)  # fmt: skip
         repetitions["batch"] = 1
         console.print(batch_table(results["batch"]))
+        if base is not None:
+            results["batch_baseline"] = base
+            repetitions["batch_baseline"] = 1
+            console.print(batch_table({k: v for k, v in base.items() if k not in ("ref", "commit")},
+                                      title=f"the same pipeline at {base['commit']} (baseline)"))  # fmt: skip
     if "speed" in sections:
         from bench import speed
 
@@ -250,6 +297,8 @@ def main(
         if name != "meta" and name not in sections_meta:
             sections_meta[name] = {k: v for k, v in merged["meta"].items() if k != "sections"}
     sections_meta.update({name: run_meta for name in results})
+    if "batch_baseline" in results:  # measured in this run, but the code is the baseline commit's
+        sections_meta["batch_baseline"] = {**run_meta, "git_commit": results["batch_baseline"]["commit"]}
     merged.update(results)
     merged["meta"] = {**run_meta, "sections": sections_meta}
     results = merged
