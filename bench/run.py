@@ -247,6 +247,8 @@ def main(
     sections = set(only.split(","))
     results: dict = {}
     repetitions: dict = {}
+    # The commit (and whether the tree was dirty) as the run starts: what is measured, whatever is committed meanwhile.
+    run_meta = meta(quick, repetitions)
     if "quality" in sections:
         from bench import quality
 
@@ -291,7 +293,6 @@ def main(
     # Sections not run this time keep their last results; `meta.sections` says when each was measured.
     latest = RESULTS / "latest.json"
     merged = json.loads(latest.read_text()) if latest.exists() else {}
-    run_meta = meta(quick, repetitions)
     sections_meta = merged.get("meta", {}).get("sections", {})
     for name in merged:  # sections from a file written before per-section meta existed
         if name != "meta" and name not in sections_meta:
