@@ -100,9 +100,14 @@ def test_both_engines_agree_after_optimize_checkpoint_and_vacuum(spark, table_pa
     assert_delta_rs_can_write(table_path)
 
 
-def test_after_a_spark_delete_delta_rs_reads_and_appends_and_spark_reads_that(spark, table_path):
-    lake.write(table_path, batch(0, 70))  # delta-rs created it, as the archiver creates bronze
-    lake.spark_write(spark.createDataFrame(batch(70, 70).to_pandas()), table_path)
+@pytest.mark.parametrize("created_by", ["delta-rs", "spark"])  # as the archiver creates bronze, clean silver
+def test_after_a_spark_delete_delta_rs_reads_and_appends_and_spark_reads_that(spark, table_path, created_by):
+    if created_by == "delta-rs":
+        lake.write(table_path, batch(0, 70))
+        lake.spark_write(spark.createDataFrame(batch(70, 70).to_pandas()), table_path)
+    else:
+        lake.spark_write(spark.createDataFrame(batch(0, 70).to_pandas()), table_path)
+        lake.write(table_path, batch(70, 70))
     deleted = lake.delete(table_path, "user_id = 'u3' AND id < 100", spark=spark)  # Delta's DELETE
     assert deleted == len([i for i in range(100) if i % 7 == 3])
     assert_delta_rs_can_write(table_path)  # files rewritten, no deletion vectors
