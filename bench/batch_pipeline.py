@@ -2,6 +2,8 @@
 
 Run by `bench.run` in a child process, so the parent can sample the peak memory of
 the whole process tree (Python driver + Spark's JVM) and nothing is shared between runs.
+The jobs read and write the lake with delta-spark (recsys.io.lake); `bench.run --baseline REF`
+runs the same file of an earlier commit next to it (e.g. the staging-commit path).
 Prints one JSON line with the step times.
 """
 
@@ -38,6 +40,7 @@ def main(engine: str = typer.Option(...)) -> None:
     metrics = step("evaluate", lambda: evaluate(spark, version))
     decision = step("publish", lambda: publish(version))
     print(json.dumps({
+        "lake": "delta-spark",
         "steps_s": steps, "rows_in": report.rows_in, "rows_out": report.rows_out, "blas": blas_in_use(spark),
         "ndcg@10": metrics["model"]["ndcg@10"], "popularity_ndcg@10": metrics["popularity"]["ndcg@10"],
         "published": decision.passed,

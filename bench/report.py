@@ -29,7 +29,8 @@ def render(results: dict) -> str:
         "figures: `bench/results/latest.json`.",
     ]
     for name, section in (("quality", _quality), ("freshness", _freshness), ("reactivity", _reactivity),
-                          ("batch", _batch), ("speed_layer", _speed), ("idle", _idle), ("serving", _serving),
+                          ("batch", _batch), ("batch_baseline", _batch_baseline), ("speed_layer", _speed),
+                          ("idle", _idle), ("serving", _serving),
                           ("soak", _soak)):  # fmt: skip
         if name in results:
             try:
@@ -44,7 +45,7 @@ def render(results: dict) -> str:
 def _measured(results: dict, name: str) -> str:
     meta = results["meta"].get("sections", {}).get(name, results["meta"])
     quick = " (quick sizes)" if meta.get("quick") else ""
-    cli = {"speed_layer": "speed"}.get(name, name)
+    cli = {"speed_layer": "speed", "batch_baseline": f"batch --baseline {meta['git_commit']}"}.get(name, name)
     dirty = " (with uncommitted changes)" if meta.get("dirty") or "+uncommitted" in meta["git_commit"] else ""
     return (f"_Measured at commit {meta['git_commit']}{dirty}, started {meta['started_at']}{quick}: "
             f"`python -m bench.run --only {cli}`._")  # fmt: skip
@@ -168,15 +169,33 @@ def _pct(value: float | None) -> str:
 def _batch(batch: dict) -> list[str]:
     lines = ["### Batch pipeline (clean + train + evaluate + publish; synthetic, 100k users x 50k items, backfilled)",
              "",
-             "| engine | events | seconds | events/s | peak RSS (MB) | train (s) | evaluate (s) | NDCG@10 | "
-             "popularity NDCG@10 | BLAS |", "|---" * 10 + "|"]  # fmt: skip
+             "| engine | events | seconds | events/s | peak RSS (MB) | clean (s) | train (s) | evaluate (s) | "
+             "NDCG@10 | popularity NDCG@10 | BLAS |", "|---" * 11 + "|"]  # fmt: skip
     for engine, by_size in batch.items():
         for n, r in by_size.items():
+            steps = r["steps_s"]
             lines.append(f"| {engine} | {int(n):,} | {r['seconds']} | {r['events_per_s']:,} | {r['peak_rss_mb']:,} | "
-                         f"{r['steps_s']['train']:.1f} | {r['steps_s']['evaluate']:.1f} | {r['ndcg@10']:.4f} | "
-                         f"{r['popularity_ndcg@10']:.4f} | {r['blas']} |")  # fmt: skip
+                         f"{steps.get('clean', 0):.1f} | {steps['train']:.1f} | {steps['evaluate']:.1f} | "
+                         f"{r['ndcg@10']:.4f} | {r['popularity_ndcg@10']:.4f} | {r['blas']} |")  # fmt: skip
     lines += ["", "Peak RSS is the whole process tree (Python driver + Spark JVM), sampled every 0.2 s; evaluate "
               "re-fits the engine on the time split, so each pipeline trains twice."]  # fmt: skip
+    return lines
+
+
+def _batch_baseline(base: dict) -> list[str]:
+    """The same pipeline at an earlier commit, run side by side with `batch` on a copy of the same bronze."""
+    lines = [f"### Batch pipeline: this commit next to {base['commit']} (`--baseline {base['ref']}`), same data, "
+             "same run", "", "seconds, baseline / this commit:", "",
+             "| engine | events | whole run | spark start | clean | train | evaluate |", "|---" * 7 + "|"]  # fmt: skip
+    for engine, by_size in base.items():
+        if engine in ("ref", "commit"):
+            continue
+        for n, r in by_size.items():
+            now = r.get("this_commit", {})
+            pairs = [f"{r['seconds']:.0f} / {now.get('seconds', 0):.0f}"]
+            pairs += [f"{r['steps_s'][k]:.1f} / {now.get('steps_s', {}).get(k, 0):.1f}"
+                      for k in ("spark_start", "clean", "train", "evaluate")]  # fmt: skip
+            lines.append(f"| {engine} | {int(n):,} | " + " | ".join(pairs) + " |")
     return lines
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,33 +98,71 @@ def _bench_spark():
     return spark
 
 
-def run_batch(sizes: list[int], engines: list[str], users: int, items: int) -> dict:
-    """Backfill n synthetic events, then time the whole batch pipeline per engine in a fresh child process."""
+def run_batch(sizes: list[int], engines: list[str], users: int, items: int,
+              baseline: str = "") -> tuple[dict, dict | None]:  # fmt: skip
+    """Backfill n synthetic events, then time the whole batch pipeline per engine in a fresh child process.
+
+    With `baseline` (a git ref), the same pipeline of that commit runs too, side by side on a copy of the
+    same bronze table, from a scratch worktree (e.g. the staging-commit path before Delta went native).
+    Returns (this commit's results, the baseline's or None).
+    """
     from infra import broker
 
     results: dict = {engine: {} for engine in engines}
-    for n in sizes:
-        with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
-            env = bench_env(Path(tmp), broker.free_port())
-            s = Settings(state_dir=Path(tmp), kafka_bootstrap=env["RECSYS_KAFKA_BOOTSTRAP"])
-            broker.start(s)
-            try:
-                console.print(f"[bold]batch[/bold]: backfilling {n:,} synthetic events")
-                backfill = [sys.executable, "-m", "jobs.backfill", "synthetic", "--events", str(n),
-                            "--users", str(users), "--items", str(items)]  # fmt: skip
-                subprocess.run(backfill, env=env, check=True, cwd=PROJECT_ROOT, stderr=subprocess.DEVNULL)
-                for engine in engines:
-                    results[engine][str(n)] = _time_pipeline(engine, n, env)
-            finally:
-                broker.stop(s)
-    return results
+    base: dict | None = None
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as scratch:
+        base_tree = _baseline_worktree(baseline, Path(scratch) / "baseline") if baseline else None
+        if base_tree:
+            base = {"ref": baseline, "commit": _short_commit(base_tree), **{engine: {} for engine in engines}}
+        try:
+            for n in sizes:
+                state = Path(scratch) / f"state-{n}"
+                env = bench_env(state, broker.free_port())
+                s = Settings(state_dir=state, kafka_bootstrap=env["RECSYS_KAFKA_BOOTSTRAP"])
+                broker.start(s)
+                try:
+                    console.print(f"[bold]batch[/bold]: backfilling {n:,} synthetic events")
+                    backfill = [sys.executable, "-m", "jobs.backfill", "synthetic", "--events", str(n),
+                                "--users", str(users), "--items", str(items)]  # fmt: skip
+                    subprocess.run(backfill, env=env, check=True, cwd=PROJECT_ROOT, stderr=subprocess.DEVNULL)
+                    base_env = None
+                    if base_tree:  # the same bronze, before any job of this commit touched the lake
+                        base_state = Path(scratch) / f"baseline-state-{n}"
+                        shutil.copytree(state / "lake" / "bronze_events", base_state / "lake" / "bronze_events")
+                        base_env = {**bench_env(base_state, int(s.kafka_bootstrap.rsplit(':', 1)[1])), "PYTHONPATH": str(base_tree)}
+                    for engine in engines:
+                        results[engine][str(n)] = _time_pipeline(engine, n, env)
+                        if base_env and base is not None:
+                            base[engine][str(n)] = _time_pipeline(engine, n, base_env, cwd=base_tree)
+                            base[engine][str(n)]["this_commit"] = {k: results[engine][str(n)][k]
+                                                                   for k in ("seconds", "steps_s")}  # fmt: skip
+                finally:
+                    broker.stop(s)
+                    shutil.rmtree(state, ignore_errors=True)
+        finally:
+            if base_tree:
+                subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=PROJECT_ROOT,
+                               capture_output=True)  # fmt: skip
+    return results, base
 
 
-def _time_pipeline(engine: str, n: int, env: dict[str, str]) -> dict:
-    console.print(f"[bold]batch[/bold]: {engine} pipeline on {n:,} events")
+def _baseline_worktree(ref: str, where: Path) -> Path:
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), ref], cwd=PROJECT_ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    return where
+
+
+def _short_commit(tree: Path) -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _time_pipeline(engine: str, n: int, env: dict[str, str], cwd: Path = PROJECT_ROOT) -> dict:
+    where = "" if cwd == PROJECT_ROOT else f" (baseline, {cwd})"
+    console.print(f"[bold]batch[/bold]: {engine} pipeline on {n:,} events{where}")
     cmd = [sys.executable, "-m", "bench.batch_pipeline", "--engine", engine]
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with PeakRss(proc.pid) as rss:
         out, err = proc.communicate()
     seconds = time.monotonic() - started
@@ -161,8 +200,8 @@ def meta(quick: bool, repetitions: object = 1) -> dict:
     }
 
 
-def batch_table(batch: dict) -> Table:
-    table = Table(title="batch pipeline (clean + train + evaluate + publish), one run each")
+def batch_table(batch: dict, title: str = "batch pipeline (clean + train + evaluate + publish), one run each") -> Table:
+    table = Table(title=title)
     for col in ("engine", "events", "seconds", "events/s", "peak RSS MB", "train s", "evaluate s", "NDCG@10",
                 "popularity", "BLAS"):  # fmt: skip
         table.add_column(col, justify="right")
@@ -263,7 +302,9 @@ def _reactivity(o: dict) -> dict:
 
 def _batch(o: dict) -> dict:
     chosen = [int(x) for x in o["sizes"].split(",") if x] or ([500_000] if o["quick"] else [1_000_000, 10_000_000])
-    return run_batch(chosen, [e for e in o["engines"].split(",") if e], users=100_000, items=50_000)
+    results, base = run_batch(chosen, [e for e in o["engines"].split(",") if e], users=100_000, items=50_000,
+                              baseline=o["baseline"])  # fmt: skip
+    return results if base is None else {**results, "baseline": base}
 
 
 def _speed(o: dict) -> dict:
@@ -326,6 +367,8 @@ def main(
     allow_dirty: bool = typer.Option(False, help="Run on a tree with uncommitted changes (results say so)."),
     sizes: str = typer.Option("", help="Comma-separated event counts for the batch section."),
     engines: str = typer.Option("spark_als,implicit_als", help="Comma-separated recommenders for the batch section."),
+    baseline: str = typer.Option("", help="Also run the batch pipeline of this git ref (a scratch worktree), "
+                                 "side by side on the same data: e.g. the staging-commit path before native Delta."),
 ) -> None:
     """Run the benchmarks and write bench/results/latest.json and report.md."""
     sections = [s for s in only.split(",") if s]
@@ -335,7 +378,7 @@ def main(
     if git_state()[1] and not allow_dirty:
         raise typer.BadParameter("the tree has uncommitted changes: commit first (results record the commit they "
                                  "ran on), or pass --allow-dirty and the results say +uncommitted")  # fmt: skip
-    options = {"quick": quick, "sizes": sizes, "engines": engines}
+    options = {"quick": quick, "sizes": sizes, "engines": engines, "baseline": baseline}
     results: dict = {}
     sections_meta: dict = {}
     for name in sections:
@@ -345,6 +388,9 @@ def main(
         started["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         started["repetitions"] = results[key].pop("repetitions", 1) if isinstance(results[key], dict) else 1
         sections_meta[key] = started
+        if key == "batch" and "baseline" in results[key]:  # measured in this run, but the code is the baseline's
+            results["batch_baseline"] = results[key].pop("baseline")
+            sections_meta["batch_baseline"] = {**started, "git_commit": results["batch_baseline"]["commit"]}
         shown = show(results[key])
         for table in shown if isinstance(shown, list) else [shown]:
             console.print(table)

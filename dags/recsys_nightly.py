@@ -1,11 +1,15 @@
 """Nightly rebuild of the batch models: archive-compact -> clean -> (train -> evaluate) per candidate -> publish.
 
-Thin on purpose: the work lives in `jobs/`. Each Spark step is a spark-submit of a
+Thin on purpose: the work lives in `jobs/`. Each step is a spark-submit of a
 job file through the `spark_recsys` connection (local[*] by default; point the
 connection at spark://..., yarn or k8s://... to run on a cluster; nothing else
-changes). archive-compact is not a Spark job and runs in the worker. Every
-recommender in RECSYS_CANDIDATES is trained and evaluated; publish puts the best of
-them through the quality gate, and the registry keeps every candidate's metrics.
+changes), with the delta-spark jars and Delta's extension and catalog
+(`recsys.io.spark.delta_conf`: local jar paths fetched at set-up, nothing downloaded
+at run time). archive-compact is a Spark job too: it drains `events` into bronze,
+completes pending erasures (Delta DELETE, VACUUM) and compacts (OPTIMIZE, VACUUM).
+Every recommender in RECSYS_CANDIDATES is trained and evaluated; publish puts the
+best of them through the quality gate, and the registry keeps every candidate's
+metrics.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param
 
 from recsys import protocol
+from recsys.io.spark import delta_conf
 from recsys.settings import get_settings
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
@@ -38,6 +43,8 @@ def spark_job(job: str, args: list[str], task_id: str | None = None, **kwargs) -
             # Driver and Python workers use the interpreter (and virtualenv) Airflow runs in.
             "spark.pyspark.python": sys.executable,
             "spark.pyspark.driver.python": sys.executable,
+            # Delta natively: spark-submit puts `spark.jars` on the driver's classpath and ships them to executors.
+            **delta_conf(settings),
         },
         env_vars={"OPENBLAS_NUM_THREADS": "1"},
         **kwargs,
@@ -62,12 +69,7 @@ with DAG(
     tags=["recsys"],
 ) as dag:
 
-    @task(task_id="archive_compact")
-    def archive_compact(params: dict | None = None) -> dict:
-        from jobs.archive_compact import archive_compact as run
-
-        return run(drain=bool((params or {}).get("drain_events", True)))
-
+    archive_compact = spark_job("archive_compact", ["{{ '--drain' if params.drain_events else '--no-drain' }}"])
     clean = spark_job("clean", [])
     features = spark_job("features", [])
     versions = {name: protocol.version_template(name) for name in settings.candidates}
@@ -82,8 +84,7 @@ with DAG(
     # A failed quality gate is an answer, not a glitch: retrying would give the same one.
     publish = spark_job("publish", [arg for v in versions.values() for arg in ("--model-version", v)], retries=0)
 
-    compacted = archive_compact()
-    compacted >> clean >> features
+    archive_compact >> clean >> features
     for train, evaluate in candidates:
         clean >> train
         evaluate >> publish

@@ -7,6 +7,9 @@
 Then `RECSYS_SPARK_MASTER=spark://127.0.0.1:7077` (or `spark-submit --master spark://127.0.0.1:7077`)
 runs the same jobs on it; the nightly DAG's `spark_recsys` connection is built from that
 setting. Executors share this machine's filesystem, so the local lake paths work unchanged.
+The workers need no Delta jars of their own: a job's driver has the delta-spark jars (as
+`spark.jars`, from recsys.io.spark.delta_conf: by the session builder, or on spark-submit's
+command line) and its executors fetch them from the driver.
 
 The daemons are `spark-class org.apache.spark.deploy.{master.Master,worker.Worker}`
 (pip's PySpark ships no sbin/start-*.sh), each a background JVM whose PID is in

@@ -7,9 +7,12 @@ How "exactly once" holds across crashes:
   On start and on every partition assignment the archiver seeks to the offsets
   the table records, not to the consumer group's: the table is the truth. The
   group offsets are committed too, but only so lag can be monitored.
-- A FORGET marker (a control record, see recsys.erasure) deletes the user's
-  earlier rows from bronze before the commit that moves past it, and keeps
-  their earlier rows of the same batch out of it: a crash repeats the delete.
+- A FORGET marker (a control record, see recsys.erasure) is recorded in
+  `forget_requests` and deletes the user's earlier rows from bronze, both before
+  the commit that moves past it, and keeps their earlier rows of the same batch
+  out of it: a crash repeats them. After that commit the archiver completes the
+  request (silver delete, vacuums, model files: `erasure.complete`); one it cannot
+  complete at once (silver held by a long writer) it retries while it runs.
 - Dead letters are produced, and each one acknowledged, before that commit (a send
   that fails is retried; the commit never moves past an unacknowledged letter).
   A crash after the acknowledgements but before the commit would replay them, so
@@ -34,6 +37,7 @@ import typer
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 
+from recsys import erasure
 from recsys.contracts.events import (
     FORGET_CONTROL,
     DeadLetter,
@@ -52,6 +56,10 @@ from recsys.protocol import ForgetMessage, Topics
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("archiver")
+# Completing an erasure waits this long for silver's writer lock (a clean job may hold it for minutes);
+# then the request stays pending and is retried every ERASURE_RETRY_S, so archiving never stalls on it.
+ERASURE_LOCK_WAIT_S = 10.0
+ERASURE_RETRY_S = 30.0
 
 
 txn_id = Tables.archiver_txn_id
@@ -90,6 +98,8 @@ class Archiver:
         self.stats = ArchiverStats()
         self._stop = False
         self._pending = Batch()
+        self._erasures_due = erasure.pending(self.s)  # requests recorded, not completed (e.g. a crash between)
+        self._next_erasure_try = 0.0
         # Static membership: a restarted archiver takes its old place in the group at once instead of
         # waiting for the dead member to time out (and a second copy with the same id is fenced off).
         self.consumer = consumer(
@@ -132,6 +142,7 @@ class Archiver:
             batch = self.poll_batch()
             if len(batch):
                 self.write(batch)
+            self.complete_erasures()
             if until_caught_up:
                 targets = targets or self._end_offsets()
                 if self._caught_up(targets):
@@ -188,7 +199,8 @@ class Archiver:
         self._erase(batch.forgets)
         txns = {txn_id(self.topic, p): off for p, off in batch.next_offsets.items()}
         rows = bronze_rows(batch.rows)
-        lake.write(self.table, rows, txns=txns, metadata={"writer": "archiver", "offsets": batch.next_offsets})
+        lake.write(self.table, rows, txns=txns, metadata={"writer": "archiver", "offsets": batch.next_offsets},
+                   writer="archiver")  # fmt: skip
         self.stats.archived += len(batch.rows)
         self.stats.commits += 1
         # Only after the table holds them. The group's offsets are for lag monitoring only (the table is the
@@ -199,8 +211,26 @@ class Archiver:
         except KafkaError as e:
             log.warning("could not commit group offsets (lag monitoring only): %s", e)
 
+    def complete_erasures(self) -> None:
+        """Complete the erasure requests whose markers bronze has passed (see recsys.erasure.complete)."""
+        if not self._erasures_due or time.monotonic() < self._next_erasure_try:
+            return
+        for message in list(self._erasures_due):
+            try:
+                with lake.lock_timeout(ERASURE_LOCK_WAIT_S):
+                    done = erasure.complete(message, self.s)
+            except lake.TableLocked as e:
+                log.info("erasure of %s waits for the lake (retried in %.0fs): %s", message.user_id, ERASURE_RETRY_S, e)
+                self._next_erasure_try = time.monotonic() + ERASURE_RETRY_S
+                return
+            if done:
+                self._erasures_due.remove(message)
+
     def _erase(self, forgets: list[ForgetMessage]) -> None:
-        """Delete forgotten users' earlier rows: before the commit that moves past their markers."""
+        """Record the requests and delete forgotten users' earlier rows: before the commit that moves past their
+        markers (a crash repeats both; readers of `forget_requests` count a request once)."""
+        erasure.record(forgets, erasure.REQUESTED, self.s)
+        self._erasures_due += [f for f in forgets if f not in self._erasures_due]
         if forgets and lake.exists(self.table):
             for forget in forgets:
                 self.stats.erased += lake.delete(self.table, before_marker_predicate(forget))

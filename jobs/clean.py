@@ -3,6 +3,10 @@
 Silver is recomputed in full from an immutable bronze snapshot (the batch view of
 the lambda architecture), so late events simply take their place by event time
 and the job is idempotent: the same bronze version always gives the same silver.
+The snapshot is read with Delta's `versionAsOf`, and silver is overwritten in one
+Delta commit carrying the transaction id `clean:bronze_events` = the bronze version:
+a retry of a run that already committed (or a run on an older bronze version than
+silver already holds, which would bring back rows erased since) writes nothing.
 
     spark-submit jobs/clean.py [--bronze-version N]
     python -m jobs.clean [--bronze-version N]
@@ -28,6 +32,7 @@ from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.clean")
 REASONS = ("invalid", "type", "ts_range")
+TXN_APP_ID = "clean:bronze_events"  # Delta transaction id of clean's silver writes; its version = bronze's
 
 
 def clean(spark: SparkSession, bronze_version: int | None = None, settings: Settings | None = None) -> CleanReport:
@@ -59,7 +64,9 @@ def clean(spark: SparkSession, bronze_version: int | None = None, settings: Sett
         silver,
         Tables.path(Tables.SILVER_INTERACTIONS, s),
         mode="overwrite",
+        txns={TXN_APP_ID: version},
         metadata={"job": "clean", "bronze_version": version, "report": report.model_dump_json()},
+        writer="clean",
     )
     unique.unpersist()
     return report

@@ -3,17 +3,25 @@
 A request is anchored in the event log: a FORGET *marker* is produced to `events`
 under the user's key, so it lands in their partition after every earlier event
 of theirs. Everything before the marker is erased; events after it are new data
-(the user came back) and are kept. Each layer erases at its own pace, in order:
+(the user came back) and are kept. `request` only writes to Kafka (the marker, and
+a FORGET message on `model-updates`), so whoever takes a request (the serving
+layer's `POST /admin/forget`, the `recsys forget` CLI) needs no write access to the
+lake. Each layer then erases at its own pace, in order:
 
-- the archiver, on reaching the marker, deletes the user's earlier rows from bronze
-  before it commits past it (so a crash repeats the delete, never skips it);
+- the archiver, on reaching the marker, records the request in `forget_requests`
+  and deletes the user's earlier rows from bronze, both before the commit that moves
+  past the marker (so a crash repeats them, never skips them); right after that
+  commit it runs `complete` (below);
 - the speed layer, on reaching the marker, drops the user's state (a replay after
   a crash or a new model meets the marker again);
-- the serving layer gets a FORGET message on `model-updates` straight away and
+- the serving layer gets the FORGET message on `model-updates` straight away and
   ignores the user's older UPs (they carry the offset of the events they fold in);
-- `complete` deletes the user from silver, vacuums, and erases their rows from
-  every model directory on disk; `publish` does the same to each new candidate
-  whose data ends before the marker.
+- `complete` deletes the user from silver, vacuums bronze and silver, and erases
+  their rows from every model directory on disk; `publish` does the same to each new
+  candidate whose data ends before the marker. A request the archiver could not
+  complete at once (silver busy with a long writer) stays pending: the archiver
+  retries it, and the nightly `archive_compact` (Delta DELETE and VACUUM on Spark)
+  and `recsys forget --pending` complete whatever is pending.
 
 `forget_requests` (append-only) records each request and when it was completed.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -35,12 +44,16 @@ from recsys.privacy import is_pseudonym, pseudonymise
 from recsys.protocol import ForgetMessage, Topics
 from recsys.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
 log = logging.getLogger("recsys.erasure")
 REQUESTED, ERASED = "requested", "erased"
 
 
 def request(user_id: str, settings: Settings | None = None) -> ForgetMessage:
-    """Place the marker, record the request, tell the servers. Takes a raw id or a pseudonym."""
+    """Place the marker and tell the servers: Kafka only, nothing written to the lake (the archiver records
+    the request when it reaches the marker). Takes a raw id or a pseudonym."""
     s = settings or get_settings()
     pseudonym = pseudonymise(user_id, s.pseudonym_key_bytes())
     ensure_topics(s)
@@ -50,7 +63,6 @@ def request(user_id: str, settings: Settings | None = None) -> ForgetMessage:
         sent = prod.send(Topics.EVENTS, key=pseudonym.encode(), value=marker.to_wire(),
                          headers=[(CONTROL_HEADER, FORGET_CONTROL)]).get(timeout=30)  # fmt: skip
         message = ForgetMessage(user_id=pseudonym, partition=sent.partition, offset=sent.offset)
-        _record(message, REQUESTED, s)
         key, value = protocol.encode(message)
         prod.send(Topics.MODEL_UPDATES, key=key, value=value).get(timeout=30)
     finally:
@@ -59,11 +71,12 @@ def request(user_id: str, settings: Settings | None = None) -> ForgetMessage:
     return message
 
 
-def complete(message: ForgetMessage, settings: Settings | None = None) -> bool:
+def complete(message: ForgetMessage, settings: Settings | None = None, spark: SparkSession | None = None) -> bool:
     """Erase what the lake and the model files hold of the user from before the marker.
 
     Returns False (and changes nothing) while the archiver has not passed the marker:
-    until then bronze may still receive the user's earlier events.
+    until then bronze may still receive the user's earlier events. With `spark`, the
+    deletes and vacuums are Delta's own (delta-spark); without, delta-rs's.
     """
     s = settings or get_settings()
     bronze = Tables.path(Tables.BRONZE_EVENTS, s)
@@ -71,13 +84,13 @@ def complete(message: ForgetMessage, settings: Settings | None = None) -> bool:
         return False
     silver = Tables.path(Tables.SILVER_INTERACTIONS, s)
     if lake.exists(silver):
-        lake.delete(silver, before_marker_predicate(message))
+        lake.delete(silver, before_marker_predicate(message), spark=spark)
     for table in (bronze, silver):
         if lake.exists(table):
             # Files the deletes replaced stay for time travel until the retention has passed.
-            lake.vacuum(table, s.vacuum_retention_hours)
+            lake.vacuum(table, s.vacuum_retention_hours, spark=spark)
     erase_from_models([message], s)
-    _record(message, ERASED, s)
+    record([message], ERASED, s)
     log.info("forget %s completed: lake and model files hold nothing from before the marker", message.user_id)
     return True
 
@@ -98,12 +111,12 @@ def wait_and_complete(message: ForgetMessage, settings: Settings | None = None, 
     return True
 
 
-def complete_pending(settings: Settings | None = None) -> dict[str, int]:
-    """Complete every request the archiver has passed (the nightly DAG runs this before `clean`)."""
+def complete_pending(settings: Settings | None = None, spark: SparkSession | None = None) -> dict[str, int]:
+    """Complete every request the archiver has passed (the nightly DAG's archive_compact runs this)."""
     s = settings or get_settings()
     done = waiting = 0
     for message in pending(s):
-        if complete(message, s):
+        if complete(message, s, spark):
             done += 1
         else:
             waiting += 1
@@ -111,13 +124,13 @@ def complete_pending(settings: Settings | None = None) -> dict[str, int]:
 
 
 def requests(settings: Settings | None = None, status: str = REQUESTED) -> list[ForgetMessage]:
-    """Every request with the given status, oldest first."""
+    """Every request with the given status, oldest first, each once (a crash may have recorded one twice)."""
     path = Tables.path(Tables.FORGET_REQUESTS, settings or get_settings())
     if not lake.exists(path):
         return []
     rows = lake.read(path).sort_by("recorded_at").to_pylist()
-    return [ForgetMessage(user_id=r["user_id"], partition=r["kafka_partition"], offset=r["kafka_offset"])
-            for r in rows if r["status"] == status]  # fmt: skip
+    found = {(r["user_id"], r["kafka_partition"], r["kafka_offset"]): None for r in rows if r["status"] == status}
+    return [ForgetMessage(user_id=u, partition=p, offset=o) for u, p, o in found]
 
 
 def pending(settings: Settings | None = None) -> list[ForgetMessage]:
@@ -156,9 +169,15 @@ def erase_from_model(directory, messages: list[ForgetMessage]) -> int:
     return model_store.erase_users(directory, users) if users else 0
 
 
-def _record(message: ForgetMessage, status: str, s: Settings) -> None:
+def record(messages: list[ForgetMessage], status: str, settings: Settings | None = None) -> None:
+    """Append the requests' status rows to `forget_requests` (the archiver records REQUESTED, `complete` ERASED)."""
+    if not messages:
+        return
+    now = datetime.now(UTC)
     row = {
-        "user_id": [message.user_id], "kafka_partition": [message.partition], "kafka_offset": [message.offset],
-        "status": [status], "recorded_at": [datetime.now(UTC)],
+        "user_id": [m.user_id for m in messages], "kafka_partition": [m.partition for m in messages],
+        "kafka_offset": [m.offset for m in messages], "status": [status] * len(messages),
+        "recorded_at": [now] * len(messages),
     }  # fmt: skip
-    lake.write(Tables.path(Tables.FORGET_REQUESTS, s), pa.table(row, schema=FORGET_SCHEMA))
+    lake.write(Tables.path(Tables.FORGET_REQUESTS, settings or get_settings()), pa.table(row, schema=FORGET_SCHEMA),
+               writer="erasure")  # fmt: skip

@@ -70,11 +70,6 @@ class Settings(BaseSettings):
     )
     spark_cluster_workers: int = Field(1, ge=1, description="Workers of the local Spark cluster.")
     spark_worker_memory: str = Field("2g", description="Memory each local Spark worker offers to executors.")
-    spark_delta_jars: bool = Field(
-        False,
-        description="Set where delta-spark's jars are on the Spark classpath (a cluster): "
-        "Spark then uses Delta's own extension instead of reading snapshots through delta-rs.",
-    )
 
     # --- events and their meaning -------------------------------------------
     event_weights: dict[str, float] = Field(
@@ -124,6 +119,10 @@ class Settings(BaseSettings):
     )
     airflow_port: int = Field(8080, description="Port of the local Airflow UI / API server (bound to 127.0.0.1).")
     vacuum_retention_hours: int = Field(168, ge=0, description="Files older than this are vacuumed after compaction.")
+    lake_lock_timeout_s: float = Field(
+        1800.0, ge=0, description="Longest a writer waits for another writer of the same Delta table to finish "
+        "(one writer per table at a time; then it fails, naming the holder)."
+    )
 
     # --- speed layer -------------------------------------------------------------
     speed_group: str = Field("speed-layer", description="Consumer group of the speed layer instances.")

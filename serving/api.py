@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path as FsPath
 from typing import Annotated
 
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -252,18 +252,18 @@ def _routes(app: FastAPI, s: Settings) -> None:
     @app.post("/admin/forget/{user_id}", status_code=202, response_model=ForgetAccepted,
               responses={401: {"model": Error}, 403: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
               tags=["admin"], dependencies=[Depends(require_token)])  # fmt: skip
-    def forget(user_id: UserId, background: BackgroundTasks) -> ForgetAccepted:
+    def forget(user_id: UserId) -> ForgetAccepted:
         """Erase a user across all layers (right to erasure). Answers once the request is in the event log
-        and the serving layers are told; erasing from the lake and model files follows in the background
-        once the archiver has passed the request (else the nightly DAG completes it)."""
+        (a FORGET marker on `events`) and the serving layers are told (a FORGET message on `model-updates`).
+        Serving never writes the lake: the archiver, on reaching the marker, records the request and erases the
+        user from the lake and the model files (the nightly DAG completes whatever it could not)."""
         pseudonym = _user(user_id, s, key)
         try:
             message = erasure.request(pseudonym, s)
         except KafkaError as e:
             raise HTTPException(503, f"the event log is unavailable, try again: {type(e).__name__}") from None
-        background.add_task(erasure.wait_and_complete, message, s)
-        return ForgetAccepted(user_id=pseudonym, partition=message.partition, offset=message.offset,
-                              detail="speed and serving layers told; lake and model files follow")  # fmt: skip
+        detail = "speed and serving layers told; the archiver erases the lake and model files"
+        return ForgetAccepted(user_id=pseudonym, partition=message.partition, offset=message.offset, detail=detail)
 
     @app.get("/admin/shoppers", response_model=Shoppers, tags=["admin"], dependencies=[Depends(require_token)],
              responses={401: {"model": Error}, 403: {"model": Error}, 503: {"model": Error}})  # fmt: skip

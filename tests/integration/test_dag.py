@@ -50,11 +50,16 @@ def test_schedule_retries_and_no_catch_up_storm(dag):
 def test_spark_steps_submit_job_files_through_one_connection(dag):
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
+    from recsys.io.spark import DELTA_EXTENSION, delta_jars
+
     spark_tasks = [t for t in dag.tasks if isinstance(t, SparkSubmitOperator)]
-    assert sorted(t.task_id for t in spark_tasks) == sorted(["clean", "features", *TASKS[2:]])
+    assert sorted(t.task_id for t in spark_tasks) == sorted([*TASKS, "features"])
     for t in spark_tasks:
         assert t._conn_id == "spark_recsys"
         assert os.path.exists(t.application) and t.application.startswith(str(PROJECT_ROOT / "jobs"))
+        # Delta natively: the fetched jars as local paths (never spark.jars.packages) and Delta's extension.
+        assert t.conf["spark.jars"].split(",") == delta_jars() and "spark.jars.packages" not in t.conf
+        assert t.conf["spark.sql.extensions"] == DELTA_EXTENSION
 
 
 def test_airflow_cli_reports_no_import_errors():

@@ -6,19 +6,21 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from jobs.archive_compact import archive_compact
 from jobs.backfill import backfill, events_to_batches
-from jobs.clean import clean
+from jobs.clean import TXN_APP_ID, clean
 from jobs.common import registry_status
 from jobs.evaluate import evaluate
 from jobs.publish import publish
 from jobs.train import train
+from recsys import erasure
 from recsys.contracts.tables import BRONZE_SCHEMA, Tables
 from recsys.data import movielens
 from recsys.io import lake, model_store
 from recsys.io.kafka import count_messages
 from recsys.models.als import FoldIn
 from recsys.privacy import pseudonymise
-from recsys.protocol import Topics
+from recsys.protocol import ForgetMessage, Topics
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -73,6 +75,51 @@ def test_clean_drops_each_kind_of_bad_row_and_says_how_many(spark, local):
     assert all(r["user_id"].startswith("u_") for r in silver)
     assert {r["event_id"]: r["weight"] for r in silver}["a0"] == local.event_weights["purchase"]
     assert "data quality" in report.summary()
+
+
+def test_clean_writes_silver_once_per_bronze_version(spark, local):
+    """Delta's idempotent writes (txnAppId/txnVersion = the bronze version): a retry writes nothing, and an older
+    bronze snapshot never replaces a newer silver (it could bring back rows erased since)."""
+    user = pseudonymise("dave", local.pseudonym_key_bytes())
+    bronze = Tables.path(Tables.BRONZE_EVENTS, local)
+    lake.write(bronze, bronze_rows([event("e1", user, "i1")]))
+    lake.write(bronze, bronze_rows([event("e2", user, "i2", kafka_offset=1)]))
+    assert clean(spark, settings=local).silver_version == 0
+    assert clean(spark, settings=local).silver_version == 0  # retried: nothing new
+    assert clean(spark, bronze_version=0, settings=local).silver_version == 0  # older snapshot: skipped
+    silver = Tables.path(Tables.SILVER_INTERACTIONS, local)
+    assert lake.version(silver) == 0 and sorted(lake.read(silver)["event_id"].to_pylist()) == ["e1", "e2"]
+    assert lake.committed_app_version(silver, TXN_APP_ID) == 1
+
+
+def test_archive_compact_completes_pending_erasures_with_spark_and_compacts(spark, local):
+    s = local.model_copy(update={"vacuum_retention_hours": 0})
+    alice, bob = (pseudonymise(u, s.pseudonym_key_bytes()) for u in ("alice", "bob"))
+    bronze = Tables.path(Tables.BRONZE_EVENTS, s)
+    for offset in range(6):  # one small file per commit, as the archiver leaves them
+        rows = [event(f"e{offset}-{u}", u, f"i{offset}", kafka_offset=offset) for u in (alice, bob)]
+        lake.write(bronze, bronze_rows(rows), txns={Tables.archiver_txn_id(Topics.EVENTS, 0): offset + 1})
+    clean(spark, settings=s)
+    silver = Tables.path(Tables.SILVER_INTERACTIONS, s)
+    assert lake.read(silver)["user_id"].to_pylist().count(alice) == 6
+    # alice asked to be forgotten at offset 4; the archiver passed the marker and recorded the request, then died
+    # before completing it.
+    request = ForgetMessage(user_id=alice, partition=0, offset=4)
+    erasure.record([request], erasure.REQUESTED, s)
+    assert erasure.pending(s) == [request]
+
+    result = archive_compact(spark, drain=False, settings=s)
+    assert result["forget"] == {"completed": 1, "waiting_for_archiver": 0} and erasure.pending(s) == []
+    kept = [(r["user_id"], r["kafka_offset"]) for r in lake.read(silver).to_pylist()]
+    assert sorted(o for u, o in kept if u == alice) == [4, 5] and len([u for u, _ in kept if u == bob]) == 6
+    assert [e["operation"] for e in lake.open_table(silver).history()].count("DELETE") == 1
+    assert result[Tables.BRONZE_EVENTS]["files_removed"] == 6
+    for table in (bronze, silver):
+        assert len(list(table.glob("*.parquet"))) == 1  # compacted, replaced files vacuumed
+        protocol = lake.open_table(table).protocol()  # still writable by delta-rs (the archiver)
+        assert (protocol.min_reader_version, protocol.min_writer_version) == (1, 2)
+    lake.write(bronze, bronze_rows([event("after", bob, kafka_offset=6)]))
+    assert lake.read(bronze).num_rows == 13
 
 
 @pytest.fixture(scope="module")

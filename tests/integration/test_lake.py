@@ -87,7 +87,7 @@ def test_spark_reads_a_snapshot_version(spark, table_path):
 
 def test_spark_write_is_one_commit_that_delta_rs_reads(spark, table_path):
     df = spark.range(1000).selectExpr("id", "cast(id % 7 as int) as writer", "current_timestamp() as ts")
-    v0 = lake.spark_write(df.repartition(4), table_path, txns={"job": 1}, metadata={"job": "test"})
+    v0 = lake.spark_write(df.repartition(4), table_path, txns={"job": 1}, metadata={"job": "test", "n": {"a": 1}})
     assert v0 == 0
     table = lake.read(table_path)
     assert table.num_rows == 1000
@@ -97,7 +97,22 @@ def test_spark_write_is_one_commit_that_delta_rs_reads(spark, table_path):
     assert lake.committed_app_version(table_path, "job") == 2
     assert lake.spark_write(df.limit(3), table_path, mode="overwrite") == 2
     assert lake.read(table_path).num_rows == 3 and lake.read(table_path, version=v1).num_rows == 1010
-    assert lake.commit_metadata(table_path, v0)["job"] == "test"
+    # Both engines' commits store metadata the same way (delta-spark in its userMetadata).
+    assert lake.commit_metadata(table_path, v0) == {"job": "test", "n": '{"a": 1}'}
+    assert lake.commit_metadata(table_path, 2) == lake.commit_metadata(table_path, v0)  # v2 stored none
+
+
+def test_spark_write_with_a_transaction_id_is_idempotent(spark, table_path):
+    """Delta's txnAppId/txnVersion: a retry of a committed write, or an older one, writes nothing."""
+    df = spark.range(10).selectExpr("id", "cast(0 as int) as writer", "current_timestamp() as ts")
+    assert lake.spark_write(df, table_path, txns={"clean": 5}) == 0
+    assert lake.spark_write(df, table_path, txns={"clean": 5}) == 0  # the retry
+    assert lake.spark_write(df, table_path, mode="overwrite", txns={"clean": 4}) == 0  # an older snapshot
+    assert lake.read(table_path).num_rows == 10 and lake.committed_app_version(table_path, "clean") == 5
+    assert lake.spark_write(df.limit(2), table_path, mode="overwrite", txns={"clean": 6}) == 1
+    assert lake.read(table_path).num_rows == 2 and lake.committed_app_version(table_path, "clean") == 6
+    with pytest.raises(lake.LakeError, match="one"):
+        lake.spark_write(df, table_path, txns={"a": 1, "b": 1})
 
 
 def test_empty_spark_result_still_commits(spark, table_path):
@@ -108,11 +123,16 @@ def test_empty_spark_result_still_commits(spark, table_path):
     assert lake.committed_app_version(table_path, "job") == 9
 
 
+def data_files(path) -> set[str]:
+    return {p.name for p in path.glob("*.parquet")}
+
+
 @pytest.mark.reliability
 def test_spark_job_failing_mid_write_leaves_no_visible_trace(spark, table_path):
     from pyspark.sql.functions import udf
 
     lake.write(table_path, rows(0, 10))
+    committed = data_files(table_path)
 
     @udf("long")
     def explode_late(i):
@@ -128,5 +148,8 @@ def test_spark_job_failing_mid_write_leaves_no_visible_trace(spark, table_path):
     assert lake.version(table_path) == 0
     assert lake.read(table_path).num_rows == 10
     assert lake.spark_read(spark, table_path).count() == 10
-    assert lake.clean_staging(table_path, older_than_s=0) >= 1
-    assert lake.spark_read(spark, table_path).count() == 10
+    # Delta writes the task files straight into the table folder; no version refers to them, vacuum removes them.
+    assert data_files(table_path) > committed
+    assert lake.vacuum(table_path, retention_hours=0) >= 1
+    assert data_files(table_path) == committed
+    assert lake.spark_read(spark, table_path).count() == 10 and lake.read(table_path).num_rows == 10

@@ -6,6 +6,7 @@ and the clean and train jobs on real Spark and real Delta tables.
 
 import re
 import signal
+import time
 from collections import Counter
 
 import numpy as np
@@ -54,6 +55,12 @@ def users_in_files(s, table: str) -> Counter:
     return found
 
 
+def files_under(folder) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time: any write shows up as a difference."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
+
+
 def latest_user_update(s, user: str, after_offset: int = -1) -> VectorUpdate | None:
     """The user's newest UP on `model-updates` (only among those written after `after_offset`).
 
@@ -92,6 +99,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     wait_for(lambda: get(stack, f"/recommend/{gone_raw}")[1]["source"] == "speed")
 
     # The admin endpoint needs the token; with it the servers forget at once.
+    lake_before = files_under(s.lake_dir)
     assert call("POST", f"{stack.url}/admin/forget/{gone_raw}")[0] == 401
     assert call("POST", f"{stack.url}/admin/forget/{gone_raw}", token="wrong")[0] == 403
     for raw in (gone_raw, back_raw):
@@ -101,10 +109,17 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
         wait_for(lambda raw=raw: get(stack, f"/recommend/{raw}")[1]["source"] == "popular")
     assert get(stack, f"/recommend/{other_raw}")[1]["source"] == "batch"  # others untouched
     assert get(stack, f"/because/{gone_raw}/i7")[0] == 404
+    # Serving only put the requests into the event log: it wrote nothing under the lake folder (no request row,
+    # no delete, no vacuum), then or later, and nothing is recorded until the archiver reaches the markers.
+    time.sleep(2)
+    assert files_under(s.lake_dir) == lake_before
+    assert erasure.requests(s) == []
 
-    # Once the archiver passes the markers, bronze loses them; the server's background task erases the rest.
+    # The archiver reaches the markers: it records the requests, deletes from bronze before its commit and, after
+    # it, completes each request (silver delete, vacuums, model files).
     archive(s)
-    wait_for(lambda: not erasure.pending(s), timeout_s=60)
+    wait_for(lambda: {m.user_id for m in erasure.requests(s, erasure.ERASED)} == {gone, back}, timeout_s=60)
+    assert {m.user_id for m in erasure.requests(s)} == {gone, back} and not erasure.pending(s)
     for table in (Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS):
         assert user_rows(s, table, gone) == 0 and user_rows(s, table, back) == 0
         in_files = users_in_files(s, table)  # vacuumed: not even old, unreferenced files hold them

@@ -29,6 +29,7 @@ from jobs.train import train
 from recsys.contracts.tables import Tables
 from recsys.data import movielens
 from recsys.io import lake, model_store
+from recsys.io.spark import submit_args
 from recsys.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration
@@ -64,6 +65,7 @@ def spark_submit(master: str, job: str, *args: str, s: Settings) -> subprocess.C
         f"{venv_bin}/spark-submit", "--master", master, "--name", f"recsys-{job}",
         "--driver-memory", s.spark_driver_memory,
         "--conf", f"spark.pyspark.python={sys.executable}", "--conf", f"spark.pyspark.driver.python={sys.executable}",
+        *submit_args(s),  # the delta-spark jars (on the driver's classpath, shipped to the executors) and Delta's conf
         str(PROJECT_ROOT / "jobs" / f"{job}.py"), *args,
     ]  # fmt: skip
     run = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
