@@ -117,7 +117,8 @@ def run_batch(sizes: list[int], engines: list[str], users: int, items: int,
         try:
             for n in sizes:
                 state = Path(scratch) / f"state-{n}"
-                env = bench_env(state, broker.free_port())
+                port = broker.free_port()
+                env = bench_env(state, port)
                 s = Settings(state_dir=state, kafka_bootstrap=env["RECSYS_KAFKA_BOOTSTRAP"])
                 broker.start(s)
                 try:
@@ -129,7 +130,7 @@ def run_batch(sizes: list[int], engines: list[str], users: int, items: int,
                     if base_tree:  # the same bronze, before any job of this commit touched the lake
                         base_state = Path(scratch) / f"baseline-state-{n}"
                         shutil.copytree(state / "lake" / "bronze_events", base_state / "lake" / "bronze_events")
-                        base_env = {**bench_env(base_state, int(s.kafka_bootstrap.rsplit(':', 1)[1])), "PYTHONPATH": str(base_tree)}
+                        base_env = {**bench_env(base_state, port), "PYTHONPATH": str(base_tree)}
                     for engine in engines:
                         results[engine][str(n)] = _time_pipeline(engine, n, env)
                         if base_env and base is not None:
