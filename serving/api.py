@@ -36,6 +36,7 @@ from recsys.protocol import Topics
 from recsys.settings import Settings, get_settings
 from serving import metrics
 from serving.batcher import Batcher
+from serving.fast import FastRecommend
 from serving.follower import ModelFollower
 from serving.model import Ranked, ServingModel, UnknownId
 from serving.schemas import (
@@ -70,7 +71,8 @@ def app_from_environment() -> FastAPI:
     return create_app(get_settings())
 
 
-def create_app(settings: Settings | None = None, follower: ModelFollower | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, follower: ModelFollower | None = None,
+               fast_path: bool = True) -> FastAPI:  # fmt: skip
     s = settings or get_settings()
 
     @asynccontextmanager
@@ -97,6 +99,8 @@ def create_app(settings: Settings | None = None, follower: ModelFollower | None 
     )
     app.add_middleware(_BodyLimit, limit=s.serving_max_body_bytes)
     app.add_middleware(_Metrics)
+    if fast_path:  # outermost: the hot endpoint skips the framework (serving/fast.py); the rest goes on to FastAPI
+        app.add_middleware(FastRecommend, settings=s)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.settings = s
     _routes(app, s)
