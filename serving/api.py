@@ -12,6 +12,7 @@ definition time, and `k`'s limit comes from the settings, inside `_routes`.
 """
 
 import hmac
+import importlib.util
 import json
 import logging
 import threading
@@ -23,8 +24,10 @@ from typing import Annotated
 
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from kafka.errors import KafkaError
 from threadpoolctl import threadpool_limits
 
@@ -59,6 +62,8 @@ from serving.schemas import (
 
 log = logging.getLogger("serving.api")
 STATIC = FsPath(__file__).parent / "static"
+# Swagger UI's and ReDoc's files as the `fastapi-offline` wheel ships them: the docs pages work without internet.
+DOCS_ASSETS = FsPath(importlib.util.find_spec("fastapi_offline").origin).parent / "static"
 # Ids in paths: printable, no control characters (the length limit is a setting, checked below).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 UserId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN, description="The shop's user id, or its pseudonym.")]
@@ -96,6 +101,8 @@ def create_app(settings: Settings | None = None, follower: ModelFollower | None 
         description="Recommendations from the nightly batch model merged with the speed layer's updates.",
         version="1.0",
         lifespan=lifespan,
+        docs_url=None,  # served below from the installed files, not from a CDN
+        redoc_url=None,
     )
     app.add_middleware(_BodyLimit, limit=s.serving_max_body_bytes)
     app.add_middleware(_Metrics)
@@ -108,9 +115,31 @@ def create_app(settings: Settings | None = None, follower: ModelFollower | None 
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with one readable sentence ("query.k: Input should be less than or equal to 100")."""
-    parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]]
-    return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+    """422 with readable sentences ("query.k: Input should be less than or equal to 100")."""
+    parts = [_in_words(err, request) for err in exc.errors()[:5]]
+    return JSONResponse({"detail": "; ".join(dict.fromkeys(parts))}, status_code=422)
+
+
+CONTROL_WORDS = "must not contain control characters (such as NUL, tab or newline)"
+
+
+def _in_words(err: dict, request: Request) -> str:
+    """One validation error as a sentence an API user can act on (pydantic's own wording where it is one)."""
+    loc = [str(p) for p in err.get("loc", ())]
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    if kind == "json_invalid":
+        where = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return f"the request body is not valid JSON ({ctx.get('error', 'decode error')}{where})"
+    if loc == ["body"] and kind in ("model_attributes_type", "dict_type"):
+        content_type = request.headers.get("content-type", "")
+        if "json" not in content_type.lower():
+            return ("send the body as a JSON object with the header 'Content-Type: application/json'"
+                    + (f" (got {content_type!r})" if content_type else " (none was sent)"))  # fmt: skip
+        return "the request body must be a JSON object with the event's fields"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == ID_PATTERN:
+        return f"{'.'.join(loc)}: {CONTROL_WORDS}"
+    message = str(err.get("msg", "invalid"))
+    return f"{'.'.join(loc)}: {message.removeprefix('Value error, ')}"
 
 
 # --- dependencies ------------------------------------------------------------------------------
@@ -156,7 +185,7 @@ def _check_category(model: ServingModel, category: str | None) -> None:
         hint = (
             f"; known: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''}" if known else "; no catalogue loaded"
         )
-        raise HTTPException(400, f"unknown category {category!r}{hint}")
+        raise HTTPException(422, f"unknown category {category!r}{hint}")
 
 
 def _items(model: ServingModel, ranked: Ranked) -> list[Item]:
@@ -229,6 +258,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
     async def popular(model: Model, k: K = s.serving_default_k, category: str | None = None) -> Popular:
         """The items most users interacted with in the batch model's data."""
         _check_category(model, category)
+        category = model.canonical_category(category) if category is not None else None
         return Popular(model_version=model.version, category=category, items=_items(model, model.popular(k, category)))
 
     @app.post("/events", status_code=202, response_model=EventAccepted, responses={401: {"model": Error},
@@ -308,6 +338,21 @@ def _routes(app: FastAPI, s: Settings) -> None:
         """Prometheus metrics."""
         body, media_type = metrics.exposition()
         return Response(body, media_type=media_type)
+
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon.png")  # fmt: skip
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url="/docs-assets/redoc.standalone.js",
+                              redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)  # fmt: skip
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
