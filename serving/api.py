@@ -37,7 +37,7 @@ from recsys.io.kafka import producer
 from recsys.privacy import pseudonymise
 from recsys.protocol import Topics
 from recsys.settings import Settings, get_settings
-from serving import metrics
+from serving import metrics, ops
 from serving.batcher import Batcher
 from serving.fast import FastRecommend
 from serving.follower import ModelFollower
@@ -68,6 +68,10 @@ DOCS_ASSETS = FsPath(importlib.util.find_spec("fastapi_offline").origin).parent 
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 UserId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN, description="The shop's user id, or its pseudonym.")]
 ItemId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN)]
+PRIVATE = {401: {"model": Error}, 403: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}
+# The docs pages may load nothing from elsewhere (their inline bootstrap scripts and styles aside).
+SAME_ORIGIN_ONLY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                    "img-src 'self' data:; worker-src 'self' blob:; font-src 'self' data:")  # fmt: skip
 ERRORS = {400: {"model": Error}, 404: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}
 
 
@@ -318,6 +322,44 @@ def _routes(app: FastAPI, s: Settings) -> None:
             metrics=m.metrics, baseline_metrics=m.baseline_metrics, kafka_offsets=m.kafka_offsets,
         )  # fmt: skip
 
+    @app.get("/ops/registry", tags=["operations"], responses={503: {"model": Error}})
+    def ops_registry(request: Request) -> dict:
+        """Every model version in the registry (`model_registry` table): its statuses over time (published,
+        rejected, not_chosen, evaluated), NDCG@k next to the popularity baseline's, the reason, which is served."""
+        current = request.app.state.follower.current
+        try:
+            return ops.registry(s, current.version if current else None, f"ndcg@{s.eval_k}")
+        except Exception as e:  # an unreadable table is the operator's news, not a crash
+            log.warning("could not read the model registry: %s", e)
+            raise HTTPException(503, f"the model registry could not be read: {type(e).__name__}") from None
+
+    @app.get("/ops/live", tags=["operations"])
+    def ops_live() -> dict:
+        """Live figures from Prometheus metrics (this server's and the speed layer's, when
+        RECSYS_SPEED_METRICS_PORT is set): lag, event and update counters, dead letters by reason, answers by
+        source, update-to-serve delay. Rates come from two readings (the dashboard polls)."""
+        return ops.live(s)
+
+    @app.get("/ops/users/{user_id}", tags=["operations"], dependencies=[Depends(require_token)],
+             responses=PRIVATE)  # fmt: skip
+    async def ops_user(user_id: UserId, model: Model, k: K = s.serving_default_k) -> dict:
+        """One user: their events since the model's cut-off and in the model's data, and their recommendations
+        now with source and explanation (needs the token: this is personal data)."""
+        return ops.user_view(model, _user(user_id, s, key), k)
+
+    @app.get("/ops/items/{item_id}", tags=["operations"], responses=ERRORS)
+    async def ops_item(item_id: ItemId, model: Model, k: K = s.serving_default_k) -> dict:
+        """One item: attributes, similar items, bought together, and how many users touched it, by event type."""
+        _check_item(item_id, s)
+        try:
+            return ops.item_view(model, item_id, k)
+        except UnknownId as e:
+            raise HTTPException(404, str(e)) from None
+
+    @app.get("/dashboard", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+
     @app.get("/health", response_model=Health, tags=["operations"])
     async def health() -> Health:
         """The process is up (it may not have a model yet: see /ready)."""
@@ -339,20 +381,32 @@ def _routes(app: FastAPI, s: Settings) -> None:
         body, media_type = metrics.exposition()
         return Response(body, media_type=media_type)
 
+    # ReDoc's bundle shows a logo from its CDN in the sidebar, unconditionally; ours points it at the favicon.
+    redoc_js = (DOCS_ASSETS / "redoc.standalone.js").read_text(encoding="utf-8").replace(
+        "https://cdn.redoc.ly/redoc/logo-mini.svg", "/docs-assets/favicon.png")
+
+    @app.get("/docs-assets/redoc.standalone.js", include_in_schema=False)
+    def redoc_bundle() -> Response:
+        return Response(redoc_js, media_type="text/javascript", headers={"Cache-Control": "max-age=3600"})
+
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+        page = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css",
                                    swagger_favicon_url="/docs-assets/favicon.png")  # fmt: skip
+        page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY
+        return page
 
     @app.get("/redoc", include_in_schema=False)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
+        page = get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
                               redoc_js_url="/docs-assets/redoc.standalone.js",
                               redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)  # fmt: skip
+        page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY
+        return page
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
