@@ -556,6 +556,12 @@ class _Counts:
         self.matrix.sort_indices()
         self._rows = np.concatenate([[0.0], np.cumsum(np.asarray(self.matrix.sum(axis=1)).ravel())])
         self._data = np.concatenate([[0.0], np.cumsum(self.matrix.data)])
+        # Every stored entry's (column, row) as one sorted int64 key, column-major: one searchsorted over it finds,
+        # for many columns at once, the same positions as a search inside each column's own slice.
+        n_rows = max(self.matrix.shape[0], 1)
+        columns = np.repeat(np.arange(self.matrix.shape[1], dtype=np.int64), np.diff(self.matrix.indptr))
+        self._keys = columns * (n_rows + 1) + self.matrix.indices.astype(np.int64)
+        self._stride = n_rows + 1
 
     def shares(self, items: np.ndarray, lo: int, hi: int) -> np.ndarray:
         """Each item's count in rows [lo, hi) over all counts in those rows (0 when there are none)."""
@@ -564,14 +570,9 @@ class _Counts:
         total = self._rows[hi] - self._rows[lo]
         if total <= 0:
             return np.zeros(len(items))
-        ptr, idx = self.matrix.indptr, self.matrix.indices
-        start, end = ptr[items], ptr[items + 1]
-        out = np.empty(len(items))
-        for k in range(len(items)):
-            column = idx[start[k] : end[k]]
-            a, b = start[k] + np.searchsorted(column, lo), start[k] + np.searchsorted(column, hi)
-            out[k] = self._data[b] - self._data[a]
-        return out / total
+        base = np.asarray(items, dtype=np.int64) * self._stride
+        a, b = np.searchsorted(self._keys, base + lo), np.searchsorted(self._keys, base + hi)
+        return (self._data[b] - self._data[a]) / total
 
 
 def _sparse_arrays(prefix: str, m: sp.spmatrix) -> dict[str, np.ndarray]:
