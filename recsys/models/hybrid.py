@@ -53,7 +53,7 @@ from scipy.optimize import minimize
 
 from recsys.models import registry
 from recsys.models.base import Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
-from recsys.models.topk import _select_top
+from recsys.models.topk import _select_top, top_k_of_scores
 from recsys.models.transitions import Transitions
 
 if TYPE_CHECKING:
@@ -246,8 +246,9 @@ class Hybrid(Recommender):
         for name, model in self.components.items():
             if self.weights.get(name, 0.0) <= 0 and self.reranker is None:
                 continue
-            raw = np.nan_to_num(np.array(model.score(views[name]), dtype=np.float32), copy=False, nan=0.0,
-                                posinf=0.0, neginf=0.0)  # fmt: skip
+            raw = np.array(model.score(views[name]), dtype=np.float32)
+            if not np.isfinite(raw).all():  # one pass to check; the three of nan_to_num only when needed
+                np.nan_to_num(raw, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             scales[name] = _unseen_max(raw, seen_items)
             raw /= scales[name][:, None]
             norm[name] = raw
@@ -585,7 +586,10 @@ def candidate_features(norm: dict[str, np.ndarray], priors: Priors, users: Seque
                        components: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(candidates users × C, features users × C × F) for the stage-1 top-C unseen items (see the module doc)."""
     s = np.where(seen, -np.inf, stage1)
-    cand, _ = _select_top(s, n_candidates)
+    if s.shape[0] <= 8:  # serving's few users: a sampled bound partitions only the scores above it (same answer)
+        cand = np.stack([top_k_of_scores(row, n_candidates)[0] for row in s]) if len(s) else np.zeros((0, 0), int)
+    else:
+        cand, _ = _select_top(s, n_candidates)
     cand = np.where(cand < 0, 0, cand)  # padding (tiny catalogues): any position, its features are what they are
     comp = np.stack([np.take_along_axis(norm[c], cand, 1) if c in norm else np.zeros(cand.shape) for c in components],
                     axis=-1)  # fmt: skip

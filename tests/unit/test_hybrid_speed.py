@@ -1,14 +1,16 @@
-"""The hybrid's faster request path gives the same answers: on MovieLens-100K users, the same top-10 (and the same
-scores) as the code it replaced — recency profiles built through scipy's COO route and the priors read item by item."""
+"""The hybrid's faster request path gives the same answers: on MovieLens-100K users, the same top-10 and the same
+scores as the code it replaced (recency profiles through scipy's COO route, the priors read item by item, the
+candidates by one argpartition, nan_to_num on every component), for batches and for single users (serving)."""
 
 import numpy as np
 import pytest
 
 from recsys.data.movielens import attributes
 from recsys.evaluation.protocol import load_ml100k_events, make_split
-from recsys.models import content, ease, item_knn, session_knn, slit, sparse, transitions
+from recsys.models import content, ease, hybrid, item_knn, session_knn, slit, sparse, transitions
 from recsys.models.base import NewItems, UserContext
-from recsys.models.hybrid import Hybrid, HybridParams, _Counts
+from recsys.models.hybrid import Hybrid, HybridParams, _Counts, _seen_rows, _unseen_max, blend, data_pop_term
+from recsys.models.topk import _select_top
 from recsys.settings import Settings
 
 COMPONENT_MODULES = (content, ease, item_knn, session_knn, slit, transitions)
@@ -29,6 +31,44 @@ def shares_item_by_item(self, items, lo, hi):
         a, b = start[k] + np.searchsorted(column, lo), start[k] + np.searchsorted(column, hi)
         out[k] = self._data[b] - self._data[a]
     return out / total
+
+
+def score_all_as_before(self, users, new):
+    """`Hybrid.score_all` as it was (nan_to_num on every component's scores), for users without new items."""
+    seen_items = [u.items[(u.items < self.n_items) & (u.items >= 0)] for u in users]
+    views = self._views(users)
+    norm, scales = {}, {}
+    for name, model in self.components.items():
+        if self.weights.get(name, 0.0) <= 0 and self.reranker is None:
+            continue
+        raw = np.nan_to_num(np.array(model.score(views[name]), dtype=np.float32), copy=False, nan=0.0,
+                            posinf=0.0, neginf=0.0)  # fmt: skip
+        scales[name] = _unseen_max(raw, seen_items)
+        raw /= scales[name][:, None]
+        norm[name] = raw
+    total = np.zeros((len(users), self.n_items), np.float32)
+    total[:, :] = blend(norm, self.weights)
+    total += data_pop_term(self.popularity)[None, :]
+    if self.reranker is not None and len(users):
+        seen = _seen_rows(users, self.n_items)
+        stage1 = total
+        cand, feats = hybrid.candidate_features(norm, self.priors, users, stage1, seen, self.reranker.n_candidates,
+                                                self.reranker.components)  # fmt: skip
+        total = self.reranker.rerank(cand, feats, stage1)
+    return total
+
+
+def candidate_features_as_before(norm, priors, users, stage1, seen, n_candidates, components):
+    """`candidate_features` as it was: the candidates chosen by one argpartition over the whole block."""
+    s = np.where(seen, -np.inf, stage1)
+    cand, _ = _select_top(s, n_candidates)
+    cand = np.where(cand < 0, 0, cand)
+    comp = np.stack([np.take_along_axis(norm[c], cand, 1) if c in norm else np.zeros(cand.shape) for c in components],
+                    axis=-1)  # fmt: skip
+    rank = np.log1p(np.broadcast_to(np.arange(cand.shape[1], dtype=np.float64), cand.shape))[..., None]
+    loglen = np.log1p(np.array([len(u.items) for u in users], np.float64))[:, None, None] * np.ones((*cand.shape, 1))
+    feats = np.concatenate([comp, priors.shares(users, cand), rank, comp * loglen, loglen], axis=-1)
+    return cand, feats
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +106,15 @@ def test_the_hybrid_answers_as_before_on_movielens_users(fitted, monkeypatch):
     model, data = fitted
     assert model.reranker is not None and model.priors is not None  # both stages are exercised
     users = [data.context(r, model.recent_events) for r in range(0, data.n_users, 3)]
-    now = [top10(model, users[i : i + 16]) for i in range(0, len(users), 16)]
+    batches = [users[i : i + 16] for i in range(0, len(users), 16)] + [[u] for u in users[:60]]  # serving: 1 user
+    now = [top10(model, batch) for batch in batches]
     with monkeypatch.context() as patch:
         for module in COMPONENT_MODULES:
             patch.setattr(module, "recent_weights", sparse._recent_weights_coo)
         patch.setattr(_Counts, "shares", shares_item_by_item)
-        before = [top10(model, users[i : i + 16]) for i in range(0, len(users), 16)]
+        patch.setattr(Hybrid, "score_all", score_all_as_before)
+        patch.setattr(hybrid, "candidate_features", candidate_features_as_before)
+        before = [top10(model, batch) for batch in batches]
     for (idx, val), (idx0, val0) in zip(now, before, strict=True):
         np.testing.assert_array_equal(idx, idx0)
         np.testing.assert_array_equal(val, val0)
