@@ -245,11 +245,14 @@ def freshness_table(f: dict) -> Table:
 
 def serving_table(sv: dict) -> Table:
     table = Table(title=f"serving GET /recommend, {sv['n_items']:,} items, rank {sv['rank']}, top-{sv['k']}")
-    for col in ("index/replicas", "max req/s", "offered", "p50 ms", "p99 ms", "errors", "RSS MB"):
+    for col in ("mode/replicas", "max req/s", "offered", "p50 ms", "p99 ms", "wrk req/s", "wrk p99 ms", "errors",
+                "RSS MB"):  # fmt: skip
         table.add_column(col, justify="right")
     for mode, r in sv["modes"].items():
+        w = r.get("wrk") or {}
         table.add_row(mode, f"{r['max_requests_per_s']:,}", f"{r['offered_rate']:,}", f"{r['p50_ms']}",
-                      f"{r['p99_ms']}", f"{r['errors']}", f"{r['rss_mb']:,}")  # fmt: skip
+                      f"{r['p99_ms']}", f"{w.get('requests_per_s', 'n/a')}", f"{w.get('p99_ms', 'n/a')}",
+                      f"{r['errors']}", f"{r['rss_mb']:,}")  # fmt: skip
     return table
 
 

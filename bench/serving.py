@@ -1,20 +1,30 @@
-"""Serving benchmark: GET /recommend through the real HTTP process, load from a separate process.
+"""Serving benchmark: GET /recommend through the real HTTP process, load from a separate process, one run.
 
-One model (100,000 items, rank 64, fitted by the implicit engine on synthetic
-events), served three ways side by side in one run, each in a fresh server process:
+One ALS model (100,000 items, rank 64, fitted by the implicit engine on synthetic events),
+served several ways side by side, each in fresh server processes:
 
-- `exact`: the default; one matrix-vector product and a bounded partial selection;
-- `full_sort`: the naive baseline, every score sorted per request;
-- `approximate`: faiss IVF; its recall@10 against `exact` is measured on the same users.
+- `exact`: the default; the norm-bounded exact scan (`recsys.models.norm_index`) behind
+  `Recommender.recommend_many`, the raw ASGI route (`serving/fast.py`); one process and two
+  replicas (separate processes on their own ports, connections spread evenly, as a balancer would);
+- `full_sort`: the naive baseline, every score computed (BLAS) and sorted per request;
 
-Per mode: the most requests/s sustained (closed loop), latency percentiles at a fixed
-offered rate (open loop, 1,000/s or half the mode's maximum if lower), and the
-server's resident memory after the runs.
+and per mode: the most requests/s sustained (closed loop, 8 connections) and latency at a fixed
+offered rate (open loop, 1,000/s or half the mode's maximum if lower, from when each request was
+*due*) by the project's load generator (`bench/loadgen.py`), then `wrk` (Debian's, if installed;
+closed loop, `bench/wrk_recommend.lua` spreads users) as an independent generator.
+
+In the same run: the physical limit (bytes the scan reads per request ÷ memory bandwidth measured
+here by a numpy copy), the exactness of the answers (the same top-k as the fp32 full sort, and as the
+BLAS full sort, on 500 users), and the hybrid recommender at 100,000 items next to ALS at the same
+offered rate (issue 15's target: hybrid p99 ≤ 2× ALS's). The machine has 2 cores shared with the
+load generator (and, on this workplace, with other jobs): compare within the run.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,11 +39,14 @@ from bench.speed import build_model
 from infra import processes
 from recsys.data import catalog
 from recsys.io import model_store
+from recsys.models.norm_index import canonical_all
+from recsys.models.topk import PAD, full_sort_top_k
 from recsys.settings import PROJECT_ROOT, Settings
 from serving.model import ServingModel
 
-# (index, replicas): the default (exact, one process), then each index with one replica per core.
-MODES = (("exact", 1), ("exact", 2), ("full_sort", 2), ("approximate", 2))
+# (index, replicas): the default (exact, one process and two), then the naive full sort.
+MODES = (("exact", 1), ("exact", 2), ("full_sort", 1))
+WRK_SCRIPT = PROJECT_ROOT / "bench" / "wrk_recommend.lua"
 
 
 def _loadgen(url: str, paths: Path, connections: int, seconds: float, rate: float = 0) -> dict:
@@ -43,6 +56,24 @@ def _loadgen(url: str, paths: Path, connections: int, seconds: float, rate: floa
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed (exit {done.returncode}): {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _wrk(urls: list[str], paths: Path, connections: int, seconds: float) -> dict | None:
+    """wrk, closed loop, one process per replica (connections split evenly); None if wrk is not installed."""
+    if shutil.which("wrk") is None:
+        return None
+    per = max(1, connections // len(urls))
+    env = {**os.environ, "PATHS": str(paths)}
+    command = ["wrk", "-t1", f"-c{per}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT)]
+    runs = [subprocess.Popen([*command, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for url in urls]  # fmt: skip
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in runs]
+    requests = sum(o["requests"] for o in outs)
+    seconds_run = max(o["seconds"] for o in outs)
+    return {"requests": requests, "errors": sum(o["errors"] for o in outs), "connections": per * len(urls),
+            "requests_per_s": round(requests / seconds_run, 1),
+            # percentiles of the busiest replica's run (wrk reports per process)
+            "p50_ms": max(o["p50_ms"] for o in outs), "p99_ms": max(o["p99_ms"] for o in outs)}  # fmt: skip
 
 
 def _two_free_ports() -> int:
@@ -59,55 +90,146 @@ def _two_free_ports() -> int:
         return port
 
 
-def _paths(s: Settings, users: list[str], k: int) -> Path:
-    path = s.state_dir / "paths.txt"
+def _paths(s: Settings, users: list[str], k: int, name: str = "paths.txt") -> Path:
+    path = s.state_dir / name
     path.write_text("".join(f"/recommend/{u}?k={k}\n" for u in users))
     return path
 
 
-def measure_mode(s: Settings, mode: str, replicas: int, paths: Path, seconds: float, rate: float) -> dict:
-    """`replicas` serving processes on their own ports, connections spread evenly over them, as a load balancer
-    would (uvicorn's `--workers` share one socket and the kernel decides which takes each connection)."""
-    configs = [
-        s.model_copy(update={"serving_index": mode, "serving_port": s.serving_port + i}) for i in range(replicas)
-    ]
-    procs = [processes.start("serving", c, log=s.state_dir / f"serving-{mode}-{i}.log") for i, c in enumerate(configs)]
+def _serve(configs: list[Settings], s: Settings, label: str):
+    procs = [processes.start("serving", c, log=s.state_dir / f"serving-{label}-{i}.log") for i, c in enumerate(configs)]
     try:
-        started = time.monotonic()
         for c, proc in zip(configs, procs, strict=True):
-            processes.wait_ready(c, proc, timeout_s=300)
+            processes.wait_ready(c, proc, timeout_s=600)
+    except Exception:
+        for proc in procs:
+            processes.stop(proc)
+        raise
+    return procs
+
+
+def measure_mode(s: Settings, mode: str, replicas: int, paths: Path, seconds: float, rate: float) -> dict:
+    """`replicas` serving processes on their own ports, connections spread evenly over them."""
+    configs = [s.model_copy(update={"serving_index": mode, "serving_port": s.serving_port + i})
+               for i in range(replicas)]  # fmt: skip
+    started = time.monotonic()
+    procs = _serve(configs, s, mode)
+    try:
         ready_s = time.monotonic() - started
-        url = ",".join(processes.serving_url(c) for c in configs)
-        closed = _loadgen(url, paths, connections=8, seconds=seconds)
+        urls = [processes.serving_url(c) for c in configs]
+        closed = _loadgen(",".join(urls), paths, connections=8, seconds=seconds)
         # Latency at the target rate, or at half of what this mode sustains if that is less (near capacity
         # the queue grows for the whole run and the percentiles only measure the run's length).
         offered = min(rate, round(0.5 * closed["requests_per_s"]))
-        open_loop = _loadgen(url, paths, connections=32, seconds=seconds, rate=offered)
+        open_loop = _loadgen(",".join(urls), paths, connections=32, seconds=seconds, rate=offered)
+        wrk = _wrk(urls, paths, connections=8, seconds=seconds)
         rss = sum(psutil.Process(p.pid).memory_info().rss for p in procs)  # mapped factor pages count per process
     finally:
         for proc in procs:
             processes.stop(proc)
     return {
-        "max_requests_per_s": closed["requests_per_s"],
-        "closed_loop": closed,
-        "at_rate": open_loop,
-        "offered_rate": offered,
-        "p50_ms": open_loop["latency_ms"]["p50"],
-        "p99_ms": open_loop["latency_ms"]["p99"],
-        "errors": closed["errors"] + open_loop["errors"],
-        "rss_mb": round(rss / 2**20),
-        "start_to_ready_s": round(ready_s, 1),
-    }
+        "max_requests_per_s": closed["requests_per_s"], "closed_loop": closed, "at_rate": open_loop,
+        "offered_rate": offered, "p50_ms": open_loop["latency_ms"]["p50"], "p99_ms": open_loop["latency_ms"]["p99"],
+        "errors": closed["errors"] + open_loop["errors"] + (wrk["errors"] if wrk else 0), "wrk": wrk,
+        "rss_mb": round(rss / 2**20), "start_to_ready_s": round(ready_s, 1),
+    }  # fmt: skip
 
 
-def approximate_recall(s: Settings, users: list[str], k: int = 10) -> dict:
-    """recall@k of the approximate index against the exact scan, same model, same users, in process."""
+def memory_bandwidth(item_bytes: int) -> dict:
+    """GB/s of a numpy copy (read + write counted), on a 256 MB array (DRAM) and on one as large as the item
+    matrix (what a full scan reads), best of 5 each, one thread: the machine's memory speed, measured here."""
+    out = {}
+    for name, size in (("dram_256mb", 256 * 2**20), ("item_matrix", item_bytes)):
+        src = np.ones(size // 4, np.float32)
+        dst = np.empty_like(src)
+        np.copyto(dst, src)
+        best = min(_timed(np.copyto, dst, src) for _ in range(5))
+        out[f"{name}_gb_s"] = round(2 * src.nbytes / best / 1e9, 2)
+    return out
+
+
+def _timed(f, *args) -> float:
+    started = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - started
+
+
+def exactness_and_bytes(s: Settings, users: list[str], k: int = 10) -> dict:
+    """In process, on the served model: the exact path's answers against the fp32 full sort (the canonical
+    float32 score of every item, sorted) and against the BLAS full sort; and the bytes its scan read."""
     artifact = model_store.load(model_store.latest_published(s))
     exact = ServingModel(artifact, {}, s.model_copy(update={"serving_index": "exact"}))
-    approx = ServingModel(artifact, {}, s.model_copy(update={"serving_index": "approximate"}))
-    hits = [len(set(approx.recommend(u, k).item_ids) & set(exact.recommend(u, k).item_ids)) / k for u in users]
-    return {"recall@10": round(float(np.mean(hits)), 4), "users": len(users), "lists": approx.index.lists,
-            "probes": s.serving_ann_probes}  # fmt: skip
+    blas = ServingModel(artifact, {}, s.model_copy(update={"serving_index": "full_sort"}))
+    model = exact.model
+    index = model.norm_index
+    items = np.asarray(model.item_factors, np.float32)
+    same_fp32 = same_blas = 0
+    blocks = []
+    for user in users:
+        query = exact.prepare(user, k)
+        ranked = exact.answer([query])[0]
+        blocks.append(index.last_blocks_read)
+        scores = canonical_all(model.user_vectors(query.contexts)[0], items)
+        scores[query.excluded] = -np.inf
+        idx, _ = full_sort_top_k(scores, k)
+        same_fp32 += ranked.item_ids == [exact.item_ids[j] for j in idx if j != PAD]
+        same_blas += ranked.item_ids == blas.answer([blas.prepare(user, k)])[0].item_ids
+    block_bytes = index.block * index.rank * 4
+    return {"users": len(users), "same_as_fp32_full_sort": same_fp32, "same_as_blas_full_sort": same_blas,
+            "blocks_per_request": round(float(np.mean(blocks)), 2), "block_bytes": block_bytes,
+            "bytes_per_request": round(float(np.mean(blocks)) * block_bytes),
+            "full_scan_bytes": int(items.nbytes), "blocks": len(index.starts)}  # fmt: skip
+
+
+def build_hybrid(s: Settings, n_users: int, n_items: int, history_events: int) -> dict:
+    """A hybrid over the same kind of data at 100,000 items, published in its own state folder. Its parts are
+    the study's (SLIT, ALS, EASE, transitions, session-KNN, content, the logistic re-ranker); only what makes
+    the *fit* long at this size is cut (EASE/SLIT on the 3,000 most popular items, a small tuning sample)."""
+    import pyarrow as pa
+
+    from recsys.data import datasets
+    from recsys.data.synthetic import SyntheticConfig, iter_batches
+    from recsys.models.hybrid import Hybrid, HybridParams
+
+    config = SyntheticConfig(n_events=history_events, n_users=n_users, n_items=n_items, seed=100, zipf_exponent=0.5)
+    table = pa.Table.from_batches(list(iter_batches(config)))
+    weights = table.column("event_type").to_pandas().map(s.event_weights).to_numpy()
+    ts = table.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
+    catalog.write(catalog.synthetic(n_items, 20), s)  # content ranks by these attributes
+    data, _ = datasets.build(table.column("user_id"), table.column("item_id"), ts, table.column("event_type"),
+                             weights, list(s.event_weights), session=table.column("session_id"),
+                             items=catalog.attributes(s))  # fmt: skip
+    params = HybridParams(component_params={
+        "ease": {"max_items": 3000}, "slit": {"max_items": 3000, "max_rows": 200_000},
+        "implicit_als": {"rank": 64, "iterations": 2, "reg": 20.0, "alpha": 1.0}},
+        tune_users=200, tune_rounds=1, rerank="always")  # fmt: skip
+    started = time.monotonic()
+    model = Hybrid(params, settings=s)
+    model.fit(data)
+    fit_s = time.monotonic() - started
+    manifest = model_store.build_manifest(model, data, "m20260101T000000000000-hybrid", kafka_offsets={})
+    artifact = model_store.ModelArtifact(manifest, data, model)
+    model_store.promote(model_store.save(artifact, model_store.candidates_dir(s) / manifest.model_version), s)
+    return {"fit_s": round(fit_s, 1), "components": sorted(model.components), "weights": model.weights,
+            "reranker": model.reranker is not None, "n_items": data.n_items}  # fmt: skip
+
+
+def hybrid_vs_als(als: Settings, hybrid: Settings, als_paths: Path, hybrid_paths: Path, seconds: float,
+                  rate: float) -> dict:  # fmt: skip
+    """One replica of each at the same offered rate (open loop), one after the other in this run."""
+    out = {}
+    for name, s, paths in (("als", als, als_paths), ("hybrid", hybrid, hybrid_paths)):
+        config = s.model_copy(update={"serving_index": "exact"})
+        procs = _serve([config], s, f"{name}-latency")
+        try:
+            url = processes.serving_url(config)
+            _loadgen(url, paths, connections=4, seconds=min(seconds, 5), rate=rate)  # warm the caches
+            out[name] = _loadgen(url, paths, connections=16, seconds=seconds, rate=rate)
+        finally:
+            processes.stop(procs[0])
+    out["offered_rate"] = rate
+    out["p99_ratio"] = round(out["hybrid"]["latency_ms"]["p99"] / out["als"]["latency_ms"]["p99"], 2)
+    return out
 
 
 def run(quick: bool) -> dict:
@@ -116,31 +238,60 @@ def run(quick: bool) -> dict:
     n_users, n_items, rank = (20_000, 100_000, 64)
     seconds, rate = (5, 1_000) if quick else (15, 1_000)
     with tempfile.TemporaryDirectory(prefix="recsys-bench-serving-") as tmp:
-        s = Settings(state_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
+        s = Settings(state_dir=Path(tmp) / "als", kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
                      serving_port=_two_free_ports(), pseudonym_key="bench-only-key-" + "0" * 32)  # fmt: skip
+        s.state_dir.mkdir(parents=True)
         broker.start(s)
         try:
             # A flatter popularity than the default so that (nearly) every one of the 100k items is in the model.
-            artifact = build_model(s, n_users, n_items, rank, history_events=1_000_000 if quick else 3_000_000,
-                                   zipf_exponent=0.5)  # fmt: skip
+            events = 1_000_000 if quick else 3_000_000
+            artifact = build_model(s, n_users, n_items, rank, history_events=events, zipf_exponent=0.5)
             catalog.write(catalog.synthetic(n_items, 20), s)
             rng = np.random.default_rng(7)
             users = rng.choice(artifact.user_ids, size=2_000, replace=False).tolist()
             paths = _paths(s, users, k=10)
             result: dict = {"rank": rank, "n_items": len(artifact.item_ids), "n_users": len(artifact.user_ids),
-                            "k": 10, "offered_rate": rate, "seconds_per_run": seconds, "modes": {}}  # fmt: skip
+                            "k": 10, "offered_rate": rate, "seconds_per_run": seconds, "modes": {},
+                            "wrk": shutil.which("wrk") is not None}  # fmt: skip
+            result["exactness"] = exactness_and_bytes(s, users[:200 if quick else 500])
+            result["bandwidth"] = memory_bandwidth(result["exactness"]["full_scan_bytes"])
             for mode, replicas in MODES:
                 result["modes"][f"{mode}/{replicas}"] = measure_mode(s, mode, replicas, paths, seconds, rate)
-            result["approximate"] = approximate_recall(s, users[:500])
+            # The hybrid at the same size, in its own state folder (its own model) on the same broker.
+            hs = s.model_copy(update={"state_dir": Path(tmp) / "hybrid", "serving_port": s.serving_port + 2})
+            hs.state_dir.mkdir(parents=True)
+            result["hybrid_model"] = build_hybrid(hs, n_users, n_items, events)
+            hybrid_artifact = model_store.load(model_store.latest_published(hs))
+            hybrid_users = rng.choice(hybrid_artifact.user_ids, size=2_000, replace=False).tolist()
+            result["hybrid_vs_als"] = hybrid_vs_als(s, hs, paths, _paths(hs, hybrid_users, k=10), seconds,
+                                                    rate=20 if quick else 50)  # fmt: skip
         finally:
             broker.stop(s)
+    return summarise(result)
+
+
+def summarise(result: dict) -> dict:
+    """Headline figures and ratios (to the naive full sort, to the physical limit) from a run's measurements."""
     modes = result["modes"]
-    # The headline figures: the default configuration (exact top-k, one worker process).
-    config = "exact/1" if "exact/1" in modes else next(iter(modes))
-    headline = modes[config]
-    result.update({"config": config, "rps": headline["max_requests_per_s"], "p50_ms": headline["p50_ms"],
+    headline = modes.get("exact/1") or next(iter(modes.values()))
+    result.update({"config": "exact/1", "rps": headline["max_requests_per_s"], "p50_ms": headline["p50_ms"],
                    "p99_ms": headline["p99_ms"]})  # fmt: skip
-    if {"exact/2", "full_sort/2"} <= set(modes):
-        ratio = modes["exact/2"]["max_requests_per_s"] / modes["full_sort/2"]["max_requests_per_s"]
-        result["speedup_vs_full_sort"] = round(ratio, 2)
+    naive = modes.get("full_sort/1")
+    if naive:
+        result["speedup_vs_full_sort"] = {m: round(r["max_requests_per_s"] / naive["max_requests_per_s"], 1)
+                                          for m, r in modes.items() if m != "full_sort/1"}  # fmt: skip
+    ex, bw = result.get("exactness"), result.get("bandwidth")
+    if ex and bw:
+        gb_s = bw["item_matrix_gb_s"]  # bytes moved per second (a copy's reads + writes)
+        limits = {"exact_scan": gb_s * 1e9 / ex["bytes_per_request"], "full_scan": gb_s * 1e9 / ex["full_scan_bytes"]}
+        result["physical_limit_rps"] = {k: round(v) for k, v in limits.items()}
+        result["share_of_physical_limit"] = {
+            m: round(r["max_requests_per_s"] / limits["full_scan" if m.startswith("full_sort") else "exact_scan"], 4)
+            for m, r in modes.items()}  # fmt: skip
+    targets = {m: r["max_requests_per_s"] >= 1000 and r["at_rate"]["offered_rate"] == 1000 and r["p99_ms"] <= 10
+               for m, r in modes.items() if m.startswith("exact")}  # fmt: skip
+    result["target_met"] = targets
+    hv = result.get("hybrid_vs_als")
+    if hv:
+        result["hybrid_target_met"] = hv["p99_ratio"] <= 2.0
     return result

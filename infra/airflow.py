@@ -6,8 +6,11 @@
     python -m infra.airflow stop
 
 Not `airflow standalone`: it binds its log servers to every interface. The
-scheduler runs with --skip-serve-logs (the API server reads the log files
-directly on this machine) and the API server binds to 127.0.0.1.
+scheduler runs with --skip-serve-logs and a log server of ours serves the task
+logs on 127.0.0.1 instead (Airflow's own app, bound to loopback; tasks record
+127.0.0.1 as their host, so the UI fetches a running task's log from there).
+The API server binds to 127.0.0.1. The DAG is created paused (Airflow's
+default); `ui` unpauses it once the dag-processor has registered it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,20 @@ SERVICES = {
     "api-server": ["api-server"],
     "scheduler": ["scheduler", "--skip-serve-logs"],
     "dag-processor": ["dag-processor"],
+    # Airflow's task-log server app, on loopback only (`airflow serve-logs` would bind every interface).
+    "log-server": ["-m", "uvicorn", "airflow.utils.serve_logs.log_server:create_app", "--factory",
+                   "--host", "127.0.0.1", "--log-level", "warning"],
 }
+PASSWORDS = "simple_auth_manager_passwords.json.generated"
+
+
+def loopback_hostname() -> str:
+    """Airflow's `hostname_callable`: tasks record 127.0.0.1, where our log server listens, as their host."""
+    return "127.0.0.1"
+
+
+def log_server_port(s: Settings) -> int:
+    return s.airflow_port + 713  # 8793 next to the default 8080, Airflow's own default for the log server
 
 
 def airflow_home(s: Settings) -> Path:
@@ -58,6 +74,8 @@ def airflow_env(s: Settings | None = None) -> dict[str, str]:
         # The Spark master is a connection, so a cluster is a configuration change, not a code change.
         "AIRFLOW_CONN_SPARK_RECSYS": json.dumps({"conn_type": "spark", "host": s.spark_master}),
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "infra.airflow.loopback_hostname",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_server_port(s)),
     }
 
 
@@ -97,8 +115,9 @@ def _pid_file(s: Settings, name: str) -> Path:
 
 
 @app.command()
-def ui() -> None:
-    """Start the Airflow UI (api-server), scheduler and dag-processor on 127.0.0.1 in the background."""
+def ui(wait: float = typer.Option(180, help="Seconds to wait for the password file and the DAG to unpause.")) -> None:
+    """Start the Airflow UI (api-server), scheduler, dag-processor and log server on 127.0.0.1 in the background;
+    then unpause the nightly DAG (it is created paused) and say where the admin password is."""
     s = get_settings()
     migrate(s)
     logs = airflow_home(s) / "logs"
@@ -106,13 +125,37 @@ def ui() -> None:
     for name, args in SERVICES.items():
         if _running(_pid_file(s, name)):
             continue
+        command = [sys.executable, *args, "--port", str(log_server_port(s))] if name == "log-server" else \
+            [_airflow_bin(), *args]  # fmt: skip
         with (logs / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen([_airflow_bin(), *args], env=airflow_env(s), stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(command, env=airflow_env(s), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         _pid_file(s, name).write_text(str(proc.pid))
-    typer.echo(f"Airflow UI: http://127.0.0.1:{s.airflow_port}  (user admin; password in "
-               f"{airflow_home(s) / 'simple_auth_manager_passwords.json.generated'})\n"
-               f"logs in {logs}; stop with `python -m infra.airflow stop` or `make stop`")  # fmt: skip
+    typer.echo(f"Airflow UI: http://127.0.0.1:{s.airflow_port}  (user admin); logs in {logs}; "
+               "stop with `python -m infra.airflow stop` or `make stop`")  # fmt: skip
+    passwords = airflow_home(s) / PASSWORDS
+    unpaused = False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and not (passwords.exists() and unpaused):
+        if not unpaused:
+            unpaused = airflow("dags", "unpause", DAG_ID, s=s, check=False, capture_output=True).returncode == 0
+        time.sleep(2)
+    if passwords.exists():
+        passwords.chmod(0o600)  # Airflow writes it world-readable
+        typer.echo(f"admin password: in {passwords} (mode 600)")
+    else:
+        typer.echo(f"the admin password file is not written yet; it will be {passwords}")
+    if unpaused:
+        typer.echo(f"DAG {DAG_ID} unpaused: it runs nightly at 02:00 (trigger it now with `make dag-run`)")
+    else:
+        typer.echo(f"DAG {DAG_ID} is not registered yet, so still paused: unpause it in the UI or with "
+                   f"`python -m infra.airflow unpause`")  # fmt: skip
+
+
+@app.command()
+def unpause() -> None:
+    """Unpause the nightly DAG (Airflow creates DAGs paused)."""
+    raise typer.Exit(airflow("dags", "unpause", DAG_ID, check=False).returncode)
 
 
 @app.command()

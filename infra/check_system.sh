@@ -3,7 +3,8 @@
 #   - a Java runtime (17 or 21) for Spark and for Kafka, the local broker: required;
 #   - Maven (`mvn`), which fetches Kafka's pinned jars from Maven Central (`make jars`): required;
 #   - Chromium and its WebDriver, for the storefront page's browser test: required by `make test`;
-#   - OpenBLAS (libopenblas0-pthread) for Spark's native BLAS: optional, ALS runs ~1.6x faster with it.
+#   - OpenBLAS (libopenblas0-pthread) for Spark's native BLAS: optional, ALS runs ~1.6x faster with it;
+#   - wrk, the HTTP load generator `make bench`'s serving section runs next to its own: optional.
 # Installs them with apt-get when we are root on Debian; otherwise says what is missing.
 set -euo pipefail
 
@@ -20,6 +21,7 @@ command -v mvn >/dev/null 2>&1 || required+=(maven)
 command -v chromium >/dev/null 2>&1 || required+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || required+=(chromium-driver)
 [ -e /usr/lib/x86_64-linux-gnu/libblas.so.3 ] || [ -e /usr/lib/libblas.so.3 ] || optional+=(libopenblas0-pthread)
+command -v wrk >/dev/null 2>&1 || optional+=(wrk)
 wanted=("${required[@]}" "${optional[@]}")
 [ ${#wanted[@]} -eq 0 ] && exit 0
 
@@ -38,4 +40,4 @@ if [ ${#required[@]} -gt 0 ]; then
   done
   exit 1
 fi
-echo "note: ${optional[*]} not installed; Spark's ALS falls back to its slower Java BLAS" >&2
+echo "note: ${optional[*]} not installed (without OpenBLAS Spark's ALS uses its slower Java BLAS; without wrk the serving benchmark uses only its own load generator)" >&2

@@ -1,24 +1,109 @@
-"""`recsys`: the operator's command line (replay data into Kafka, inspect topics, show settings)."""
+"""`recsys`: the operator's command line (replay data into Kafka, inspect topics, show settings).
+
+Imports are lazy: Kafka, pyarrow, pydantic-settings and the rest load inside the command that
+needs them, so `recsys --help` (and a typo) answers at once instead of after seconds of imports.
+"""
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from recsys.io.kafka import BrokerUnavailable, count_messages, ensure_topics, wait_for_broker
-from recsys.protocol import Topics
-from recsys.replay import ReplayReport, read_topic, replay
-from recsys.settings import get_settings, markdown_table
+if TYPE_CHECKING:
+    from recsys.replay import ReplayReport
 
-app = typer.Typer(help="Real-time recommender: operator commands.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)  # fmt: skip
+
+class _App(typer.Typer):
+    """The CLI; a bad RECSYS_* value is reported in one line per variable, not as a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as e:
+            from pydantic import ValidationError
+
+            if not isinstance(e, ValidationError):
+                raise
+            for line in settings_errors(e):
+                print(f"recsys: {line}", file=sys.stderr)
+            sys.exit(2)
+
+
+app = _App(help="Real-time recommender: operator commands.", no_args_is_help=True, add_completion=False,
+           pretty_exceptions_enable=False)  # fmt: skip
 replay_app = typer.Typer(help="Replay a data source into the `events` topic.", no_args_is_help=True)
 app.add_typer(replay_app, name="replay")
-console = Console()
+
+
+class _LazyConsole:
+    """rich's Console, created on first use."""
+
+    _console = None
+
+    def __getattr__(self, name: str):
+        if _LazyConsole._console is None:
+            from rich.console import Console
+
+            _LazyConsole._console = Console()
+        return getattr(_LazyConsole._console, name)
+
+
+console = _LazyConsole()
+
+
+def settings_errors(error) -> list[str]:
+    """One line per invalid setting: the variable, the value it had, and what is wrong."""
+    from recsys.settings import ENV_PREFIX
+
+    out = []
+    for err in error.errors():
+        field = str(err["loc"][0]) if err.get("loc") else "?"
+        value = err.get("input")
+        shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+        out.append(f"invalid setting {ENV_PREFIX}{field.upper()}{shown}: {err['msg']}")
+    return out
+
+
+def current_values(s) -> list[tuple[str, str, str, str]]:
+    """(variable, current value, default, meaning) per setting; secrets shown as ******** when set."""
+    import json
+    from pathlib import Path
+
+    from pydantic import SecretStr
+
+    from recsys.settings import ENV_PREFIX, PROJECT_ROOT, Settings
+
+    def shown(value: object) -> str:
+        if value is None:
+            return "(unset)"
+        if isinstance(value, SecretStr):
+            return "********"
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, dict | list | bool):
+            return json.dumps(value)
+        return str(value)
+
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        if isinstance(default, Path):
+            default = default.resolve() if default.is_absolute() else (PROJECT_ROOT / default).resolve()
+        rows.append((f"{ENV_PREFIX}{name.upper()}", shown(getattr(s, name)), shown(default), field.description or ""))
+    return rows
+
+
+def get_settings():
+    from recsys.settings import get_settings as settings
+
+    return settings()
 
 
 def _broker_or_exit() -> None:
+    from recsys.io.kafka import BrokerUnavailable, ensure_topics, wait_for_broker
+
     try:
         wait_for_broker(timeout_s=10)
     except BrokerUnavailable as e:
@@ -46,6 +131,7 @@ def replay_movielens(
     from itertools import islice
 
     from recsys.data import movielens
+    from recsys.replay import replay
 
     _broker_or_exit()
     messages = ((e.key(), e.to_wire()) for e in movielens.iter_events())
@@ -65,6 +151,7 @@ def replay_synthetic(
 ) -> None:
     """Replay the seeded synthetic e-commerce stream."""
     from recsys.data.synthetic import SyntheticConfig, iter_messages
+    from recsys.replay import replay
 
     config = SyntheticConfig(n_events=events, seed=seed, n_users=users, n_items=items, malformed_share=malformed_share)
     _broker_or_exit()
@@ -98,6 +185,11 @@ def catalog_synthetic(
 @app.command()
 def topics() -> None:
     """Messages held per topic."""
+    from rich.table import Table
+
+    from recsys.io.kafka import count_messages
+    from recsys.protocol import Topics
+
     _broker_or_exit()
     table = Table("topic", "messages")
     for topic, n in count_messages(Topics.ALL).items():
@@ -108,6 +200,11 @@ def topics() -> None:
 @app.command("check-events")
 def check_events(expect: int = typer.Option(0, help="Exit 1 unless exactly this many valid events arrived.")) -> None:
     """Read the whole `events` topic and validate every message: shows what arrived."""
+    from rich.table import Table
+
+    from recsys.protocol import Topics
+    from recsys.replay import read_topic
+
     _broker_or_exit()
     s = read_topic(Topics.EVENTS)
     table = Table("what", "count")
@@ -159,10 +256,13 @@ def forget(
 
 @app.command()
 def settings() -> None:
-    """Print every setting with its environment variable and current value."""
-    current = get_settings()
-    console.print(markdown_table())
-    console.print(f"\nstate folder in use: {current.state_dir}\nkafka: {current.kafka_bootstrap}")
+    """Print every setting's environment variable, current value (secrets masked) and meaning."""
+    s = get_settings()
+    rows = current_values(s)
+    print("| variable | value | default | meaning |\n| --- | --- | --- | --- |")
+    for variable, value, default, meaning in rows:
+        print(f"| `{variable}` | `{value}`{' (set)' if value != default else ''} | `{default}` | {meaning} |")
+    print(f"\nstate folder in use: {s.state_dir}\nkafka: {s.kafka_bootstrap}")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,13 @@ class Settings(BaseSettings):
         "`<state_dir>/secrets/pseudonym.key` (mode 600). Never commit it.",
     )
 
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, v: Path) -> Path:
+        # Resolved once, here: a relative RECSYS_STATE_DIR (as `make demo` prints it) would otherwise mean different
+        # folders to processes started elsewhere, and Airflow refuses a relative SQLite path outright.
+        return Path(v).expanduser().resolve()
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:

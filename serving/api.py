@@ -12,6 +12,7 @@ definition time, and `k`'s limit comes from the settings, inside `_routes`.
 """
 
 import hmac
+import importlib.util
 import json
 import logging
 import threading
@@ -23,8 +24,10 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from kafka.errors import KafkaError
 from threadpoolctl import threadpool_limits
 
@@ -34,8 +37,9 @@ from recsys.io.kafka import producer
 from recsys.privacy import pseudonymise
 from recsys.protocol import Topics
 from recsys.settings import Settings, get_settings
-from serving import metrics
+from serving import metrics, ops
 from serving.batcher import Batcher
+from serving.fast import FastRecommend
 from serving.follower import ModelFollower
 from serving.model import Ranked, ServingModel, UnknownId
 from serving.schemas import (
@@ -58,10 +62,16 @@ from serving.schemas import (
 
 log = logging.getLogger("serving.api")
 STATIC = FsPath(__file__).parent / "static"
+# Swagger UI's and ReDoc's files as the `fastapi-offline` wheel ships them: the docs pages work without internet.
+DOCS_ASSETS = FsPath(importlib.util.find_spec("fastapi_offline").origin).parent / "static"
 # Ids in paths: printable, no control characters (the length limit is a setting, checked below).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 UserId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN, description="The shop's user id, or its pseudonym.")]
 ItemId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN)]
+PRIVATE = {401: {"model": Error}, 403: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}
+# The docs pages may load nothing from elsewhere (their inline bootstrap scripts and styles aside).
+SAME_ORIGIN_ONLY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                    "img-src 'self' data:; worker-src 'self' blob:; font-src 'self' data:")  # fmt: skip
 ERRORS = {400: {"model": Error}, 404: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}
 
 
@@ -70,7 +80,8 @@ def app_from_environment() -> FastAPI:
     return create_app(get_settings())
 
 
-def create_app(settings: Settings | None = None, follower: ModelFollower | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, follower: ModelFollower | None = None,
+               fast_path: bool = True) -> FastAPI:  # fmt: skip
     s = settings or get_settings()
 
     @asynccontextmanager
@@ -94,9 +105,13 @@ def create_app(settings: Settings | None = None, follower: ModelFollower | None 
         description="Recommendations from the nightly batch model merged with the speed layer's updates.",
         version="1.0",
         lifespan=lifespan,
+        docs_url=None,  # served below from the installed files, not from a CDN
+        redoc_url=None,
     )
     app.add_middleware(_BodyLimit, limit=s.serving_max_body_bytes)
     app.add_middleware(_Metrics)
+    if fast_path:  # outermost: the hot endpoint skips the framework (serving/fast.py); the rest goes on to FastAPI
+        app.add_middleware(FastRecommend, settings=s)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.settings = s
     _routes(app, s)
@@ -104,9 +119,31 @@ def create_app(settings: Settings | None = None, follower: ModelFollower | None 
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with one readable sentence ("query.k: Input should be less than or equal to 100")."""
-    parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]]
-    return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+    """422 with readable sentences ("query.k: Input should be less than or equal to 100")."""
+    parts = [_in_words(err, request) for err in exc.errors()[:5]]
+    return JSONResponse({"detail": "; ".join(dict.fromkeys(parts))}, status_code=422)
+
+
+CONTROL_WORDS = "must not contain control characters (such as NUL, tab or newline)"
+
+
+def _in_words(err: dict, request: Request) -> str:
+    """One validation error as a sentence an API user can act on (pydantic's own wording where it is one)."""
+    loc = [str(p) for p in err.get("loc", ())]
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    if kind == "json_invalid":
+        where = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return f"the request body is not valid JSON ({ctx.get('error', 'decode error')}{where})"
+    if loc == ["body"] and kind in ("model_attributes_type", "dict_type"):
+        content_type = request.headers.get("content-type", "")
+        if "json" not in content_type.lower():
+            return ("send the body as a JSON object with the header 'Content-Type: application/json'"
+                    + (f" (got {content_type!r})" if content_type else " (none was sent)"))  # fmt: skip
+        return "the request body must be a JSON object with the event's fields"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == ID_PATTERN:
+        return f"{'.'.join(loc)}: {CONTROL_WORDS}"
+    message = str(err.get("msg", "invalid"))
+    return f"{'.'.join(loc)}: {message.removeprefix('Value error, ')}"
 
 
 # --- dependencies ------------------------------------------------------------------------------
@@ -152,7 +189,7 @@ def _check_category(model: ServingModel, category: str | None) -> None:
         hint = (
             f"; known: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''}" if known else "; no catalogue loaded"
         )
-        raise HTTPException(400, f"unknown category {category!r}{hint}")
+        raise HTTPException(422, f"unknown category {category!r}{hint}")
 
 
 def _items(model: ServingModel, ranked: Ranked) -> list[Item]:
@@ -225,6 +262,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
     async def popular(model: Model, k: K = s.serving_default_k, category: str | None = None) -> Popular:
         """The items most users interacted with in the batch model's data."""
         _check_category(model, category)
+        category = model.canonical_category(category) if category is not None else None
         return Popular(model_version=model.version, category=category, items=_items(model, model.popular(k, category)))
 
     @app.post("/events", status_code=202, response_model=EventAccepted, responses={401: {"model": Error},
@@ -284,6 +322,44 @@ def _routes(app: FastAPI, s: Settings) -> None:
             metrics=m.metrics, baseline_metrics=m.baseline_metrics, kafka_offsets=m.kafka_offsets,
         )  # fmt: skip
 
+    @app.get("/ops/registry", tags=["operations"], responses={503: {"model": Error}})
+    def ops_registry(request: Request) -> dict:
+        """Every model version in the registry (`model_registry` table): its statuses over time (published,
+        rejected, not_chosen, evaluated), NDCG@k next to the popularity baseline's, the reason, which is served."""
+        current = request.app.state.follower.current
+        try:
+            return ops.registry(s, current.version if current else None, f"ndcg@{s.eval_k}")
+        except Exception as e:  # an unreadable table is the operator's news, not a crash
+            log.warning("could not read the model registry: %s", e)
+            raise HTTPException(503, f"the model registry could not be read: {type(e).__name__}") from None
+
+    @app.get("/ops/live", tags=["operations"])
+    def ops_live() -> dict:
+        """Live figures from Prometheus metrics (this server's and the speed layer's, when
+        RECSYS_SPEED_METRICS_PORT is set): lag, event and update counters, dead letters by reason, answers by
+        source, update-to-serve delay. Rates come from two readings (the dashboard polls)."""
+        return ops.live(s)
+
+    @app.get("/ops/users/{user_id}", tags=["operations"], dependencies=[Depends(require_token)],
+             responses=PRIVATE)  # fmt: skip
+    async def ops_user(user_id: UserId, model: Model, k: K = s.serving_default_k) -> dict:
+        """One user: their events since the model's cut-off and in the model's data, and their recommendations
+        now with source and explanation (needs the token: this is personal data)."""
+        return ops.user_view(model, _user(user_id, s, key), k)
+
+    @app.get("/ops/items/{item_id}", tags=["operations"], responses=ERRORS)
+    async def ops_item(item_id: ItemId, model: Model, k: K = s.serving_default_k) -> dict:
+        """One item: attributes, similar items, bought together, and how many users touched it, by event type."""
+        _check_item(item_id, s)
+        try:
+            return ops.item_view(model, item_id, k)
+        except UnknownId as e:
+            raise HTTPException(404, str(e)) from None
+
+    @app.get("/dashboard", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+
     @app.get("/health", response_model=Health, tags=["operations"])
     async def health() -> Health:
         """The process is up (it may not have a model yet: see /ready)."""
@@ -304,6 +380,33 @@ def _routes(app: FastAPI, s: Settings) -> None:
         """Prometheus metrics."""
         body, media_type = metrics.exposition()
         return Response(body, media_type=media_type)
+
+    # ReDoc's bundle shows a logo from its CDN in the sidebar, unconditionally; ours points it at the favicon.
+    redoc_js = (DOCS_ASSETS / "redoc.standalone.js").read_text(encoding="utf-8").replace(
+        "https://cdn.redoc.ly/redoc/logo-mini.svg", "/docs-assets/favicon.png")
+
+    @app.get("/docs-assets/redoc.standalone.js", include_in_schema=False)
+    def redoc_bundle() -> Response:
+        return Response(redoc_js, media_type="text/javascript", headers={"Cache-Control": "max-age=3600"})
+
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        page = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon.png")  # fmt: skip
+        page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY
+        return page
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        page = get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url="/docs-assets/redoc.standalone.js",
+                              redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)  # fmt: skip
+        page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY
+        return page
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -16,6 +16,7 @@ factor models: one matrix product, the item matrix read once per batch).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -33,6 +34,7 @@ log = logging.getLogger("serving.model")
 
 Source = Literal["speed", "batch", "popular", "content"]
 VERBS = {"view": "viewed", "add_to_cart": "added", "purchase": "bought"}
+EXCLUDED_CACHE = 200_000  # users whose model-data exclusions are kept between requests
 
 
 class UnknownId(LookupError):
@@ -99,9 +101,12 @@ class ServingModel:
         self._exclude_bits = self._bits(s.serving_exclude_event_types)
         self._exclude_types = frozenset(s.serving_exclude_event_types)
         self._cooldown_types = frozenset(s.serving_recent_exclude_types)
+        self._cooling_kinds = np.array([name in self._cooldown_types for name in self.data.event_types] or [False])
         self._new = NewItems(states=np.zeros((0, 0), np.float32))
         self._new_categories: tuple[str | None, ...] = ()
         self._recent: dict[str, _Recent] = {}
+        self._batch_excluded: dict[int, np.ndarray] = {}  # row -> its exclusions from the model's data alone
+        self._json: dict[str, tuple[bytes, bytes]] = {}  # item -> the constant parts of its JSON in an answer
         # Right to erasure: users whose batch row is erased, and each user's latest FORGET (to spot older UPs).
         self.erased: set[str] = set()
         self.forgets: dict[str, ForgetMessage] = {}
@@ -112,6 +117,9 @@ class ServingModel:
             if s.serving_index == "approximate" and factors is not None and self.model.stateful
             else None
         )
+        if self.index is None and s.serving_index == "exact":
+            # Before the first request, not during it: whatever the model's serving path builds (ALS: its norm index).
+            self.model.recommend_many([UserContext()], 1, [None], [None])
 
     def _category_of(self, item_id: str, j: int | None = None) -> str:
         meta = self.catalog.get(item_id)
@@ -212,6 +220,18 @@ class ServingModel:
             return self.data.items.title[j], self.data.items.category[j]
         return None, None
 
+    def item_json(self, item_id: str) -> tuple[bytes, bytes]:
+        """The constant parts of an item's JSON object in an answer, around its score: `{"item_id":…,"score":` and
+        `,"title":…,"category":…,"from_speed":` (built once per item: the hot endpoint joins bytes, see fast.py)."""
+        parts = self._json.get(item_id)
+        if parts is None:
+            title, category = self.item_meta(item_id)
+            head = '{"item_id":' + json.dumps(item_id, ensure_ascii=False) + ',"score":'
+            tail = (',"title":' + json.dumps(title, ensure_ascii=False) + ',"category":'
+                    + json.dumps(category, ensure_ascii=False) + ',"from_speed":')  # fmt: skip
+            parts = self._json[item_id] = (head.encode(), tail.encode())
+        return parts
+
     def canonical_category(self, category: str) -> str | None:
         """The catalogue's spelling of a category, matched without regard to case; None if unknown."""
         if category in self.category_names or category in self._new_categories:
@@ -231,13 +251,23 @@ class ServingModel:
         row = None if user_id in self.erased else self.user_index.get(user_id)
         if row is None and recent is None:
             return None
-        history = self.history(user_id) if with_speed else self._batch_history(row)
+        if recent is None:  # the batch view: slices of the model's arrays, no per-item Python
+            start, end = self.interactions.indptr[row], self.interactions.indptr[row + 1]
+            ev, lo, hi = self.data.events, self._tail_ptr[row], self._tail_ptr[row + 1]
+            lo = max(lo, hi - self.model.recent_events)
+            return UserContext(
+                row=row, items=self.interactions.indices[start:end].astype(np.int64),
+                strengths=self.interactions.data[start:end].astype(np.float32),
+                recent=ev.item[lo:hi].astype(np.int64), recent_kinds=ev.kind[lo:hi].astype(np.int8),
+                recent_ts_ms=ev.ts_ms[lo:hi].astype(np.int64),
+            )  # fmt: skip
+        history = self.history(user_id)
         events: list[tuple[int, int, int]] = []
         if row is not None:
             ev, lo, hi = self.data.events, self._tail_ptr[row], self._tail_ptr[row + 1]
             events = list(zip(ev.item[lo:hi].tolist(), ev.kind[lo:hi].tolist(), ev.ts_ms[lo:hi].tolist(), strict=True))
         limit = self.n_base  # positions request-time models index; new items enter through their state
-        for item, kind, ts in recent.events if recent is not None else ():
+        for item, kind, ts in recent.events:
             j = self.item_index.get(item)
             if j is not None and j < limit:
                 events.append((j, self._kinds.get(kind, 0), ts))
@@ -246,8 +276,7 @@ class ServingModel:
         return UserContext(
             row=row, items=keys, strengths=np.array([history[j] for j in keys.tolist()], np.float32),
             recent=np.array([e[0] for e in events], np.int64), recent_kinds=np.array([e[1] for e in events], np.int8),
-            recent_ts_ms=np.array([e[2] for e in events], np.int64),
-            state=recent.state if recent is not None else None,
+            recent_ts_ms=np.array([e[2] for e in events], np.int64), state=recent.state,
         )  # fmt: skip
 
     def prepare(self, user_id: str, k: int, exclude_seen: bool = True, category: str | None = None,
@@ -255,7 +284,16 @@ class ServingModel:
         """Everything about one request except the scoring, which `answer` does for many requests at once."""
         recent = self._recent.get(user_id)
         row = None if user_id in self.erased else self.user_index.get(user_id)
-        excluded = self._excluded(row, recent) if exclude_seen else np.zeros(0, np.int64)
+        if not exclude_seen:
+            excluded = np.zeros(0, np.int64)
+        elif recent is None and row is not None:  # depends on the model's data alone: computed once per user
+            excluded = self._batch_excluded.get(row)
+            if excluded is None:
+                if len(self._batch_excluded) >= EXCLUDED_CACHE:
+                    self._batch_excluded.clear()
+                excluded = self._batch_excluded[row] = self._excluded(row, None)
+        else:
+            excluded = self._excluded(row, recent)
         contexts = []
         now = self.context(user_id)
         if now is not None:
@@ -267,26 +305,23 @@ class ServingModel:
         return Query(user_id, k, category, excluded, contexts, recent, explain)  # type: ignore[arg-type]
 
     def answer(self, queries: list[Query]) -> list[Ranked]:
-        """Rank for many prepared queries: all their contexts are scored by one call to the recommender."""
+        """Rank for many prepared queries: all their contexts are ranked by one call to the recommender."""
         new = self._new  # one consistent view of the newer items for the whole batch
-        contexts = [c for q in queries for c in q.contexts]
-        block = self._score_block(contexts, new) if contexts and self.index is None else None
-        out, row = [], 0
+        tops = iter(self._tops(queries, new))
+        out = []
         for q in queries:
             if not q.contexts:
                 out.append(self._popular(q.k, q.category, q.excluded, new))
                 continue
-            rows = [None if block is None else block[row + i] for i in range(len(q.contexts))]
-            row += len(q.contexts)
-            tops = [self._top(c, q.k, q.excluded, q.category, new, r) for c, r in zip(q.contexts, rows, strict=True)]
-            idx, scores = tops[0]
+            ranked_views = [next(tops) for _ in q.contexts]
+            idx, scores = ranked_views[0]
             if len(idx) == 0:  # nothing the model can rank for this user (or this filter)
                 out.append(self._popular(q.k, q.category, q.excluded, new))
                 continue
             if q.recent is None:
                 ranked = Ranked(self._ids(idx, new), scores.tolist(), "batch", [False] * len(idx))
             else:
-                batch_ids = set(tops[1][0].tolist()) if len(tops) > 1 else set()
+                batch_ids = set(ranked_views[1][0].tolist()) if len(ranked_views) > 1 else set()
                 from_speed = [j not in batch_ids for j in idx.tolist()]
                 ranked = Ranked(self._ids(idx, new), scores.tolist(), "speed", from_speed, q.recent.as_of_ms)
             if len(idx) < q.k:  # top up with popular items rather than answer short
@@ -295,6 +330,21 @@ class ServingModel:
                 ranked.reasons = [self._reason(q.contexts[0], j) for j in self._positions(ranked.item_ids)]
             out.append(ranked)
         return out
+
+    def _tops(self, queries: list[Query], new: NewItems) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(positions, scores) per context of every query, in order: one `recommend_many` call for the batch
+        (exact), or the naive full sort / the approximate index per context (benchmark and large-catalogue modes)."""
+        pairs = [(q, c) for q in queries for c in q.contexts]
+        if not pairs:
+            return []
+        if self.index is None and self.settings.serving_index == "exact":
+            k = max(q.k for q, _ in pairs)
+            allowed = [self._category_mask(q.category, new) if q.category is not None else None for q, _ in pairs]
+            tops = self.model.recommend_many([c for _, c in pairs], k, [q.excluded for q, _ in pairs], allowed, new)
+            return [(i[: q.k], v[: q.k]) for (q, _), (i, v) in zip(pairs, tops, strict=True)]
+        block = self._score_block([c for _, c in pairs], new) if self.index is None else None
+        return [self._top(c, q.k, q.excluded, q.category, new, None if block is None else block[r])
+                for r, (q, c) in enumerate(pairs)]  # fmt: skip
 
     def popular(self, k: int, category: str | None = None) -> Ranked:
         if category is not None:
@@ -454,22 +504,23 @@ class ServingModel:
         window_ms = self.settings.serving_recent_exclude_s * 1000
         if window_ms <= 0 or not self._cooldown_types:
             return np.zeros(0, np.int64)
-        events: list[tuple[int, str, int]] = []
+        items, ts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        cooling = np.zeros(0, dtype=bool)
         if row is not None:
             ev, lo, hi = self.data.events, self._tail_ptr[row], self._tail_ptr[row + 1]
-            names = self.data.event_types
-            events = [(int(j), names[int(c)], int(t)) for j, c, t in zip(ev.item[lo:hi], ev.kind[lo:hi],
-                                                                         ev.ts_ms[lo:hi], strict=True)]  # fmt: skip
-        for item, kind, ts in recent.events if recent is not None else ():
-            j = self.item_index.get(item)
-            if j is not None and j < limit:
-                events.append((j, kind, ts))
-        if not events:
+            items, ts = ev.item[lo:hi].astype(np.int64), ev.ts_ms[lo:hi].astype(np.int64)
+            cooling = self._cooling_kinds[ev.kind[lo:hi].astype(np.int64)]
+        if recent is not None and recent.events:
+            extra = [(j, kind in self._cooldown_types, t) for item, kind, t in recent.events
+                     if (j := self.item_index.get(item)) is not None and j < limit]  # fmt: skip
+            if extra:
+                items = np.concatenate([items, np.array([e[0] for e in extra], np.int64)])
+                cooling = np.concatenate([cooling, np.array([e[1] for e in extra], dtype=bool)])
+                ts = np.concatenate([ts, np.array([e[2] for e in extra], np.int64)])
+        if not len(items):
             return np.zeros(0, np.int64)
         # Relative to the user's own latest event: replayed history keeps its meaning, live traffic is "now".
-        newest = max(ts for _, _, ts in events)
-        return np.array([j for j, kind, ts in events if kind in self._cooldown_types and newest - ts <= window_ms],
-                        dtype=np.int64)  # fmt: skip
+        return items[cooling & (ts.max() - ts <= window_ms)]
 
     def _bits(self, event_types: list[str]) -> int:
         names = self.manifest.event_types

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Source = Literal["speed", "batch", "popular", "content"]
 
@@ -78,6 +81,14 @@ class EventIn(BaseModel):
     price: float | None = None
 
     model_config = {"extra": "forbid"}
+
+    @field_validator("user_id", "item_id", "event_id", "session_id")
+    @classmethod
+    def _no_control_characters(cls, v: str | None) -> str | None:
+        # Checked on the raw id, before the user id is pseudonymised (a pseudonym would hide them).
+        if v is not None and CONTROL.search(v):
+            raise ValueError("must not contain control characters (such as NUL, tab or newline)")
+        return v
 
 
 class EventAccepted(BaseModel):

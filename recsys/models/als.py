@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
 from recsys.models.base import Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
+from recsys.models.norm_index import NormIndex
 from recsys.models.topk import normalize_rows, top_k_of_scores
 
 if TYPE_CHECKING:
@@ -192,6 +193,7 @@ class _ALS(Recommender):
         self.item_factors = np.zeros((0, self.params.rank), np.float32)
         self._gram: np.ndarray | None = None
         self._unit_items: np.ndarray | None = None
+        self._norm_index: NormIndex | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> _ALS:
@@ -212,7 +214,7 @@ class _ALS(Recommender):
     def fit(self, data: Dataset, spark: SparkSession | None = None) -> None:
         self.user_factors, self.item_factors = self.fit_factors(data.strengths, spark)
         self.n_items = data.n_items
-        self._gram = self._unit_items = None
+        self._gram = self._unit_items = self._norm_index = None
 
     def fit_factors(self, strengths: sp.csr_matrix, spark: SparkSession | None) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -253,6 +255,23 @@ class _ALS(Recommender):
         v = self.user_vectors(users)
         # Y·Vᵀ streams the item matrix once; BLAS runs it several times faster than V·Yᵀ here.
         return np.ascontiguousarray((np.asarray(self.item_factors, dtype=np.float32) @ v.T).T)
+
+    def recommend_many(self, users: Sequence[UserContext], k: int, exclude: Sequence[np.ndarray | None],
+                       allowed: Sequence[np.ndarray | None], new: NewItems | None = None,
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+        """Exact top-k by a norm-bounded scan of the item factors (`recsys.models.norm_index`): the same answer as
+        sorting every item's float32 score, reading only the blocks of items whose norm can still reach the top k."""
+        if not len(users):
+            return []
+        states = new.states if new is not None and len(new) else None
+        return self.norm_index.top_k(self.user_vectors(users), k, exclude, allowed, states)
+
+    @property
+    def norm_index(self) -> NormIndex:
+        """The item factors sorted by norm (a float32 copy, built on first use)."""
+        if self._norm_index is None:
+            self._norm_index = NormIndex(self.item_factors)
+        return self._norm_index
 
     def score_new_items(self, users: Sequence[UserContext], new: NewItems) -> np.ndarray:
         if not len(new):

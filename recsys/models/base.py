@@ -286,6 +286,24 @@ class Recommender(ABC):
         scores = self.score_all([user], new if new is not None else NewItems())[0]
         return select(scores, k, exclude, allowed)
 
+    def recommend_many(
+        self,
+        users: Sequence[UserContext],
+        k: int,
+        exclude: Sequence[np.ndarray | None],
+        allowed: Sequence[np.ndarray | None],
+        new: NewItems | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`recommend` for many users at once (serving's micro-batch): per user the k best positions and scores.
+
+        The default scores everything with one `score_all` and selects per user; a model with a faster exact
+        way (ALS: `recsys.models.norm_index`) overrides it. Same contract as `recommend`.
+        """
+        if not len(users):
+            return []
+        scores = self.score_all(users, new if new is not None else NewItems())
+        return [select(scores[r], k, exclude[r], allowed[r]) for r in range(len(users))]
+
     # 4. similar items and explanations ---------------------------------------------------------------
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k items most like `item` (itself excluded); empty if the model has no notion of it."""

@@ -53,7 +53,7 @@ from scipy.optimize import minimize
 
 from recsys.models import registry
 from recsys.models.base import Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
-from recsys.models.topk import _select_top
+from recsys.models.topk import _select_top, top_k_of_scores
 from recsys.models.transitions import Transitions
 
 if TYPE_CHECKING:
@@ -246,8 +246,9 @@ class Hybrid(Recommender):
         for name, model in self.components.items():
             if self.weights.get(name, 0.0) <= 0 and self.reranker is None:
                 continue
-            raw = np.nan_to_num(np.array(model.score(views[name]), dtype=np.float32), copy=False, nan=0.0,
-                                posinf=0.0, neginf=0.0)  # fmt: skip
+            raw = np.array(model.score(views[name]), dtype=np.float32)
+            if not np.isfinite(raw).all():  # one pass to check; the three of nan_to_num only when needed
+                np.nan_to_num(raw, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             scales[name] = _unseen_max(raw, seen_items)
             raw /= scales[name][:, None]
             norm[name] = raw
@@ -556,6 +557,12 @@ class _Counts:
         self.matrix.sort_indices()
         self._rows = np.concatenate([[0.0], np.cumsum(np.asarray(self.matrix.sum(axis=1)).ravel())])
         self._data = np.concatenate([[0.0], np.cumsum(self.matrix.data)])
+        # Every stored entry's (column, row) as one sorted int64 key, column-major: one searchsorted over it finds,
+        # for many columns at once, the same positions as a search inside each column's own slice.
+        n_rows = max(self.matrix.shape[0], 1)
+        columns = np.repeat(np.arange(self.matrix.shape[1], dtype=np.int64), np.diff(self.matrix.indptr))
+        self._keys = columns * (n_rows + 1) + self.matrix.indices.astype(np.int64)
+        self._stride = n_rows + 1
 
     def shares(self, items: np.ndarray, lo: int, hi: int) -> np.ndarray:
         """Each item's count in rows [lo, hi) over all counts in those rows (0 when there are none)."""
@@ -564,14 +571,9 @@ class _Counts:
         total = self._rows[hi] - self._rows[lo]
         if total <= 0:
             return np.zeros(len(items))
-        ptr, idx = self.matrix.indptr, self.matrix.indices
-        start, end = ptr[items], ptr[items + 1]
-        out = np.empty(len(items))
-        for k in range(len(items)):
-            column = idx[start[k] : end[k]]
-            a, b = start[k] + np.searchsorted(column, lo), start[k] + np.searchsorted(column, hi)
-            out[k] = self._data[b] - self._data[a]
-        return out / total
+        base = np.asarray(items, dtype=np.int64) * self._stride
+        a, b = np.searchsorted(self._keys, base + lo), np.searchsorted(self._keys, base + hi)
+        return (self._data[b] - self._data[a]) / total
 
 
 def _sparse_arrays(prefix: str, m: sp.spmatrix) -> dict[str, np.ndarray]:
@@ -584,7 +586,10 @@ def candidate_features(norm: dict[str, np.ndarray], priors: Priors, users: Seque
                        components: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(candidates users × C, features users × C × F) for the stage-1 top-C unseen items (see the module doc)."""
     s = np.where(seen, -np.inf, stage1)
-    cand, _ = _select_top(s, n_candidates)
+    if s.shape[0] <= 8:  # serving's few users: a sampled bound partitions only the scores above it (same answer)
+        cand = np.stack([top_k_of_scores(row, n_candidates)[0] for row in s]) if len(s) else np.zeros((0, 0), int)
+    else:
+        cand, _ = _select_top(s, n_candidates)
     cand = np.where(cand < 0, 0, cand)  # padding (tiny catalogues): any position, its features are what they are
     comp = np.stack([np.take_along_axis(norm[c], cand, 1) if c in norm else np.zeros(cand.shape) for c in components],
                     axis=-1)  # fmt: skip

@@ -24,7 +24,58 @@ def recent_weights(
     the number of distinct windows ts // tie_ms after its own among those events, so events in one
     window (a page of ratings submitted at once, whose order in the data says nothing) weigh the
     same. `kind_weights[k]` scales an event of type k (a purchase says more than a view); repeats add up.
+
+    Built directly in canonical CSR form (sorted columns, repeats summed in float64, then float32): this
+    runs once per component per request, and scipy's COO route cost more than the product it feeds. An
+    item repeated three or more times in one row takes that route (`_recent_weights_coo`), because there
+    the float64 sum's order — scipy's — could matter; with two terms a + b = b + a, so the matrix is the same.
     """
+    data, indices, indptr = [], [], [0]
+    for ctx in users:
+        items = ctx.recent[-last:] if last else ctx.recent[:0]
+        keep = items < n_items
+        if not keep.any():
+            indptr.append(indptr[-1])
+            continue
+        w = decay ** event_ages(ctx.recent_ts_ms[-last:] if last else ctx.recent_ts_ms[:0], len(items), tie_ms)
+        if kind_weights is not None and len(ctx.recent_kinds):
+            w = w * kind_weights[np.asarray(ctx.recent_kinds[-last:], dtype=np.int64)]
+        cols, vals = items[keep], np.asarray(w, dtype=np.float64)[keep]
+        order = np.argsort(cols, kind="stable")
+        cols, vals = cols[order], vals[order]
+        if len(cols) > 1:
+            first = np.concatenate([[True], cols[1:] != cols[:-1]])
+            if not first.all():
+                starts = np.flatnonzero(first)
+                counts = np.diff(np.append(starts, len(cols)))
+                if counts.max() > 2:
+                    return _recent_weights_coo(users, n_items, last, decay, kind_weights, tie_ms)
+                summed = vals[starts].copy()
+                pairs = counts == 2
+                summed[pairs] += vals[starts[pairs] + 1]
+                cols, vals = cols[starts], summed
+        data.append(vals)
+        indices.append(cols)
+        indptr.append(indptr[-1] + len(cols))
+    shape = (len(users), n_items)
+    if not data:
+        return sp.csr_matrix(shape, dtype=np.float32)
+    out = sp.csr_matrix((np.concatenate(data).astype(np.float32), np.concatenate(indices).astype(np.int32),
+                         np.asarray(indptr, dtype=np.int32)), shape=shape)  # fmt: skip
+    out.has_sorted_indices = True
+    out.has_canonical_format = True
+    return out
+
+
+def _recent_weights_coo(
+    users: Sequence[UserContext],
+    n_items: int,
+    last: int,
+    decay: float,
+    kind_weights: np.ndarray | None = None,
+    tie_ms: int = 0,
+) -> sp.csr_matrix:
+    """`recent_weights` through scipy's COO constructor (the original definition of the matrix)."""
     rows, cols, vals = [], [], []
     for r, ctx in enumerate(users):
         items = ctx.recent[-last:] if last else ctx.recent[:0]

@@ -1,0 +1,174 @@
+"""Exact top-k of inner products that reads only the items that can still win: blocks in decreasing norm order.
+
+A factor model scores item i for user x as x·y_i. By Cauchy–Schwarz x·y_i ≤ |x|·|y_i|,
+so once k allowed items score T, no item with |x|·|y_i| < T can enter the top k. The
+items are kept sorted by decreasing norm in blocks; a batch of users walks the blocks
+from the largest norms down, one matrix product per block for the users still active,
+and each user stops at the first block whose largest norm cannot reach their current
+k-th score. On ALS factors the norms follow popularity, so the top 10 usually come from
+the first block or two: a request reads ~1-3% of the item matrix instead of all of it
+(`bench/serving.py` reports the bytes actually read). On factors where the bound prunes
+nothing (random vectors, a zero user vector) every block is read: slower, never wrong.
+
+Exact against a fixed definition of the fp32 score c(x, y) (`canonical_scores`): the
+float32 products x_j·y_j (IEEE, one rounding each) summed in float32 by numpy's row
+reduction, whose order depends only on the rank. Every item's score is the same
+sequence of operations whatever else is in the batch, so equal
+vectors score equal and an answer never depends on its neighbours in a micro-batch
+(a BLAS product's rounding depends on blocking and on which rows are in the call).
+The block scan uses BLAS products; both they and `c` are within
+E = γ·|x|·max|y| of the real x·y (γ = 1e-5 > 64·2⁻²⁴, the float32 bound for rank ≤ 64
+with room; larger ranks scale it). With T the k-th best BLAS score among allowed
+items seen, every item whose BLAS score is below T − 4E is beaten by k items in `c`
+too, so the candidates {BLAS score ≥ T − 4E} contain the exact top k; they are
+re-scored with `c` and sorted by (score descending, item position ascending), the
+order of `recsys.models.topk.full_sort_top_k`. A block is skipped only when
+|x|·max|y in block| + E < T − 4E.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+BLOCK = 1024
+
+
+def gamma(rank: int) -> float:
+    """A float32 relative error bound of a rank-term dot product (any summation order, FMA or not), with room."""
+    u = 2.0**-24
+    return max(1e-5, 2.0 * rank * u / (1.0 - rank * u))
+
+
+def canonical_scores(vectors: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """c(x_r, y_r) for row pairs (n × rank each): float32 products, each row summed by one fixed-order reduction."""
+    x = np.asarray(vectors, dtype=np.float32)
+    y = np.asarray(items, dtype=np.float32)
+    products = np.multiply(x, y, dtype=np.float32)  # a fresh C-contiguous (n, rank) array
+    return np.add.reduce(products, axis=1, dtype=np.float32)
+
+
+def canonical_all(vector: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """c(x, y_i) for one vector against every row of `items` (the reference full scan)."""
+    y = np.asarray(items, dtype=np.float32)
+    products = np.multiply(y, np.asarray(vector, dtype=np.float32)[None, :], dtype=np.float32)
+    return np.add.reduce(products, axis=1, dtype=np.float32)
+
+
+class NormIndex:
+    """The item factors sorted by decreasing norm, in blocks, for `top_k` (see the module doc)."""
+
+    def __init__(self, factors: np.ndarray, block: int = BLOCK) -> None:
+        f = np.asarray(factors, dtype=np.float32)
+        norms = np.linalg.norm(f.astype(np.float64), axis=1) if len(f) else np.zeros(0)
+        self.n, self.rank = f.shape
+        self.order = np.argsort(-norms, kind="stable").astype(np.int64)
+        self.position = np.empty_like(self.order)
+        self.position[self.order] = np.arange(self.n)
+        self.sorted = np.ascontiguousarray(f[self.order])
+        self.block = block
+        self.starts = np.arange(0, self.n, block)
+        self.block_max = norms[self.order][self.starts] if self.n else np.zeros(0)
+        self.max_norm = float(norms.max(initial=0.0))
+        self.gamma = gamma(self.rank)
+        self.last_blocks_read = 0  # row-blocks read by the latest call (for the benchmark's bytes per request)
+
+    @property
+    def nbytes(self) -> int:
+        return self.sorted.nbytes
+
+    def top_k(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        exclude: Sequence[np.ndarray | None],
+        allowed: Sequence[np.ndarray | None],
+        new_states: np.ndarray | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per row of `vectors`: the k best item positions (new items numbered after the model's) and their scores c.
+
+        `exclude[r]`: positions never to return; `allowed[r]`: a boolean mask over all positions (or None).
+        Exactly `full_sort_top_k` of `c` over the allowed items, fewer than k only if fewer are allowed.
+        """
+        x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        b = len(x)
+        if b == 0:
+            return []
+        n_new = 0 if new_states is None else len(new_states)
+        xn = np.linalg.norm(x.astype(np.float64), axis=1)
+        new_max = float(np.linalg.norm(np.asarray(new_states, np.float64), axis=1).max()) if n_new else 0.0
+        y_max = max(self.max_norm, new_max)
+        # E per row; the absolute term covers products that underflow (or subnormals a BLAS treats as zero).
+        err = self.gamma * xn * y_max + self.rank * 2.0**-126 * (xn + y_max + 1.0)
+        kth = np.full((b, k), -np.inf, np.float32)  # the k best BLAS scores among allowed items seen, per row
+        thr = np.full(b, -np.inf)
+        # Excluded model items as (row, sorted position) pairs, once per batch.
+        ex_rows, ex_pos = _pairs([None if e is None else e[(e >= 0) & (e < self.n)] for e in exclude])
+        ex_pos = self.position[ex_pos]
+        filtered = [r for r in range(b) if allowed[r] is not None]
+        rows_c, pos_c, score_c = [], [], []
+        blocks_read = 0
+        for bi, lo in enumerate(self.starts):
+            hi = min(lo + self.block, self.n)
+            active = np.flatnonzero(xn * self.block_max[bi] + err >= thr - 4 * err)
+            if not len(active):
+                break
+            blocks_read += len(active)
+            s = x[active] @ self.sorted[lo:hi].T  # (active, block)
+            if len(ex_rows):
+                where = np.full(b, -1)
+                where[active] = np.arange(len(active))
+                hit = (ex_pos >= lo) & (ex_pos < hi) & (where[ex_rows] >= 0)
+                s[where[ex_rows[hit]], ex_pos[hit] - lo] = -np.inf
+            for r in filtered:
+                i = np.searchsorted(active, r)
+                if i < len(active) and active[i] == r:
+                    s[i, ~allowed[r][self.order[lo:hi]]] = -np.inf
+            merged = np.concatenate([kth[active], s], axis=1)
+            kth[active] = np.partition(merged, merged.shape[1] - k, axis=1)[:, -k:]
+            thr[active] = kth[active].min(axis=1)
+            rr, cc = np.nonzero((s >= (thr[active] - 4 * err[active])[:, None]) & (s > -np.inf))
+            rows_c.append(active[rr])
+            pos_c.append(self.order[cc + lo])
+            score_c.append(s[rr, cc])
+        self.last_blocks_read = blocks_read
+        rows = np.concatenate(rows_c) if rows_c else np.zeros(0, np.int64)
+        items = np.concatenate(pos_c) if pos_c else np.zeros(0, np.int64)
+        approx = np.concatenate(score_c) if score_c else np.zeros(0, np.float32)
+        keep = approx >= thr[rows] - 4 * err[rows]
+        rows, items = rows[keep], items[keep]
+        exact = canonical_scores(x[rows], self.sorted[self.position[items]]) if len(rows) else np.zeros(0, np.float32)
+        if n_new:  # every allowed new item is a candidate (there are few), scored the same way
+            new_rows, new_items = self._new_candidates(b, n_new, exclude, allowed)
+            rows = np.concatenate([rows, new_rows])
+            items = np.concatenate([items, new_items])
+            exact = np.concatenate([exact, canonical_scores(x[new_rows], new_states[new_items - self.n])])
+        finite = np.isfinite(exact)
+        rows, items, exact = rows[finite], items[finite], exact[finite]
+        order = np.lexsort((items, -exact, rows))
+        rows, items, exact = rows[order], items[order], exact[order]
+        bounds = np.searchsorted(rows, np.arange(b + 1))
+        return [(items[bounds[r] : bounds[r] + min(k, bounds[r + 1] - bounds[r])].astype(np.int64),
+                 exact[bounds[r] : bounds[r] + min(k, bounds[r + 1] - bounds[r])]) for r in range(b)]  # fmt: skip
+
+    def _new_candidates(self, b, n_new, exclude, allowed) -> tuple[np.ndarray, np.ndarray]:
+        rows, items = [], []
+        new = self.n + np.arange(n_new)
+        for r in range(b):
+            keep = np.ones(n_new, dtype=bool)
+            if exclude[r] is not None and len(exclude[r]):
+                keep &= ~np.isin(new, exclude[r])
+            if allowed[r] is not None:
+                keep &= allowed[r][self.n : self.n + n_new]
+            rows.append(np.full(int(keep.sum()), r))
+            items.append(new[keep])
+        return np.concatenate(rows).astype(np.int64), np.concatenate(items).astype(np.int64)
+
+
+def _pairs(arrays: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    parts = [(np.full(len(a), r), a) for r, a in enumerate(arrays) if a is not None and len(a)]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return (np.concatenate([p[0] for p in parts]).astype(np.int64),
+            np.concatenate([p[1] for p in parts]).astype(np.int64))  # fmt: skip

@@ -1,0 +1,123 @@
+"""The hot endpoint without the framework: `GET /recommend/{user_id}` answered at the ASGI level.
+
+FastAPI's route machinery (dependency resolution, pydantic validation of the query, the
+response model's validation and serialisation) costs more per request than ranking the
+user (`bench/serving.py`). This wrapper sits outside FastAPI and answers the plain,
+valid request itself: the user id and query parameters checked as the route checks
+them, the query prepared and put in the same micro-batch as every other request
+(`serving.batcher`), the answer written as JSON directly. Anything else — an
+invalid or unusual parameter, an unknown category, no model yet, another method or
+path — goes on to the FastAPI app unchanged, which answers it as it always has (its
+errors and its OpenAPI documentation stay the single source of truth). The answer's
+JSON is the route's, field for field: `tests/unit/test_serving_fast.py` compares them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from urllib.parse import parse_qsl
+
+from recsys.privacy import pseudonymise
+from recsys.settings import Settings
+from serving import metrics
+
+PREFIX = "/recommend/"
+ROUTE = "/recommend/{user_id}"
+PARAMS = frozenset({"k", "exclude_seen", "category", "explain"})
+BOOLS = {"true": True, "false": False, "1": True, "0": False}
+DIGITS = re.compile(r"[0-9]{1,6}")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+HEADERS = [(b"content-type", b"application/json")]
+
+
+class FastRecommend:
+    """ASGI middleware: answers valid `GET /recommend/{user_id}` requests, passes everything else on."""
+
+    def __init__(self, app, settings: Settings) -> None:
+        self.app = app
+        self.s = settings
+        self.key = settings.pseudonym_key_bytes()
+        self.ok = metrics.REQUESTS.labels(ROUTE, "200")
+        self.latency = metrics.LATENCY.labels(ROUTE)
+        self.sources = {s: metrics.ANSWERS.labels(s) for s in ("speed", "batch", "popular", "content")}
+        self.dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope["app"].state  # the FastAPI app (Starlette sets it before its middleware runs)
+        follower = getattr(state, "follower", None)
+        model = follower.current if follower is not None else None
+        args = self.parse(scope) if model is not None else None
+        if args is None:
+            await self.app(scope, receive, send)  # FastAPI answers: errors and odd cases keep one definition
+            return
+        raw_user, k, exclude_seen, category, explain = args
+        if category is not None:
+            category = model.canonical_category(category)
+            if category is None:
+                await self.app(scope, receive, send)  # unknown category: the route's error
+                return
+        pseudonym = pseudonymise(raw_user, self.key)
+        ranked = await state.batcher.submit(model, model.prepare(pseudonym, k, exclude_seen, category, explain))
+        self.sources[ranked.source].inc()
+        body = self.render(model, pseudonym, ranked)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*HEADERS, (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+        self.ok.inc()
+        self.latency.observe(time.perf_counter() - started)
+
+    def render(self, model, pseudonym: str, ranked) -> bytes:
+        """The route's JSON, joined from each item's pre-built parts (`ServingModel.item_json`) and its score."""
+        dumps = self.dumps
+        parts = [b'{"user_id":', dumps(pseudonym).encode(), b',"model_version":', dumps(model.version).encode(),
+                 b',"source":"', ranked.source.encode(), b'","as_of_ms":',
+                 b"null" if ranked.as_of_ms is None else str(int(ranked.as_of_ms)).encode(), b',"items":[']  # fmt: skip
+        reasons = ranked.reasons or [None] * len(ranked.item_ids)
+        for n, (item_id, score, fresh, why) in enumerate(zip(ranked.item_ids, ranked.scores, ranked.from_speed,
+                                                             reasons, strict=True)):  # fmt: skip
+            head, tail = model.item_json(item_id)
+            parts += [b"," if n else b"", head, float.__repr__(float(score)).encode(), tail,
+                      b"true" if fresh else b"false", b',"because":',
+                      b"null" if why is None else dumps(why).encode(), b"}"]  # fmt: skip
+        parts.append(b"]}")
+        return b"".join(parts)
+
+    def parse(self, scope) -> tuple[str, int, bool, str | None, bool] | None:
+        """(user, k, exclude_seen, category, explain) of a request the route would accept as it is; else None."""
+        user = scope["path"][len(PREFIX) :]
+        if not user or "/" in user or len(user) > self.s.max_id_length or CONTROL.search(user):
+            return None
+        k, exclude_seen, category, explain = self.s.serving_default_k, True, None, False
+        query = scope.get("query_string", b"")
+        if query:
+            try:
+                pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+            except ValueError:
+                return None
+            if len({name for name, _ in pairs}) != len(pairs):
+                return None  # a repeated parameter: the route decides which one counts
+            for name, value in pairs:
+                if name == "k":
+                    if not DIGITS.fullmatch(value) or not 1 <= int(value) <= self.s.serving_max_k:
+                        return None
+                    k = int(value)
+                elif name == "exclude_seen" or name == "explain":
+                    if value not in BOOLS:
+                        return None
+                    if name == "explain":
+                        explain = BOOLS[value]
+                    else:
+                        exclude_seen = BOOLS[value]
+                elif name == "category":
+                    if not value:
+                        return None
+                    category = value
+                elif name not in PARAMS:
+                    continue  # the route ignores unknown parameters too
+        return user, k, exclude_seen, category, explain

@@ -1,0 +1,120 @@
+"""The hybrid's faster request path gives the same answers: on MovieLens-100K users, the same top-10 and the same
+scores as the code it replaced (recency profiles through scipy's COO route, the priors read item by item, the
+candidates by one argpartition, nan_to_num on every component), for batches and for single users (serving)."""
+
+import numpy as np
+import pytest
+
+from recsys.data.movielens import attributes
+from recsys.evaluation.protocol import load_ml100k_events, make_split
+from recsys.models import content, ease, hybrid, item_knn, session_knn, slit, sparse, transitions
+from recsys.models.base import NewItems, UserContext
+from recsys.models.hybrid import Hybrid, HybridParams, _Counts, _seen_rows, _unseen_max, blend, data_pop_term
+from recsys.models.topk import _select_top
+from recsys.settings import Settings
+
+COMPONENT_MODULES = (content, ease, item_knn, session_knn, slit, transitions)
+
+
+def shares_item_by_item(self, items, lo, hi):
+    """`_Counts.shares` as it was: one searchsorted pair per item inside its column."""
+    n_rows = self.matrix.shape[0]
+    lo, hi = int(np.clip(lo, 0, n_rows)), int(np.clip(hi, 0, n_rows))
+    total = self._rows[hi] - self._rows[lo]
+    if total <= 0:
+        return np.zeros(len(items))
+    ptr, idx = self.matrix.indptr, self.matrix.indices
+    start, end = ptr[items], ptr[items + 1]
+    out = np.empty(len(items))
+    for k in range(len(items)):
+        column = idx[start[k] : end[k]]
+        a, b = start[k] + np.searchsorted(column, lo), start[k] + np.searchsorted(column, hi)
+        out[k] = self._data[b] - self._data[a]
+    return out / total
+
+
+def score_all_as_before(self, users, new):
+    """`Hybrid.score_all` as it was (nan_to_num on every component's scores), for users without new items."""
+    seen_items = [u.items[(u.items < self.n_items) & (u.items >= 0)] for u in users]
+    views = self._views(users)
+    norm, scales = {}, {}
+    for name, model in self.components.items():
+        if self.weights.get(name, 0.0) <= 0 and self.reranker is None:
+            continue
+        raw = np.nan_to_num(np.array(model.score(views[name]), dtype=np.float32), copy=False, nan=0.0,
+                            posinf=0.0, neginf=0.0)  # fmt: skip
+        scales[name] = _unseen_max(raw, seen_items)
+        raw /= scales[name][:, None]
+        norm[name] = raw
+    total = np.zeros((len(users), self.n_items), np.float32)
+    total[:, :] = blend(norm, self.weights)
+    total += data_pop_term(self.popularity)[None, :]
+    if self.reranker is not None and len(users):
+        seen = _seen_rows(users, self.n_items)
+        stage1 = total
+        cand, feats = hybrid.candidate_features(norm, self.priors, users, stage1, seen, self.reranker.n_candidates,
+                                                self.reranker.components)  # fmt: skip
+        total = self.reranker.rerank(cand, feats, stage1)
+    return total
+
+
+def candidate_features_as_before(norm, priors, users, stage1, seen, n_candidates, components):
+    """`candidate_features` as it was: the candidates chosen by one argpartition over the whole block."""
+    s = np.where(seen, -np.inf, stage1)
+    cand, _ = _select_top(s, n_candidates)
+    cand = np.where(cand < 0, 0, cand)
+    comp = np.stack([np.take_along_axis(norm[c], cand, 1) if c in norm else np.zeros(cand.shape) for c in components],
+                    axis=-1)  # fmt: skip
+    rank = np.log1p(np.broadcast_to(np.arange(cand.shape[1], dtype=np.float64), cand.shape))[..., None]
+    loglen = np.log1p(np.array([len(u.items) for u in users], np.float64))[:, None, None] * np.ones((*cand.shape, 1))
+    feats = np.concatenate([comp, priors.shares(users, cand), rank, comp * loglen, loglen], axis=-1)
+    return cand, feats
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    s = Settings()
+    split = make_split(load_ml100k_events(), test_share=0.2, event_types=list(s.event_weights), items=attributes())
+    model = Hybrid(HybridParams(tune_users=200, tune_rounds=1, rerank="always"), settings=s)
+    model.fit(split.train)
+    return model, split.train
+
+
+def top10(model: Hybrid, users: list[UserContext]) -> tuple[np.ndarray, np.ndarray]:
+    scores = model.score_all(users, NewItems())
+    for r, ctx in enumerate(users):
+        scores[r, ctx.items] = -np.inf  # what serving leaves out by default is a subset of these; any mask will do
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    return order, np.take_along_axis(scores, order, 1)
+
+
+def test_recency_profiles_are_the_same_matrices(fitted):
+    _, data = fitted
+    users = [data.context(r, 60) for r in range(data.n_users)]
+    kinds = np.array([1.0, 3.0, 5.0])
+    for args in ((50, 0.93, None, 1000), (10, 0.75, kinds, 1000), (20, 0.9, None, 0), (3, 0.5, kinds, 0)):
+        for i in range(0, len(users), 7):
+            new = sparse.recent_weights(users[i : i + 7], data.n_items, *args)
+            old = sparse._recent_weights_coo(users[i : i + 7], data.n_items, *args)
+            assert new.dtype == old.dtype and new.indices.dtype == old.indices.dtype
+            np.testing.assert_array_equal(new.indptr, old.indptr)
+            np.testing.assert_array_equal(new.indices, old.indices)
+            np.testing.assert_array_equal(new.data, old.data)
+
+
+def test_the_hybrid_answers_as_before_on_movielens_users(fitted, monkeypatch):
+    model, data = fitted
+    assert model.reranker is not None and model.priors is not None  # both stages are exercised
+    users = [data.context(r, model.recent_events) for r in range(0, data.n_users, 3)]
+    batches = [users[i : i + 16] for i in range(0, len(users), 16)] + [[u] for u in users[:60]]  # serving: 1 user
+    now = [top10(model, batch) for batch in batches]
+    with monkeypatch.context() as patch:
+        for module in COMPONENT_MODULES:
+            patch.setattr(module, "recent_weights", sparse._recent_weights_coo)
+        patch.setattr(_Counts, "shares", shares_item_by_item)
+        patch.setattr(Hybrid, "score_all", score_all_as_before)
+        patch.setattr(hybrid, "candidate_features", candidate_features_as_before)
+        before = [top10(model, batch) for batch in batches]
+    for (idx, val), (idx0, val0) in zip(now, before, strict=True):
+        np.testing.assert_array_equal(idx, idx0)
+        np.testing.assert_array_equal(val, val0)

@@ -1,0 +1,75 @@
+"""The raw ASGI path of GET /recommend answers exactly as the FastAPI route, and leaves everything else to it."""
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+from test_serving_model import CATALOG, artifact
+
+from recsys.settings import Settings
+from serving.api import create_app
+from serving.model import ServingModel
+
+KEY = "unit-test-pseudonym-key-0123456789abcdef"
+
+
+class StaticFollower:
+    """A follower that serves one model and reads no topic."""
+
+    def __init__(self, model: ServingModel) -> None:
+        self.current = model
+        self.caught_up = threading.Event()
+        self.caught_up.set()
+        self.error = None
+
+    ready = True
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def clients(tmp_path_factory):
+    s = Settings(state_dir=tmp_path_factory.mktemp("fast"), pseudonym_key=KEY, serving_write_token="t" * 32)
+    model = ServingModel(artifact(), CATALOG, s)
+    with TestClient(create_app(s, StaticFollower(model), fast_path=True)) as fast, \
+         TestClient(create_app(s, StaticFollower(model), fast_path=False)) as slow:  # fmt: skip
+        yield fast, slow
+
+
+PATHS = [
+    "/recommend/u0", "/recommend/u0?k=3", "/recommend/u1?k=40&exclude_seen=false", "/recommend/u2?category=even",
+    "/recommend/u2?category=EVEN&k=5", "/recommend/u0?explain=true&k=4", "/recommend/nobody?k=7",
+    "/recommend/u3?k=10&unknown=1", "/recommend/u0?exclude_seen=1&explain=0",
+    # errors and odd cases: the fast path hands them to the route
+    "/recommend/u0?k=0", "/recommend/u0?k=1000", "/recommend/u0?k=abc", "/recommend/u0?k=", "/recommend/u0?k=3&k=4",
+    "/recommend/u0?category=nope", "/recommend/u0?category=", "/recommend/u0?exclude_seen=maybe",
+    "/recommend/u0?exclude_seen=TRUE", "/recommend/" + "x" * 200, "/recommend/a%00b", "/recommend/a%2Fb",
+    "/recommend/", "/recommend/u0/",
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_fast_path_answers_as_the_route(clients, path):
+    fast, slow = clients
+    a, b = fast.get(path, follow_redirects=False), slow.get(path, follow_redirects=False)
+    assert a.status_code == b.status_code, (path, a.text, b.text)
+    assert a.headers.get("content-type") == b.headers.get("content-type")
+    if a.headers.get("content-type") == "application/json":
+        assert a.json() == b.json()
+
+
+def test_the_fast_path_counts_its_answers(clients):
+    fast, _ = clients
+    before = fast.get("/metrics").text
+    fast.get("/recommend/u0?k=2")
+    after = fast.get("/metrics").text
+
+    def count(text: str) -> float:
+        line = next((x for x in text.splitlines() if x.startswith('serving_requests_total{route="/recommend/{user_id}",status="200"}')), None)  # noqa: E501
+        return float(line.split()[-1]) if line else 0.0
+
+    assert count(after) == count(before) + 1
