@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import Field
@@ -62,6 +62,8 @@ class SRGNNParams(Params):
     epochs: int = Field(6, ge=1)
     time_budget_s: float = Field(540.0, gt=0, description="Training stops when this has passed (hard bound).")
     session_gap_s: int = Field(3600, ge=1, description="Without session ids: a longer gap starts a new session.")
+    output: Literal["logit", "probability"] = Field("logit", description="score(): the logits s · e_j, or their "
+                                                                         "softmax (the next-item probability).")
     seed: int = 0
 
 
@@ -123,6 +125,10 @@ class SRGNN(Recommender):
             else:
                 empty[r] = True
         out = np.ascontiguousarray((s.item_emb @ vectors.T).T)
+        if self.params.output == "probability":
+            out -= out.max(axis=1, keepdims=True)
+            np.exp(out, out=out)
+            out /= out.sum(axis=1, keepdims=True)
         out[empty] = -np.inf
         return out
 

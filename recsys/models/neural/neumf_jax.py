@@ -114,7 +114,8 @@ def train(pos_users: np.ndarray, pos_items: np.ndarray, n_users: int, n_items: i
         history.append({"epoch": epoch + 1, "loss": float(loss), "seconds": time.perf_counter() - t0,
                         "cpu_s": cpu_seconds() - c0})  # fmt: skip
         elapsed = time.perf_counter() - started
-        if time_budget_s is not None and elapsed + elapsed / (epoch + 1) > time_budget_s:
+        if time_budget_s is not None and epoch + 1 < epochs and elapsed + elapsed / (epoch + 1) > time_budget_s:
+            history[-1]["stopped_by_time_budget"] = True
             break  # the next epoch would end past the budget
     return export(params), history
 
