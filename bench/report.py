@@ -155,8 +155,9 @@ def _neural(n: dict) -> list[str]:
     for part, label in (("synthetic_next_item", "synthetic"), ("ml100k_next_item", "MovieLens-100K")):
         rows = [(name, r) for name, r in n.get(part, {}).items() if isinstance(r, dict) and f"recall@{k}" in r]
         for name, r in sorted(rows, key=lambda nr: -nr[1][f"recall@{k}"]):
+            cpu = r.get("fit_cpu_s")
             lines.append(f"| {label} | {name} | {r[f'recall@{k}']:.4f} | {r[f'mrr@{k}']:.4f} | "
-                         f"{_f(r.get('fit_cpu_s'))} |")  # fmt: skip
+                         f"{'shared' if cpu is None else f'{cpu:.0f}'} |")  # fmt: skip
     t = n.get("training_1m", {})
     if t:
         lines += ["", f"Training on {t['events']:,} synthetic events ({t['users']:,} users × {t['items']:,} items), "
