@@ -157,7 +157,7 @@ def _neural(n: dict) -> list[str]:
         for name, r in sorted(rows, key=lambda nr: -nr[1][f"recall@{k}"]):
             cpu = r.get("fit_cpu_s")
             lines.append(f"| {label} | {name} | {r[f'recall@{k}']:.4f} | {r[f'mrr@{k}']:.4f} | "
-                         f"{'shared' if cpu is None else f'{cpu:.0f}'} |")  # fmt: skip
+                         f"{'—' if cpu is None else f'{cpu:.0f}'} |")  # fmt: skip
     t = n.get("training_1m", {})
     if t:
         lines += ["", f"Training on {t['events']:,} synthetic events ({t['users']:,} users × {t['items']:,} items), "
