@@ -54,6 +54,17 @@ def seeded(name: str) -> Callable[[Settings, int], Recommender]:
     return make
 
 
+def hybrid_without(*names: str) -> Callable[[Settings, int], Recommender]:
+    """The hybrid with some components left out of its search (to measure what they add)."""
+
+    def make(s: Settings, seed: int) -> Recommender:
+        model = seeded("hybrid")(s, seed)
+        weights = {k: v for k, v in model.params.weights.items() if k not in names}  # type: ignore[attr-defined]
+        return type(model)(model.params.model_copy(update={"weights": weights}), settings=s)  # type: ignore[call-arg]
+
+    return make
+
+
 def entries(s: Settings, with_spark: bool) -> dict[str, Callable[[Settings, int], Recommender]]:
     """What the section compares: every registered recommender (Spark's only with a session), plus implicit_lib."""
     out: dict[str, Callable[[Settings, int], Recommender]] = {"popularity": seeded("popularity"),
@@ -62,6 +73,7 @@ def entries(s: Settings, with_spark: bool) -> dict[str, Callable[[Settings, int]
         if name == "popularity" or (name == "spark_als" and not with_spark):
             continue
         out[name] = seeded(name)
+    out["hybrid_without_srgnn"] = hybrid_without("srgnn")
     return out
 
 

@@ -29,8 +29,8 @@ def render(results: dict) -> str:
         "figures: `bench/results/latest.json`.",
     ]
     for name, section in (("quality", _quality), ("freshness", _freshness), ("reactivity", _reactivity),
-                          ("batch", _batch), ("batch_baseline", _batch_baseline), ("speed_layer", _speed),
-                          ("idle", _idle), ("serving", _serving),
+                          ("neural", _neural), ("batch", _batch), ("batch_baseline", _batch_baseline),
+                          ("speed_layer", _speed), ("idle", _idle), ("serving", _serving),
                           ("soak", _soak)):  # fmt: skip
         if name in results:
             try:
@@ -159,6 +159,55 @@ def _reactivity(r: dict) -> list[str]:
             lines.append(f"| {name} | {v['mean_changed']:.2f}{mark} | {v['share_unchanged']:.0%} | "
                          f"{'n/a' if cold is None else f'{cold:.3f}'} | {v['visitor_answers_scoring_zero_or_less']} "
                          f"of {v['visitor_answers']} |")  # fmt: skip
+    return lines
+
+
+def _neural(n: dict) -> list[str]:
+    k = n["params"]["k"]
+    lines = ["### Neural recommenders: next item, training time, serving latency (`bench/neural.py`)", "",
+             f"Next-item recall@{k} and MRR@{k} (ties count against the target) on the same events for every model. "
+             "Synthetic: the generator's sessions (views), the last 10% of sessions by start time are test, every "
+             "prefix predicts its next item among all items but the current last one. MovieLens-100K: every "
+             "held-out event of the time split predicted from the user's events before it, among the items they "
+             "had not rated; ALS folds the user in on that history.", "",
+             f"| data | model | recall@{k} | MRR@{k} | fit CPU s |", "|---|---|---|---|---|"]  # fmt: skip
+    for part, label in (("synthetic_next_item", "synthetic"), ("ml100k_next_item", "MovieLens-100K")):
+        rows = [(name, r) for name, r in n.get(part, {}).items() if isinstance(r, dict) and f"recall@{k}" in r]
+        for name, r in sorted(rows, key=lambda nr: -nr[1][f"recall@{k}"]):
+            cpu = r.get("fit_cpu_s")
+            lines.append(f"| {label} | {name} | {r[f'recall@{k}']:.4f} | {r[f'mrr@{k}']:.4f} | "
+                         f"{'—' if cpu is None else f'{cpu:.0f}'} |")  # fmt: skip
+    t = n.get("training_1m", {})
+    if t:
+        lines += ["", f"Training on {t['events']:,} synthetic events ({t['users']:,} users × {t['items']:,} items), "
+                      "target ≤ 600 s each:", "", "| model | wall s | CPU s | epochs | stopped by the time budget |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name in ("neumf", "srgnn"):
+            r = t[name]
+            mark = "" if r["fit_wall_s"] <= 600 else " **MISSED**"
+            lines.append(f"| {name} | {r['fit_wall_s']}{mark} | {r['fit_cpu_s']} | {r.get('epochs')} | "
+                         f"{r.get('stopped_by_time_budget')} (budget {r['time_budget_s']:.0f} s) |")  # fmt: skip
+    sv = n.get("serving_100k", {})
+    if sv:
+        r = sv["srgnn_recommend"]
+        mark = "met" if r["cpu_ms_p99"] <= 20 else "**MISSED**"
+        lines += ["", f"Serving one SR-GNN answer (`ServingModel.recommend`, top-{sv['k']}) at {sv['items']:,} items: "
+                      f"CPU p50 {r['cpu_ms_p50']} ms, p99 {r['cpu_ms_p99']} ms (target p99 ≤ 20 ms: {mark}); wall "
+                      f"p50 {r['wall_ms_p50']} ms, p99 {r['wall_ms_p99']} ms on the shared machine ({r['n']} "
+                      "requests)."]
+        for mode, v in sv.get("neumf_score", {}).items():
+            lines.append(f"NeuMF scoring at {sv['items']:,} items, {mode}: CPU p50 {v['cpu_ms_p50']} ms, p99 "
+                         f"{v['cpu_ms_p99']} ms.")  # fmt: skip
+    for key, label in (("neumf_exactness_ml100k", "MovieLens-100K"), ("neumf_exactness_synthetic", "synthetic")):
+        e = n.get(key)
+        if e:
+            lines.append(f"NeuMF served ranking vs exhaustive ({label}, {e['items']:,} items, {e['candidates']} "
+                         f"candidates): mean top-10 overlap {e['top10_overlap_mean']:.3f}, identical for "
+                         f"{e['top10_identical_share']:.0%} of {e['users']} users.")  # fmt: skip
+    u = n.get("neumf_update_ml100k")
+    if u:
+        lines.append(f"NeuMF real-time update of one user (history + one click): CPU p50 {u['cpu_ms_p50']} ms, p99 "
+                     f"{u['cpu_ms_p99']} ms.")  # fmt: skip
     return lines
 
 

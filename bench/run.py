@@ -8,10 +8,11 @@
 
 Sections: quality (MovieLens-100K, every recommender, 3 seeds, ties ordered and shuffled),
 freshness (stale vs real time vs retrain, per recommender), reactivity (top-10 change after
-one view; cold items), batch (pipeline time and memory), speed (events/s, event -> UP
-latency, next to a bare kafka-python consumer and Kafka's ConsumerPerformance /
-ProducerPerformance on the same broker), idle (CPU of each service with no traffic),
-serving (GET /recommend latency and throughput). Each figure carries its unit.
+one view; cold items), neural (next-item recall/MRR of SR-GNN vs transitions and ALS, neural
+training time at 1M events, serving latency at 100k items), batch (pipeline time and memory),
+speed (events/s, event -> UP latency, next to a bare kafka-python consumer and Kafka's
+ConsumerPerformance / ProducerPerformance on the same broker), idle (CPU of each service with
+no traffic), serving (GET /recommend latency and throughput). Each figure carries its unit.
 Every section records, when it *starts*, the commit it runs on and the time (`meta.sections`);
 a tree with uncommitted changes is refused unless `--allow-dirty`, and then marked. Also
 writes report.md, one PNG plot per section and the README's Results section. Absolute
@@ -304,6 +305,12 @@ def _reactivity(o: dict) -> dict:
     return reactivity.run(o["quick"])
 
 
+def _neural(o: dict) -> dict:
+    from bench import neural
+
+    return neural.run(o["quick"])
+
+
 def _batch(o: dict) -> dict:
     chosen = [int(x) for x in o["sizes"].split(",") if x] or ([500_000] if o["quick"] else [1_000_000, 10_000_000])
     results, base = run_batch(chosen, [e for e in o["engines"].split(",") if e], users=100_000, items=50_000,
@@ -350,18 +357,32 @@ def reactivity_table(r: dict) -> Table:
     return table
 
 
+def neural_table(r: dict) -> Table:
+    k = r["params"]["k"]
+    table = Table(title=f"next item (recall@{k} / MRR@{k}), neural training at 1M events, serving at 100k items")
+    for col in ("data", "model", f"recall@{k}", f"MRR@{k}", "fit CPU s"):
+        table.add_column(col, justify="right")
+    for part in ("synthetic_next_item", "ml100k_next_item"):
+        for name, v in r.get(part, {}).items():
+            if isinstance(v, dict) and f"recall@{k}" in v:
+                table.add_row(part, name, f"{v[f'recall@{k}']:.4f}", f"{v[f'mrr@{k}']:.4f}",
+                              str(v.get("fit_cpu_s", "")))
+    return table
+
+
 # name on the command line -> (key in latest.json, how to run it, how to show it)
 SECTIONS = {
     "quality": ("quality", _quality, lambda r: quality_table(r)),
     "freshness": ("freshness", _freshness, lambda r: freshness_table(r)),
     "reactivity": ("reactivity", _reactivity, lambda r: reactivity_table(r)),
+    "neural": ("neural", _neural, lambda r: neural_table(r)),
     "batch": ("batch", _batch, lambda r: batch_table(r)),
     "speed": ("speed_layer", _speed, lambda r: [speed_table(r), kafka_table(r)]),
     "idle": ("idle", _idle, lambda r: idle_table(r)),
     "soak": ("soak", _soak, lambda r: f"soak: {r}"),
     "serving": ("serving", _serving, lambda r: serving_table(r)),
 }
-DEFAULT_SECTIONS = "quality,freshness,reactivity,batch,speed,idle,serving"
+DEFAULT_SECTIONS = "quality,freshness,reactivity,neural,batch,speed,idle,serving"
 
 
 @app.command()

@@ -26,6 +26,8 @@ MODELS: dict[str, str] = {
     "user_knn": "recsys.models.user_knn:UserKNN",
     "user_knn_pearson": "recsys.models.user_knn:UserKnnPearson",
     "content": "recsys.models.content:Content",
+    "neumf": "recsys.models.neumf:NeuMF",
+    "srgnn": "recsys.models.srgnn:SRGNN",
     "hybrid": "recsys.models.hybrid:Hybrid",
 }
 
