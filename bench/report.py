@@ -129,15 +129,16 @@ def _freshness(f: dict) -> list[str]:
              "the batch model and the user as they were; realtime = the same model, the user's history and latest "
              "events with the streamed ones (stateful models updated as the speed layer does, ALS by exact fold-in); "
              "retrain = the same recommender fitted again on history + streamed. Recovered = (realtime − stale) / "
-             "(retrain − stale); vs ALS retrain = the same gain over ALS's retrain gain. Computed in one process with "
-             "the speed layer's code (the `speed` section measures the running speed layer).", "",
+             "(retrain − stale); vs ALS retrain = the same gain over ALS's retrain gain. A simulation: computed in one "
+             "process with the speed layer's code, the events do not go through Kafka (the `speed` section measures "
+             "the running speed layer over Kafka).", "",
              f"| model | stale NDCG@{k} | realtime | retrain | recovered (target ≥ 100%) | vs ALS retrain |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in f.items():
         if not isinstance(r, dict) or "stale" not in r:
             continue
         share, vs = r.get("recovered_share"), r.get("vs_als_retrain")
-        mark = "" if share is None or share >= 1.0 else " (missed)"
+        mark = "" if share is None or share >= 1.0 else " **MISSED**"
         lines.append(f"| {name} | {r['stale'][f'ndcg@{k}']:.4f} | {r['realtime'][f'ndcg@{k}']:.4f} | "
                      f"{r['retrain'][f'ndcg@{k}']:.4f} | {_pct(share)}{mark} | {_pct(vs)} |")  # fmt: skip
     return lines
@@ -155,7 +156,7 @@ def _reactivity(r: dict) -> list[str]:
     for name, v in r.items():
         if isinstance(v, dict) and "mean_changed" in v:
             cold = v.get("recall@10_on_cold")
-            mark = "" if v["mean_changed"] >= 3 else " (missed)"
+            mark = "" if v["mean_changed"] >= 3 else " **MISSED**"
             lines.append(f"| {name} | {v['mean_changed']:.2f}{mark} | {v['share_unchanged']:.0%} | "
                          f"{'n/a' if cold is None else f'{cold:.3f}'} | {v['visitor_answers_scoring_zero_or_less']} "
                          f"of {v['visitor_answers']} |")  # fmt: skip
@@ -262,7 +263,7 @@ def _speed(sl: dict) -> list[str]:
 
 
 def _missed(ok: bool) -> str:
-    return "" if ok else " **(missed)**"
+    return "" if ok else " **MISSED**"
 
 
 def _kafka_reference(sl: dict) -> list[str]:
@@ -343,7 +344,7 @@ def _serving(sv: dict) -> list[str]:
         "",
         "Against the naive full sort (one process): " + ", ".join(f"{m} {x}x" for m, x in speed.items()) + " the "
         "requests/s. Target: ≥ 1,000 requests/s with p99 ≤ 10 ms (exact), one process and two replicas: "
-        + ", ".join(f"{m} {'met' if ok else 'missed'}" for m, ok in sv.get("target_met", {}).items()) + ".",
+        + ", ".join(f"{m} {'met' if ok else '**MISSED**'}" for m, ok in sv.get("target_met", {}).items()) + ".",
     ]  # fmt: skip
     hv = sv.get("hybrid_vs_als")
     if hv:
@@ -354,7 +355,7 @@ def _serving(sv: dict) -> list[str]:
                   f"{'on' if hm.get('reranker') else 'off'}): p50 {hv['hybrid']['latency_ms']['p50']} vs "
                   f"{hv['als']['latency_ms']['p50']} ms, p99 {hv['hybrid']['latency_ms']['p99']} vs "
                   f"{hv['als']['latency_ms']['p99']} ms, **{hv['p99_ratio']}x** (target ≤ 2x: "
-                  f"{'met' if sv.get('hybrid_target_met') else 'missed'})."]  # fmt: skip
+                  f"{'met' if sv.get('hybrid_target_met') else '**MISSED**'})."]  # fmt: skip
     one, two = sv["modes"].get("exact/1"), sv["modes"].get("exact/2")
     if one and two:
         ratio = two["max_requests_per_s"] / one["max_requests_per_s"]
