@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.quality import hybrid_without, seeded
+from bench.quality import seeded
 from recsys.data.movielens import attributes
 from recsys.evaluation.protocol import (
     EvalSplit,
@@ -37,10 +37,7 @@ from recsys.evaluation.protocol import (
 from recsys.settings import Settings
 
 REFERENCE = Path(__file__).resolve().parents[1] / "quality_reference.json"
-# The hybrid without SR-GNN: SR-GNN's training makes the hybrid's fit ~5x longer (minutes in CI); its own quality
-# is guarded by the neural tests and the bench.
-MAKERS = {name: seeded(name) for name in ("popularity", "implicit_als", "item_knn", "transitions", "ease")}
-MAKERS["hybrid_without_srgnn"] = hybrid_without("srgnn")
+MAKERS = {name: seeded(name) for name in ("popularity", "implicit_als", "item_knn", "transitions", "ease", "hybrid")}
 MODELS = tuple(MAKERS)
 GUARDED = MODELS[1:]  # popularity is the baseline the others are compared with
 SEED = 0
