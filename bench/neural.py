@@ -360,8 +360,9 @@ def run(quick: bool, settings: Settings | None = None, n_events: int | None = No
     ptr = data.events.indptr(data.n_users)
     sessions = [srgnn.session(data.context(u, RECENT)) for u in users.tolist() if ptr[u + 1] > ptr[u]]  # type: ignore
     sessions = [x for x in sessions if len(x)]
-    out["serving_100k"] = serving_latency(srgnn, models["neumf"], sessions, 100_000,
-                                          requests or (500 if quick else 2000))
+    out["serving_100k"] = serving_latency(
+        srgnn, models["neumf"], sessions, 100_000, requests or (500 if quick else 2000)
+    )
     out["cpu_s_total"] = round(cpu_seconds() - c0, 1)
     return out
 

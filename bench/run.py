@@ -365,8 +365,9 @@ def neural_table(r: dict) -> Table:
     for part in ("synthetic_next_item", "ml100k_next_item"):
         for name, v in r.get(part, {}).items():
             if isinstance(v, dict) and f"recall@{k}" in v:
-                table.add_row(part, name, f"{v[f'recall@{k}']:.4f}", f"{v[f'mrr@{k}']:.4f}",
-                              str(v.get("fit_cpu_s", "")))
+                table.add_row(
+                    part, name, f"{v[f'recall@{k}']:.4f}", f"{v[f'mrr@{k}']:.4f}", str(v.get("fit_cpu_s", ""))
+                )
     return table
 
 
@@ -392,8 +393,11 @@ def main(
     allow_dirty: bool = typer.Option(False, help="Run on a tree with uncommitted changes (results say so)."),
     sizes: str = typer.Option("", help="Comma-separated event counts for the batch section."),
     engines: str = typer.Option("spark_als,implicit_als", help="Comma-separated recommenders for the batch section."),
-    baseline: str = typer.Option("", help="Also run the batch pipeline of this git ref (a scratch worktree), "
-                                 "side by side on the same data: e.g. the staging-commit path before native Delta."),
+    baseline: str = typer.Option(
+        "",
+        help="Also run the batch pipeline of this git ref (a scratch worktree), "
+        "side by side on the same data: e.g. the staging-commit path before native Delta.",
+    ),
 ) -> None:
     """Run the benchmarks and write bench/results/latest.json and report.md."""
     sections = [s for s in only.split(",") if s]

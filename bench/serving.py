@@ -253,7 +253,7 @@ def run(quick: bool) -> dict:
             result: dict = {"rank": rank, "n_items": len(artifact.item_ids), "n_users": len(artifact.user_ids),
                             "k": 10, "offered_rate": rate, "seconds_per_run": seconds, "modes": {},
                             "wrk": shutil.which("wrk") is not None}  # fmt: skip
-            result["exactness"] = exactness_and_bytes(s, users[:200 if quick else 500])
+            result["exactness"] = exactness_and_bytes(s, users[: 200 if quick else 500])
             result["bandwidth"] = memory_bandwidth(result["exactness"]["full_scan_bytes"])
             for mode, replicas in MODES:
                 result["modes"][f"{mode}/{replicas}"] = measure_mode(s, mode, replicas, paths, seconds, rate)

@@ -382,8 +382,11 @@ def _routes(app: FastAPI, s: Settings) -> None:
         return Response(body, media_type=media_type)
 
     # ReDoc's bundle shows a logo from its CDN in the sidebar, unconditionally; ours points it at the favicon.
-    redoc_js = (DOCS_ASSETS / "redoc.standalone.js").read_text(encoding="utf-8").replace(
-        "https://cdn.redoc.ly/redoc/logo-mini.svg", "/docs-assets/favicon.png")
+    redoc_js = (
+        (DOCS_ASSETS / "redoc.standalone.js")
+        .read_text(encoding="utf-8")
+        .replace("https://cdn.redoc.ly/redoc/logo-mini.svg", "/docs-assets/favicon.png")
+    )
 
     @app.get("/docs-assets/redoc.standalone.js", include_in_schema=False)
     def redoc_bundle() -> Response:

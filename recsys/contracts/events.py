@@ -231,4 +231,3 @@ def control_kind(headers: list[tuple[str, bytes]] | None) -> bytes | None:
         if name == CONTROL_HEADER:
             return value
     return None
-

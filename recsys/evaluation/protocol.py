@@ -113,7 +113,7 @@ def _types(events: pd.DataFrame) -> list[str]:
 
 def _ms(ts: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(ts):
-        return (ts.astype("datetime64[ms, UTC]" if ts.dt.tz is not None else "datetime64[ms]").astype("int64"))
+        return ts.astype("datetime64[ms, UTC]" if ts.dt.tz is not None else "datetime64[ms]").astype("int64")
     return ts.astype("int64")
 
 

@@ -89,15 +89,21 @@ class HybridParams(Params):
     tune: bool = Field(True, description="Choose weights (and the re-ranker) on validation carved from training.")
     tune_share: float = Field(0.2, gt=0, lt=1)
     tune_users: int = Field(2000, ge=10, description="Validation users sampled for the search.")
-    tune_cells: int = Field(30_000_000, ge=1000, description="At most users × items scores per component held "
-                                                             "while tuning (fewer users on large catalogues).")
+    tune_cells: int = Field(
+        30_000_000,
+        ge=1000,
+        description="At most users × items scores per component held while tuning (fewer users on large catalogues).",
+    )
     tune_rounds: int = Field(3, ge=1)
     grid: tuple[float, ...] = GRID
     rerank: Literal["auto", "always", "never"] = Field("auto", description="auto: kept if it wins cross-validation.")
     rerank_candidates: int = Field(50, ge=2)
     rerank_l2: tuple[float, ...] = (3.0, 30.0, 300.0)
-    position_window: int = Field(30, ge=1, description="Position prior: other users' events within ± this many "
-                                                       "positions of the user's history length.")
+    position_window: int = Field(
+        30,
+        ge=1,
+        description="Position prior: other users' events within ± this many positions of the user's history length.",
+    )
     recent_days: float = Field(60.0, gt=0, description="Recent prior: events this many days before the user's latest.")
     seed: int = 42
 
@@ -193,8 +199,9 @@ class Hybrid(Recommender):
         priors = Priors.fit(train, p.position_window, p.recent_days)
         cand, feats = candidate_features(norm, priors, contexts, stage1, seen, p.rerank_candidates, list(names))
         labels = np.take_along_axis(relevant.toarray() > 0, cand, 1).astype(np.float64)
-        reranker, self.validation["reranker_cv"] = choose_reranker(feats, labels, relevant, cand, p.rerank_l2,
-                                                                   p.seed, p.rerank == "always", list(names))
+        reranker, self.validation["reranker_cv"] = choose_reranker(
+            feats, labels, relevant, cand, p.rerank_l2, p.seed, p.rerank == "always", list(names)
+        )
         return weights, reranker
 
     # --- real time ------------------------------------------------------------------------------
@@ -345,8 +352,9 @@ class Hybrid(Recommender):
         model.validation = saved.get("validation", {})
         for name, component_params in saved["params"].items():
             component_cls = registry.model_class(name)
-            model.components[name] = component_cls.load(directory / name,
-                                                         component_cls.Params.model_validate(component_params), data)
+            model.components[name] = component_cls.load(
+                directory / name, component_cls.Params.model_validate(component_params), data
+            )
         if saved.get("reranker") is not None:
             model.reranker = Reranker.from_json(saved["reranker"])
             model.priors = Priors.load(directory / PRIORS_FILE)

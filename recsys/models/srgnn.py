@@ -62,8 +62,9 @@ class SRGNNParams(Params):
     epochs: int = Field(6, ge=1)
     time_budget_s: float = Field(540.0, gt=0, description="Training stops when this has passed (hard bound).")
     session_gap_s: int = Field(3600, ge=1, description="Without session ids: a longer gap starts a new session.")
-    output: Literal["logit", "probability"] = Field("logit", description="score(): the logits s · e_j, or their "
-                                                                         "softmax (the next-item probability).")
+    output: Literal["logit", "probability"] = Field(
+        "logit", description="score(): the logits s · e_j, or their softmax (the next-item probability)."
+    )
     seed: int = 0
 
 

@@ -56,8 +56,12 @@ class TransitionsParams(Params):
     last: int = Field(10, ge=1, description="The user's latest events that select transitions.")
     decay: float = Field(0.7, gt=0, le=1, description="Weight of an event relative to the next newer one.")
     kind_weights: dict[str, float] = Field(default_factory=lambda: {"view": 1.0, "add_to_cart": 1.0, "purchase": 1.0})
-    session_gap_s: int = Field(0, ge=0, description="Without session ids: a gap this long starts a new sequence "
-                                                    "(0: a user's whole history is one sequence).")
+    session_gap_s: int = Field(
+        0,
+        ge=0,
+        description="Without session ids: a gap this long starts a new sequence "
+        "(0: a user's whole history is one sequence).",
+    )
 
 
 class Transitions(Recommender):
