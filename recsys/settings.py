@@ -288,7 +288,7 @@ def markdown_table() -> str:
     """The README's configuration table, generated from the fields above."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
-        default = field.default_factory() if field.default_factory else field.default
+        default = field.get_default(call_default_factory=True)
         if isinstance(default, Path):
             default = str(default).replace(str(PROJECT_ROOT), ".")
         elif default is None:

@@ -46,7 +46,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -54,7 +54,7 @@ from pydantic import Field
 from scipy.optimize import minimize
 
 from recsys.models import registry
-from recsys.models.base import Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
 from recsys.models.topk import _select_top, top_k_of_scores
 from recsys.models.transitions import Transitions
 
@@ -226,8 +226,8 @@ class Hybrid(Recommender):
 
     def update_users(self, users: Sequence[UserContext]) -> np.ndarray | None:
         parts = [m.update_users(users) for _, m in self._stateful]
-        parts = [p for p in parts if p is not None]
-        return np.hstack(parts).astype(np.float32) if parts else None
+        arrays = [p for p in parts if p is not None]
+        return np.hstack(arrays).astype(np.float32) if arrays else None
 
     def realtime(self, data: Dataset) -> Realtime:
         return HybridRealtime(self, data)
@@ -345,8 +345,8 @@ class Hybrid(Recommender):
         return files
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> Hybrid:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> Hybrid:
+        model = cls(cast(HybridParams, params))
         saved = json.loads((directory / BLEND_FILE).read_text())
         model.weights = saved["weights"]
         model.validation = saved.get("validation", {})
@@ -386,8 +386,8 @@ class HybridRealtime(Realtime):
 
     def users(self, keys: Sequence[str], contexts: Sequence[UserContext]) -> np.ndarray | None:
         states = [r.users(keys, contexts) for _, r in self.parts]
-        states = [s for s in states if s is not None]
-        return np.hstack(states).astype(np.float32) if states else None
+        arrays = [s for s in states if s is not None]
+        return np.hstack(arrays).astype(np.float32) if arrays else None
 
     def new_items(self, positions: Sequence[int], touched_by: Sequence[dict[str, float]]) -> np.ndarray | None:
         states = [r.new_items(positions, touched_by) for _, r in self.parts]
@@ -589,7 +589,8 @@ class _Counts:
         return (self._data[b] - self._data[a]) / total
 
 
-def _sparse_arrays(prefix: str, m: sp.spmatrix) -> dict[str, np.ndarray]:
+# Values typed Any: numpy's `savez` stub matches `**dict[str, ndarray]` against its `allow_pickle: bool` keyword.
+def _sparse_arrays(prefix: str, m: sp.spmatrix) -> dict[str, Any]:
     return {f"{prefix}_data": m.data, f"{prefix}_indices": m.indices, f"{prefix}_indptr": m.indptr,
             f"{prefix}_shape": np.array(m.shape)}  # fmt: skip
 

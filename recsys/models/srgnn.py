@@ -34,12 +34,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 from pydantic import Field
 
-from recsys.models.base import Dataset, Params, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
 from recsys.models.topk import normalize_rows, top_k_of_scores
 
 if TYPE_CHECKING:
@@ -157,12 +157,12 @@ class SRGNN(Recommender):
 
     # --- files -----------------------------------------------------------------------------------
     def save(self, directory: Path) -> dict[str, str]:
-        np.savez(directory / WEIGHTS_FILE, **self._scorer.weights)
+        np.savez(directory / WEIGHTS_FILE, **self._scorer.weights)  # type: ignore[arg-type]  # numpy stub: **arrays vs allow_pickle
         return {"weights": WEIGHTS_FILE}
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> SRGNN:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> SRGNN:
+        model = cls(cast(SRGNNParams, params))
         with np.load(directory / WEIGHTS_FILE) as f:
             model.scorer = SRGNNScorer({k: f[k] for k in f.files})
         model.n_items = data.n_items
