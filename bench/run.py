@@ -134,7 +134,7 @@ def run_batch(sizes: list[int], engines: list[str], users: int, items: int,
                         base_env = {**bench_env(base_state, port), "PYTHONPATH": str(base_tree)}
                     for engine in engines:
                         results[engine][str(n)] = _time_pipeline(engine, n, env)
-                        if base_env and base is not None:
+                        if base_env and base is not None and base_tree is not None:
                             base[engine][str(n)] = _time_pipeline(engine, n, base_env, cwd=base_tree)
                             base[engine][str(n)]["this_commit"] = {k: results[engine][str(n)][k]
                                                                    for k in ("seconds", "steps_s")}  # fmt: skip
