@@ -157,7 +157,8 @@ class SRGNN(Recommender):
 
     # --- files -----------------------------------------------------------------------------------
     def save(self, directory: Path) -> dict[str, str]:
-        np.savez(directory / WEIGHTS_FILE, **self._scorer.weights)  # type: ignore[arg-type]  # numpy stub: **arrays vs allow_pickle
+        # numpy's stub matches `**dict[str, ndarray]` against savez's `allow_pickle: bool` keyword.
+        np.savez(directory / WEIGHTS_FILE, **self._scorer.weights)  # type: ignore[arg-type]
         return {"weights": WEIGHTS_FILE}
 
     @classmethod
