@@ -46,9 +46,10 @@ test: venv jars  ## run the whole test suite (starts and stops its own broker an
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
-lint: venv  ## ruff
+lint: venv  ## ruff (lint and format check), then mypy; fails on any finding
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 broker: venv jars  ## start the local Kafka (one KRaft node) on 127.0.0.1 (default state folder)
 	$(PY) -m infra.broker start

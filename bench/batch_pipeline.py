@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import typer
 
@@ -21,6 +23,8 @@ from jobs.publish import publish
 from jobs.train import train
 from recsys import protocol
 
+T = TypeVar("T")
+
 
 def main(engine: str = typer.Option(...)) -> None:
     """Clean, train, evaluate and publish once; print the timings as JSON."""
@@ -29,7 +33,7 @@ def main(engine: str = typer.Option(...)) -> None:
     steps: dict[str, float] = {"spark_start": time.monotonic() - t0}
     version = protocol.new_version(model=engine)
 
-    def step(name: str, fn) -> object:
+    def step(name: str, fn: Callable[[], T]) -> T:
         started = time.monotonic()
         out = fn()
         steps[name] = time.monotonic() - started

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -159,7 +160,7 @@ def measure(make: Callable[[], Recommender], fs: FreshnessSplit, k: int = 10) ->
     }
     ndcg = f"ndcg@{k}"
     share = recovered_share(scored["stale"][ndcg], scored["realtime"][ndcg], scored["retrain"][ndcg])
-    return {**{name: _summary(m, k) for name, m in scored.items()},  # type: ignore[arg-type]
+    return {**{name: _summary(m, k) for name, m in scored.items()},
             "recovered_share": share, "seconds": {n: round(v, 3) for n, v in seconds.items()}}  # fmt: skip
 
 
@@ -168,7 +169,7 @@ def run(quick: bool, settings: Settings | None = None, only: list[str] | None = 
     s = settings or get_settings()
     fs = make_freshness_split(load_ml100k_events(), s.eval_test_share, list(s.event_weights))
     names = [n for n in registry.names() if n != "spark_als" and (not only or n in only or n == REFERENCE)]
-    out: dict = {name: measure(lambda n=name: registry.create(n, s), fs, s.eval_k) for name in names}
+    out: dict = {name: measure(partial(registry.create, name, s), fs, s.eval_k) for name in names}
     ndcg = f"ndcg@{s.eval_k}"
     if REFERENCE in out:
         als = out[REFERENCE]

@@ -73,6 +73,13 @@ def consumer_performance(s: Settings, records: int) -> dict:
             "mb_per_s": float(stats["MB.sec"])}  # fmt: skip
 
 
+def _group(pattern: str, text: str) -> str:
+    """The first group of `pattern` in the tool's summary line."""
+    match = re.search(pattern, text)
+    assert match is not None, (pattern, text)  # the tool's output format changed
+    return match[1]
+
+
 def producer_performance(s: Settings, records: int, record_bytes: int, topic: str = "perf-producer") -> dict:
     """Kafka's ProducerPerformance: `records` records of `record_bytes` as fast as it can, acks=all, idempotent,
     the same linger and batch size as our producers (`recsys.io.kafka.producer`)."""
@@ -83,7 +90,7 @@ def producer_performance(s: Settings, records: int, record_bytes: int, topic: st
     last = [line for line in out.splitlines() if "records sent" in line][-1]
     # "500000 records sent, 123456.7 records/sec (23.55 MB/sec), 12.34 ms avg latency, 345.00 ms max latency,
     #  10 ms 50th, 30 ms 95th, 40 ms 99th, 50 ms 99.9th."
-    rate = re.search(r"([\d.]+) records/sec", last)[1]
-    p50, p99 = re.search(r"(\d+) ms 50th", last)[1], re.search(r"(\d+) ms 99th", last)[1]
+    rate = _group(r"([\d.]+) records/sec", last)
+    p50, p99 = _group(r"(\d+) ms 50th", last), _group(r"(\d+) ms 99th", last)
     return {"records": records, "record_bytes": record_bytes, "records_per_s": round(float(rate)),
             "latency_ms_p50": int(p50), "latency_ms_p99": int(p99)}  # fmt: skip

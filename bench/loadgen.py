@@ -19,6 +19,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -90,7 +91,9 @@ async def _run(
     }
 
 
-async def _load(servers, paths, connections, seconds, interval, latencies, failures) -> None:
+async def _load(
+    servers: Sequence[tuple[str | None, int]], paths, connections, seconds, interval, latencies, failures
+) -> None:
     """Connection i goes to servers[i % len(servers)]: a client-side round-robin balancer over replicas."""
     start = time.perf_counter()
     deadline = start + seconds

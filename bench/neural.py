@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -111,6 +112,7 @@ def next_item(model: Recommender, contexts: Sequence[UserContext], targets: np.n
         ctx = list(contexts[lo : lo + batch])
         if fold_in and model.stateful:
             states = model.update_users(ctx)
+            assert states is not None  # a stateful model's
             ctx = [UserContext(c.row, c.items, c.strengths, c.recent, c.recent_ts_ms, c.recent_kinds, st)
                    for c, st in zip(ctx, states, strict=True)]  # fmt: skip
         ranks[lo : lo + batch] = pessimistic_ranks(model.score(ctx), targets[lo : lo + batch],
@@ -154,8 +156,10 @@ def synthetic_next_item(n_events: int, s: Settings) -> dict:
     cut = np.quantile(start, 1.0 - TEST_SHARE)
     train = subset(data, start < cut)
     test = ev.take(start >= cut)
+    assert test.session is not None  # synthetic events carry session ids
     order = np.lexsort((np.arange(len(test)), test.ts_ms, test.session))  # each session's events in time order
     test = test.take(order)
+    assert test.session is not None
     sessions = build_sessions(test, np.r_[True, test.session[1:] != test.session[:-1]])
     begins, ends, targets = prefix_examples(sessions)
     ts = test.ts_ms  # build_sessions dropped consecutive repeats: recover each kept event's time
@@ -189,6 +193,7 @@ def ml100k_next_item(s: Settings, seeds: Sequence[int]) -> dict:
                                   event_types=list(train.event_types))  # fmt: skip
     ptr_full, ptr_train = full.events.indptr(full.n_users), train.events.indptr(train.n_users)
     ev = full.events
+    assert ev.weight is not None  # built from weighted events
     contexts, targets, exclude = [], [], []
     for u in range(full.n_users):
         lo, n_train, hi = ptr_full[u], ptr_train[u + 1] - ptr_train[u], ptr_full[u + 1]
@@ -290,11 +295,11 @@ def serving_latency(srgnn: Recommender, neumf: Recommender, sessions: list[np.nd
 
     from recsys.io.model_store import ModelArtifact, build_manifest
     from recsys.models.neumf import NeuMFScorer
-    from recsys.models.srgnn import SRGNN, SRGNNScorer
+    from recsys.models.srgnn import SRGNN, SRGNNParams, SRGNNScorer
     from recsys.protocol import VectorUpdate
     from serving.model import ServingModel
 
-    model = SRGNN(srgnn.params)
+    model = SRGNN(cast("SRGNNParams", srgnn.params))
     model.scorer = SRGNNScorer(enlarged(srgnn.scorer.weights, "item_emb", n_items))  # type: ignore[attr-defined]
     model.n_items = n_items
     item_ids = np.array([f"i{j:06d}" for j in range(n_items)], dtype=object)
@@ -318,6 +323,7 @@ def serving_latency(srgnn: Recommender, neumf: Recommender, sessions: list[np.nd
             wall.append(time.perf_counter() - t0)
             assert ranked.source == "speed" and len(ranked.item_ids) == 20
             ctx = serving.context(user)
+            assert ctx is not None  # the update just applied
             c0 = time.thread_time()
             model.score([ctx])
             model_cpu.append(time.thread_time() - c0)
@@ -360,8 +366,9 @@ def run(quick: bool, settings: Settings | None = None, n_events: int | None = No
     ptr = data.events.indptr(data.n_users)
     sessions = [srgnn.session(data.context(u, RECENT)) for u in users.tolist() if ptr[u + 1] > ptr[u]]  # type: ignore
     sessions = [x for x in sessions if len(x)]
-    out["serving_100k"] = serving_latency(srgnn, models["neumf"], sessions, 100_000,
-                                          requests or (500 if quick else 2000))
+    out["serving_100k"] = serving_latency(
+        srgnn, models["neumf"], sessions, 100_000, requests or (500 if quick else 2000)
+    )
     out["cpu_s_total"] = round(cpu_seconds() - c0, 1)
     return out
 

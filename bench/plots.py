@@ -8,7 +8,7 @@ the Agg canvas: no pyplot global state and no display needed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ def _k(section: dict) -> int:
     return int(section.get("params", {}).get("k", 10))
 
 
-def _grouped_bars(ax, groups: Sequence[str], series: dict[str, Sequence[float]], value_fmt: str = "{:.3f}") -> None:
+def _grouped_bars(ax, groups: Sequence[str], series: Mapping[str, Sequence[float]], value_fmt: str = "{:.3f}") -> None:
     """One cluster per group, one bar per series inside it, each bar labelled with its value."""
     x = np.arange(len(groups))
     width = 0.8 / max(1, len(series))

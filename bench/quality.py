@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -113,11 +113,11 @@ def run(quick: bool, spark: SparkSession | None = None, settings: Settings | Non
                 started = time.perf_counter()
                 model.fit(split.train, spark)
                 seconds = time.perf_counter() - started
-                metrics, users, ndcg = evaluate(model, split, k=k, per_user=True)  # type: ignore[misc]
+                metrics, users, ndcg = evaluate(model, split, k=k, per_user=True)
                 entry = per_model.setdefault(name, {"runs": [], "params": model.params.model_dump()})
                 entry["runs"].append({**metrics, "fit_seconds": round(seconds, 2), "seed": seed})
                 per_user[name].append(ndcg)
-        summary: dict[str, dict] = {}
+        summary: dict[str, Any] = {}  # per model a dict, and "users": a count
         reference = np.mean(per_user[REFERENCE], axis=0) if REFERENCE in per_user else None
         for name, entry in per_model.items():
             runs = entry["runs"]

@@ -192,10 +192,13 @@ def _neural(n: dict) -> list[str]:
     if sv:
         r = sv["srgnn_recommend"]
         mark = "met" if r["cpu_ms_p99"] <= 20 else "**MISSED**"
-        lines += ["", f"Serving one SR-GNN answer (`ServingModel.recommend`, top-{sv['k']}) at {sv['items']:,} items: "
-                      f"CPU p50 {r['cpu_ms_p50']} ms, p99 {r['cpu_ms_p99']} ms (target p99 ≤ 20 ms: {mark}); wall "
-                      f"p50 {r['wall_ms_p50']} ms, p99 {r['wall_ms_p99']} ms on the shared machine ({r['n']} "
-                      "requests)."]
+        lines += [
+            "",
+            f"Serving one SR-GNN answer (`ServingModel.recommend`, top-{sv['k']}) at {sv['items']:,} items: "
+            f"CPU p50 {r['cpu_ms_p50']} ms, p99 {r['cpu_ms_p99']} ms (target p99 ≤ 20 ms: {mark}); wall "
+            f"p50 {r['wall_ms_p50']} ms, p99 {r['wall_ms_p99']} ms on the shared machine ({r['n']} "
+            "requests).",
+        ]
         for mode, v in sv.get("neumf_score", {}).items():
             lines.append(f"NeuMF scoring at {sv['items']:,} items, {mode}: CPU p50 {v['cpu_ms_p50']} ms, p99 "
                          f"{v['cpu_ms_p99']} ms.")  # fmt: skip

@@ -134,7 +134,7 @@ def run_batch(sizes: list[int], engines: list[str], users: int, items: int,
                         base_env = {**bench_env(base_state, port), "PYTHONPATH": str(base_tree)}
                     for engine in engines:
                         results[engine][str(n)] = _time_pipeline(engine, n, env)
-                        if base_env and base is not None:
+                        if base_env and base is not None and base_tree is not None:
                             base[engine][str(n)] = _time_pipeline(engine, n, base_env, cwd=base_tree)
                             base[engine][str(n)]["this_commit"] = {k: results[engine][str(n)][k]
                                                                    for k in ("seconds", "steps_s")}  # fmt: skip
@@ -365,8 +365,9 @@ def neural_table(r: dict) -> Table:
     for part in ("synthetic_next_item", "ml100k_next_item"):
         for name, v in r.get(part, {}).items():
             if isinstance(v, dict) and f"recall@{k}" in v:
-                table.add_row(part, name, f"{v[f'recall@{k}']:.4f}", f"{v[f'mrr@{k}']:.4f}",
-                              str(v.get("fit_cpu_s", "")))
+                table.add_row(
+                    part, name, f"{v[f'recall@{k}']:.4f}", f"{v[f'mrr@{k}']:.4f}", str(v.get("fit_cpu_s", ""))
+                )
     return table
 
 
@@ -392,8 +393,11 @@ def main(
     allow_dirty: bool = typer.Option(False, help="Run on a tree with uncommitted changes (results say so)."),
     sizes: str = typer.Option("", help="Comma-separated event counts for the batch section."),
     engines: str = typer.Option("spark_als,implicit_als", help="Comma-separated recommenders for the batch section."),
-    baseline: str = typer.Option("", help="Also run the batch pipeline of this git ref (a scratch worktree), "
-                                 "side by side on the same data: e.g. the staging-commit path before native Delta."),
+    baseline: str = typer.Option(
+        "",
+        help="Also run the batch pipeline of this git ref (a scratch worktree), "
+        "side by side on the same data: e.g. the staging-commit path before native Delta.",
+    ),
 ) -> None:
     """Run the benchmarks and write bench/results/latest.json and report.md."""
     sections = [s for s in only.split(",") if s]

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import psutil
@@ -39,6 +40,7 @@ from bench.speed import build_model
 from infra import processes
 from recsys.data import catalog
 from recsys.io import model_store
+from recsys.models.als import ImplicitALS
 from recsys.models.norm_index import canonical_all
 from recsys.models.topk import PAD, full_sort_top_k
 from recsys.settings import PROJECT_ROOT, Settings
@@ -157,10 +159,12 @@ def _timed(f, *args) -> float:
 def exactness_and_bytes(s: Settings, users: list[str], k: int = 10) -> dict:
     """In process, on the served model: the exact path's answers against the fp32 full sort (the canonical
     float32 score of every item, sorted) and against the BLAS full sort; and the bytes its scan read."""
-    artifact = model_store.load(model_store.latest_published(s))
+    published = model_store.latest_published(s)
+    assert published is not None  # build_model published one
+    artifact = model_store.load(published)
     exact = ServingModel(artifact, {}, s.model_copy(update={"serving_index": "exact"}))
     blas = ServingModel(artifact, {}, s.model_copy(update={"serving_index": "full_sort"}))
-    model = exact.model
+    model = cast(ImplicitALS, exact.model)  # build_model's
     index = model.norm_index
     items = np.asarray(model.item_factors, np.float32)
     same_fp32 = same_blas = 0
@@ -217,7 +221,7 @@ def build_hybrid(s: Settings, n_users: int, n_items: int, history_events: int) -
 def hybrid_vs_als(als: Settings, hybrid: Settings, als_paths: Path, hybrid_paths: Path, seconds: float,
                   rate: float) -> dict:  # fmt: skip
     """One replica of each at the same offered rate (open loop), one after the other in this run."""
-    out = {}
+    out: dict[str, Any] = {}
     for name, s, paths in (("als", als, als_paths), ("hybrid", hybrid, hybrid_paths)):
         config = s.model_copy(update={"serving_index": "exact"})
         procs = _serve([config], s, f"{name}-latency")
@@ -253,7 +257,7 @@ def run(quick: bool) -> dict:
             result: dict = {"rank": rank, "n_items": len(artifact.item_ids), "n_users": len(artifact.user_ids),
                             "k": 10, "offered_rate": rate, "seconds_per_run": seconds, "modes": {},
                             "wrk": shutil.which("wrk") is not None}  # fmt: skip
-            result["exactness"] = exactness_and_bytes(s, users[:200 if quick else 500])
+            result["exactness"] = exactness_and_bytes(s, users[: 200 if quick else 500])
             result["bandwidth"] = memory_bandwidth(result["exactness"]["full_scan_bytes"])
             for mode, replicas in MODES:
                 result["modes"][f"{mode}/{replicas}"] = measure_mode(s, mode, replicas, paths, seconds, rate)
@@ -261,7 +265,9 @@ def run(quick: bool) -> dict:
             hs = s.model_copy(update={"state_dir": Path(tmp) / "hybrid", "serving_port": s.serving_port + 2})
             hs.state_dir.mkdir(parents=True)
             result["hybrid_model"] = build_hybrid(hs, n_users, n_items, events)
-            hybrid_artifact = model_store.load(model_store.latest_published(hs))
+            hybrid_published = model_store.latest_published(hs)
+            assert hybrid_published is not None  # build_hybrid published one
+            hybrid_artifact = model_store.load(hybrid_published)
             hybrid_users = rng.choice(hybrid_artifact.user_ids, size=2_000, replace=False).tolist()
             result["hybrid_vs_als"] = hybrid_vs_als(s, hs, paths, _paths(hs, hybrid_users, k=10), seconds,
                                                     rate=20 if quick else 50)  # fmt: skip

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from kafka import TopicPartition
@@ -57,7 +58,7 @@ def build_model(
 
 def solve_cost_per_user(artifact: model_store.ModelArtifact, batch: int = 2000, repeats: int = 5) -> dict:
     """Median microseconds per user of one batched fold-in over users' full training histories."""
-    fold = FoldIn(artifact.item_factors, artifact.model.objective)
+    fold = FoldIn(artifact.item_factors, cast(ImplicitALS, artifact.model).objective)  # build_model's
     rows = artifact.interactions[:batch]
     times = []
     for _ in range(repeats):
@@ -119,7 +120,9 @@ def publish_cutoff(s: Settings) -> int:
 
     Returns the number of events it covers.
     """
-    artifact = model_store.load(model_store.latest_published(s))
+    published = model_store.latest_published(s)
+    assert published is not None  # the benches call this after build_model published one
+    artifact = model_store.load(published)
     offsets = end_offsets(Topics.EVENTS, s)
     version = protocol.new_version(model="bench")
     artifact.manifest = artifact.manifest.model_copy(update={"model_version": version, "kafka_offsets": offsets})
@@ -205,7 +208,11 @@ def run(quick: bool) -> dict:
         broker.start(s)
         try:
             artifact = build_model(s, n_users, n_items, rank, history_events=300_000 if quick else 1_000_000)
-            result = {"rank": rank, "n_items": len(artifact.item_ids), "n_users": len(artifact.user_ids)}
+            result: dict[str, Any] = {
+                "rank": rank,
+                "n_items": len(artifact.item_ids),
+                "n_users": len(artifact.user_ids),
+            }
             result.update(solve_cost_per_user(artifact))
             # Latency first, on an empty log, at the target rate.
             lat = latency(s, n_users, n_items, rate=1_000, seconds=10 if quick else 30)

@@ -20,11 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING, cast
 
 from recsys.data.movielens import attributes
 from recsys.evaluation.protocol import EvalSplit, evaluate, load_ml100k_events, make_split, time_split
 from recsys.models import registry
 from recsys.settings import get_settings
+
+if TYPE_CHECKING:
+    from recsys.models.hybrid import Hybrid
 
 TEST_SHARE = 0.2
 MIN_GAIN = 0.002
@@ -63,7 +67,7 @@ def validation_split() -> tuple[EvalSplit, object]:
 def score(name: str, params: dict, val: EvalSplit) -> float:
     model = registry.create(name, get_settings(), params)
     model.fit(val.train)
-    return float(evaluate(model, val)["ndcg@10"])  # type: ignore[index]
+    return float(evaluate(model, val)["ndcg@10"])
 
 
 def search(name: str, val: EvalSplit, log=print) -> dict:
@@ -89,7 +93,7 @@ def search(name: str, val: EvalSplit, log=print) -> dict:
 
 def hybrid(train_part, log=print) -> dict:
     """The hybrid's own in-fit tuning on the train part (its holdout is the validation split above)."""
-    model = registry.create("hybrid", get_settings())
+    model = cast("Hybrid", registry.create("hybrid", get_settings()))
     started = time.perf_counter()
     model.fit(train_part)
     out = {"weights": model.weights, "reranker_kept": model.reranker is not None,

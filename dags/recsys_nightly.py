@@ -68,7 +68,6 @@ with DAG(
     },
     tags=["recsys"],
 ) as dag:
-
     archive_compact = spark_job("archive_compact", ["{{ '--drain' if params.drain_events else '--no-drain' }}"])
     clean = spark_job("clean", [])
     features = spark_job("features", [])

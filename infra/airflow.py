@@ -35,8 +35,16 @@ SERVICES = {
     "scheduler": ["scheduler", "--skip-serve-logs"],
     "dag-processor": ["dag-processor"],
     # Airflow's task-log server app, on loopback only (`airflow serve-logs` would bind every interface).
-    "log-server": ["-m", "uvicorn", "airflow.utils.serve_logs.log_server:create_app", "--factory",
-                   "--host", "127.0.0.1", "--log-level", "warning"],
+    "log-server": [
+        "-m",
+        "uvicorn",
+        "airflow.utils.serve_logs.log_server:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--log-level",
+        "warning",
+    ],
 }
 PASSWORDS = "simple_auth_manager_passwords.json.generated"
 

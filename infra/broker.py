@@ -37,7 +37,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -359,17 +359,18 @@ def start(settings: Settings | None = None, nodes: int | None = None, timeout_s:
     for node in layout_:
         if pids[node.node_id] is None:
             pids[node.node_id] = _spawn(paths.node(node.node_id), node)
+    running = cast("dict[int, int]", pids)  # every node has a PID now
     everyone = s.model_copy(update={"kafka_bootstrap": cluster_bootstrap(layout_)})
     deadline = time.monotonic() + timeout_s
     try:
         for node in layout_:
             address = s.model_copy(update={"kafka_bootstrap": node.address})
-            _wait_answers(address, pids[node.node_id], paths.node(node.node_id), deadline)
+            _wait_answers(address, running[node.node_id], paths.node(node.node_id), deadline)
         _wait_registered(everyone, len(layout_), deadline)
     except BrokerUnavailable as e:
         raise BrokerUnavailable(f"{e}\n{_tails(paths, layout_)}") from None
     ensure_topics(everyone.model_copy(update={"kafka_replication_factor": min(len(layout_), 3)}))
-    return pids[1]
+    return running[1]
 
 
 def _wait_answers(s: Settings, pid: int, paths: NodePaths, deadline: float) -> None:

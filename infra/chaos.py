@@ -22,6 +22,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,7 +36,7 @@ from recsys.data.synthetic import SyntheticConfig, iter_messages
 from recsys.io import lake
 from recsys.io.kafka import bootstrap, consumer, end_offsets, read_to_end
 from recsys.io.model_store import ModelArtifact
-from recsys.models.als import FoldIn
+from recsys.models.als import FoldIn, ImplicitALS, SparkALS
 from recsys.protocol import Topics, VectorUpdate
 from recsys.replay import replay
 from recsys.settings import Settings
@@ -240,7 +241,7 @@ def stored_counts(s: Settings) -> dict:
 
 def latest_updates(s: Settings) -> dict[tuple[str, str], VectorUpdate]:
     """The newest UP per (kind, id) on `model-updates` (a tombstone of a forgotten user removes theirs)."""
-    latest = {}
+    latest: dict[tuple[str, str], VectorUpdate] = {}
     for records in read_to_end(Topics.MODEL_UPDATES, s):
         for r in records:
             if r.key.startswith(b"UP:"):
@@ -260,12 +261,12 @@ def expected_user_vectors(artifact: ModelArtifact, stream: list[Event], weights:
     """
     index = {it: j for j, it in enumerate(artifact.item_ids)}
     rows = {u: i for i, u in enumerate(artifact.user_ids)}
-    delta = defaultdict(lambda: np.zeros(len(index)))
+    delta: defaultdict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(index)))
     new_item_users = {e.user_id for e in stream if e.item_id not in index}
     for e in stream:
         if e.item_id in index:
             delta[e.user_id][index[e.item_id]] += weights[e.event_type]
-    fold = FoldIn(artifact.item_factors, artifact.model.objective)
+    fold = FoldIn(artifact.item_factors, cast("ImplicitALS | SparkALS", artifact.model).objective)
     out = {}
     for user, d in delta.items():
         if user not in new_item_users:
@@ -282,6 +283,7 @@ def check_user_vectors(s: Settings, artifact: ModelArtifact, stream: list[Event]
     for user, vector in expected.items():
         up = updates[("user", user)]
         assert up.model_version == artifact.manifest.model_version, (user, up.model_version)
+        assert up.vector is not None, user
         np.testing.assert_allclose(up.vector, vector, rtol=2e-3, atol=2e-4, err_msg=user)
     return len(expected)
 
@@ -358,18 +360,21 @@ def ups_against_offsets(artifact: ModelArtifact, history: dict[str, list[tuple[i
                 nz = np.flatnonzero(row)
                 snapshots[(user, offset)] = None if new_item else (nz, row[nz])
     wanted: dict[tuple[str, int], int] = {}
-    data, indices, indptr = [], [], [0]
+    data: list[float] = []
+    indices: list[int] = []
+    indptr = [0]
     pending: list[tuple[VectorUpdate, int]] = []
     for up in mine:
         key = (up.id, up.source_offset)
         if key not in snapshots:
             result.mismatched.append(f"{up.id}: source offset {up.source_offset} is none of the user's events")
             continue
-        if snapshots[key] is None:
+        snapshot = snapshots[key]
+        if snapshot is None:
             result.skipped_new_items += 1
             continue
         if key not in wanted:
-            nz, values = snapshots[key]
+            nz, values = snapshot
             data.extend(values)
             indices.extend(nz)
             indptr.append(len(indices))
@@ -378,7 +383,7 @@ def ups_against_offsets(artifact: ModelArtifact, history: dict[str, list[tuple[i
     if not pending:
         return result
     matrix = sp.csr_matrix((data, indices, indptr), shape=(len(wanted), len(index)))
-    expected = FoldIn(artifact.item_factors, artifact.model.objective).vectors(matrix)
+    expected = FoldIn(artifact.item_factors, cast("ImplicitALS | SparkALS", artifact.model).objective).vectors(matrix)
     got = np.array([up.vector for up, _ in pending], dtype=np.float64)
     want = expected[[r for _, r in pending]]
     close = np.all(np.isclose(got, want, rtol=2e-3, atol=2e-4), axis=1)

@@ -55,6 +55,7 @@ def clean(spark: SparkSession, bronze_version: int | None = None, settings: Sett
     kept = unique.join(F.broadcast(bots), "user_id", "left_anti")
     late = F.col("ingested_at").cast("long") - F.col("ts").cast("long") > LATE_AFTER_S
     totals = kept.agg(F.count(F.lit(1)), F.sum(late.cast("int"))).first()
+    assert totals is not None  # an aggregate without grouping is one row
     report.rows_out, report.late_events = int(totals[0]), int(totals[1] or 0)
     n_valid = report.rows_in - sum(report.dropped.values())
     report.dropped.update({"duplicate": n_valid - n_unique, "bot": n_unique - report.rows_out})
@@ -113,7 +114,7 @@ def _pseudonymise(df: DataFrame, s: Settings) -> DataFrame:
     """Pseudonymise the user ids that are not pseudonyms yet (events that bypassed our producers)."""
     key = s.pseudonym_key_bytes()
 
-    @F.pandas_udf("string")
+    @F.pandas_udf("string")  # type: ignore[call-overload]  # pyspark's stub lacks the type-hinted form
     def hmac_ids(ids: pd.Series) -> pd.Series:
         return ids.map(lambda u: pseudonymise(u, key))  # pseudonyms map to themselves
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TypedDict
 
 import pandas as pd
 import typer
@@ -32,13 +33,19 @@ from recsys.settings import Settings, get_settings
 log = logging.getLogger("jobs.evaluate")
 
 
-def silver_events(spark: SparkSession, version: int, settings: Settings) -> pd.DataFrame:
+def silver_events(spark: SparkSession, version: int | None, settings: Settings) -> pd.DataFrame:
     """The snapshot's events as the evaluation protocol wants them: user_id, item_id, ts (epoch ms), weight, type."""
     silver = lake.spark_read(spark, Tables.path(Tables.SILVER_INTERACTIONS, settings), version)
     columns = ["user_id", "item_id", "unix_millis(ts) as ts", "weight", "event_type"]
     if "session_id" in silver.columns:
         columns.append("session_id")
     return silver.selectExpr(*columns).toArrow().to_pandas()
+
+
+class _Sampling(TypedDict):
+    k: int
+    max_users: int
+    seed: int
 
 
 def evaluate(spark: SparkSession, model_version: str, settings: Settings | None = None) -> dict[str, dict]:
@@ -55,7 +62,7 @@ def evaluate(spark: SparkSession, model_version: str, settings: Settings | None 
     model = cls(cls.Params.model_validate(manifest.params))
     with timed(f"re-fit {manifest.engine} on the train part"):
         model.fit(split.train, spark)
-    common = {"k": s.eval_k, "max_users": s.eval_max_users, "seed": s.als_seed}
+    common: _Sampling = {"k": s.eval_k, "max_users": s.eval_max_users, "seed": s.als_seed}
     metrics = score_on(model, split, **common)
     popularity = Popularity()
     popularity.fit(split.train)

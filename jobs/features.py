@@ -60,7 +60,9 @@ def item_features(silver: DataFrame, catalog: DataFrame | None, event_types: lis
 
 
 def user_features(silver: DataFrame, catalog: DataFrame | None, event_types: list[str]) -> DataFrame:
-    newest = silver.agg(F.max("ts")).first()[0]
+    row = silver.agg(F.max("ts")).first()
+    assert row is not None  # an aggregate without grouping is one row
+    newest = row[0]
     counts = [F.sum((F.col("event_type") == t).cast("long")).alias(f"n_{t}") for t in event_types]
     priced = silver
     if catalog is not None:

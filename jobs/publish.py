@@ -20,7 +20,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 import typer
 
@@ -76,6 +76,12 @@ def choose(versions: list[str], s: Settings) -> tuple[str, list[tuple[str, str]]
     return best, others
 
 
+class _Candidate(TypedDict):
+    engine: str
+    silver_version: int | None
+    settings: Settings
+
+
 def publish(model_versions: str | list[str], settings: Settings | None = None) -> Decision:
     """Publish the best of the candidates (one version or a nightly run's set) if it passes the gate."""
     s = settings or get_settings()
@@ -97,7 +103,7 @@ def publish(model_versions: str | list[str], settings: Settings | None = None) -
     current_path = model_store.latest_published(s)
     current = model_store.read_manifest(current_path) if current_path else None
     decision = gate(candidate, current, s)
-    common = {"engine": candidate.engine, "silver_version": candidate.silver_table_version, "settings": s}
+    common: _Candidate = {"engine": candidate.engine, "silver_version": candidate.silver_table_version, "settings": s}
     if not decision.passed:
         record_in_registry(model_version, "rejected", path=str(candidate_path), reason=decision.reason,
                            metrics=candidate.metrics, **common)  # fmt: skip

@@ -98,7 +98,7 @@ def main(
     model_version: str = typer.Option(None, help="Version name (default: from the current time)."),
     model: str = typer.Option(None, help=f"One of {', '.join(registry.names())} (default: RECSYS_MODEL)."),
     silver_version: int = typer.Option(None, help="Silver table version (default: latest)."),
-    params: str = typer.Option("{}", help='Hyper-parameters over the settings\' ones, as JSON: \'{"rank": 32}\'.'),
+    params: str = typer.Option("{}", help="Hyper-parameters over the settings' ones, as JSON: '{\"rank\": 32}'."),
 ) -> None:
     """Train a candidate model from the silver table."""
     setup_logging()

@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from rich.console import Console
+
     from recsys.replay import ReplayReport
 
 
@@ -40,7 +44,7 @@ app.add_typer(replay_app, name="replay")
 class _LazyConsole:
     """rich's Console, created on first use."""
 
-    _console = None
+    _console: Console | None = None
 
     def __getattr__(self, name: str):
         if _LazyConsole._console is None:
@@ -88,7 +92,7 @@ def current_values(s) -> list[tuple[str, str, str, str]]:
 
     rows = []
     for name, field in Settings.model_fields.items():
-        default = field.default_factory() if field.default_factory else field.default
+        default = field.get_default(call_default_factory=True)
         if isinstance(default, Path):
             default = default.resolve() if default.is_absolute() else (PROJECT_ROOT / default).resolve()
         rows.append((f"{ENV_PREFIX}{name.upper()}", shown(getattr(s, name)), shown(default), field.description or ""))
@@ -134,7 +138,7 @@ def replay_movielens(
     from recsys.replay import replay
 
     _broker_or_exit()
-    messages = ((e.key(), e.to_wire()) for e in movielens.iter_events())
+    messages: Iterator[tuple[bytes, bytes]] = ((e.key(), e.to_wire()) for e in movielens.iter_events())
     if limit:
         messages = islice(messages, limit)
     _print_report(replay(messages, rate=rate, total=limit or movielens.N_RATINGS))

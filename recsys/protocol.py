@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 if TYPE_CHECKING:
     from recsys.settings import Settings
 
+
 # --- topics -------------------------------------------------------------------
 class Topics:
     EVENTS = "events"  # keyed by (pseudonymised) user id, so one user's events stay in order
@@ -33,8 +34,6 @@ class Topics:
     MODEL_UPDATES = "model-updates"  # MODEL / UP / FORGET messages
 
     ALL = (EVENTS, DLQ, MODEL_UPDATES)
-
-
 
 
 # --- update messages on `model-updates` ------------------------------------------------

@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     )
     events_partitions: int = Field(4, ge=1, description="Partitions of the `events` topic when we create it.")
     kafka_controller_port: int = Field(
-        0, ge=0, le=65535, description="KRaft controller port of the local Kafka (`infra/broker.py`) on 127.0.0.1; "
+        0,
+        ge=0,
+        le=65535,
+        description="KRaft controller port of the local Kafka (`infra/broker.py`) on 127.0.0.1; "
         "node i of a local cluster uses this + i. 0 = the ports right after the client ports (9093 for the default "
         "bootstrap). The local broker's client ports are the bootstrap's: there is no separate setting for them.",
     )
@@ -48,7 +51,9 @@ class Settings(BaseSettings):
         1, ge=1, description="Replication factor of the topics we create (3 on the local three-broker cluster)."
     )
     updates_segment_ms: int = Field(
-        3_600_000, ge=1_000, description="Segment roll time of the compacted `model-updates` topic: compaction "
+        3_600_000,
+        ge=1_000,
+        description="Segment roll time of the compacted `model-updates` topic: compaction "
         "only cleans closed segments, so this bounds how long superseded UPs stay readable.",
     )
 
@@ -120,8 +125,10 @@ class Settings(BaseSettings):
     airflow_port: int = Field(8080, description="Port of the local Airflow UI / API server (bound to 127.0.0.1).")
     vacuum_retention_hours: int = Field(168, ge=0, description="Files older than this are vacuumed after compaction.")
     lake_lock_timeout_s: float = Field(
-        1800.0, ge=0, description="Longest a writer waits for another writer of the same Delta table to finish "
-        "(one writer per table at a time; then it fails, naming the holder)."
+        1800.0,
+        ge=0,
+        description="Longest a writer waits for another writer of the same Delta table to finish "
+        "(one writer per table at a time; then it fails, naming the holder).",
     )
 
     # --- speed layer -------------------------------------------------------------
@@ -281,7 +288,7 @@ def markdown_table() -> str:
     """The README's configuration table, generated from the fields above."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
-        default = field.default_factory() if field.default_factory else field.default
+        default = field.get_default(call_default_factory=True)
         if isinstance(default, Path):
             default = str(default).replace(str(PROJECT_ROOT), ".")
         elif default is None:

@@ -10,6 +10,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TypedDict
 
 import typer
 import uvicorn
@@ -17,6 +18,13 @@ import uvicorn
 from recsys.logs import setup_json_logging
 from recsys.settings import get_settings
 from serving.api import create_app
+
+
+class _UvicornOptions(TypedDict):
+    host: str
+    port: int
+    log_level: str
+    access_log: bool
 
 
 def main(
@@ -31,7 +39,12 @@ def main(
     where = f"http://{s.serving_host}:{s.serving_port}"
     token = "RECSYS_SERVING_WRITE_TOKEN" if s.serving_write_token else s.secrets_dir / "serving.token"
     print(f"serving on {where} (API docs at /docs, storefront at /storefront); write token: {token}", flush=True)
-    common = {"host": s.serving_host, "port": s.serving_port, "log_level": "warning", "access_log": False}
+    common: _UvicornOptions = {
+        "host": s.serving_host,
+        "port": s.serving_port,
+        "log_level": "warning",
+        "access_log": False,
+    }
     if s.serving_workers == 1:
         uvicorn.run(create_app(s), **common)
         return

@@ -20,7 +20,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path as FsPath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -63,16 +63,28 @@ from serving.schemas import (
 log = logging.getLogger("serving.api")
 STATIC = FsPath(__file__).parent / "static"
 # Swagger UI's and ReDoc's files as the `fastapi-offline` wheel ships them: the docs pages work without internet.
-DOCS_ASSETS = FsPath(importlib.util.find_spec("fastapi_offline").origin).parent / "static"
+_OFFLINE = importlib.util.find_spec("fastapi_offline")
+assert _OFFLINE is not None and _OFFLINE.origin is not None  # a dependency, installed as files
+DOCS_ASSETS = FsPath(_OFFLINE.origin).parent / "static"
 # Ids in paths: printable, no control characters (the length limit is a setting, checked below).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 UserId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN, description="The shop's user id, or its pseudonym.")]
 ItemId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN)]
-PRIVATE = {401: {"model": Error}, 403: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}
+PRIVATE: dict[int | str, dict[str, Any]] = {
+    401: {"model": Error},
+    403: {"model": Error},
+    422: {"model": Error},
+    503: {"model": Error},
+}
 # The docs pages may load nothing from elsewhere (their inline bootstrap scripts and styles aside).
 SAME_ORIGIN_ONLY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
                     "img-src 'self' data:; worker-src 'self' blob:; font-src 'self' data:")  # fmt: skip
-ERRORS = {400: {"model": Error}, 404: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error},
+    404: {"model": Error},
+    422: {"model": Error},
+    503: {"model": Error},
+}
 
 
 def app_from_environment() -> FastAPI:
@@ -112,7 +124,8 @@ def create_app(settings: Settings | None = None, follower: ModelFollower | None 
     app.add_middleware(_Metrics)
     if fast_path:  # outermost: the hot endpoint skips the framework (serving/fast.py); the rest goes on to FastAPI
         app.add_middleware(FastRecommend, settings=s)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    # Starlette types handlers as taking any Exception, though it calls this one with its own class only.
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.state.settings = s
     _routes(app, s)
     return app
@@ -168,10 +181,6 @@ def require_token(request: Request, credentials: BearerCredentials) -> None:
 Model = Annotated[ServingModel, Depends(current_model)]
 
 
-def _k(s: Settings):
-    return Annotated[int, Query(ge=1, le=s.serving_max_k, description=f"How many items (1 to {s.serving_max_k}).")]
-
-
 def _user(user_id: str, s: Settings, key: bytes) -> str:
     if len(user_id) > s.max_id_length:
         raise HTTPException(422, f"user_id longer than {s.max_id_length} characters")
@@ -203,7 +212,8 @@ def _items(model: ServingModel, ranked: Ranked) -> list[Item]:
 
 # --- routes --------------------------------------------------------------------------------------
 def _routes(app: FastAPI, s: Settings) -> None:
-    K = _k(s)
+    # A type alias to mypy (it is built in this body); its limit is the settings'.
+    K = Annotated[int, Query(ge=1, le=s.serving_max_k, description=f"How many items (1 to {s.serving_max_k}).")]
     key = s.pseudonym_key_bytes()  # read once: without RECSYS_PSEUDONYM_KEY it comes from a file
 
     @app.get("/recommend/{user_id}", response_model=Recommendations, responses=ERRORS, tags=["recommendations"])
@@ -382,8 +392,11 @@ def _routes(app: FastAPI, s: Settings) -> None:
         return Response(body, media_type=media_type)
 
     # ReDoc's bundle shows a logo from its CDN in the sidebar, unconditionally; ours points it at the favicon.
-    redoc_js = (DOCS_ASSETS / "redoc.standalone.js").read_text(encoding="utf-8").replace(
-        "https://cdn.redoc.ly/redoc/logo-mini.svg", "/docs-assets/favicon.png")
+    redoc_js = (
+        (DOCS_ASSETS / "redoc.standalone.js")
+        .read_text(encoding="utf-8")
+        .replace("https://cdn.redoc.ly/redoc/logo-mini.svg", "/docs-assets/favicon.png")
+    )
 
     @app.get("/docs-assets/redoc.standalone.js", include_in_schema=False)
     def redoc_bundle() -> Response:
@@ -393,6 +406,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
+        assert app.openapi_url is not None  # the default, /openapi.json
         page = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css",
@@ -402,6 +416,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     def redoc() -> HTMLResponse:
+        assert app.openapi_url is not None  # the default, /openapi.json
         page = get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
                               redoc_js_url="/docs-assets/redoc.standalone.js",
                               redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)  # fmt: skip
@@ -442,7 +457,7 @@ class _BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(send)
+            await self._refuse(receive, send)
             return
         received = 0
 
@@ -457,11 +472,11 @@ class _BodyLimit:
         try:
             await self.app(scope, counted_receive, send)
         except _TooLarge:
-            await self._refuse(send)
+            await self._refuse(receive, send)
 
-    async def _refuse(self, send) -> None:
+    async def _refuse(self, receive, send) -> None:
         response = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, status_code=413)
-        await response({"type": "http"}, None, send)
+        await response({"type": "http"}, receive, send)
 
 
 class _Metrics:

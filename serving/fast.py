@@ -53,7 +53,7 @@ class FastRecommend:
         follower = getattr(state, "follower", None)
         model = follower.current if follower is not None else None
         args = self.parse(scope) if model is not None else None
-        if args is None:
+        if model is None or args is None:
             await self.app(scope, receive, send)  # FastAPI answers: errors and odd cases keep one definition
             return
         raw_user, k, exclude_seen, category, explain = args

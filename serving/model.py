@@ -252,6 +252,7 @@ class ServingModel:
         if row is None and recent is None:
             return None
         if recent is None:  # the batch view: slices of the model's arrays, no per-item Python
+            assert row is not None  # ruled out above: one of the two is known
             start, end = self.interactions.indptr[row], self.interactions.indptr[row + 1]
             ev, lo, hi = self.data.events, self._tail_ptr[row], self._tail_ptr[row + 1]
             lo = max(lo, hi - self.model.recent_events)
@@ -284,6 +285,7 @@ class ServingModel:
         """Everything about one request except the scoring, which `answer` does for many requests at once."""
         recent = self._recent.get(user_id)
         row = None if user_id in self.erased else self.user_index.get(user_id)
+        excluded: np.ndarray | None
         if not exclude_seen:
             excluded = np.zeros(0, np.int64)
         elif recent is None and row is not None:  # depends on the model's data alone: computed once per user
@@ -299,10 +301,12 @@ class ServingModel:
         if now is not None:
             contexts.append(now)
             if recent is not None and row is not None:  # the batch view tells which items the speed layer brought in
-                contexts.append(self.context(user_id, with_speed=False))
+                batch = self.context(user_id, with_speed=False)
+                assert batch is not None  # the user has a row
+                contexts.append(batch)
         if category is not None:
             category = self.canonical_category(category) or category
-        return Query(user_id, k, category, excluded, contexts, recent, explain)  # type: ignore[arg-type]
+        return Query(user_id, k, category, excluded, contexts, recent, explain)
 
     def answer(self, queries: list[Query]) -> list[Ranked]:
         """Rank for many prepared queries: all their contexts are ranked by one call to the recommender."""

@@ -186,7 +186,8 @@ def item_view(model: ServingModel, item_id: str, k: int) -> dict:
             bits = _columns(model, "_ops_types_csc", model.seen_types)
             values = bits.data[bits.indptr[j] : bits.indptr[j + 1]]
             counts = {name: int(np.count_nonzero(values & (1 << b))) for b, name in enumerate(model.data.event_types)}
-    since = defaultdict(int)  # users who touched it since the cut-off, by event type (from their latest UPs)
+    # Users who touched it since the cut-off, by event type (from their latest UPs).
+    since: defaultdict[str, int] = defaultdict(int)
     for recent in list(model._recent.values()):
         for kind in recent.event_types.get(item_id, ()):
             since[kind] += 1

@@ -22,7 +22,7 @@ class Item(BaseModel):
         description="True when the speed layer's view of the user put this item here and the batch model alone "
         "would not have.",
     )
-    because: str | None = Field(None, description="Why, in words (\"because you viewed X\"), when `explain=true`.")
+    because: str | None = Field(None, description='Why, in words ("because you viewed X"), when `explain=true`.')
 
 
 class Recommendations(BaseModel):
@@ -41,8 +41,9 @@ class Similar(BaseModel):
     item_id: str
     model_version: str
     source: Source = Field(
-        "batch", description="`batch`: the model's behavioural similarity; `content`: the items' attributes (a cold "
-        "item); `popular`: nothing is known of the item, the most popular items of its category."
+        "batch",
+        description="`batch`: the model's behavioural similarity; `content`: the items' attributes (a cold "
+        "item); `popular`: nothing is known of the item, the most popular items of its category.",
     )
     items: list[Item]
 
@@ -56,8 +57,9 @@ class Popular(BaseModel):
 class Contribution(BaseModel):
     item_id: str
     title: str | None = None
-    contribution: float = Field(description="This history item's share of the score (for ALS all shares sum to "
-                                "`score`).")
+    contribution: float = Field(
+        description="This history item's share of the score (for ALS all shares sum to `score`)."
+    )
 
 
 class Explanation(BaseModel):

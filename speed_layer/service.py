@@ -158,8 +158,9 @@ class SpeedLayer:
         return len(records)
 
     def publish(self, updates: Updates, source_offsets: dict[str, int] | None = None) -> None:
+        assert self.state is not None  # only called for a batch applied to the loaded state
         version = self.state.model_version
-        messages = []
+        messages: list[tuple[bytes, bytes | None]] = []
         for kind, vectors in (("user", updates.users), ("item", updates.items)):
             for id_, vector in vectors.items():
                 user = kind == "user"

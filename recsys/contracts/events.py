@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,7 +23,7 @@ from pydantic import (
 from recsys.privacy import is_pseudonym
 from recsys.settings import Settings, get_settings
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 
 def event_weights(settings: Settings | None = None) -> dict[str, float]:
@@ -231,4 +231,3 @@ def control_kind(headers: list[tuple[str, bytes]] | None) -> bytes | None:
         if name == CONTROL_HEADER:
             return value
     return None
-

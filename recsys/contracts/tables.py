@@ -81,4 +81,3 @@ FORGET_SCHEMA = pa.schema(
         ("status", pa.string()), ("recorded_at", _TS),
     ]
 )  # fmt: skip
-

@@ -89,7 +89,7 @@ def load_items() -> pd.DataFrame:
 def attributes() -> dict[str, tuple[str | None, str | None, float | None, str]]:
     """item_id -> (category, title, price, tags): the catalogue as content models read it (no prices here)."""
     items = load_items()
-    out = {}
+    out: dict[str, tuple[str | None, str | None, float | None, str]] = {}
     for item, title, year, genres in items.itertuples(index=False, name=None):
         out[item] = (genres[0] if genres else None, f"{title} ({year})" if year else title, None, "|".join(genres))
     return out

@@ -168,6 +168,8 @@ _COMPARE_MAX_POSITIVES = 32
 
 def _auc_row(candidates: np.ndarray, positives: np.ndarray, n_neg: int) -> float:
     """Pairs won (+½ per tie) by positives over the non-NaN `candidates`, divided by |P|·|N|."""
+    below: int | np.integer
+    tied: int | np.integer
     if positives.size <= _COMPARE_MAX_POSITIVES:
         below = np.count_nonzero(candidates < positives[:, None])
         tied = np.count_nonzero(candidates == positives[:, None])

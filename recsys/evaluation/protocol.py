@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -113,7 +114,7 @@ def _types(events: pd.DataFrame) -> list[str]:
 
 def _ms(ts: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(ts):
-        return (ts.astype("datetime64[ms, UTC]" if ts.dt.tz is not None else "datetime64[ms]").astype("int64"))
+        return ts.astype("datetime64[ms, UTC]" if ts.dt.tz is not None else "datetime64[ms]").astype("int64")
     return ts.astype("int64")
 
 
@@ -191,6 +192,33 @@ def top_k_for(
     scores[coo.row[coo.data != 0], coo.col[coo.data != 0]] = -np.inf
     scores[np.isnan(scores)] = -np.inf
     return _select_top(scores, k)
+
+
+@overload
+def evaluate(
+    model: Recommender,
+    split: EvalSplit,
+    k: int = 10,
+    max_users: int | None = None,
+    seed: int = 0,
+    batch_size: int = 512,
+    contexts: Sequence[UserContext] | None = None,
+    per_user: Literal[False] = False,
+) -> dict[str, float]: ...
+
+
+@overload
+def evaluate(
+    model: Recommender,
+    split: EvalSplit,
+    k: int = 10,
+    max_users: int | None = None,
+    seed: int = 0,
+    batch_size: int = 512,
+    contexts: Sequence[UserContext] | None = None,
+    *,
+    per_user: Literal[True],
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]: ...
 
 
 def evaluate(

@@ -312,6 +312,7 @@ def spark_write(
         before = version(path)
         out.save(str(path))
         after = version(path)
+    assert after is not None  # the save just committed a version
     if txns and after == before:
         log.info("%s: %s already holds %s, nothing written (idempotent write)", writer, path, dict(txns))
     return after
@@ -364,7 +365,9 @@ def compact(path: str | Path, target_file_bytes: int, retention_hours: int, *, s
 
     with writer_lock(path, "compact"):
         spark.conf.set("spark.databricks.delta.optimize.maxFileSize", str(target_file_bytes))
-        metrics = SparkDeltaTable.forPath(spark, str(path)).optimize().executeCompaction().first()["metrics"]
+        result = SparkDeltaTable.forPath(spark, str(path)).optimize().executeCompaction().first()
+        assert result is not None  # OPTIMIZE answers one row
+        metrics = result["metrics"]
         # Checkpoint the latest version: readers (both engines) then replay the log from here.
         open_table(path).create_checkpoint()
         vacuumed = vacuum(path, retention_hours, spark=spark)

@@ -25,13 +25,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, cast
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
-from recsys.models.base import Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
 from recsys.models.norm_index import NormIndex
 from recsys.models.topk import normalize_rows, top_k_of_scores
 
@@ -317,8 +317,8 @@ class _ALS(Recommender):
         replace_file(directory, "user_factors.npy", lambda f: np.save(f, factors))
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> _ALS:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> _ALS:
+        model = cls(cast(AlsParams, params))
         model.user_factors = np.load(directory / "user_factors.npy", mmap_mode="r")
         model.item_factors = np.load(directory / "item_factors.npy", mmap_mode="r")
         model.n_items = data.n_items

@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
@@ -48,6 +48,10 @@ class Params(BaseModel):
     """A model's hyper-parameters: typed, validated, and written to the manifest as they are."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Inside a Recommender's body `Params` names that class's own ClassVar, which is not a type: annotations there use this.
+AnyParams: TypeAlias = Params
 
 
 # --- the data a model is fitted on ------------------------------------------------------------
@@ -162,7 +166,7 @@ class Dataset:
             recent_kinds=self.events.kind[ev],
         )
 
-    def contexts(self, rows: Sequence[int], recent: int | None = None) -> list[UserContext]:
+    def contexts(self, rows: Sequence[int] | np.ndarray, recent: int | None = None) -> list[UserContext]:
         return [self.context(int(r), recent) for r in rows]
 
 
@@ -226,7 +230,7 @@ class Recommender(ABC):
         """Length of a user's real-time state (`update_users`); 0 for models that keep none."""
         return 0
 
-    def __init__(self, params: Params | None = None) -> None:
+    def __init__(self, params: AnyParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
         self.n_items = 0
 
@@ -328,7 +332,7 @@ class Recommender(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> Recommender:
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> Recommender:
         """Read a fitted model back (factors may be memory-mapped); `data` is the artifact's shared part."""
 
     @classmethod

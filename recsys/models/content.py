@@ -18,13 +18,13 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import Dataset, ItemAttributes, Params, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, ItemAttributes, Params, Reason, Recommender, UserContext
 from recsys.models.item_knn import _largest
 from recsys.models.sparse import dense, recent_weights, top_n_per_row
 
@@ -93,8 +93,8 @@ class Content(Recommender):
         return {"item_features": "item_features.npz", "vocabulary": "vocabulary.txt"}
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> Content:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> Content:
+        model = cls(cast(ContentParams, params))
         model.features = sp.load_npz(directory / "item_features.npz").tocsr()
         model.vocabulary = (directory / "vocabulary.txt").read_text().split("\n")
         model.n_items = data.n_items

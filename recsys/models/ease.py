@@ -28,14 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import Dataset, Params, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
 from recsys.models.item_knn import _largest, _row_top
 from recsys.models.sparse import dense, recent_weights
 
@@ -96,8 +96,8 @@ class EASE(Recommender):
         return {"ease_weights": "ease_weights.npz"}
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> EASE:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> EASE:
+        model = cls(cast(EaseParams, params))
         model.weights = sp.load_npz(directory / "ease_weights.npz").tocsr()
         model.n_items = data.n_items
         return model

@@ -46,7 +46,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -54,7 +54,7 @@ from pydantic import Field
 from scipy.optimize import minimize
 
 from recsys.models import registry
-from recsys.models.base import Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
 from recsys.models.topk import _select_top, top_k_of_scores
 from recsys.models.transitions import Transitions
 
@@ -91,15 +91,21 @@ class HybridParams(Params):
     tune: bool = Field(True, description="Choose weights (and the re-ranker) on validation carved from training.")
     tune_share: float = Field(0.2, gt=0, lt=1)
     tune_users: int = Field(2000, ge=10, description="Validation users sampled for the search.")
-    tune_cells: int = Field(30_000_000, ge=1000, description="At most users × items scores per component held "
-                                                             "while tuning (fewer users on large catalogues).")
+    tune_cells: int = Field(
+        30_000_000,
+        ge=1000,
+        description="At most users × items scores per component held while tuning (fewer users on large catalogues).",
+    )
     tune_rounds: int = Field(3, ge=1)
     grid: tuple[float, ...] = GRID
     rerank: Literal["auto", "always", "never"] = Field("auto", description="auto: kept if it wins cross-validation.")
     rerank_candidates: int = Field(50, ge=2)
     rerank_l2: tuple[float, ...] = (3.0, 30.0, 300.0)
-    position_window: int = Field(30, ge=1, description="Position prior: other users' events within ± this many "
-                                                       "positions of the user's history length.")
+    position_window: int = Field(
+        30,
+        ge=1,
+        description="Position prior: other users' events within ± this many positions of the user's history length.",
+    )
     recent_days: float = Field(60.0, gt=0, description="Recent prior: events this many days before the user's latest.")
     seed: int = 42
 
@@ -195,8 +201,9 @@ class Hybrid(Recommender):
         priors = Priors.fit(train, p.position_window, p.recent_days)
         cand, feats = candidate_features(norm, priors, contexts, stage1, seen, p.rerank_candidates, list(names))
         labels = np.take_along_axis(relevant.toarray() > 0, cand, 1).astype(np.float64)
-        reranker, self.validation["reranker_cv"] = choose_reranker(feats, labels, relevant, cand, p.rerank_l2,
-                                                                   p.seed, p.rerank == "always", list(names))
+        reranker, self.validation["reranker_cv"] = choose_reranker(
+            feats, labels, relevant, cand, p.rerank_l2, p.seed, p.rerank == "always", list(names)
+        )
         return weights, reranker
 
     # --- real time ------------------------------------------------------------------------------
@@ -221,8 +228,8 @@ class Hybrid(Recommender):
 
     def update_users(self, users: Sequence[UserContext]) -> np.ndarray | None:
         parts = [m.update_users(users) for _, m in self._stateful]
-        parts = [p for p in parts if p is not None]
-        return np.hstack(parts).astype(np.float32) if parts else None
+        arrays = [p for p in parts if p is not None]
+        return np.hstack(arrays).astype(np.float32) if arrays else None
 
     def realtime(self, data: Dataset) -> Realtime:
         return HybridRealtime(self, data)
@@ -340,15 +347,16 @@ class Hybrid(Recommender):
         return files
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> Hybrid:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> Hybrid:
+        model = cls(cast(HybridParams, params))
         saved = json.loads((directory / BLEND_FILE).read_text())
         model.weights = saved["weights"]
         model.validation = saved.get("validation", {})
         for name, component_params in saved["params"].items():
             component_cls = registry.model_class(name)
-            model.components[name] = component_cls.load(directory / name,
-                                                         component_cls.Params.model_validate(component_params), data)
+            model.components[name] = component_cls.load(
+                directory / name, component_cls.Params.model_validate(component_params), data
+            )
         if saved.get("reranker") is not None:
             model.reranker = Reranker.from_json(saved["reranker"])
             model.priors = Priors.load(directory / PRIORS_FILE)
@@ -380,14 +388,14 @@ class HybridRealtime(Realtime):
 
     def users(self, keys: Sequence[str], contexts: Sequence[UserContext]) -> np.ndarray | None:
         states = [r.users(keys, contexts) for _, r in self.parts]
-        states = [s for s in states if s is not None]
-        return np.hstack(states).astype(np.float32) if states else None
+        arrays = [s for s in states if s is not None]
+        return np.hstack(arrays).astype(np.float32) if arrays else None
 
     def new_items(self, positions: Sequence[int], touched_by: Sequence[dict[str, float]]) -> np.ndarray | None:
         states = [r.new_items(positions, touched_by) for _, r in self.parts]
         if not states or any(s is None for s in states):
             return None
-        return np.hstack(states).astype(np.float32)  # type: ignore[arg-type]
+        return np.hstack(cast("list[np.ndarray]", states)).astype(np.float32)  # none is None (checked above)
 
     def forget(self, key: str) -> None:
         for _, r in self.parts:
@@ -397,7 +405,7 @@ class HybridRealtime(Realtime):
         states = [r.state(key) for _, r in self.parts]
         if not states or any(s is None for s in states):
             return None
-        return np.hstack(states).astype(np.float32)  # type: ignore[arg-type]
+        return np.hstack(cast("list[np.ndarray]", states)).astype(np.float32)  # none is None (checked above)
 
 
 # --- stage 1 ------------------------------------------------------------------------------------------
@@ -583,7 +591,8 @@ class _Counts:
         return (self._data[b] - self._data[a]) / total
 
 
-def _sparse_arrays(prefix: str, m: sp.spmatrix) -> dict[str, np.ndarray]:
+# Values typed Any: numpy's `savez` stub matches `**dict[str, ndarray]` against its `allow_pickle: bool` keyword.
+def _sparse_arrays(prefix: str, m: sp.spmatrix) -> dict[str, Any]:
     return {f"{prefix}_data": m.data, f"{prefix}_indices": m.indices, f"{prefix}_indptr": m.indptr,
             f"{prefix}_shape": np.array(m.shape)}  # fmt: skip
 

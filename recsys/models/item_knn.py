@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import Dataset, Params, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
 from recsys.models.sparse import dense, kind_weights, recent_weights, top_n_per_row
 
 if TYPE_CHECKING:
@@ -82,8 +82,8 @@ class ItemKNN(Recommender):
         return {"item_similarity": "item_similarity.npz", "kind_weights": "kind_weights.npy"}
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> ItemKNN:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> ItemKNN:
+        model = cls(cast(ItemKnnParams, params))
         model.similarity = sp.load_npz(directory / "item_similarity.npz").tocsr()
         model._kinds = np.load(directory / "kind_weights.npy")
         model.n_items = data.n_items

@@ -37,12 +37,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from pydantic import Field
 
-from recsys.models.base import Dataset, Params, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
 from recsys.models.topk import normalize_rows, top_k_of_scores
 
 if TYPE_CHECKING:
@@ -177,12 +177,13 @@ class NeuMF(Recommender):
 
     # --- files -----------------------------------------------------------------------------------
     def save(self, directory: Path) -> dict[str, str]:
-        np.savez(directory / WEIGHTS_FILE, **self._scorer.weights)
+        # numpy's stub matches `**dict[str, ndarray]` against savez's `allow_pickle: bool` keyword.
+        np.savez(directory / WEIGHTS_FILE, **self._scorer.weights)  # type: ignore[arg-type]
         return {"weights": WEIGHTS_FILE}
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> NeuMF:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> NeuMF:
+        model = cls(cast(NeuMFParams, params))
         with np.load(directory / WEIGHTS_FILE) as f:
             model.scorer = NeuMFScorer({k: f[k] for k in f.files})
         model.n_items = data.n_items
@@ -336,8 +337,8 @@ def update_user(scorer: NeuMFScorer, history: np.ndarray, gmf_init: np.ndarray, 
     in_hist = np.zeros(scorer.n_items, bool)
     in_hist[hist] = True
     x = [np.array(gmf_init, np.float32), np.array(mlp_init, np.float32)]
-    m = [np.zeros_like(v) for v in x]
-    v2 = [np.zeros_like(v) for v in x]
+    m: list[np.ndarray] = [np.zeros_like(v) for v in x]
+    v2: list[np.ndarray] = [np.zeros_like(v) for v in x]
     b1, b2, eps = 0.9, 0.999, 1e-8
     labels = np.r_[np.ones(pos.size), np.zeros(pos.size * negatives)].astype(np.float32)
     first = last_loss = float("nan")

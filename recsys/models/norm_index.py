@@ -29,6 +29,7 @@ order of `recsys.models.topk.full_sort_top_k`. A block is skipped only when
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -124,7 +125,7 @@ class NormIndex:
             for r in filtered:
                 i = np.searchsorted(active, r)
                 if i < len(active) and active[i] == r:
-                    s[i, ~allowed[r][self.order[lo:hi]]] = -np.inf
+                    s[i, ~cast(np.ndarray, allowed[r])[self.order[lo:hi]]] = -np.inf  # r is in `filtered`: a mask
             merged = np.concatenate([kth[active], s], axis=1)
             kth[active] = np.partition(merged, merged.shape[1] - k, axis=1)[:, -k:]
             thr[active] = kth[active].min(axis=1)
@@ -139,7 +140,8 @@ class NormIndex:
         keep = approx >= thr[rows] - 4 * err[rows]
         rows, items = rows[keep], items[keep]
         exact = canonical_scores(x[rows], self.sorted[self.position[items]]) if len(rows) else np.zeros(0, np.float32)
-        if n_new:  # every allowed new item is a candidate (there are few), scored the same way
+        # Every allowed new item is a candidate (there are few), scored the same way.
+        if new_states is not None and n_new:
             new_rows, new_items = self._new_candidates(b, n_new, exclude, allowed)
             rows = np.concatenate([rows, new_rows])
             items = np.concatenate([items, new_items])

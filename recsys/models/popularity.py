@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from recsys.models.base import Dataset, Params, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, Params, Recommender, UserContext
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -25,7 +25,7 @@ class Popularity(Recommender):
     name = "popularity"
     Params = PopularityParams
 
-    def __init__(self, params: Params | None = None) -> None:
+    def __init__(self, params: PopularityParams | None = None) -> None:
         super().__init__(params)
         self.counts = np.zeros(0, np.float32)
 
@@ -41,8 +41,8 @@ class Popularity(Recommender):
         return {"popularity_counts": "popularity_counts.npy"}
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> Popularity:
-        model = cls(params)
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> Popularity:
+        model = cls(cast(PopularityParams, params))
         model.counts = np.load(directory / "popularity_counts.npy")
         model.n_items = data.n_items
         return model

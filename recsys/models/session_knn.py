@@ -23,13 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import Dataset, Params, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
 from recsys.models.sparse import dense, recent_weights, top_n_per_row
 
 if TYPE_CHECKING:
@@ -89,8 +89,8 @@ class SessionKNN(Recommender):
         return {"session_votes": "session_votes.npz"}
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> SessionKNN:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> SessionKNN:
+        model = cls(cast(SessionKnnParams, params))
         model.votes = sp.load_npz(directory / "session_votes.npz").tocsr()
         model.index = unit_rows(model.votes).T.tocsr()
         model.n_items = data.n_items

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import Dataset, EventLog, Params, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, EventLog, Params, Reason, Recommender, UserContext
 from recsys.models.ease import expand, most_popular, pruned_rows, ridge_inverse
 from recsys.models.item_knn import _largest, _row_top
 from recsys.models.sparse import dense, recent_weights, tie_groups
@@ -100,8 +100,8 @@ class SLIT(Recommender):
         return {"slit_weights": "slit_weights.npz"}
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> SLIT:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> SLIT:
+        model = cls(cast(SlitParams, params))
         model.weights = sp.load_npz(directory / "slit_weights.npz").tocsr()
         model.n_items = data.n_items
         return model

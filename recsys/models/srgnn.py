@@ -34,12 +34,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 from pydantic import Field
 
-from recsys.models.base import Dataset, Params, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
 from recsys.models.topk import normalize_rows, top_k_of_scores
 
 if TYPE_CHECKING:
@@ -62,8 +62,9 @@ class SRGNNParams(Params):
     epochs: int = Field(6, ge=1)
     time_budget_s: float = Field(540.0, gt=0, description="Training stops when this has passed (hard bound).")
     session_gap_s: int = Field(3600, ge=1, description="Without session ids: a longer gap starts a new session.")
-    output: Literal["logit", "probability"] = Field("logit", description="score(): the logits s · e_j, or their "
-                                                                         "softmax (the next-item probability).")
+    output: Literal["logit", "probability"] = Field(
+        "logit", description="score(): the logits s · e_j, or their softmax (the next-item probability)."
+    )
     seed: int = 0
 
 
@@ -156,12 +157,13 @@ class SRGNN(Recommender):
 
     # --- files -----------------------------------------------------------------------------------
     def save(self, directory: Path) -> dict[str, str]:
-        np.savez(directory / WEIGHTS_FILE, **self._scorer.weights)
+        # numpy's stub matches `**dict[str, ndarray]` against savez's `allow_pickle: bool` keyword.
+        np.savez(directory / WEIGHTS_FILE, **self._scorer.weights)  # type: ignore[arg-type]
         return {"weights": WEIGHTS_FILE}
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> SRGNN:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> SRGNN:
+        model = cls(cast(SRGNNParams, params))
         with np.load(directory / WEIGHTS_FILE) as f:
             model.scorer = SRGNNScorer({k: f[k] for k in f.files})
         model.n_items = data.n_items

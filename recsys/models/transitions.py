@@ -28,13 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import Dataset, EventLog, Params, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, EventLog, Params, Reason, Recommender, UserContext
 from recsys.models.item_knn import _largest, _row_top
 from recsys.models.sparse import dense, kind_weights, recent_weights, tie_groups, top_n_per_row
 
@@ -56,8 +56,12 @@ class TransitionsParams(Params):
     last: int = Field(10, ge=1, description="The user's latest events that select transitions.")
     decay: float = Field(0.7, gt=0, le=1, description="Weight of an event relative to the next newer one.")
     kind_weights: dict[str, float] = Field(default_factory=lambda: {"view": 1.0, "add_to_cart": 1.0, "purchase": 1.0})
-    session_gap_s: int = Field(0, ge=0, description="Without session ids: a gap this long starts a new sequence "
-                                                    "(0: a user's whole history is one sequence).")
+    session_gap_s: int = Field(
+        0,
+        ge=0,
+        description="Without session ids: a gap this long starts a new sequence "
+        "(0: a user's whole history is one sequence).",
+    )
 
 
 class Transitions(Recommender):
@@ -79,7 +83,9 @@ class Transitions(Recommender):
         counts = transition_counts(data.events, sequence, data.n_items, p.window, p.step_decay, p.backward, p.tie_ms,
                                    p.max_steps)  # fmt: skip
         self.transitions = top_n_per_row(normalise(counts, data.popularity(), p.norm, p.pop_damping), p.neighbours)
-        bought = np.isin(np.asarray(data.event_types)[data.events.kind], BOUGHT) if len(data.events) else []
+        bought: np.ndarray | list[bool] = (
+            np.isin(np.asarray(data.event_types)[data.events.kind], BOUGHT) if len(data.events) else []
+        )
         picked = data.events.take(np.asarray(bought, dtype=bool))
         together = transition_counts(picked, sequence[np.asarray(bought, dtype=bool)], data.n_items, 50, 1.0)
         self.together = top_n_per_row(together + together.T, p.neighbours)
@@ -117,8 +123,8 @@ class Transitions(Recommender):
                 "kind_weights": "kind_weights.npy"}  # fmt: skip
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> Transitions:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> Transitions:
+        model = cls(cast(TransitionsParams, params))
         model.transitions = sp.load_npz(directory / "transitions.npz").tocsr()
         model.together = sp.load_npz(directory / "bought_together.npz").tocsr()
         model._kinds = np.load(directory / "kind_weights.npy")

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import Dataset, Params, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
 from recsys.models.sparse import history_weights
 
 if TYPE_CHECKING:
@@ -111,8 +111,8 @@ class UserKNN(Recommender):
         return {"user_rows": "user_rows.npz", "user_votes": "user_votes.npz", "popularity_norm": "popularity_norm.npy"}
 
     @classmethod
-    def load(cls, directory: Path, params: Params, data: Dataset) -> UserKNN:
-        model = cls(params)  # type: ignore[arg-type]
+    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> UserKNN:
+        model = cls(cast(UserKnnParams, params))
         model.users = sp.load_npz(directory / "user_rows.npz").tocsr()
         model.votes = sp.load_npz(directory / "user_votes.npz").tocsr()
         model.popularity = np.load(directory / "popularity_norm.npy")

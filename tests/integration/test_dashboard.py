@@ -21,20 +21,66 @@ def stack(tmp_path_factory, free_port):
     st = start_stack(tmp_path_factory.mktemp("dashboard"), speed_metrics_port=free_port())
     s = st.s
     # The registry as a night of the DAG leaves it: an older model, then tonight's candidates.
-    record_in_registry("m20251231T000000000000", "evaluated", engine="implicit_als", silver_version=1, path="x",
-                       metrics={"model": {"ndcg@10": 0.18}, "popularity": {"ndcg@10": 0.11}}, settings=s)
-    record_in_registry("m20251231T000000000000", "published", engine="implicit_als", silver_version=1, path="x",
-                       metrics={"ndcg@10": 0.18}, reason="ndcg@10 0.1800 vs popularity 0.1100", settings=s)
+    record_in_registry(
+        "m20251231T000000000000",
+        "evaluated",
+        engine="implicit_als",
+        silver_version=1,
+        path="x",
+        metrics={"model": {"ndcg@10": 0.18}, "popularity": {"ndcg@10": 0.11}},
+        settings=s,
+    )
+    record_in_registry(
+        "m20251231T000000000000",
+        "published",
+        engine="implicit_als",
+        silver_version=1,
+        path="x",
+        metrics={"ndcg@10": 0.18},
+        reason="ndcg@10 0.1800 vs popularity 0.1100",
+        settings=s,
+    )
     for version, engine, ndcg in ((SERVED, "implicit_als", 0.21), ("m20260101T000000000001-ease", "ease", 0.19),
                                   ("m20260101T000000000002-bad", "spark_als", 0.09)):  # fmt: skip
-        record_in_registry(version, "evaluated", engine=engine, silver_version=2, path="x",
-                           metrics={"model": {"ndcg@10": ndcg}, "popularity": {"ndcg@10": 0.12}}, settings=s)
-    record_in_registry("m20260101T000000000001-ease", "not_chosen", engine="ease", silver_version=2, path="x",
-                       metrics={"ndcg@10": 0.19}, reason="not chosen: ndcg@10 0.1900 < 0.2100", settings=s)
-    record_in_registry("m20260101T000000000002-bad", "rejected", engine="spark_als", silver_version=2, path="x",
-                       metrics={"ndcg@10": 0.09}, reason="ndcg@10 0.0900 < 1.1 x popularity 0.1200", settings=s)
-    record_in_registry(SERVED, "published", engine="implicit_als", silver_version=2, path="x",
-                       metrics={"ndcg@10": 0.21}, reason="ndcg@10 0.2100 vs popularity 0.1200", settings=s)
+        record_in_registry(
+            version,
+            "evaluated",
+            engine=engine,
+            silver_version=2,
+            path="x",
+            metrics={"model": {"ndcg@10": ndcg}, "popularity": {"ndcg@10": 0.12}},
+            settings=s,
+        )
+    record_in_registry(
+        "m20260101T000000000001-ease",
+        "not_chosen",
+        engine="ease",
+        silver_version=2,
+        path="x",
+        metrics={"ndcg@10": 0.19},
+        reason="not chosen: ndcg@10 0.1900 < 0.2100",
+        settings=s,
+    )
+    record_in_registry(
+        "m20260101T000000000002-bad",
+        "rejected",
+        engine="spark_als",
+        silver_version=2,
+        path="x",
+        metrics={"ndcg@10": 0.09},
+        reason="ndcg@10 0.0900 < 1.1 x popularity 0.1200",
+        settings=s,
+    )
+    record_in_registry(
+        SERVED,
+        "published",
+        engine="implicit_als",
+        silver_version=2,
+        path="x",
+        metrics={"ndcg@10": 0.21},
+        reason="ndcg@10 0.2100 vs popularity 0.1200",
+        settings=s,
+    )
     yield st
     stop_stack(st)
 
@@ -98,8 +144,7 @@ def test_the_dashboard_shows_models_live_figures_a_user_and_an_item(stack, brows
     browser.save_screenshot(str(tmp_path / "dashboard.png"))
 
     # Self-contained: every resource the page loaded came from the service itself.
-    origins = browser.execute_script(
-        "return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
+    origins = browser.execute_script("return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
     assert set(origins) <= {stack.url}, origins
     assert browser.find_element(By.ID, "user-error").get_attribute("hidden") is not None
 
@@ -110,7 +155,6 @@ def test_the_docs_pages_render_from_the_service(stack, browser):  # noqa: F811
     assert browser.execute_script("return typeof SwaggerUIBundle") == "function"
     browser.get(f"{stack.url}/redoc")
     WebDriverWait(browser, 30).until(lambda d: "recommend" in d.find_element(By.TAG_NAME, "body").text.lower())
-    origins = browser.execute_script(
-        "return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
+    origins = browser.execute_script("return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
     assert set(origins) <= {stack.url}, origins
     time.sleep(0)

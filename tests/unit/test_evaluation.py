@@ -54,6 +54,7 @@ def evaluate_popularity(split, **kwargs):
     model.fit(split.train)
     return evaluate(model, split, **kwargs)
 
+
 # Best of a small grid on this split (factors 32/64/128, λ 0.01..100, alpha 0.25..5); see the module's report.
 ALS_PARAMS = {"rank": 64, "reg": 20.0, "alpha": 1.0, "iterations": 15}
 

@@ -41,14 +41,30 @@ def clients(tmp_path_factory):
 
 
 PATHS = [
-    "/recommend/u0", "/recommend/u0?k=3", "/recommend/u1?k=40&exclude_seen=false", "/recommend/u2?category=even",
-    "/recommend/u2?category=EVEN&k=5", "/recommend/u0?explain=true&k=4", "/recommend/nobody?k=7",
-    "/recommend/u3?k=10&unknown=1", "/recommend/u0?exclude_seen=1&explain=0",
+    "/recommend/u0",
+    "/recommend/u0?k=3",
+    "/recommend/u1?k=40&exclude_seen=false",
+    "/recommend/u2?category=even",
+    "/recommend/u2?category=EVEN&k=5",
+    "/recommend/u0?explain=true&k=4",
+    "/recommend/nobody?k=7",
+    "/recommend/u3?k=10&unknown=1",
+    "/recommend/u0?exclude_seen=1&explain=0",
     # errors and odd cases: the fast path hands them to the route
-    "/recommend/u0?k=0", "/recommend/u0?k=1000", "/recommend/u0?k=abc", "/recommend/u0?k=", "/recommend/u0?k=3&k=4",
-    "/recommend/u0?category=nope", "/recommend/u0?category=", "/recommend/u0?exclude_seen=maybe",
-    "/recommend/u0?exclude_seen=TRUE", "/recommend/" + "x" * 200, "/recommend/a%00b", "/recommend/a%2Fb",
-    "/recommend/", "/recommend/u0/",
+    "/recommend/u0?k=0",
+    "/recommend/u0?k=1000",
+    "/recommend/u0?k=abc",
+    "/recommend/u0?k=",
+    "/recommend/u0?k=3&k=4",
+    "/recommend/u0?category=nope",
+    "/recommend/u0?category=",
+    "/recommend/u0?exclude_seen=maybe",
+    "/recommend/u0?exclude_seen=TRUE",
+    "/recommend/" + "x" * 200,
+    "/recommend/a%00b",
+    "/recommend/a%2Fb",
+    "/recommend/",
+    "/recommend/u0/",
 ]
 
 
@@ -69,7 +85,14 @@ def test_the_fast_path_counts_its_answers(clients):
     after = fast.get("/metrics").text
 
     def count(text: str) -> float:
-        line = next((x for x in text.splitlines() if x.startswith('serving_requests_total{route="/recommend/{user_id}",status="200"}')), None)  # noqa: E501
+        line = next(
+            (
+                x
+                for x in text.splitlines()
+                if x.startswith('serving_requests_total{route="/recommend/{user_id}",status="200"}')
+            ),
+            None,
+        )
         return float(line.split()[-1]) if line else 0.0
 
     assert count(after) == count(before) + 1
