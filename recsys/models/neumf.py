@@ -43,7 +43,7 @@ import numpy as np
 from pydantic import Field
 
 from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
-from recsys.models.topk import normalize_rows, top_k_of_scores
+from recsys.models.topk import most_similar, normalize_rows
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -153,14 +153,7 @@ class NeuMF(Recommender):
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Cosine of the items' embeddings (GMF, weighted by the output layer, and MLP side by side)."""
-        unit = self._scorer.unit_items()
-        if item >= len(unit) or not unit[item].any():
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        scores = unit @ unit[item]
-        scores[item] = -np.inf
-        idx, val = top_k_of_scores(scores, k)
-        keep = (idx >= 0) & (val > 0)
-        return idx[keep], val[keep]
+        return most_similar(self._scorer.unit_items(), item, k)
 
     def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
         """Gradient-free proxy: the user's items whose embeddings are closest (cosine) to the recommended item's."""

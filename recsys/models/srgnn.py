@@ -40,7 +40,7 @@ import numpy as np
 from pydantic import Field
 
 from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
-from recsys.models.topk import normalize_rows, top_k_of_scores
+from recsys.models.topk import most_similar, normalize_rows
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -134,14 +134,7 @@ class SRGNN(Recommender):
         return out
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        unit = self._scorer.unit_items()
-        if item >= len(unit) or not unit[item].any():
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        scores = unit @ unit[item]
-        scores[item] = -np.inf
-        idx, val = top_k_of_scores(scores, k)
-        keep = (idx >= 0) & (val > 0)
-        return idx[keep], val[keep]
+        return most_similar(self._scorer.unit_items(), item, k)
 
     def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
         """The session items carrying most of `item`'s score (exact split, see the module doc), largest first."""

@@ -226,3 +226,14 @@ def similar_items(item_factors: np.ndarray, item_index: int, k: int) -> tuple[np
     itself = sp.csr_matrix(([1.0], ([0], [item_index])), shape=(1, m))
     idx, val = top_k(unit[item_index : item_index + 1], unit, k, exclude=itself)
     return idx[0], val[0]
+
+
+def most_similar(unit: np.ndarray, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k items whose unit-length rows have the largest positive cosine with `item`'s (the item itself left out)."""
+    if item >= len(unit) or not unit[item].any():
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    scores = unit @ unit[item]
+    scores[item] = -np.inf
+    idx, val = top_k_of_scores(scores, k)
+    keep = (idx >= 0) & (val > 0)
+    return idx[keep], val[keep]
