@@ -96,6 +96,8 @@ def _quality(q: dict) -> list[str]:
         for name, r in sorted(rows, key=lambda nr: -nr[1].get(f"ndcg@{k}", 0)):
             vs = r.get("vs_reference")
             diff = f"{vs['ndcg_diff']:+.4f} ± {vs['paired_se']:.4f}" if vs else "—"
+            if len(r.get("seeds", seeds)) < len(seeds):
+                name = f"{name} (seed {', '.join(map(str, r['seeds']))} only)"
             lines.append(f"| {name} | {r[f'precision@{k}']:.4f} | {r[f'recall@{k}']:.4f} | {r[f'f1@{k}']:.4f} | "
                          f"{r[f'ndcg@{k}']:.4f} | {r[f'map@{k}']:.4f} | {_f(r.get('auc'))} | "
                          f"{_f(r.get(f'coverage@{k}'))} | {diff} |")  # fmt: skip
@@ -106,7 +108,9 @@ def _quality(q: dict) -> list[str]:
 def _quality_targets(q: dict, k: int) -> list[str]:
     ordered = q.get("ordered", {})
     pop = ordered.get("popularity", {}).get(f"ndcg@{k}")
-    best = max(((n, r) for n, r in ordered.items() if isinstance(r, dict) and n != "popularity"),
+    all_seeds = len(q["params"]["seeds"])
+    best = max(((n, r) for n, r in ordered.items() if isinstance(r, dict) and n != "popularity"
+                and len(r.get("seeds", range(all_seeds))) == all_seeds),
                key=lambda nr: nr[1].get(f"ndcg@{k}", 0), default=None)  # fmt: skip
     if not pop or best is None:
         return []

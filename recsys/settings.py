@@ -160,7 +160,8 @@ class Settings(BaseSettings):
     )
     serving_index: Literal["exact", "approximate", "full_sort"] = Field(
         "exact",
-        description="Top-k retrieval: `exact` (vectorised scan + partial sort), `approximate` (faiss IVF index, "
+        description="Top-k retrieval: `exact` (a norm-bounded block scan for ALS, a vectorised scan + partial "
+        "sort otherwise), `approximate` (faiss IVF index, "
         "for large catalogues; recall measured by `make bench`), `full_sort` (the naive baseline, for benchmarks).",
     )
     serving_ann_lists: int = Field(0, ge=0, description="IVF cells of the approximate index; 0 = 4 x sqrt(items).")

@@ -65,7 +65,7 @@ def precision_at_k(h: np.ndarray) -> np.ndarray:
 
 
 def recall_at_k(h: np.ndarray, n_rel: np.ndarray) -> np.ndarray:
-    """R@k = |rec_u ∩ rel_u| / min(k, |rel_u|) (DESIGN.md: recall divides by min(k, |test|))."""
+    """R@k = |rec_u ∩ rel_u| / min(k, |rel_u|) (so a user with fewer than k held-out items can reach 1)."""
     return h.sum(axis=1) / _denominator(h.shape[1], n_rel)
 
 

@@ -8,11 +8,11 @@ touched, so a user's own items never set the scale) and blended:
 
 The popularity term only breaks ties and answers a user nothing else can score. The
 components (study defaults, `DEFAULT_WEIGHTS`) are mostly session-aware: SLIT, EASE,
-item-KNN, transitions, session-KNN and SR-GNN (the gated graph network over the current
-session) all read the user's latest events, so one click moves the list; ALS (exact
-fold-in) carries the long-term taste; content ranks items by their attributes (cold items).
-SR-GNN's training (JAX, ~80-100 CPU-s on MovieLens-100K, twice per hybrid fit: on the
-inner split and on all the data) is most of the hybrid's fit time.
+item-KNN, transitions and session-KNN all read the user's latest events, so one click moves
+the list; ALS (exact fold-in) carries the long-term taste; content ranks items by their
+attributes (cold items). SR-GNN (the gated graph network over the current session) can be
+added as a component, not by default: its training (JAX, twice per hybrid fit: on the inner
+split and on all the data) would be most of the hybrid's fit time (see `DEFAULT_WEIGHTS`).
 
 Stage 2, the re-ranker (optional). The blend's top `rerank_candidates` unseen items are
 re-ordered by a logistic regression on per-(user, candidate) features: each component's

@@ -131,7 +131,8 @@ def test_nightly_jobs_on_the_cluster_train_as_good_a_model_as_local(cluster, spa
     assert lake.version(Tables.path(Tables.SILVER_INTERACTIONS, s)) == 0
     assert lake.read(Tables.path(Tables.SILVER_INTERACTIONS, s)).num_rows == movielens.N_RATINGS
 
-    # rank/iterations are the DAG's own params; smaller than the defaults only to keep the test quick.
+    # rank/iterations through --params, as the DAG's `overrides` pass them; smaller than the defaults only to keep
+    # the test quick.
     spark_submit(spec.master_url, "train", "--model-version", CLUSTER, "--model", "spark_als",
                  "--params", json.dumps({"rank": RANK, "iterations": ITERATIONS}), s=s)  # fmt: skip
     spark_submit(spec.master_url, "evaluate", "--model-version", CLUSTER, s=s)
