@@ -44,7 +44,7 @@ demo: venv jars  ## start the local stack, load MovieLens-100K into Kafka, show 
 
 test: venv jars  ## run the whole test suite (starts and stops its own broker and Spark)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --durations=15
 
 lint: venv  ## ruff (lint and format check), then mypy; fails on any finding
 	$(VENV)/bin/ruff check .

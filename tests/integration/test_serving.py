@@ -89,7 +89,7 @@ def test_unknown_user_gets_popular_items_and_unknown_ids_get_404(stack):
         ("/recommend/user-1?k=0", 422, "greater than or equal to 1"),
         ("/recommend/user-1?k=101", 422, "less than or equal to 100"),
         ("/recommend/user-1?k=ten", 422, "valid integer"),
-        ("/recommend/user-1?category=nonsense", 400, "unknown category"),
+        ("/recommend/user-1?category=nonsense", 422, "unknown category"),
         ("/recommend/" + "x" * 200, 422, "longer than 128"),
         ("/similar/item-1?k=-3", 422, "greater than or equal to 1"),
         ("/nowhere", 404, "Not Found"),
