@@ -73,6 +73,19 @@ def consumer_performance(s: Settings, records: int) -> dict:
             "mb_per_s": float(stats["MB.sec"])}  # fmt: skip
 
 
+def _create_topic(s: Settings, topic: str) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap(s))
+    try:
+        admin.create_topics([NewTopic(topic, s.events_partitions, s.kafka_replication_factor)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
 def _group(pattern: str, text: str) -> str:
     """The first group of `pattern` in the tool's summary line."""
     match = re.search(pattern, text)
@@ -83,6 +96,7 @@ def _group(pattern: str, text: str) -> str:
 def producer_performance(s: Settings, records: int, record_bytes: int, topic: str = "perf-producer") -> dict:
     """Kafka's ProducerPerformance: `records` records of `record_bytes` as fast as it can, acks=all, idempotent,
     the same linger and batch size as our producers (`recsys.io.kafka.producer`)."""
+    _create_topic(s, topic)  # the broker does not create topics on first use: the tool would wait forever
     out = _java("org.apache.kafka.tools.ProducerPerformance", "--topic", topic, "--num-records", str(records),
                 "--record-size", str(record_bytes), "--throughput", "-1", "--bootstrap-server", ",".join(bootstrap(s)),
                 "--producer-props", "acks=all", "enable.idempotence=true", "linger.ms=5",

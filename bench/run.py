@@ -410,6 +410,7 @@ def main(
     options = {"quick": quick, "sizes": sizes, "engines": engines, "baseline": baseline}
     results: dict = {}
     sections_meta: dict = {}
+    latest = RESULTS / "latest.json"
     for name in sections:
         key, run, show = SECTIONS[name]
         started = meta(quick)  # before the section: its commit and start time, not the run's end
@@ -423,18 +424,23 @@ def main(
         shown = show(results[key])
         for table in shown if isinstance(shown, list) else [shown]:
             console.print(table)
-    # Sections not run this time keep their last results; `meta.sections` says when and where each was measured.
+        # Saved after every section: a section that crashes later does not take the finished ones with it.
+        latest = save(results, sections_meta, quick)
+    report = bench_report.write(json.loads(latest.read_text()), RESULTS)
+    pictures = write_plots(json.loads(latest.read_text()), RESULTS)
+    console.print(f"wrote {latest}, {report}, {', '.join(p.name for p in pictures)} and the README's Results section")
+
+
+def save(results: dict, sections_meta: dict, quick: bool) -> Path:
+    """Merge these sections into latest.json; sections not run this time keep their last results (and meta)."""
     latest = RESULTS / "latest.json"
     merged = json.loads(latest.read_text()) if latest.exists() else {}
     previous = merged.get("meta", {}).get("sections", {})
     merged.update(results)
     merged["meta"] = {**meta(quick), "sections": {**previous, **sections_meta}}
-    results = merged
     RESULTS.mkdir(parents=True, exist_ok=True)
-    latest.write_text(json.dumps(results, indent=2))
-    report = bench_report.write(results, RESULTS)
-    pictures = write_plots(results, RESULTS)
-    console.print(f"wrote {latest}, {report}, {', '.join(p.name for p in pictures)} and the README's Results section")
+    latest.write_text(json.dumps(merged, indent=2))
+    return latest
 
 
 if __name__ == "__main__":
