@@ -22,6 +22,9 @@ Engines (one recommender each in the registry):
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -468,6 +471,15 @@ def fit_spark(strengths: sp.csr_matrix, params: AlsParams, spark: SparkSession) 
         implicitPrefs=True, userCol="u", itemCol="i", ratingCol="r", seed=params.seed,
         numUserBlocks=blocks, numItemBlocks=blocks, coldStartStrategy="drop",
     )  # fmt: skip
+    sc = spark.sparkContext
+    if sc.getCheckpointDir() is None:
+        # Without a checkpoint folder ALS never cuts its lineage, and at 15 iterations deserialising a task's
+        # RDD chain overflows the JVM stack (seen in the nightly DAG on MovieLens-100K). With one, ALS checkpoints
+        # every `checkpointInterval` (10) iterations. The folder lives as long as this process; on a cluster,
+        # set a shared one before calling this.
+        scratch = tempfile.mkdtemp(prefix="recsys-als-checkpoints-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        sc.setCheckpointDir(scratch)
     model = als.fit(ratings)
     n_users, n_items = strengths.shape
     return _dense(model.userFactors, n_users, params.rank), _dense(model.itemFactors, n_items, params.rank)
