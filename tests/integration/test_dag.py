@@ -1,6 +1,5 @@
 """The nightly DAG: parsed by real Airflow without a database, then run whole with `airflow dags test`."""
 
-import itertools
 import json
 import os
 import subprocess
@@ -8,6 +7,7 @@ import sys
 
 import pytest
 
+from jobs.common import registry_status
 from recsys.data import movielens
 from recsys.io import model_store
 from recsys.io.kafka import end_offsets, read_to_end
@@ -16,8 +16,10 @@ from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
-# One train/evaluate pair per candidate (the settings' default: spark_als only), then one publish.
-TASKS = ["archive_compact", "clean", "train_spark_als", "evaluate_spark_als", "publish"]
+# One train/evaluate pair per candidate (the settings' default: spark_als and the hybrid), then one publish.
+CANDIDATES = ("spark_als", "hybrid")
+PAIRS = [(f"train_{c}", f"evaluate_{c}") for c in CANDIDATES]
+TASKS = ["archive_compact", "clean", *(task for pair in PAIRS for task in pair), "publish"]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +36,12 @@ def test_tasks_run_in_order_without_cycles(dag):
 
     check_cycle(dag)
     assert sorted(dag.task_ids) == sorted([*TASKS, "features"])
-    for upstream, downstream in itertools.pairwise(TASKS):
-        assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert dag.get_task("archive_compact").upstream_task_ids == set()
+    assert dag.get_task("clean").upstream_task_ids == {"archive_compact"}
+    for train, evaluate in PAIRS:
+        assert dag.get_task(train).upstream_task_ids == {"clean"}
+        assert dag.get_task(evaluate).upstream_task_ids == {train}
+    assert dag.get_task("publish").upstream_task_ids == {evaluate for _, evaluate in PAIRS}
     assert dag.get_task("features").upstream_task_ids == {"clean"}  # beside training, from the same snapshot
 
 
@@ -84,7 +89,11 @@ def test_nightly_dag_runs_end_to_end_on_movielens(isolated_stack):
 
     [version] = model_store.published_versions(s)
     manifest = model_store.read_manifest(model_store.published_dir(s) / version)
-    assert manifest.engine == "spark_als" and manifest.n_users == movielens.N_USERS
+    # The gate published the better candidate; the other is in the registry, not chosen, with its metrics.
+    assert manifest.engine == "hybrid" and manifest.n_users == movielens.N_USERS
+    status = registry_status(s)
+    [als] = [row for v, row in status.items() if row["engine"] == "spark_als"]
+    assert als["status"] == "not_chosen" and json.loads(als["metrics_json"])["ndcg@10"] < manifest.metrics["ndcg@10"]
     assert manifest.metrics["ndcg@10"] >= 1.3 * manifest.baseline_metrics["ndcg@10"]
     assert manifest.kafka_offsets == end_offsets(Topics.EVENTS, s)
 
