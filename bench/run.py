@@ -180,10 +180,12 @@ def _time_pipeline(engine: str, n: int, env: dict[str, str], cwd: Path = PROJECT
 
 
 def git_state() -> tuple[str, bool]:
-    """The commit the tree is at, and whether the tree has uncommitted changes (tracked files only)."""
+    """The commit the tree is at, and whether the tree has uncommitted changes (tracked files only).
+
+    The bench's own outputs do not count: they change as soon as the first section is saved."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=PROJECT_ROOT)  # fmt: skip
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results",
+                            ":!README.md"], capture_output=True, text=True, cwd=PROJECT_ROOT)  # fmt: skip
     return head.stdout.strip() or "unknown", bool(dirty.stdout.strip())
 
 
