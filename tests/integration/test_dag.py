@@ -19,6 +19,8 @@ pytestmark = pytest.mark.integration
 # One train/evaluate pair per candidate (the settings' default: spark_als and the hybrid), then one publish.
 CANDIDATES = ("spark_als", "hybrid")
 PAIRS = [(f"train_{c}", f"evaluate_{c}") for c in CANDIDATES]
+# Lighter than the nightly defaults to keep CI short: the hybrid with its default weights (no validation search).
+OVERRIDES = {"overrides": {"spark_als": {"iterations": 10}, "hybrid": {"tune": False}}}
 TASKS = ["archive_compact", "clean", *(task for pair in PAIRS for task in pair), "publish"]
 
 
@@ -82,7 +84,7 @@ def test_nightly_dag_runs_end_to_end_on_movielens(isolated_stack):
         "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
     }
     run = subprocess.run(
-        [sys.executable, "-m", "infra.airflow", "run-dag", "--conf", json.dumps({"overrides": {"spark_als": {"iterations": 10}}})],  # noqa: E501
+        [sys.executable, "-m", "infra.airflow", "run-dag", "--conf", json.dumps(OVERRIDES)],
         env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
