@@ -42,8 +42,7 @@ lock:  ## re-resolve requirements.in into requirements.lock
 demo: venv jars  ## start the local stack, load MovieLens-100K into Kafka, show it arrived
 	@$(DEMO_ENV) $(PY) -m infra.demo
 
-test: venv jars  ## run the whole test suite (starts and stops its own broker and Spark)
-	$(VENV)/bin/ruff check .
+test: venv jars lint  ## lint (ruff, mypy), then the whole test suite (starts and stops its own broker and Spark)
 	$(VENV)/bin/pytest --durations=15
 
 lint: venv  ## ruff (lint and format check), then mypy; fails on any finding
