@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # The demo keeps its own state (broker data, tables, keys), so it never touches anything else in .state/.
 DEMO_ENV := RECSYS_STATE_DIR=$(CURDIR)/.state/demo
 
-.PHONY: help venv jars demo test lint broker kafka-cluster stop lock clean dag-run speed-layer serve airflow-ui bench bench-quick bench-soak spark-cluster
+.PHONY: help venv jars demo test lint broker kafka-cluster hdfs stop lock clean dag-run speed-layer serve airflow-ui bench bench-quick bench-soak spark-cluster
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ broker: venv jars  ## start the local Kafka (one KRaft node) on 127.0.0.1 (defau
 kafka-cluster: venv jars  ## start a local three-node Kafka cluster (KRaft, replication 3) on 127.0.0.1
 	$(PY) -m infra.broker start --nodes 3
 
+hdfs: venv jars  ## start the local HDFS (one NameNode, one DataNode) on 127.0.0.1:8020 (default state folder)
+	$(PY) -m infra.hdfs start
+
 dag-run: venv  ## run the nightly DAG once, now, with real Airflow and Spark (needs `make broker`)
 	$(PY) -m infra.airflow run-dag
 
@@ -80,11 +83,12 @@ bench-quick: venv jars  ## reduced benchmarks, same output files
 bench-soak: venv jars  ## crash soak: kill -9s and broker restarts under a 300k-event stream, then exactly-once checks
 	$(PY) -m bench.run --only soak
 
-stop: ## stop everything the demo, `make broker` or `make airflow-ui` started
+stop: ## stop everything the demo, `make broker`, `make hdfs`, `make spark-cluster` or `make airflow-ui` started
 	@if [ -x $(PY) ]; then \
 	  for env in "$(DEMO_ENV)" ""; do \
 	    env $$env $(PY) -m infra.processes stop; env $$env $(PY) -m infra.airflow stop; \
 	    env $$env $(PY) -m infra.broker stop; env $$env $(PY) -m infra.spark_cluster stop; \
+	    env $$env $(PY) -m infra.hdfs stop; \
 	  done; fi
 
 clean: stop  ## remove the virtual environment and all local state

@@ -57,6 +57,15 @@ class Settings(BaseSettings):
         "only cleans closed segments, so this bounds how long superseded UPs stay readable.",
     )
 
+    # --- distributed storage (optional) ---------------------------------------
+    hdfs_port: int = Field(
+        8020,
+        ge=1,
+        le=65534,
+        description="NameNode RPC port of the local HDFS (`infra/hdfs.py`, `make hdfs`) on 127.0.0.1: its URLs are "
+        "`hdfs://127.0.0.1:<port>/...`; its web UI and JMX are on the next port.",
+    )
+
     # --- compute -------------------------------------------------------------
     spark_master: str = Field("local[*]", description="Spark master URL (ignored under spark-submit, which sets it).")
     spark_driver_host: str = Field(
@@ -223,6 +232,10 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.state_dir / "broker"
+
+    @property
+    def hdfs_dir(self) -> Path:
+        return self.state_dir / "hdfs"
 
     @property
     def lake_dir(self) -> Path:
