@@ -18,8 +18,9 @@ to clients, so nobody needs to know them. Everything binds to 127.0.0.1.
 
 Replication is 1 (one DataNode), permissions are off (one user, on one machine), and safe mode ends
 as soon as the blocks are reported (no extension, no minimum of DataNodes). A client keeps its own
-replication default: Spark must be given `SPARK_CONF` below (else it asks for 3 replicas and every
-block stays under-replicated); delta-rs (hdfs-native) takes the server's default.
+replication default: Spark must be given `SPARK_CONF` below (else its parquet files ask for 3 replicas
+and their blocks stay under-replicated for good; Delta's log files, written through Hadoop's FileContext, take
+the server's default); delta-rs (hdfs-native) takes the server's default.
 
 Everything lives in `<state_dir>/hdfs/`: conf/, name/ (the namespace), data/ (the blocks), logs/,
 and one PID file per daemon. Daemons are tracked by PID file and checked against
