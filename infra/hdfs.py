@@ -18,9 +18,10 @@ to clients, so nobody needs to know them. Everything binds to 127.0.0.1.
 
 Replication is 1 (one DataNode), permissions are off (one user, on one machine), and safe mode ends
 as soon as the blocks are reported (no extension, no minimum of DataNodes). A client keeps its own
-replication default: Spark must be given `SPARK_CONF` below (else its parquet files ask for 3 replicas
-and their blocks stay under-replicated for good; Delta's log files, written through Hadoop's FileContext, take
-the server's default); delta-rs (hdfs-native) takes the server's default.
+replication default: Spark is given `spark.hadoop.dfs.replication` from RECSYS_HDFS_REPLICATION
+(`recsys.io.spark`; else its parquet files ask for 3 replicas and their blocks stay under-replicated for
+good; Delta's log files, written through Hadoop's FileContext, take the server's default); delta-rs
+(hdfs-native) takes the server's default.
 
 Everything lives in `<state_dir>/hdfs/`: conf/, name/ (the namespace), data/ (the blocks), logs/,
 and one PID file per daemon. Daemons are tracked by PID file and checked against
@@ -59,8 +60,6 @@ MAIN_CLASSES = {
     NAMENODE: "org.apache.hadoop.hdfs.server.namenode.NameNode",
     DATANODE: "org.apache.hadoop.hdfs.server.datanode.DataNode",
 }
-# What a Spark session needs to write to this HDFS as it should (its Hadoop client defaults to 3 replicas).
-SPARK_CONF = {"spark.hadoop.dfs.replication": "1"}
 
 
 class HdfsUnavailable(RuntimeError):

@@ -58,6 +58,18 @@ class Settings(BaseSettings):
     )
 
     # --- distributed storage (optional) ---------------------------------------
+    lake_uri: str = Field(
+        "",
+        description="Where the Delta tables live, as a URI: empty = `<state_dir>/lake` on the local disk; "
+        "`hdfs://127.0.0.1:8020/recsys/lake` puts them on HDFS (`make hdfs`), read and written by delta-spark in "
+        "the Spark jobs and by delta-rs in the archiver and serving. Models stay under `<state_dir>/models`.",
+    )
+    hdfs_replication: int = Field(
+        1,
+        ge=1,
+        description="Block replication Spark asks for when it writes to HDFS (`spark.hadoop.dfs.replication`): 1 for "
+        "the local single-DataNode HDFS; 3 on a real cluster.",
+    )
     hdfs_port: int = Field(
         8020,
         ge=1,
@@ -200,6 +212,13 @@ class Settings(BaseSettings):
         # folders to processes started elsewhere, and Airflow refuses a relative SQLite path outright.
         return Path(v).expanduser().resolve()
 
+    @field_validator("lake_uri")
+    @classmethod
+    def _lake_uri_scheme(cls, v: str) -> str:
+        if v and not (v.startswith("hdfs://") or v.startswith("file:///")):
+            raise ValueError(f"lake_uri must be empty, hdfs://<host>:<port>/<path> or file:///<path>, got {v!r}")
+        return v
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
@@ -238,8 +257,11 @@ class Settings(BaseSettings):
         return self.state_dir / "hdfs"
 
     @property
-    def lake_dir(self) -> Path:
-        return self.state_dir / "lake"
+    def lake_root(self) -> str:
+        """The lake's root: a local folder's path, or a URI (`hdfs://...`) when `lake_uri` says so."""
+        if self.lake_uri.startswith("file://"):  # a local folder, which keeps the local writer locks
+            return self.lake_uri.removeprefix("file://").rstrip("/")
+        return self.lake_uri.rstrip("/") or str(self.state_dir / "lake")
 
     @property
     def models_dir(self) -> Path:

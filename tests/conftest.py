@@ -118,3 +118,16 @@ def isolated_stack(tmp_path, free_port):
     broker_process.start(s)
     yield s
     broker_process.stop(s)
+
+
+@pytest.fixture
+def lake_on_hdfs(isolated_stack, free_port):
+    """`isolated_stack` with its lake on a real HDFS of its own (a NameNode and a DataNode, infra/hdfs.py)."""
+    from infra import hdfs
+
+    s = isolated_stack.model_copy(update={"hdfs_port": free_port()})  # its web UI takes the next port
+    hdfs.start(s)
+    try:
+        yield s.model_copy(update={"lake_uri": hdfs.url(s, "/recsys/lake")})
+    finally:
+        hdfs.stop(s)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 
 from recsys.settings import Settings, get_settings
@@ -20,8 +18,9 @@ class Tables:
     ITEM_FEATURES = "item_features"  # per item: catalogue attributes and behaviour counts (jobs/features)
 
     @staticmethod
-    def path(name: str, settings: Settings | None = None) -> Path:
-        return (settings or get_settings()).lake_dir / name
+    def path(name: str, settings: Settings | None = None) -> str:
+        """Where a table lives: a local path, or a URI (`hdfs://...`) when the lake is on HDFS."""
+        return f"{(settings or get_settings()).lake_root}/{name}"
 
     @staticmethod
     def archiver_txn_id(topic: str, partition: int) -> str:

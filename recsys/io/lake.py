@@ -69,6 +69,11 @@ class TableLocked(LakeError):
 _held = threading.local()  # lock files this thread holds, with a count (a writer may nest, e.g. compact)
 
 
+def is_remote(path: str | Path) -> bool:
+    """True for a table on HDFS (a URI), false for a local folder."""
+    return "://" in str(path)
+
+
 def lock_file(path: str | Path) -> Path:
     """The writer lock of the table at `path`: a file next to the table (never inside it: vacuum owns that)."""
     p = Path(path)
@@ -81,7 +86,7 @@ def writer_lock(path: str | Path, what: str = "", timeout_s: float | None = None
 
     `what` names this writer in the lock file, so whoever waits can say who holds it. Re-entrant in one thread.
     """
-    if "://" in str(path):  # object stores: no fcntl; a log store with mutual exclusion does this job there
+    if is_remote(path):  # HDFS: no fcntl, but both engines commit by an atomic rename there, so no lock is needed
         yield
         return
     file = lock_file(path)
@@ -253,7 +258,8 @@ def write(
 
     Returns the new table version.
     """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not is_remote(path):  # HDFS creates parent folders itself
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(path, writer):
         write_deltalake(
             str(path),

@@ -112,6 +112,8 @@ def spark_conf(s: Settings) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
         "spark.hadoop.parquet.enable.summary-metadata": "false",
+        # Hadoop's client asks for 3 replicas whatever the cluster has; the local HDFS has one DataNode.
+        "spark.hadoop.dfs.replication": str(s.hdfs_replication),
         **delta_conf(s),
     }
     if under_spark_submit():  # the submitter chose the jars (checked in get_spark)

@@ -119,7 +119,7 @@ def interrupted_work(topic: str, settings) -> dict[str, int]:
     """What a just-killed archiver left half done, seen from outside (the kill landed between reading a batch and
     committing it): dead letters it produced for positions the table has not committed yet (letters go out before
     the commit), and Parquet files it wrote that no table version references (files go before the commit)."""
-    table = Tables.path(Tables.BRONZE_EVENTS, settings)
+    table = Path(Tables.path(Tables.BRONZE_EVENTS, settings))
     committed = lake.archived_offsets(table, topic, range(3))
     ahead = [k for k in dead_letters_for(topic, settings) if int(k.decode().rsplit(":", 1)[1]) >= committed[
         int(k.decode().rsplit(":", 2)[1])]]  # fmt: skip

@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from jobs.common import registry_status
+from recsys.contracts.tables import Tables
 from recsys.data import movielens
-from recsys.io import model_store
+from recsys.io import lake, model_store
 from recsys.io.kafka import end_offsets, read_to_end
 from recsys.protocol import ModelMessage, Topics
 from recsys.replay import replay
@@ -74,14 +75,18 @@ def test_airflow_cli_reports_no_import_errors():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_nightly_dag_runs_end_to_end_on_movielens(isolated_stack):
-    s = isolated_stack
+def test_nightly_dag_runs_end_to_end_on_movielens_with_the_lake_on_hdfs(lake_on_hdfs):
+    """Every table (bronze, silver, features, registry) on a real HDFS: the Spark tasks read and write them over
+    hdfs:// with delta-spark, this test reads them back with delta-rs. (Every other test keeps its lake on the
+    local disk, the default.)"""
+    s = lake_on_hdfs
     events = ((e.key(), e.to_wire()) for e in movielens.iter_events(s.pseudonym_key_bytes()))
     assert replay(events, settings=s, progress=False).sent == movielens.N_RATINGS
     env = {
         **os.environ,
         "RECSYS_STATE_DIR": str(s.state_dir),
         "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+        "RECSYS_LAKE_URI": s.lake_uri,
     }
     run = subprocess.run(
         [sys.executable, "-m", "infra.airflow", "run-dag", "--conf", json.dumps(OVERRIDES)],
@@ -98,6 +103,8 @@ def test_nightly_dag_runs_end_to_end_on_movielens(isolated_stack):
     assert als["status"] == "not_chosen" and json.loads(als["metrics_json"])["ndcg@10"] < manifest.metrics["ndcg@10"]
     assert manifest.metrics["ndcg@10"] >= 1.3 * manifest.baseline_metrics["ndcg@10"]
     assert manifest.kafka_offsets == end_offsets(Topics.EVENTS, s)
+    assert lake.read(Tables.path(Tables.SILVER_INTERACTIONS, s), columns=["event_id"]).num_rows == movielens.N_RATINGS
+    assert not (s.state_dir / "lake").exists()  # nothing went to the local disk
 
     records = [r for batch in read_to_end(Topics.MODEL_UPDATES, s) for r in batch]
     [message] = [ModelMessage.model_validate_json(r.value) for r in records]

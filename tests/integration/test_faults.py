@@ -89,7 +89,7 @@ def test_kill_9_broker_restart_and_a_killed_spark_write_lose_and_duplicate_nothi
     assert check_user_vectors(s, artifact, stream) > 150  # every touched user: as one uninterrupted run folds them
 
     # A Spark job killed mid-write leaves no visible trace; the rerun writes each event once.
-    silver = Tables.path(Tables.SILVER_INTERACTIONS, s)
+    silver = Path(Tables.path(Tables.SILVER_INTERACTIONS, s))
     kill_clean_mid_write(s, silver)
     assert lake.version(silver) is None and any(silver.glob("*.parquet"))
     report = clean(spark, settings=s)

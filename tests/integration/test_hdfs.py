@@ -41,11 +41,9 @@ def cluster(tmp_path_factory) -> Iterator[Settings]:
 
 @pytest.fixture(scope="module")
 def hspark(spark, cluster):
-    """The test session's Spark, told to write one replica (hdfs.SPARK_CONF, applied to the running session:
-    its Hadoop client reads dfs.replication when it first opens this NameNode, which is after this)."""
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    for key, value in hdfs.SPARK_CONF.items():
-        conf.set(key.removeprefix("spark.hadoop."), value)
+    """The test session's Spark: `recsys.io.spark` asks for RECSYS_HDFS_REPLICATION (1) replicas, as many as
+    this HDFS has DataNodes (Hadoop's client would ask for 3)."""
+    assert spark.conf.get("spark.hadoop.dfs.replication") == "1"
     return spark
 
 

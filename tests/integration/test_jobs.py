@@ -1,6 +1,7 @@
 """The batch jobs on real Spark and real Delta tables: clean, train (both engines), evaluate, publish."""
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -115,7 +116,7 @@ def test_archive_compact_completes_pending_erasures_with_spark_and_compacts(spar
     assert [e["operation"] for e in lake.open_table(silver).history()].count("DELETE") == 1
     assert result[Tables.BRONZE_EVENTS]["files_removed"] == 6
     for table in (bronze, silver):
-        assert len(list(table.glob("*.parquet"))) == 1  # compacted, replaced files vacuumed
+        assert len(list(Path(table).glob("*.parquet"))) == 1  # compacted, replaced files vacuumed
         protocol = lake.open_table(table).protocol()  # still writable by delta-rs (the archiver)
         assert (protocol.min_reader_version, protocol.min_writer_version) == (1, 2)
     lake.write(bronze, bronze_rows([event("after", bob, kafka_offset=6)]))

@@ -8,6 +8,7 @@ import re
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -50,7 +51,7 @@ def user_rows(s, table: str, user: str) -> int:
 def users_in_files(s, table: str) -> Counter:
     """User ids in every parquet file of the table's folder, referenced by a version or not."""
     found = Counter()
-    for file in Tables.path(table, s).rglob("*.parquet"):
+    for file in Path(Tables.path(table, s)).rglob("*.parquet"):
         found.update(pq.read_table(file, columns=["user_id"])["user_id"].to_pylist())
     return found
 
@@ -99,7 +100,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     wait_for(lambda: get(stack, f"/recommend/{gone_raw}")[1]["source"] == "speed")
 
     # The admin endpoint needs the token; with it the servers forget at once.
-    lake_before = files_under(s.lake_dir)
+    lake_before = files_under(Path(s.lake_root))
     assert call("POST", f"{stack.url}/admin/forget/{gone_raw}")[0] == 401
     assert call("POST", f"{stack.url}/admin/forget/{gone_raw}", token="wrong")[0] == 403
     for raw in (gone_raw, back_raw):
@@ -112,7 +113,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     # Serving only put the requests into the event log: it wrote nothing under the lake folder (no request row,
     # no delete, no vacuum), then or later, and nothing is recorded until the archiver reaches the markers.
     time.sleep(2)
-    assert files_under(s.lake_dir) == lake_before
+    assert files_under(Path(s.lake_root)) == lake_before
     assert erasure.requests(s) == []
 
     # The archiver reaches the markers: it records the requests, deletes from bronze before its commit and, after

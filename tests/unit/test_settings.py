@@ -14,7 +14,7 @@ def test_environment_variables_with_the_prefix_configure_everything(monkeypatch,
     s = Settings()
     assert s.kafka_bootstrap == "kafka-1:9092,kafka-2:9092"
     assert s.event_weights == {"view": 1.0, "wishlist": 2.0}
-    assert s.lake_dir == Path(tmp_path) / "lake"
+    assert s.lake_root == str(Path(tmp_path) / "lake")
 
 
 def test_default_event_weights():
@@ -32,3 +32,14 @@ def test_bad_event_weights_are_refused(weights):
 def test_readme_configuration_table_matches_the_settings():
     readme = (PROJECT_ROOT / "README.md").read_text()
     assert markdown_table() in readme, "regenerate the README table with `python -m recsys.settings`"
+
+
+def test_the_lake_is_a_local_folder_or_an_hdfs_uri(tmp_path):
+    from recsys.contracts.tables import Tables
+
+    assert Settings(state_dir=tmp_path).lake_root == str(tmp_path / "lake")
+    on_hdfs = Settings(state_dir=tmp_path, lake_uri="hdfs://127.0.0.1:8020/recsys/lake/")
+    assert Tables.path(Tables.BRONZE_EVENTS, on_hdfs) == "hdfs://127.0.0.1:8020/recsys/lake/bronze_events"
+    assert Settings(state_dir=tmp_path, lake_uri="file:///srv/lake").lake_root == "/srv/lake"
+    with pytest.raises(ValueError, match="lake_uri must be"):
+        Settings(state_dir=tmp_path, lake_uri="s3://bucket/lake")
