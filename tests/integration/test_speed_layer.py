@@ -184,7 +184,8 @@ def test_kill_9_mid_publish_and_a_broker_kill_mid_burst_publish_only_exact_vecto
             _wait_for(lambda at_kill=at_kill: updates_end(s) > at_kill + 300)  # it rode the outage out and goes on
             assert proc.poll() is None, "the speed layer died while the broker was away"
         # A kill at a random point of the burst, measured in UPs rather than seconds (machines differ in speed).
-        _wait_for(lambda at=updates_end(s) + rng.randint(50, 600): updates_end(s) > at, poll_s=0.02)
+        kill_at = updates_end(s) + rng.randint(50, 600)
+        _wait_for(lambda at=kill_at: updates_end(s) > at, poll_s=0.02)
         still = updates_end(s)
         time.sleep(0.1)
         publishing_when_killed += updates_end(s) > still
