@@ -43,7 +43,7 @@ demo: venv jars  ## start the local stack, load MovieLens-100K into Kafka, show 
 	@$(DEMO_ENV) $(PY) -m infra.demo
 
 test: venv jars lint  ## lint (ruff, mypy), then the whole test suite (starts and stops its own broker and Spark)
-	$(VENV)/bin/pytest --durations=15
+	$(VENV)/bin/pytest -n 2 --dist loadfile --durations=15
 
 lint: venv  ## ruff (lint and format check), then mypy; fails on any finding
 	$(VENV)/bin/ruff check .

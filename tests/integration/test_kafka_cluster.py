@@ -64,7 +64,9 @@ def test_kill_9_of_a_partition_leader_mid_stream_loses_nothing_acknowledged_and_
     s = cluster
     # Three replicas everywhere, two of them needed to acknowledge a write.
     for topic in Topics.ALL:
-        partitions = describe(s, topic)
+        # A loaded machine may answer before every broker has the new topic's metadata: wait for
+        # the partitions to show, then check them.
+        partitions = _wait(lambda topic=topic: describe(s, topic), timeout_s=30)
         in_sync = {i: (len(p["replica_nodes"]), len(p["isr_nodes"])) for i, p in partitions.items()}
         assert set(in_sync.values()) == {(3, 3)}, (topic, in_sync)
         assert min_insync_replicas(s, topic) == "2"

@@ -163,18 +163,19 @@ def test_kill_9_mid_publish_and_a_broker_kill_mid_burst_publish_only_exact_vecto
     then a fresh instance's newest UPs equal an uninterrupted run's."""
     s = isolated_stack
     artifact = publish_model(s, produce(s, seed=6, n=4_000), "m20260101T000000000000")
-    stream = produce(s, seed=7, n=20_000)
+    stream = []  # each instance starts with a backlog of its own, so it is still publishing when it is killed
     env = {**os.environ, "RECSYS_STATE_DIR": str(s.state_dir), "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-           "RECSYS_SPEED_METRICS_PORT": "0", "RECSYS_SPEED_BATCH_MAX": "500"}  # fmt: skip
+           "RECSYS_SPEED_METRICS_PORT": "0", "RECSYS_SPEED_BATCH_MAX": "100"}  # fmt: skip
     rng = random.Random(11)
     start = updates_end(s)
     published_by = []  # UPs each crashed instance published: (from, to) offsets of model-updates
     publishing_when_killed = 0
     for round_ in range(3):
+        stream += produce(s, seed=7 + round_, n=8_000)
         before = updates_end(s)
         proc = subprocess.Popen([sys.executable, "-m", "speed_layer", "--instance-id", "speed-crash"], env=env,
                                 cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        _wait_for(lambda before=before: updates_end(s) > before + 300)  # it has loaded the model and publishes
+        _wait_for(lambda before=before: updates_end(s) > before + 300, poll_s=0.02)  # it loaded the model, publishes
         if round_ == 1:
             at_kill = updates_end(s)
             broker_process.kill_node(s, 1)  # in the middle of its burst of UPs
@@ -182,9 +183,11 @@ def test_kill_9_mid_publish_and_a_broker_kill_mid_burst_publish_only_exact_vecto
             broker_process.start(s)
             _wait_for(lambda at_kill=at_kill: updates_end(s) > at_kill + 300)  # it rode the outage out and goes on
             assert proc.poll() is None, "the speed layer died while the broker was away"
-        time.sleep(rng.uniform(0.2, 1.5))
+        # A kill at a random point of the burst, measured in UPs rather than seconds (machines differ in speed).
+        kill_at = updates_end(s) + rng.randint(50, 600)
+        _wait_for(lambda at=kill_at: updates_end(s) > at, poll_s=0.02)
         still = updates_end(s)
-        time.sleep(0.3)
+        time.sleep(0.1)
         publishing_when_killed += updates_end(s) > still
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -220,10 +223,10 @@ def _published_with(s, version: str, users: set[str]) -> bool:
     return all(("user", u) in updates and updates[("user", u)].model_version == version for u in users)
 
 
-def _wait_for(condition, timeout_s: float = 60.0) -> None:
+def _wait_for(condition, timeout_s: float = 60.0, poll_s: float = 0.3) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.3)
+        time.sleep(poll_s)
     raise AssertionError("condition not met in time")

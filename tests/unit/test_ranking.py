@@ -37,7 +37,10 @@ def test_top_k_matches_full_sort(factors, k: int, batch_size: int) -> None:
     want_idx, want_val = _brute_top_k(users @ items.T, k, exclude)
     assert got_idx.shape == (53, k) and got_idx.dtype == np.int64 and got_val.dtype == np.float32
     np.testing.assert_array_equal(got_idx, want_idx)
-    np.testing.assert_allclose(got_val, want_val, rtol=1e-5)
+    # float32 dot products differ with the BLAS kernel (gemv for one row, gemm for many) by a few ulps of the
+    # largest score, so a score near 0 cannot be held to a relative tolerance.
+    scale = np.abs(want_val[np.isfinite(want_val)]).max()
+    np.testing.assert_allclose(got_val, want_val, rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_top_k_without_exclusions(factors) -> None:
