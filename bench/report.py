@@ -30,7 +30,7 @@ def render(results: dict) -> str:
     ]
     for name, section in (("quality", _quality), ("freshness", _freshness), ("reactivity", _reactivity),
                           ("neural", _neural), ("batch", _batch), ("batch_baseline", _batch_baseline),
-                          ("speed_layer", _speed), ("idle", _idle), ("serving", _serving),
+                          ("storage", _storage), ("speed_layer", _speed), ("idle", _idle), ("serving", _serving),
                           ("soak", _soak)):  # fmt: skip
         if name in results:
             try:
@@ -236,6 +236,28 @@ def _batch(batch: dict) -> list[str]:
                          f"{r['ndcg@10']:.4f} | {r['popularity_ndcg@10']:.4f} | {r['blas']} |")  # fmt: skip
     lines += ["", "Peak RSS is the whole process tree (Python driver + Spark JVM), sampled every 0.2 s; evaluate "
               "re-fits the engine on the time split, so each pipeline trains twice."]  # fmt: skip
+    return lines
+
+
+def _storage(st: dict) -> list[str]:
+    """The batch pipeline with the lake and models on local disk, then on a local HDFS; a replica's swap-in."""
+    p, ratio = st["params"], st["hdfs_over_local"]
+    lines = [f"### Storage: the lake and models on local disk vs HDFS ({p['engine']}, {p['events']:,} events, same "
+             "data, same run)", "",
+             "| storage | seconds | clean (s) | train (s) | evaluate (s) | publish (s) | peak RSS (MB) | model (MB) | "
+             f"swap-in (s, median of {p['swaps']}) | NDCG@10 |", "|---" * 10 + "|"]  # fmt: skip
+    for storage in ("local", "hdfs"):
+        r, steps = st[storage], st[storage]["steps_s"]
+        lines.append(f"| {storage} | {r['seconds']:.0f} | {steps['clean']:.1f} | {steps['train']:.1f} | "
+                     f"{steps['evaluate']:.1f} | {steps['publish']:.2f} | {r['peak_rss_mb']:,} | "
+                     f"{r['swap_in_s']['model_mb']:,} | {r['swap_in_s']['median']:.2f} | "
+                     f"{r['ndcg@10']:.4f} |")  # fmt: skip
+    lines += ["", f"HDFS / local: whole pipeline {ratio['pipeline']:.2f}x, clean {ratio['clean']:.2f}x, train "
+              f"{ratio['train']:.2f}x, evaluate {ratio['evaluate']:.2f}x, publish {ratio['publish']:.2f}x, swap-in "
+              f"{ratio['swap_in']:.2f}x. One NameNode and one DataNode on the same 2 cores as Spark; swap-in is "
+              "`model_store.load_from` plus the catalogue and the `ServingModel`, as `serving.follower` swaps a "
+              "model in: memory-mapped from local disk, copied to a temporary local folder and read whole from "
+              "HDFS."]  # fmt: skip
     return lines
 
 

@@ -10,6 +10,8 @@ Sections: quality (MovieLens-100K, every recommender, 3 seeds, ties ordered and 
 freshness (stale vs real time vs retrain, per recommender), reactivity (top-10 change after
 one view; cold items), neural (next-item recall/MRR of SR-GNN vs transitions and ALS, neural
 training time at 1M events, serving latency at 100k items), batch (pipeline time and memory),
+storage (the batch pipeline at 1M events with the lake and models on local disk, then on a local HDFS,
+and a replica's swap-in time of the published model from each),
 speed (events/s, event -> UP latency, next to a bare kafka-python consumer and Kafka's
 ConsumerPerformance / ProducerPerformance on the same broker), idle (CPU of each service with
 no traffic), serving (GET /recommend latency and throughput). Each figure carries its unit.
@@ -320,6 +322,29 @@ def _batch(o: dict) -> dict:
     return results if base is None else {**results, "baseline": base}
 
 
+def _storage(o: dict) -> dict:
+    from bench import storage
+
+    n = int(o["sizes"].split(",")[0]) if o["sizes"] else (200_000 if o["quick"] else 1_000_000)
+    return storage.run(n, o["engines"].split(",")[-1], users=100_000, items=50_000)
+
+
+def storage_table(r: dict) -> Table:
+    from bench import storage
+
+    p = r["params"]
+    table = Table(
+        title=f"batch pipeline ({p['engine']}) with the lake and models on local disk vs HDFS, "
+        f"and a replica's swap-in of the published model (median of {p['swaps']})"
+    )
+    for col in ("storage", "events", "seconds", "clean s", "train s", "evaluate s", "publish s", "peak RSS MB",
+                "swap-in s", "NDCG@10"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for row in storage.table_rows(r):
+        table.add_row(*row)
+    return table
+
+
 def _speed(o: dict) -> dict:
     from bench import speed
 
@@ -380,12 +405,13 @@ SECTIONS = {
     "reactivity": ("reactivity", _reactivity, lambda r: reactivity_table(r)),
     "neural": ("neural", _neural, lambda r: neural_table(r)),
     "batch": ("batch", _batch, lambda r: batch_table(r)),
+    "storage": ("storage", _storage, lambda r: storage_table(r)),
     "speed": ("speed_layer", _speed, lambda r: [speed_table(r), kafka_table(r)]),
     "idle": ("idle", _idle, lambda r: idle_table(r)),
     "soak": ("soak", _soak, lambda r: f"soak: {r}"),
     "serving": ("serving", _serving, lambda r: serving_table(r)),
 }
-DEFAULT_SECTIONS = "quality,freshness,reactivity,neural,batch,speed,idle,serving"
+DEFAULT_SECTIONS = "quality,freshness,reactivity,neural,batch,storage,speed,idle,serving"
 
 
 @app.command()

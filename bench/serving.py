@@ -161,7 +161,7 @@ def exactness_and_bytes(s: Settings, users: list[str], k: int = 10) -> dict:
     float32 score of every item, sorted) and against the BLAS full sort; and the bytes its scan read."""
     published = model_store.latest_published(s)
     assert published is not None  # build_model published one
-    artifact = model_store.load(published)
+    artifact = model_store.load_from(published, s)
     exact = ServingModel(artifact, {}, s.model_copy(update={"serving_index": "exact"}))
     blas = ServingModel(artifact, {}, s.model_copy(update={"serving_index": "full_sort"}))
     model = cast(ImplicitALS, exact.model)  # build_model's
@@ -213,7 +213,7 @@ def build_hybrid(s: Settings, n_users: int, n_items: int, history_events: int) -
     fit_s = time.monotonic() - started
     manifest = model_store.build_manifest(model, data, "m20260101T000000000000-hybrid", kafka_offsets={})
     artifact = model_store.ModelArtifact(manifest, data, model)
-    model_store.promote(model_store.save(artifact, model_store.candidates_dir(s) / manifest.model_version), s)
+    model_store.promote(model_store.save_candidate(artifact, s), s)
     return {"fit_s": round(fit_s, 1), "components": sorted(model.components), "weights": model.weights,
             "reranker": model.reranker is not None, "n_items": data.n_items}  # fmt: skip
 
@@ -267,7 +267,7 @@ def run(quick: bool) -> dict:
             result["hybrid_model"] = build_hybrid(hs, n_users, n_items, events)
             hybrid_published = model_store.latest_published(hs)
             assert hybrid_published is not None  # build_hybrid published one
-            hybrid_artifact = model_store.load(hybrid_published)
+            hybrid_artifact = model_store.load_from(hybrid_published, hs)
             hybrid_users = rng.choice(hybrid_artifact.user_ids, size=2_000, replace=False).tolist()
             result["hybrid_vs_als"] = hybrid_vs_als(s, hs, paths, _paths(hs, hybrid_users, k=10), seconds,
                                                     rate=20 if quick else 50)  # fmt: skip

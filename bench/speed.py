@@ -51,8 +51,7 @@ def build_model(
     model.fit(data)
     manifest = model_store.build_manifest(model, data, "m20260101T000000000000-bench", kafka_offsets={})
     artifact = model_store.ModelArtifact(manifest, data, model)
-    target = model_store.candidates_dir(s) / manifest.model_version
-    model_store.promote(model_store.save(artifact, target), s)
+    model_store.promote(model_store.save_candidate(artifact, s), s)
     return artifact
 
 
@@ -122,11 +121,11 @@ def publish_cutoff(s: Settings) -> int:
     """
     published = model_store.latest_published(s)
     assert published is not None  # the benches call this after build_model published one
-    artifact = model_store.load(published)
+    artifact = model_store.load_from(published, s)
     offsets = end_offsets(Topics.EVENTS, s)
     version = protocol.new_version(model="bench")
     artifact.manifest = artifact.manifest.model_copy(update={"model_version": version, "kafka_offsets": offsets})
-    model_store.promote(model_store.save(artifact, model_store.candidates_dir(s) / version), s)
+    model_store.promote(model_store.save_candidate(artifact, s), s)
     return sum(offsets.values())
 
 

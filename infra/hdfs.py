@@ -265,14 +265,27 @@ def start(settings: Settings | None = None, timeout_s: float = 120.0) -> dict[st
     return running
 
 
-def namenode_state(s: Settings, timeout_s: float = 2.0) -> dict:
-    """The NameNode's FSNamesystemState bean (NumLiveDataNodes, CapacityRemaining, FSState, ...) from its JMX."""
-    query = f"http://{HOST}:{http_port(s)}/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState"
+def _jmx_bean(s: Settings, name: str, timeout_s: float) -> dict:
+    query = f"http://{HOST}:{http_port(s)}/jmx?qry=Hadoop:service=NameNode,name={name}"
     with urllib.request.urlopen(query, timeout=timeout_s) as r:
         beans = json.loads(r.read())["beans"]
     if not beans:
         raise HdfsUnavailable("the NameNode's namesystem is not loaded yet")
     return beans[0]
+
+
+def namenode_state(s: Settings, timeout_s: float = 2.0) -> dict:
+    """The NameNode's FSNamesystemState bean (NumLiveDataNodes, CapacityRemaining, FSState, ...) from its JMX."""
+    return _jmx_bean(s, "FSNamesystemState", timeout_s)
+
+
+def reachable_datanodes(s: Settings, timeout_s: float = 2.0) -> int:
+    """How many DataNodes the NameNode counts as live whose data port accepts a connection now.
+
+    The NameNode keeps counting a killed DataNode as live until its heartbeats expire (minutes); a restarted
+    one listens on a new port once it has registered again. Clients are sent to the registered address."""
+    live = json.loads(_jmx_bean(s, "NameNodeInfo", timeout_s)["LiveNodes"] or "{}")
+    return sum(_port_taken(int(node["xferaddr"].rsplit(":", 1)[1])) for node in live.values())
 
 
 def wait_ready(s: Settings, pids: dict[str, int], timeout_s: float = 120.0) -> dict:
@@ -287,8 +300,8 @@ def wait_ready(s: Settings, pids: dict[str, int], timeout_s: float = 120.0) -> d
         try:
             state = namenode_state(s)
             last = f"{state['FSState']}, {state['NumLiveDataNodes']} live DataNode(s)"
-            if (state["FSState"] == "Operational" and state["NumLiveDataNodes"] >= 1
-                    and state["CapacityRemaining"] > 0 and _port_taken(s.hdfs_port)):  # fmt: skip
+            if (state["FSState"] == "Operational" and state["CapacityRemaining"] > 0
+                    and _port_taken(s.hdfs_port) and reachable_datanodes(s) >= 1):  # fmt: skip
                 return state
         except (OSError, ValueError, KeyError, HdfsUnavailable) as e:
             last = str(e)

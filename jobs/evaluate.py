@@ -50,7 +50,7 @@ class _Sampling(TypedDict):
 
 def evaluate(spark: SparkSession, model_version: str, settings: Settings | None = None) -> dict[str, dict]:
     s = settings or get_settings()
-    path = model_store.candidates_dir(s) / model_version
+    path = model_store.candidate(model_version, s)
     manifest = model_store.read_manifest(path)
     items = catalog.attributes(s)
     with timed("time split"):

@@ -19,7 +19,6 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, TypedDict
 
 import typer
@@ -40,7 +39,7 @@ GATE_FAILED_EXIT = 3
 class Decision:
     passed: bool
     reason: str
-    path: Path | None = None
+    path: model_store.Location | None = None
 
 
 def gate(candidate: ModelManifest, current: ModelManifest | None, s: Settings) -> Decision:
@@ -68,7 +67,7 @@ def choose(versions: list[str], s: Settings) -> tuple[str, list[tuple[str, str]]
     key = f"ndcg@{s.eval_k}"
     scored = []
     for version in versions:
-        manifest = model_store.read_manifest(model_store.candidates_dir(s) / version)
+        manifest = model_store.read_manifest(model_store.candidate(version, s))
         scored.append((manifest.metrics.get(key, float("-inf")), version, manifest.engine))
     scored.sort(reverse=True)
     best_score, best, best_engine = scored[0]
@@ -86,18 +85,18 @@ def publish(model_versions: str | list[str], settings: Settings | None = None) -
     """Publish the best of the candidates (one version or a nightly run's set) if it passes the gate."""
     s = settings or get_settings()
     versions = [model_versions] if isinstance(model_versions, str) else list(model_versions)
-    already = [v for v in versions if (model_store.published_dir(s) / v).exists()]
-    if already and not (model_store.candidates_dir(s) / already[0]).exists():
+    already = [v for v in versions if model_store.exists(model_store.published(v, s))]
+    if already and not model_store.exists(model_store.candidate(already[0], s)):
         log.info("%s was already promoted; sending its MODEL message again", already[0])
-        announce(already[0], model_store.published_dir(s) / already[0], s)
-        return Decision(True, "already published; MODEL message re-sent", model_store.published_dir(s) / already[0])
+        announce(already[0], model_store.published(already[0], s), s)
+        return Decision(True, "already published; MODEL message re-sent", model_store.published(already[0], s))
     model_version, others = choose(versions, s)
     for version, reason in others:
-        manifest = model_store.read_manifest(model_store.candidates_dir(s) / version)
+        manifest = model_store.read_manifest(model_store.candidate(version, s))
         record_in_registry(version, "not_chosen", engine=manifest.engine, silver_version=manifest.silver_table_version,
-                           path=str(model_store.candidates_dir(s) / version), reason=reason, metrics=manifest.metrics,
+                           path=str(model_store.candidate(version, s)), reason=reason, metrics=manifest.metrics,
                            settings=s)  # fmt: skip
-    candidate_path = model_store.candidates_dir(s) / model_version
+    candidate_path = model_store.candidate(model_version, s)
 
     candidate = model_store.read_manifest(candidate_path)
     current_path = model_store.latest_published(s)
@@ -109,7 +108,7 @@ def publish(model_versions: str | list[str], settings: Settings | None = None) -
                            metrics=candidate.metrics, **common)  # fmt: skip
         return decision
     # Users forgotten while this model was trained on data from before their request leave it first.
-    erasure.erase_from_model(candidate_path, erasure.requests(s))
+    erasure.erase_from_model(candidate_path, erasure.requests(s), s)
     decision.path = model_store.promote(candidate_path, s)
     record_in_registry(model_version, "published", path=str(decision.path), reason=decision.reason,
                        metrics=candidate.metrics, **common)  # fmt: skip
@@ -117,7 +116,7 @@ def publish(model_versions: str | list[str], settings: Settings | None = None) -
     return decision
 
 
-def announce(model_version: str, path: Path, s: Settings) -> None:
+def announce(model_version: str, path: model_store.Location, s: Settings) -> None:
     """Tell the speed and serving layers where the new model is (never the model itself)."""
     ensure_topics(s)
     prod = producer(s)

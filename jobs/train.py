@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 import typer
 from pyspark.sql import SparkSession
@@ -61,7 +60,7 @@ def train(
     silver_version: int | None = None,
     settings: Settings | None = None,
     overrides: dict | None = None,
-) -> Path:
+) -> model_store.Location:
     s = settings or get_settings()
     name = model_name or s.model
     model = registry.create(name, s, overrides)
@@ -89,7 +88,7 @@ def train(
     if name == "spark_als":
         manifest.details["blas"] = blas_in_use(spark)
     artifact = model_store.ModelArtifact(manifest, data, model)
-    path = model_store.save(artifact, model_store.candidates_dir(s) / model_version)
+    path = model_store.save_candidate(artifact, s)
     record_in_registry(model_version, "trained", engine=name, silver_version=version, path=str(path), settings=s)
     return path
 

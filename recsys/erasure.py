@@ -152,21 +152,23 @@ def erase_from_models(messages: list[ForgetMessage], settings: Settings | None =
     """Erase the users from every model directory whose data ends before their marker. Returns rows erased."""
     s = settings or get_settings()
     erased = 0
-    for root in (model_store.published_dir(s), model_store.candidates_dir(s)):
-        if root.exists():
-            for directory in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
-                erased += erase_from_model(directory, messages)
+    for folder, location in ((model_store.published_dir(s), model_store.published),
+                             (model_store.candidates_dir(s), model_store.candidate)):  # fmt: skip
+        for version in model_store.versions_in(folder):
+            erased += erase_from_model(location(version, s), messages, s)
     return erased
 
 
-def erase_from_model(directory, messages: list[ForgetMessage]) -> int:
-    """Erase from one model directory the users whose request covers its data."""
+def erase_from_model(
+    location: model_store.Location, messages: list[ForgetMessage], settings: Settings | None = None
+) -> int:
+    """Erase from one model the users whose request covers its data."""
     try:
-        manifest = model_store.read_manifest(directory)
+        manifest = model_store.read_manifest(location)
     except model_store.ModelNotFound:
         return 0  # incomplete: never read by anyone
     users = {m.user_id for m in messages if m.covers(manifest.kafka_offsets)}
-    return model_store.erase_users(directory, users) if users else 0
+    return model_store.erase_users(location, users, settings) if users else 0
 
 
 def record(messages: list[ForgetMessage], status: str, settings: Settings | None = None) -> None:

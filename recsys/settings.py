@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,14 @@ class Settings(BaseSettings):
         "",
         description="Where the Delta tables live, as a URI: empty = `<state_dir>/lake` on the local disk; "
         "`hdfs://127.0.0.1:8020/recsys/lake` puts them on HDFS (`make hdfs`), read and written by delta-spark in "
-        "the Spark jobs and by delta-rs in the archiver and serving. Models stay under `<state_dir>/models`.",
+        "the Spark jobs and by delta-rs in the archiver and serving.",
+    )
+    models_uri: str = Field(
+        "",
+        description="Where published and candidate models live, as a URI: empty = `<state_dir>/models` on the local "
+        "disk; `hdfs://127.0.0.1:8020/recsys/models` puts them on HDFS, where a version appears by one atomic "
+        "rename and MODEL messages carry its URI. The speed layer and serving copy a model from there to a "
+        "temporary local folder, load it and delete the copy.",
     )
     hdfs_replication: int = Field(
         1,
@@ -212,11 +219,13 @@ class Settings(BaseSettings):
         # folders to processes started elsewhere, and Airflow refuses a relative SQLite path outright.
         return Path(v).expanduser().resolve()
 
-    @field_validator("lake_uri")
+    @field_validator("lake_uri", "models_uri")
     @classmethod
-    def _lake_uri_scheme(cls, v: str) -> str:
+    def _storage_uri_scheme(cls, v: str, info: ValidationInfo) -> str:
         if v and not (v.startswith("hdfs://") or v.startswith("file:///")):
-            raise ValueError(f"lake_uri must be empty, hdfs://<host>:<port>/<path> or file:///<path>, got {v!r}")
+            raise ValueError(
+                f"{info.field_name} must be empty, hdfs://<host>:<port>/<path> or file:///<path>, got {v!r}"
+            )
         return v
 
     @field_validator("model")
@@ -259,12 +268,16 @@ class Settings(BaseSettings):
     @property
     def lake_root(self) -> str:
         """The lake's root: a local folder's path, or a URI (`hdfs://...`) when `lake_uri` says so."""
-        if self.lake_uri.startswith("file://"):  # a local folder, which keeps the local writer locks
-            return self.lake_uri.removeprefix("file://").rstrip("/")
-        return self.lake_uri.rstrip("/") or str(self.state_dir / "lake")
+        return _storage_root(self.lake_uri, self.state_dir / "lake")
+
+    @property
+    def models_root(self) -> str:
+        """The model store's root: a local folder's path, or a URI (`hdfs://...`) when `models_uri` says so."""
+        return _storage_root(self.models_uri, self.models_dir)
 
     @property
     def models_dir(self) -> Path:
+        """The local model folder (the store itself unless `models_uri` is a remote URI)."""
         return self.state_dir / "models"
 
     @property
@@ -296,6 +309,12 @@ class Settings(BaseSettings):
         if self.serving_write_token is not None:
             return self.serving_write_token.get_secret_value()
         return _key_file(self.secrets_dir / "serving.token").decode()
+
+
+def _storage_root(uri: str, local_default: Path) -> str:
+    if uri.startswith("file://"):  # a local folder, which keeps local locks and renames
+        return uri.removeprefix("file://").rstrip("/")
+    return uri.rstrip("/") or str(local_default)
 
 
 def _key_file(path: Path) -> bytes:

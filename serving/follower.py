@@ -26,7 +26,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 from kafka import TopicPartition
 from kafka.errors import KafkaError
@@ -46,7 +45,7 @@ MAX_PENDING = 1_000_000  # UPs held for a model not loaded yet; beyond this the 
 
 
 class ModelFollower:
-    def __init__(self, s: Settings, loader: Callable[[Path], ServingModel] | None = None) -> None:
+    def __init__(self, s: Settings, loader: Callable[[model_store.Location], ServingModel] | None = None) -> None:
         self.s = s
         self.current: ServingModel | None = None
         self.caught_up = threading.Event()
@@ -133,8 +132,8 @@ class ModelFollower:
         current = self.current.version if self.current else ""
         if not protocol.is_newer(message.model_version, current or None):  # never go back to an older model
             return
-        path = Path(message.path)
-        if not (path / "manifest.json").exists():
+        path: model_store.Location = message.path
+        if not model_store.exists(path):
             try:
                 path = model_store.find(message.model_version, self.s)
             except model_store.ModelNotFound:
@@ -144,7 +143,7 @@ class ModelFollower:
                 return
         self._try_swap(path)
 
-    def _try_swap(self, path: Path) -> None:
+    def _try_swap(self, path: model_store.Location) -> None:
         try:
             self._swap(path)
         except Exception:  # a broken model directory must not take the served one down
@@ -184,7 +183,7 @@ class ModelFollower:
             log.warning("dropping %d UPs held for model %s, never announced", len(self._pending[dropped]), dropped)
             del self._pending[dropped]
 
-    def _swap(self, path: Path) -> None:
+    def _swap(self, path: model_store.Location) -> None:
         started = time.monotonic()
         model = self._loader(path)
         for message in self.forgotten.values():
@@ -200,5 +199,5 @@ class ModelFollower:
         metrics.MODEL_LOAD_SECONDS.observe(time.monotonic() - started)
         log.info("serving model %s (was %s), loaded in %.2f s", model.version, old, time.monotonic() - started)
 
-    def _load(self, path: Path) -> ServingModel:
-        return ServingModel(model_store.load(path), catalog.read(self.s), self.s)
+    def _load(self, path: model_store.Location) -> ServingModel:
+        return ServingModel(model_store.load_from(path, self.s), catalog.read(self.s), self.s)

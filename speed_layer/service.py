@@ -24,7 +24,6 @@ import logging
 import signal
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
@@ -63,8 +62,8 @@ class SpeedLayer:
         self.events.subscribe([Topics.EVENTS], listener=_ReplayFromModel(self))
 
     # --- models ----------------------------------------------------------------------------
-    def load_model(self, path: Path) -> None:
-        self.artifact = model_store.load(path)
+    def load_model(self, location: model_store.Location) -> None:
+        self.artifact = model_store.load_from(location, self.s)
         metrics.MODEL_INFO.info({"model_version": self.artifact.manifest.model_version})
         log.info("model %s loaded; replaying events after %s", self.artifact.manifest.model_version,
                  self.artifact.manifest.kafka_offsets)  # fmt: skip
@@ -94,7 +93,7 @@ class SpeedLayer:
                     message = protocol.decode(r.value)
                     newest = message if isinstance(message, ModelMessage) else newest
         if newest and (self.state is None or newest.model_version != self.state.model_version):
-            self.load_model(Path(newest.path))
+            self.load_model(newest.path)
 
     def wait_for_model(self) -> None:
         latest = model_store.latest_published(self.s)

@@ -131,3 +131,11 @@ def lake_on_hdfs(isolated_stack, free_port):
         yield s.model_copy(update={"lake_uri": hdfs.url(s, "/recsys/lake")})
     finally:
         hdfs.stop(s)
+
+
+@pytest.fixture
+def models_on_hdfs(lake_on_hdfs):
+    """`lake_on_hdfs` with the model store on the same HDFS too (RECSYS_MODELS_URI)."""
+    from infra import hdfs
+
+    return lake_on_hdfs.model_copy(update={"models_uri": hdfs.url(lake_on_hdfs, "/recsys/models")})

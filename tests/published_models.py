@@ -51,6 +51,5 @@ def publish_model(
     recommender.fit(data, spark)
     manifest = model_store.build_manifest(recommender, data, version, kafka_offsets=end_offsets(Topics.EVENTS, s))
     artifact = model_store.ModelArtifact(manifest, data, recommender)
-    path = model_store.save(artifact, model_store.candidates_dir(s) / version)
-    model_store.promote(path, s)
+    model_store.promote(model_store.save_candidate(artifact, s), s)
     return artifact

@@ -10,14 +10,24 @@ catalogue attributes), the model's own files (`Recommender.save`: ALS's factors,
 a neighbourhood model's similarity matrix, ...) and `manifest.json`, written last.
 A version becomes visible only by an atomic rename of a complete directory, so no
 reader ever sees half a model.
+
+The store is a local folder (`<state_dir>/models`) or, with `RECSYS_MODELS_URI`, a
+folder on HDFS (recsys.io.remote_files). A model's *location* is then a URI: `train`
+writes the candidate to a local temporary folder and uploads it, `publish` renames it
+on HDFS, and readers (`load_from`) copy it to a local temporary folder, load it whole
+and delete the copy, so no host keeps a copy that erasure would have to find.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +38,7 @@ import scipy.sparse as sp
 
 from recsys import protocol
 from recsys.contracts.manifest import MANIFEST_FILE, ModelManifest
+from recsys.io import remote_files
 from recsys.models.base import Dataset, EventLog, ItemAttributes, Recommender
 from recsys.settings import Settings, get_settings
 
@@ -88,12 +99,68 @@ def build_manifest(model: Recommender, data: Dataset, model_version: str, **fiel
     )  # fmt: skip
 
 
-def candidates_dir(settings: Settings | None = None) -> Path:
-    return (settings or get_settings()).models_dir / "candidates"
+# Where a model is: a local directory, or a URI (`hdfs://...`) when the store is remote.
+Location = str | Path
 
 
-def published_dir(settings: Settings | None = None) -> Path:
-    return (settings or get_settings()).models_dir / "published"
+def _store(settings: Settings | None, *parts: str) -> Location:
+    root = (settings or get_settings()).models_root
+    return remote_files.join(root, *parts) if remote_files.is_remote(root) else Path(root).joinpath(*parts)
+
+
+def candidates_dir(settings: Settings | None = None) -> Location:
+    return _store(settings, "candidates")
+
+
+def published_dir(settings: Settings | None = None) -> Location:
+    return _store(settings, "published")
+
+
+def candidate(model_version: str, settings: Settings | None = None) -> Location:
+    return _store(settings, "candidates", model_version)
+
+
+def published(model_version: str, settings: Settings | None = None) -> Location:
+    return _store(settings, "published", model_version)
+
+
+def exists(location: Location) -> bool:
+    """True if a complete model (one with its manifest) is at `location`."""
+    manifest = _in(location, MANIFEST_FILE)
+    return remote_files.exists(str(manifest)) if remote_files.is_remote(location) else Path(manifest).exists()
+
+
+def _in(location: Location, name: str) -> Location:
+    return remote_files.join(str(location), name) if remote_files.is_remote(location) else Path(location) / name
+
+
+def save_candidate(artifact: ModelArtifact, settings: Settings | None = None) -> Location:
+    """Write a fitted model as a candidate, atomically, wherever the store is; returns its location."""
+    s = settings or get_settings()
+    target = candidate(artifact.manifest.model_version, s)
+    if not remote_files.is_remote(target):
+        return save(artifact, Path(target))
+    with _scratch(s) as scratch:
+        local = save(artifact, scratch / artifact.manifest.model_version)
+        remote_files.upload_folder(local, str(target))
+    return target
+
+
+@contextmanager
+def _scratch(s: Settings) -> Iterator[Path]:
+    """A local temporary folder for a remote model's files, deleted afterwards whatever happens."""
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".model-", dir=s.state_dir) as tmp:
+        yield Path(tmp)
+
+
+def load_from(location: Location, settings: Settings | None = None) -> ModelArtifact:
+    """Load the model at `location`: a local directory memory-mapped, a remote one read whole via a local copy."""
+    if not remote_files.is_remote(location):
+        return load(Path(location))
+    with _scratch(settings or get_settings()) as scratch:
+        remote_files.download_folder(str(location), scratch / "model")
+        return load(scratch / "model", mmap=False)
 
 
 def save(artifact: ModelArtifact, target: Path) -> Path:
@@ -176,16 +243,20 @@ def load_data(path: Path, manifest: ModelManifest) -> Dataset:
     )
 
 
-def read_manifest(path: Path) -> ModelManifest:
-    file = path / MANIFEST_FILE
-    if not file.exists():
-        raise ModelNotFound(f"no complete model at {path} (no {MANIFEST_FILE})")
-    return ModelManifest.model_validate_json(file.read_text())
+def read_manifest(location: Location) -> ModelManifest:
+    if not exists(location):
+        raise ModelNotFound(f"no complete model at {location} (no {MANIFEST_FILE})")
+    file = _in(location, MANIFEST_FILE)
+    text = remote_files.read_text(str(file)) if remote_files.is_remote(file) else Path(file).read_text()
+    return ModelManifest.model_validate_json(text)
 
 
-def update_manifest(path: Path, manifest: ModelManifest) -> None:
+def update_manifest(location: Location, manifest: ModelManifest) -> None:
     """Replace a model's manifest atomically (used to record evaluation metrics)."""
-    _write_manifest(path, manifest)
+    if remote_files.is_remote(location):
+        remote_files.write_text(str(_in(location, MANIFEST_FILE)), manifest.model_dump_json(indent=2))
+    else:
+        _write_manifest(Path(location), manifest)
 
 
 def _write_manifest(directory: Path, manifest: ModelManifest) -> None:
@@ -207,7 +278,29 @@ def _fsync_dir(directory: Path) -> None:
 ERASED_PREFIX = "erased-"
 
 
-def erase_users(path: Path, users: set[str]) -> int:
+def erase_users(location: Location, users: set[str], settings: Settings | None = None) -> int:
+    """Erase users from the model at `location`; a remote model through a local copy (see `_erase_users`)."""
+    if not remote_files.is_remote(location):
+        return _erase_users(Path(location), users)
+    with _scratch(settings or get_settings()) as scratch:
+        local = scratch / "model"
+        remote_files.download_folder(str(location), local)
+        before = _inodes(local)
+        erased = _erase_users(local, users)
+        # Erasure replaces each file it changes by a rename (a new inode): upload those, in the order they were
+        # replaced (ids first, as locally), each one renamed into place on the store.
+        changed = [f for f, inode in _inodes(local).items() if before.get(f) != inode]
+        changed.sort(key=lambda f: f.stat().st_mtime_ns)
+        if erased:
+            remote_files.upload_files(local, str(location), changed)
+        return erased
+
+
+def _inodes(directory: Path) -> dict[Path, int]:
+    return {f: f.stat().st_ino for f in directory.rglob("*") if f.is_file()}
+
+
+def _erase_users(path: Path, users: set[str]) -> int:
     """Erase users from a model directory in place (right to erasure). Returns how many rows were erased.
 
     Their id becomes `erased-<row>`, their interactions, seen types and recent events
@@ -251,34 +344,44 @@ def replace_file(directory: Path, file_name: str, write) -> None:
     os.replace(tmp, target)
 
 
-def promote(candidate: Path, settings: Settings | None = None) -> Path:
-    """Move a complete candidate into the published folder (one rename: atomic on one filesystem)."""
-    read_manifest(candidate)  # refuse incomplete directories
-    target = published_dir(settings) / candidate.name
-    if target.exists():
-        raise FileExistsError(f"model {candidate.name} is already published; versions are immutable")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(candidate, target)
+def promote(source: Location, settings: Settings | None = None) -> Location:
+    """Move a complete candidate into the published folder (one rename: atomic on one filesystem, and on HDFS)."""
+    model_version = posixpath.basename(str(source).rstrip("/"))
+    target = published(model_version, settings)
+    read_manifest(source)  # refuse incomplete directories
+    if exists(target):
+        raise FileExistsError(f"model {model_version} is already published; versions are immutable")
+    if remote_files.is_remote(target):
+        remote_files.rename(str(source), str(target))
+    else:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, target)
     return target
 
 
-def find(model_version: str, settings: Settings | None = None) -> Path:
-    """The directory of a model version, published or still a candidate."""
-    for root in (published_dir(settings), candidates_dir(settings)):
-        if (root / model_version / MANIFEST_FILE).exists():
-            return root / model_version
+def find(model_version: str, settings: Settings | None = None) -> Location:
+    """Where a model version is, published or still a candidate."""
+    for location in (published(model_version, settings), candidate(model_version, settings)):
+        if exists(location):
+            return location
     raise ModelNotFound(f"no model {model_version} among published models or candidates")
+
+
+def versions_in(folder: Location) -> list[str]:
+    """The model versions in `folder` (published or candidates), oldest first; incomplete ones left out."""
+    if remote_files.is_remote(folder):
+        names = remote_files.list_folders(str(folder))
+    else:
+        root = Path(folder)
+        names = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")] if root.exists() else []
+    return sorted((n for n in names if exists(_in(folder, n))), key=protocol.version_key)
 
 
 def published_versions(settings: Settings | None = None) -> list[str]:
     """Published model versions, oldest first (versions sort by time by construction)."""
-    root = published_dir(settings)
-    if not root.exists():
-        return []
-    names = [d.name for d in root.iterdir() if d.is_dir() and (d / MANIFEST_FILE).exists()]
-    return sorted(names, key=protocol.version_key)
+    return versions_in(published_dir(settings))
 
 
-def latest_published(settings: Settings | None = None) -> Path | None:
+def latest_published(settings: Settings | None = None) -> Location | None:
     versions = published_versions(settings)
-    return published_dir(settings) / versions[-1] if versions else None
+    return published(versions[-1], settings) if versions else None

@@ -75,11 +75,12 @@ def test_airflow_cli_reports_no_import_errors():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_nightly_dag_runs_end_to_end_on_movielens_with_the_lake_on_hdfs(lake_on_hdfs):
-    """Every table (bronze, silver, features, registry) on a real HDFS: the Spark tasks read and write them over
-    hdfs:// with delta-spark, this test reads them back with delta-rs. (Every other test keeps its lake on the
-    local disk, the default.)"""
-    s = lake_on_hdfs
+def test_nightly_dag_runs_end_to_end_on_movielens_with_the_lake_and_models_on_hdfs(models_on_hdfs):
+    """Every table (bronze, silver, features, registry) and every model on a real HDFS: the Spark tasks read and
+    write the tables over hdfs:// with delta-spark, this test reads them back with delta-rs; the candidates are
+    uploaded, evaluated and published there, and the MODEL message carries the hdfs:// URI. (Most other tests
+    keep the lake and models on the local disk, the default.)"""
+    s = models_on_hdfs
     events = ((e.key(), e.to_wire()) for e in movielens.iter_events(s.pseudonym_key_bytes()))
     assert replay(events, settings=s, progress=False).sent == movielens.N_RATINGS
     env = {
@@ -87,6 +88,7 @@ def test_nightly_dag_runs_end_to_end_on_movielens_with_the_lake_on_hdfs(lake_on_
         "RECSYS_STATE_DIR": str(s.state_dir),
         "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
         "RECSYS_LAKE_URI": s.lake_uri,
+        "RECSYS_MODELS_URI": s.models_uri,
     }
     run = subprocess.run(
         [sys.executable, "-m", "infra.airflow", "run-dag", "--conf", json.dumps(OVERRIDES)],
@@ -95,7 +97,7 @@ def test_nightly_dag_runs_end_to_end_on_movielens_with_the_lake_on_hdfs(lake_on_
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
 
     [version] = model_store.published_versions(s)
-    manifest = model_store.read_manifest(model_store.published_dir(s) / version)
+    manifest = model_store.read_manifest(model_store.published(version, s))
     # The gate published the better candidate; the other is in the registry, not chosen, with its metrics.
     assert manifest.engine == "hybrid" and manifest.n_users == movielens.N_USERS
     status = registry_status(s)
@@ -104,8 +106,10 @@ def test_nightly_dag_runs_end_to_end_on_movielens_with_the_lake_on_hdfs(lake_on_
     assert manifest.metrics["ndcg@10"] >= 1.3 * manifest.baseline_metrics["ndcg@10"]
     assert manifest.kafka_offsets == end_offsets(Topics.EVENTS, s)
     assert lake.read(Tables.path(Tables.SILVER_INTERACTIONS, s), columns=["event_id"]).num_rows == movielens.N_RATINGS
-    assert not (s.state_dir / "lake").exists()  # nothing went to the local disk
+    assert not (s.state_dir / "lake").exists() and not (s.state_dir / "models").exists()  # nothing on local disk
+    assert not [p for p in s.state_dir.glob(".model-*")]  # the local copies of the models were deleted
 
     records = [r for batch in read_to_end(Topics.MODEL_UPDATES, s) for r in batch]
     [message] = [ModelMessage.model_validate_json(r.value) for r in records]
-    assert message.model_version == version and message.path == str(model_store.published_dir(s) / version)
+    assert message.model_version == version and message.path == str(model_store.published(version, s))
+    assert message.path.startswith("hdfs://127.0.0.1:")
