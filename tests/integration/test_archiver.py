@@ -1,4 +1,8 @@
-"""The archiver against the real broker and real Delta tables: every event in bronze or the DLQ, exactly once."""
+"""The archiver against the real broker and real Delta tables: every event in bronze or the DLQ, exactly once.
+
+The exactly-once tests run twice: with the lake on the local disk, and on a real HDFS of the test's own
+(RECSYS_LAKE_URI), where delta-rs writes through hdfs-native.
+"""
 
 import os
 import random
@@ -9,10 +13,12 @@ import time
 import uuid
 from pathlib import Path
 
+import fsspec
 import pytest
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from infra import hdfs
 from jobs.archiver import Archiver, dlq_key
 from recsys.contracts.tables import Tables
 from recsys.data.synthetic import SyntheticConfig, iter_messages, n_valid_events
@@ -31,6 +37,17 @@ def local(broker, tmp_path):
     return broker.model_copy(
         update={"state_dir": tmp_path, "archiver_group": f"archiver-{uuid.uuid4().hex[:8]}", "archiver_batch_max": 700}
     )
+
+
+@pytest.fixture(params=["local-disk", "hdfs"])
+def anywhere(request, local, free_port):
+    """`local`, then the same with the lake on a real HDFS of this test's own (a NameNode and a DataNode)."""
+    if request.param == "local-disk":
+        return local
+    s = local.model_copy(update={"hdfs_port": free_port()})
+    hdfs.start(s)
+    request.addfinalizer(lambda: hdfs.stop(s))
+    return s.model_copy(update={"lake_uri": hdfs.url(s, "/recsys/lake")})
 
 
 def stream(topic: str, settings, n: int = 6_000, malformed: float = 0.05, seed: int = 1) -> SyntheticConfig:
@@ -61,15 +78,15 @@ def assert_exactly_once(topic: str, settings, config: SyntheticConfig) -> None:
     assert len(positions) == table.num_rows
 
 
-def test_stream_lands_in_bronze_or_dlq_exactly_once(unique_topic, local):
-    config = stream(unique_topic, local)
-    archiver = Archiver(local, topic=unique_topic)
+def test_stream_lands_in_bronze_or_dlq_exactly_once(unique_topic, anywhere):
+    config = stream(unique_topic, anywhere)
+    archiver = Archiver(anywhere, topic=unique_topic)
     stats = archiver.run(until_caught_up=True)
     archiver.close()
     assert stats.commits > 1
-    assert_exactly_once(unique_topic, local, config)
-    assert set(bronze(local)["user_id"].to_pylist()) <= {
-        u for u in bronze(local)["user_id"].to_pylist() if u[:2] == "u_"
+    assert_exactly_once(unique_topic, anywhere, config)
+    assert set(bronze(anywhere)["user_id"].to_pylist()) <= {
+        u for u in bronze(anywhere)["user_id"].to_pylist() if u[:2] == "u_"
     }
 
 
@@ -119,25 +136,28 @@ def interrupted_work(topic: str, settings) -> dict[str, int]:
     """What a just-killed archiver left half done, seen from outside (the kill landed between reading a batch and
     committing it): dead letters it produced for positions the table has not committed yet (letters go out before
     the commit), and Parquet files it wrote that no table version references (files go before the commit)."""
-    table = Path(Tables.path(Tables.BRONZE_EVENTS, settings))
+    table = Tables.path(Tables.BRONZE_EVENTS, settings)
     committed = lake.archived_offsets(table, topic, range(3))
     ahead = [k for k in dead_letters_for(topic, settings) if int(k.decode().rsplit(":", 1)[1]) >= committed[
         int(k.decode().rsplit(":", 2)[1])]]  # fmt: skip
     referenced = {Path(f).name for f in lake.open_table(table).file_uris()} if lake.exists(table) else set()
-    orphans = [f for f in table.glob("*.parquet") if f.name not in referenced] if table.exists() else []
+    fs, root = fsspec.core.url_to_fs(str(table))
+    files = fs.glob(f"{root}/*.parquet") if fs.exists(root) else []
+    orphans = [f for f in files if Path(f).name not in referenced]
     return {"dead_letters_ahead_of_the_table": len(ahead), "uncommitted_files": len(orphans)}
 
 
 @pytest.mark.reliability
-def test_kill_9_at_random_points_loses_and_duplicates_nothing(unique_topic, local):
+def test_kill_9_at_random_points_loses_and_duplicates_nothing(unique_topic, anywhere):
     """SIGKILL the archiver at random moments while it works, until kills have landed between reading a batch and
     committing it (observed each time, see `interrupted_work`); a final run then leaves every message in bronze or
     the DLQ exactly once (the dead letters of an interrupted batch are not sent twice)."""
-    config = stream(unique_topic, local, n=40_000, malformed=0.02)
-    env = {**os.environ, "RECSYS_STATE_DIR": str(local.state_dir), "RECSYS_ARCHIVER_GROUP": local.archiver_group,
-           "RECSYS_ARCHIVER_BATCH_MAX": "300", "RECSYS_KAFKA_BOOTSTRAP": local.kafka_bootstrap}  # fmt: skip
+    config = stream(unique_topic, anywhere, n=40_000, malformed=0.02)
+    env = {**os.environ, "RECSYS_STATE_DIR": str(anywhere.state_dir), "RECSYS_ARCHIVER_GROUP": anywhere.archiver_group,
+           "RECSYS_ARCHIVER_BATCH_MAX": "300", "RECSYS_KAFKA_BOOTSTRAP": anywhere.kafka_bootstrap,
+           "RECSYS_LAKE_URI": anywhere.lake_uri}  # fmt: skip
     cmd = [sys.executable, "-m", "jobs.archiver", "--topic", unique_topic]
-    table = Tables.path(Tables.BRONZE_EVENTS, local)
+    table = Tables.path(Tables.BRONZE_EVENTS, anywhere)
     rng = random.Random(7)
     kills, interrupted, seen = 0, 0, []
     while kills < 3 or (interrupted < 2 and kills < 25):
@@ -151,12 +171,12 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(unique_topic, loca
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        left = interrupted_work(unique_topic, local)
+        left = interrupted_work(unique_topic, anywhere)
         seen.append(left)
         interrupted += any(left.values())
     print(f"{kills} kills, {interrupted} of them between reading a batch and its commit: {seen}")  # pytest -s
     assert interrupted >= 2, f"no kill landed between reading a batch and its commit in {kills} kills: {seen}"
     final = subprocess.run([*cmd, "--until-caught-up"], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
-    assert_exactly_once(unique_topic, local, config)
-    assert lake.version(Tables.path(Tables.BRONZE_EVENTS, local)) > kills
+    assert_exactly_once(unique_topic, anywhere, config)
+    assert lake.version(Tables.path(Tables.BRONZE_EVENTS, anywhere)) > kills

@@ -1,21 +1,23 @@
 """Privacy end to end: `forget` erases a user from every layer; raw ids are never stored or logged.
 
 One real stack (broker, speed layer and serving processes over TCP), the archiver,
-and the clean and train jobs on real Spark and real Delta tables.
+and the clean and train jobs on real Spark and real Delta tables: once with the lake and
+models on the local disk, once with both on a real HDFS of the test's own (RECSYS_LAKE_URI,
+RECSYS_MODELS_URI).
 """
 
 import re
 import signal
 import time
 from collections import Counter
-from pathlib import Path
 
+import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from serving_stack import TOKEN, call, get, start_stack, stop_stack, wait_for
 
-from infra import processes
+from infra import hdfs, processes
 from jobs.archiver import Archiver
 from jobs.clean import clean
 from jobs.train import train
@@ -26,14 +28,22 @@ from recsys.io.kafka import end_offsets, read_to_end
 from recsys.models.als import FoldIn
 from recsys.privacy import is_pseudonym
 from recsys.protocol import Topics, VectorUpdate
+from recsys.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 RAW_ID = re.compile(r"user-\d+")  # the synthetic stream's raw ids, before pseudonymisation
 
 
-@pytest.fixture
-def stack(tmp_path):
-    stack = start_stack(tmp_path, vacuum_retention_hours=0)  # vacuum at once, so old files must be gone too
+@pytest.fixture(params=["local-disk", "hdfs"])
+def stack(request, tmp_path, free_port):
+    storage: dict = {"vacuum_retention_hours": 0}  # vacuum at once, so old files must be gone too
+    if request.param == "hdfs":
+        on_hdfs = Settings(state_dir=tmp_path, hdfs_port=free_port())
+        hdfs.start(on_hdfs)
+        request.addfinalizer(lambda: hdfs.stop(on_hdfs))
+        storage |= {"hdfs_port": on_hdfs.hdfs_port, "lake_uri": hdfs.url(on_hdfs, "/recsys/lake"),
+                    "models_uri": hdfs.url(on_hdfs, "/recsys/models")}  # fmt: skip
+    stack = start_stack(tmp_path, **storage)
     yield stack
     stop_stack(stack)
 
@@ -50,16 +60,19 @@ def user_rows(s, table: str, user: str) -> int:
 
 def users_in_files(s, table: str) -> Counter:
     """User ids in every parquet file of the table's folder, referenced by a version or not."""
+    fs, root = fsspec.core.url_to_fs(str(Tables.path(table, s)))
     found = Counter()
-    for file in Path(Tables.path(table, s)).rglob("*.parquet"):
-        found.update(pq.read_table(file, columns=["user_id"])["user_id"].to_pylist())
+    for file in fs.find(root):
+        if file.endswith(".parquet"):
+            found.update(pq.read_table(file, columns=["user_id"], filesystem=fs)["user_id"].to_pylist())
     return found
 
 
-def files_under(folder) -> dict[str, tuple[int, int]]:
-    """Every file under `folder` with its size and modification time: any write shows up as a difference."""
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
+def files_under(folder: str) -> dict[str, tuple[int, float]]:
+    """Every file under `folder` (a path or a URI) with its size and modification time: any write shows up."""
+    fs, root = fsspec.core.url_to_fs(folder)
+    files = fs.find(root, detail=True) if fs.exists(root) else {}
+    return {name: (info["size"], info.get("mtime", info.get("modification_time"))) for name, info in files.items()}
 
 
 def latest_user_update(s, user: str, after_offset: int = -1) -> VectorUpdate | None:
@@ -100,7 +113,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     wait_for(lambda: get(stack, f"/recommend/{gone_raw}")[1]["source"] == "speed")
 
     # The admin endpoint needs the token; with it the servers forget at once.
-    lake_before = files_under(Path(s.lake_root))
+    lake_before = files_under(str(s.lake_root))
     assert call("POST", f"{stack.url}/admin/forget/{gone_raw}")[0] == 401
     assert call("POST", f"{stack.url}/admin/forget/{gone_raw}", token="wrong")[0] == 403
     for raw in (gone_raw, back_raw):
@@ -113,7 +126,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     # Serving only put the requests into the event log: it wrote nothing under the lake folder (no request row,
     # no delete, no vacuum), then or later, and nothing is recorded until the archiver reaches the markers.
     time.sleep(2)
-    assert files_under(Path(s.lake_root)) == lake_before
+    assert lake_before and files_under(str(s.lake_root)) == lake_before
     assert erasure.requests(s) == []
 
     # The archiver reaches the markers: it records the requests, deletes from bronze before its commit and, after
@@ -125,7 +138,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
         assert user_rows(s, table, gone) == 0 and user_rows(s, table, back) == 0
         in_files = users_in_files(s, table)  # vacuumed: not even old, unreferenced files hold them
         assert in_files[gone] == 0 and in_files[back] == 0 and in_files[stack.pseudonym(other_raw)] > 0
-    m1 = model_store.load(model_store.published_dir(s) / "m20260101T000000000000", mmap=False)
+    m1 = model_store.load_from(model_store.published("m20260101T000000000000", s), s)
     assert gone not in set(m1.user_ids) and back not in set(m1.user_ids)
     erased_rows = [i for i, u in enumerate(m1.user_ids) if u.startswith(model_store.ERASED_PREFIX)]
     assert len(erased_rows) == 2 and not m1.user_factors[erased_rows].any()
@@ -155,7 +168,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     # The next batch model: `gone` is absent, `back` holds exactly what they did after the request.
     archive(s)
     clean(spark, settings=s)
-    m2 = model_store.load(train(spark, "m20260102T000000000000", "implicit_als", settings=s), mmap=False)
+    m2 = model_store.load_from(train(spark, "m20260102T000000000000", "implicit_als", settings=s), s)
     assert gone not in set(m2.user_ids)
     row = int(np.flatnonzero(m2.user_ids == back)[0])
     assert m2.item_ids[m2.interactions[row].indices].tolist() == [item]
