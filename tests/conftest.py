@@ -84,6 +84,20 @@ def spark(settings):
     session.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _spark_before_other_threads(request) -> None:
+    """Start the test session's Spark JVM first, if any test collected here needs it.
+
+    PySpark launches its JVM with a `preexec_fn`, so Python forks the whole process and runs Python code in
+    the child before exec. Once delta-rs (a tokio runtime) and the Kafka clients have started their threads,
+    that child can wait forever on a lock one of them held at the fork: seen once, a test setup hung in
+    `subprocess` until pytest-timeout, with the forked copy of pytest asleep on a futex. Forking while this
+    process has no other threads yet avoids it.
+    """
+    if any("spark" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("spark")
+
+
 @pytest.fixture
 def table_path(tmp_path: Path) -> Path:
     return tmp_path / "table"
