@@ -70,6 +70,10 @@ DOCS_ASSETS = FsPath(_OFFLINE.origin).parent / "static"
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 UserId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN, description="The shop's user id, or its pseudonym.")]
 ItemId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN)]
+# A category filter: the same characters as ids, so a NUL is refused with words rather than echoed back.
+Category = Annotated[
+    str | None, Query(pattern=ID_PATTERN, description="Only items of this catalogue category (any case).")
+]
 PRIVATE: dict[int | str, dict[str, Any]] = {
     401: {"model": Error},
     403: {"model": Error},
@@ -218,7 +222,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
 
     @app.get("/recommend/{user_id}", response_model=Recommendations, responses=ERRORS, tags=["recommendations"])
     async def recommend(user_id: UserId, model: Model, request: Request, k: K = s.serving_default_k,
-                        exclude_seen: bool = True, category: str | None = None,
+                        exclude_seen: bool = True, category: Category = None,
                         explain: bool = False) -> Recommendations:  # fmt: skip
         """Top-k items for a user from the served recommender's view of them: their history and latest events
         including what the speed layer saw since the batch model, else the batch model's view, else the most
@@ -269,7 +273,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
                            because=because)  # fmt: skip
 
     @app.get("/popular", response_model=Popular, responses=ERRORS, tags=["recommendations"])
-    async def popular(model: Model, k: K = s.serving_default_k, category: str | None = None) -> Popular:
+    async def popular(model: Model, k: K = s.serving_default_k, category: Category = None) -> Popular:
         """The items most users interacted with in the batch model's data."""
         _check_category(model, category)
         category = model.canonical_category(category) if category is not None else None
