@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from serving_stack import wait_for
 
 from infra import broker as broker_process
 from recsys import protocol
@@ -298,8 +299,14 @@ def test_compaction_shrinks_what_a_new_serving_replica_reads_at_start(isolated_s
     assert {k: v for k, v in seen.items() if k.startswith("newest_")} == {
         f"newest_u{u}": (rounds if u == 0 else rounds - 1) for u in range(users)
     }
-    log = (broker_process.BrokerPaths(s.broker_dir).node(1).logs / "server.log").read_text(errors="replace")
-    assert "Log cleaner thread 0 cleaned log model-updates-0" in log or "cleaned log model-updates" in log.lower()
+    server_log = broker_process.BrokerPaths(s.broker_dir).node(1).logs / "server.log"
+
+    def cleaner_said_so() -> bool:
+        log = server_log.read_text(errors="replace")
+        return "Log cleaner thread 0 cleaned log model-updates-0" in log or "cleaned log model-updates" in log.lower()
+
+    # The cleaner logs its summary just after it swaps the cleaned segments in, so a reader can see them first.
+    wait_for(cleaner_said_so, timeout_s=30, every_s=0.5)
 
 
 def _up(user: int, n: int) -> tuple[bytes, bytes]:
