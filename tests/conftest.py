@@ -92,7 +92,7 @@ def _spark_before_other_threads(request) -> None:
     the child before exec. Once delta-rs (a tokio runtime) and the Kafka clients have started their threads,
     that child can wait forever on a lock one of them held at the fork: seen once, a test setup hung in
     `subprocess` until pytest-timeout, with the forked copy of pytest asleep on a futex. Forking while this
-    process has no other threads yet avoids it.
+    process has none of their threads yet avoids it.
     """
     if any("spark" in getattr(item, "fixturenames", ()) for item in request.session.items):
         request.getfixturevalue("spark")
@@ -135,16 +135,24 @@ def isolated_stack(tmp_path, free_port):
 
 
 @pytest.fixture
-def lake_on_hdfs(isolated_stack, free_port):
-    """`isolated_stack` with its lake on a real HDFS of its own (a NameNode and a DataNode, infra/hdfs.py)."""
+def own_hdfs(request, free_port):
+    """`own_hdfs(s)` starts a real HDFS for this test alone (a NameNode and a DataNode, infra/hdfs.py; stopped
+    after the test) and returns `s` with its port, and with the lake on it."""
     from infra import hdfs
 
-    s = isolated_stack.model_copy(update={"hdfs_port": free_port()})  # its web UI takes the next port
-    hdfs.start(s)
-    try:
-        yield s.model_copy(update={"lake_uri": hdfs.url(s, "/recsys/lake")})
-    finally:
-        hdfs.stop(s)
+    def start(s):
+        s = s.model_copy(update={"hdfs_port": free_port()})  # its web UI takes the next port
+        hdfs.start(s)
+        request.addfinalizer(lambda: hdfs.stop(s))
+        return s.model_copy(update={"lake_uri": hdfs.url(s, "/recsys/lake")})
+
+    return start
+
+
+@pytest.fixture
+def lake_on_hdfs(isolated_stack, own_hdfs):
+    """`isolated_stack` with its lake on a real HDFS of its own."""
+    return own_hdfs(isolated_stack)
 
 
 @pytest.fixture

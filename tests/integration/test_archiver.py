@@ -18,7 +18,6 @@ import pytest
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from infra import hdfs
 from jobs.archiver import Archiver, dlq_key
 from recsys.contracts.tables import Tables
 from recsys.data.synthetic import SyntheticConfig, iter_messages, n_valid_events
@@ -40,14 +39,9 @@ def local(broker, tmp_path):
 
 
 @pytest.fixture(params=["local-disk", "hdfs"])
-def anywhere(request, local, free_port):
+def anywhere(request, local, own_hdfs):
     """`local`, then the same with the lake on a real HDFS of this test's own (a NameNode and a DataNode)."""
-    if request.param == "local-disk":
-        return local
-    s = local.model_copy(update={"hdfs_port": free_port()})
-    hdfs.start(s)
-    request.addfinalizer(lambda: hdfs.stop(s))
-    return s.model_copy(update={"lake_uri": hdfs.url(s, "/recsys/lake")})
+    return local if request.param == "local-disk" else own_hdfs(local)
 
 
 def stream(topic: str, settings, n: int = 6_000, malformed: float = 0.05, seed: int = 1) -> SyntheticConfig:

@@ -35,13 +35,11 @@ RAW_ID = re.compile(r"user-\d+")  # the synthetic stream's raw ids, before pseud
 
 
 @pytest.fixture(params=["local-disk", "hdfs"])
-def stack(request, tmp_path, free_port):
+def stack(request, tmp_path, own_hdfs):
     storage: dict = {"vacuum_retention_hours": 0}  # vacuum at once, so old files must be gone too
     if request.param == "hdfs":
-        on_hdfs = Settings(state_dir=tmp_path, hdfs_port=free_port())
-        hdfs.start(on_hdfs)
-        request.addfinalizer(lambda: hdfs.stop(on_hdfs))
-        storage |= {"hdfs_port": on_hdfs.hdfs_port, "lake_uri": hdfs.url(on_hdfs, "/recsys/lake"),
+        on_hdfs = own_hdfs(Settings(state_dir=tmp_path))
+        storage |= {"hdfs_port": on_hdfs.hdfs_port, "lake_uri": on_hdfs.lake_uri,
                     "models_uri": hdfs.url(on_hdfs, "/recsys/models")}  # fmt: skip
     stack = start_stack(tmp_path, **storage)
     yield stack
