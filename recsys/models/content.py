@@ -25,8 +25,8 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from recsys.models.base import AnyParams, Dataset, ItemAttributes, Params, Reason, Recommender, UserContext
-from recsys.models.item_knn import _largest
-from recsys.models.sparse import dense, recent_weights, top_n_per_row
+from recsys.models.item_to_item import largest
+from recsys.models.sparse import recent_weights, top_n_per_row
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -62,7 +62,10 @@ class Content(Recommender):
         self.features, self.vocabulary = item_features(data.attributes, self.params.title_weight)
 
     def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        return dense((self._weights(users) @ self.features) @ self.features.T)
+        # F · (profile F)ᵀ with the profile dense (it lives on the few attribute tokens): one pass over F, where the
+        # sparse × sparse product would build a row as long as the catalogue (every item shares some token).
+        profile = (self._weights(users) @ self.features).toarray().astype(np.float32)
+        return np.ascontiguousarray(np.asarray(self.features @ profile.T, dtype=np.float32).T)
 
     def _weights(self, users: Sequence[UserContext]) -> sp.csr_matrix:
         p = self.params
@@ -81,7 +84,7 @@ class Content(Recommender):
     def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
         w = self._weights([user])
         cos = (self.features @ self.features[item].T).toarray().ravel()
-        return _largest(w.multiply(cos[None, :]).tocsr(), n)
+        return largest(w.multiply(cos[None, :]).tocsr(), n)
 
     def item_neighbours(self) -> sp.csr_matrix:
         """Each item's `neighbours` most similar items by attributes (for blending with behaviour)."""

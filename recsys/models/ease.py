@@ -26,8 +26,6 @@ Defaults: chosen on validation carved from MovieLens-100K's train part (`bench/t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -35,9 +33,8 @@ import scipy.linalg
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
-from recsys.models.item_knn import _largest, _row_top
-from recsys.models.sparse import dense, recent_weights
+from recsys.models.base import Dataset, Params
+from recsys.models.item_to_item import ItemToItem
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -54,17 +51,13 @@ class EaseParams(Params):
     neighbours: int = Field(500, ge=1, description="Largest weights (by magnitude) kept per row of B.")
 
 
-class EASE(Recommender):
+class EASE(ItemToItem):
     name = "ease"
     Params = EaseParams
-
-    def __init__(self, params: EaseParams | None = None) -> None:
-        super().__init__(params)
-        self.params: EaseParams
-        self.weights = sp.csr_matrix((0, 0), dtype=np.float32)  # B: n_items × n_items, pruned rows
+    matrix_file = "ease_weights.npz"  # B: n_items × n_items, pruned rows
 
     def fit(self, data: Dataset, spark: SparkSession | None = None) -> None:
-        p = self.params
+        p = cast(EaseParams, self.params)
         self.n_items = data.n_items
         kept = most_popular(data.popularity(), p.max_items)
         x = (data.strengths[:, kept] > 0).astype(np.float64).tocsc()
@@ -76,31 +69,7 @@ class EASE(Recommender):
             block[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
             return block
 
-        self.weights = expand(pruned_rows(rows, len(kept), p.neighbours), kept, data.n_items)
-
-    def _weights(self, users: Sequence[UserContext]) -> sp.csr_matrix:
-        p = self.params
-        return recent_weights(users, self.n_items, p.last, p.decay, tie_ms=p.tie_ms)
-
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        return dense(self._weights(users) @ self.weights)
-
-    def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return _row_top(self.weights, item, k)
-
-    def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
-        return _largest(self._weights([user]).multiply(self.weights[:, item].T).tocsr(), n)
-
-    def save(self, directory: Path) -> dict[str, str]:
-        sp.save_npz(directory / "ease_weights.npz", self.weights)
-        return {"ease_weights": "ease_weights.npz"}
-
-    @classmethod
-    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> EASE:
-        model = cls(cast(EaseParams, params))
-        model.weights = sp.load_npz(directory / "ease_weights.npz").tocsr()
-        model.n_items = data.n_items
-        return model
+        self.matrix = expand(pruned_rows(rows, len(kept), p.neighbours), kept, data.n_items)
 
 
 # --- shared with SLIT ------------------------------------------------------------------------

@@ -19,16 +19,15 @@ explanation is the recent event with the largest term ("because you viewed X").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
-from recsys.models.sparse import dense, kind_weights, recent_weights, top_n_per_row
+from recsys.models.base import Dataset, Params
+from recsys.models.item_to_item import ItemToItem
+from recsys.models.sparse import kind_weights, top_n_per_row
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -46,48 +45,18 @@ class ItemKnnParams(Params):
     max_user_items: int = Field(500, ge=1, description="Co-occurrence counts a user's latest this many items only.")
 
 
-class ItemKNN(Recommender):
+class ItemKNN(ItemToItem):
     name = "item_knn"
     Params = ItemKnnParams
-
-    def __init__(self, params: ItemKnnParams | None = None) -> None:
-        super().__init__(params)
-        self.params: ItemKnnParams
-        self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)
-        self._kinds = np.ones(1)
+    matrix_file = "item_similarity.npz"
+    weighs_kinds = True
 
     def fit(self, data: Dataset, spark: SparkSession | None = None) -> None:
-        self.n_items = data.n_items
-        self.similarity = item_cosine(capped(data, self.params.max_user_items), self.params.shrink,
-                                      self.params.neighbours)  # fmt: skip
-        self._kinds = kind_weights(data.event_types, self.params.kind_weights)
-
-    def _weights(self, users: Sequence[UserContext]) -> sp.csr_matrix:
         p = self.params
-        return recent_weights(users, self.n_items, p.last, p.decay, self._kinds, p.tie_ms)
-
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        return dense(self._weights(users) @ self.similarity)
-
-    def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return _row_top(self.similarity, item, k)
-
-    def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
-        terms = self._weights([user]).multiply(self.similarity[:, item].T).tocsr()  # term per recent item
-        return _largest(terms, n)
-
-    def save(self, directory: Path) -> dict[str, str]:
-        sp.save_npz(directory / "item_similarity.npz", self.similarity)
-        np.save(directory / "kind_weights.npy", self._kinds)
-        return {"item_similarity": "item_similarity.npz", "kind_weights": "kind_weights.npy"}
-
-    @classmethod
-    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> ItemKNN:
-        model = cls(cast(ItemKnnParams, params))
-        model.similarity = sp.load_npz(directory / "item_similarity.npz").tocsr()
-        model._kinds = np.load(directory / "kind_weights.npy")
-        model.n_items = data.n_items
-        return model
+        assert isinstance(p, ItemKnnParams)
+        self.n_items = data.n_items
+        self.matrix = item_cosine(capped(data, p.max_user_items), p.shrink, p.neighbours)
+        self.kinds = kind_weights(data.event_types, p.kind_weights)
 
 
 def capped(data: Dataset, max_items: int) -> sp.csr_matrix:
@@ -121,19 +90,3 @@ def item_cosine(binary: sp.csr_matrix, shrink: float, neighbours: int) -> sp.csr
     rows = np.repeat(np.arange(co.shape[0]), np.diff(co.indptr))
     co.data = co.data / (np.sqrt(n[rows] * n[co.indices]) + shrink)
     return top_n_per_row(co, neighbours)
-
-
-def _row_top(matrix: sp.csr_matrix, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    start, end = matrix.indptr[item], matrix.indptr[item + 1]
-    idx, val = matrix.indices[start:end], matrix.data[start:end]
-    order = np.lexsort((idx, -val))[:k]
-    return idx[order].astype(np.int64), val[order].astype(np.float32)
-
-
-def _largest(terms: sp.csr_matrix, n: int) -> list[Reason]:
-    """The n largest positive entries of a one-row matrix, as reasons (item = column)."""
-    row = terms.tocoo()
-    positive = row.data > 0
-    cols, vals = row.col[positive], row.data[positive]
-    order = np.lexsort((cols, -vals))[:n]
-    return [Reason(int(cols[i]), float(vals[i])) for i in order]

@@ -69,6 +69,12 @@ class SessionKNN(Recommender):
                 sims.data[start:end][sims.indices[start:end] == ctx.row] = 0.0  # never one's own neighbour
         return top_n_per_row(sims, p.neighbours, drop_diagonal=False)
 
+    def sparse_scores(self, users: Sequence[UserContext]) -> sp.csr_matrix:
+        """The scores as a sparse matrix with sorted rows: only the neighbours' items are stored (the rest score 0)."""
+        out = (self.neighbours(users) @ self.votes).tocsr()
+        out.sort_indices()
+        return out
+
     def score(self, users: Sequence[UserContext]) -> np.ndarray:
         return dense(self.neighbours(users) @ self.votes)
 

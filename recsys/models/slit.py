@@ -26,18 +26,16 @@ Defaults: chosen on validation carved from MovieLens-100K's train part (`bench/t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import AnyParams, Dataset, EventLog, Params, Reason, Recommender, UserContext
+from recsys.models.base import Dataset, EventLog, Params
 from recsys.models.ease import expand, most_popular, pruned_rows, ridge_inverse
-from recsys.models.item_knn import _largest, _row_top
-from recsys.models.sparse import dense, recent_weights, tie_groups
+from recsys.models.item_to_item import ItemToItem
+from recsys.models.sparse import tie_groups
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -56,17 +54,13 @@ class SlitParams(Params):
     seed: int = 42
 
 
-class SLIT(Recommender):
+class SLIT(ItemToItem):
     name = "slit"
     Params = SlitParams
-
-    def __init__(self, params: SlitParams | None = None) -> None:
-        super().__init__(params)
-        self.params: SlitParams
-        self.weights = sp.csr_matrix((0, 0), dtype=np.float32)
+    matrix_file = "slit_weights.npz"
 
     def fit(self, data: Dataset, spark: SparkSession | None = None) -> None:
-        p = self.params
+        p = cast(SlitParams, self.params)
         self.n_items = data.n_items
         kept = most_popular(data.popularity(), p.max_items)
         x, y = training_rows(data.events, data.n_items, p.last, p.decay, p.horizon, p.horizon_decay, p.tie_ms)
@@ -80,31 +74,7 @@ class SLIT(Recommender):
         def rows(lo: int, hi: int) -> np.ndarray:
             return np.asarray((cross.T @ precision[lo:hi].T).T)  # (P XᵀY)[lo:hi], P symmetric
 
-        self.weights = expand(pruned_rows(rows, len(kept), p.neighbours), kept, data.n_items)
-
-    def _weights(self, users: Sequence[UserContext]) -> sp.csr_matrix:
-        p = self.params
-        return recent_weights(users, self.n_items, p.last, p.decay, tie_ms=p.tie_ms)
-
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        return dense(self._weights(users) @ self.weights)
-
-    def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return _row_top(self.weights, item, k)
-
-    def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
-        return _largest(self._weights([user]).multiply(self.weights[:, item].T).tocsr(), n)
-
-    def save(self, directory: Path) -> dict[str, str]:
-        sp.save_npz(directory / "slit_weights.npz", self.weights)
-        return {"slit_weights": "slit_weights.npz"}
-
-    @classmethod
-    def load(cls, directory: Path, params: AnyParams, data: Dataset) -> SLIT:
-        model = cls(cast(SlitParams, params))
-        model.weights = sp.load_npz(directory / "slit_weights.npz").tocsr()
-        model.n_items = data.n_items
-        return model
+        self.matrix = expand(pruned_rows(rows, len(kept), p.neighbours), kept, data.n_items)
 
 
 def training_rows(events: EventLog, n_items: int, last: int, decay: float, horizon: int, horizon_decay: float,

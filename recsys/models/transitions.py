@@ -26,7 +26,6 @@ Defaults: chosen on validation carved from MovieLens-100K's train part (`bench/t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -34,9 +33,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import AnyParams, Dataset, EventLog, Params, Reason, Recommender, UserContext
-from recsys.models.item_knn import _largest, _row_top
-from recsys.models.sparse import dense, kind_weights, recent_weights, tie_groups, top_n_per_row
+from recsys.models.base import AnyParams, Dataset, EventLog, Params
+from recsys.models.item_to_item import ItemToItem, row_top
+from recsys.models.sparse import kind_weights, tie_groups, top_n_per_row
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -64,25 +63,24 @@ class TransitionsParams(Params):
     )
 
 
-class Transitions(Recommender):
+class Transitions(ItemToItem):
     name = "transitions"
     Params = TransitionsParams
+    matrix_file = "transitions.npz"
+    weighs_kinds = True
 
     def __init__(self, params: TransitionsParams | None = None) -> None:
         super().__init__(params)
-        self.params: TransitionsParams
-        self.transitions = sp.csr_matrix((0, 0), dtype=np.float32)
         self.together = sp.csr_matrix((0, 0), dtype=np.float32)
-        self._kinds = np.ones(1)
 
     def fit(self, data: Dataset, spark: SparkSession | None = None) -> None:
-        p = self.params
+        p = cast(TransitionsParams, self.params)
         self.n_items = data.n_items
-        self._kinds = kind_weights(data.event_types, p.kind_weights)
+        self.kinds = kind_weights(data.event_types, p.kind_weights)
         sequence = sequence_ids(data.events, p.session_gap_s)
         counts = transition_counts(data.events, sequence, data.n_items, p.window, p.step_decay, p.backward, p.tie_ms,
                                    p.max_steps)  # fmt: skip
-        self.transitions = top_n_per_row(normalise(counts, data.popularity(), p.norm, p.pop_damping), p.neighbours)
+        self.matrix = top_n_per_row(normalise(counts, data.popularity(), p.norm, p.pop_damping), p.neighbours)
         bought: np.ndarray | list[bool] = (
             np.isin(np.asarray(data.event_types)[data.events.kind], BOUGHT) if len(data.events) else []
         )
@@ -96,39 +94,19 @@ class Transitions(Recommender):
 
     def share_fit(self, other: Transitions) -> None:
         """Use another fitted model's matrices (same `fit_key`): `transitions_last` inside the hybrid."""
-        self.transitions, self.together, self._kinds, self.n_items = (other.transitions, other.together,
-                                                                      other._kinds, other.n_items)  # fmt: skip
-
-    def _weights(self, users: Sequence[UserContext]) -> sp.csr_matrix:
-        p = self.params
-        return recent_weights(users, self.n_items, p.last, p.decay, self._kinds, p.tie_ms)
-
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        return dense(self._weights(users) @ self.transitions)
-
-    def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return _row_top(self.transitions, item, k)
+        self.matrix, self.together, self.kinds, self.n_items = other.matrix, other.together, other.kinds, other.n_items
 
     def bought_together(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return _row_top(self.together, item, k)
-
-    def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
-        return _largest(self._weights([user]).multiply(self.transitions[:, item].T).tocsr(), n)
+        return row_top(self.together, item, k)
 
     def save(self, directory: Path) -> dict[str, str]:
-        sp.save_npz(directory / "transitions.npz", self.transitions)
         sp.save_npz(directory / "bought_together.npz", self.together)
-        np.save(directory / "kind_weights.npy", self._kinds)
-        return {"transitions": "transitions.npz", "bought_together": "bought_together.npz",
-                "kind_weights": "kind_weights.npy"}  # fmt: skip
+        return {**super().save(directory), "bought_together": "bought_together.npz"}
 
     @classmethod
     def load(cls, directory: Path, params: AnyParams, data: Dataset) -> Transitions:
-        model = cls(cast(TransitionsParams, params))
-        model.transitions = sp.load_npz(directory / "transitions.npz").tocsr()
+        model = cast(Transitions, super().load(directory, params, data))
         model.together = sp.load_npz(directory / "bought_together.npz").tocsr()
-        model._kinds = np.load(directory / "kind_weights.npy")
-        model.n_items = data.n_items
         return model
 
 
