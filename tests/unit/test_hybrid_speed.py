@@ -7,13 +7,16 @@ import pytest
 
 from recsys.data.movielens import attributes
 from recsys.evaluation.protocol import load_ml100k_events, make_split
-from recsys.models import content, ease, hybrid, item_knn, session_knn, slit, sparse, transitions
+from recsys.models import content, item_to_item, session_knn, sparse
 from recsys.models.base import NewItems, UserContext
-from recsys.models.hybrid import Hybrid, HybridParams, _Counts, _seen_rows, _unseen_max, blend, data_pop_term
+from recsys.models.hybrid import Hybrid, HybridParams
+from recsys.models.hybrid import model as hybrid_model
+from recsys.models.hybrid.blend import blend, data_pop_term, seen_rows, unseen_max
+from recsys.models.hybrid.reranker import _Counts
 from recsys.models.topk import _select_top
 from recsys.settings import Settings
 
-COMPONENT_MODULES = (content, ease, item_knn, session_knn, slit, transitions)
+COMPONENT_MODULES = (content, item_to_item, session_knn)
 
 
 def shares_item_by_item(self, items, lo, hi):
@@ -43,17 +46,17 @@ def score_all_as_before(self, users, new):
             continue
         raw = np.nan_to_num(np.array(model.score(views[name]), dtype=np.float32), copy=False, nan=0.0,
                             posinf=0.0, neginf=0.0)  # fmt: skip
-        scales[name] = _unseen_max(raw, seen_items)
+        scales[name] = unseen_max(raw, seen_items)
         raw /= scales[name][:, None]
         norm[name] = raw
     total = np.zeros((len(users), self.n_items), np.float32)
     total[:, :] = blend(norm, self.weights)
     total += data_pop_term(self.popularity)[None, :]
     if self.reranker is not None and len(users):
-        seen = _seen_rows(users, self.n_items)
+        seen = seen_rows(users, self.n_items)
         stage1 = total
-        cand, feats = hybrid.candidate_features(norm, self.priors, users, stage1, seen, self.reranker.n_candidates,
-                                                self.reranker.components)  # fmt: skip
+        cand, feats = hybrid_model.candidate_features(norm, self.priors, users, stage1, seen,
+                                                      self.reranker.n_candidates, self.reranker.components)  # fmt: skip
         total = self.reranker.rerank(cand, feats, stage1)
     return total
 
@@ -113,7 +116,7 @@ def test_the_hybrid_answers_as_before_on_movielens_users(fitted, monkeypatch):
             patch.setattr(module, "recent_weights", sparse._recent_weights_coo)
         patch.setattr(_Counts, "shares", shares_item_by_item)
         patch.setattr(Hybrid, "score_all", score_all_as_before)
-        patch.setattr(hybrid, "candidate_features", candidate_features_as_before)
+        patch.setattr(hybrid_model, "candidate_features", candidate_features_as_before)
         before = [top10(model, batch) for batch in batches]
     for (idx, val), (idx0, val0) in zip(now, before, strict=True):
         np.testing.assert_array_equal(idx, idx0)

@@ -11,7 +11,8 @@ from recsys.evaluation.protocol import dataset_from_events
 from recsys.models import registry
 from recsys.models.base import UserContext
 from recsys.models.ease import EASE, EaseParams
-from recsys.models.hybrid import Hybrid, HybridParams, choose_reranker
+from recsys.models.hybrid import Hybrid, HybridParams
+from recsys.models.hybrid.reranker import Priors, choose_reranker
 from recsys.models.session_knn import SessionKNN
 from recsys.models.slit import SLIT, SlitParams
 from recsys.models.sparse import event_ages, recent_weights
@@ -53,7 +54,7 @@ def test_transitions_count_backward_and_ties_both_ways():
     a, b, c, d = (list(data.item_ids).index(x) for x in "ABCD")
     model = Transitions(TransitionsParams(norm=0.0, backward=0.5))
     model.fit(data)
-    t = model.transitions.toarray()
+    t = model.matrix.toarray()
     assert t[a, b] == pytest.approx(1.0) and t[b, a] == pytest.approx(0.5)  # backward weight
     assert t[c, d] == pytest.approx(0.75) and t[d, c] == pytest.approx(0.75)  # a tie: (1 + 0.5) / 2 both ways
 
@@ -63,7 +64,7 @@ def test_transitions_distance_counts_windows_with_decay():
     a, c = list(data.item_ids).index("A"), list(data.item_ids).index("C")
     model = Transitions(TransitionsParams(norm=0.0, backward=0.0, step_decay=0.6))
     model.fit(data)
-    assert model.transitions[a, c] == pytest.approx(0.6)  # two windows on, whatever the events in between
+    assert model.matrix[a, c] == pytest.approx(0.6)  # two windows on, whatever the events in between
 
 
 def test_transitions_last_shares_the_matrix_and_queries_the_last_window():
@@ -72,7 +73,7 @@ def test_transitions_last_shares_the_matrix_and_queries_the_last_window():
     full.fit(data)
     last.share_fit(full)
     assert last.params.last == 5 and last.params.decay == 0.3 and last.fit_key() == full.fit_key()
-    assert last.transitions is full.transitions
+    assert last.matrix is full.matrix
     assert registry.model_class("transitions_last") is TransitionsLast
 
 
@@ -88,13 +89,13 @@ def test_ease_is_the_closed_form_with_a_zero_diagonal():
     p = np.linalg.inv(x.T @ x + lam * np.eye(3))
     expected = -p / np.diag(p)
     np.fill_diagonal(expected, 0.0)
-    got = model.weights.toarray()
+    got = model.matrix.toarray()
     assert np.diag(got).tolist() == [0.0, 0.0, 0.0]
     assert np.allclose(got, expected, atol=1e-6)
     assert (expected < 0).any()  # negative weights are kept (pruning is by magnitude)
     pruned = EASE(EaseParams(lam=lam, neighbours=1))
     pruned.fit(data)
-    assert (pruned.weights.getnnz(axis=1) <= 1).all()
+    assert (pruned.matrix.getnnz(axis=1) <= 1).all()
 
 
 def test_ease_guard_gives_no_weights_beyond_max_items():
@@ -103,7 +104,7 @@ def test_ease_guard_gives_no_weights_beyond_max_items():
     model = EASE(EaseParams(lam=0.1, max_items=2))
     model.fit(data)
     c = list(data.item_ids).index("C")
-    assert model.weights[c].nnz == 0 and model.weights[:, c].nnz == 0
+    assert model.matrix[c].nnz == 0 and model.matrix[:, c].nnz == 0
     assert model.score([ctx([0], [0])]).shape == (1, 3)
 
 
@@ -200,7 +201,6 @@ def test_hybrid_without_tuning_uses_the_given_weights():
 
 
 def test_priors_shares_match_a_direct_count_and_survive_save_and_load(tmp_path):
-    from recsys.models.hybrid import Priors
 
     data, _ = dataset_from_events(_toy_events())
     priors = Priors.fit(data, window=2, days=1.0)

@@ -1,0 +1,318 @@
+"""Two-stage serving: the hybrid's top k computed from a few hundred candidates per user, not from every item.
+
+The blend `s1 = Σ_c w_c · s_c / m_c + pop` (`blend.py`) is scored densely by `Hybrid.score_all`
+(evaluation, tuning). A request needs only its top k, and most components can say cheaply
+which items can score well for a user:
+
+- item-to-item components and session-KNN (`sparse_scores`): only the items in the rows of
+  the user's latest items are stored; every other item scores exactly 0;
+- factor components (ALS): the exact top M by the norm index (`recsys.models.norm_index`);
+- any other component (content, the neural models): its dense scores, top M by selection;
+- popularity: the M most popular items (what answers a user nothing else can score).
+
+Stage 1 runs on the union C of each source's top M (after the request's exclusions and
+filter), with each component's per-user scale m_c computed as the dense path does (its
+largest score over the user's unseen items). An item outside C is outside every source's
+list, so its score is at most
+
+    B = Σ_c w_c · max(b_c, 0) / m_c + b_pop,
+
+b_c being source c's M-th value (0 for a sparse source: unstored items score 0). If the k-th
+best candidate beats B (with a float32 rounding margin, `SLACK`), the candidates' top k *is*
+the top k over all items; with the re-ranker, the blend's top `n_candidates` unseen items must
+be certified the same way (they are what the re-ranker reorders). A user whose answer is not
+certified is retried with M × 4; once M covers the catalogue the popularity list enumerates
+every item, so the loop ends. A list that enumerates everything the filter allows (fewer
+than M items) certifies at once: a narrow category filter costs no more than a wide one.
+
+The values are those of the dense path, operation for operation (the same float32 divisions
+and the same order of the weighted sum), except the factor scores: the norm index's canonical
+x·y (one fixed summation order) instead of a BLAS product, which differ in the last bits. The
+unit tests compare both paths' top 10 on MovieLens-100K; `bench/serving.py` measures both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.models.base import NewItems, UserContext, select
+from recsys.models.hybrid.blend import blend, finite, unseen_max
+from recsys.models.hybrid.reranker import features
+from recsys.models.norm_index import NormIndex, canonical_scores
+from recsys.models.topk import PAD, top_k_of_scores
+
+if TYPE_CHECKING:
+    from recsys.models.hybrid.model import Hybrid
+
+# Relative margin on B: the float32 rounding of a dozen-term weighted sum is below 1e-6 of its positive part.
+SLACK = 1e-5
+DEEPEN = 4
+
+Answer = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class Scored:
+    """A batch's per-component raw scores and per-user scales, computed once whatever the candidate depth."""
+
+    sparse: dict[str, sp.csr_matrix] = field(default_factory=dict)  # sorted rows; unstored = 0
+    sparse_keys: dict[str, np.ndarray] = field(default_factory=dict)  # row * n_items + column of each stored entry
+    factor: dict[str, tuple[NormIndex, np.ndarray]] = field(default_factory=dict)  # index, user vectors
+    # Per factor component: the depth, the seen items and each user's unseen top at that depth (norm index).
+    factor_unseen: dict[str, tuple[int, Sequence[np.ndarray], list[Answer]]] = field(default_factory=dict)
+    dense: dict[str, np.ndarray] = field(default_factory=dict)  # users × items
+    scales: dict[str, np.ndarray] = field(default_factory=dict)  # users, float32
+
+
+@dataclass
+class Pool:
+    """The candidates of some users (rows of the batch) at one depth, and what an item outside them can score."""
+
+    keys: np.ndarray  # sorted unique i * n_items + item, i the user's place in the pool's rows
+    bound: np.ndarray  # B per user
+    exhaustive: np.ndarray  # the pool holds every item the user's filter allows
+
+
+def recommend_many(model: Hybrid, users: Sequence[UserContext], k: int, exclude: Sequence[np.ndarray | None],
+                   allowed: Sequence[np.ndarray | None], new: NewItems, depth: int) -> list[Answer]:  # fmt: skip
+    """`Recommender.recommend_many` for the hybrid (same contract): exact, from candidates (see the module doc)."""
+    n = model.n_items
+    seen = [np.unique(u.items[(u.items >= 0) & (u.items < n)]) for u in users]
+    excluded = [np.zeros(0, np.int64) if e is None else np.asarray(e, np.int64) for e in exclude]
+    model_excluded = [np.unique(e[(e >= 0) & (e < n)]) for e in excluded]
+    # The common request (exclude what the user has seen, no filter): the final pool is the unseen pool.
+    plain = np.array([a is None and np.array_equal(e, s) for a, e, s in zip(allowed, model_excluded, seen,
+                                                                             strict=True)])  # fmt: skip
+    views = model._views(users)
+    names = [c for c in model.components if model.weights.get(c, 0.0) > 0 or model.reranker is not None]
+    m = max(depth, k)
+    scored = score_components(model, names, views, seen, m)
+    new_block = model.new_item_scores(new, views, scored.scales) if len(new) else np.zeros((len(users), 0))
+    out: list[Answer | None] = [None] * len(users)
+    todo = np.arange(len(users))
+    while len(todo):
+        final = gather(model, scored, todo, m, [model_excluded[r] for r in todo], [allowed[int(r)] for r in todo])
+        unseen = None
+        if model.reranker is not None:
+            unseen = final if plain[todo].all() else gather(model, scored, todo, m, [seen[r] for r in todo],
+                                                            [None] * len(todo))  # fmt: skip
+        answers, certified = evaluate(model, scored, users, todo, final, unseen, k, seen, excluded, allowed, new_block)
+        for i, r in enumerate(todo):
+            if certified[i]:
+                out[r] = answers[i]
+        todo = todo[~certified]
+        if len(todo) and m >= n:  # only a catalogue smaller than the re-ranker's candidates: the dense definition
+            for r in todo:
+                scores = model.score_all([users[r]], new)[0]
+                out[r] = select(scores, k, exclude[r], allowed[r])
+            break
+        m *= DEEPEN
+    return [a for a in out if a is not None]
+
+
+def score_components(model: Hybrid, names: Sequence[str], views: dict[str, list[UserContext]],
+                     seen: Sequence[np.ndarray], depth: int) -> Scored:  # fmt: skip
+    """Each component's raw scores in its cheapest exact form, and its per-user scale (as `score_all` has it)."""
+    out = Scored()
+    n, b = model.n_items, len(seen)
+    for name in names:
+        component = model.components[name]
+        if hasattr(component, "sparse_scores"):
+            s = component.sparse_scores(views[name])
+            s.data = finite(s.data)
+            out.sparse[name] = s
+            out.sparse_keys[name] = np.repeat(np.arange(b, dtype=np.int64), np.diff(s.indptr)) * n + s.indices
+            out.scales[name] = _sparse_scales(s, seen)
+        elif hasattr(component, "norm_index") and hasattr(component, "user_vectors"):
+            index: NormIndex = component.norm_index
+            x = np.ascontiguousarray(component.user_vectors(views[name]), dtype=np.float32)
+            out.factor[name] = (index, x)
+            # The unseen top `depth`: its first is the scale, and it is the unseen pool's list at the first depth.
+            top = index.top_k(x, depth, list(seen), [None] * b)
+            out.factor_unseen[name] = (depth, seen, top)
+            best = np.array([v[0] if len(v) else 0.0 for _, v in top], np.float32)
+            out.scales[name] = np.where(best > 0, best, 1.0).astype(np.float32)
+        else:
+            raw = np.array(component.score(views[name]), dtype=np.float32)
+            if not np.isfinite(raw).all():
+                np.nan_to_num(raw, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            out.dense[name] = raw
+            out.scales[name] = unseen_max(raw, seen)
+    return out
+
+
+def _sparse_scales(s: sp.csr_matrix, seen: Sequence[np.ndarray]) -> np.ndarray:
+    """Each row's largest stored value over unseen items if positive, else 1: the dense row's `unseen_max`, since
+    every unstored item scores 0."""
+    n = s.shape[1]
+    row = np.repeat(np.arange(s.shape[0], dtype=np.int64), np.diff(s.indptr))
+    seen_keys = np.concatenate([r * n + e for r, e in enumerate(seen)]) if len(seen) else np.zeros(0, np.int64)
+    val = np.where(np.isin(row * n + s.indices, seen_keys), 0.0, s.data)  # a seen item never sets the scale
+    top = np.zeros(s.shape[0], np.float32)
+    np.maximum.at(top, row, val.astype(np.float32))
+    return np.where(top > 0, top, 1.0).astype(np.float32)
+
+
+def _row_entries(s: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in `s.data` of the given rows' entries, and each entry's place in `rows`."""
+    lo, counts = s.indptr[rows], np.diff(s.indptr)[rows]
+    place = np.repeat(np.arange(len(rows)), counts)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(rows) else np.zeros(0, np.int64)
+    return (np.repeat(lo - offsets, counts) + np.arange(int(counts.sum()))).astype(np.int64), place
+
+
+def _top_per_row(place: np.ndarray, val: np.ndarray, n_rows: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Entries (indices into `val`) of each row's m largest values, and each row's m-th value where a row has more."""
+    order = np.lexsort((-val, place))
+    counts = np.bincount(place, minlength=n_rows)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(order)) - first[place[order]]
+    kth = np.zeros(n_rows)
+    full = rank == m - 1
+    more = counts[place[order][full]] > m
+    kth[place[order][full][more]] = val[order][full][more]
+    return order[rank < m], kth
+
+
+def gather(model: Hybrid, scored: Scored, rows: np.ndarray, m: int, excluded: Sequence[np.ndarray],
+           allowed: Sequence[np.ndarray | None]) -> Pool:  # fmt: skip
+    """Every source's top m per user (rows of the batch) after exclusions and the filter, and the bound B."""
+    n, nr = model.n_items, len(rows)
+    masks = [None if a is None else a[:n] for a in allowed]
+    keys: list[np.ndarray] = []
+    bound = np.zeros(nr)
+    exhaustive = np.zeros(nr, dtype=bool)
+    ex_keys = np.concatenate([i * n + e for i, e in enumerate(excluded)]) if nr else np.zeros(0, np.int64)
+
+    def add(name: str | None, kth: np.ndarray) -> None:  # a non-positive bound adds nothing to B's positive part
+        if name is None:
+            bound[:] += np.maximum(kth, 0.0)
+        else:
+            bound[:] += np.maximum(model.weights[name] * np.maximum(kth, 0.0) / scored.scales[name][rows], 0.0)
+
+    def weighed(sources: dict) -> dict:  # a zero-weight component (kept for the re-ranker) adds nothing to stage 1
+        return {name: v for name, v in sources.items() if model.weights.get(name, 0.0) > 0}
+
+    for name, (index, x) in weighed(scored.factor).items():
+        depth, seen, cached = scored.factor_unseen[name]
+        reuse = depth == m and all(a is None for a in masks) and all(
+            np.array_equal(excluded[i], seen[r]) for i, r in enumerate(rows))  # fmt: skip
+        tops = [cached[r] for r in rows] if reuse else index.top_k(x[rows], m, excluded, masks)
+        kth = np.array([float(v[-1]) if len(v) == m else 0.0 for _, v in tops])
+        exhaustive |= np.array([len(v) < m for _, v in tops], dtype=bool)
+        keys.extend(i * n + idx for i, (idx, _) in enumerate(tops))
+        add(name, kth)
+    for name, s in weighed(scored.sparse).items():
+        at, place = _row_entries(s, rows)
+        idx, val = s.indices[at].astype(np.int64), s.data[at]
+        keep = ~np.isin(place * n + idx, ex_keys) if len(ex_keys) else np.ones(len(idx), dtype=bool)
+        for i in (i for i, mask in enumerate(masks) if mask is not None):
+            mine = place == i
+            keep[mine] &= cast(np.ndarray, masks[i])[idx[mine]]
+        idx, val, place = idx[keep], val[keep], place[keep]
+        chosen, kth = _top_per_row(place, val, nr, m)  # an unstored item scores 0: the bound is at least that
+        keys.append(place[chosen] * n + idx[chosen])
+        add(name, kth)
+    for i, r in enumerate(rows):
+        ex, mask = excluded[i], masks[i]
+        for name, block in weighed(scored.dense).items():
+            row = block[r].copy()
+            row[ex] = -np.inf
+            if mask is not None:
+                row[~mask] = -np.inf
+            idx, val = top_k_of_scores(row, m)
+            keep = (idx != PAD) & np.isfinite(val)
+            exhaustive[i] |= int(keep.sum()) < m
+            keys.append(i * n + idx[keep])
+            if keep.all():
+                bound[i] += max(model.weights[name] * float(val[-1]) / float(scored.scales[name][r]), 0.0)
+        order = model.pop_order if mask is None else model.pop_order[mask[model.pop_order]]
+        top = order[: m + len(ex)]
+        top = top[~np.isin(top, ex)][:m] if len(ex) else top[:m]
+        exhaustive[i] |= len(top) < m
+        keys.append(i * n + top)
+        if len(top) == m:
+            bound[i] += float(model.pop_term[top[-1]])
+    return Pool(np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64), bound * (1 + SLACK), exhaustive)
+
+
+def evaluate(model: Hybrid, scored: Scored, users: Sequence[UserContext], rows: np.ndarray, final: Pool,
+             unseen: Pool | None, k: int, seen: Sequence[np.ndarray], excluded: Sequence[np.ndarray],
+             allowed: Sequence[np.ndarray | None],
+             new_block: np.ndarray) -> tuple[list[Answer], np.ndarray]:  # fmt: skip
+    """Stage 1 (and the re-ranker) on the candidates; per user the top k and whether B certifies it."""
+    n = model.n_items
+    keys = final.keys if unseen is None or unseen is final else np.union1d(final.keys, unseen.keys)
+    prow, item = keys // n, keys % n
+    sizes = np.bincount(prow, minlength=len(rows))
+    batch_row = rows[prow]
+    norm: dict[str, np.ndarray] = {}
+    for name, s in scored.sparse.items():
+        stored, key = scored.sparse_keys[name], batch_row * n + item
+        at = np.minimum(np.searchsorted(stored, key), max(len(stored) - 1, 0))
+        hit = stored[at] == key if len(stored) else np.zeros(len(key), dtype=bool)
+        raw = np.where(hit, s.data[at] if len(stored) else 0, 0).astype(np.float32)
+        norm[name] = raw / scored.scales[name][batch_row]
+    for name, (index, x) in scored.factor.items():
+        product = canonical_scores(x[batch_row], index.sorted[index.position[item]]) if len(item) else np.zeros(0)
+        norm[name] = finite(product) / scored.scales[name][batch_row]
+    for name, block in scored.dense.items():
+        norm[name] = block[batch_row, item] / scored.scales[name][batch_row]
+    stage1 = blend(norm, model.weights) if norm else np.zeros(len(item), np.float32)
+    stage1 += model.pop_term[item]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    seen_keys = np.concatenate([i * n + seen[r] for i, r in enumerate(rows)]) if len(rows) else keys[:0]
+    is_seen = np.isin(keys, seen_keys)
+    scores, certified = stage1, np.ones(len(rows), dtype=bool)
+    if unseen is not None and model.reranker is not None:
+        scores, certified = _rerank(model, norm, stage1, item, prow, is_seen, [users[r] for r in rows], unseen)
+    answers = []
+    for i, r in enumerate(rows):
+        lo, hi = starts[i], starts[i + 1]
+        idx = np.concatenate([item[lo:hi], n + np.arange(new_block.shape[1])])
+        val = np.concatenate([scores[lo:hi], new_block[r]]).astype(np.float32)
+        if len(excluded[r]):
+            val[np.isin(idx, excluded[r])] = -np.inf
+        mask = allowed[r]
+        if mask is not None:
+            val[~mask[idx]] = -np.inf
+        order = np.lexsort((idx, -val))[:k]
+        order = order[np.isfinite(val[order])]
+        answers.append((idx[order], val[order]))
+        certified[i] &= final.exhaustive[i] or (len(order) == k and float(val[order[-1]]) > final.bound[i])
+    return answers, certified
+
+
+def _rerank(model: Hybrid, norm: dict[str, np.ndarray], stage1: np.ndarray, item: np.ndarray, prow: np.ndarray,
+            is_seen: np.ndarray, users: list[UserContext], unseen: Pool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The re-ranker over each user's blend top `n_candidates` unseen candidates (as `score_all` does over all
+    items); certified where the last of them beats what an item outside the candidates can score."""
+    reranker, priors = model.reranker, model.priors
+    assert reranker is not None and priors is not None
+    n_cand, n_rows = reranker.n_candidates, len(users)
+    pos = np.flatnonzero(~is_seen)
+    pos = pos[np.lexsort((item[pos], -stage1[pos], prow[pos]))]
+    counts = np.bincount(prow[pos], minlength=n_rows)
+    first = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    full = counts >= n_cand
+    cand_pos = np.zeros((n_rows, n_cand), np.int64)
+    for i in np.flatnonzero(full):
+        cand_pos[i] = pos[first[i] : first[i] + n_cand]
+    scores = stage1.copy()
+    certified = np.zeros(n_rows, dtype=bool)
+    if not full.any():
+        return scores, certified
+    fp = cand_pos[full]
+    cand = item[fp]
+    comp = np.stack([norm[c][fp] if c in norm else np.zeros(cand.shape) for c in reranker.components], axis=-1)
+    feats = features(comp, priors, [u for u, f in zip(users, full, strict=True) if f], cand)
+    order = reranker.order(feats)
+    values = np.sort(stage1[fp], axis=1)[:, ::-1]
+    scores[np.take_along_axis(fp, order, 1)] = values
+    certified[full] = unseen.exhaustive[full] | (values[:, -1] > unseen.bound[full])
+    return scores, certified
