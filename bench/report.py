@@ -31,7 +31,7 @@ def render(results: dict) -> str:
     for name, section in (("quality", _quality), ("freshness", _freshness), ("reactivity", _reactivity),
                           ("neural", _neural), ("batch", _batch), ("batch_baseline", _batch_baseline),
                           ("storage", _storage), ("speed_layer", _speed), ("idle", _idle), ("serving", _serving),
-                          ("soak", _soak)):  # fmt: skip
+                          ("candidates", _candidates), ("soak", _soak)):  # fmt: skip
         if name in results:
             try:
                 body = section(results[name])
@@ -49,6 +49,21 @@ def _measured(results: dict, name: str) -> str:
     dirty = " (with uncommitted changes)" if meta.get("dirty") or "+uncommitted" in meta["git_commit"] else ""
     return (f"_Measured at commit {meta['git_commit']}{dirty}, started {meta['started_at']}{quick}: "
             f"`python -m bench.run --only {cli}`._")  # fmt: skip
+
+
+def _candidates(c: dict) -> list[str]:
+    rows = ["### candidates (the hybrid's two-stage serving against its dense scores)", "",
+            "Fitted on each user's earlier events, the latest 20% held out; in process, ms per user with 1 / 64 users "
+            "per call (the ALS column: the ALS component's own exact norm-index top k on the same users).", "",
+            "| data | items | users | same top-10 | NDCG@10 dense | NDCG@10 two-stage | dense | two-stage | ALS |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, v in c.items():
+        cost = v["cost"]
+        cells = [f"{cost['batch_1'][p]['per_user_ms']:.2f} / {cost['batch_64'][p]['per_user_ms']:.2f}"
+                 if p in cost["batch_1"] else "n/a" for p in ("dense", "two_stage", "als_component")]  # fmt: skip
+        rows.append(f"| {name} | {v['n_items']:,} | {v['users']:,} | {v['same_top10_share']:.2%} | "
+                    f"{v['ndcg@10_dense']:.4f} | {v['ndcg@10_two_stage']:.4f} | {' | '.join(cells)} |")  # fmt: skip
+    return rows
 
 
 def _soak(k: dict) -> list[str]:

@@ -14,7 +14,8 @@ storage (the batch pipeline at 1M events with the lake and models on local disk,
 and a replica's swap-in time of the published model from each),
 speed (events/s, event -> UP latency, next to a bare kafka-python consumer and Kafka's
 ConsumerPerformance / ProducerPerformance on the same broker), idle (CPU of each service with
-no traffic), serving (GET /recommend latency and throughput). Each figure carries its unit.
+no traffic), serving (GET /recommend latency and throughput), candidates (the hybrid's two-stage
+serving against its dense scores: same top 10, NDCG@10, cost per user). Each figure carries its unit.
 Every section records, when it *starts*, the commit it runs on and the time (`meta.sections`);
 a tree with uncommitted changes is refused unless `--allow-dirty`, and then marked. Also
 writes report.md, one PNG plot per section and the README's Results section. Absolute
@@ -365,6 +366,31 @@ def _soak(o: dict) -> dict:
     return soak.run(o["quick"])
 
 
+def _candidates(o: dict) -> dict:
+    from bench import candidates
+
+    return candidates.run(o["quick"])
+
+
+def candidates_table(r: dict) -> Table:
+    table = Table(title="hybrid: two-stage serving vs the dense scores it replaces (in process, ms per user)")
+    for col in ("data", "items", "same top-10", "NDCG@10 dense", "NDCG@10 two-stage", "dense 1/64", "two-stage 1/64",
+                "ALS 1/64"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for name, v in r.items():
+        c = v["cost"]
+
+        def cell(path: str, c: dict = c) -> str:
+            if path not in c["batch_1"]:
+                return "n/a"
+            return f"{c['batch_1'][path]['per_user_ms']:.2f} / {c['batch_64'][path]['per_user_ms']:.2f}"
+
+        ndcg = f"{v['ndcg@10_dense']:.4f}", f"{v['ndcg@10_two_stage']:.4f}"
+        table.add_row(name, str(v["n_items"]), f"{v['same_top10_share']:.2%}", *ndcg, cell("dense"),
+                      cell("two_stage"), cell("als_component"))  # fmt: skip
+    return table
+
+
 def _serving(o: dict) -> dict:
     from bench import serving
 
@@ -410,8 +436,9 @@ SECTIONS = {
     "idle": ("idle", _idle, lambda r: idle_table(r)),
     "soak": ("soak", _soak, lambda r: f"soak: {r}"),
     "serving": ("serving", _serving, lambda r: serving_table(r)),
+    "candidates": ("candidates", _candidates, lambda r: candidates_table(r)),
 }
-DEFAULT_SECTIONS = "quality,freshness,reactivity,neural,batch,storage,speed,idle,serving"
+DEFAULT_SECTIONS = "quality,freshness,reactivity,neural,batch,storage,speed,idle,serving,candidates"
 
 
 @app.command()

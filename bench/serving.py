@@ -185,15 +185,16 @@ def exactness_and_bytes(s: Settings, users: list[str], k: int = 10) -> dict:
             "full_scan_bytes": int(items.nbytes), "blocks": len(index.starts)}  # fmt: skip
 
 
-def build_hybrid(s: Settings, n_users: int, n_items: int, history_events: int) -> dict:
-    """A hybrid over the same kind of data at 100,000 items, published in its own state folder. Its parts are
-    the study's (SLIT, ALS, EASE, transitions, session-KNN, content, the logistic re-ranker); only what makes
-    the *fit* long at this size is cut (EASE/SLIT on the 3,000 most popular items, a small tuning sample)."""
+def hybrid_data_and_params(s: Settings, n_users: int, n_items: int, history_events: int):
+    """Synthetic events at this size as a Dataset (a synthetic catalogue written for content), and the hybrid's
+    parameters there: the study's parts (SLIT, ALS, EASE, transitions, session-KNN, content, the logistic
+    re-ranker); only what makes the *fit* long at this size is cut (EASE/SLIT on the 3,000 most popular items,
+    a small tuning sample). Shared by `build_hybrid` and the candidates section (`bench/candidates.py`)."""
     import pyarrow as pa
 
     from recsys.data import datasets
     from recsys.data.synthetic import SyntheticConfig, iter_batches
-    from recsys.models.hybrid import Hybrid, HybridParams
+    from recsys.models.hybrid import HybridParams
 
     config = SyntheticConfig(n_events=history_events, n_users=n_users, n_items=n_items, seed=100, zipf_exponent=0.5)
     table = pa.Table.from_batches(list(iter_batches(config)))
@@ -207,6 +208,15 @@ def build_hybrid(s: Settings, n_users: int, n_items: int, history_events: int) -
         "ease": {"max_items": 3000}, "slit": {"max_items": 3000, "max_rows": 200_000},
         "implicit_als": {"rank": 64, "iterations": 2, "reg": 20.0, "alpha": 1.0}},
         tune_users=200, tune_rounds=1, rerank="always")  # fmt: skip
+    return data, params
+
+
+def build_hybrid(s: Settings, n_users: int, n_items: int, history_events: int) -> dict:
+    """A hybrid over the same kind of data at 100,000 items (`hybrid_data_and_params`), published in its own
+    state folder."""
+    from recsys.models.hybrid import Hybrid
+
+    data, params = hybrid_data_and_params(s, n_users, n_items, history_events)
     started = time.monotonic()
     model = Hybrid(params, settings=s)
     model.fit(data)
