@@ -152,9 +152,11 @@ def _sparse_scales(s: sp.csr_matrix, seen: Sequence[np.ndarray]) -> np.ndarray:
     n = s.shape[1]
     row = np.repeat(np.arange(s.shape[0], dtype=np.int64), np.diff(s.indptr))
     seen_keys = np.concatenate([r * n + e for r, e in enumerate(seen)]) if len(seen) else np.zeros(0, np.int64)
-    val = np.where(np.isin(row * n + s.indices, seen_keys), 0.0, s.data)  # a seen item never sets the scale
+    val = np.where(np.isin(row * n + s.indices, seen_keys), 0.0, s.data).astype(np.float32)  # seen: never the scale
     top = np.zeros(s.shape[0], np.float32)
-    np.maximum.at(top, row, val.astype(np.float32))
+    filled = np.flatnonzero(np.diff(s.indptr) > 0)
+    if len(filled):
+        top[filled] = np.maximum.reduceat(val, s.indptr[filled])
     return np.where(top > 0, top, 1.0).astype(np.float32)
 
 
@@ -167,16 +169,21 @@ def _row_entries(s: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _top_per_row(place: np.ndarray, val: np.ndarray, n_rows: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Entries (indices into `val`) of each row's m largest values, and each row's m-th value where a row has more."""
-    order = np.lexsort((-val, place))
+    """Entries (indices into `val`, grouped by a nondecreasing `place`) of each row's m largest values, and each
+    row's m-th value where the row has more than m (0 elsewhere)."""
     counts = np.bincount(place, minlength=n_rows)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(order)) - first[place[order]]
+    starts = np.concatenate([[0], np.cumsum(counts)])
     kth = np.zeros(n_rows)
-    full = rank == m - 1
-    more = counts[place[order][full]] > m
-    kth[place[order][full][more]] = val[order][full][more]
-    return order[rank < m], kth
+    chosen = [np.zeros(0, np.int64)]
+    for i in range(n_rows):
+        lo, hi = starts[i], starts[i + 1]
+        if hi - lo <= m:
+            chosen.append(np.arange(lo, hi))
+            continue
+        part = np.argpartition(-val[lo:hi], m - 1)[:m]
+        kth[i] = float(val[lo:hi][part].min())
+        chosen.append(lo + part)
+    return np.concatenate(chosen), kth
 
 
 def gather(model: Hybrid, scored: Scored, rows: np.ndarray, m: int, excluded: Sequence[np.ndarray],
