@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
-from recsys.models.sparse import dense, recent_weights, top_n_per_row
+from recsys.models.sparse import dense, recent_weights, sorted_rows, top_n_per_row
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -71,9 +71,7 @@ class SessionKNN(Recommender):
 
     def sparse_scores(self, users: Sequence[UserContext]) -> sp.csr_matrix:
         """The scores as a sparse matrix with sorted rows: only the neighbours' items are stored (the rest score 0)."""
-        out = (self.neighbours(users) @ self.votes).tocsr()
-        out.sort_indices()
-        return out
+        return sorted_rows(self.neighbours(users) @ self.votes)
 
     def score(self, users: Sequence[UserContext]) -> np.ndarray:
         return dense(self.neighbours(users) @ self.votes)

@@ -170,6 +170,13 @@ def dense(matrix: sp.spmatrix) -> np.ndarray:
     return np.asarray(matrix.todense(), dtype=np.float32)
 
 
+def sorted_rows(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """The matrix as CSR with each row's columns sorted (what two-stage serving reads: `hybrid/candidates.py`)."""
+    out = matrix.tocsr()
+    out.sort_indices()
+    return out
+
+
 def kind_weights(event_types: Sequence[str], weights: dict[str, float]) -> np.ndarray:
     """Weight per event-type position (unknown types weigh 1)."""
     return np.array([weights.get(t, 1.0) for t in event_types], dtype=np.float64)

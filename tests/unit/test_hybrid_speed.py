@@ -1,6 +1,6 @@
 """The hybrid's faster request path gives the same answers: on MovieLens-100K users, the same top-10 and the same
 scores as the code it replaced (recency profiles through scipy's COO route, the priors read item by item, the
-candidates by one argpartition, nan_to_num on every component), for batches and for single users (serving)."""
+candidates by one argpartition), for batches and for single users (serving)."""
 
 import numpy as np
 import pytest
@@ -11,7 +11,6 @@ from recsys.models import content, item_to_item, session_knn, sparse
 from recsys.models.base import NewItems, UserContext
 from recsys.models.hybrid import Hybrid, HybridParams
 from recsys.models.hybrid import model as hybrid_model
-from recsys.models.hybrid.blend import blend, data_pop_term, seen_rows, unseen_max
 from recsys.models.hybrid.reranker import _Counts
 from recsys.models.topk import _select_top
 from recsys.settings import Settings
@@ -34,31 +33,6 @@ def shares_item_by_item(self, items, lo, hi):
         a, b = start[k] + np.searchsorted(column, lo), start[k] + np.searchsorted(column, hi)
         out[k] = self._data[b] - self._data[a]
     return out / total
-
-
-def score_all_as_before(self, users, new):
-    """`Hybrid.score_all` as it was (nan_to_num on every component's scores), for users without new items."""
-    seen_items = [u.items[(u.items < self.n_items) & (u.items >= 0)] for u in users]
-    views = self._views(users)
-    norm, scales = {}, {}
-    for name, model in self.components.items():
-        if self.weights.get(name, 0.0) <= 0 and self.reranker is None:
-            continue
-        raw = np.nan_to_num(np.array(model.score(views[name]), dtype=np.float32), copy=False, nan=0.0,
-                            posinf=0.0, neginf=0.0)  # fmt: skip
-        scales[name] = unseen_max(raw, seen_items)
-        raw /= scales[name][:, None]
-        norm[name] = raw
-    total = np.zeros((len(users), self.n_items), np.float32)
-    total[:, :] = blend(norm, self.weights)
-    total += data_pop_term(self.popularity)[None, :]
-    if self.reranker is not None and len(users):
-        seen = seen_rows(users, self.n_items)
-        stage1 = total
-        cand, feats = hybrid_model.candidate_features(norm, self.priors, users, stage1, seen,
-                                                      self.reranker.n_candidates, self.reranker.components)  # fmt: skip
-        total = self.reranker.rerank(cand, feats, stage1)
-    return total
 
 
 def candidate_features_as_before(norm, priors, users, stage1, seen, n_candidates, components):
@@ -115,7 +89,6 @@ def test_the_hybrid_answers_as_before_on_movielens_users(fitted, monkeypatch):
         for module in COMPONENT_MODULES:
             patch.setattr(module, "recent_weights", sparse._recent_weights_coo)
         patch.setattr(_Counts, "shares", shares_item_by_item)
-        patch.setattr(Hybrid, "score_all", score_all_as_before)
         patch.setattr(hybrid_model, "candidate_features", candidate_features_as_before)
         before = [top10(model, batch) for batch in batches]
     for (idx, val), (idx0, val0) in zip(now, before, strict=True):
