@@ -88,6 +88,7 @@ def test_filters_exclusions_and_new_items_give_the_same_answers(fitted):
     assert same_share(model, users, allowed=wide, new=new) >= 0.99
     assert same_share(model, users, allowed=narrow, exclude=extra, new=new) >= 0.99
     assert same_share(model, users, exclude=[np.zeros(0, np.int64)] * len(users)) >= 0.99  # seen items allowed
+    assert same_share(model, users, exclude=[u.items[::3] for u in users]) >= 0.99  # serving's: some seen items
 
 
 def test_a_user_nothing_scores_gets_the_popular_items(fitted):

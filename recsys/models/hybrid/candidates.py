@@ -63,8 +63,8 @@ class Scored:
     sparse: dict[str, sp.csr_matrix] = field(default_factory=dict)  # sorted rows; unstored = 0
     sparse_keys: dict[str, np.ndarray] = field(default_factory=dict)  # row * n_items + column of each stored entry
     factor: dict[str, tuple[NormIndex, np.ndarray]] = field(default_factory=dict)  # index, user vectors
-    # Per factor component: the depth, the seen items and each user's unseen top at that depth (norm index).
-    factor_unseen: dict[str, tuple[int, Sequence[np.ndarray], list[Answer]]] = field(default_factory=dict)
+    # Per factor component: the first depth, what it excluded per user and each user's top (norm index).
+    factor_first: dict[str, tuple[int, Sequence[np.ndarray], list[Answer]]] = field(default_factory=dict)
     dense: dict[str, np.ndarray] = field(default_factory=dict)  # users × items
     scales: dict[str, np.ndarray] = field(default_factory=dict)  # users, float32
 
@@ -85,13 +85,16 @@ def recommend_many(model: Hybrid, users: Sequence[UserContext], k: int, exclude:
     seen = [np.unique(u.items[(u.items >= 0) & (u.items < n)]) for u in users]
     excluded = [np.zeros(0, np.int64) if e is None else np.asarray(e, np.int64) for e in exclude]
     model_excluded = [np.unique(e[(e >= 0) & (e < n)]) for e in excluded]
-    # The common request (exclude what the user has seen, no filter): the final pool is the unseen pool.
-    plain = np.array([a is None and np.array_equal(e, s) for a, e, s in zip(allowed, model_excluded, seen,
-                                                                             strict=True)])  # fmt: skip
+    # Without a filter, and excluding only items the user has seen (purchases, the cool-down), the final pool bounds
+    # unseen items too (an unseen item is not excluded): one pool serves the blend's top and the re-ranker's.
+    plain = np.array([a is None and bool(np.isin(e, s).all()) for a, e, s in zip(allowed, model_excluded, seen,
+                                                                                   strict=True)])  # fmt: skip
     views = model._views(users)
     names = [c for c in model.components if model.weights.get(c, 0.0) > 0 or model.reranker is not None]
     m = max(depth, k)
-    scored = score_components(model, names, views, seen, m)
+    # The factor models' first lists exclude what the final pool excludes where that pool serves both.
+    first = [model_excluded[r] if plain[r] else seen[r] for r in range(len(users))]
+    scored = score_components(model, names, views, seen, first, m)
     new_block = model.new_item_scores(new, views, scored.scales) if len(new) else np.zeros((len(users), 0))
     out: list[Answer | None] = [None] * len(users)
     todo = np.arange(len(users))
@@ -116,8 +119,9 @@ def recommend_many(model: Hybrid, users: Sequence[UserContext], k: int, exclude:
 
 
 def score_components(model: Hybrid, names: Sequence[str], views: dict[str, list[UserContext]],
-                     seen: Sequence[np.ndarray], depth: int) -> Scored:  # fmt: skip
-    """Each component's raw scores in its cheapest exact form, and its per-user scale (as `score_all` has it)."""
+                     seen: Sequence[np.ndarray], first: Sequence[np.ndarray], depth: int) -> Scored:  # fmt: skip
+    """Each component's raw scores in its cheapest exact form, and its per-user scale (as `score_all` has it);
+    for factor models, each user's top `depth` excluding `first` (the first pool's list, kept)."""
     out = Scored()
     n, b = model.n_items, len(seen)
     for name in names:
@@ -132,11 +136,9 @@ def score_components(model: Hybrid, names: Sequence[str], views: dict[str, list[
             index: NormIndex = component.norm_index
             x = np.ascontiguousarray(component.user_vectors(views[name]), dtype=np.float32)
             out.factor[name] = (index, x)
-            # The unseen top `depth`: its first is the scale, and it is the unseen pool's list at the first depth.
-            top = index.top_k(x, depth, list(seen), [None] * b)
-            out.factor_unseen[name] = (depth, seen, top)
-            best = np.array([v[0] if len(v) else 0.0 for _, v in top], np.float32)
-            out.scales[name] = np.where(best > 0, best, 1.0).astype(np.float32)
+            top = index.top_k(x, depth, list(first), [None] * b)
+            out.factor_first[name] = (depth, first, top)
+            out.scales[name] = _factor_scales(index, x, top, seen)
         else:
             raw = np.array(component.score(views[name]), dtype=np.float32)
             if not np.isfinite(raw).all():
@@ -144,6 +146,23 @@ def score_components(model: Hybrid, names: Sequence[str], views: dict[str, list[
             out.dense[name] = raw
             out.scales[name] = unseen_max(raw, seen)
     return out
+
+
+def _factor_scales(index: NormIndex, x: np.ndarray, top: list[Answer], seen: Sequence[np.ndarray]) -> np.ndarray:
+    """Each user's best score over unseen items if positive, else 1: the first unseen item of their list, or (when
+    the list holds none) one more norm-index call that excludes everything they have seen."""
+    best = np.zeros(len(top), np.float32)
+    missing = []
+    for r, (idx, val) in enumerate(top):
+        unseen = np.flatnonzero(~np.isin(idx, seen[r]))
+        if len(unseen):
+            best[r] = val[unseen[0]]
+        elif len(idx):  # a full list of seen items: the unseen best is further down
+            missing.append(r)
+    if missing:
+        again = index.top_k(x[missing], 1, [seen[r] for r in missing], [None] * len(missing))
+        best[missing] = [v[0] if len(v) else 0.0 for _, v in again]
+    return np.where(best > 0, best, 1.0).astype(np.float32)
 
 
 def _sparse_scales(s: sp.csr_matrix, seen: Sequence[np.ndarray]) -> np.ndarray:
@@ -206,9 +225,9 @@ def gather(model: Hybrid, scored: Scored, rows: np.ndarray, m: int, excluded: Se
         return {name: v for name, v in sources.items() if model.weights.get(name, 0.0) > 0}
 
     for name, (index, x) in weighed(scored.factor).items():
-        depth, seen, cached = scored.factor_unseen[name]
+        depth, done, cached = scored.factor_first[name]
         reuse = depth == m and all(a is None for a in masks) and all(
-            np.array_equal(excluded[i], seen[r]) for i, r in enumerate(rows))  # fmt: skip
+            np.array_equal(excluded[i], done[r]) for i, r in enumerate(rows))  # fmt: skip
         tops = [cached[r] for r in rows] if reuse else index.top_k(x[rows], m, excluded, masks)
         kth = np.array([float(v[-1]) if len(v) == m else 0.0 for _, v in tops])
         exhaustive |= np.array([len(v) < m for _, v in tops], dtype=bool)
