@@ -6,7 +6,8 @@ which items can score well for a user:
 
 - item-to-item components and session-KNN (`sparse_scores`): only the items in the rows of
   the user's latest items are stored; every other item scores exactly 0;
-- factor components (ALS): the exact top M by the norm index (`recsys.models.norm_index`);
+- factor components (ALS) on catalogues of `NORM_INDEX_FROM` items or more: the exact top M by the
+  norm index (`recsys.models.norm_index`); on smaller ones, as any other component:
 - any other component (content, the neural models): its dense scores, top M by selection;
 - popularity: the M most popular items (what answers a user nothing else can score).
 
@@ -26,9 +27,10 @@ every item, so the loop ends. A list that enumerates everything the filter allow
 than M items) certifies at once: a narrow category filter costs no more than a wide one.
 
 The values are those of the dense path, operation for operation (the same float32 divisions
-and the same order of the weighted sum), except the factor scores: the norm index's canonical
-x·y (one fixed summation order) instead of a BLAS product, which differ in the last bits. The
-unit tests compare both paths' top 10 on MovieLens-100K; `bench/serving.py` measures both.
+and the same order of the weighted sum), except the factor scores read through the norm index: its
+canonical x·y (one fixed summation order) instead of a BLAS product, which differ in the last bits.
+The unit tests compare both paths' top 10 on MovieLens-100K (with and without the norm index);
+`bench/candidates.py` measures both on MovieLens-100K and at 100,000 items.
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ import scipy.sparse as sp
 from recsys.models.base import NewItems, UserContext, select
 from recsys.models.hybrid.blend import blend, finite, unseen_max
 from recsys.models.hybrid.reranker import features
-from recsys.models.norm_index import NormIndex, canonical_scores
+from recsys.models.norm_index import NormIndex, canonical_all
 from recsys.models.topk import PAD, top_k_of_scores
 
 if TYPE_CHECKING:
     from recsys.models.hybrid.model import Hybrid
 
+# Catalogues from this size read factor models through the norm index; below it one BLAS pass over the item factors
+# (the dense path's own scores) costs less than the norm index's walk to a few hundred items (`bench/candidates.py`).
+NORM_INDEX_FROM = 300_000
 # Relative margin on B: the float32 rounding of a dozen-term weighted sum is below 1e-6 of its positive part.
 SLACK = 1e-5
 DEEPEN = 4
@@ -132,7 +137,7 @@ def score_components(model: Hybrid, names: Sequence[str], views: dict[str, list[
             out.sparse[name] = s
             out.sparse_keys[name] = np.repeat(np.arange(b, dtype=np.int64), np.diff(s.indptr)) * n + s.indices
             out.scales[name] = _sparse_scales(s, seen)
-        elif hasattr(component, "norm_index") and hasattr(component, "user_vectors"):
+        elif hasattr(component, "norm_index") and hasattr(component, "user_vectors") and n >= NORM_INDEX_FROM:
             index: NormIndex = component.norm_index
             x = np.ascontiguousarray(component.user_vectors(views[name]), dtype=np.float32)
             out.factor[name] = (index, x)
@@ -284,14 +289,19 @@ def evaluate(model: Hybrid, scored: Scored, users: Sequence[UserContext], rows: 
         hit = stored[at] == key if len(stored) else np.zeros(len(key), dtype=bool)
         raw = np.where(hit, s.data[at] if len(stored) else 0, 0).astype(np.float32)
         norm[name] = raw / scored.scales[name][batch_row]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
     for name, (index, x) in scored.factor.items():
-        product = canonical_scores(x[batch_row], index.sorted[index.position[item]]) if len(item) else np.zeros(0)
+        # User by user: the same products and sums as `canonical_scores` of (x_r, y_j) pairs, without a copy of x
+        # per candidate.
+        product = np.zeros(len(item), np.float32)
+        for i, r in enumerate(rows):
+            lo, hi = starts[i], starts[i + 1]
+            product[lo:hi] = canonical_all(x[r], index.sorted[index.position[item[lo:hi]]])
         norm[name] = finite(product) / scored.scales[name][batch_row]
     for name, block in scored.dense.items():
         norm[name] = block[batch_row, item] / scored.scales[name][batch_row]
     stage1 = blend(norm, model.weights) if norm else np.zeros(len(item), np.float32)
     stage1 += model.pop_term[item]
-    starts = np.concatenate([[0], np.cumsum(sizes)])
     seen_keys = np.concatenate([i * n + seen[r] for i, r in enumerate(rows)]) if len(rows) else keys[:0]
     is_seen = np.isin(keys, seen_keys)
     scores, certified = stage1, np.ones(len(rows), dtype=bool)
