@@ -21,6 +21,7 @@ exactly the state of the others. (With log compaction on `model-updates`, keyed
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -194,6 +195,10 @@ class ModelFollower:
             del self._pending[version]
         old = self.current.version if self.current else None
         self.current = model  # the swap: one assignment; running requests keep the model they started with
+        # The model's objects (id maps, catalogue strings) live until the next swap: out of the cyclic GC, whose full
+        # collections walked them all and paused requests (reference counting still frees them).
+        gc.collect()
+        gc.freeze()
         metrics.show_model(model.version, old)
         metrics.MODEL_SWAPS.inc()
         metrics.MODEL_LOAD_SECONDS.observe(time.monotonic() - started)

@@ -43,7 +43,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.models.base import NewItems, UserContext, select
-from recsys.models.hybrid.blend import blend, finite, unseen_max
+from recsys.models.hybrid.blend import blend, finite, seen_rows, unseen_max
 from recsys.models.hybrid.reranker import features
 from recsys.models.norm_index import NormIndex, canonical_all
 from recsys.models.topk import PAD, top_k_of_scores
@@ -94,22 +94,37 @@ def recommend_many(model: Hybrid, users: Sequence[UserContext], k: int, exclude:
     # unseen items too (an unseen item is not excluded): one pool serves the blend's top and the re-ranker's.
     plain = np.array([a is None and bool(np.isin(e, s).all()) for a, e, s in zip(allowed, model_excluded, seen,
                                                                                    strict=True)])  # fmt: skip
+    # The same as boolean rows (users × items), which index faster than a set test per candidate.
+    seen_mask = seen_rows(users, n)
+    excluded_mask = np.zeros((len(users), n + len(new)), dtype=bool)
+    for row, e in enumerate(excluded):
+        excluded_mask[row, e[(e >= 0) & (e < n + len(new))]] = True
     views = model._views(users)
     names = [c for c in model.components if model.weights.get(c, 0.0) > 0 or model.reranker is not None]
     m = max(depth, k)
     # The factor models' first lists exclude what the final pool excludes where that pool serves both.
     first = [model_excluded[r] if plain[r] else seen[r] for r in range(len(users))]
-    scored = score_components(model, names, views, seen, first, m)
+    scored = score_components(model, names, views, seen, seen_mask, first, m)
     new_block = model.new_item_scores(new, views, scored.scales) if len(new) else np.zeros((len(users), 0))
     out: list[Answer | None] = [None] * len(users)
     todo = np.arange(len(users))
     while len(todo):
-        final = gather(model, scored, todo, m, [model_excluded[r] for r in todo], [allowed[int(r)] for r in todo])
+        final = gather(
+            model,
+            scored,
+            todo,
+            m,
+            [model_excluded[r] for r in todo],
+            excluded_mask[todo, :n],
+            [allowed[int(r)] for r in todo],
+        )
         unseen = None
         if model.reranker is not None:
             unseen = final if plain[todo].all() else gather(model, scored, todo, m, [seen[r] for r in todo],
-                                                            [None] * len(todo))  # fmt: skip
-        answers, certified = evaluate(model, scored, users, todo, final, unseen, k, seen, excluded, allowed, new_block)
+                                                            seen_mask[todo], [None] * len(todo))  # fmt: skip
+        answers, certified = evaluate(
+            model, scored, users, todo, final, unseen, k, seen_mask, excluded_mask, allowed, new_block
+        )
         for i, r in enumerate(todo):
             if certified[i]:
                 out[r] = answers[i]
@@ -124,7 +139,8 @@ def recommend_many(model: Hybrid, users: Sequence[UserContext], k: int, exclude:
 
 
 def score_components(model: Hybrid, names: Sequence[str], views: dict[str, list[UserContext]],
-                     seen: Sequence[np.ndarray], first: Sequence[np.ndarray], depth: int) -> Scored:  # fmt: skip
+                     seen: Sequence[np.ndarray], seen_mask: np.ndarray, first: Sequence[np.ndarray],
+                     depth: int) -> Scored:  # fmt: skip
     """Each component's raw scores in its cheapest exact form, and its per-user scale (as `score_all` has it);
     for factor models, each user's top `depth` excluding `first` (the first pool's list, kept)."""
     out = Scored()
@@ -136,7 +152,7 @@ def score_components(model: Hybrid, names: Sequence[str], views: dict[str, list[
             s.data = finite(s.data)
             out.sparse[name] = s
             out.sparse_keys[name] = np.repeat(np.arange(b, dtype=np.int64), np.diff(s.indptr)) * n + s.indices
-            out.scales[name] = _sparse_scales(s, seen)
+            out.scales[name] = _sparse_scales(s, seen_mask)
         elif hasattr(component, "norm_index") and hasattr(component, "user_vectors") and n >= NORM_INDEX_FROM:
             index: NormIndex = component.norm_index
             x = np.ascontiguousarray(component.user_vectors(views[name]), dtype=np.float32)
@@ -170,13 +186,11 @@ def _factor_scales(index: NormIndex, x: np.ndarray, top: list[Answer], seen: Seq
     return np.where(best > 0, best, 1.0).astype(np.float32)
 
 
-def _sparse_scales(s: sp.csr_matrix, seen: Sequence[np.ndarray]) -> np.ndarray:
+def _sparse_scales(s: sp.csr_matrix, seen_mask: np.ndarray) -> np.ndarray:
     """Each row's largest stored value over unseen items if positive, else 1: the dense row's `unseen_max`, since
     every unstored item scores 0."""
-    n = s.shape[1]
     row = np.repeat(np.arange(s.shape[0], dtype=np.int64), np.diff(s.indptr))
-    seen_keys = np.concatenate([r * n + e for r, e in enumerate(seen)]) if len(seen) else np.zeros(0, np.int64)
-    val = np.where(np.isin(row * n + s.indices, seen_keys), 0.0, s.data).astype(np.float32)  # seen: never the scale
+    val = np.where(seen_mask[row, s.indices], 0.0, s.data).astype(np.float32)  # a seen item is never the scale
     top = np.zeros(s.shape[0], np.float32)
     filled = np.flatnonzero(np.diff(s.indptr) > 0)
     if len(filled):
@@ -211,14 +225,14 @@ def _top_per_row(place: np.ndarray, val: np.ndarray, n_rows: int, m: int) -> tup
 
 
 def gather(model: Hybrid, scored: Scored, rows: np.ndarray, m: int, excluded: Sequence[np.ndarray],
-           allowed: Sequence[np.ndarray | None]) -> Pool:  # fmt: skip
-    """Every source's top m per user (rows of the batch) after exclusions and the filter, and the bound B."""
+           excluded_mask: np.ndarray, allowed: Sequence[np.ndarray | None]) -> Pool:  # fmt: skip
+    """Every source's top m per user (rows of the batch) after exclusions (as positions and as boolean rows over
+    the model's items) and the filter, and the bound B."""
     n, nr = model.n_items, len(rows)
     masks = [None if a is None else a[:n] for a in allowed]
     keys: list[np.ndarray] = []
     bound = np.zeros(nr)
     exhaustive = np.zeros(nr, dtype=bool)
-    ex_keys = np.concatenate([i * n + e for i, e in enumerate(excluded)]) if nr else np.zeros(0, np.int64)
 
     def add(name: str | None, kth: np.ndarray) -> None:  # a non-positive bound adds nothing to B's positive part
         if name is None:
@@ -241,7 +255,7 @@ def gather(model: Hybrid, scored: Scored, rows: np.ndarray, m: int, excluded: Se
     for name, s in weighed(scored.sparse).items():
         at, place = _row_entries(s, rows)
         idx, val = s.indices[at].astype(np.int64), s.data[at]
-        keep = ~np.isin(place * n + idx, ex_keys) if len(ex_keys) else np.ones(len(idx), dtype=bool)
+        keep = ~excluded_mask[place, idx]
         for i in (i for i, mask in enumerate(masks) if mask is not None):
             mine = place == i
             keep[mine] &= cast(np.ndarray, masks[i])[idx[mine]]
@@ -264,7 +278,7 @@ def gather(model: Hybrid, scored: Scored, rows: np.ndarray, m: int, excluded: Se
                 bound[i] += max(model.weights[name] * float(val[-1]) / float(scored.scales[name][r]), 0.0)
         order = model.pop_order if mask is None else model.pop_order[mask[model.pop_order]]
         top = order[: m + len(ex)]
-        top = top[~np.isin(top, ex)][:m] if len(ex) else top[:m]
+        top = top[~excluded_mask[i, top]][:m] if len(ex) else top[:m]
         exhaustive[i] |= len(top) < m
         keys.append(i * n + top)
         if len(top) == m:
@@ -273,7 +287,7 @@ def gather(model: Hybrid, scored: Scored, rows: np.ndarray, m: int, excluded: Se
 
 
 def evaluate(model: Hybrid, scored: Scored, users: Sequence[UserContext], rows: np.ndarray, final: Pool,
-             unseen: Pool | None, k: int, seen: Sequence[np.ndarray], excluded: Sequence[np.ndarray],
+             unseen: Pool | None, k: int, seen_mask: np.ndarray, excluded_mask: np.ndarray,
              allowed: Sequence[np.ndarray | None],
              new_block: np.ndarray) -> tuple[list[Answer], np.ndarray]:  # fmt: skip
     """Stage 1 (and the re-ranker) on the candidates; per user the top k and whether B certifies it."""
@@ -302,8 +316,7 @@ def evaluate(model: Hybrid, scored: Scored, users: Sequence[UserContext], rows: 
         norm[name] = block[batch_row, item] / scored.scales[name][batch_row]
     stage1 = blend(norm, model.weights) if norm else np.zeros(len(item), np.float32)
     stage1 += model.pop_term[item]
-    seen_keys = np.concatenate([i * n + seen[r] for i, r in enumerate(rows)]) if len(rows) else keys[:0]
-    is_seen = np.isin(keys, seen_keys)
+    is_seen = seen_mask[batch_row, item]
     scores, certified = stage1, np.ones(len(rows), dtype=bool)
     if unseen is not None and model.reranker is not None:
         scores, certified = _rerank(model, norm, stage1, item, prow, is_seen, [users[r] for r in rows], unseen)
@@ -312,8 +325,7 @@ def evaluate(model: Hybrid, scored: Scored, users: Sequence[UserContext], rows: 
         lo, hi = starts[i], starts[i + 1]
         idx = np.concatenate([item[lo:hi], n + np.arange(new_block.shape[1])])
         val = np.concatenate([scores[lo:hi], new_block[r]]).astype(np.float32)
-        if len(excluded[r]):
-            val[np.isin(idx, excluded[r])] = -np.inf
+        val[excluded_mask[r, idx]] = -np.inf
         mask = allowed[r]
         if mask is not None:
             val[~mask[idx]] = -np.inf
