@@ -56,12 +56,17 @@ class SpeedState:
         self.event_types = list(self.data.event_types)
         self._tail_ptr = self.data.events.indptr(self.data.n_users)
         self.user_delta: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-        self.user_types: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
         self.user_recent: dict[str, deque[tuple[int, str, int]]] = defaultdict(
             lambda: deque(maxlen=self.model.recent_events)
         )
         self.new_item_delta: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.erased: set[str] = set()  # forgotten model users: their training row no longer counts
+        # The same per user, keyed by item id, as the UPs carry them: kept up to date event by event, so a batch
+        # copies them instead of rebuilding each touched user's whole period since the cut-off (ids from indices).
+        self.user_strengths: dict[str, dict[str, float]] = {}
+        self.user_event_types: dict[str, dict[str, list[str]]] = {}  # each list sorted, replaced (never mutated)
+        self.user_recent_ids: dict[str, deque[tuple[str, str, int]]] = {}
+        self._kinds = {name: b for b, name in enumerate(self.event_types)}
 
     @property
     def model_version(self) -> str:
@@ -72,25 +77,48 @@ class SpeedState:
         touched_users: set[str] = set()
         touched_new_items: set[int] = set()
         updates = Updates()
+        source_ts_ms = updates.source_ts_ms
+        recent_events = self.model.recent_events
+        user_delta, user_recent = self.user_delta, self.user_recent
+        user_strengths, user_event_types, user_recent_ids = (
+            self.user_strengths,
+            self.user_event_types,
+            self.user_recent_ids,
+        )
         for event, source_ts in events:
-            j = self._item(event.item_id)
-            strength = self.weights[event.event_type]
-            self.user_delta[event.user_id][j] += strength
-            self.user_types[event.user_id][j].add(event.event_type)
-            self.user_recent[event.user_id].append((j, event.event_type, event.ts_ms))
-            touched_users.add(event.user_id)
+            user, item, kind, ts_ms = event.user_id, event.item_id, event.event_type, event.ts_ms
+            j = self._item(item)
+            strength = self.weights[kind]
+            user_delta[user][j] += strength
+            user_recent[user].append((j, kind, ts_ms))
+            if user not in touched_users:
+                touched_users.add(user)
+                if user not in user_strengths:
+                    user_strengths[user] = {}
+                    user_event_types[user] = {}
+                    user_recent_ids[user] = deque(maxlen=recent_events)
+            strengths = user_strengths[user]
+            strengths[item] = strengths.get(item, 0.0) + strength
+            types = user_event_types[user]
+            seen = types.get(item)
+            if seen is None:
+                types[item] = [kind]
+            elif kind not in seen:
+                types[item] = sorted([*seen, kind])
+            user_recent_ids[user].append((item, kind, ts_ms))
             if j >= self.n_model_items:
-                self.new_item_delta[j][event.user_id] += strength
+                self.new_item_delta[j][user] += strength
                 touched_new_items.add(j)
-            for key in (("user", event.user_id), ("item", event.item_id)):
-                updates.source_ts_ms[key] = max(updates.source_ts_ms.get(key, 0), source_ts)
+            for key in (("user", user), ("item", item)):
+                newest = source_ts_ms.get(key, 0)
+                source_ts_ms[key] = source_ts if source_ts > newest else newest
         users = sorted(touched_users)
         updates.users = self._update_users(users)
         updates.items = self._fold_new_items(sorted(touched_new_items))
         for user in users:
-            updates.user_strengths[user] = {self.item_id(j): r for j, r in self.user_delta[user].items()}
-            updates.user_event_types[user] = {self.item_id(j): sorted(t) for j, t in self.user_types[user].items()}
-            updates.user_recent[user] = [(self.item_id(j), kind, ts) for j, kind, ts in self.user_recent[user]]
+            updates.user_strengths[user] = dict(self.user_strengths[user])
+            updates.user_event_types[user] = dict(self.user_event_types[user])
+            updates.user_recent[user] = list(self.user_recent_ids[user])
         return updates
 
     def forget(self, user_id: str) -> Updates:
@@ -99,8 +127,10 @@ class SpeedState:
         New items they touched are folded in again from the remaining users. Returns those item vectors.
         """
         self.user_delta.pop(user_id, None)
-        self.user_types.pop(user_id, None)
         self.user_recent.pop(user_id, None)
+        self.user_strengths.pop(user_id, None)
+        self.user_event_types.pop(user_id, None)
+        self.user_recent_ids.pop(user_id, None)
         if user_id in self.user_index:
             self.erased.add(user_id)
         self.realtime.forget(user_id)
@@ -133,7 +163,7 @@ class SpeedState:
             recent = list(zip(ev.item[lo:hi].tolist(), ev.kind[lo:hi].tolist(), ev.ts_ms[lo:hi].tolist(), strict=True))
         for j, strength in self.user_delta.get(user_id, {}).items():
             items[j] = items.get(j, 0.0) + strength
-        kinds = {name: b for b, name in enumerate(self.event_types)}
+        kinds = self._kinds
         recent += [(j, kinds.get(kind, 0), ts) for j, kind, ts in self.user_recent.get(user_id, ())]
         recent = [r for r in recent if r[0] < usable][-self.model.recent_events :]
         keys = np.fromiter((j for j in items if j < usable), np.int64)
