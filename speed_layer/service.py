@@ -27,6 +27,8 @@ from collections.abc import Iterable
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
+from kafka.partitioner import DefaultPartitioner
+from kafka.partitioner.abc import Partitioner
 
 from recsys import protocol
 from recsys.contracts.events import FORGET_CONTROL, Event, ForgetMarker, control_kind, validate_event
@@ -39,6 +41,7 @@ from speed_layer.state import SpeedState, Updates
 
 log = logging.getLogger("speed_layer")
 IDLE_POLL_MS = 500
+UP_BATCH_BYTES = 1_000_000  # under the broker's default message.max.bytes (1,048,588)
 
 
 class SpeedLayer:
@@ -58,7 +61,11 @@ class SpeedLayer:
         updates = TopicPartition(Topics.MODEL_UPDATES, protocol.UPDATE_PARTITION)
         self.models.assign([updates])
         self.models.seek_to_end(updates)  # the model on disk is loaded at start; later ones arrive here
-        self.producer = producer(self.s, linger_ms=2)
+        # A micro-batch's UPs are megabytes (a user's UP carries their period since the cut-off). kafka-python wakes its
+        # sender thread on every send while more than one record batch is queued, so batches as large as the broker
+        # takes (message.max.bytes: 1 MiB by default) and a linger that leaves them to fill: every micro-batch
+        # ends in a flush, which sends at once whatever linger_ms says.
+        self.producer = producer(self.s, linger_ms=100, batch_size=UP_BATCH_BYTES, partitioner=_UpdatePartition())
         self.events.subscribe([Topics.EVENTS], listener=_ReplayFromModel(self))
 
     # --- models ----------------------------------------------------------------------------
@@ -160,19 +167,25 @@ class SpeedLayer:
         assert self.state is not None  # only called for a batch applied to the loaded state
         version = self.state.model_version
         messages: list[tuple[bytes, bytes | None]] = []
-        for kind, vectors in (("user", updates.users), ("item", updates.items)):
-            for id_, vector in vectors.items():
-                user = kind == "user"
-                message = VectorUpdate(
-                    model_version=version, kind=kind, id=id_, vector=None if vector is None else vector.tolist(),
-                    event_ts_ms=updates.source_ts_ms.get((kind, id_)),
-                    strengths=updates.user_strengths.get(id_, {}) if user else {},
-                    event_types=updates.user_event_types.get(id_, {}) if user else {},
-                    source_offset=(source_offsets or {}).get(id_) if user else None,
-                    recent=updates.user_recent.get(id_, []) if user else [],
-                )  # fmt: skip
-                messages.append(protocol.encode(message))
-            metrics.FOLDINS.labels(kind).inc(len(vectors))
+        offsets = source_offsets or {}
+        construct = VectorUpdate.model_construct  # the fields are built here with the right types: no validation
+        for id_, vector in updates.users.items():
+            message = construct(
+                model_version=version, kind="user", id=id_, vector=None if vector is None else vector.tolist(),
+                event_ts_ms=updates.source_ts_ms.get(("user", id_)), strengths=updates.user_strengths.get(id_, {}),
+                event_types=updates.user_event_types.get(id_, {}), source_offset=offsets.get(id_),
+                recent=updates.user_recent.get(id_, []),
+            )  # fmt: skip
+            messages.append(protocol.encode(message))
+        for id_, vector in updates.items.items():
+            message = construct(
+                model_version=version, kind="item", id=id_, vector=vector.tolist(),
+                event_ts_ms=updates.source_ts_ms.get(("item", id_)), strengths={}, event_types={},
+                source_offset=None, recent=[],
+            )  # fmt: skip
+            messages.append(protocol.encode(message))
+        metrics.FOLDINS.labels("user").inc(len(updates.users))
+        metrics.FOLDINS.labels("item").inc(len(updates.items))
         # The offsets are committed next: an unacknowledged UP must not be skipped (sending one twice is harmless).
         send_acknowledged(self.producer, Topics.MODEL_UPDATES, messages)
         now_ms = time.time() * 1000
@@ -216,6 +229,18 @@ def forget_markers(records) -> dict[str, int]:
                 continue
             markers[user] = max(markers.get(user, -1), r.offset)
     return markers
+
+
+class _UpdatePartition(Partitioner):
+    """`model-updates` has one partition: no need to hash every UP key (kafka-python's murmur2 is pure Python)."""
+
+    def __init__(self) -> None:
+        self.default = DefaultPartitioner()
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster) -> int:
+        if topic == Topics.MODEL_UPDATES:
+            return protocol.UPDATE_PARTITION
+        return self.default.partition(topic, key, serialized_key, value, serialized_value, cluster)
 
 
 class _ReplayFromModel(ConsumerRebalanceListener):
