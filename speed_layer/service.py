@@ -20,6 +20,7 @@ Invalid events are skipped and counted; the archiver owns the dead-letter topic
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import time
@@ -66,6 +67,7 @@ class SpeedLayer:
         # takes (message.max.bytes: 1 MiB by default) and a linger that leaves them to fill: every micro-batch
         # ends in a flush, which sends at once whatever linger_ms says.
         self.producer = producer(self.s, linger_ms=100, batch_size=UP_BATCH_BYTES, partitioner=_UpdatePartition())
+        self.producer.partitions_for(Topics.MODEL_UPDATES)  # the topic's metadata now, not on the first batch's send
         self.events.subscribe([Topics.EVENTS], listener=_ReplayFromModel(self))
 
     # --- models ----------------------------------------------------------------------------
@@ -84,7 +86,12 @@ class SpeedLayer:
         """
         if self.artifact is None:
             return
+        gc.unfreeze()  # the state being replaced (and an older model) may be collected again
         self.state = SpeedState(self.artifact, dict(self.s.event_weights))
+        # The model and the state's indices are millions of long-lived objects: a full collection walking them paused
+        # a micro-batch for ~100 ms (the latency tail). Collect what the old state left once, then freeze the rest.
+        gc.collect()
+        gc.freeze()
         offsets = self.artifact.manifest.kafka_offsets
         for tp in partitions:
             if tp.partition in offsets:
@@ -154,7 +161,8 @@ class SpeedLayer:
         updates = self.state.apply(valid)
         metrics.SOLVE_SECONDS.observe(time.monotonic() - started)
         # With log compaction, a tombstone removes the forgotten users' older UPs from the topic too.
-        send_acknowledged(self.producer, Topics.MODEL_UPDATES, [protocol.tombstone("user", user) for user in markers])
+        if markers:
+            send_acknowledged(self.producer, Topics.MODEL_UPDATES, [protocol.tombstone("user", u) for u in markers])
         for forgotten in refolded:
             self.publish(forgotten)
         self.publish(updates, newest)
@@ -194,9 +202,10 @@ class SpeedLayer:
 
     def _commit(self) -> None:
         """Commit the consumed offsets: for lag monitoring (a restart replays from the model's offsets anyway),
-        so a broker that is away right now must not stop the speed layer."""
+        so a broker that is away right now must not stop the speed layer. Asynchronous: a synchronous commit's round
+        trip was the largest fixed cost of a small micro-batch (event -> UP latency)."""
         try:
-            self.events.commit()
+            self.events.commit_async(callback=_commit_done)
         except KafkaError as e:
             log.warning("offset commit failed (lag monitoring only): %s", e)
 
@@ -213,9 +222,18 @@ class SpeedLayer:
         self._stop = True
 
     def close(self) -> None:
+        try:  # the last batch's offsets, so the lag reads 0 after a clean stop
+            self.events.commit(timeout_ms=5000)
+        except KafkaError as e:
+            log.warning("final offset commit failed (lag monitoring only): %s", e)
         self.events.close(autocommit=False)
         self.models.close()
         self.producer.close()
+
+
+def _commit_done(offsets, response) -> None:
+    if isinstance(response, Exception):
+        log.warning("offset commit failed (lag monitoring only): %s", response)
 
 
 def forget_markers(records) -> dict[str, int]:
