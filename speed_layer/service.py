@@ -173,27 +173,7 @@ class SpeedLayer:
 
     def publish(self, updates: Updates, source_offsets: dict[str, int] | None = None) -> None:
         assert self.state is not None  # only called for a batch applied to the loaded state
-        version = self.state.model_version
-        messages: list[tuple[bytes, bytes | None]] = []
-        offsets = source_offsets or {}
-        construct = VectorUpdate.model_construct  # the fields are built here with the right types: no validation
-        for id_, vector in updates.users.items():
-            message = construct(
-                model_version=version, kind="user", id=id_, vector=None if vector is None else vector.tolist(),
-                event_ts_ms=updates.source_ts_ms.get(("user", id_)), strengths=updates.user_strengths.get(id_, {}),
-                event_types=updates.user_event_types.get(id_, {}), source_offset=offsets.get(id_),
-                recent=updates.user_recent.get(id_, []),
-            )  # fmt: skip
-            messages.append(protocol.encode(message))
-        for id_, vector in updates.items.items():
-            message = construct(
-                model_version=version, kind="item", id=id_, vector=vector.tolist(),
-                event_ts_ms=updates.source_ts_ms.get(("item", id_)), strengths={}, event_types={},
-                source_offset=None, recent=[],
-            )  # fmt: skip
-            messages.append(protocol.encode(message))
-        metrics.FOLDINS.labels("user").inc(len(updates.users))
-        metrics.FOLDINS.labels("item").inc(len(updates.items))
+        messages = up_messages(self.state.model_version, updates, source_offsets)
         # The offsets are committed next: an unacknowledged UP must not be skipped (sending one twice is harmless).
         send_acknowledged(self.producer, Topics.MODEL_UPDATES, messages)
         now_ms = time.time() * 1000
@@ -229,6 +209,33 @@ class SpeedLayer:
         self.events.close(autocommit=False)
         self.models.close()
         self.producer.close()
+
+
+def up_messages(
+    version: str, updates: Updates, source_offsets: dict[str, int] | None = None
+) -> list[tuple[bytes, bytes | None]]:
+    """The (key, value) UP records of one micro-batch's updates: users first, then new items; counts the fold-ins."""
+    messages: list[tuple[bytes, bytes | None]] = []
+    offsets = source_offsets or {}
+    construct = VectorUpdate.model_construct  # the fields are built here with the right types: no validation
+    for id_, vector in updates.users.items():
+        message = construct(
+            model_version=version, kind="user", id=id_, vector=None if vector is None else vector.tolist(),
+            event_ts_ms=updates.source_ts_ms.get(("user", id_)), strengths=updates.user_strengths.get(id_, {}),
+            event_types=updates.user_event_types.get(id_, {}), source_offset=offsets.get(id_),
+            recent=updates.user_recent.get(id_, []),
+        )  # fmt: skip
+        messages.append(protocol.encode(message))
+    for id_, vector in updates.items.items():
+        message = construct(
+            model_version=version, kind="item", id=id_, vector=vector.tolist(),
+            event_ts_ms=updates.source_ts_ms.get(("item", id_)), strengths={}, event_types={},
+            source_offset=None, recent=[],
+        )  # fmt: skip
+        messages.append(protocol.encode(message))
+    metrics.FOLDINS.labels("user").inc(len(updates.users))
+    metrics.FOLDINS.labels("item").inc(len(updates.items))
+    return messages
 
 
 def _commit_done(offsets, response) -> None:

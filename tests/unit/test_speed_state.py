@@ -98,3 +98,57 @@ def test_forgetting_a_user_drops_their_training_row_and_events_and_refolds_their
     expected = FoldIn(artifact.item_factors, OBJECTIVE).vector(np.array([9]), np.array([5.0]))
     np.testing.assert_allclose(again.users["u0"], expected, rtol=1e-4)
     assert again.user_strengths["u0"] == {"i9": 5.0}
+
+
+def test_the_up_fields_are_the_whole_period_since_the_cut_off_however_the_batches_fall(artifact):
+    """Kept event by event, they equal what the events since the cut-off say, in one batch or several."""
+    events = [ev(1, "u0", "i7", "view"), ev(2, "u0", "i7", "purchase"), ev(3, "u0", "new-1", "view"),
+              ev(4, "u1", "i2", "add_to_cart"), ev(5, "u0", "i7", "add_to_cart"),
+              ev(6, "u0", "i7", "view")]  # fmt: skip
+    whole = SpeedState(artifact, WEIGHTS).apply(events)
+    split = SpeedState(artifact, WEIGHTS)
+    split.apply(events[:2])
+    split.apply(events[2:4])
+    last = split.apply(events[4:])
+    assert set(last.users) == {"u0"}
+    for updates in (whole, last):
+        assert updates.user_strengths["u0"] == {"i7": 10.0, "new-1": 1.0}
+        assert updates.user_event_types["u0"] == {"i7": ["add_to_cart", "purchase", "view"], "new-1": ["view"]}
+        assert updates.user_recent["u0"] == [
+            ("i7", "view", 1_700_000_000_001), ("i7", "purchase", 1_700_000_000_002),
+            ("new-1", "view", 1_700_000_000_003), ("i7", "add_to_cart", 1_700_000_000_005),
+            ("i7", "view", 1_700_000_000_006),
+        ]  # fmt: skip
+    assert whole.user_strengths["u1"] == {"i2": 3.0}
+    # What a batch hands out is a copy: later events do not change an update already built.
+    split.apply([ev(7, "u0", "i8")])
+    assert last.user_strengths["u0"] == {"i7": 10.0, "new-1": 1.0} and len(last.user_recent["u0"]) == 5
+
+
+def test_the_latest_events_are_bounded_by_the_models_recent_events(artifact):
+    state = SpeedState(artifact, WEIGHTS)
+    n = state.model.recent_events
+    updates = state.apply([ev(i, "u0", f"i{i % 10}", "view") for i in range(n + 7)])
+    assert len(updates.user_recent["u0"]) == n and updates.user_recent["u0"][0][2] == 1_700_000_000_007
+
+
+def test_up_records_are_the_bytes_of_validated_messages_and_decode_back(artifact):
+    from recsys import protocol
+    from recsys.protocol import VectorUpdate
+    from speed_layer.service import up_messages
+
+    state = SpeedState(artifact, WEIGHTS)
+    updates = state.apply([ev(1, "u0", "i7"), ev(2, "newbie", "brand-new", "view")])
+    records = up_messages(state.model_version, updates, {"u0": 41, "newbie": 42})
+    assert [k for k, _ in records] == [b"UP:user:newbie", b"UP:user:u0", b"UP:item:brand-new"]
+    for key, value in records:
+        message = protocol.decode(value)
+        assert isinstance(message, VectorUpdate) and protocol.key_of(message) == key
+        assert protocol.encode(VectorUpdate.model_validate(message.model_dump())) == (key, value)
+    u0 = protocol.decode(records[1][1])
+    assert isinstance(u0, VectorUpdate)
+    assert u0.source_offset == 41 and u0.strengths == {"i7": 5.0} and u0.event_types == {"i7": ["purchase"]}
+    assert u0.recent == [("i7", "purchase", 1_700_000_000_001)] and u0.event_ts_ms == 1_700_000_000_001
+    np.testing.assert_allclose(u0.vector, updates.users["u0"])
+    item = protocol.decode(records[2][1])
+    assert isinstance(item, VectorUpdate) and item.source_offset is None and item.strengths == {} and item.recent == []
