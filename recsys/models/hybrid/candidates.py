@@ -90,12 +90,11 @@ def recommend_many(model: Hybrid, users: Sequence[UserContext], k: int, exclude:
     seen = [np.unique(u.items[(u.items >= 0) & (u.items < n)]) for u in users]
     excluded = [np.zeros(0, np.int64) if e is None else np.asarray(e, np.int64) for e in exclude]
     model_excluded = [np.unique(e[(e >= 0) & (e < n)]) for e in excluded]
-    # Without a filter, and excluding only items the user has seen (purchases, the cool-down), the final pool bounds
-    # unseen items too (an unseen item is not excluded): one pool serves the blend's top and the re-ranker's.
-    plain = np.array([a is None and bool(np.isin(e, s).all()) for a, e, s in zip(allowed, model_excluded, seen,
-                                                                                   strict=True)])  # fmt: skip
     # The same as boolean rows (users × items), which index faster than a set test per candidate.
     seen_mask = seen_rows(users, n)
+    # Without a filter, and excluding only items the user has seen (purchases, the cool-down), the final pool bounds
+    # unseen items too (an unseen item is not excluded): one pool serves the blend's top and the re-ranker's.
+    plain = np.array([allowed[r] is None and bool(seen_mask[r, e].all()) for r, e in enumerate(model_excluded)])
     excluded_mask = np.zeros((len(users), n + len(new)), dtype=bool)
     for row, e in enumerate(excluded):
         excluded_mask[row, e[(e >= 0) & (e < n + len(new))]] = True
