@@ -81,7 +81,7 @@ def test_no_answer_ever_holds_an_unavailable_item(changes, asks, item):
     assert m.unavailable.ids == unavailable
 
     prepared = [m.prepare(u, k, seen, cats, exclude=ex, max_per_category=cap) for u, k, seen, cats, ex, cap in asks]
-    for (user, k, exclude_seen, categories, exclude, cap), ranked in zip(asks, m.answer(prepared), strict=True):
+    for (_, k, exclude_seen, categories, exclude, cap), ranked in zip(asks, m.answer(prepared), strict=True):
         got = ranked.item_ids
         assert not unavailable & set(got) and not set(exclude) & set(got) and len(set(got)) == len(got)
         if categories is not None:
@@ -111,13 +111,14 @@ def test_the_cap_keeps_the_best_items_of_each_category_in_rank_order():
 def test_exclusions_and_several_categories_filter_the_same_ranking():
     m = serving_model()
     ranking = m.recommend("u2", N_ITEMS, exclude_seen=False).item_ids
-    leave_out = ranking[:3] + ["no-such-item"]
+    leave_out = [*ranking[:3], "no-such-item"]
     assert m.recommend("u2", 5, exclude_seen=False, exclude=leave_out).item_ids == ranking[3:8]
     both = m.recommend("u2", 8, exclude_seen=False, category=["A", "c"]).item_ids  # any case, like one category
     assert both == [i for i in ranking if CATEGORY_OF[i] in ("a", "c")][:8]
-    assert m.recommend("u2", 8, exclude_seen=False, category="a").item_ids == [
-        i for i in ranking if CATEGORY_OF[i] == "a"
-    ][:8]
+    assert (
+        m.recommend("u2", 8, exclude_seen=False, category="a").item_ids
+        == [i for i in ranking if CATEGORY_OF[i] == "a"][:8]
+    )
 
 
 def test_availability_survives_a_model_swap_and_a_replayed_update(tmp_path):
