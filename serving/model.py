@@ -201,11 +201,13 @@ class ServingModel:
 
     def unavailable_positions(self) -> np.ndarray:
         """Positions of the items that cannot be sold now (recomputed when they or the new items change)."""
-        unavailable, n_items = self.unavailable, self.n_items
-        cached, cached_n, positions = self._unavailable_at
-        if cached is not unavailable or cached_n != n_items:
-            positions = unavailable.positions(self.item_index, n_items)
-            self._unavailable_at = (unavailable, n_items, positions)  # one assignment: readers never see half
+        # Keyed by the id map's size, which grows after the new items do (see `_set_new_item`): a position computed
+        # between the two is computed again once the new item has its id.
+        unavailable, known = self.unavailable, len(self.item_index)
+        cached, cached_known, positions = self._unavailable_at
+        if cached is not unavailable or cached_known != known:
+            positions = unavailable.positions(self.item_index, self.n_items)
+            self._unavailable_at = (unavailable, known, positions)  # one assignment: readers never see half
         return positions
 
     # --- reads -------------------------------------------------------------------------------

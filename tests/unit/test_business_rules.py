@@ -4,6 +4,7 @@ per-category cap (serving model and follower, no Kafka), and item updates in the
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -136,6 +137,15 @@ def test_availability_survives_a_model_swap_and_a_replayed_update(tmp_path):
     assert follower.current is not first and best not in follower.current.recommend("u0", N_ITEMS).item_ids
     follower.handle(avail(best, True, 8))
     assert follower.current.recommend("u0", 1).item_ids == [best]
+    # An item hidden before the model knows it stays out once the speed layer folds it in.
+    follower.handle(avail("later", False, 9))
+    assert follower.current.recommend("u0", 3).source == "batch"  # answered before the item exists
+    strong = (np.asarray(first.model.user_vectors([first.context("u0")])[0]) * 100).tolist()
+    follower.current.apply(VectorUpdate(model_version=VERSION, kind="item", id="later", vector=strong))
+    assert "later" not in follower.current.recommend("u0", N_ITEMS + 2).item_ids
+    assert "later" not in follower.current.popular(N_ITEMS + 2).item_ids
+    follower.handle(avail("later", True, 10))
+    assert follower.current.recommend("u0", 1).item_ids == ["later"]
 
 
 def test_item_updates_are_events_but_not_interactions():
