@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
 
 from jobs.common import run_cli, setup_logging, spark_session, timed
+from recsys.contracts.events import ITEM_UPDATES
 from recsys.contracts.handoffs import LATE_AFTER_S, CleanReport
 from recsys.contracts.tables import SILVER_SCHEMA, Tables
 from recsys.io import lake
@@ -31,7 +32,8 @@ from recsys.privacy import PSEUDONYM_RE, pseudonymise
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.clean")
-REASONS = ("invalid", "type", "ts_range")
+# Why a bronze row is not in silver. Item updates (availability) are events but not interactions: counted apart.
+REASONS = ("invalid", "item_update", "type", "ts_range")
 TXN_APP_ID = "clean:bronze_events"  # Delta transaction id of clean's silver writes; its version = bronze's
 
 
@@ -82,6 +84,7 @@ def _tag_reasons(bronze: DataFrame, s: Settings) -> DataFrame:
     from_future = F.col("ts") > F.col("ingested_at") + F.expr(f"INTERVAL {s.max_future_skew_s} SECONDS")
     reason = (
         F.when(missing, "invalid")
+        .when(F.col("event_type").isin(list(ITEM_UPDATES)), "item_update")
         .when(unknown_type, "type")
         .when(too_old | from_future, "ts_range")
         .otherwise(F.lit(None).cast("string"))

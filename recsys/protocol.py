@@ -10,6 +10,7 @@ compaction keeps the newest of:
     MODEL               a new batch model was published: where it is (never the model itself)
     UP:<kind>:<id>      one user's (or new item's) state since the model's cut-off
     FORGET:<user>       erase a user from before their marker on `events`
+    AVAIL:<item>        whether an item can be sold (from its latest item update on `events`)
 
 It has one partition, so MODEL and UP messages keep their order.
 """
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 class Topics:
     EVENTS = "events"  # keyed by (pseudonymised) user id, so one user's events stay in order
     DLQ = "events.dlq"  # rejected events with the reason
-    MODEL_UPDATES = "model-updates"  # MODEL / UP / FORGET messages
+    MODEL_UPDATES = "model-updates"  # MODEL / UP / FORGET / AVAIL messages
 
     ALL = (EVENTS, DLQ, MODEL_UPDATES)
 
@@ -89,9 +90,32 @@ class ForgetMessage(BaseModel):
         return self.offset < 0 or kafka_offsets.get(self.partition, 0) <= self.offset
 
 
-UpdateMessage = Annotated[ModelMessage | VectorUpdate | ForgetMessage, Field(discriminator="type")]
+class AvailabilityMessage(BaseModel):
+    """An item's availability from its latest item update: not tied to a model version (it outlives them all).
 
-_MESSAGE: TypeAdapter[ModelMessage | VectorUpdate | ForgetMessage] = TypeAdapter(UpdateMessage)
+    Compaction keeps the newest per item and the topic is never cleaned of them, so a server that reads the
+    topic from the beginning starts with every item's current availability. An item's updates are on one
+    `events` partition (keyed by the item), so their offset orders them: a speed layer replaying older events
+    re-sends older messages, and readers keep the one with the highest offset.
+    """
+
+    type: Literal["AVAIL"] = "AVAIL"
+    item_id: str
+    available: bool
+    state: str = Field(description="The item update's event type (item_sold_out, item_hidden, item_back).")
+    partition: int = Field(description="Partition of `events` holding the item update.")
+    offset: int = Field(description="Its offset there: the newest offset wins.")
+    event_ts_ms: int | None = Field(None, description="Time the item update was produced, for latency metrics.")
+
+    def supersedes(self, other: AvailabilityMessage | None) -> bool:
+        """Whether this message replaces what `other` said (a replayed older item update does not)."""
+        return other is None or (self.partition, self.offset) >= (other.partition, other.offset)
+
+
+Message = ModelMessage | VectorUpdate | ForgetMessage | AvailabilityMessage
+UpdateMessage = Annotated[Message, Field(discriminator="type")]
+
+_MESSAGE: TypeAdapter[Message] = TypeAdapter(UpdateMessage)
 
 
 # --- keys -------------------------------------------------------------------------------------
@@ -107,15 +131,21 @@ def forget_key(user_id: str) -> bytes:
     return f"FORGET:{user_id}".encode()
 
 
-def key_of(message: ModelMessage | VectorUpdate | ForgetMessage) -> bytes:
+def avail_key(item_id: str) -> bytes:
+    return f"AVAIL:{item_id}".encode()
+
+
+def key_of(message: Message) -> bytes:
     if isinstance(message, ModelMessage):
         return MODEL_KEY
     if isinstance(message, VectorUpdate):
         return up_key(message.kind, message.id)
+    if isinstance(message, AvailabilityMessage):
+        return avail_key(message.item_id)
     return forget_key(message.user_id)
 
 
-def encode(message: ModelMessage | VectorUpdate | ForgetMessage) -> tuple[bytes, bytes]:
+def encode(message: Message) -> tuple[bytes, bytes]:
     """(key, value) of a message on `model-updates`."""
     return key_of(message), message.model_dump_json().encode()
 
@@ -125,7 +155,7 @@ def tombstone(kind: str, id_: str) -> tuple[bytes, None]:
     return up_key(kind, id_), None
 
 
-def decode(value: bytes | None) -> ModelMessage | VectorUpdate | ForgetMessage | None:
+def decode(value: bytes | None) -> Message | None:
     """The message in a record's value; None for a tombstone. Raises pydantic.ValidationError if malformed."""
     if value is None:
         return None

@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from kafka.errors import KafkaError
+from pydantic import StringConstraints
 from threadpoolctl import threadpool_limits
 
 from recsys import erasure
@@ -73,6 +74,18 @@ ItemId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN)]
 # A category filter: the same characters as ids, so a NUL is refused with words rather than echoed back.
 Category = Annotated[
     str | None, Query(pattern=ID_PATTERN, description="Only items of this catalogue category (any case).")
+]
+# /recommend's filters: each may be repeated (`?category=a&category=b`, `?exclude=i1&exclude=i2`).
+Categories = Annotated[
+    list[Annotated[str, StringConstraints(pattern=ID_PATTERN)]] | None,
+    Query(description="Only items of these catalogue categories (any case); repeat it for several."),
+]
+Excluded = Annotated[
+    list[Annotated[str, StringConstraints(pattern=ID_PATTERN)]] | None,
+    Query(description="Item ids to leave out (e.g. what the page shows already); repeat it for several."),
+]
+PerCategory = Annotated[
+    int | None, Query(ge=1, description="At most this many items of one category (items without one are not capped).")
 ]
 PRIVATE: dict[int | str, dict[str, Any]] = {
     401: {"model": Error},
@@ -157,8 +170,8 @@ def _in_words(err: dict, request: Request) -> str:
             return ("send the body as a JSON object with the header 'Content-Type: application/json'"
                     + (f" (got {content_type!r})" if content_type else " (none was sent)"))  # fmt: skip
         return "the request body must be a JSON object with the event's fields"
-    if kind == "string_pattern_mismatch" and ctx.get("pattern") == ID_PATTERN:
-        return f"{'.'.join(loc)}: {CONTROL_WORDS}"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == ID_PATTERN:  # a repeated parameter's index left out
+        return f"{'.'.join(p for p in loc if not p.isdigit())}: {CONTROL_WORDS}"
     message = str(err.get("msg", "invalid"))
     return f"{'.'.join(loc)}: {message.removeprefix('Value error, ')}"
 
@@ -196,8 +209,13 @@ def _check_item(item_id: str, s: Settings) -> None:
         raise HTTPException(422, f"item_id longer than {s.max_id_length} characters")
 
 
-def _check_category(model: ServingModel, category: str | None) -> None:
-    if category is not None and not model.has_category(category):
+def _check_category(model: ServingModel, category: str | list[str] | None) -> None:
+    for name in [category] if isinstance(category, str) else category or []:
+        _check_one_category(model, name)
+
+
+def _check_one_category(model: ServingModel, category: str) -> None:
+    if not model.has_category(category):
         known = sorted(model.category_names)
         hint = (
             f"; known: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''}" if known else "; no catalogue loaded"
@@ -222,16 +240,21 @@ def _routes(app: FastAPI, s: Settings) -> None:
 
     @app.get("/recommend/{user_id}", response_model=Recommendations, responses=ERRORS, tags=["recommendations"])
     async def recommend(user_id: UserId, model: Model, request: Request, k: K = s.serving_default_k,
-                        exclude_seen: bool = True, category: Category = None,
-                        explain: bool = False) -> Recommendations:  # fmt: skip
+                        exclude_seen: bool = True, category: Categories = None, explain: bool = False,
+                        exclude: Excluded = None, max_per_category: PerCategory = None) -> Recommendations:  # fmt: skip
         """Top-k items for a user from the served recommender's view of them: their history and latest events
         including what the speed layer saw since the batch model, else the batch model's view, else the most
         popular items. `exclude_seen` leaves out items the user had the configured event types on
         (RECSYS_SERVING_EXCLUDE_EVENT_TYPES) and items they just viewed or carted (RECSYS_SERVING_RECENT_EXCLUDE_S);
-        `category` keeps one catalogue category (any case); `explain` adds "because you viewed X" per item."""
+        `category` keeps the items of one or several catalogue categories (any case); `exclude` leaves out the
+        caller's item ids; `max_per_category` caps how many items of one category come back; `explain` adds
+        "because you viewed X" per item. Items the shop cannot sell (item updates: sold out, hidden) never do."""
         pseudonym = _user(user_id, s, key)
         _check_category(model, category)
-        query = model.prepare(pseudonym, k, exclude_seen, category, explain)
+        for item in exclude or []:
+            _check_item(item, s)
+        query = model.prepare(pseudonym, k, exclude_seen, category, explain, exclude=exclude or [],
+                              max_per_category=max_per_category)  # fmt: skip
         ranked = await request.app.state.batcher.submit(model, query)
         metrics.ANSWERS.labels(ranked.source).inc()
         return Recommendations(user_id=pseudonym, model_version=model.version, source=ranked.source,

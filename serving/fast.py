@@ -26,6 +26,7 @@ from serving import metrics
 PREFIX = "/recommend/"
 ROUTE = "/recommend/{user_id}"
 PARAMS = frozenset({"k", "exclude_seen", "category", "explain"})
+ROUTE_ONLY = frozenset({"exclude", "max_per_category"})  # the business filters: the route answers them
 BOOLS = {"true": True, "false": False, "1": True, "0": False}
 DIGITS = re.compile(r"[0-9]{1,6}")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -100,8 +101,8 @@ class FastRecommend:
                 pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
             except ValueError:
                 return None
-            if len({name for name, _ in pairs}) != len(pairs):
-                return None  # a repeated parameter: the route decides which one counts
+            if len({name for name, _ in pairs}) != len(pairs) or ROUTE_ONLY.intersection(n for n, _ in pairs):
+                return None  # a repeated parameter (several categories) or a business filter: the route's
             for name, value in pairs:
                 if name == "k":
                     if not DIGITS.fullmatch(value) or not 1 <= int(value) <= self.s.serving_max_k:

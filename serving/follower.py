@@ -13,6 +13,9 @@ there is no consumer group, so no replica misses an update). Messages, in log or
 - FORGET: the user's data from before their marker is erased from this model and
   from every later model whose data ends before the marker; their older UPs,
   held or still to come, are dropped (see `ServingModel.forget`).
+- AVAIL: an item's availability, whatever the model version: kept here (the newest
+  per item by its `events` offset) and set on the served model and on every model
+  swapped in later, so an unavailable item leaves every answer at once.
 
 At start the topic is read from the beginning, so a restarted replica rebuilds
 exactly the state of the others. (With log compaction on `model-updates`, keyed
@@ -36,7 +39,7 @@ from recsys import protocol
 from recsys.data import catalog
 from recsys.io import model_store
 from recsys.io.kafka import BrokerUnavailable, consumer, ensure_topics, wait_for_broker
-from recsys.protocol import ForgetMessage, ModelMessage, Topics, VectorUpdate
+from recsys.protocol import AvailabilityMessage, ForgetMessage, ModelMessage, Topics, VectorUpdate
 from recsys.settings import Settings
 from serving import metrics
 from serving.model import ServingModel
@@ -51,6 +54,7 @@ class ModelFollower:
         self.current: ServingModel | None = None
         self.caught_up = threading.Event()
         self.forgotten: dict[str, ForgetMessage] = {}
+        self.availability: dict[str, AvailabilityMessage] = {}  # item -> its newest AVAIL
         self._pending: dict[str, list[VectorUpdate]] = defaultdict(list)
         self._loader = loader or self._load
         self._stop = threading.Event()
@@ -126,6 +130,8 @@ class ModelFollower:
             self._on_model(message)
         elif isinstance(message, ForgetMessage):
             self._on_forget(message)
+        elif isinstance(message, AvailabilityMessage):
+            self._on_availability(message)
         else:
             self._on_update(message)
 
@@ -160,6 +166,17 @@ class ModelFollower:
             self.current.forget(self.forgotten[message.user_id])
         metrics.UPDATES.labels("forget").inc()
 
+    def _on_availability(self, message: AvailabilityMessage) -> None:
+        if not message.supersedes(self.availability.get(message.item_id)):
+            metrics.UPDATES.labels("stale").inc()  # a replayed older item update
+            return
+        self.availability[message.item_id] = message
+        if self.current is not None:
+            self.current.set_available(message.item_id, message.available)
+        metrics.UPDATES.labels("availability").inc()
+        if message.event_ts_ms:
+            metrics.UPDATE_LAG.observe(max(0.0, time.time() - message.event_ts_ms / 1000))
+
     def _on_update(self, up: VectorUpdate) -> None:
         current = self.current
         if current is not None and up.model_version == current.version:
@@ -189,6 +206,7 @@ class ModelFollower:
         model = self._loader(path)
         for message in self.forgotten.values():
             model.forget(message)
+        model.set_unavailable(item for item, m in self.availability.items() if not m.available)
         for up in self._pending.pop(model.version, []):
             model.apply(up)
         for version in [v for v in self._pending if protocol.is_newer(model.version, v)]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +29,7 @@ from recsys.models.base import NewItems, UserContext, select
 from recsys.models.topk import PAD, full_sort_top_k, top_k_of_scores
 from recsys.protocol import ForgetMessage, VectorUpdate
 from recsys.settings import Settings
+from serving.filters import CAP_OVERFETCH, Unavailable, capped, full, union
 from serving.index import ApproximateIndex
 
 log = logging.getLogger("serving.model")
@@ -59,11 +61,17 @@ class Query:
 
     user_id: str
     k: int
-    category: str | None
-    excluded: np.ndarray
+    categories: tuple[str, ...] | None  # only items of these categories (None: any)
+    excluded: np.ndarray  # seen, cooling down, asked to leave out, unavailable
     contexts: list[UserContext]  # [] unknown user; [batch]; [speed]; or [speed, batch]
     recent: _Recent | None
     explain: bool = False
+    max_per_category: int | None = None
+
+    @property
+    def fetch(self) -> int:
+        """How many candidates to rank: more than k when the category cap may drop some."""
+        return self.k if self.max_per_category is None else self.k * CAP_OVERFETCH
 
 
 @dataclass
@@ -104,6 +112,9 @@ class ServingModel:
         self._cooling_kinds = np.array([name in self._cooldown_types for name in self.data.event_types] or [False])
         self._new = NewItems(states=np.zeros((0, 0), np.float32))
         self._new_categories: tuple[str | None, ...] = ()
+        # Items the shop cannot sell now (AVAIL messages, set by the follower); left out of every answer.
+        self.unavailable = Unavailable()
+        self._unavailable_at: tuple[Unavailable, int, np.ndarray] = (self.unavailable, 0, np.zeros(0, np.int64))
         self._recent: dict[str, _Recent] = {}
         self._batch_excluded: dict[int, np.ndarray] = {}  # row -> its exclusions from the model's data alone
         self._json: dict[str, tuple[bytes, bytes]] = {}  # item -> the constant parts of its JSON in an answer
@@ -181,6 +192,24 @@ class ServingModel:
         forget = self.forgets.get(up.id)
         return forget is not None and (up.source_offset is None or up.source_offset < forget.offset)
 
+    def set_available(self, item_id: str, available: bool) -> None:
+        self.unavailable = self.unavailable.changed(item_id, available)
+
+    def set_unavailable(self, item_ids: Iterable[str]) -> None:
+        """Every unavailable item at once (a model about to be swapped in)."""
+        self.unavailable = Unavailable(frozenset(item_ids))
+
+    def unavailable_positions(self) -> np.ndarray:
+        """Positions of the items that cannot be sold now (recomputed when they or the new items change)."""
+        # Keyed by the id map's size, which grows after the new items do (see `_set_new_item`): a position computed
+        # between the two is computed again once the new item has its id.
+        unavailable, known = self.unavailable, len(self.item_index)
+        cached, cached_known, positions = self._unavailable_at
+        if cached is not unavailable or cached_known != known:
+            positions = unavailable.positions(self.item_index, self.n_items)
+            self._unavailable_at = (unavailable, known, positions)  # one assignment: readers never see half
+        return positions
+
     # --- reads -------------------------------------------------------------------------------
     @property
     def speed_users(self) -> int:
@@ -241,9 +270,11 @@ class ServingModel:
     def has_category(self, category: str) -> bool:
         return self.canonical_category(category) is not None
 
-    def recommend(self, user_id: str, k: int, exclude_seen: bool = True, category: str | None = None,
-                  explain: bool = False) -> Ranked:  # fmt: skip
-        return self.answer([self.prepare(user_id, k, exclude_seen, category, explain)])[0]
+    def recommend(self, user_id: str, k: int, exclude_seen: bool = True,
+                  category: str | Sequence[str] | None = None, explain: bool = False, *,
+                  exclude: Sequence[str] = (), max_per_category: int | None = None) -> Ranked:  # fmt: skip
+        return self.answer([self.prepare(user_id, k, exclude_seen, category, explain, exclude=exclude,
+                                         max_per_category=max_per_category)])[0]  # fmt: skip
 
     def context(self, user_id: str, with_speed: bool = True) -> UserContext | None:
         """The user as the model sees them now (training data plus their latest UP); None if nothing is known."""
@@ -280,9 +311,14 @@ class ServingModel:
             recent_ts_ms=np.array([e[2] for e in events], np.int64), state=recent.state,
         )  # fmt: skip
 
-    def prepare(self, user_id: str, k: int, exclude_seen: bool = True, category: str | None = None,
-                explain: bool = False) -> Query:  # fmt: skip
-        """Everything about one request except the scoring, which `answer` does for many requests at once."""
+    def prepare(self, user_id: str, k: int, exclude_seen: bool = True,
+                category: str | Sequence[str] | None = None, explain: bool = False, *,
+                exclude: Sequence[str] = (), max_per_category: int | None = None) -> Query:  # fmt: skip
+        """Everything about one request except the scoring, which `answer` does for many requests at once.
+
+        `category`: one category or several (an item of any of them qualifies); `exclude`: item ids the caller
+        leaves out; `max_per_category`: at most that many items of one category. Unavailable items never come back.
+        """
         recent = self._recent.get(user_id)
         row = None if user_id in self.erased else self.user_index.get(user_id)
         excluded: np.ndarray | None
@@ -304,9 +340,15 @@ class ServingModel:
                 batch = self.context(user_id, with_speed=False)
                 assert batch is not None  # the user has a row
                 contexts.append(batch)
-        if category is not None:
-            category = self.canonical_category(category) or category
-        return Query(user_id, k, category, excluded, contexts, recent, explain)
+        asked_out = [j for i in exclude if (j := self.item_index.get(i)) is not None and j < self.n_items]
+        excluded = union(excluded, asked_out, self.unavailable_positions())
+        return Query(user_id, k, self._canonical(category), excluded, contexts, recent, explain, max_per_category)
+
+    def _canonical(self, category: str | Sequence[str] | None) -> tuple[str, ...] | None:
+        if category is None:
+            return None
+        names = (category,) if isinstance(category, str) else tuple(category)
+        return tuple(dict.fromkeys(self.canonical_category(c) or c for c in names)) or None
 
     def answer(self, queries: list[Query]) -> list[Ranked]:
         """Rank for many prepared queries: all their contexts are ranked by one call to the recommender."""
@@ -315,12 +357,12 @@ class ServingModel:
         out = []
         for q in queries:
             if not q.contexts:
-                out.append(self._popular(q.k, q.category, q.excluded, new))
+                out.append(self._popular(q.k, q.categories, q.excluded, new, q.max_per_category))
                 continue
-            ranked_views = [next(tops) for _ in q.contexts]
+            ranked_views = [self._capped(view, q, new) for view in (next(tops) for _ in q.contexts)]
             idx, scores = ranked_views[0]
             if len(idx) == 0:  # nothing the model can rank for this user (or this filter)
-                out.append(self._popular(q.k, q.category, q.excluded, new))
+                out.append(self._popular(q.k, q.categories, q.excluded, new, q.max_per_category))
                 continue
             if q.recent is None:
                 ranked = Ranked(self._ids(idx, new), scores.tolist(), "batch", [False] * len(idx))
@@ -335,6 +377,18 @@ class ServingModel:
             out.append(ranked)
         return out
 
+    def _capped(self, view: tuple[np.ndarray, np.ndarray], q: Query, new: NewItems) -> tuple[np.ndarray, np.ndarray]:
+        """One ranked view with the category cap applied (as it is when the query has none)."""
+        if q.max_per_category is None:
+            return view
+        idx, scores = view
+        keep = capped(self._categories_at(idx, new), q.max_per_category, q.k, {})
+        return idx[keep], scores[keep]
+
+    def _categories_at(self, idx: np.ndarray, new: NewItems) -> list[str | None]:
+        n_base, extra = self.n_base, self._new_categories
+        return [self.categories[j] if j < n_base else extra[j - n_base] for j in idx.tolist()]
+
     def _tops(self, queries: list[Query], new: NewItems) -> list[tuple[np.ndarray, np.ndarray]]:
         """(positions, scores) per context of every query, in order: one `recommend_many` call for the batch
         (exact), or the naive full sort / the approximate index per context (benchmark and large-catalogue modes)."""
@@ -342,18 +396,16 @@ class ServingModel:
         if not pairs:
             return []
         if self.index is None and self.settings.serving_index == "exact":
-            k = max(q.k for q, _ in pairs)
-            allowed = [self._category_mask(q.category, new) if q.category is not None else None for q, _ in pairs]
+            k = max(q.fetch for q, _ in pairs)
+            allowed = [self._allowed(q.categories, new) for q, _ in pairs]
             tops = self.model.recommend_many([c for _, c in pairs], k, [q.excluded for q, _ in pairs], allowed, new)
-            return [(i[: q.k], v[: q.k]) for (q, _), (i, v) in zip(pairs, tops, strict=True)]
+            return [(i[: q.fetch], v[: q.fetch]) for (q, _), (i, v) in zip(pairs, tops, strict=True)]
         block = self._score_block([c for _, c in pairs], new) if self.index is None else None
-        return [self._top(c, q.k, q.excluded, q.category, new, None if block is None else block[r])
+        return [self._top(c, q.fetch, q.excluded, q.categories, new, None if block is None else block[r])
                 for r, (q, c) in enumerate(pairs)]  # fmt: skip
 
-    def popular(self, k: int, category: str | None = None) -> Ranked:
-        if category is not None:
-            category = self.canonical_category(category) or category
-        return self._popular(k, category, np.zeros(0, np.int64), self._new)
+    def popular(self, k: int, category: str | Sequence[str] | None = None) -> Ranked:
+        return self._popular(k, self._canonical(category), self.unavailable_positions(), self._new)
 
     def similar(self, item_id: str, k: int) -> Ranked:
         """Items like this one by the model's own notion (factors, co-occurrence, attributes), itself left out.
@@ -361,25 +413,31 @@ class ServingModel:
         An item the model has nothing on gets the popular items of its category, marked as such.
         """
         j = self.item_position(item_id)
-        idx, val = self.model.similar_items(j, k) if j < self.n_base else (np.zeros(0, np.int64), np.zeros(0))
-        keep = (idx != PAD) & np.isfinite(val) & (val > 0)
-        idx, val = idx[keep], val[keep]
+        hidden = self.unavailable_positions()
+        asked = k + len(hidden)  # enough to survive leaving the unavailable ones out
+        idx, val = self.model.similar_items(j, asked) if j < self.n_base else (np.zeros(0, np.int64), np.zeros(0))
+        keep = (idx != PAD) & np.isfinite(val) & (val > 0) & ~np.isin(idx, hidden)
+        idx, val = idx[keep][:k], val[keep][:k]
         if len(idx) == 0:
-            category = self.categories[j] if j < self.n_base else self._new_categories[j - self.n_base]
-            return self._popular(k, category or None, np.array([j]), self._new)
+            return self._popular(k, self._own_category(j), union([j], hidden), self._new)
         source: Source = self.model.similar_source(j)  # type: ignore[assignment]
         return Ranked(self._ids(idx, self._new), val.astype(float).tolist(), source, [False] * len(idx))
 
     def bought_together(self, item_id: str, k: int) -> Ranked:
         """Items carted or bought together with this one; the popular items of its category when the model has none."""
         j = self.item_position(item_id)
-        idx, val = self.model.bought_together(j, k) if j < self.n_base else (np.zeros(0, np.int64), np.zeros(0))
-        keep = (idx != PAD) & np.isfinite(val) & (val > 0)
-        if not keep.any():
-            category = self.categories[j] if j < self.n_base else self._new_categories[j - self.n_base]
-            return self._popular(k, category or None, np.array([j]), self._new)
-        return Ranked(self._ids(idx[keep], self._new), val[keep].astype(float).tolist(), "batch",
-                      [False] * int(keep.sum()))  # fmt: skip
+        hidden = self.unavailable_positions()
+        asked = k + len(hidden)  # enough to survive leaving the unavailable ones out
+        idx, val = self.model.bought_together(j, asked) if j < self.n_base else (np.zeros(0, np.int64), np.zeros(0))
+        keep = (idx != PAD) & np.isfinite(val) & (val > 0) & ~np.isin(idx, hidden)
+        idx, val = idx[keep][:k], val[keep][:k]
+        if not len(idx):
+            return self._popular(k, self._own_category(j), union([j], hidden), self._new)
+        return Ranked(self._ids(idx, self._new), val.astype(float).tolist(), "batch", [False] * len(idx))
+
+    def _own_category(self, j: int) -> tuple[str, ...] | None:
+        category = self.categories[j] if j < self.n_base else self._new_categories[j - self.n_base]
+        return (category,) if category else None
 
     def because(self, user_id: str, item_id: str, n: int) -> tuple[float, list[tuple[str, float]]]:
         """The user's items that most explain the score of `item_id`: (score, [(item, contribution)])."""
@@ -421,16 +479,17 @@ class ServingModel:
         """(len(contexts), n_items) scores, one row per context, rows contiguous."""
         return np.ascontiguousarray(self.model.score_all(contexts, new), dtype=np.float32)
 
-    def _top(self, ctx: UserContext, k: int, excluded: np.ndarray, category: str | None, new: NewItems,
-             scores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        if self.index is not None and category is None:
+    def _top(self, ctx: UserContext, k: int, excluded: np.ndarray, categories: tuple[str, ...] | None,
+             new: NewItems, scores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        if self.index is not None and categories is None:
             return self._top_approximate(ctx, k, excluded, new)
         if scores is None:
             scores = self._score_block([ctx], new)[0]
         scores = scores.copy()
         scores[excluded[excluded < len(scores)]] = -np.inf
-        if category is not None:
-            scores[~self._category_mask(category, new)] = -np.inf
+        allowed = self._allowed(categories, new)
+        if allowed is not None:
+            scores[~allowed] = -np.inf
         if self.settings.serving_index == "full_sort":
             idx, val = full_sort_top_k(scores, k)
         else:
@@ -451,15 +510,37 @@ class ServingModel:
         keep = best != PAD
         return idx[best[keep]], best_val[keep]
 
-    def _popular(self, k: int, category: str | None, excluded: np.ndarray, new: NewItems) -> Ranked:
+    def _popular(self, k: int, categories: tuple[str, ...] | None, excluded: np.ndarray, new: NewItems,
+                 max_per_category: int | None = None, counts: dict[str, int] | None = None) -> Ranked:  # fmt: skip
+        """The most popular items; under a category cap, ranked again without the categories that filled up
+        (each pass fills one at least, or runs out of items), so the answer is short only if the items are."""
         scores = np.concatenate([self.popularity, np.zeros(len(new), np.float32)])
-        allowed = self._category_mask(category, new) if category is not None else None
-        idx, val = select(scores, k, excluded, allowed)
-        return Ranked(self._ids(idx, new), val.tolist(), "popular", [False] * len(idx))
+        allowed = self._allowed(categories, new)
+        if max_per_category is None:
+            idx, val = select(scores, k, excluded, allowed)
+            return Ranked(self._ids(idx, new), val.tolist(), "popular", [False] * len(idx))
+        counts = dict(counts or {})
+        taken_idx, taken_val = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        while len(taken_idx) < k:
+            mask = allowed.copy() if allowed is not None else np.ones(len(scores), dtype=bool)
+            for category in full(counts, max_per_category):
+                mask &= ~self._category_mask(category, new)
+            need = k - len(taken_idx)
+            idx, val = select(scores, need * CAP_OVERFETCH, union(excluded, taken_idx), mask)
+            keep = capped(self._categories_at(idx, new), max_per_category, need, counts)
+            taken_idx, taken_val = np.concatenate([taken_idx, idx[keep]]), np.concatenate([taken_val, val[keep]])
+            if len(idx) < need * CAP_OVERFETCH:
+                break  # every allowed item was ranked: there are no more
+        return Ranked(self._ids(taken_idx, new), taken_val.tolist(), "popular", [False] * len(taken_idx))
 
     def _top_up(self, ranked: Ranked, q: Query, new: NewItems) -> Ranked:
-        taken = np.concatenate([q.excluded, np.asarray(self._positions(ranked.item_ids), np.int64)])
-        extra = self._popular(q.k - len(ranked.item_ids), q.category, taken, new)
+        positions = np.asarray(self._positions(ranked.item_ids), np.int64)
+        taken = np.concatenate([q.excluded, positions])
+        counts: dict[str, int] = {}
+        for category in self._categories_at(positions, new):
+            if category:
+                counts[category] = counts.get(category, 0) + 1
+        extra = self._popular(q.k - len(ranked.item_ids), q.categories, taken, new, q.max_per_category, counts)
         ranked.item_ids += extra.item_ids
         ranked.scores += [0.0] * len(extra.item_ids)  # below every model score: they only fill the list
         ranked.from_speed += [False] * len(extra.item_ids)
@@ -529,6 +610,14 @@ class ServingModel:
     def _bits(self, event_types: list[str]) -> int:
         names = self.manifest.event_types
         return sum(1 << names.index(t) for t in event_types if t in names)
+
+    def _allowed(self, categories: tuple[str, ...] | None, new: NewItems) -> np.ndarray | None:
+        """The allowed-items filter of a category filter: items of any of the categories (None: no filter)."""
+        if categories is None:
+            return None
+        if len(categories) == 1:
+            return self._category_mask(categories[0], new)
+        return np.logical_or.reduce([self._category_mask(c, new) for c in categories])
 
     def _category_mask(self, category: str, new: NewItems) -> np.ndarray:
         base = self._category_masks.get(category)

@@ -75,7 +75,12 @@ class EventIn(BaseModel):
 
     user_id: str = Field(min_length=1, description="The shop's own user id (or an existing pseudonym).")
     item_id: str = Field(min_length=1)
-    event_type: str = Field(description="One of the configured event types (RECSYS_EVENT_WEIGHTS).")
+    event_type: str = Field(
+        description="One of the configured event types (RECSYS_EVENT_WEIGHTS), or an item update: item_sold_out, "
+        "item_hidden (the item leaves every answer) or item_back (it returns); an item update's user_id is who "
+        "made the change (e.g. the catalogue feed) and it carries no session_id, quantity or price.",
+        examples=["view", "item_sold_out"],
+    )
     ts: str | int | None = Field(None, description="Event time, ISO-8601 or epoch ms; default: now.")
     event_id: str | None = Field(None, description="Unique id used for de-duplication; default: a new UUID.")
     session_id: str | None = None

@@ -9,6 +9,7 @@ INVALID = Counter(
     "speed_invalid_events_total", "Events skipped as invalid (the archiver dead-letters them)", ["reason"]
 )
 FORGETS = Counter("speed_forgets_total", "FORGET markers acted on (users erased from the state)")
+AVAILABILITY = Counter("speed_availability_updates_total", "Item updates turned into AVAIL messages")
 FOLDINS = Counter("speed_foldins_total", "Vectors recomputed and published", ["kind"])
 LAG = Gauge("speed_consumer_lag", "Events not yet read, summed over this instance's partitions")
 LATENCY = Histogram(

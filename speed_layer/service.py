@@ -14,6 +14,9 @@ batch cut-off and now.
 A FORGET marker on `events` (recsys.erasure) drops the user's state and their
 earlier events of the same batch; a replay meets the marker again.
 
+Item updates (`item_sold_out` / `item_hidden` / `item_back`) are not folded in: each becomes an AVAIL message
+(`recsys.protocol.AvailabilityMessage`) in the same micro-batch, published before the commit like the UPs.
+
 Invalid events are skipped and counted; the archiver owns the dead-letter topic
 (two writers would put every bad event there twice).
 """
@@ -32,10 +35,17 @@ from kafka.partitioner import DefaultPartitioner
 from kafka.partitioner.abc import Partitioner
 
 from recsys import protocol
-from recsys.contracts.events import FORGET_CONTROL, Event, ForgetMarker, control_kind, validate_event
+from recsys.contracts.events import (
+    FORGET_CONTROL,
+    ITEM_UPDATES,
+    Event,
+    ForgetMarker,
+    control_kind,
+    validate_event,
+)
 from recsys.io import model_store
 from recsys.io.kafka import consumer, producer, send_acknowledged
-from recsys.protocol import ModelMessage, Topics, VectorUpdate
+from recsys.protocol import AvailabilityMessage, ModelMessage, Topics, VectorUpdate
 from recsys.settings import Settings, get_settings
 from speed_layer import metrics
 from speed_layer.state import SpeedState, Updates
@@ -146,6 +156,7 @@ class SpeedLayer:
             return len(records)
         markers = forget_markers(records)
         valid: list[tuple[Event, int]] = []
+        availability: list[tuple[bytes, bytes | None]] = []
         newest: dict[str, int] = {}  # per user, the offset of their newest event in this batch
         for r in records:
             if control_kind(r.headers) is not None:
@@ -153,6 +164,8 @@ class SpeedLayer:
             result = validate_event(r.value, self.s)
             if not isinstance(result, Event):
                 metrics.INVALID.labels(result.reason).inc()
+            elif result.event_type in ITEM_UPDATES:  # not an interaction: nothing to fold in
+                availability.append(protocol.encode(availability_message(result, r.partition, r.offset, r.timestamp)))
             elif r.offset > markers.get(result.user_id, -1):  # events before a user's marker are erased
                 valid.append((result, r.timestamp))
                 newest[result.user_id] = max(newest.get(result.user_id, -1), r.offset)
@@ -166,6 +179,9 @@ class SpeedLayer:
         for forgotten in refolded:
             self.publish(forgotten)
         self.publish(updates, newest)
+        if availability:
+            send_acknowledged(self.producer, Topics.MODEL_UPDATES, availability)
+            metrics.AVAILABILITY.inc(len(availability))
         self._commit()  # only after the UPs are durable
         metrics.EVENTS.inc(len(valid))
         metrics.FORGETS.inc(len(markers))
@@ -236,6 +252,13 @@ def up_messages(
     metrics.FOLDINS.labels("user").inc(len(updates.users))
     metrics.FOLDINS.labels("item").inc(len(updates.items))
     return messages
+
+
+def availability_message(event: Event, partition: int, offset: int, produced_ms: int) -> AvailabilityMessage:
+    """The AVAIL message of one item update read at (partition, offset) of `events`."""
+    return AvailabilityMessage(item_id=event.item_id, available=ITEM_UPDATES[event.event_type],
+                               state=event.event_type, partition=partition, offset=offset,
+                               event_ts_ms=produced_ms)  # fmt: skip
 
 
 def _commit_done(offsets, response) -> None:

@@ -1,5 +1,10 @@
 """The event contract: what a behaviour event on `events` looks like, how it is validated, and what a
 rejected one becomes on `events.dlq`. Also the control records (FORGET markers) that share the topic.
+
+Item updates (`item_sold_out`, `item_hidden`, `item_back`) share the topic and the format: an event whose
+`user_id` is who made the change (the shop's feed or operator, pseudonymised like any id) and whose type says
+whether the item can be sold. They are archived like every event, but are not interactions: they carry no
+weight, clean keeps them out of silver, and the speed layer turns them into availability updates.
 """
 
 from __future__ import annotations
@@ -27,8 +32,17 @@ SCHEMA_VERSION: Final = 1
 
 
 def event_weights(settings: Settings | None = None) -> dict[str, float]:
-    """Strength each event type adds to a (user, item) pair; its keys are the accepted event types."""
+    """Strength each event type adds to a (user, item) pair; its keys are the accepted interaction types."""
     return dict((settings or get_settings()).event_weights)
+
+
+# Item updates: event type -> whether the item can be sold after it. A type of its own per state, so bronze
+# stores the state in the column it already has (no schema change) and clean can tell them from interactions.
+ITEM_UPDATES: Final = {"item_sold_out": False, "item_hidden": False, "item_back": True}
+
+
+def is_item_update(event_type: str) -> bool:
+    return event_type in ITEM_UPDATES
 
 
 # --- the event ---------------------------------------------------------------------
@@ -87,6 +101,9 @@ class Event(BaseModel):
         return ts_to_ms(self.ts)
 
     def key(self) -> bytes:
+        """One user's events stay in order on one partition; so do one item's updates (keyed by the item)."""
+        if is_item_update(self.event_type):
+            return f"item:{self.item_id}".encode()
         return self.user_id.encode()
 
     def to_wire(self) -> bytes:
@@ -160,8 +177,12 @@ def _check_semantics(event: Event, s: Settings, require_pseudonym: bool, now: da
     ]
     if too_long:
         return Rejection("invalid_field", f"{', '.join(too_long)} longer than {s.max_id_length} characters")
-    if event.event_type not in s.event_weights:
-        return Rejection("unknown_event_type", f"{event.event_type[:40]!r} not in {sorted(s.event_weights)}")
+    if is_item_update(event.event_type):
+        if event.quantity is not None or event.price is not None or event.session_id is not None:
+            return Rejection("invalid_field", "an item update carries no session_id, quantity or price")
+    elif event.event_type not in s.event_weights:
+        known = sorted([*s.event_weights, *ITEM_UPDATES])
+        return Rejection("unknown_event_type", f"{event.event_type[:40]!r} not in {known}")
     now = now or datetime.now(UTC)
     if event.ts > now + timedelta(seconds=s.max_future_skew_s):
         return Rejection("ts_out_of_range", f"{event.ts.isoformat()} is in the future")

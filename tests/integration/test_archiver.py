@@ -4,6 +4,7 @@ The exactly-once tests run twice: with the lake on the local disk, and on a real
 (RECSYS_LAKE_URI), where delta-rs writes through hdfs-native.
 """
 
+import json
 import os
 import random
 import signal
@@ -19,10 +20,12 @@ from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from jobs.archiver import Archiver, dlq_key
+from recsys.contracts.events import Event
 from recsys.contracts.tables import Tables
 from recsys.data.synthetic import SyntheticConfig, iter_messages, n_valid_events
 from recsys.io import lake
-from recsys.io.kafka import consumer, read_to_end
+from recsys.io.kafka import consumer, producer, read_to_end
+from recsys.privacy import pseudonymise
 from recsys.protocol import Topics
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
@@ -60,11 +63,12 @@ def bronze(settings):
     return lake.read(Tables.path(Tables.BRONZE_EVENTS, settings))
 
 
-def assert_exactly_once(topic: str, settings, config: SyntheticConfig) -> None:
+def assert_exactly_once(topic: str, settings, config: SyntheticConfig, valid: int = 0, invalid: int = 0) -> None:
+    """Every event of `config` (and `valid` / `invalid` more) in bronze or the DLQ, exactly once."""
     table = bronze(settings)
     dead = dead_letters_for(topic, settings)
-    assert table.num_rows == n_valid_events(config)
-    assert len(dead) == config.n_events - n_valid_events(config)
+    assert table.num_rows == n_valid_events(config) + valid
+    assert len(dead) == config.n_events - n_valid_events(config) + invalid
     assert len(set(dead)) == len(dead), "a dead letter was produced twice"
     ids = table["event_id"].to_pylist()
     assert len(set(ids)) == len(ids), "an event was archived twice"
@@ -72,13 +76,27 @@ def assert_exactly_once(topic: str, settings, config: SyntheticConfig) -> None:
     assert len(positions) == table.num_rows
 
 
+def item_updates(topic: str, settings) -> None:
+    """Two item updates (availability) on the stream: a valid one, and one carrying a price (invalid)."""
+    base = {"user_id": pseudonymise("catalogue-feed", settings.pseudonym_key_bytes()), "item_id": "i7",
+            "event_type": "item_sold_out", "ts": int(time.time() * 1000)}  # fmt: skip
+    events = [Event(event_id="avail-1", **base), {**base, "event_id": "avail-2", "price": 1.0}]
+    p = producer(settings)
+    for e in events:
+        value = e.to_wire() if isinstance(e, Event) else json.dumps(e).encode()
+        p.send(topic, key=b"item:i7", value=value).get(timeout=10)
+    p.close()
+
+
 def test_stream_lands_in_bronze_or_dlq_exactly_once(unique_topic, anywhere):
     config = stream(unique_topic, anywhere)
+    item_updates(unique_topic, anywhere)
     archiver = Archiver(anywhere, topic=unique_topic)
     stats = archiver.run(until_caught_up=True)
     archiver.close()
     assert stats.commits > 1
-    assert_exactly_once(unique_topic, anywhere, config)
+    assert_exactly_once(unique_topic, anywhere, config, valid=1, invalid=1)  # item updates are events too
+    assert "item_sold_out" in bronze(anywhere)["event_type"].to_pylist()
     assert set(bronze(anywhere)["user_id"].to_pylist()) <= {
         u for u in bronze(anywhere)["user_id"].to_pylist() if u[:2] == "u_"
     }

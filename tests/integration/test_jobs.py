@@ -58,6 +58,7 @@ def test_clean_drops_each_kind_of_bad_row_and_says_how_many(spark, local):
         event("f1", alice, "i4", ts=NOW + timedelta(days=3)),  # from the future at arrival
         event("o1", alice, "i4", ts=datetime(1990, 1, 1, tzinfo=UTC)),  # too old
         event("late1", alice, "i9", ts=NOW - timedelta(days=3)),  # late but valid: kept
+        event("h1", alice, "i2", "item_hidden"),  # an item update: archived, but not an interaction
     ]
     rows += [
         event(f"b{i}", bot, f"i{i % 50}", ts=NOW.replace(second=0) + timedelta(milliseconds=i)) for i in range(700)
@@ -66,7 +67,7 @@ def test_clean_drops_each_kind_of_bad_row_and_says_how_many(spark, local):
 
     report = clean(spark, settings=local)
     assert report.rows_in == len(rows)
-    assert report.dropped == {"invalid": 0, "type": 1, "ts_range": 2, "duplicate": 1, "bot": 700}
+    assert report.dropped == {"invalid": 0, "item_update": 1, "type": 1, "ts_range": 2, "duplicate": 1, "bot": 700}
     assert report.rows_out == 7 and report.bot_users == 1
     assert report.pseudonymised_here == 1 and report.late_events == 1
     assert report.kafka_offsets == {0: 901}

@@ -134,6 +134,35 @@ def test_a_posted_event_changes_the_users_recommendations_within_moments(stack):
     assert info["speed_users"] >= 1 and info["speed_updates_applied"] >= 1
 
 
+def test_an_item_update_takes_the_item_out_of_every_answer_until_it_is_back(stack):
+    """POST /events -> Kafka -> the speed layer's AVAIL message -> the server's filter, on the real processes."""
+    raw, _ = known_user(stack)
+    _, before = get(stack, f"/recommend/{raw}?k=10")
+    item = before["items"][0]["item_id"]
+    category = before["items"][0]["category"]
+
+    # An item whose similar items include this one (the speed layer's filter applies to /similar as well).
+    def similar(of: str) -> set[str]:
+        return {i["item_id"] for i in get(stack, f"/similar/{of}?k=100")[1]["items"]}
+
+    neighbour = next(other for other in similar(item) if item in similar(other))
+    pages = [f"/recommend/{raw}?k=10", f"/recommend/{raw}?k=20&category={category}&category=category-0",
+             "/popular?k=100", f"/similar/{neighbour}?k=100"]  # fmt: skip
+
+    def shown() -> list[bool]:
+        return [item in {i["item_id"] for i in get(stack, page)[1]["items"]} for page in pages]
+
+    assert shown() == [True] * 4
+    for state, want in (("item_sold_out", [False] * 4), ("item_back", [True] * 4)):
+        status, _ = post_event(stack, "catalogue-feed", item, state)
+        assert status == 202
+        started = time.monotonic()
+        wait_for(lambda want=want: shown() == want, timeout_s=10, every_s=0.02)
+        took = time.monotonic() - started
+        assert took < 3, f"{state} took {took:.2f} s to reach every answer"  # 1 s when the machine is not shared
+    assert get(stack, f"/recommend/{raw}?k=10")[1]["items"][0]["item_id"] == item  # back where it was
+
+
 @pytest.mark.reliability
 def test_metrics_docs_and_loopback_only(stack):
     get(stack, "/recommend/user-2?k=3")
