@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     )
     spark_driver_memory: str = Field("4g", description="Driver memory for local Spark sessions.")
     spark_shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions; small on one machine.")
+    spark_count_min_events: int = Field(
+        20_000_000,
+        ge=0,
+        description="From this many training events, item-KNN's co-occurrences and the transitions are counted by "
+        "Spark tasks (recsys/io/spark_counts.py) instead of on the driver (0: always, when a session is given).",
+    )
     spark_ui: bool = Field(False, description="Start the Spark web UI (bound to 127.0.0.1).")
     spark_cluster_port: int = Field(
         7077, description="Master port of the local Spark standalone cluster (`make spark-cluster`)."

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 ScoresFn = Callable[[np.ndarray], np.ndarray]
 
 
-def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
+def canonical(matrix: sp.spmatrix) -> sp.csr_matrix:
     """Canonical CSR with explicit zeros removed, so nonzero pattern = relevance."""
     out = sp.csr_matrix(matrix, copy=True)
     out.sum_duplicates()
@@ -34,7 +34,7 @@ def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
 def hits(recommended: np.ndarray, relevant: sp.spmatrix) -> np.ndarray:
     """n×k bool: rel_{u,i} = 1 if the item recommended to row u at rank i is relevant (padding never is)."""
     rec = np.asarray(recommended, dtype=np.int64)
-    rel = _binary(relevant)
+    rel = canonical(relevant)
     n, m = rel.shape
     if rec.ndim != 2 or rec.shape[0] != n:
         raise ValueError(f"recommended has shape {rec.shape}, expected ({n}, k)")
@@ -51,7 +51,7 @@ def hits(recommended: np.ndarray, relevant: sp.spmatrix) -> np.ndarray:
 
 def n_relevant(relevant: sp.spmatrix) -> np.ndarray:
     """|rel_u| per row."""
-    return np.diff(_binary(relevant).indptr)
+    return np.diff(canonical(relevant).indptr)
 
 
 def _denominator(k: int, n_rel: np.ndarray) -> np.ndarray:
@@ -136,29 +136,41 @@ def auc_per_user(
     where a user has no positive or no negative. `users` are row indices of
     `relevant`/`train` (default: all rows); `scores_fn` receives those indices.
     """
-    rel = _binary(relevant)
+    rel = canonical(relevant)
     n, m = rel.shape
-    seen = _binary(train) if train is not None else sp.csr_matrix((n, m), dtype=np.float32)
+    seen = canonical(train) if train is not None else sp.csr_matrix((n, m), dtype=np.float32)
     if seen.shape != (n, m):
         raise ValueError(f"train has shape {seen.shape}, expected {(n, m)}")
     rows = np.arange(n) if users is None else np.asarray(users, dtype=np.int64)
     out = np.full(rows.size, np.nan)
-    # Sorting allocates arrays the size of the score block: cap the block at ~4M scores (32 MB).
-    step = max(1, min(batch_size, (1 << 22) // max(1, m)))
+    step = auc_block_rows(m, batch_size)
     for start in range(0, rows.size, step):
         batch = rows[start : start + step]
-        scores = np.array(scores_fn(batch), dtype=np.float64)  # a private copy: it is overwritten below
-        if scores.shape != (batch.size, m):
-            raise ValueError(f"scores_fn returned shape {scores.shape}, expected {(batch.size, m)}")
-        seen_b = seen[batch].astype(bool).toarray()
-        pos_b = rel[batch].astype(bool).toarray() & ~seen_b
-        pos_scores = [scores[r, pos_b[r]] for r in range(batch.size)]
-        # Train items and positives are not negatives: NaN compares False and sorts last, which drops them.
-        scores[seen_b | pos_b] = np.nan
-        n_neg = m - (seen_b | pos_b).sum(axis=1)
-        for r in range(batch.size):
-            if pos_scores[r].size and n_neg[r]:
-                out[start + r] = _auc_row(scores[r], pos_scores[r], int(n_neg[r]))
+        scores = np.array(scores_fn(batch), dtype=np.float64)  # a private copy: auc_of_block overwrites it
+        out[start : start + batch.size] = auc_of_block(scores, rel[batch], seen[batch])
+    return out
+
+
+def auc_block_rows(n_items: int, batch_size: int = 1024) -> int:
+    """Rows of scores per AUC block: sorting allocates arrays the size of the block, so ~4M scores (32 MB) at most."""
+    return max(1, min(batch_size, (1 << 22) // max(1, n_items)))
+
+
+def auc_of_block(scores: np.ndarray, relevant: sp.csr_matrix, seen: sp.csr_matrix) -> np.ndarray:
+    """AUC_u (as `auc_per_user`) of each row of a finite float64 score block, given the same rows' relevant and
+    train items (canonical CSR); NaN where a row has no positive or no negative. `scores` is overwritten."""
+    if scores.shape != relevant.shape:
+        raise ValueError(f"scores have shape {scores.shape}, expected {relevant.shape}")
+    seen_b = seen.astype(bool).toarray()
+    pos_b = relevant.astype(bool).toarray() & ~seen_b
+    pos_scores = [scores[r, pos_b[r]] for r in range(scores.shape[0])]
+    # Train items and positives are not negatives: NaN compares False and sorts last, which drops them.
+    scores[seen_b | pos_b] = np.nan
+    n_neg = scores.shape[1] - (seen_b | pos_b).sum(axis=1)
+    out = np.full(scores.shape[0], np.nan)
+    for r in range(scores.shape[0]):
+        if pos_scores[r].size and n_neg[r]:
+            out[r] = _auc_row(scores[r], pos_scores[r], int(n_neg[r]))
     return out
 
 
@@ -188,15 +200,17 @@ def ranking_metrics(
     scores_fn: ScoresFn | None = None,
     train: sp.spmatrix | None = None,
     batch_size: int = 1024,
+    auc: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Mean metrics at k = recommended.shape[1] over the users with at least one relevant item.
 
     `relevant` (and `train`) are full n×m matrices; `users` are the rows that
     `recommended` holds lists for (default: all rows, in order). AUC needs
-    `scores_fn` (NaN without it). Keys: precision@k, recall@k, f1@k, ndcg@k,
-    map@k, auc, coverage@k, n_users.
+    `scores_fn`, or `auc`: the per-user AUC of those rows, already computed from the
+    scores the lists came from (NaN without either). Keys: precision@k, recall@k,
+    f1@k, ndcg@k, map@k, auc, coverage@k, n_users.
     """
-    rel = _binary(relevant)
+    rel = canonical(relevant)
     n, m = rel.shape
     rows = np.arange(n) if users is None else np.asarray(users, dtype=np.int64)
     rec = np.asarray(recommended, dtype=np.int64)
@@ -206,6 +220,7 @@ def ranking_metrics(
     # Users without held-out items have nothing to find: they would add zeros that say nothing about the model.
     has_rel = np.diff(rel.indptr)[rows] > 0
     rows, rec = rows[has_rel], rec[has_rel]
+    given_auc = None if auc is None else np.asarray(auc, dtype=np.float64)[has_rel]
     out: dict[str, float] = {}
     if rows.size == 0:
         for name in ("precision", "recall", "f1", "ndcg", "map"):
@@ -215,11 +230,12 @@ def ranking_metrics(
     per_user = per_user_metrics(rec, rel[rows])
     for name, key in (("precision", "precision"), ("recall", "recall"), ("f1", "f1"), ("ndcg", "ndcg"), ("map", "ap")):
         out[f"{name}@{k}"] = float(per_user[key].mean())
-    if scores_fn is None:
+    if given_auc is None and scores_fn is not None:
+        given_auc = auc_per_user(scores_fn, rel, train, users=rows, batch_size=batch_size)
+    if given_auc is None or not np.any(~np.isnan(given_auc)):
         out["auc"] = float("nan")
     else:
-        auc = auc_per_user(scores_fn, rel, train, users=rows, batch_size=batch_size)
-        out["auc"] = float(np.nanmean(auc)) if np.any(~np.isnan(auc)) else float("nan")
+        out["auc"] = float(np.nanmean(given_auc))
     out[f"coverage@{k}"] = coverage_at_k(rec, m)
     out["n_users"] = int(rows.size)
     return out

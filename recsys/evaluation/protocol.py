@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.data import datasets
-from recsys.evaluation.metrics import ranking_metrics
+from recsys.evaluation.metrics import auc_block_rows, auc_of_block, canonical, ranking_metrics
 from recsys.models.base import Dataset, Recommender, UserContext
 from recsys.models.topk import PAD, _select_top
 
@@ -187,7 +187,12 @@ def top_k_for(
     model: Recommender, contexts: Sequence[UserContext], exclude: sp.csr_matrix, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n, k) best item positions and scores for these users, excluded items left out, padded with -1."""
-    scores = np.array(model.score(contexts), dtype=np.float32)
+    return top_of_scores(np.asarray(model.score(contexts)), exclude, k)
+
+
+def top_of_scores(raw: np.ndarray, exclude: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) best item positions and scores of a score block (as float32), excluded items left out."""
+    scores = np.array(raw, dtype=np.float32)
     coo = exclude.tocoo()
     scores[coo.row[coo.data != 0], coo.col[coo.data != 0]] = -np.inf
     scores[np.isnan(scores)] = -np.inf
@@ -248,16 +253,22 @@ def evaluate(
         return [contexts[r] for r in rows] if contexts is not None else train.contexts(rows, recent)
 
     recommended = np.full((users.size, k), PAD, np.int64)
+    auc = np.full(users.size, np.nan)
+    seen, relevant = canonical(train.strengths), canonical(split.test)
     for start in range(0, users.size, batch_size):
         rows = users[start : start + batch_size]
-        recommended[start : start + rows.size], _ = top_k_for(model, view(rows), train.strengths[rows], k)
+        # One scoring pass per batch serves both the top k and the AUC: scoring is the evaluation's cost.
+        raw = np.asarray(model.score(view(rows)))
+        recommended[start : start + rows.size], _ = top_of_scores(raw, train.strengths[rows], k)
+        step = auc_block_rows(raw.shape[1], batch_size)
+        for lo in range(0, rows.size, step):
+            block = np.array(raw[lo : lo + step], dtype=np.float64)
+            # AUC needs finite scores; what a model cannot rank ties at the bottom.
+            np.nan_to_num(block, copy=False, nan=-1e30, neginf=-1e30, posinf=1e30)
+            part = rows[lo : lo + step]
+            auc[start + lo : start + lo + part.size] = auc_of_block(block, relevant[part], seen[part])
 
-    def scores_fn(rows: np.ndarray) -> np.ndarray:
-        s = np.array(model.score(view(rows)), dtype=np.float64)
-        # AUC needs finite scores; what a model cannot rank ties at the bottom.
-        return np.nan_to_num(s, nan=-1e30, neginf=-1e30, posinf=1e30)
-
-    metrics = ranking_metrics(recommended, split.test, users, scores_fn, train.strengths, batch_size)
+    metrics = ranking_metrics(recommended, split.test, users, train=train.strengths, auc=auc)
     if not per_user:
         return metrics
     has = np.diff(split.test.indptr)[users] > 0

@@ -19,12 +19,16 @@ explanation is the recent event with the largest term ("because you viewed X").
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from pydantic import Field
 
+from recsys.io import spark_counts
+from recsys.io.spark_counts import use_spark
 from recsys.models.base import Dataset, Params
 from recsys.models.item_to_item import ItemToItem
 from recsys.models.sparse import kind_weights, top_n_per_row
@@ -55,7 +59,12 @@ class ItemKNN(ItemToItem):
         p = self.params
         assert isinstance(p, ItemKnnParams)
         self.n_items = data.n_items
-        self.matrix = item_cosine(capped(data, p.max_user_items), p.shrink, p.neighbours)
+        binary = capped(data, p.max_user_items)
+        if spark is not None and use_spark(spark, len(data.events)):
+            counts = cooccurrence_by_spark(spark, binary)
+        else:
+            counts = cooccurrence(binary)
+        self.matrix = item_cosine(counts, p.shrink, p.neighbours)
         self.kinds = kind_weights(data.event_types, p.kind_weights)
 
 
@@ -81,10 +90,34 @@ def capped(data: Dataset, max_items: int) -> sp.csr_matrix:
     return (keep + extra).tocsr()
 
 
-def item_cosine(binary: sp.csr_matrix, shrink: float, neighbours: int) -> sp.csr_matrix:
-    """Shrunk cosine between item columns of a binary matrix, top `neighbours` per item."""
-    n = np.asarray(binary.sum(axis=0)).ravel().astype(np.float64)
-    co = (binary.T @ binary).tocsr().astype(np.float64)
+def cooccurrence(binary: sp.csr_matrix) -> sp.csr_matrix:
+    """C = XᵀX of a binary (users × items) matrix (float64): C_ij users who touched both, C_ii users who touched i."""
+    return (binary.T @ binary).tocsr().astype(np.float64)
+
+
+def _cooccurrence_pieces(part: pd.DataFrame, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`cooccurrence` of some users' (user, item) entries, as (row, col, value): C is a sum over users."""
+    _, local = np.unique(part["user"].to_numpy(), return_inverse=True)
+    x = sp.csr_matrix((np.ones(len(local), np.float32), (local, part["item"].to_numpy())),
+                      shape=(int(local.max(initial=-1)) + 1, n_items))  # fmt: skip
+    c = cooccurrence(x).tocoo()
+    return c.row, c.col, c.data
+
+
+def cooccurrence_by_spark(spark: SparkSession, binary: sp.csr_matrix) -> sp.csr_matrix:
+    """`cooccurrence(binary)`, the users' shares counted by Spark tasks and summed by Spark (`spark_counts`)."""
+    coo = binary.tocoo()
+    order = np.lexsort((coo.col, coo.row))
+    user, item = coo.row[order].astype(np.int32), coo.col[order].astype(np.int32)
+    n = binary.shape[1]
+    return spark_counts.summed(spark, {"user": user, "item": item}, user,
+                               functools.partial(_cooccurrence_pieces, n_items=n), (n, n))  # fmt: skip
+
+
+def item_cosine(co: sp.csr_matrix, shrink: float, neighbours: int) -> sp.csr_matrix:
+    """Shrunk cosine between items from their co-occurrence counts (n_i on the diagonal), top `neighbours` per item."""
+    n = co.diagonal().astype(np.float64)
+    co = sp.csr_matrix(co, dtype=np.float64, copy=True)
     co.setdiag(0)
     co.eliminate_zeros()
     rows = np.repeat(np.arange(co.shape[0]), np.diff(co.indptr))

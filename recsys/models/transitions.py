@@ -26,13 +26,17 @@ Defaults: chosen on validation carved from MovieLens-100K's train part (`bench/t
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from pydantic import Field
 
+from recsys.io import spark_counts
+from recsys.io.spark_counts import use_spark
 from recsys.models.base import AnyParams, Dataset, EventLog, Params
 from recsys.models.item_to_item import ItemToItem, row_top
 from recsys.models.sparse import kind_weights, tie_groups, top_n_per_row
@@ -78,14 +82,15 @@ class Transitions(ItemToItem):
         self.n_items = data.n_items
         self.kinds = kind_weights(data.event_types, p.kind_weights)
         sequence = sequence_ids(data.events, p.session_gap_s)
-        counts = transition_counts(data.events, sequence, data.n_items, p.window, p.step_decay, p.backward, p.tie_ms,
-                                   p.max_steps)  # fmt: skip
+        count = transition_counts_by_spark if use_spark(spark, len(data.events)) else transition_counts
+        counts = count(data.events, sequence, data.n_items, p.window, p.step_decay, p.backward, p.tie_ms, p.max_steps,
+                       spark=spark)  # fmt: skip
         self.matrix = top_n_per_row(normalise(counts, data.popularity(), p.norm, p.pop_damping), p.neighbours)
         bought: np.ndarray | list[bool] = (
             np.isin(np.asarray(data.event_types)[data.events.kind], BOUGHT) if len(data.events) else []
         )
         picked = data.events.take(np.asarray(bought, dtype=bool))
-        together = transition_counts(picked, sequence[np.asarray(bought, dtype=bool)], data.n_items, 50, 1.0)
+        together = count(picked, sequence[np.asarray(bought, dtype=bool)], data.n_items, 50, 1.0, spark=spark)
         self.together = top_n_per_row(together + together.T, p.neighbours)
 
     def fit_key(self) -> dict:
@@ -126,7 +131,8 @@ def sequence_ids(events: EventLog, gap_s: int) -> np.ndarray:
 
 
 def transition_counts(events: EventLog, sequence: np.ndarray, n_items: int, window: int, step_decay: float,
-                      backward: float = 0.0, tie_ms: int = 0, max_steps: int = 200) -> sp.csr_matrix:  # fmt: skip
+                      backward: float = 0.0, tie_ms: int = 0, max_steps: int = 200,
+                      spark: SparkSession | None = None) -> sp.csr_matrix:  # fmt: skip
     """T_ij over pairs (i earlier, j later, same sequence) at distance d = 1..`window`: step_decay^(d − 1), and
     `backward` times that to T_ji; d counts tie windows (`tie_ms` > 0) or events, and a pair inside one window
     adds (1 + backward) / 2 both ways. Pairs more than `max_steps` events apart are not counted (cost guard)."""
@@ -154,6 +160,25 @@ def transition_counts(events: EventLog, sequence: np.ndarray, n_items: int, wind
     out.sum_duplicates()
     out.eliminate_zeros()
     return out
+
+
+def _transition_pieces(part: pd.DataFrame, n_items: int, **how: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`transition_counts` of some whole sequences of the log, as (row, col, value): T is a sum over sequences."""
+    log = EventLog(part["user"].to_numpy(), part["item"].to_numpy(), part["ts_ms"].to_numpy(),
+                   np.zeros(len(part), np.int8))  # fmt: skip
+    t = transition_counts(log, part["sequence"].to_numpy(), n_items, **how).tocoo()  # type: ignore[arg-type]
+    return t.row, t.col, t.data
+
+
+def transition_counts_by_spark(events: EventLog, sequence: np.ndarray, n_items: int, window: int,
+                               step_decay: float, backward: float = 0.0, tie_ms: int = 0, max_steps: int = 200,
+                               spark: SparkSession | None = None) -> sp.csr_matrix:  # fmt: skip
+    """`transition_counts`, the sequences counted by Spark tasks and the pieces summed by Spark (`spark_counts`)."""
+    assert spark is not None
+    how = {"window": window, "step_decay": step_decay, "backward": backward, "tie_ms": tie_ms, "max_steps": max_steps}
+    columns = {"user": events.user, "item": events.item, "ts_ms": events.ts_ms, "sequence": sequence}
+    return spark_counts.summed(spark, columns, sequence, functools.partial(_transition_pieces, n_items=n_items, **how),
+                               (n_items, n_items))  # fmt: skip
 
 
 def normalise(counts: sp.csr_matrix, popularity: np.ndarray, norm: float, pop_damping: float) -> sp.csr_matrix:

@@ -227,3 +227,27 @@ def test_folding_in_a_batch_user_reproduces_the_batch_vector(movielens_models, e
         assert relative.max() < 1e-4, relative.max()
     else:  # implicit updates the items last: the users are one half-iteration behind
         assert cosine.min() > 0.999 and np.median(relative) < 0.03, (cosine.min(), np.median(relative))
+
+
+def test_spark_counted_cooccurrences_and_transitions_equal_the_driver_counted_ones(spark, settings):
+    """The Spark tasks count exactly what the numpy fit counts: every pair, each once (synthetic, with sessions)."""
+    from recsys.data import datasets
+    from recsys.data.synthetic import SyntheticConfig, iter_batches
+    from recsys.models.item_knn import cooccurrence, cooccurrence_by_spark
+    from recsys.models.transitions import sequence_ids, transition_counts, transition_counts_by_spark
+
+    table = pa.Table.from_batches(list(iter_batches(SyntheticConfig(n_events=4000, n_users=300, n_items=200))))
+    data, _ = datasets.build(
+        table.column("user_id"), table.column("item_id"), table.column("ts").cast(pa.int64()).to_numpy() // 1000,
+        table.column("event_type"), np.ones(table.num_rows), ["view", "add_to_cart", "purchase"],
+        session=table.column("session_id"),
+    )  # fmt: skip
+    binary = (data.strengths > 0).astype(np.float32).tocsr()
+    want, got = cooccurrence(binary), cooccurrence_by_spark(spark, binary)
+    assert want.nnz > 1000 and (got != want).nnz == 0
+    sequence = sequence_ids(data.events, 0)
+    how = {"window": 5, "step_decay": 0.8, "backward": 0.5, "tie_ms": 1000, "max_steps": 200}
+    want = transition_counts(data.events, sequence, data.n_items, **how)
+    got = transition_counts_by_spark(data.events, sequence, data.n_items, **how, spark=spark)
+    assert want.nnz > 500 and np.array_equal(got.indptr, want.indptr) and np.array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.data, want.data, rtol=1e-12)
