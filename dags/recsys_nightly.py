@@ -70,7 +70,6 @@ with DAG(
 ) as dag:
     archive_compact = spark_job("archive_compact", ["{{ '--drain' if params.drain_events else '--no-drain' }}"])
     clean = spark_job("clean", [])
-    features = spark_job("features", [])
     versions = {name: protocol.version_template(name) for name in settings.candidates}
     candidates = []
     for name, version in versions.items():
@@ -83,7 +82,7 @@ with DAG(
     # A failed quality gate is an answer, not a glitch: retrying would give the same one.
     publish = spark_job("publish", [arg for v in versions.values() for arg in ("--model-version", v)], retries=0)
 
-    archive_compact >> clean >> features
+    archive_compact >> clean
     for train, evaluate in candidates:
         clean >> train
         evaluate >> publish

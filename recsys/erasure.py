@@ -23,7 +23,9 @@ lake. Each layer then erases at its own pace, in order:
   retries it, and the nightly `archive_compact` (Delta DELETE and VACUUM on Spark)
   and `recsys forget --pending` complete whatever is pending.
 
-`forget_requests` (append-only) records each request and when it was completed.
+`forget_requests` (append-only) records each request and when it was completed. Bronze and silver
+(`USER_TABLES`) are the only other tables holding user ids (the catalogue and the model registry hold
+none): a new one must be erased here too (`test_privacy_end_to_end.py` checks every table under the lake).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("recsys.erasure")
 REQUESTED, ERASED = "requested", "erased"
+# Every table holding a user's rows but the forget log (which keeps the pseudonym as the record of the request).
+USER_TABLES = (Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS)
 
 
 def request(user_id: str, settings: Settings | None = None) -> ForgetMessage:
@@ -79,13 +83,12 @@ def complete(message: ForgetMessage, settings: Settings | None = None, spark: Sp
     deletes and vacuums are Delta's own (delta-spark); without, delta-rs's.
     """
     s = settings or get_settings()
-    bronze = Tables.path(Tables.BRONZE_EVENTS, s)
     if not archived_past(message, s):
         return False
     silver = Tables.path(Tables.SILVER_INTERACTIONS, s)
     if lake.exists(silver):
         lake.delete(silver, before_marker_predicate(message), spark=spark)
-    for table in (bronze, silver):
+    for table in (Tables.path(name, s) for name in USER_TABLES):
         if lake.exists(table):
             # Files the deletes replaced stay for time travel until the retention has passed.
             lake.vacuum(table, s.vacuum_retention_hours, spark=spark)

@@ -43,7 +43,9 @@ from serving.batcher import Batcher
 from serving.fast import FastRecommend
 from serving.follower import ModelFollower
 from serving.model import Ranked, ServingModel, UnknownId
+from serving.openapi import install, values
 from serving.schemas import (
+    ID_PATTERN,
     Contribution,
     Error,
     EventAccepted,
@@ -67,22 +69,30 @@ STATIC = FsPath(__file__).parent / "static"
 _OFFLINE = importlib.util.find_spec("fastapi_offline")
 assert _OFFLINE is not None and _OFFLINE.origin is not None  # a dependency, installed as files
 DOCS_ASSETS = FsPath(_OFFLINE.origin).parent / "static"
-# Ids in paths: printable, no control characters (the length limit is a setting, checked below).
-ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-UserId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN, description="The shop's user id, or its pseudonym.")]
-ItemId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN)]
-# A category filter: the same characters as ids, so a NUL is refused with words rather than echoed back.
-Category = Annotated[
-    str | None, Query(pattern=ID_PATTERN, description="Only items of this catalogue category (any case).")
-]
-# /recommend's filters: each may be repeated (`?category=a&category=b`, `?exclude=i1&exclude=i2`).
+# Ids in paths: printable, no control characters; the length limit is a setting (checked below, filled into the
+# document by `serving.openapi`).
+UserId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN, description="The shop's user id, or its pseudonym.",
+                             json_schema_extra=values("id"))]  # fmt: skip
+ItemId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN, json_schema_extra=values("id"))]
+# A category filter: the same characters as ids, so a NUL is refused with words rather than echoed back; the document
+# lists the served model's categories (`serving.openapi`).
+Category = Annotated[str | None, Query(pattern=ID_PATTERN, json_schema_extra=values("category"),
+                                       description="Only items of this catalogue category (any case).")]  # fmt: skip
+# /recommend's filters: each may be repeated (`?category=a&category=b`, `?exclude=i1&exclude=i2`); the document
+# puts each marker's constraint on the list's items (`serving.openapi`).
 Categories = Annotated[
     list[Annotated[str, StringConstraints(pattern=ID_PATTERN)]] | None,
-    Query(description="Only items of these catalogue categories (any case); repeat it for several."),
+    Query(
+        json_schema_extra=values("category"),
+        description="Only items of these catalogue categories (any case); repeat it for several.",
+    ),
 ]
 Excluded = Annotated[
     list[Annotated[str, StringConstraints(pattern=ID_PATTERN)]] | None,
-    Query(description="Item ids to leave out (e.g. what the page shows already); repeat it for several."),
+    Query(
+        json_schema_extra=values("id"),
+        description="Item ids to leave out (e.g. what the page shows already); repeat it for several.",
+    ),
 ]
 PerCategory = Annotated[
     int | None, Query(ge=1, description="At most this many items of one category (items without one are not capped).")
@@ -145,7 +155,15 @@ def create_app(settings: Settings | None = None, follower: ModelFollower | None 
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.state.settings = s
     _routes(app, s)
+    install(app, s, lambda: _served_categories(app))
     return app
+
+
+def _served_categories(app: FastAPI) -> tuple[set[str], set[str]] | None:
+    """The categories the served model accepts (`serving.openapi.document`), None before one is loaded."""
+    follower = getattr(app.state, "follower", None)
+    model = follower.current if follower is not None else None
+    return None if model is None else model.accepted_categories()
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

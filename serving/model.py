@@ -267,6 +267,10 @@ class ServingModel:
             return category
         return self._lower_categories.get(category.lower())
 
+    def accepted_categories(self) -> tuple[set[str], set[str]]:
+        """What `canonical_category` accepts: (these in any case, these only as spelled): the API's document."""
+        return set(self.category_names), {c for c in self._new_categories if c} - self.category_names
+
     def has_category(self, category: str) -> bool:
         return self.canonical_category(category) is not None
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictStr, field_validator
 
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+from serving.openapi import values
+
+# Ids: printable, no control characters (the length limit is a setting: `openapi.values("id")`, checked by the routes).
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 Source = Literal["speed", "batch", "popular", "content"]
 
@@ -73,28 +75,41 @@ class Explanation(BaseModel):
 class EventIn(BaseModel):
     """One behaviour event from a shop or app. The user id is pseudonymised here, before Kafka."""
 
-    user_id: str = Field(min_length=1, description="The shop's own user id (or an existing pseudonym).")
-    item_id: str = Field(min_length=1)
+    # Ids are checked for control characters here, on the raw id, before the user id is pseudonymised (a pseudonym
+    # would hide them); the other limits are `Event`'s (`validate_event`), stated here so the schema says them.
+    user_id: str = Field(pattern=ID_PATTERN, description="The shop's own user id (or an existing pseudonym).",
+                         json_schema_extra=values("id"))  # fmt: skip
+    item_id: str = Field(pattern=ID_PATTERN, json_schema_extra=values("id"))
     event_type: str = Field(
         description="One of the configured event types (RECSYS_EVENT_WEIGHTS), or an item update: item_sold_out, "
         "item_hidden (the item leaves every answer) or item_back (it returns); an item update's user_id is who "
         "made the change (e.g. the catalogue feed) and it carries no session_id, quantity or price.",
         examples=["view", "item_sold_out"],
+        json_schema_extra=values("event_type"),
     )
-    ts: str | int | None = Field(None, description="Event time, ISO-8601 or epoch ms; default: now.")
-    event_id: str | None = Field(None, description="Unique id used for de-duplication; default: a new UUID.")
-    session_id: str | None = None
-    quantity: int | None = None
-    price: float | None = None
+    ts: StrictStr | int | None = Field(
+        None,
+        json_schema_extra=values("event_time"),
+        description="Event time: epoch ms, or an RFC 3339 date-time; default: now. Times before "
+        "RECSYS_MIN_EVENT_YEAR or more than RECSYS_MAX_FUTURE_SKEW_S ahead are refused. The schema's bounds are "
+        "those of when this document was built; other ISO-8601 forms Python's `datetime.fromisoformat` reads are "
+        "accepted too.",
+    )
+    event_id: str | None = Field(None, pattern=ID_PATTERN, json_schema_extra=values("id"),
+                                 description="Unique id used for de-duplication; default: a new UUID.")  # fmt: skip
+    session_id: str | None = Field(None, pattern=ID_PATTERN, json_schema_extra=values("id"))
+    quantity: int | None = Field(None, ge=1, le=100_000)
+    price: float | None = Field(None, strict=True, ge=0, le=1e9)
 
     model_config = {"extra": "forbid"}
 
-    @field_validator("user_id", "item_id", "event_id", "session_id")
+    @field_validator("ts", "quantity", mode="before")
     @classmethod
-    def _no_control_characters(cls, v: str | None) -> str | None:
-        # Checked on the raw id, before the user id is pseudonymised (a pseudonym would hide them).
-        if v is not None and CONTROL.search(v):
-            raise ValueError("must not contain control characters (such as NUL, tab or newline)")
+    def _not_a_boolean(cls, v: object) -> object:
+        # JSON Schema's integer includes 145.0 (pydantic's lax int takes it, its strict one does not) but not `true`
+        # (which the lax int would take as 1).
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not a boolean")
         return v
 
 

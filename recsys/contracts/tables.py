@@ -14,8 +14,6 @@ class Tables:
     MODEL_REGISTRY = "model_registry"  # one row per trained model version
     FORGET_REQUESTS = "forget_requests"  # erasure requests and their completion (append-only)
     CATALOG = "catalog"  # item metadata for display, business filters and content models
-    USER_FEATURES = "user_features"  # per user: events by type, recency, price band, category shares (jobs/features)
-    ITEM_FEATURES = "item_features"  # per item: catalogue attributes and behaviour counts (jobs/features)
 
     @staticmethod
     def path(name: str, settings: Settings | None = None) -> str:

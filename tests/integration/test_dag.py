@@ -38,14 +38,13 @@ def test_tasks_run_in_order_without_cycles(dag):
     from airflow.utils.dag_cycle_tester import check_cycle
 
     check_cycle(dag)
-    assert sorted(dag.task_ids) == sorted([*TASKS, "features"])
+    assert sorted(dag.task_ids) == sorted(TASKS)
     assert dag.get_task("archive_compact").upstream_task_ids == set()
     assert dag.get_task("clean").upstream_task_ids == {"archive_compact"}
     for train, evaluate in PAIRS:
         assert dag.get_task(train).upstream_task_ids == {"clean"}
         assert dag.get_task(evaluate).upstream_task_ids == {train}
     assert dag.get_task("publish").upstream_task_ids == {evaluate for _, evaluate in PAIRS}
-    assert dag.get_task("features").upstream_task_ids == {"clean"}  # beside training, from the same snapshot
 
 
 def test_schedule_retries_and_no_catch_up_storm(dag):
@@ -61,7 +60,7 @@ def test_spark_steps_submit_job_files_through_one_connection(dag):
     from recsys.io.spark import DELTA_EXTENSION, delta_jars
 
     spark_tasks = [t for t in dag.tasks if isinstance(t, SparkSubmitOperator)]
-    assert sorted(t.task_id for t in spark_tasks) == sorted([*TASKS, "features"])
+    assert sorted(t.task_id for t in spark_tasks) == sorted(TASKS)
     for t in spark_tasks:
         assert t._conn_id == "spark_recsys"
         assert os.path.exists(t.application) and t.application.startswith(str(PROJECT_ROOT / "jobs"))
@@ -76,7 +75,7 @@ def test_airflow_cli_reports_no_import_errors():
 
 
 def test_nightly_dag_runs_end_to_end_on_movielens_with_the_lake_and_models_on_hdfs(models_on_hdfs):
-    """Every table (bronze, silver, features, registry) and every model on a real HDFS: the Spark tasks read and
+    """Every table (bronze, silver, registry) and every model on a real HDFS: the Spark tasks read and
     write the tables over hdfs:// with delta-spark, this test reads them back with delta-rs; the candidates are
     uploaded, evaluated and published there, and the MODEL message carries the hdfs:// URI. (Most other tests
     keep the lake and models on the local disk, the default.)"""

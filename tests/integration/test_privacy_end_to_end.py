@@ -57,13 +57,19 @@ def user_rows(s, table: str, user: str) -> int:
 
 
 def users_in_files(s, table: str) -> Counter:
-    """User ids in every parquet file of the table's folder, referenced by a version or not."""
+    """User ids in every parquet file of the table's folder, referenced by a version or not (none: no such column)."""
     fs, root = fsspec.core.url_to_fs(str(Tables.path(table, s)))
     found = Counter()
     for file in fs.find(root):
-        if file.endswith(".parquet"):
+        if file.endswith(".parquet") and "user_id" in pq.read_schema(file, filesystem=fs).names:
             found.update(pq.read_table(file, columns=["user_id"], filesystem=fs)["user_id"].to_pylist())
     return found
+
+
+def lake_tables(s) -> list[str]:
+    """Every Delta table under the lake folder, by name: whatever wrote it."""
+    fs, root = fsspec.core.url_to_fs(str(s.lake_root))
+    return sorted({p.rstrip("/").split("/")[-2] for p in fs.find(root, withdirs=True) if p.endswith("/_delta_log")})
 
 
 def files_under(folder: str) -> dict[str, tuple[int, float]]:
@@ -136,6 +142,13 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
         assert user_rows(s, table, gone) == 0 and user_rows(s, table, back) == 0
         in_files = users_in_files(s, table)  # vacuumed: not even old, unreferenced files hold them
         assert in_files[gone] == 0 and in_files[back] == 0 and in_files[stack.pseudonym(other_raw)] > 0
+    # Nor does any other table the system wrote, in any file (the forget log aside: it keeps the pseudonym as the
+    # record that the request was carried out).
+    tables = lake_tables(s)
+    assert {Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS, Tables.FORGET_REQUESTS} <= set(tables), tables
+    for table in set(tables) - {Tables.FORGET_REQUESTS}:
+        in_files = users_in_files(s, table)
+        assert in_files[gone] == 0 and in_files[back] == 0, table
     m1 = model_store.load_from(model_store.published("m20260101T000000000000", s), s)
     assert gone not in set(m1.user_ids) and back not in set(m1.user_ids)
     erased_rows = [i for i, u in enumerate(m1.user_ids) if u.startswith(model_store.ERASED_PREFIX)]
