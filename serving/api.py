@@ -43,6 +43,8 @@ from serving.fast import FastRecommend
 from serving.follower import ModelFollower
 from serving.model import Ranked, ServingModel, UnknownId
 from serving.schemas import (
+    BatchRecommendations,
+    BatchRequest,
     Contribution,
     Error,
     EventAccepted,
@@ -236,6 +238,33 @@ def _routes(app: FastAPI, s: Settings) -> None:
         metrics.ANSWERS.labels(ranked.source).inc()
         return Recommendations(user_id=pseudonym, model_version=model.version, source=ranked.source,
                                as_of_ms=ranked.as_of_ms, items=_items(model, ranked))  # fmt: skip
+
+    @app.post("/recommend/batch", response_model=BatchRecommendations, responses=PRIVATE, tags=["recommendations"],
+              dependencies=[Depends(require_token)])  # fmt: skip
+    async def recommend_batch(body: BatchRequest, model: Model, request: Request) -> BatchRecommendations:
+        """`GET /recommend/{user_id}` for many users in one call (e-mails, campaigns): per user, in the request's
+        order, exactly the answer the single call gives with the same options, all from one model version;
+        scored through the model's batched path (`recommend_many`) in the serving micro-batches. Needs the token:
+        it reads many users' personal recommendations at once, and costs as much as that many requests."""
+        if len(body.user_ids) > s.serving_max_batch_users:
+            raise HTTPException(422, f"body.user_ids: at most {s.serving_max_batch_users} users per request "
+                                     f"(RECSYS_SERVING_MAX_BATCH_USERS), got {len(body.user_ids)}")  # fmt: skip
+        k = s.serving_default_k if body.k is None else body.k
+        if k > s.serving_max_k:
+            raise HTTPException(422, f"body.k: Input should be less than or equal to {s.serving_max_k}")
+        too_long = next((n for n, u in enumerate(body.user_ids) if len(u) > s.max_id_length), None)
+        if too_long is not None:
+            raise HTTPException(422, f"body.user_ids[{too_long}] longer than {s.max_id_length} characters")
+        _check_category(model, body.category)
+        pseudonyms = [pseudonymise(u, key) for u in body.user_ids]
+        queries = [model.prepare(p, k, body.exclude_seen, body.category, body.explain) for p in pseudonyms]
+        answers = await request.app.state.batcher.submit_many(model, queries)
+        results = []
+        for pseudonym, ranked in zip(pseudonyms, answers, strict=True):
+            metrics.ANSWERS.labels(ranked.source).inc()
+            results.append(Recommendations(user_id=pseudonym, model_version=model.version, source=ranked.source,
+                                           as_of_ms=ranked.as_of_ms, items=_items(model, ranked)))  # fmt: skip
+        return BatchRecommendations(model_version=model.version, results=results)
 
     @app.get("/similar/{item_id}", response_model=Similar, responses=ERRORS, tags=["recommendations"])
     async def similar(item_id: ItemId, model: Model, k: K = s.serving_default_k) -> Similar:
