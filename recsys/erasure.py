@@ -24,6 +24,8 @@ lake. Each layer then erases at its own pace, in order:
   and `recsys forget --pending` complete whatever is pending.
 
 `forget_requests` (append-only) records each request and when it was completed.
+`complete` also deletes every row of the user from `user_top_n` (the nightly top-N
+lists of `jobs/top_n.py`, which leaves out users already forgotten) and vacuums it.
 """
 
 from __future__ import annotations
@@ -85,7 +87,10 @@ def complete(message: ForgetMessage, settings: Settings | None = None, spark: Sp
     silver = Tables.path(Tables.SILVER_INTERACTIONS, s)
     if lake.exists(silver):
         lake.delete(silver, before_marker_predicate(message), spark=spark)
-    for table in (bronze, silver):
+    top_n = Tables.path(Tables.USER_TOP_N, s)
+    if lake.exists(top_n):  # derived from a model of data before the marker: all the user's rows go
+        lake.delete(top_n, user_predicate(message.user_id), spark=spark)
+    for table in (bronze, silver, top_n):
         if lake.exists(table):
             # Files the deletes replaced stay for time travel until the retention has passed.
             lake.vacuum(table, s.vacuum_retention_hours, spark=spark)
@@ -146,6 +151,13 @@ def before_marker_predicate(message: ForgetMessage) -> str:
         f"user_id = '{message.user_id}' AND (kafka_partition < 0 OR "
         f"(kafka_partition = {int(message.partition)} AND kafka_offset < {int(message.offset)}))"
     )
+
+
+def user_predicate(user_id: str) -> str:
+    """SQL predicate for every row of the user (tables derived from a model, such as `user_top_n`)."""
+    if not is_pseudonym(user_id):
+        raise ValueError(f"not a pseudonym: {user_id!r}")  # never splice anything else into SQL
+    return f"user_id = '{user_id}'"
 
 
 def erase_from_models(messages: list[ForgetMessage], settings: Settings | None = None) -> int:

@@ -16,6 +16,7 @@ class Tables:
     CATALOG = "catalog"  # item metadata for display, business filters and content models
     USER_FEATURES = "user_features"  # per user: events by type, recency, price band, category shares (jobs/features)
     ITEM_FEATURES = "item_features"  # per item: catalogue attributes and behaviour counts (jobs/features)
+    USER_TOP_N = "user_top_n"  # per user: the published model's top N items, replaced nightly (jobs/top_n)
 
     @staticmethod
     def path(name: str, settings: Settings | None = None) -> str:
@@ -80,3 +81,14 @@ FORGET_SCHEMA = pa.schema(
         ("status", pa.string()), ("recorded_at", _TS),
     ]
 )  # fmt: skip
+
+# The nightly top N per user (jobs/top_n.py, docs/top_n.md): one row per (user, rank), replaced whole each night.
+TOP_N_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float64()),
+        ("model_version", pa.string()), ("generated_at", _TS),
+    ]
+)  # fmt: skip
+TOP_N_SPARK_SCHEMA = (
+    "user_id string, rank int, item_id string, score double, model_version string, generated_at timestamp"
+)
