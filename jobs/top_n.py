@@ -121,8 +121,10 @@ def main(n: int = typer.Option(None, help="Items per user (default RECSYS_TOP_N_
     """Write every user's top n of the published model to the user_top_n table."""
     setup_logging()
     spark = spark_session("top_n")
-    print(json.dumps(top_n(spark, n)))
-    spark.stop()
+    try:
+        print(json.dumps(top_n(spark, n)))
+    finally:  # a failed run stops its session too (its error is the task's log)
+        spark.stop()
 
 
 if __name__ == "__main__":

@@ -160,7 +160,9 @@ class BatchRequest(BaseModel):
     k: int | None = Field(None, ge=1, description="How many items per user (1 to RECSYS_SERVING_MAX_K; default "
                           "RECSYS_SERVING_DEFAULT_K).")  # fmt: skip
     exclude_seen: bool = True
-    category: str | None = Field(None, min_length=1, description="Only items of this catalogue category (any case).")
+    # The pattern of ids and categories in paths and queries (serving.api.ID_PATTERN): its 422 is in words.
+    category: str | None = Field(None, pattern=r"^[^\x00-\x1f\x7f]+$",
+                                 description="Only items of this catalogue category (any case).")  # fmt: skip
     explain: bool = False
 
     model_config = {"extra": "forbid"}
@@ -175,13 +177,6 @@ class BatchRequest(BaseModel):
             if CONTROL.search(user_id):
                 raise ValueError(f"user_ids[{n}] must not contain control characters (such as NUL, tab or newline)")
         return ids
-
-    @field_validator("category")
-    @classmethod
-    def _category_without_control_characters(cls, v: str | None) -> str | None:
-        if v is not None and CONTROL.search(v):
-            raise ValueError("must not contain control characters (such as NUL, tab or newline)")
-        return v
 
 
 class BatchRecommendations(BaseModel):

@@ -107,6 +107,7 @@ def test_batch_over_http_gives_the_single_calls_answers(client):
     ({"user_ids": ["u0"], "k": 101}, "body.k: Input should be less than or equal to 100"),
     ({"user_ids": ["u0"], "k": 0}, "body.k: Input should be greater than or equal to 1"),
     ({"user_ids": ["u0"], "category": "nope"}, "unknown category 'nope'"),
+    ({"user_ids": ["u0"], "category": "a\x00"}, "body.category: must not contain control characters"),
     ({"user_ids": ["u0"], "ks": 3}, "body.ks: Extra inputs are not permitted"),
     ({"users": ["u0"]}, "body.user_ids: Field required"),
 ])  # fmt: skip
