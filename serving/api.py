@@ -221,6 +221,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
     # A type alias to mypy (it is built in this body); its limit is the settings'.
     K = Annotated[int, Query(ge=1, le=s.serving_max_k, description=f"How many items (1 to {s.serving_max_k}).")]
     key = s.pseudonym_key_bytes()  # read once: without RECSYS_PSEUDONYM_KEY it comes from a file
+    renderer = FastRecommend(None, s)  # its JSON of one answer, for the batch route
 
     @app.get("/recommend/{user_id}", response_model=Recommendations, responses=ERRORS, tags=["recommendations"])
     async def recommend(user_id: UserId, model: Model, request: Request, k: K = s.serving_default_k,
@@ -241,7 +242,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
 
     @app.post("/recommend/batch", response_model=BatchRecommendations, responses=PRIVATE, tags=["recommendations"],
               dependencies=[Depends(require_token)])  # fmt: skip
-    async def recommend_batch(body: BatchRequest, model: Model, request: Request) -> BatchRecommendations:
+    async def recommend_batch(body: BatchRequest, model: Model, request: Request) -> Response:
         """`GET /recommend/{user_id}` for many users in one call (e-mails, campaigns): per user, in the request's
         order, exactly the answer the single call gives with the same options, all from one model version;
         scored through the model's batched path (`recommend_many`) in the serving micro-batches. Needs the token:
@@ -259,12 +260,14 @@ def _routes(app: FastAPI, s: Settings) -> None:
         pseudonyms = [pseudonymise(u, key) for u in body.user_ids]
         queries = [model.prepare(p, k, body.exclude_seen, body.category, body.explain) for p in pseudonyms]
         answers = await request.app.state.batcher.submit_many(model, queries)
-        results = []
-        for pseudonym, ranked in zip(pseudonyms, answers, strict=True):
+        for ranked in answers:
             metrics.ANSWERS.labels(ranked.source).inc()
-            results.append(Recommendations(user_id=pseudonym, model_version=model.version, source=ranked.source,
-                                           as_of_ms=ranked.as_of_ms, items=_items(model, ranked)))  # fmt: skip
-        return BatchRecommendations(model_version=model.version, results=results)
+        # Each answer as the single call's bytes (serving/fast.py), joined: building and validating a thousand
+        # response models would cost more than ranking the users.
+        version = renderer.dumps(model.version).encode()
+        results = b",".join(renderer.render(model, p, r) for p, r in zip(pseudonyms, answers, strict=True))
+        return Response(b'{"model_version":' + version + b',"results":[' + results + b"]}",
+                        media_type="application/json")  # fmt: skip
 
     @app.get("/similar/{item_id}", response_model=Similar, responses=ERRORS, tags=["recommendations"])
     async def similar(item_id: ItemId, model: Model, k: K = s.serving_default_k) -> Similar:
