@@ -16,8 +16,10 @@ closed loop, `bench/wrk_recommend.lua` spreads users) as an independent generato
 In the same run: the physical limit (bytes the scan reads per request ÷ memory bandwidth measured
 here by a numpy copy), the exactness of the answers (the same top-k as the fp32 full sort, and as the
 BLAS full sort, on 500 users), and the hybrid recommender at 100,000 items next to ALS at the same
-offered rate (issue 15's target: hybrid p99 ≤ 2× ALS's). The machine has 2 cores shared with the
-load generator (and, on this workplace, with other jobs): compare within the run.
+offered rate (issue 15's target: hybrid p99 ≤ 2× ALS's), and bulk lookups (`batch_vs_single`): 1,000
+users in one `POST /recommend/batch` against the same 1,000 users as single calls at the single calls'
+best throughput (issue 27's target: ≥ 10× the users per second, the same answers). The machine has 2 cores
+shared with the load generator (and, on this workplace, with other jobs): compare within the run.
 """
 
 from __future__ import annotations
@@ -246,6 +248,52 @@ def hybrid_vs_als(als: Settings, hybrid: Settings, als_paths: Path, hybrid_paths
     return out
 
 
+def _post_json(url: str, body: dict, token: str) -> tuple[float, dict]:
+    """(seconds, parsed answer) of one JSON POST with the bearer token."""
+    import urllib.request
+
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as r:
+        payload = r.read()
+    return time.perf_counter() - started, json.loads(payload)
+
+
+def batch_vs_single(s: Settings, users: list[str], seconds: float, repeats: int = 5) -> dict:
+    """One replica (exact): the same users as single GETs (closed loop, 8 connections: their best throughput)
+    and as one `POST /recommend/batch` (best of `repeats`, one after another); users per second of each, and
+    whether every batch answer equals the single call's (each user's GET, one at a time, compared after)."""
+    import urllib.request
+
+    config = s.model_copy(update={"serving_index": "exact"})
+    paths = _paths(s, users, k=10, name="batch-paths.txt")
+    procs = _serve([config], s, "batch")
+    try:
+        url = processes.serving_url(config)
+        _loadgen(url, paths, connections=4, seconds=min(seconds, 5))  # warm the caches
+        single = _loadgen(url, paths, connections=8, seconds=seconds)
+        body, token = {"user_ids": users, "k": 10}, s.write_token()
+        timings = []
+        for _ in range(repeats):
+            elapsed, answer = _post_json(f"{url}/recommend/batch", body, token)
+            timings.append(elapsed)
+        singles = []
+        for user in users:
+            with urllib.request.urlopen(f"{url}/recommend/{user}?k=10", timeout=30) as r:
+                singles.append(json.loads(r.read()))
+    finally:
+        processes.stop(procs[0])
+    best = min(timings)
+    batch_users_per_s = len(users) / best
+    return {"users": len(users), "single_requests_per_s": single["requests_per_s"],
+            "single_p50_ms": single["latency_ms"]["p50"], "single_errors": single["errors"],
+            "batch_s": [round(x, 4) for x in timings], "batch_users_per_s": round(batch_users_per_s, 1),
+            "ratio": round(batch_users_per_s / single["requests_per_s"], 1),
+            "same_answers": sum(a == b for a, b in zip(answer["results"], singles, strict=True)),
+            "sources": sorted({a["source"] for a in answer["results"]})}  # fmt: skip
+
+
 def run(quick: bool) -> dict:
     from infra import broker
 
@@ -271,6 +319,7 @@ def run(quick: bool) -> dict:
             result["bandwidth"] = memory_bandwidth(result["exactness"]["full_scan_bytes"])
             for mode, replicas in MODES:
                 result["modes"][f"{mode}/{replicas}"] = measure_mode(s, mode, replicas, paths, seconds, rate)
+            result["batch_vs_single"] = batch_vs_single(s, users[:1_000], seconds)
             # The hybrid at the same size, in its own state folder (its own model) on the same broker.
             hs = s.model_copy(update={"state_dir": Path(tmp) / "hybrid", "serving_port": s.serving_port + 2})
             hs.state_dir.mkdir(parents=True)
@@ -310,4 +359,7 @@ def summarise(result: dict) -> dict:
     hv = result.get("hybrid_vs_als")
     if hv:
         result["hybrid_target_met"] = hv["p99_ratio"] <= 2.0
+    bulk = result.get("batch_vs_single")
+    if bulk:
+        result["batch_target_met"] = bulk["ratio"] >= 10 and bulk["same_answers"] == bulk["users"]
     return result

@@ -1,4 +1,5 @@
-"""Nightly rebuild of the batch models: archive-compact -> clean -> (train -> evaluate) per candidate -> publish.
+"""Nightly rebuild of the batch models: archive-compact -> clean -> (train -> evaluate) per candidate -> publish
+-> top_n.
 
 Thin on purpose: the work lives in `jobs/`. Each step is a spark-submit of a
 job file through the `spark_recsys` connection (local[*] by default; point the
@@ -9,7 +10,10 @@ at run time). archive-compact is a Spark job too: it drains `events` into bronze
 completes pending erasures (Delta DELETE, VACUUM) and compacts (OPTIMIZE, VACUUM).
 Every recommender in RECSYS_CANDIDATES is trained and evaluated; publish puts the
 best of them through the quality gate, and the registry keeps every candidate's
-metrics.
+metrics. top_n then writes every user's top N of the published model to the
+`user_top_n` table for downstream jobs (docs/top_n.md); on a night the gate
+publishes nothing it does not run, and the table keeps the lists of the model
+still served.
 """
 
 from __future__ import annotations
@@ -81,8 +85,10 @@ with DAG(
         candidates.append((train, evaluate))
     # A failed quality gate is an answer, not a glitch: retrying would give the same one.
     publish = spark_job("publish", [arg for v in versions.values() for arg in ("--model-version", v)], retries=0)
+    top_n = spark_job("top_n", [])
 
     archive_compact >> clean
     for train, evaluate in candidates:
         clean >> train
         evaluate >> publish
+    publish >> top_n

@@ -23,9 +23,11 @@ lake. Each layer then erases at its own pace, in order:
   retries it, and the nightly `archive_compact` (Delta DELETE and VACUUM on Spark)
   and `recsys forget --pending` complete whatever is pending.
 
-`forget_requests` (append-only) records each request and when it was completed. Bronze and silver
-(`USER_TABLES`) are the only other tables holding user ids (the catalogue and the model registry hold
-none): a new one must be erased here too (`test_privacy_end_to_end.py` checks every table under the lake).
+`forget_requests` (append-only) records each request and when it was completed. Bronze, silver and
+`user_top_n` (`USER_TABLES`; the nightly top-N lists of `jobs/top_n.py`, which leaves out users already
+forgotten: all of a user's rows go) are the only other tables holding user ids (the catalogue and the
+model registry hold none): a new one must be erased here too (`test_privacy_end_to_end.py` checks every
+table under the lake).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("recsys.erasure")
 REQUESTED, ERASED = "requested", "erased"
 # Every table holding a user's rows but the forget log (which keeps the pseudonym as the record of the request).
-USER_TABLES = (Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS)
+USER_TABLES = (Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS, Tables.USER_TOP_N)
 
 
 def request(user_id: str, settings: Settings | None = None) -> ForgetMessage:
@@ -88,6 +90,9 @@ def complete(message: ForgetMessage, settings: Settings | None = None, spark: Sp
     silver = Tables.path(Tables.SILVER_INTERACTIONS, s)
     if lake.exists(silver):
         lake.delete(silver, before_marker_predicate(message), spark=spark)
+    top_n = Tables.path(Tables.USER_TOP_N, s)
+    if lake.exists(top_n):  # derived from a model of data before the marker: all the user's rows go
+        lake.delete(top_n, user_predicate(message.user_id), spark=spark)
     for table in (Tables.path(name, s) for name in USER_TABLES):
         if lake.exists(table):
             # Files the deletes replaced stay for time travel until the retention has passed.
@@ -149,6 +154,13 @@ def before_marker_predicate(message: ForgetMessage) -> str:
         f"user_id = '{message.user_id}' AND (kafka_partition < 0 OR "
         f"(kafka_partition = {int(message.partition)} AND kafka_offset < {int(message.offset)}))"
     )
+
+
+def user_predicate(user_id: str) -> str:
+    """SQL predicate for every row of the user (tables derived from a model, such as `user_top_n`)."""
+    if not is_pseudonym(user_id):
+        raise ValueError(f"not a pseudonym: {user_id!r}")  # never splice anything else into SQL
+    return f"user_id = '{user_id}'"
 
 
 def erase_from_models(messages: list[ForgetMessage], settings: Settings | None = None) -> int:

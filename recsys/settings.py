@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     gate_max_regression: float = Field(
         0.05, ge=0, description="...and NDCG@k >= (1 - this) x the current published model's."
     )
+    top_n_k: int = Field(
+        50, ge=1, description="Items per user in the nightly `user_top_n` table (jobs/top_n.py, after publish)."
+    )
     airflow_port: int = Field(8080, description="Port of the local Airflow UI / API server (bound to 127.0.0.1).")
     vacuum_retention_hours: int = Field(168, ge=0, description="Files older than this are vacuumed after compaction.")
     lake_lock_timeout_s: float = Field(
@@ -181,6 +184,7 @@ class Settings(BaseSettings):
     )
     serving_default_k: int = Field(10, ge=1, description="Recommendations returned when `k` is not given.")
     serving_max_k: int = Field(100, ge=1, description="Largest `k` a request may ask for.")
+    serving_max_batch_users: int = Field(1_000, ge=1, description="Most users one `POST /recommend/batch` may ask for.")
     serving_exclude_event_types: list[str] = Field(
         ["purchase"],
         description="`/recommend?exclude_seen=true` (the default) leaves out items the user had these events on.",

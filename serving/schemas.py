@@ -167,3 +167,41 @@ class Shoppers(BaseModel):
 
 class Error(BaseModel):
     detail: str
+
+
+class BatchRequest(BaseModel):
+    """Many users in one call (`POST /recommend/batch`), with the options of `GET /recommend/{user_id}`."""
+
+    user_ids: list[str] = Field(
+        min_length=1,
+        description="The shop's user ids (or pseudonyms), at most RECSYS_SERVING_MAX_BATCH_USERS; answered in "
+        "this order, a repeated id as often as it is given.",
+    )
+    k: int | None = Field(None, ge=1, description="How many items per user (1 to RECSYS_SERVING_MAX_K; default "
+                          "RECSYS_SERVING_DEFAULT_K).")  # fmt: skip
+    exclude_seen: bool = True
+    # The pattern of ids and categories in paths and queries (serving.api.ID_PATTERN): its 422 is in words.
+    category: str | None = Field(None, pattern=r"^[^\x00-\x1f\x7f]+$",
+                                 description="Only items of this catalogue category (any case).")  # fmt: skip
+    explain: bool = False
+
+    model_config = {"extra": "forbid"}
+
+    @field_validator("user_ids")
+    @classmethod
+    def _no_control_characters(cls, ids: list[str]) -> list[str]:
+        # Checked on the raw ids, before they are pseudonymised (as for events and paths).
+        for n, user_id in enumerate(ids):
+            if not user_id:
+                raise ValueError(f"user_ids[{n}] is empty")
+            if CONTROL.search(user_id):
+                raise ValueError(f"user_ids[{n}] must not contain control characters (such as NUL, tab or newline)")
+        return ids
+
+
+class BatchRecommendations(BaseModel):
+    model_version: str = Field(description="The one model every answer of the batch comes from.")
+    results: list[Recommendations] = Field(
+        description="One answer per requested user, in the request's order, each exactly what "
+        "`GET /recommend/{user_id}` with the same options answers."
+    )

@@ -14,6 +14,7 @@ class Tables:
     MODEL_REGISTRY = "model_registry"  # one row per trained model version
     FORGET_REQUESTS = "forget_requests"  # erasure requests and their completion (append-only)
     CATALOG = "catalog"  # item metadata for display, business filters and content models
+    USER_TOP_N = "user_top_n"  # per user: the published model's top N items, replaced nightly (jobs/top_n)
 
     @staticmethod
     def path(name: str, settings: Settings | None = None) -> str:
@@ -78,3 +79,14 @@ FORGET_SCHEMA = pa.schema(
         ("status", pa.string()), ("recorded_at", _TS),
     ]
 )  # fmt: skip
+
+# The nightly top N per user (jobs/top_n.py, docs/top_n.md): one row per (user, rank), replaced whole each night.
+TOP_N_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float64()),
+        ("model_version", pa.string()), ("generated_at", _TS),
+    ]
+)  # fmt: skip
+TOP_N_SPARK_SCHEMA = (
+    "user_id string, rank int, item_id string, score double, model_version string, generated_at timestamp"
+)

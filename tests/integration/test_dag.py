@@ -22,7 +22,7 @@ CANDIDATES = ("spark_als", "hybrid")
 PAIRS = [(f"train_{c}", f"evaluate_{c}") for c in CANDIDATES]
 # Lighter than the nightly defaults to keep CI short: the hybrid with its default weights (no validation search).
 OVERRIDES = {"overrides": {"spark_als": {"iterations": 10}, "hybrid": {"tune": False}}}
-TASKS = ["archive_compact", "clean", *(task for pair in PAIRS for task in pair), "publish"]
+TASKS = ["archive_compact", "clean", *(task for pair in PAIRS for task in pair), "publish", "top_n"]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,7 @@ def test_tasks_run_in_order_without_cycles(dag):
         assert dag.get_task(train).upstream_task_ids == {"clean"}
         assert dag.get_task(evaluate).upstream_task_ids == {train}
     assert dag.get_task("publish").upstream_task_ids == {evaluate for _, evaluate in PAIRS}
+    assert dag.get_task("top_n").upstream_task_ids == {"publish"}  # the lists of the model just published
 
 
 def test_schedule_retries_and_no_catch_up_storm(dag):
@@ -105,6 +106,9 @@ def test_nightly_dag_runs_end_to_end_on_movielens_with_the_lake_and_models_on_hd
     assert manifest.metrics["ndcg@10"] >= 1.3 * manifest.baseline_metrics["ndcg@10"]
     assert manifest.kafka_offsets == end_offsets(Topics.EVENTS, s)
     assert lake.read(Tables.path(Tables.SILVER_INTERACTIONS, s), columns=["event_id"]).num_rows == movielens.N_RATINGS
+    top = lake.read(Tables.path(Tables.USER_TOP_N, s), columns=["user_id", "rank", "model_version"])  # after publish
+    assert set(top.column("model_version").to_pylist()) == {version} and max(top.column("rank").to_pylist()) == 50
+    assert len(set(top.column("user_id").to_pylist())) == movielens.N_USERS
     assert not (s.state_dir / "lake").exists() and not (s.state_dir / "models").exists()  # nothing on local disk
     assert not [p for p in s.state_dir.glob(".model-*")]  # the local copies of the models were deleted
 

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import scipy.sparse as sp
+from artifacts import als_artifact
 
 from jobs.archive_compact import archive_compact
 from jobs.backfill import backfill, events_to_batches
@@ -13,15 +16,17 @@ from jobs.clean import TXN_APP_ID, clean
 from jobs.common import registry_status
 from jobs.evaluate import evaluate
 from jobs.publish import publish
+from jobs.top_n import top_n
 from jobs.train import train
 from recsys import erasure
 from recsys.contracts.tables import BRONZE_SCHEMA, Tables
 from recsys.data import movielens
 from recsys.io import lake, model_store
 from recsys.io.kafka import count_messages
-from recsys.models.als import FoldIn
+from recsys.models.als import FoldIn, Objective
 from recsys.privacy import pseudonymise
 from recsys.protocol import ForgetMessage, Topics
+from serving.model import ServingModel
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -195,6 +200,45 @@ def test_gate_failure_publishes_nothing_then_a_good_model_is_published(movielens
     again = publish(version, s)  # as after a crash between the promotion and the message
     assert again.passed and "re-sent" in again.reason
     assert count_messages([Topics.MODEL_UPDATES], s)[Topics.MODEL_UPDATES] == messages_before + 2
+
+
+def test_top_n_writes_each_users_served_list_replaces_it_nightly_and_erases_forgotten_users(spark, local):
+    s = local.model_copy(update={"vacuum_retention_hours": 0})
+    n_users, n_items = 300, 80
+    rng = np.random.default_rng(3)
+    users = [pseudonymise(f"shopper-{u}", s.pseudonym_key_bytes()) for u in range(n_users)]
+    bought = sp.random(n_users, n_items, density=0.05, format="csr", random_state=3, dtype=np.float32)
+    objective = Objective(confidence="alpha_r", reg_scaling="none", alpha=1.0, reg=0.5)
+    a = als_artifact(rng.normal(size=(n_users, 8)), rng.normal(size=(n_items, 8)), bought, objective, user_ids=users)
+    model_store.promote(model_store.save_candidate(a, s), s)
+    gone, later = users[0], users[1]
+    erasure.record([ForgetMessage(user_id=gone, partition=0, offset=10**9)], erasure.REQUESTED, s)  # covers the model
+
+    first = top_n(spark, n=12, settings=s)
+    path = Tables.path(Tables.USER_TOP_N, s)
+    rows = lake.read(path).to_pylist()
+    assert first["users"] == n_users - 1 and len(rows) == 12 * (n_users - 1)
+    assert gone not in {r["user_id"] for r in rows} and {r["model_version"] for r in rows} == {a.manifest.model_version}
+    lists: dict[str, list] = {}
+    for r in sorted(rows, key=lambda r: (r["user_id"], r["rank"])):
+        lists.setdefault(r["user_id"], []).append((r["rank"], r["item_id"], r["score"]))
+    served = ServingModel(model_store.load(model_store.latest_published(s)), {}, s)
+    for user in users[1:]:  # what GET /recommend/{user}?k=12 answers from this model, seen items left out
+        ranked = served.recommend(user, 12)
+        assert lists[user] == list(zip(range(1, 13), ranked.item_ids, ranked.scores, strict=True)), user
+
+    second = top_n(spark, n=5, settings=s)  # the next night: the content is replaced, not added to
+    again = lake.read(path).to_pylist()
+    assert len(again) == 5 * (n_users - 1) and {r["rank"] for r in again} == set(range(1, 6))
+    assert {r["generated_at"] for r in again} != {r["generated_at"] for r in rows} and second["version"] > 0
+
+    # `later` is forgotten: once the archiver has passed the marker, `complete` deletes their rows (and vacuums).
+    lake.write(Tables.path(Tables.BRONZE_EVENTS, s), bronze_rows([event("e0", gone)]),
+               txns={Tables.archiver_txn_id(Topics.EVENTS, 0): 11})  # fmt: skip
+    assert erasure.complete(ForgetMessage(user_id=later, partition=0, offset=10), s, spark)
+    left = lake.read(path, columns=["user_id"]).column("user_id").to_pylist()
+    assert later not in left and len(left) == 5 * (n_users - 2)
+    assert all(later not in pq.read_table(f).column("user_id").to_pylist() for f in Path(path).glob("*.parquet"))
 
 
 def test_time_decay_weights_recent_events_more(spark, local):

@@ -72,6 +72,17 @@ def test_recommend_similar_because_popular_for_a_batch_user(stack):
     assert status == 200 and [i["item_id"] for i in popular["items"]] == top
 
 
+def test_a_batch_of_users_gets_each_users_single_call_answer(stack):
+    raws = [stack.raw_user(n) for n in range(120)] + [f"stranger-{uuid.uuid4().hex}"]
+    body = {"user_ids": raws, "k": 6, "category": "category-1"}
+    status, batch = call("POST", f"{stack.url}/recommend/batch", body, TOKEN)
+    assert status == 200, batch
+    singles = [get(stack, f"/recommend/{raw}?k=6&category=category-1")[1] for raw in raws]
+    assert batch["results"] == singles
+    assert {r["source"] for r in singles} >= {"batch", "popular"}
+    assert call("POST", f"{stack.url}/recommend/batch", body)[0] == 401  # a bulk read of personal data
+
+
 def test_unknown_user_gets_popular_items_and_unknown_ids_get_404(stack):
     _, body = get(stack, f"/recommend/stranger-{uuid.uuid4().hex}?k=3")
     _, popular = get(stack, "/popular?k=3")

@@ -1,0 +1,122 @@
+"""Bulk lookups: `POST /recommend/batch` and the batcher's bulk queue give each user exactly the single call's
+answer (in process, no Kafka: a served ALS model with speed users and a new item)."""
+
+import asyncio
+import dataclasses
+
+import pytest
+from fastapi.testclient import TestClient
+from test_serving_fast import StaticFollower
+from test_serving_model import CATALOG, RANK, artifact
+
+from recsys.io.model_store import ModelArtifact
+from recsys.privacy import pseudonymise
+from recsys.protocol import VectorUpdate
+from recsys.settings import Settings
+from serving import batcher as batcher_module
+from serving.api import create_app
+from serving.batcher import Batcher
+from serving.model import ServingModel
+
+TOKEN = "t" * 32
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+VERSION = "m20260101T000000000000"
+KEY = "k" * 40
+N_USERS = 150  # more than two of the batcher's MAX_BATCH
+
+
+def pseudonym(raw: str) -> str:
+    return pseudonymise(raw, KEY.encode())
+
+
+def served(s: Settings) -> ServingModel:
+    """The unit tests' ALS model, its users known by the pseudonyms of u0, u1, ... (as the HTTP layer makes them)."""
+    a = artifact(n_users=N_USERS)
+    data = dataclasses.replace(a.data, user_ids=a.data.user_ids.astype(object))
+    data.user_ids[:] = [pseudonym(u) for u in a.data.user_ids]
+    m = ServingModel(ModelArtifact(a.manifest, data, a.model), CATALOG, s)
+    for u, vector in ((1, [1.0, -1.0, 0.5, 0.0]), (70, [0.2, 0.3, -0.4, 1.0])):  # speed users, in two chunks
+        m.apply(VectorUpdate(model_version=VERSION, kind="user", id=pseudonym(f"u{u}"), vector=vector,
+                             strengths={"i3": 1.0}, event_types={"i3": ["view"]}))  # fmt: skip
+    m.apply(VectorUpdate(model_version=VERSION, kind="item", id="fresh", vector=[0.1] * RANK))
+    return m
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    s = Settings(state_dir=tmp_path_factory.mktemp("batch"), pseudonym_key=KEY, serving_write_token=TOKEN,
+                 kafka_bootstrap="127.0.0.1:1", serving_max_batch_users=N_USERS + 10)  # fmt: skip
+    with TestClient(create_app(s, StaticFollower(served(s)))) as c:
+        yield c
+
+
+def users() -> list[str]:
+    """Raw ids as a shop sends them: every model user, one the model does not know, and a repeated one."""
+    return [f"u{u}" for u in range(N_USERS)] + ["a-stranger", "u3"]
+
+
+def test_the_batcher_answers_many_queries_as_each_alone():
+    m = served(Settings())
+    asks = [(pseudonym(u), 5 + n % 7, n % 5 != 0, "odd" if n % 4 == 0 else None) for n, u in enumerate(users())]
+
+    async def together():
+        return await Batcher().submit_many(m, [m.prepare(*a) for a in asks])
+
+    answers = asyncio.run(together())
+    alone = [m.recommend(*a) for a in asks]
+    assert [(r.item_ids, r.scores, r.source, r.from_speed) for r in answers] == [
+        (r.item_ids, r.scores, r.source, r.from_speed) for r in alone
+    ]
+    assert {r.source for r in answers} == {"batch", "speed", "popular"}
+
+
+def test_single_requests_are_scored_before_a_waiting_bulk_request(monkeypatch):
+    m = served(Settings())
+    sizes: list[list[str]] = []
+    answer = m.answer
+    monkeypatch.setattr(m, "answer", lambda queries: sizes.append([q.user_id for q in queries]) or answer(queries))
+
+    async def bulk_then_single():
+        b = Batcher()
+        bulk = asyncio.ensure_future(b.submit_many(m, [m.prepare(pseudonym(u), 3) for u in users()]))
+        await asyncio.sleep(0)  # the bulk request queued first; the first flush is scheduled
+        single = b.submit(m, m.prepare(pseudonym("u5"), 3))
+        await asyncio.gather(bulk, single)
+
+    asyncio.run(bulk_then_single())
+    assert sizes[0][0] == pseudonym("u5") and len(sizes[0]) == batcher_module.MAX_BATCH  # the single one first
+    assert [u for chunk in sizes for u in chunk] == [pseudonym(u) for u in ["u5", *users()]]
+
+
+def test_batch_over_http_gives_the_single_calls_answers(client):
+    for options in ({"k": 7}, {"k": 4, "category": "EVEN", "explain": True, "exclude_seen": False}):
+        r = client.post("/recommend/batch", json={"user_ids": users(), **options}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        query = "&".join(f"{k}={str(v).lower()}" for k, v in options.items())
+        singles = [client.get(f"/recommend/{u}?{query}").json() for u in users()]
+        assert body["results"] == singles and body["model_version"] == VERSION
+    assert {a["source"] for a in body["results"]} == {"batch", "speed", "popular"}
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({"user_ids": []}, "body.user_ids: List should have at least 1 item"),
+    ({"user_ids": [f"x{n}" for n in range(N_USERS + 11)]}, f"at most {N_USERS + 10} users per request"),
+    ({"user_ids": ["u0", "a\x00b"]}, "user_ids[1] must not contain control characters"),
+    ({"user_ids": ["u0", "x" * 129]}, "body.user_ids[1] longer than 128 characters"),
+    ({"user_ids": ["u0"], "k": 101}, "body.k: Input should be less than or equal to 100"),
+    ({"user_ids": ["u0"], "k": 0}, "body.k: Input should be greater than or equal to 1"),
+    ({"user_ids": ["u0"], "category": "nope"}, "unknown category 'nope'"),
+    ({"user_ids": ["u0"], "category": "a\x00"}, "body.category: must not contain control characters"),
+    ({"user_ids": ["u0"], "ks": 3}, "body.ks: Extra inputs are not permitted"),
+    ({"users": ["u0"]}, "body.user_ids: Field required"),
+])  # fmt: skip
+def test_bad_batches_get_a_422_that_says_why(client, body, says):
+    r = client.post("/recommend/batch", json=body, headers=AUTH)
+    assert r.status_code == 422 and says in r.json()["detail"], r.text
+
+
+def test_the_batch_needs_the_token(client):
+    assert client.post("/recommend/batch", json={"user_ids": ["u0"]}).status_code == 401
+    wrong = {"Authorization": "Bearer " + "w" * 32}
+    assert client.post("/recommend/batch", json={"user_ids": ["u0"]}, headers=wrong).status_code == 403
