@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, Field, StrictStr, field_validator
@@ -10,6 +11,7 @@ from serving.openapi import values
 
 # Ids: printable, no control characters (the length limit is a setting: `openapi.values("id")`, checked by the routes).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Source = Literal["speed", "batch", "popular", "content"]
 
@@ -180,8 +182,8 @@ class BatchRequest(BaseModel):
     k: int | None = Field(None, ge=1, description="How many items per user (1 to RECSYS_SERVING_MAX_K; default "
                           "RECSYS_SERVING_DEFAULT_K).")  # fmt: skip
     exclude_seen: bool = True
-    # The pattern of ids and categories in paths and queries (serving.api.ID_PATTERN): its 422 is in words.
-    category: str | None = Field(None, pattern=r"^[^\x00-\x1f\x7f]+$",
+    # The pattern of ids and categories in paths and queries: its 422 is in words.
+    category: str | None = Field(None, pattern=ID_PATTERN, json_schema_extra=values("category"),
                                  description="Only items of this catalogue category (any case).")  # fmt: skip
     explain: bool = False
 
