@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from test_serving_fast import StaticFollower
 from test_serving_model import CATALOG, artifact
 
-from recsys.contracts.events import Event, validate_event
+from recsys.contracts.events import ITEM_UPDATES, Event, validate_event
 from recsys.settings import Settings
 from serving.api import create_app
 from serving.model import ServingModel
@@ -35,7 +35,9 @@ def served(tmp_path_factory):
 
 def query_schema(doc: dict, path: str, name: str) -> dict:
     (param,) = [p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == name]
-    return next(b for b in param["schema"]["anyOf"] if b.get("type") == "string")
+    # A repeatable parameter (a list) carries the constraint on its items.
+    branches = [b.get("items", b) if b.get("type") == "array" else b for b in param["schema"]["anyOf"]]
+    return next(b for b in branches if b.get("type") == "string")
 
 
 def test_every_422_is_documented_as_the_sentence_the_api_answers(served):
@@ -70,7 +72,8 @@ def test_event_types_and_id_lengths_come_from_the_settings(served):
     client, _ = served
     doc = client.get("/openapi.json").json()
     event = doc["components"]["schemas"]["EventIn"]["properties"]
-    assert event["event_type"]["enum"] == ["like", "view"]
+    # the weighted event types, and the item updates (availability) serving also accepts
+    assert event["event_type"]["enum"] == sorted(["like", "view", *ITEM_UPDATES])
     assert event["user_id"]["maxLength"] == event["item_id"]["maxLength"] == 64
     user = next(p for p in doc["paths"]["/recommend/{user_id}"]["get"]["parameters"] if p["name"] == "user_id")
     assert user["schema"]["maxLength"] == 64
