@@ -1,8 +1,8 @@
 """The Markdown report of `make bench`, rendered from `bench/results/latest.json` alone.
 
-The same text goes to `bench/results/report.md` and, between the README's
-`<!-- results -->` markers, to the README's Results section, so the README never
-quotes a number the results file does not hold (a unit test checks they agree).
+It goes to `bench/results/report.md`, the one place results are shown (the README and docs link it
+rather than quote numbers), so no page quotes a number the results file does not hold (a unit test
+checks the committed report is what the committed results render to).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from recsys.settings import PROJECT_ROOT
 
-README = PROJECT_ROOT / "README.md"
-START, END = "<!-- results", "<!-- /results -->"
+REPORT = PROJECT_ROOT / "bench" / "results" / "report.md"
+HEADER = "# Benchmark report\n\n"
 
 
 def render(results: dict) -> str:
@@ -413,22 +413,8 @@ def _f(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def write(results: dict, out_dir: Path, readme: Path = README) -> Path:
-    """report.md in `out_dir`, and the same text into the README between the results markers."""
-    text = render(results)
+def write(results: dict, out_dir: Path) -> Path:
+    """report.md in `out_dir`."""
     path = out_dir / "report.md"
-    path.write_text("# Benchmark report\n\n" + text)
-    replace_readme_block(text, readme)
+    path.write_text(HEADER + render(results))
     return path
-
-
-def replace_readme_block(text: str, readme: Path = README) -> None:
-    body = readme.read_text()
-    start = body.index("\n", body.index(START)) + 1
-    end = body.index(END)
-    readme.write_text(body[:start] + text + body[end:])
-
-
-def readme_block(readme: Path = README) -> str:
-    body = readme.read_text()
-    return body[body.index("\n", body.index(START)) + 1 : body.index(END)]

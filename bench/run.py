@@ -18,7 +18,7 @@ no traffic), serving (GET /recommend latency and throughput), candidates (the hy
 serving against its dense scores: same top 10, NDCG@10, cost per user). Each figure carries its unit.
 Every section records, when it *starts*, the commit it runs on and the time (`meta.sections`);
 a tree with uncommitted changes is refused unless `--allow-dirty`, and then marked. Also
-writes report.md, one PNG plot per section and the README's Results section. Absolute
+writes report.md (which the README links) and one PNG plot per section. Absolute
 times on a shared machine are noisy: compare within a run.
 """
 
@@ -187,8 +187,8 @@ def git_state() -> tuple[str, bool]:
 
     The bench's own outputs do not count: they change as soon as the first section is saved."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results",
-                            ":!README.md"], capture_output=True, text=True, cwd=PROJECT_ROOT)  # fmt: skip
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
+                           capture_output=True, text=True, cwd=PROJECT_ROOT)  # fmt: skip
     return head.stdout.strip() or "unknown", bool(dirty.stdout.strip())
 
 
@@ -483,7 +483,7 @@ def main(
         latest = save(results, sections_meta, quick)
     report = bench_report.write(json.loads(latest.read_text()), RESULTS)
     pictures = write_plots(json.loads(latest.read_text()), RESULTS)
-    console.print(f"wrote {latest}, {report}, {', '.join(p.name for p in pictures)} and the README's Results section")
+    console.print(f"wrote {latest}, {report}, {', '.join(p.name for p in pictures)}")
 
 
 def save(results: dict, sections_meta: dict, quick: bool) -> Path:

@@ -28,7 +28,7 @@ from recsys.data.synthetic import SyntheticConfig, iter_batches, iter_messages
 from recsys.io import model_store
 from recsys.io.kafka import consumer, end_offsets
 from recsys.models.als import FoldIn, ImplicitALS
-from recsys.protocol import Topics, VectorUpdate
+from recsys.protocol import Topics, VectorUpdate, parse_key
 from recsys.replay import replay
 from recsys.settings import Settings
 
@@ -172,7 +172,7 @@ def _read_latencies(s: Settings, out: list[float], stop: threading.Event) -> Non
         for records in c.poll(timeout_ms=200).values():
             now_ms = time.time() * 1000
             for r in records:
-                if r.key.startswith(b"UP:user:"):
+                if parse_key(r.key).is_up("user"):
                     up = VectorUpdate.model_validate_json(r.value)
                     if up.event_ts_ms:
                         out.append(now_ms - up.event_ts_ms)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import typer
 
+from infra.daemon import Daemon
 from recsys.settings import PROJECT_ROOT, Settings, get_settings
 
 app = typer.Typer(help="Local Airflow for the nightly DAG.", no_args_is_help=True, add_completion=False,
@@ -118,8 +118,11 @@ def run_dag(
     raise typer.Exit(result.returncode)
 
 
-def _pid_file(s: Settings, name: str) -> Path:
-    return airflow_home(s) / f"{name}.pid"
+def _process(s: Settings, name: str) -> Daemon:
+    """One of `ui`'s processes: an airflow process (Airflow renames its own, so matched as text) with its PID
+    file in the Airflow home and its log in logs/."""
+    home = airflow_home(s)
+    return Daemon(name, home / f"{name}.pid", home / "logs" / f"{name}.log", text_marks=("airflow",))
 
 
 @app.command()
@@ -131,14 +134,9 @@ def ui(wait: float = typer.Option(180, help="Seconds to wait for the password fi
     logs = airflow_home(s) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     for name, args in SERVICES.items():
-        if _running(_pid_file(s, name)):
-            continue
         command = [sys.executable, *args, "--port", str(log_server_port(s))] if name == "log-server" else \
             [_airflow_bin(), *args]  # fmt: skip
-        with (logs / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(command, env=airflow_env(s), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        _pid_file(s, name).write_text(str(proc.pid))
+        _process(s, name).start_once(command, env=airflow_env(s))
     typer.echo(f"Airflow UI: http://127.0.0.1:{s.airflow_port}  (user admin); logs in {logs}; "
                "stop with `python -m infra.airflow stop` or `make stop`")  # fmt: skip
     passwords = airflow_home(s) / PASSWORDS
@@ -171,28 +169,8 @@ def stop() -> None:
     """Stop the processes `ui` started (by PID file, whole process group)."""
     s = get_settings()
     for name in SERVICES:
-        pid_file = _pid_file(s, name)
-        pid = _running(pid_file)
-        if pid:
-            os.killpg(pid, signal.SIGTERM)
-            for _ in range(100):
-                if not _running(pid_file):
-                    break
-                time.sleep(0.1)
-            else:
-                os.killpg(pid, signal.SIGKILL)
+        if _process(s, name).stop(10, group=True):  # the group: the scheduler's executor and task processes too
             typer.echo(f"stopped {name}")
-        pid_file.unlink(missing_ok=True)
-
-
-def _running(pid_file: Path) -> int | None:
-    """The PID in `pid_file` if that process is alive and is an airflow process of ours."""
-    try:
-        pid = int(pid_file.read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if b"airflow" in cmdline else None
 
 
 if __name__ == "__main__":

@@ -28,10 +28,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -42,7 +40,9 @@ from typing import Annotated, cast
 import typer
 
 from infra import jars
-from infra.processes import alive
+from infra.daemon import Daemon, stop_all, tails, wait_gone, wait_port_free
+from infra.daemon import free_port as free_port  # re-exported: tests and benchmarks take ports from here
+from infra.daemon import free_ports as free_ports
 from recsys.io.kafka import BrokerUnavailable, bootstrap, ensure_topics, wait_for_broker
 from recsys.settings import Settings, get_settings
 
@@ -315,20 +315,15 @@ def _recorded_layout(paths: BrokerPaths) -> dict | None:
 
 
 # --- processes ---------------------------------------------------------------------------------------------
-def node_pid(paths: NodePaths) -> int | None:
-    """PID of this node's Kafka if the PID file names a live process that is it, else None.
+def node_daemon(paths: NodePaths) -> Daemon:
+    """A node's JVM: Kafka's main class on this node's own config file (a recycled PID belongs to another
+    program)."""
+    return Daemon(paths.root.name, paths.pid_file, paths.console_log, marks=(MAIN_CLASS, str(paths.config)))
 
-    A recycled PID belongs to another program: the command line must be Kafka's main class on this
-    node's own config file.
-    """
-    try:
-        pid = int(paths.pid_file.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    if MAIN_CLASS.encode() in cmdline and str(paths.config).encode() in cmdline and alive(pid):
-        return pid
-    return None
+
+def node_pid(paths: NodePaths) -> int | None:
+    """PID of this node's Kafka if the PID file names a live process that is it, else None."""
+    return node_daemon(paths).pid()
 
 
 def running_pids(s: Settings | None = None) -> dict[int, int | None]:
@@ -358,14 +353,14 @@ def start(settings: Settings | None = None, nodes: int | None = None, timeout_s:
     _prepare(paths, layout_)
     for node in layout_:
         if pids[node.node_id] is None:
-            pids[node.node_id] = _spawn(paths.node(node.node_id), node)
+            pids[node.node_id] = _spawn(paths.node(node.node_id))
     running = cast("dict[int, int]", pids)  # every node has a PID now
     everyone = s.model_copy(update={"kafka_bootstrap": cluster_bootstrap(layout_)})
     deadline = time.monotonic() + timeout_s
     try:
         for node in layout_:
             address = s.model_copy(update={"kafka_bootstrap": node.address})
-            _wait_answers(address, running[node.node_id], paths.node(node.node_id), deadline)
+            _wait_answers(address, paths.node(node.node_id), deadline)
         _wait_registered(everyone, len(layout_), deadline)
     except BrokerUnavailable as e:
         raise BrokerUnavailable(f"{e}\n{_tails(paths, layout_)}") from None
@@ -373,11 +368,11 @@ def start(settings: Settings | None = None, nodes: int | None = None, timeout_s:
     return running[1]
 
 
-def _wait_answers(s: Settings, pid: int, paths: NodePaths, deadline: float) -> None:
+def _wait_answers(s: Settings, paths: NodePaths, deadline: float) -> None:
     """Until the node answers a metadata request; fails at once if its process is gone."""
     while True:
         # By PID, not node_pid(): right after exec the kernel may not show the new command line yet.
-        if not alive(pid):
+        if not node_daemon(paths).spawned_alive():
             raise BrokerUnavailable(f"Kafka ({paths.root.name}) exited during start-up")
         try:
             wait_for_broker(s, timeout_s=min(5.0, max(0.5, deadline - time.monotonic())))
@@ -409,85 +404,20 @@ def _wait_registered(s: Settings, n: int, deadline: float) -> None:
 
 def _check_ports_free(node: Node) -> None:
     for port in (node.port, node.controller_port):
-        deadline = time.monotonic() + 5  # a node that just stopped may take a moment to let go of its port
-        while _port_taken(port) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _port_taken(port):
+        if not wait_port_free(port):  # a node that just stopped may take a moment to let go of its port
             raise BrokerUnavailable(
                 f"port {port} on 127.0.0.1 is taken by another program; stop it, or point RECSYS_KAFKA_BOOTSTRAP "
                 "(client ports) and RECSYS_KAFKA_CONTROLLER_PORT (controller ports) at free ones"
             )
 
 
-def _spawn(paths: NodePaths, node: Node) -> int:
-    cmd = [*_jvm(paths), MAIN_CLASS, str(paths.config)]
-    with paths.console_log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # fmt: skip
-    paths.pid_file.write_text(str(proc.pid))
-    return proc.pid
-
-
-def _port_taken(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _spawn(paths: NodePaths) -> int:
+    return node_daemon(paths).spawn([*_jvm(paths), MAIN_CLASS, str(paths.config)])
 
 
 def _tails(paths: BrokerPaths, nodes: list[Node]) -> str:
-    out = []
-    for node in nodes:
-        p = paths.node(node.node_id)
-        for f in (p.console_log, p.logs / "server.log"):
-            if f.exists():
-                out.append(f"--- {f} ---\n{f.read_text(errors='replace')[-1500:]}")
-    return "\n".join(out)
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago, as was the one after it (for tests and benchmarks that
-    start their own Kafka, whose controller takes the next port by default).
-
-    Chosen below the kernel's ephemeral range: a client reconnecting in a loop to a
-    stopped server on an ephemeral port can be handed that very port as its source
-    and connect to itself, which then holds the port and keeps the server from restarting.
-    """
-    low = _ephemeral_low()
-    for _ in range(100):
-        port = random.randrange(10_000, low) if low > 11_000 else 0
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            port = sock.getsockname()[1]
-        if _bindable(port + 1):
-            return port
-    raise OSError("no free port found on 127.0.0.1")
-
-
-def free_ports(n: int) -> int:
-    """The first of `n` consecutive ports on 127.0.0.1 that were free a moment ago (a local cluster's)."""
-    for _ in range(100):
-        first = free_port()
-        if all(_bindable(first + i) for i in range(2, n + 1)):
-            return first
-    raise OSError(f"no {n} consecutive free ports found on 127.0.0.1")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
+    return tails(f for node in nodes for f in (paths.node(node.node_id).console_log,
+                                               paths.node(node.node_id).logs / "server.log"))  # fmt: skip
 
 
 def kill_node(s: Settings, node_id: int) -> int:
@@ -497,7 +427,7 @@ def kill_node(s: Settings, node_id: int) -> int:
     if pid is None:
         raise ProcessLookupError(f"Kafka node {node_id} is not running")
     os.kill(pid, signal.SIGKILL)
-    _wait_gone([pid], 30)
+    wait_gone([pid], 30)
     return pid
 
 
@@ -506,23 +436,7 @@ def stop(settings: Settings | None = None, timeout_s: float = 120.0) -> bool:
     cleanly), and SIGKILL only a node still there after `timeout_s`. Returns whether any was running."""
     s = settings or get_settings()
     paths = BrokerPaths(s.broker_dir)
-    pids = {i: pid for i, pid in running_pids(s).items() if pid is not None}
-    for pid in pids.values():
-        os.kill(pid, signal.SIGTERM)
-    left = _wait_gone(list(pids.values()), timeout_s)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    _wait_gone(left, 30)
-    for i in running_pids(s):
-        paths.node(i).pid_file.unlink(missing_ok=True)
-    return bool(pids)
-
-
-def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
+    return stop_all((node_daemon(paths.node(i)) for i in running_pids(s)), timeout_s)
 
 
 # --- command line --------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from recsys.io import lake
 from recsys.io.kafka import bootstrap, consumer, end_offsets, read_to_end
 from recsys.io.model_store import ModelArtifact
 from recsys.models.als import FoldIn, ImplicitALS, SparkALS
-from recsys.protocol import Topics, VectorUpdate
+from recsys.protocol import Topics, VectorUpdate, parse_key
 from recsys.replay import replay
 from recsys.settings import Settings
 
@@ -244,12 +244,12 @@ def latest_updates(s: Settings) -> dict[tuple[str, str], VectorUpdate]:
     latest: dict[tuple[str, str], VectorUpdate] = {}
     for records in read_to_end(Topics.MODEL_UPDATES, s):
         for r in records:
-            if r.key.startswith(b"UP:"):
-                kind, _, id_ = r.key.decode()[3:].partition(":")
+            key = parse_key(r.key)
+            if key.is_up():
                 if r.value is None:
-                    latest.pop((kind, id_), None)
+                    latest.pop((key.kind, key.id), None)
                 else:
-                    latest[(kind, id_)] = VectorUpdate.model_validate_json(r.value)
+                    latest[(key.kind, key.id)] = VectorUpdate.model_validate_json(r.value)
     return latest
 
 
@@ -322,7 +322,7 @@ def user_updates(s: Settings, start: int = 0, end: int | None = None) -> list[Ve
     out = []
     for records in read_to_end(Topics.MODEL_UPDATES, s):
         for r in records:
-            if start <= r.offset and (end is None or r.offset < end) and r.key.startswith(b"UP:user:") and r.value:
+            if start <= r.offset and (end is None or r.offset < end) and parse_key(r.key).is_up("user") and r.value:
                 out.append(VectorUpdate.model_validate_json(r.value))
     return out
 

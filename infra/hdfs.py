@@ -32,9 +32,6 @@ and one PID file per daemon. Daemons are tracked by PID file and checked against
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -46,7 +43,7 @@ import typer
 
 from infra import jars
 from infra.broker import java
-from infra.processes import alive
+from infra.daemon import Daemon, alive, port_taken, stop_all, tails, wait_port_free
 from recsys.settings import Settings, get_settings
 
 app = typer.Typer(help="The local HDFS (one NameNode, one DataNode) on 127.0.0.1.", no_args_is_help=True,
@@ -223,19 +220,16 @@ def _jvm(paths: HdfsPaths, daemon: str, heap: str = HEAP) -> list[str]:
 
 
 # --- processes ---------------------------------------------------------------------------------------------
-def daemon_pid(paths: HdfsPaths, daemon: str) -> int | None:
-    """PID of this state folder's `daemon` if its PID file names a live process that is it, else None.
+def hdfs_daemon(paths: HdfsPaths, daemon: str) -> Daemon:
+    """One HDFS daemon: its main class with this state folder's hadoop.home.dir on its command line (a
+    recycled PID belongs to another program)."""
+    return Daemon(daemon, paths.pid_file(daemon), paths.console_log(daemon),
+                  marks=(MAIN_CLASSES[daemon], f"-Dhadoop.home.dir={paths.root}"))  # fmt: skip
 
-    A recycled PID belongs to another program: the command line must hold the daemon's main class and
-    this folder's hadoop.home.dir.
-    """
-    try:
-        pid = int(paths.pid_file(daemon).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    mine = MAIN_CLASSES[daemon].encode() in cmdline and f"-Dhadoop.home.dir={paths.root}".encode() in cmdline
-    return pid if mine and alive(pid) else None
+
+def daemon_pid(paths: HdfsPaths, daemon: str) -> int | None:
+    """PID of this state folder's `daemon` if its PID file names a live process that is it, else None."""
+    return hdfs_daemon(paths, daemon).pid()
 
 
 def running_pids(s: Settings | None = None) -> dict[str, int | None]:
@@ -256,7 +250,7 @@ def start(settings: Settings | None = None, timeout_s: float = 120.0) -> dict[st
     _prepare(s, paths)
     for daemon in MAIN_CLASSES:  # the NameNode first: the DataNode retries its registration until it answers
         if pids[daemon] is None:
-            pids[daemon] = _spawn(paths, daemon)
+            pids[daemon] = hdfs_daemon(paths, daemon).spawn([*_jvm(paths, daemon), MAIN_CLASSES[daemon]])
     running = {daemon: pid for daemon, pid in pids.items() if pid is not None}
     try:
         wait_ready(s, running, timeout_s)
@@ -285,7 +279,7 @@ def reachable_datanodes(s: Settings, timeout_s: float = 2.0) -> int:
     The NameNode keeps counting a killed DataNode as live until its heartbeats expire (minutes); a restarted
     one listens on a new port once it has registered again. Clients are sent to the registered address."""
     live = json.loads(_jmx_bean(s, "NameNodeInfo", timeout_s)["LiveNodes"] or "{}")
-    return sum(_port_taken(int(node["xferaddr"].rsplit(":", 1)[1])) for node in live.values())
+    return sum(port_taken(int(node["xferaddr"].rsplit(":", 1)[1])) for node in live.values())
 
 
 def wait_ready(s: Settings, pids: dict[str, int], timeout_s: float = 120.0) -> dict:
@@ -301,7 +295,7 @@ def wait_ready(s: Settings, pids: dict[str, int], timeout_s: float = 120.0) -> d
             state = namenode_state(s)
             last = f"{state['FSState']}, {state['NumLiveDataNodes']} live DataNode(s)"
             if (state["FSState"] == "Operational" and state["CapacityRemaining"] > 0
-                    and _port_taken(s.hdfs_port) and reachable_datanodes(s) >= 1):  # fmt: skip
+                    and port_taken(s.hdfs_port) and reachable_datanodes(s) >= 1):  # fmt: skip
                 return state
         except (OSError, ValueError, KeyError, HdfsUnavailable) as e:
             last = str(e)
@@ -309,62 +303,23 @@ def wait_ready(s: Settings, pids: dict[str, int], timeout_s: float = 120.0) -> d
     raise HdfsUnavailable(f"HDFS not ready within {timeout_s:.0f} s ({last})")
 
 
-def _spawn(paths: HdfsPaths, daemon: str) -> int:
-    cmd = [*_jvm(paths, daemon), MAIN_CLASSES[daemon]]
-    with paths.console_log(daemon).open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # fmt: skip
-    paths.pid_file(daemon).write_text(str(proc.pid))
-    return proc.pid
-
-
 def _check_port_free(port: int) -> None:
-    deadline = time.monotonic() + 5  # a NameNode that just stopped may take a moment to let go of its port
-    while _port_taken(port) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _port_taken(port):
+    if not wait_port_free(port):  # a NameNode that just stopped may take a moment to let go of its port
         raise HdfsUnavailable(
             f"port {port} on 127.0.0.1 is taken by another program; stop it, or point RECSYS_HDFS_PORT at a free "
             "port whose next port is free too (the NameNode's web UI)"
         )
 
 
-def _port_taken(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((HOST, port)) == 0
-
-
 def _tails(paths: HdfsPaths, chars: int = 1500) -> str:
-    out = []
-    for daemon in MAIN_CLASSES:
-        for f in (paths.console_log(daemon), paths.log(daemon)):
-            if f.exists():
-                out.append(f"--- {f} ---\n{f.read_text(errors='replace')[-chars:]}")
-    return "\n".join(out)
+    return tails((f for daemon in MAIN_CLASSES for f in (paths.console_log(daemon), paths.log(daemon))), chars)
 
 
 def stop(settings: Settings | None = None, timeout_s: float = 60.0) -> bool:
     """SIGTERM both daemons (Hadoop's shutdown hooks close the edit log and the block files), SIGKILL one still
     there after `timeout_s`. Returns whether any was running."""
-    s = settings or get_settings()
-    paths = HdfsPaths(s.hdfs_dir)
-    pids = [pid for pid in running_pids(s).values() if pid is not None]
-    for pid in pids:
-        os.kill(pid, signal.SIGTERM)
-    left = _wait_gone(pids, timeout_s)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    _wait_gone(left, 30)
-    for daemon in MAIN_CLASSES:
-        paths.pid_file(daemon).unlink(missing_ok=True)
-    return bool(pids)
-
-
-def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
+    paths = HdfsPaths((settings or get_settings()).hdfs_dir)
+    return stop_all((hdfs_daemon(paths, daemon) for daemon in MAIN_CLASSES), timeout_s)
 
 
 # --- command line --------------------------------------------------------------------------------------------

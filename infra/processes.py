@@ -7,7 +7,6 @@ configured only through RECSYS_* environment variables.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from infra.daemon import Daemon
 from recsys.settings import PROJECT_ROOT, Settings
 
 
@@ -76,80 +76,32 @@ def wait_ready(s: Settings, proc: subprocess.Popen | None = None, timeout_s: flo
     raise TimeoutError(f"serving at {serving_url(s)} not ready within {timeout_s:.0f}s: {last}")
 
 
-def alive(pid: int) -> bool:
-    """Whether any thread of the process still runs.
-
-    A process whose main thread has exited shows as a zombie while its other threads (a JVM's,
-    a broker's I/O threads) still hold its sockets, so a zombie leader with live tasks is alive.
-    """
-    # Reap it if it is our child (tests start it in-process); harmless otherwise.
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return any(_task_state(task) not in ("Z", "X") for task in Path(f"/proc/{pid}/task").glob("*"))
-
-
-def _task_state(task: Path) -> str:
-    try:
-        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "X"
-
-
-def terminate(pid: int, timeout_s: float = 15) -> None:
-    """SIGTERM, then SIGKILL if the process has not gone after `timeout_s`."""
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and alive(pid):
-        time.sleep(0.1)
-    if alive(pid):
-        os.kill(pid, signal.SIGKILL)
-
-
 # --- background services of the demo (speed layer, serving), found again by PID file --------------
 SERVICES = {"speed": ("speed_layer", "--instance-id", "speed-demo"), "serving": ("serving",)}
 
 
-def _pid_file(name: str, s: Settings) -> Path:
-    return s.state_dir / "run" / f"{name}.pid"
+def service(name: str, s: Settings) -> Daemon:
+    """The demo's service `name`: PID in <state>/run/<name>.pid, log in <state>/logs/<name>.log, and its
+    command line runs its module."""
+    return Daemon(name, s.state_dir / "run" / f"{name}.pid", s.state_dir / "logs" / f"{name}.log",
+                  marks=(SERVICES[name][0],))  # fmt: skip
 
 
 def service_pid(name: str, s: Settings) -> int | None:
     """The PID of our running service `name`, checked against its command line (a recycled PID is never ours)."""
-    try:
-        pid = int(_pid_file(name, s).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    module = SERVICES[name][0].encode()
-    return pid if module in cmdline and alive(pid) else None
+    return service(name, s).pid()
 
 
 def start_service(name: str, s: Settings) -> int:
     """Start a service in the background (logs in <state>/logs/<name>.log); a running one is kept."""
-    pid = service_pid(name, s)
-    if pid is not None:
-        return pid
-    logs = s.state_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     module, *args = SERVICES[name]
-    proc = start(module, s, *args, log=logs / f"{name}.log")
-    _pid_file(name, s).parent.mkdir(parents=True, exist_ok=True)
-    _pid_file(name, s).write_text(str(proc.pid))
-    return proc.pid
+    return service(name, s).start_once([sys.executable, "-m", module, *args], env={**os.environ, **s.as_env()},
+                                       cwd=PROJECT_ROOT)  # fmt: skip
 
 
 def stop_service(name: str, s: Settings, timeout_s: float = 15) -> bool:
     """SIGTERM (then SIGKILL) our service `name`. Returns whether it was running."""
-    pid = service_pid(name, s)
-    _pid_file(name, s).unlink(missing_ok=True)
-    if pid is None:
-        return False
-    terminate(pid, timeout_s)
-    return True
+    return service(name, s).stop(timeout_s)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -33,7 +31,7 @@ from pathlib import Path
 
 import typer
 
-from infra.processes import alive, terminate
+from infra.daemon import Daemon, alive, port_taken, tail, terminate
 from recsys.settings import Settings, get_settings
 
 HOST = "127.0.0.1"
@@ -120,28 +118,16 @@ def daemon_names(spec: ClusterSpec) -> list[str]:
     return ["spark-master", *(f"spark-worker-{n}" for n in range(1, spec.workers + 1))]
 
 
+def spark_daemon(paths: ClusterPaths, daemon: str) -> Daemon:
+    """A master or worker of this state dir: its class with this cluster's properties file on its command line
+    (a recycled PID belongs to another program)."""
+    cls = MASTER_CLASS if daemon == "spark-master" else WORKER_CLASS
+    return Daemon(daemon, paths.pid_file(daemon), paths.log_file(daemon), marks=(cls, str(paths.properties_file)))
+
+
 def running_pid(paths: ClusterPaths, daemon: str) -> int | None:
     """PID of our daemon if its PID file names a live process that is that daemon of this state dir."""
-    try:
-        pid = int(paths.pid_file(daemon).read_text().strip())
-        cmdline = _cmdline(pid)
-    except (OSError, ValueError):
-        return None
-    cls = MASTER_CLASS if daemon == "spark-master" else WORKER_CLASS
-    # A recycled PID belongs to another program: it must be this class with this cluster's properties file.
-    if cls.encode() in cmdline and str(paths.properties_file).encode() in cmdline and alive(pid):
-        return pid
-    return None
-
-
-def _cmdline(pid: int) -> list[bytes]:
-    # It reads empty while a process execs (spark-class `exec`s java): look again before saying "not ours".
-    for _ in range(20):
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if raw:
-            break
-        time.sleep(0.05)
-    return raw.split(b"\0")
+    return spark_daemon(paths, daemon).pid()
 
 
 def read_spec(paths: ClusterPaths) -> ClusterSpec | None:
@@ -185,7 +171,7 @@ def start(
 
     spec = ClusterSpec(master_port, webui_port, workers, worker_cores, worker_memory)
     for port in (spec.master_port, spec.webui_port):
-        if _port_taken(port):
+        if port_taken(port, HOST):
             raise ClusterError(f"port {port} on {HOST} is taken by another program; choose other ports")
     for d in (paths.run, paths.logs, paths.work, paths.local_dirs, paths.properties_file.parent):
         d.mkdir(parents=True, exist_ok=True)
@@ -229,12 +215,8 @@ def _spawn(paths: ClusterPaths, daemon: str, cls: str, args: list[str]) -> int:
     for leaked in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_CONF_DIR"):
         env.pop(leaked, None)  # a daemon started from inside a Spark driver must not talk to that driver
     cmd = [str(home / "bin" / "spark-class"), cls, *args, "--properties-file", str(paths.properties_file)]
-    with paths.log_file(daemon).open("ab") as log:
-        # spark-class ends with `exec java`, so this PID becomes the daemon's JVM.
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # fmt: skip
-    paths.pid_file(daemon).write_text(str(proc.pid))
-    return proc.pid
+    # spark-class ends with `exec java`, so this PID becomes the daemon's JVM.
+    return spark_daemon(paths, daemon).spawn(cmd, env=env)
 
 
 def wait_for_workers(spec: ClusterSpec, paths: ClusterPaths, timeout_s: float = 90.0) -> dict:
@@ -242,7 +224,7 @@ def wait_for_workers(spec: ClusterSpec, paths: ClusterPaths, timeout_s: float = 
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
-        dead = [d for d in daemon_names(spec) if not _pid_file_alive(paths, d)]
+        dead = [d for d in daemon_names(spec) if not spark_daemon(paths, d).spawned_alive()]
         if dead:
             raise ClusterError(f"{', '.join(dead)} exited during start-up\n{_log_tails(paths, dead)}")
         try:
@@ -260,26 +242,9 @@ def wait_for_workers(spec: ClusterSpec, paths: ClusterPaths, timeout_s: float = 
     )
 
 
-def _pid_file_alive(paths: ClusterPaths, daemon: str) -> bool:
-    """Whether the process we spawned is still there (just spawned, so its PID cannot be recycled yet)."""
-    try:
-        return alive(int(paths.pid_file(daemon).read_text().strip()))
-    except (OSError, ValueError):
-        return False
-
-
 def _log_tails(paths: ClusterPaths, daemons: list[str], chars: int = 1500) -> str:
-    tails = []
-    for d in daemons:
-        log = paths.log_file(d)
-        text = log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
-        tails.append(f"--- {log} ---\n{text}")
-    return "\n".join(tails)
-
-
-def _port_taken(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((HOST, port)) == 0
+    return "\n".join(tail(log, chars) if log.exists() else f"--- {log} ---\n(no log)"
+                     for log in map(paths.log_file, daemons))  # fmt: skip
 
 
 def _descendants(pid: int) -> list[int]:

@@ -2,7 +2,8 @@
 
 One module owns it (as Oryx's update topic has one owner). Every producer and
 reader of `model-updates` goes through `encode` / `decode` here, every topic is
-created from `topic_specs`, and model versions are made and compared only here.
+created from `topic_specs`, every key is made by `key_of` and read by `parse_key`, and
+model versions are made and compared (`is_newer`, `oldest`, `version_key`) only here.
 
 `model-updates` carries three kinds of message, each under a key that log
 compaction keeps the newest of:
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, Field, TypeAdapter
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from recsys.settings import Settings
 
 
@@ -166,6 +169,37 @@ def is_model_key(key: bytes | None) -> bool:
     return key == MODEL_KEY
 
 
+@dataclass(frozen=True)
+class UpdateKey:
+    """What a `model-updates` key names: MODEL, UP:<kind>:<id> or FORGET:<user>."""
+
+    type: Literal["MODEL", "UP", "FORGET"]
+    kind: str = ""  # UP: "user" or "item"
+    id: str = ""  # UP: the user's or item's id; FORGET: the user's; MODEL: none
+
+    def is_up(self, kind: str | None = None) -> bool:
+        """An UP key (of that kind, if given)."""
+        return self.type == "UP" and (kind is None or self.kind == kind)
+
+
+def parse_key(key: bytes) -> UpdateKey:
+    """The inverse of `key_of`; raises ValueError for a key this protocol does not make.
+
+    Ids are split off once, from the left: an id may itself contain ':'.
+    """
+    text = key.decode()
+    if text == MODEL_KEY.decode():
+        return UpdateKey("MODEL")
+    type_, _, rest = text.partition(":")
+    if type_ == "UP":
+        kind, sep, id_ = rest.partition(":")
+        if sep and kind in ("user", "item"):
+            return UpdateKey("UP", kind, id_)
+    elif type_ == "FORGET" and rest:
+        return UpdateKey("FORGET", id=rest)
+    raise ValueError(f"not a model-updates key: {key!r}")
+
+
 # --- model versions ---------------------------------------------------------------------------
 # m<creation time, UTC, microseconds>[-<recommender>]: one nightly run trains several candidates at one time.
 VERSION_PREFIX = "m"
@@ -201,6 +235,11 @@ def is_newer(version: str, than: str | None) -> bool:
 def version_key(version: str) -> tuple[datetime, str]:
     """Sort key: oldest first (the name breaks ties between candidates of one run)."""
     return version_time(version), version
+
+
+def oldest(versions: Iterable[str]) -> str:
+    """The oldest of some model versions, by the protocol's order (`version_key`), not as strings."""
+    return min(versions, key=version_key)
 
 
 # --- topic specifications ---------------------------------------------------------------------

@@ -3,8 +3,8 @@
 Each field's environment variable is its name upper-cased with the `RECSYS_`
 prefix (for example `kafka_bootstrap` <- `RECSYS_KAFKA_BOOTSTRAP`). Dict and
 list fields take JSON (`RECSYS_EVENT_WEIGHTS='{"view": 1, "like": 2}'`).
-The README's configuration table is generated from this class
-(`python -m recsys.settings`), so the two cannot drift apart.
+The configuration table in docs/configuration.md is generated from this class
+(`python -m recsys.settings --write-docs`), so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -351,7 +351,7 @@ def get_settings() -> Settings:
 
 
 def markdown_table() -> str:
-    """The README's configuration table, generated from the fields above."""
+    """The configuration table of docs/configuration.md, generated from the fields above."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
@@ -365,19 +365,22 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-def write_readme_table(readme: Path = PROJECT_ROOT / "README.md") -> None:
-    """Replace the table between the README's settings-table markers with the generated one."""
-    text = readme.read_text()
+CONFIGURATION_DOC = PROJECT_ROOT / "docs" / "configuration.md"
+
+
+def write_table(doc: Path = CONFIGURATION_DOC) -> None:
+    """Replace the table between the doc's settings-table markers with the generated one."""
+    text = doc.read_text()
     start = text.index("<!-- settings-table")
     start = text.index("\n", start) + 1
     end = text.index("<!-- /settings-table -->")
-    readme.write_text(text[:start] + markdown_table() + "\n" + text[end:])
+    doc.write_text(text[:start] + markdown_table() + "\n" + text[end:])
 
 
 if __name__ == "__main__":
     import sys
 
-    if "--write-readme" in sys.argv:
-        write_readme_table()
+    if "--write-docs" in sys.argv or "--write-readme" in sys.argv:  # the old flag's name, from when the README held it
+        write_table()
     else:
         print(markdown_table())

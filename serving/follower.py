@@ -197,7 +197,7 @@ class ModelFollower:
     def _hold(self, up: VectorUpdate) -> None:
         self._pending[up.model_version].append(up)
         if sum(len(v) for v in self._pending.values()) > MAX_PENDING:
-            dropped = min(self._pending)
+            dropped = protocol.oldest(self._pending)
             log.warning("dropping %d UPs held for model %s, never announced", len(self._pending[dropped]), dropped)
             del self._pending[dropped]
 

@@ -21,7 +21,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from infra import hdfs
 from infra.broker import free_port
-from infra.processes import alive
+from infra.daemon import alive
 from recsys.settings import Settings
 
 pytestmark = pytest.mark.integration

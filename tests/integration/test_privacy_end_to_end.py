@@ -27,7 +27,7 @@ from recsys.io import lake, model_store
 from recsys.io.kafka import end_offsets, read_to_end
 from recsys.models.als import FoldIn
 from recsys.privacy import is_pseudonym
-from recsys.protocol import Topics, VectorUpdate
+from recsys.protocol import Topics, UpdateKey, VectorUpdate, parse_key
 from recsys.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -87,7 +87,7 @@ def latest_user_update(s, user: str, after_offset: int = -1) -> VectorUpdate | N
     latest = None
     for records in read_to_end(Topics.MODEL_UPDATES, s):
         for r in records:
-            if r.key == f"UP:user:{user}".encode() and r.offset > after_offset:
+            if parse_key(r.key) == UpdateKey("UP", "user", user) and r.offset > after_offset:
                 latest = None if r.value is None else VectorUpdate.model_validate_json(r.value)
     return latest
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from infra import spark_cluster
-from infra.processes import alive
+from infra.daemon import alive
 from jobs.backfill import backfill, events_to_batches
 from jobs.common import registry_status
 from jobs.evaluate import evaluate

@@ -1,4 +1,5 @@
-"""The README's Results section is exactly what bench/report.py renders from bench/results/latest.json."""
+"""bench/results/report.md, the page the README and docs link for every number, is exactly what bench/report.py
+renders from bench/results/latest.json."""
 
 import json
 
@@ -6,13 +7,14 @@ from bench import report
 from recsys.settings import PROJECT_ROOT
 
 
-def test_readme_results_are_generated_from_the_results_file():
+def test_the_committed_report_is_generated_from_the_results_file():
     results = json.loads((PROJECT_ROOT / "bench" / "results" / "latest.json").read_text())
-    assert report.readme_block() == report.render(results), "run `make bench` (or bench.report.write) to regenerate"
+    assert report.REPORT.read_text() == report.HEADER + report.render(results), (
+        "run `make bench` (or bench.report.write) to regenerate"
+    )
 
 
-def test_replacing_the_block_keeps_the_rest(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n\nbefore\n<!-- results: generated -->\nold\n<!-- /results -->\nafter\n")
-    report.replace_readme_block("new\n", readme)
-    assert readme.read_text() == "# x\n\nbefore\n<!-- results: generated -->\nnew\n<!-- /results -->\nafter\n"
+def test_write_renders_the_results_into_report_md(tmp_path):
+    results = json.loads((PROJECT_ROOT / "bench" / "results" / "latest.json").read_text())
+    path = report.write(results, tmp_path)
+    assert path == tmp_path / "report.md" and path.read_text() == report.HEADER + report.render(results)

@@ -215,3 +215,14 @@ def test_a_model_that_fails_to_load_leaves_the_served_one_in_place(tmp_path):
     f.handle(_raw(ModelMessage(model_version="m20260102T000000000000", path=str(tmp_path / "m20260102T000000000000"))))
     f.handle(_raw(ModelMessage(model_version="m20260103T000000000000", path=str(tmp_path / "nowhere"))))
     assert f.current is served
+
+
+def test_follower_over_its_hold_limit_drops_the_oldest_versions_updates(monkeypatch):
+    from serving import follower
+
+    monkeypatch.setattr(follower, "MAX_PENDING", 2)
+    f = _follower({})
+    versions = ["m20260103T000000000000", "m20260101T000000000000-zz", "m20260102T000000000000-aa"]
+    for i, v in enumerate(versions):  # no model served yet: every UP is held for its model's MODEL message
+        f.handle(_raw(VectorUpdate(model_version=v, kind="user", id=f"u{i}", vector=[1.0] * RANK)))
+    assert set(f._pending) == {"m20260103T000000000000", "m20260102T000000000000-aa"}

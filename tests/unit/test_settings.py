@@ -1,10 +1,10 @@
-"""One settings module, one prefix, and the README documents exactly its fields."""
+"""One settings module, one prefix named in the README, and docs/configuration.md documents exactly its fields."""
 
 from pathlib import Path
 
 import pytest
 
-from recsys.settings import PROJECT_ROOT, Settings, markdown_table
+from recsys.settings import CONFIGURATION_DOC, ENV_PREFIX, PROJECT_ROOT, Settings, markdown_table
 
 
 def test_environment_variables_with_the_prefix_configure_everything(monkeypatch, tmp_path):
@@ -29,9 +29,20 @@ def test_bad_event_weights_are_refused(weights):
         Settings(event_weights=weights)
 
 
-def test_readme_configuration_table_matches_the_settings():
+def test_the_configuration_doc_documents_exactly_the_settings():
+    doc = CONFIGURATION_DOC.read_text()
+    assert markdown_table() in doc, (
+        "regenerate docs/configuration.md's table with `python -m recsys.settings --write-docs`"
+    )
+
+
+def test_the_readme_names_the_prefix_and_its_settings_rows_are_the_generated_ones():
     readme = (PROJECT_ROOT / "README.md").read_text()
-    assert markdown_table() in readme, "regenerate the README table with `python -m recsys.settings`"
+    assert f"`{ENV_PREFIX}`" in readme and "(docs/configuration.md)" in readme
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    generated = set(markdown_table().splitlines())
+    assert rows and [r for r in rows if r not in generated] == [], "copy these rows from docs/configuration.md"
 
 
 def test_the_lake_is_a_local_folder_or_an_hdfs_uri(tmp_path):

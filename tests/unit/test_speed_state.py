@@ -140,7 +140,12 @@ def test_up_records_are_the_bytes_of_validated_messages_and_decode_back(artifact
     state = SpeedState(artifact, WEIGHTS)
     updates = state.apply([ev(1, "u0", "i7"), ev(2, "newbie", "brand-new", "view")])
     records = up_messages(state.model_version, updates, {"u0": 41, "newbie": 42})
-    assert [k for k, _ in records] == [b"UP:user:newbie", b"UP:user:u0", b"UP:item:brand-new"]
+    keys = [protocol.parse_key(k) for k, _ in records]
+    assert [(k.type, k.kind, k.id) for k in keys] == [
+        ("UP", "user", "newbie"),
+        ("UP", "user", "u0"),
+        ("UP", "item", "brand-new"),
+    ]
     for key, value in records:
         message = protocol.decode(value)
         assert isinstance(message, VectorUpdate) and protocol.key_of(message) == key
