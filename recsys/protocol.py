@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
+from pydantic_core import to_json
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -151,6 +152,28 @@ def key_of(message: Message) -> bytes:
 def encode(message: Message) -> tuple[bytes, bytes]:
     """(key, value) of a message on `model-updates`."""
     return key_of(message), message.model_dump_json().encode()
+
+
+def encode_up(
+    version: str,
+    kind: Literal["user", "item"],
+    id_: str,
+    vector: list[float] | None,
+    event_ts_ms: int | None,
+    strengths: dict[str, float],
+    event_types: dict[str, list[str]],
+    source_offset: int | None,
+    recent: list[tuple[str, str, int]],
+) -> tuple[bytes, bytes]:
+    """`encode` of the VectorUpdate with these fields, the same bytes, without building the model first.
+
+    The speed layer writes thousands of UPs per micro-batch; constructing each model only to serialise it was a
+    tenth of its time. The dict lists VectorUpdate's fields in their order (the unit tests compare the bytes).
+    """
+    fields = {"type": "UP", "model_version": version, "kind": kind, "id": id_, "vector": vector,
+              "event_ts_ms": event_ts_ms, "strengths": strengths, "event_types": event_types,
+              "source_offset": source_offset, "recent": recent}  # fmt: skip
+    return up_key(kind, id_), to_json(fields)
 
 
 def tombstone(kind: str, id_: str) -> tuple[bytes, None]:

@@ -41,11 +41,11 @@ from recsys.contracts.events import (
     Event,
     ForgetMarker,
     control_kind,
-    validate_event,
+    validate_events,
 )
 from recsys.io import model_store
 from recsys.io.kafka import consumer, producer, send_acknowledged
-from recsys.protocol import AvailabilityMessage, ModelMessage, Topics, VectorUpdate
+from recsys.protocol import AvailabilityMessage, ModelMessage, Topics
 from recsys.settings import Settings, get_settings
 from speed_layer import metrics
 from speed_layer.state import SpeedState, Updates
@@ -158,10 +158,8 @@ class SpeedLayer:
         valid: list[tuple[Event, int]] = []
         availability: list[tuple[bytes, bytes | None]] = []
         newest: dict[str, int] = {}  # per user, the offset of their newest event in this batch
-        for r in records:
-            if control_kind(r.headers) is not None:
-                continue
-            result = validate_event(r.value, self.s)
+        events = [r for r in records if control_kind(r.headers) is None]
+        for r, result in zip(events, validate_events([r.value for r in events], self.s), strict=True):
             if not isinstance(result, Event):
                 metrics.INVALID.labels(result.reason).inc()
             elif result.event_type in ITEM_UPDATES:  # not an interaction: nothing to fold in
@@ -231,24 +229,18 @@ def up_messages(
     version: str, updates: Updates, source_offsets: dict[str, int] | None = None
 ) -> list[tuple[bytes, bytes | None]]:
     """The (key, value) UP records of one micro-batch's updates: users first, then new items; counts the fold-ins."""
-    messages: list[tuple[bytes, bytes | None]] = []
     offsets = source_offsets or {}
-    construct = VectorUpdate.model_construct  # the fields are built here with the right types: no validation
-    for id_, vector in updates.users.items():
-        message = construct(
-            model_version=version, kind="user", id=id_, vector=None if vector is None else vector.tolist(),
-            event_ts_ms=updates.source_ts_ms.get(("user", id_)), strengths=updates.user_strengths.get(id_, {}),
-            event_types=updates.user_event_types.get(id_, {}), source_offset=offsets.get(id_),
-            recent=updates.user_recent.get(id_, []),
-        )  # fmt: skip
-        messages.append(protocol.encode(message))
-    for id_, vector in updates.items.items():
-        message = construct(
-            model_version=version, kind="item", id=id_, vector=vector.tolist(),
-            event_ts_ms=updates.source_ts_ms.get(("item", id_)), strengths={}, event_types={},
-            source_offset=None, recent=[],
-        )  # fmt: skip
-        messages.append(protocol.encode(message))
+    encode = protocol.encode_up
+    messages: list[tuple[bytes, bytes | None]] = [
+        encode(version, "user", id_, None if vector is None else vector.tolist(),
+               updates.source_ts_ms.get(("user", id_)), updates.user_strengths.get(id_, {}),
+               updates.user_event_types.get(id_, {}), offsets.get(id_), updates.user_recent.get(id_, []))
+        for id_, vector in updates.users.items()
+    ]  # fmt: skip
+    messages += [
+        encode(version, "item", id_, vector.tolist(), updates.source_ts_ms.get(("item", id_)), {}, {}, None, [])
+        for id_, vector in updates.items.items()
+    ]
     metrics.FOLDINS.labels("user").inc(len(updates.users))
     metrics.FOLDINS.labels("item").inc(len(updates.items))
     return messages

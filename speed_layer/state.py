@@ -85,10 +85,15 @@ class SpeedState:
             self.user_event_types,
             self.user_recent_ids,
         )
+        # The hottest loop of the speed layer: locals instead of attribute and method look-ups, per event.
+        item_index, weights, new_item_delta = self.item_index, self.weights, self.new_item_delta
+        n_model_items = self.n_model_items
         for event, source_ts in events:
             user, item, kind, ts_ms = event.user_id, event.item_id, event.event_type, event.ts_ms
-            j = self._item(item)
-            strength = self.weights[kind]
+            j = item_index.get(item)
+            if j is None:
+                j = self._item(item)
+            strength = weights[kind]
             user_delta[user][j] += strength
             user_recent[user].append((j, kind, ts_ms))
             if user not in touched_users:
@@ -106,12 +111,13 @@ class SpeedState:
             elif kind not in seen:
                 types[item] = sorted([*seen, kind])
             user_recent_ids[user].append((item, kind, ts_ms))
-            if j >= self.n_model_items:
-                self.new_item_delta[j][user] += strength
+            if j >= n_model_items:
+                new_item_delta[j][user] += strength
                 touched_new_items.add(j)
-            for key in (("user", user), ("item", item)):
-                newest = source_ts_ms.get(key, 0)
-                source_ts_ms[key] = source_ts if source_ts > newest else newest
+            newest = source_ts_ms.get(key := ("user", user), 0)
+            source_ts_ms[key] = source_ts if source_ts > newest else newest
+            newest = source_ts_ms.get(key := ("item", item), 0)
+            source_ts_ms[key] = source_ts if source_ts > newest else newest
         users = sorted(touched_users)
         updates.users = self._update_users(users)
         updates.items = self._fold_new_items(sorted(touched_new_items))

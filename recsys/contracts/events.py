@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
@@ -171,11 +172,41 @@ def validate_event(
     return _check_semantics(event, s, require_pseudonym, now)
 
 
+def validate_events(
+    raws: Sequence[bytes],
+    settings: Settings | None = None,
+    *,
+    require_pseudonym: bool = True,
+    now: datetime | None = None,
+) -> list[Event | Rejection]:
+    """`validate_event` of each of a batch of raw records, with the same results, faster.
+
+    A valid event (the common case) is parsed by pydantic-core straight from its bytes: one pass in Rust, no
+    Python dict in between. Anything that path refuses goes through `validate_event` for its exact reason and
+    detail, so a record is accepted here exactly when `validate_event` accepts it, as the same `Event`.
+    """
+    s = settings or get_settings()
+    now = now or datetime.now(UTC)  # one clock reading per batch, not per event
+    parse = Event.model_validate_json
+    out: list[Event | Rejection] = []
+    for raw in raws:
+        if type(raw) is bytes and len(raw) <= s.max_event_bytes:  # a str's length is not its size in bytes
+            try:
+                event = parse(raw)
+            except (ValueError, TypeError, OverflowError):  # ValidationError is a ValueError: the slow path says why
+                pass
+            else:
+                out.append(_check_semantics(event, s, require_pseudonym, now))
+                continue
+        out.append(validate_event(raw, s, require_pseudonym=require_pseudonym, now=now))
+    return out
+
+
 def _check_semantics(event: Event, s: Settings, require_pseudonym: bool, now: datetime | None) -> Event | Rejection:
-    too_long = [
-        f for f in ("event_id", "user_id", "item_id", "session_id") if len(getattr(event, f) or "") > s.max_id_length
-    ]
-    if too_long:
+    m = s.max_id_length
+    # One comparison per id for the common case; the list of offenders only for a rejection.
+    if len(event.event_id) > m or len(event.user_id) > m or len(event.item_id) > m or len(event.session_id or "") > m:
+        too_long = [f for f in ("event_id", "user_id", "item_id", "session_id") if len(getattr(event, f) or "") > m]
         return Rejection("invalid_field", f"{', '.join(too_long)} longer than {s.max_id_length} characters")
     if is_item_update(event.event_type):
         if event.quantity is not None or event.price is not None or event.session_id is not None:

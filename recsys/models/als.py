@@ -60,7 +60,8 @@ def confidence(objective: Objective, strengths: np.ndarray) -> np.ndarray:
     return 1.0 + scaled if objective.confidence == "one_plus_alpha_r" else scaled
 
 
-def regulariser(objective: Objective, n_interactions: int) -> float:
+def regulariser(objective: Objective, n_interactions: int | np.ndarray) -> float | np.ndarray:
+    """lambda_u for one count, or for each of an array of counts."""
     return objective.reg * (n_interactions if objective.reg_scaling == "count" else 1)
 
 
@@ -82,7 +83,17 @@ def explain_shares(
 
 
 class FoldIn:
-    """Solves for vectors against fixed `factors` (the other side) under one objective."""
+    """Solves for vectors against fixed `factors` (the other side) under one objective.
+
+    The solves run in the eigenbasis of the Gram matrix YᵀY = Q Λ Qᵀ, where it is diagonal: with the rotated
+    factors Ỹ = Y Q, a row's system is (Λ + λ_u I + Ỹᵀ W Ỹ) x̃ = Ỹᵀ c (W = diag(c − 1) over its entries), and
+    x = Q x̃. A history of L ≤ rank entries is solved by the Woodbury identity,
+
+        x̃ = D (b − Ỹᵀ (I + W Ỹ D Ỹᵀ)⁻¹ W Ỹ D b),   D = (Λ + λ_u I)⁻¹,  b = Ỹᵀ c,
+
+    an L x L system instead of rank x rank (most histories since a cut-off are short); a longer one by the
+    rank x rank system itself. Both are the same exact solution, to float rounding.
+    """
 
     def __init__(self, factors: np.ndarray, objective: Objective) -> None:
         # float64 for the solves: the normal equations square the condition number.
@@ -91,6 +102,9 @@ class FoldIn:
         self.objective = objective
         self.gram = self.factors.T @ self.factors
         self.rank = self._factors.shape[1]
+        eigenvalues, self._basis = np.linalg.eigh(self.gram)
+        self._eigenvalues = np.maximum(eigenvalues, 0.0)  # YᵀY is positive semi-definite: clip rounding below 0
+        self._rotated = self._factors @ self._basis
 
     @property
     def factors(self) -> np.ndarray:
@@ -104,16 +118,16 @@ class FoldIn:
         """
         needed = int(np.max(indices)) + 1 if len(indices) else 0
         if needed > len(self._factors):
-            grown = np.zeros((max(needed, 2 * len(self._factors)), self.rank))
-            grown[: self.n] = self._factors[: self.n]
-            self._factors = grown
+            size = max(needed, 2 * len(self._factors))
+            self._factors, self._rotated = (_grown(a, self.n, size) for a in (self._factors, self._rotated))
         self._factors[indices] = vectors
+        self._rotated[indices] = self._factors[indices] @ self._basis
         self.n = max(self.n, needed)
 
     def confidence(self, strengths: np.ndarray) -> np.ndarray:
         return confidence(self.objective, strengths)
 
-    def regulariser(self, n_interactions: int) -> float:
+    def regulariser(self, n_interactions: int | np.ndarray) -> float | np.ndarray:
         return regulariser(self.objective, n_interactions)
 
     def vector(self, indices: np.ndarray, strengths: np.ndarray) -> np.ndarray:
@@ -126,28 +140,52 @@ class FoldIn:
         Rows without a positive strength get a zero vector (nothing is known about them).
         """
         rows = sp.csr_matrix(rows)
-        if rows.shape[0] > SOLVE_CHUNK:  # bounds the (rows x rank x rank) systems held at once
+        if rows.shape[0] > SOLVE_CHUNK:  # bounds the systems held at once
             return np.vstack([self.vectors(rows[i : i + SOLVE_CHUNK]) for i in range(0, rows.shape[0], SOLVE_CHUNK)])
         n = rows.shape[0]
-        lhs = np.broadcast_to(self.gram, (n, self.rank, self.rank)).copy()
-        rhs = np.zeros((n, self.rank))
-        empty = np.zeros(n, dtype=bool)
-        for r in range(n):
-            start, end = rows.indptr[r], rows.indptr[r + 1]
-            positive = rows.data[start:end] > 0
-            idx, strengths = rows.indices[start:end][positive], rows.data[start:end][positive]
-            if idx.size == 0:
-                empty[r] = True
-                continue
-            y = self.factors[idx]
-            c = self.confidence(strengths)
-            lhs[r] += (y.T * (c - 1.0)) @ y
-            lhs[r].flat[:: self.rank + 1] += self.regulariser(idx.size)
-            rhs[r] = c @ y
-        lhs[empty] = np.eye(self.rank)  # keeps the batched solve well-posed; the answer is zeroed below
-        out = np.linalg.solve(lhs, rhs[..., None])[..., 0]
-        out[empty] = 0.0
-        return out.astype(np.float32)
+        positive = rows.data > 0
+        indptr = np.concatenate([[0], np.cumsum(positive)])[rows.indptr]  # each row's positive entries
+        counts = np.diff(indptr)
+        y = self._rotated[rows.indices[positive]]
+        c = self.confidence(rows.data[positive])
+        rhs = sp.csr_matrix((c, np.arange(len(c)), indptr), shape=(n, len(c))) @ y  # Ỹᵀ c per row
+        diagonal = self._eigenvalues + np.broadcast_to(self.regulariser(counts), (n,))[:, None]  # Λ + λ_u
+        out = np.zeros((n, self.rank))
+        # Rows grouped by length rounded up to a power of two, each group's entries padded with zeros to that
+        # length (at most twice the work): one stacked solve per group instead of a Python loop over rows.
+        width = np.where(counts > 0, 2 ** np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64), 0)
+        for padded in np.unique(width[width > 0]).tolist():
+            members = np.flatnonzero(width == padded)
+            inside = np.arange(padded) < counts[members, None]  # (rows, padded)
+            at = np.where(inside, indptr[members, None] + np.arange(padded), 0)
+            ys = y[at] * inside[..., None]  # (rows, padded, rank), zero where padded
+            ws = (c[at] - 1.0) * inside  # zero where padded: those entries add nothing
+            solve = _woodbury if padded <= self.rank else _direct
+            out[members] = solve(ys, ws, diagonal[members], rhs[members])
+        return (out @ self._basis.T).astype(np.float32)
+
+
+def _woodbury(ys: np.ndarray, ws: np.ndarray, diagonal: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x̃ = D (b − Ỹᵀ (I + W Ỹ D Ỹᵀ)⁻¹ W Ỹ D b) for stacked rows: ys (rows, L, rank), ws (rows, L)."""
+    d = 1.0 / diagonal
+    scaled = ys * d[:, None, :]  # Ỹ D
+    system = ws[:, :, None] * (scaled @ ys.transpose(0, 2, 1))  # W Ỹ D Ỹᵀ
+    system[:, *np.diag_indices(ys.shape[1])] += 1.0
+    s = np.linalg.solve(system, (ws * (scaled @ b[..., None])[..., 0])[..., None])
+    return d * (b - (ys.transpose(0, 2, 1) @ s)[..., 0])
+
+
+def _direct(ys: np.ndarray, ws: np.ndarray, diagonal: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x̃ = (Λ + λ_u I + Ỹᵀ W Ỹ)⁻¹ b for stacked rows."""
+    system = ys.transpose(0, 2, 1) @ (ys * ws[..., None])
+    system[:, *np.diag_indices(ys.shape[2])] += diagonal
+    return np.linalg.solve(system, b[..., None])[..., 0]
+
+
+def _grown(a: np.ndarray, used: int, size: int) -> np.ndarray:
+    grown = np.zeros((size, a.shape[1]))
+    grown[:used] = a[:used]
+    return grown
 
 
 def history_matrix(contexts: Sequence[UserContext], n_items: int) -> sp.csr_matrix:

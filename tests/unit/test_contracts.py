@@ -160,3 +160,19 @@ def test_erasure_never_splices_anything_but_a_pseudonym_into_sql():
     assert "kafka_partition = 1 AND kafka_offset < 5" in ok
     with pytest.raises(ValueError):
         before_marker_predicate(ForgetMessage(user_id="x' OR '1'='1", partition=1, offset=5))
+
+
+def test_a_batch_is_validated_with_the_same_results_as_one_at_a_time():
+    from recsys.contracts.events import validate_events
+
+    now = datetime(2026, 6, 2, tzinfo=UTC)
+    raws = [json.dumps(good(item_id=f"i-{n}")).encode() for n in range(3)]
+    raws += [json.dumps(good(session_id="s", quantity=3, price="9.5", schema_version=1.0)).encode()]
+    raws += [b"{not json", b"\xff\xfe", b"[1, 2]", json.dumps(good(price=float("nan"))).encode(),
+             json.dumps(good(event_type="click")).encode(), json.dumps(good(user_id="alice")).encode(),
+             json.dumps(good(item_id="x" * 500)).encode(), json.dumps(good(item_id="x" * 20_000)).encode(),
+             json.dumps(good(ts=NOW_MS + 10 * 86_400_000)).encode(), json.dumps(good(ts=10**20)).encode(),
+             "\ufeff".encode() + json.dumps(good()).encode()]  # fmt: skip
+    one_at_a_time = [validate_event(raw, Settings(), now=now) for raw in raws]
+    assert validate_events(raws, Settings(), now=now) == one_at_a_time
+    assert sum(isinstance(r, Event) for r in one_at_a_time) >= 4  # both paths are exercised

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.models.als import FoldIn, Objective
+from recsys.models.als import FoldIn, Objective, confidence, regulariser
 
 SPARK = Objective(confidence="one_plus_alpha_r", reg_scaling="count", alpha=2.0, reg=0.1)
 IMPLICIT = Objective(confidence="alpha_r", reg_scaling="none", alpha=3.0, reg=0.5)
@@ -73,3 +73,21 @@ def test_large_batches_are_solved_in_chunks_with_the_same_result(problem, monkey
     whole = FoldIn(items, SPARK).vectors(strengths)
     monkeypatch.setattr(recsys.models.als, "SOLVE_CHUNK", 3)
     np.testing.assert_allclose(FoldIn(items, SPARK).vectors(strengths), whole, rtol=1e-6)
+
+
+@pytest.mark.parametrize("objective", [SPARK, IMPLICIT], ids=["spark", "implicit"])
+def test_each_row_is_the_textbook_solve_whatever_its_length(objective):
+    """Histories from 1 entry to more than the rank (the short and the long solve, several padded lengths),
+    with entries that are not positive (left out), against x = (YᵀY + Σ (c−1) y yᵀ + λI)⁻¹ Σ c y per row."""
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(60, 4))
+    lengths = [1, 2, 3, 4, 5, 7, 9, 17, 40]
+    rows = sp.vstack([sp.csr_matrix((rng.uniform(-1, 4, n), (np.zeros(n, int), rng.choice(60, n, replace=False))),
+                                    shape=(1, 60)) for n in lengths]).tocsr()  # fmt: skip
+    got = FoldIn(items, objective).vectors(rows)
+    for r in range(len(lengths)):
+        row = rows[r]
+        keep = row.data > 0
+        y, c = items[row.indices[keep]], confidence(objective, row.data[keep])
+        lhs = items.T @ items + (y.T * (c - 1)) @ y + regulariser(objective, int(keep.sum())) * np.eye(4)
+        np.testing.assert_allclose(got[r], np.linalg.solve(lhs, c @ y), rtol=1e-5, atol=1e-6)
