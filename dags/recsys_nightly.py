@@ -11,7 +11,7 @@ completes pending erasures (Delta DELETE, VACUUM) and compacts (OPTIMIZE, VACUUM
 Every recommender in RECSYS_CANDIDATES is trained and evaluated; publish puts the
 best of them through the quality gate, and the registry keeps every candidate's
 metrics. top_n then writes every user's top N of the published model to the
-`user_top_n` table for downstream jobs (docs/top_n.md); on a night the gate
+`user_top_n` table for downstream jobs (docs/bulk.md); on a night the gate
 publishes nothing it does not run, and the table keeps the lists of the model
 still served.
 """
