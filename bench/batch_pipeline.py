@@ -43,12 +43,20 @@ def main(engine: str = typer.Option(...)) -> None:
     step("train", lambda: train(spark, version, engine))
     metrics = step("evaluate", lambda: evaluate(spark, version))
     decision = step("publish", lambda: publish(version))
-    print(json.dumps({
-        "lake": "delta-spark",
-        "steps_s": steps, "rows_in": report.rows_in, "rows_out": report.rows_out, "blas": blas_in_use(spark),
-        "ndcg@10": metrics["model"]["ndcg@10"], "popularity_ndcg@10": metrics["popularity"]["ndcg@10"],
-        "published": decision.passed,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "lake": "delta-spark",
+                "steps_s": steps,
+                "rows_in": report.rows_in,
+                "rows_out": report.rows_out,
+                "blas": blas_in_use(spark),
+                "ndcg@10": metrics["model"]["ndcg@10"],
+                "popularity_ndcg@10": metrics["popularity"]["ndcg@10"],
+                "published": decision.passed,
+            }
+        )
+    )
     spark.stop()
 
 

@@ -49,8 +49,11 @@ def _cost_ms(f, users: list[UserContext], batch: int) -> dict:
         f(users[lo : lo + batch])
         times.append((time.perf_counter() - started) * 1000)
     per_user = sum(times) / len(users)
-    return {"call_p50_ms": round(float(np.median(times)), 2), "call_p99_ms": round(float(np.percentile(times, 99)), 2),
-            "per_user_ms": round(per_user, 3)}  # fmt: skip
+    return {
+        "call_p50_ms": round(float(np.median(times)), 2),
+        "call_p99_ms": round(float(np.percentile(times, 99)), 2),
+        "per_user_ms": round(per_user, 3),
+    }
 
 
 def compare(model: Hybrid, train, relevant, rows: np.ndarray, timing_users: int) -> dict:
@@ -66,13 +69,22 @@ def compare(model: Hybrid, train, relevant, rows: np.ndarray, timing_users: int)
     als = model.components.get("implicit_als")
     cost = {}
     for batch in (1, 64):
-        cost[f"batch_{batch}"] = {"dense": _cost_ms(lambda u: _dense(model, u), timed, batch),
-                                  "two_stage": _cost_ms(lambda u: _two_stage(model, u), timed, batch)}  # fmt: skip
+        cost[f"batch_{batch}"] = {
+            "dense": _cost_ms(lambda u: _dense(model, u), timed, batch),
+            "two_stage": _cost_ms(lambda u: _two_stage(model, u), timed, batch),
+        }
         if als is not None:
             cost[f"batch_{batch}"]["als_component"] = _cost_ms(lambda u: _two_stage(als, u), timed, batch)
-    return {"users": len(users), "same_top10_share": round(same, 4), "ndcg@10_dense": round(ndcg_dense, 5),
-            "ndcg@10_two_stage": round(ndcg_two, 5), "ndcg_difference": round(ndcg_two - ndcg_dense, 5),
-            "n_items": int(train.n_items), "reranker": model.reranker is not None, "cost": cost}  # fmt: skip
+    return {
+        "users": len(users),
+        "same_top10_share": round(same, 4),
+        "ndcg@10_dense": round(ndcg_dense, 5),
+        "ndcg@10_two_stage": round(ndcg_two, 5),
+        "ndcg_difference": round(ndcg_two - ndcg_dense, 5),
+        "n_items": int(train.n_items),
+        "reranker": model.reranker is not None,
+        "cost": cost,
+    }
 
 
 def movielens() -> dict:

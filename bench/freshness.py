@@ -88,16 +88,18 @@ class FreshnessSplit:
         return EvalSplit(self.seen, self.held, self.n_held_events, self.n_held_dropped, pd.DataFrame())
 
 
-def make_freshness_split(events: pd.DataFrame, test_share: float, event_types: list[str] | None = None
-                         ) -> FreshnessSplit:  # fmt: skip
+def make_freshness_split(
+    events: pd.DataFrame, test_share: float, event_types: list[str] | None = None
+) -> FreshnessSplit:
     train_events, test_events = time_split(events, test_share)
     streamed_events, held_events = stream_split(test_events)
     train, _ = dataset_from_events(train_events, event_types=event_types)
     types = train.event_types
     both = pd.concat([train_events, streamed_events], ignore_index=True)
     seen, skipped = dataset_from_events(both, user_ids=train.user_ids, item_ids=train.item_ids, event_types=types)
-    held, dropped = dataset_from_events(held_events, user_ids=train.user_ids, item_ids=train.item_ids,
-                                        event_types=types)  # fmt: skip
+    held, dropped = dataset_from_events(
+        held_events, user_ids=train.user_ids, item_ids=train.item_ids, event_types=types
+    )
     touched = np.zeros(train.n_users, dtype=bool)
     rows = pd.Index(train.user_ids).get_indexer(streamed_events["user_id"].astype(str).unique())
     touched[rows[rows >= 0]] = True
@@ -107,8 +109,9 @@ def make_freshness_split(events: pd.DataFrame, test_share: float, event_types: l
     relevant = (held_bin - held_bin.multiply(seen_bin)).tocsr()
     relevant.eliminate_zeros()
     relevant.sort_indices()
-    return FreshnessSplit(train, seen, relevant.astype(np.float32), touched, len(streamed_events), skipped,
-                          len(held_events), dropped)  # fmt: skip
+    return FreshnessSplit(
+        train, seen, relevant.astype(np.float32), touched, len(streamed_events), skipped, len(held_events), dropped
+    )
 
 
 def realtime_contexts(model: Recommender, fs: FreshnessSplit) -> list[UserContext]:
@@ -160,8 +163,11 @@ def measure(make: Callable[[], Recommender], fs: FreshnessSplit, k: int = 10) ->
     }
     ndcg = f"ndcg@{k}"
     share = recovered_share(scored["stale"][ndcg], scored["realtime"][ndcg], scored["retrain"][ndcg])
-    return {**{name: _summary(m, k) for name, m in scored.items()},
-            "recovered_share": share, "seconds": {n: round(v, 3) for n, v in seconds.items()}}  # fmt: skip
+    return {
+        **{name: _summary(m, k) for name, m in scored.items()},
+        "recovered_share": share,
+        "seconds": {n: round(v, 3) for n, v in seconds.items()},
+    }
 
 
 def run(quick: bool, settings: Settings | None = None, only: list[str] | None = None) -> dict:
@@ -176,11 +182,15 @@ def run(quick: bool, settings: Settings | None = None, only: list[str] | None = 
         for r in out.values():
             r["vs_als_retrain"] = recovered_share(als["stale"][ndcg], r["realtime"][ndcg], als["retrain"][ndcg])
     out["split"] = {
-        "users": int(fs.train.n_users), "touched_users": int(fs.touched.sum()),
-        "streamed_events": fs.n_streamed_events, "streamed_events_on_new_items": fs.n_streamed_skipped,
-        "held_events": fs.n_held_events, "held_events_on_new_items": fs.n_held_dropped,
-        "k": s.eval_k, "test_share": s.eval_test_share,
-    }  # fmt: skip
+        "users": int(fs.train.n_users),
+        "touched_users": int(fs.touched.sum()),
+        "streamed_events": fs.n_streamed_events,
+        "streamed_events_on_new_items": fs.n_streamed_skipped,
+        "held_events": fs.n_held_events,
+        "held_events_on_new_items": fs.n_held_dropped,
+        "k": s.eval_k,
+        "test_share": s.eval_test_share,
+    }
     return out
 
 

@@ -32,8 +32,12 @@ def run(quick: bool, seconds: float | None = None, settle_s: float | None = None
     seconds = seconds or (10.0 if quick else 30.0)
     settle_s = settle_s if settle_s is not None else (30.0 if quick else 90.0)
     with tempfile.TemporaryDirectory(prefix="recsys-bench-idle-") as tmp:
-        s = Settings(state_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{broker.free_port()}", speed_metrics_port=0,
-                     pseudonym_key="bench-only-key-" + "0" * 32)  # fmt: skip
+        s = Settings(
+            state_dir=Path(tmp),
+            kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
+            speed_metrics_port=0,
+            pseudonym_key="bench-only-key-" + "0" * 32,
+        )
         broker_pid = broker.start(s)
         s = s.model_copy(update={"serving_port": broker.free_port()})  # once the broker holds its two ports
         procs = {}
@@ -42,8 +46,9 @@ def run(quick: bool, seconds: float | None = None, settle_s: float | None = None
             logs = s.state_dir / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             procs["archiver"] = processes.start("jobs.archiver", s, log=logs / "archiver.log")
-            procs["speed layer"] = processes.start("speed_layer", s, "--instance-id", "speed-idle",
-                                                   log=logs / "speed.log")  # fmt: skip
+            procs["speed layer"] = processes.start(
+                "speed_layer", s, "--instance-id", "speed-idle", log=logs / "speed.log"
+            )
             procs["serving"] = processes.start("serving", s, log=logs / "serving.log")
             processes.wait_ready(s, procs["serving"], timeout_s=300)
             config = SyntheticConfig(n_events=2_000, n_users=2_000, n_items=1_000, seed=5)
@@ -61,5 +66,10 @@ def run(quick: bool, seconds: float | None = None, settle_s: float | None = None
                 processes.stop(proc)
             broker.stop(s)
     share = {name: round(100 * cpu / window, 2) for name, cpu in used.items()}
-    return {"window_s": round(window, 1), "settle_s": settle_s, "cpu_percent_of_one_core": share,
-            "target_percent": 2.0, "all_within_target": all(v <= 2.0 for v in share.values())}  # fmt: skip
+    return {
+        "window_s": round(window, 1),
+        "settle_s": settle_s,
+        "cpu_percent_of_one_core": share,
+        "target_percent": 2.0,
+        "all_within_target": all(v <= 2.0 for v in share.values()),
+    }

@@ -41,13 +41,24 @@ def kafka_python_consume(s: Settings, start: dict[int, int], end: dict[int, int]
     finally:
         seconds = time.monotonic() - started
         c.close()
-    return {"records": n, "seconds": round(seconds, 2), "records_per_s": round(n / seconds),
-            "mean_record_bytes": round(size / max(n, 1))}  # fmt: skip
+    return {
+        "records": n,
+        "seconds": round(seconds, 2),
+        "records_per_s": round(n / seconds),
+        "mean_record_bytes": round(size / max(n, 1)),
+    }
 
 
 def _java(main: str, *args: str, timeout_s: float = 600) -> str:
-    cmd = [broker.java(), "-Xmx256m", "-cp", str(jars.folder("kafka") / "*"),
-           "-Dlog4j2.configurationFile=" + str(_quiet_log4j()), main, *args]  # fmt: skip
+    cmd = [
+        broker.java(),
+        "-Xmx256m",
+        "-cp",
+        str(jars.folder("kafka") / "*"),
+        "-Dlog4j2.configurationFile=" + str(_quiet_log4j()),
+        main,
+        *args,
+    ]
     jars.jars("kafka")
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if result.returncode != 0:
@@ -63,14 +74,27 @@ def _quiet_log4j():
 
 def consumer_performance(s: Settings, records: int) -> dict:
     """Kafka's ConsumerPerformance reading `records` records of `events` from the beginning (a group of its own)."""
-    out = _java("org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", ",".join(bootstrap(s)),
-                "--topic", Topics.EVENTS, "--num-records", str(records), "--group", f"perf-{time.time_ns()}",
-                "--timeout", "60000")  # fmt: skip
+    out = _java(
+        "org.apache.kafka.tools.ConsumerPerformance",
+        "--bootstrap-server",
+        ",".join(bootstrap(s)),
+        "--topic",
+        Topics.EVENTS,
+        "--num-records",
+        str(records),
+        "--group",
+        f"perf-{time.time_ns()}",
+        "--timeout",
+        "60000",
+    )
     header, row = [line for line in out.splitlines() if line.strip()][-2:]
     stats = dict(zip([h.strip() for h in header.split(",")], [v.strip() for v in row.split(",")], strict=False))
-    return {"records": int(stats["data.consumed.in.nMsg"]), "records_per_s": round(float(stats["nMsg.sec"])),
-            "fetch_records_per_s": round(float(stats["fetch.nMsg.sec"])),
-            "mb_per_s": float(stats["MB.sec"])}  # fmt: skip
+    return {
+        "records": int(stats["data.consumed.in.nMsg"]),
+        "records_per_s": round(float(stats["nMsg.sec"])),
+        "fetch_records_per_s": round(float(stats["fetch.nMsg.sec"])),
+        "mb_per_s": float(stats["MB.sec"]),
+    }
 
 
 def _create_topic(s: Settings, topic: str) -> None:
@@ -97,14 +121,33 @@ def producer_performance(s: Settings, records: int, record_bytes: int, topic: st
     """Kafka's ProducerPerformance: `records` records of `record_bytes` as fast as it can, acks=all, idempotent,
     the same linger and batch size as our producers (`recsys.io.kafka.producer`)."""
     _create_topic(s, topic)  # the broker does not create topics on first use: the tool would wait forever
-    out = _java("org.apache.kafka.tools.ProducerPerformance", "--topic", topic, "--num-records", str(records),
-                "--record-size", str(record_bytes), "--throughput", "-1", "--bootstrap-server", ",".join(bootstrap(s)),
-                "--producer-props", "acks=all", "enable.idempotence=true", "linger.ms=5",
-                f"batch.size={256 * 1024}")  # fmt: skip
+    out = _java(
+        "org.apache.kafka.tools.ProducerPerformance",
+        "--topic",
+        topic,
+        "--num-records",
+        str(records),
+        "--record-size",
+        str(record_bytes),
+        "--throughput",
+        "-1",
+        "--bootstrap-server",
+        ",".join(bootstrap(s)),
+        "--producer-props",
+        "acks=all",
+        "enable.idempotence=true",
+        "linger.ms=5",
+        f"batch.size={256 * 1024}",
+    )
     last = [line for line in out.splitlines() if "records sent" in line][-1]
     # "500000 records sent, 123456.7 records/sec (23.55 MB/sec), 12.34 ms avg latency, 345.00 ms max latency,
     #  10 ms 50th, 30 ms 95th, 40 ms 99th, 50 ms 99.9th."
     rate = _group(r"([\d.]+) records/sec", last)
     p50, p99 = _group(r"(\d+) ms 50th", last), _group(r"(\d+) ms 99th", last)
-    return {"records": records, "record_bytes": record_bytes, "records_per_s": round(float(rate)),
-            "latency_ms_p50": int(p50), "latency_ms_p99": int(p99)}  # fmt: skip
+    return {
+        "records": records,
+        "record_bytes": record_bytes,
+        "records_per_s": round(float(rate)),
+        "latency_ms_p50": int(p50),
+        "latency_ms_p99": int(p99),
+    }

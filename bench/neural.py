@@ -51,17 +51,22 @@ def synthetic_dataset(n_events: int, views_only: bool, s: Settings, seed: int = 
     """The generator's stream as a Dataset with its session ids (weights: the settings' event weights)."""
     from recsys.data.synthetic import SyntheticConfig, iter_batches
 
-    table = pa.Table.from_batches(list(iter_batches(SyntheticConfig(n_events=n_events, seed=seed),
-                                                    key=b"bench-neural-" + b"0" * 19)))  # fmt: skip
+    table = pa.Table.from_batches(
+        list(iter_batches(SyntheticConfig(n_events=n_events, seed=seed), key=b"bench-neural-" + b"0" * 19))
+    )
     if views_only:
         table = table.filter(pc.equal(table.column("event_type"), "view"))
     weights = s.event_weights
     kinds = table.column("event_type").to_pylist()
     data, _ = datasets.build(
-        table.column("user_id"), table.column("item_id"),
-        pc.cast(table.column("ts"), pa.int64()).to_numpy(), table.column("event_type"),
-        np.array([weights[k] for k in kinds], np.float64), list(weights), session=table.column("session_id"),
-    )  # fmt: skip
+        table.column("user_id"),
+        table.column("item_id"),
+        pc.cast(table.column("ts"), pa.int64()).to_numpy(),
+        table.column("event_type"),
+        np.array([weights[k] for k in kinds], np.float64),
+        list(weights),
+        session=table.column("session_id"),
+    )
     return data
 
 
@@ -72,8 +77,15 @@ def subset(data: Dataset, keep: np.ndarray) -> Dataset:
     strengths = sp.csr_matrix((w, (kept.user, kept.item)), shape=(data.n_users, data.n_items), dtype=np.float32)
     strengths.sum_duplicates()
     strengths.sort_indices()
-    return Dataset(data.user_ids, data.item_ids, strengths, list(data.event_types), kept,
-                   datasets.or_bits(kept.user, kept.item, kept.kind, strengths), data.items)  # fmt: skip
+    return Dataset(
+        data.user_ids,
+        data.item_ids,
+        strengths,
+        list(data.event_types),
+        kept,
+        datasets.or_bits(kept.user, kept.item, kept.kind, strengths),
+        data.items,
+    )
 
 
 def session_start_ts(events: EventLog) -> np.ndarray:
@@ -98,12 +110,21 @@ def pessimistic_ranks(scores: np.ndarray, targets: np.ndarray, exclude: list[np.
 
 def recall_mrr(ranks: np.ndarray) -> dict[str, float]:
     hit = ranks <= K
-    return {f"recall@{K}": float(hit.mean()), f"mrr@{K}": float(np.where(hit, 1.0 / ranks, 0.0).mean()),
-            "n": int(ranks.size)}  # fmt: skip
+    return {
+        f"recall@{K}": float(hit.mean()),
+        f"mrr@{K}": float(np.where(hit, 1.0 / ranks, 0.0).mean()),
+        "n": int(ranks.size),
+    }
 
 
-def next_item(model: Recommender, contexts: Sequence[UserContext], targets: np.ndarray,
-              exclude: Sequence[np.ndarray], batch: int = 1024, fold_in: bool = False) -> dict[str, float]:  # fmt: skip
+def next_item(
+    model: Recommender,
+    contexts: Sequence[UserContext],
+    targets: np.ndarray,
+    exclude: Sequence[np.ndarray],
+    batch: int = 1024,
+    fold_in: bool = False,
+) -> dict[str, float]:
     """recall@K / MRR@K of one fitted model over prepared examples; `fold_in`: stateful models update each user
     from the context first (the speed layer's path)."""
     ranks = np.empty(len(targets))
@@ -113,12 +134,18 @@ def next_item(model: Recommender, contexts: Sequence[UserContext], targets: np.n
         if fold_in and model.stateful:
             states = model.update_users(ctx)
             assert states is not None  # a stateful model's
-            ctx = [UserContext(c.row, c.items, c.strengths, c.recent, c.recent_ts_ms, c.recent_kinds, st)
-                   for c, st in zip(ctx, states, strict=True)]  # fmt: skip
-        ranks[lo : lo + batch] = pessimistic_ranks(model.score(ctx), targets[lo : lo + batch],
-                                                   list(exclude[lo : lo + batch]))  # fmt: skip
-    return {**recall_mrr(ranks), "score_cpu_s": round(cpu_seconds() - c0, 1),
-            "score_wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            ctx = [
+                UserContext(c.row, c.items, c.strengths, c.recent, c.recent_ts_ms, c.recent_kinds, st)
+                for c, st in zip(ctx, states, strict=True)
+            ]
+        ranks[lo : lo + batch] = pessimistic_ranks(
+            model.score(ctx), targets[lo : lo + batch], list(exclude[lo : lo + batch])
+        )
+    return {
+        **recall_mrr(ranks),
+        "score_cpu_s": round(cpu_seconds() - c0, 1),
+        "score_wall_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def fitted(name: str, data: Dataset, s: Settings, seed: int | None = None, **overrides) -> tuple[Recommender, dict]:
@@ -168,17 +195,28 @@ def synthetic_next_item(n_events: int, s: Settings) -> dict:
     keep[1:] = ~((test.item[1:] == test.item[:-1]) & (sid[1:] == sid[:-1]))
     ts = ts[keep]
     users = np.repeat(sessions.users, np.maximum(sessions.lengths - 1, 0))
-    contexts = [UserContext(row=int(u), recent=sessions.items[max(b, e - RECENT) : e].astype(np.int64),
-                            recent_ts_ms=ts[max(b, e - RECENT) : e], recent_kinds=np.zeros(min(e - b, RECENT), np.int8))
-                for u, b, e in zip(users, begins, ends, strict=True)]  # fmt: skip
+    contexts = [
+        UserContext(
+            row=int(u),
+            recent=sessions.items[max(b, e - RECENT) : e].astype(np.int64),
+            recent_ts_ms=ts[max(b, e - RECENT) : e],
+            recent_kinds=np.zeros(min(e - b, RECENT), np.int8),
+        )
+        for u, b, e in zip(users, begins, ends, strict=True)
+    ]
     exclude = [np.array([sessions.items[e - 1]]) for e in ends]  # every item but the current last one
 
     def evaluate(model: Recommender, _fold: bool) -> dict:
         return next_item(model, contexts, targets, exclude)
 
-    out: dict = {"events": n_events, "views": len(ev), "train_events": len(train.events),
-                 "test_sessions": len(sessions), "examples": len(targets),
-                 "session_len_median": float(np.median(sessions.lengths))}  # fmt: skip
+    out: dict = {
+        "events": n_events,
+        "views": len(ev),
+        "train_events": len(train.events),
+        "test_sessions": len(sessions),
+        "examples": len(targets),
+        "session_len_median": float(np.median(sessions.lengths)),
+    }
     model, cost = fitted("srgnn", train, s)
     out["srgnn"] = {**evaluate(model, False), **cost}
     out.update(baselines(train, s, evaluate))
@@ -189,8 +227,9 @@ def ml100k_next_item(s: Settings, seeds: Sequence[int]) -> dict:
     events = load_ml100k_events()
     split = make_split(events, test_share=s.eval_test_share, event_types=list(s.event_weights))
     train = split.train
-    full, _ = dataset_from_events(events, user_ids=train.user_ids, item_ids=train.item_ids,
-                                  event_types=list(train.event_types))  # fmt: skip
+    full, _ = dataset_from_events(
+        events, user_ids=train.user_ids, item_ids=train.item_ids, event_types=list(train.event_types)
+    )
     ptr_full, ptr_train = full.events.indptr(full.n_users), train.events.indptr(train.n_users)
     ev = full.events
     assert ev.weight is not None  # built from weighted events
@@ -201,8 +240,16 @@ def ml100k_next_item(s: Settings, seeds: Sequence[int]) -> dict:
             items, inverse = np.unique(ev.item[lo:pos], return_inverse=True)
             strengths = np.bincount(inverse, ev.weight[lo:pos], minlength=len(items)).astype(np.float32)
             a = max(lo, pos - RECENT)
-            contexts.append(UserContext(u, items.astype(np.int64), strengths, ev.item[a:pos].astype(np.int64),
-                                        ev.ts_ms[a:pos], ev.kind[a:pos]))  # fmt: skip
+            contexts.append(
+                UserContext(
+                    u,
+                    items.astype(np.int64),
+                    strengths,
+                    ev.item[a:pos].astype(np.int64),
+                    ev.ts_ms[a:pos],
+                    ev.kind[a:pos],
+                )
+            )
             targets.append(int(ev.item[pos]))
             exclude.append(items)
     targets_np = np.array(targets)
@@ -215,8 +262,9 @@ def ml100k_next_item(s: Settings, seeds: Sequence[int]) -> dict:
     for seed in seeds:
         model, cost = fitted("srgnn", train, s, seed=seed)
         runs.append({**evaluate(model, False), **cost, "seed": seed})
-    out["srgnn"] = {key: float(np.mean([r[key] for r in runs])) for key in (f"recall@{K}", f"mrr@{K}", "fit_cpu_s",
-                                                                            "fit_wall_s")}  # fmt: skip
+    out["srgnn"] = {
+        key: float(np.mean([r[key] for r in runs])) for key in (f"recall@{K}", f"mrr@{K}", "fit_cpu_s", "fit_wall_s")
+    }
     out["srgnn"]["runs"] = runs
     out.update(baselines(train, s, evaluate))
     return out
@@ -249,9 +297,13 @@ def neumf_exactness(model: Recommender, data: Dataset, users: np.ndarray, k: int
         a[seen] = b[seen] = -np.inf
         ta, tb = np.argsort(-a, axis=1)[:, :k], np.argsort(-b, axis=1)[:, :k]
         overlap += [len(set(x) & set(y)) / k for x, y in zip(ta.tolist(), tb.tolist(), strict=True)]
-    return {"candidates": model.params.candidates, "items": data.n_items, "users": len(users),
-            "top10_overlap_mean": float(np.mean(overlap)),
-            "top10_identical_share": float(np.mean(np.array(overlap) == 1))}  # fmt: skip
+    return {
+        "candidates": model.params.candidates,
+        "items": data.n_items,
+        "users": len(users),
+        "top10_overlap_mean": float(np.mean(overlap)),
+        "top10_identical_share": float(np.mean(np.array(overlap) == 1)),
+    }
 
 
 def neumf_update_cost(model: Recommender, data: Dataset, users: np.ndarray) -> dict:
@@ -272,9 +324,13 @@ def neumf_update_cost(model: Recommender, data: Dataset, users: np.ndarray) -> d
 
 def _latency(cpu: list[float], wall: list[float]) -> dict:
     c, w = np.array(cpu) * 1000, np.array(wall) * 1000
-    return {"n": len(c), "cpu_ms_p50": round(float(np.percentile(c, 50)), 2),
-            "cpu_ms_p99": round(float(np.percentile(c, 99)), 2), "wall_ms_p50": round(float(np.percentile(w, 50)), 2),
-            "wall_ms_p99": round(float(np.percentile(w, 99)), 2)}  # fmt: skip
+    return {
+        "n": len(c),
+        "cpu_ms_p50": round(float(np.percentile(c, 50)), 2),
+        "cpu_ms_p99": round(float(np.percentile(c, 99)), 2),
+        "wall_ms_p50": round(float(np.percentile(w, 50)), 2),
+        "wall_ms_p99": round(float(np.percentile(w, 99)), 2),
+    }
 
 
 # --- serving latency at 100,000 items ------------------------------------------------------------------------------
@@ -289,8 +345,9 @@ def enlarged(weights: dict[str, np.ndarray], table: str, n_items: int, seed: int
     return out
 
 
-def serving_latency(srgnn: Recommender, neumf: Recommender, sessions: list[np.ndarray], n_items: int,
-                    requests: int) -> dict:  # fmt: skip
+def serving_latency(
+    srgnn: Recommender, neumf: Recommender, sessions: list[np.ndarray], n_items: int, requests: int
+) -> dict:
     from threadpoolctl import threadpool_limits
 
     from recsys.io.model_store import ModelArtifact, build_manifest
@@ -314,9 +371,16 @@ def serving_latency(srgnn: Recommender, neumf: Recommender, sessions: list[np.nd
             user = f"u{r % 1000:04d}"
             seq = sessions[int(rng.integers(0, len(sessions)))]
             recent = [(str(item_ids[j]), "view", 1_767_225_600_000 + 30_000 * t) for t, j in enumerate(seq.tolist())]
-            serving.apply(VectorUpdate(model_version=version, kind="user", id=user, recent=recent,
-                                       strengths={i: 1.0 for i, _, _ in recent},
-                                       event_types={i: ["view"] for i, _, _ in recent}))  # fmt: skip
+            serving.apply(
+                VectorUpdate(
+                    model_version=version,
+                    kind="user",
+                    id=user,
+                    recent=recent,
+                    strengths={i: 1.0 for i, _, _ in recent},
+                    event_types={i: ["view"] for i, _, _ in recent},
+                )
+            )
             c0, t0 = time.thread_time(), time.perf_counter()
             ranked = serving.recommend(user, k=20)
             cpu.append(time.thread_time() - c0)
@@ -338,14 +402,19 @@ def serving_latency(srgnn: Recommender, neumf: Recommender, sessions: list[np.nd
                 scorer.ranked_scores(gmf, mlp, c)
                 n_cpu[mode].append(time.thread_time() - c0)
                 n_wall[mode].append(time.perf_counter() - t0)
-    return {"items": n_items, "k": 20, "session_len_median": float(np.median([len(x) for x in sessions])),
-            "srgnn_recommend": _latency(cpu, wall),
-            "srgnn_score_only_cpu_ms_p99": round(float(np.percentile(model_cpu, 99)) * 1000, 2),
-            "neumf_score": {m: _latency(n_cpu[m], n_wall[m]) for m in n_cpu}}  # fmt: skip
+    return {
+        "items": n_items,
+        "k": 20,
+        "session_len_median": float(np.median([len(x) for x in sessions])),
+        "srgnn_recommend": _latency(cpu, wall),
+        "srgnn_score_only_cpu_ms_p99": round(float(np.percentile(model_cpu, 99)) * 1000, 2),
+        "neumf_score": {m: _latency(n_cpu[m], n_wall[m]) for m in n_cpu},
+    }
 
 
-def run(quick: bool, settings: Settings | None = None, n_events: int | None = None,
-        requests: int | None = None) -> dict:  # fmt: skip
+def run(
+    quick: bool, settings: Settings | None = None, n_events: int | None = None, requests: int | None = None
+) -> dict:
     s = settings or get_settings()
     n_events = n_events or (200_000 if quick else 1_000_000)
     out: dict = {"params": {"k": K, "test_share": TEST_SHARE, "quick": quick}}

@@ -69,8 +69,10 @@ def hybrid_with(*names: str) -> Callable[[Settings, int], Recommender]:
 
 def entries(s: Settings, with_spark: bool) -> dict[str, Callable[[Settings, int], Recommender]]:
     """What the section compares: every registered recommender (Spark's only with a session), plus implicit_lib."""
-    out: dict[str, Callable[[Settings, int], Recommender]] = {"popularity": seeded("popularity"),
-                                                               "implicit_lib": implicit_lib}  # fmt: skip
+    out: dict[str, Callable[[Settings, int], Recommender]] = {
+        "popularity": seeded("popularity"),
+        "implicit_lib": implicit_lib,
+    }
     for name in registry.names():
         if name == "popularity" or (name == "spark_als" and not with_spark):
             continue
@@ -93,8 +95,9 @@ def _split(events, mode: str, seed: int, s: Settings) -> EvalSplit:
     return make_split(ordered, test_share=s.eval_test_share, event_types=list(s.event_weights), items=attributes())
 
 
-def run(quick: bool, spark: SparkSession | None = None, settings: Settings | None = None,
-        only: list[str] | None = None) -> dict:  # fmt: skip
+def run(
+    quick: bool, spark: SparkSession | None = None, settings: Settings | None = None, only: list[str] | None = None
+) -> dict:
     """Every model, every seed, both tie orders. Keys: tie mode -> model -> mean metrics, per-seed NDCG, fit seconds."""
     s = settings or get_settings()
     k = s.eval_k
@@ -127,8 +130,12 @@ def run(quick: bool, spark: SparkSession | None = None, settings: Settings | Non
             runs = entry["runs"]
             means = {key: float(np.mean([r[key] for r in runs])) for key in runs[0] if key not in ("seed",)}
             ndcg_seeds = [r[f"ndcg@{k}"] for r in runs]
-            summary[name] = {**means, "ndcg_per_seed": ndcg_seeds, "seeds": [r["seed"] for r in runs],
-                             "params": entry["params"]}  # fmt: skip
+            summary[name] = {
+                **means,
+                "ndcg_per_seed": ndcg_seeds,
+                "seeds": [r["seed"] for r in runs],
+                "params": entry["params"],
+            }
             if reference is not None and name != REFERENCE:
                 diff, se = paired_se(np.mean(per_user[name], axis=0), reference)
                 summary[name]["vs_reference"] = {"ndcg_diff": diff, "paired_se": se}

@@ -38,9 +38,14 @@ def _after_view(ctx: UserContext, item: int, kind: int, weight: float) -> UserCo
         items.append(item)
         strengths.append(weight)
     ts = int(ctx.recent_ts_ms[-1]) + 1000 if len(ctx.recent_ts_ms) else 0
-    return UserContext(row=ctx.row, items=np.array(items, np.int64), strengths=np.array(strengths, np.float32),
-                       recent=np.append(ctx.recent, item), recent_ts_ms=np.append(ctx.recent_ts_ms, ts),
-                       recent_kinds=np.append(ctx.recent_kinds, np.int8(kind)))  # fmt: skip
+    return UserContext(
+        row=ctx.row,
+        items=np.array(items, np.int64),
+        strengths=np.array(strengths, np.float32),
+        recent=np.append(ctx.recent, item),
+        recent_ts_ms=np.append(ctx.recent_ts_ms, ts),
+        recent_kinds=np.append(ctx.recent_kinds, np.int8(kind)),
+    )
 
 
 def _top(model: Recommender, contexts: list[UserContext], exclude: np.ndarray) -> np.ndarray:
@@ -89,25 +94,38 @@ def cold_items(model: Recommender, split, cold: np.ndarray) -> dict:
             wanted = {int(cold[c]) for c in relevant[u].indices}
             hits = len(wanted & (set(top[r].tolist()) & cold_set))
             recall.append(hits / min(K, len(wanted)))
-    visitors = [UserContext(items=np.array([j]), strengths=np.array([1.0], np.float32), recent=np.array([j]),
-                            recent_ts_ms=np.array([0]), recent_kinds=np.array([0], np.int8)) for j in cold]  # fmt: skip
+    visitors = [
+        UserContext(
+            items=np.array([j]),
+            strengths=np.array([1.0], np.float32),
+            recent=np.array([j]),
+            recent_ts_ms=np.array([0]),
+            recent_kinds=np.array([0], np.int8),
+        )
+        for j in cold
+    ]
     zero = 0
     if visitors:
         scores = np.array(model.score(visitors), dtype=np.float32)
         scores[np.arange(len(cold)), cold] = -np.inf
         top, val = _select_top(scores, K)
         zero = int((val <= 0).sum())
-    return {"cold_items": len(cold), "users_with_cold_test_items": len(users),
-            "recall@10_on_cold": float(np.mean(recall)) if recall else None,
-            "visitor_answers_scoring_zero_or_less": zero, "visitor_answers": len(cold) * K}  # fmt: skip
+    return {
+        "cold_items": len(cold),
+        "users_with_cold_test_items": len(users),
+        "recall@10_on_cold": float(np.mean(recall)) if recall else None,
+        "visitor_answers_scoring_zero_or_less": zero,
+        "visitor_answers": len(cold) * K,
+    }
 
 
 def run(quick: bool, settings: Settings | None = None, only: list[str] | None = None) -> dict:
     s = settings or get_settings()
     events = load_ml100k_events()
     items = attributes()
-    split = make_split(events, test_share=s.eval_test_share, event_types=list(s.event_weights), items=items,
-                       item_universe=list(items))  # fmt: skip
+    split = make_split(
+        events, test_share=s.eval_test_share, event_types=list(s.event_weights), items=items, item_universe=list(items)
+    )
     train_items = set(time_split(events, s.eval_test_share)[0]["item_id"].astype(str))
     cold = np.array([j for j, i in enumerate(split.train.item_ids.tolist()) if i not in train_items], np.int64)
     out: dict = {"params": {"k": K, "min_events": MIN_EVENTS}}

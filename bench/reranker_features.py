@@ -125,17 +125,23 @@ def main() -> None:
     extra = table_features(seen["train"], seen["users"], cand)
     both = np.concatenate([base, extra], axis=-1)
     print(f"{len(seen['users'])} validation users, {cand.shape[1]} candidates each")
-    print("table features' std:", dict(zip(NAMES, np.round(extra.reshape(-1, len(NAMES)).std(axis=0), 4).tolist(),
-                                          strict=True)))  # fmt: skip
+    print(
+        "table features' std:",
+        dict(zip(NAMES, np.round(extra.reshape(-1, len(NAMES)).std(axis=0), 4).tolist(), strict=True)),
+    )
     best = {}
     for label, feats in (("without", base), ("with", both)):
         cv = cross_validate(feats, seen["labels"], seen["relevant"], cand, seen["l2_grid"], seed=seen["seed"])
         best[label] = max(cv["reranked"], key=lambda k: cv["reranked"][k])
-        print(f"{label} table features: blend {cv['blend']:.4f}; re-ranked by L2 "
-              f"{ {k: round(v, 4) for k, v in cv['reranked'].items()} }")  # fmt: skip
+        print(
+            f"{label} table features: blend {cv['blend']:.4f}; re-ranked by L2 "
+            f"{ {k: round(v, 4) for k, v in cv['reranked'].items()} }"
+        )
     gain = per_user_ndcg(both, seen, float(best["with"])) - per_user_ndcg(base, seen, float(best["without"]))
-    print(f"with - without (each at its best L2): {gain.mean():+.4f} ± {gain.std(ddof=1) / np.sqrt(len(gain)):.4f} "
-          "(paired SE)")  # fmt: skip
+    print(
+        f"with - without (each at its best L2): {gain.mean():+.4f} ± {gain.std(ddof=1) / np.sqrt(len(gain)):.4f} "
+        "(paired SE)"
+    )
     l2 = float(best["without"])
     for j, name in enumerate(NAMES):
         one = np.concatenate([base, extra[..., j : j + 1]], axis=-1)

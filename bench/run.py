@@ -102,8 +102,9 @@ def _bench_spark():
     return spark
 
 
-def run_batch(sizes: list[int], engines: list[str], users: int, items: int,
-              baseline: str = "") -> tuple[dict, dict | None]:  # fmt: skip
+def run_batch(
+    sizes: list[int], engines: list[str], users: int, items: int, baseline: str = ""
+) -> tuple[dict, dict | None]:
     """Backfill n synthetic events, then time the whole batch pipeline per engine in a fresh child process.
 
     With `baseline` (a git ref), the same pipeline of that commit runs too, side by side on a copy of the
@@ -127,8 +128,18 @@ def run_batch(sizes: list[int], engines: list[str], users: int, items: int,
                 broker.start(s)
                 try:
                     console.print(f"[bold]batch[/bold]: backfilling {n:,} synthetic events")
-                    backfill = [sys.executable, "-m", "jobs.backfill", "synthetic", "--events", str(n),
-                                "--users", str(users), "--items", str(items)]  # fmt: skip
+                    backfill = [
+                        sys.executable,
+                        "-m",
+                        "jobs.backfill",
+                        "synthetic",
+                        "--events",
+                        str(n),
+                        "--users",
+                        str(users),
+                        "--items",
+                        str(items),
+                    ]
                     subprocess.run(backfill, env=env, check=True, cwd=PROJECT_ROOT, stderr=subprocess.DEVNULL)
                     base_env = None
                     if base_tree:  # the same bronze, before any job of this commit touched the lake
@@ -139,21 +150,24 @@ def run_batch(sizes: list[int], engines: list[str], users: int, items: int,
                         results[engine][str(n)] = _time_pipeline(engine, n, env)
                         if base_env and base is not None and base_tree is not None:
                             base[engine][str(n)] = _time_pipeline(engine, n, base_env, cwd=base_tree)
-                            base[engine][str(n)]["this_commit"] = {k: results[engine][str(n)][k]
-                                                                   for k in ("seconds", "steps_s")}  # fmt: skip
+                            base[engine][str(n)]["this_commit"] = {
+                                k: results[engine][str(n)][k] for k in ("seconds", "steps_s")
+                            }
                 finally:
                     broker.stop(s)
                     shutil.rmtree(state, ignore_errors=True)
         finally:
             if base_tree:
-                subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=PROJECT_ROOT,
-                               capture_output=True)  # fmt: skip
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(base_tree)], cwd=PROJECT_ROOT, capture_output=True
+                )
     return results, base
 
 
 def _baseline_worktree(ref: str, where: Path) -> Path:
-    subprocess.run(["git", "worktree", "add", "--detach", str(where), ref], cwd=PROJECT_ROOT, check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(where), ref], cwd=PROJECT_ROOT, check=True, capture_output=True
+    )
     return where
 
 
@@ -187,8 +201,12 @@ def git_state() -> tuple[str, bool]:
 
     The bench's own outputs do not count: they change as soon as the first section is saved."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
-                           capture_output=True, text=True, cwd=PROJECT_ROOT)  # fmt: skip
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+    )
     return head.stdout.strip() or "unknown", bool(dirty.stdout.strip())
 
 
@@ -209,14 +227,33 @@ def meta(quick: bool, repetitions: object = 1) -> dict:
 
 def batch_table(batch: dict, title: str = "batch pipeline (clean + train + evaluate + publish), one run each") -> Table:
     table = Table(title=title)
-    for col in ("engine", "events", "seconds", "events/s", "peak RSS MB", "train s", "evaluate s", "NDCG@10",
-                "popularity", "BLAS"):  # fmt: skip
+    for col in (
+        "engine",
+        "events",
+        "seconds",
+        "events/s",
+        "peak RSS MB",
+        "train s",
+        "evaluate s",
+        "NDCG@10",
+        "popularity",
+        "BLAS",
+    ):
         table.add_column(col, justify="right")
     for engine, by_size in batch.items():
         for n, r in by_size.items():
-            table.add_row(engine, f"{int(n):,}", f"{r['seconds']:.0f}", f"{r['events_per_s']:,}",
-                          f"{r['peak_rss_mb']:,}", f"{r['steps_s']['train']:.0f}", f"{r['steps_s']['evaluate']:.0f}",
-                          f"{r['ndcg@10']:.3f}", f"{r['popularity_ndcg@10']:.3f}", r["blas"])  # fmt: skip
+            table.add_row(
+                engine,
+                f"{int(n):,}",
+                f"{r['seconds']:.0f}",
+                f"{r['events_per_s']:,}",
+                f"{r['peak_rss_mb']:,}",
+                f"{r['steps_s']['train']:.0f}",
+                f"{r['steps_s']['evaluate']:.0f}",
+                f"{r['ndcg@10']:.3f}",
+                f"{r['popularity_ndcg@10']:.3f}",
+                r["blas"],
+            )
     return table
 
 
@@ -231,8 +268,12 @@ def quality_table(q: dict) -> Table:
                 continue
             vs = r.get("vs_reference")
             diff = f"{vs['ndcg_diff']:+.4f} ± {vs['paired_se']:.4f}" if vs else "—"
-            table.add_row(model, mode, *(f"{r[key]:.4f}" for key in (f"precision@{k}", f"recall@{k}", f"ndcg@{k}",
-                                                                     f"map@{k}", "auc")), diff)  # fmt: skip
+            table.add_row(
+                model,
+                mode,
+                *(f"{r[key]:.4f}" for key in (f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", "auc")),
+                diff,
+            )
     return table
 
 
@@ -244,43 +285,85 @@ def freshness_table(f: dict) -> Table:
     for name, r in f.items():
         if isinstance(r, dict) and "stale" in r:
             share, vs = r.get("recovered_share"), r.get("vs_als_retrain")
-            table.add_row(name, *(f"{r[v][f'ndcg@{k}']:.4f}" for v in ("stale", "realtime", "retrain")),
-                          "n/a" if share is None else f"{share:.0%}", "n/a" if vs is None else f"{vs:.0%}")  # fmt: skip
+            table.add_row(
+                name,
+                *(f"{r[v][f'ndcg@{k}']:.4f}" for v in ("stale", "realtime", "retrain")),
+                "n/a" if share is None else f"{share:.0%}",
+                "n/a" if vs is None else f"{vs:.0%}",
+            )
     return table
 
 
 def serving_table(sv: dict) -> Table:
     table = Table(title=f"serving GET /recommend, {sv['n_items']:,} items, rank {sv['rank']}, top-{sv['k']}")
-    for col in ("mode/replicas", "max req/s", "offered", "p50 ms", "p99 ms", "wrk req/s", "wrk p99 ms", "errors",
-                "RSS MB"):  # fmt: skip
+    for col in (
+        "mode/replicas",
+        "max req/s",
+        "offered",
+        "p50 ms",
+        "p99 ms",
+        "wrk req/s",
+        "wrk p99 ms",
+        "errors",
+        "RSS MB",
+    ):
         table.add_column(col, justify="right")
     for mode, r in sv["modes"].items():
         w = r.get("wrk") or {}
-        table.add_row(mode, f"{r['max_requests_per_s']:,}", f"{r['offered_rate']:,}", f"{r['p50_ms']}",
-                      f"{r['p99_ms']}", f"{w.get('requests_per_s', 'n/a')}", f"{w.get('p99_ms', 'n/a')}",
-                      f"{r['errors']}", f"{r['rss_mb']:,}")  # fmt: skip
+        table.add_row(
+            mode,
+            f"{r['max_requests_per_s']:,}",
+            f"{r['offered_rate']:,}",
+            f"{r['p50_ms']}",
+            f"{r['p99_ms']}",
+            f"{w.get('requests_per_s', 'n/a')}",
+            f"{w.get('p99_ms', 'n/a')}",
+            f"{r['errors']}",
+            f"{r['rss_mb']:,}",
+        )
     return table
 
 
 def speed_table(speed: dict) -> Table:
     table = Table(title=f"speed layer, rank {speed['rank']}, {speed['n_items']:,} items, one process")
-    for col in ("events/s (backlog drain)", "latency p50 ms @1k/s", "latency p99 ms @1k/s", "solve µs/user",
-                "mean history length"):  # fmt: skip
+    for col in (
+        "events/s (backlog drain)",
+        "latency p50 ms @1k/s",
+        "latency p99 ms @1k/s",
+        "solve µs/user",
+        "mean history length",
+    ):
         table.add_column(col, justify="right")
-    table.add_row(f"{speed['events_per_s']:,}", f"{speed['latency_ms_p50']}", f"{speed['latency_ms_p99']}",
-                  f"{speed['solve_us_per_user']}", f"{speed['history_len_mean']}")  # fmt: skip
+    table.add_row(
+        f"{speed['events_per_s']:,}",
+        f"{speed['latency_ms_p50']}",
+        f"{speed['latency_ms_p99']}",
+        f"{speed['solve_us_per_user']}",
+        f"{speed['history_len_mean']}",
+    )
     return table
 
 
 def kafka_table(speed: dict) -> Table:
     ref = speed["kafka_reference"]
     table = Table(title="the same events, the same broker: records/s")
-    for col in ("speed layer", "kafka-python consume", "ConsumerPerformance", "kafka-python produce",
-                "ProducerPerformance", "speed / kafka-python"):  # fmt: skip
+    for col in (
+        "speed layer",
+        "kafka-python consume",
+        "ConsumerPerformance",
+        "kafka-python produce",
+        "ProducerPerformance",
+        "speed / kafka-python",
+    ):
         table.add_column(col, justify="right")
-    table.add_row(f"{speed['events_per_s']:,}", f"{ref['kafka_python_consume']['records_per_s']:,}",
-                  f"{ref['consumer_performance']['records_per_s']:,}", f"{ref['kafka_python_produce_per_s']:,}",
-                  f"{ref['producer_performance']['records_per_s']:,}", f"{speed['speed_vs_raw_consume']}")  # fmt: skip
+    table.add_row(
+        f"{speed['events_per_s']:,}",
+        f"{ref['kafka_python_consume']['records_per_s']:,}",
+        f"{ref['consumer_performance']['records_per_s']:,}",
+        f"{ref['kafka_python_produce_per_s']:,}",
+        f"{ref['producer_performance']['records_per_s']:,}",
+        f"{speed['speed_vs_raw_consume']}",
+    )
     return table
 
 
@@ -318,8 +401,9 @@ def _neural(o: dict) -> dict:
 
 def _batch(o: dict) -> dict:
     chosen = [int(x) for x in o["sizes"].split(",") if x] or ([500_000] if o["quick"] else [1_000_000, 10_000_000])
-    results, base = run_batch(chosen, [e for e in o["engines"].split(",") if e], users=100_000, items=50_000,
-                              baseline=o["baseline"])  # fmt: skip
+    results, base = run_batch(
+        chosen, [e for e in o["engines"].split(",") if e], users=100_000, items=50_000, baseline=o["baseline"]
+    )
     return results if base is None else {**results, "baseline": base}
 
 
@@ -338,8 +422,18 @@ def storage_table(r: dict) -> Table:
         title=f"batch pipeline ({p['engine']}) with the lake and models on local disk vs HDFS, "
         f"and a replica's swap-in of the published model (median of {p['swaps']})"
     )
-    for col in ("storage", "events", "seconds", "clean s", "train s", "evaluate s", "publish s", "peak RSS MB",
-                "swap-in s", "NDCG@10"):  # fmt: skip
+    for col in (
+        "storage",
+        "events",
+        "seconds",
+        "clean s",
+        "train s",
+        "evaluate s",
+        "publish s",
+        "peak RSS MB",
+        "swap-in s",
+        "NDCG@10",
+    ):
         table.add_column(col, justify="right")
     for row in storage.table_rows(r):
         table.add_row(*row)
@@ -374,8 +468,16 @@ def _candidates(o: dict) -> dict:
 
 def candidates_table(r: dict) -> Table:
     table = Table(title="hybrid: two-stage serving vs the dense scores it replaces (in process, ms per user)")
-    for col in ("data", "items", "same top-10", "NDCG@10 dense", "NDCG@10 two-stage", "dense 1/64", "two-stage 1/64",
-                "ALS 1/64"):  # fmt: skip
+    for col in (
+        "data",
+        "items",
+        "same top-10",
+        "NDCG@10 dense",
+        "NDCG@10 two-stage",
+        "dense 1/64",
+        "two-stage 1/64",
+        "ALS 1/64",
+    ):
         table.add_column(col, justify="right")
     for name, v in r.items():
         c = v["cost"]
@@ -386,8 +488,15 @@ def candidates_table(r: dict) -> Table:
             return f"{c['batch_1'][path]['per_user_ms']:.2f} / {c['batch_64'][path]['per_user_ms']:.2f}"
 
         ndcg = f"{v['ndcg@10_dense']:.4f}", f"{v['ndcg@10_two_stage']:.4f}"
-        table.add_row(name, str(v["n_items"]), f"{v['same_top10_share']:.2%}", *ndcg, cell("dense"),
-                      cell("two_stage"), cell("als_component"))  # fmt: skip
+        table.add_row(
+            name,
+            str(v["n_items"]),
+            f"{v['same_top10_share']:.2%}",
+            *ndcg,
+            cell("dense"),
+            cell("two_stage"),
+            cell("als_component"),
+        )
     return table
 
 
@@ -460,8 +569,10 @@ def main(
     if unknown:
         raise typer.BadParameter(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     if git_state()[1] and not allow_dirty:
-        raise typer.BadParameter("the tree has uncommitted changes: commit first (results record the commit they "
-                                 "ran on), or pass --allow-dirty and the results say +uncommitted")  # fmt: skip
+        raise typer.BadParameter(
+            "the tree has uncommitted changes: commit first (results record the commit they "
+            "ran on), or pass --allow-dirty and the results say +uncommitted"
+        )
     options = {"quick": quick, "sizes": sizes, "engines": engines, "baseline": baseline}
     results: dict = {}
     sections_meta: dict = {}

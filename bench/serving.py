@@ -54,8 +54,21 @@ WRK_SCRIPT = PROJECT_ROOT / "bench" / "wrk_recommend.lua"
 
 
 def _loadgen(url: str, paths: Path, connections: int, seconds: float, rate: float = 0) -> dict:
-    cmd = [sys.executable, "-m", "bench.loadgen", "--url", url, "--paths-file", str(paths),
-           "--connections", str(connections), "--seconds", str(seconds), "--rate", str(rate)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        url,
+        "--paths-file",
+        str(paths),
+        "--connections",
+        str(connections),
+        "--seconds",
+        str(seconds),
+        "--rate",
+        str(rate),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed (exit {done.returncode}): {done.stderr[-2000:]}")
@@ -69,15 +82,22 @@ def _wrk(urls: list[str], paths: Path, connections: int, seconds: float) -> dict
     per = max(1, connections // len(urls))
     env = {**os.environ, "PATHS": str(paths)}
     command = ["wrk", "-t1", f"-c{per}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT)]
-    runs = [subprocess.Popen([*command, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            for url in urls]  # fmt: skip
+    runs = [
+        subprocess.Popen([*command, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for url in urls
+    ]
     outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in runs]
     requests = sum(o["requests"] for o in outs)
     seconds_run = max(o["seconds"] for o in outs)
-    return {"requests": requests, "errors": sum(o["errors"] for o in outs), "connections": per * len(urls),
-            "requests_per_s": round(requests / seconds_run, 1),
-            # percentiles of the busiest replica's run (wrk reports per process)
-            "p50_ms": max(o["p50_ms"] for o in outs), "p99_ms": max(o["p99_ms"] for o in outs)}  # fmt: skip
+    return {
+        "requests": requests,
+        "errors": sum(o["errors"] for o in outs),
+        "connections": per * len(urls),
+        "requests_per_s": round(requests / seconds_run, 1),
+        # percentiles of the busiest replica's run (wrk reports per process)
+        "p50_ms": max(o["p50_ms"] for o in outs),
+        "p99_ms": max(o["p99_ms"] for o in outs),
+    }
 
 
 def _two_free_ports() -> int:
@@ -114,8 +134,9 @@ def _serve(configs: list[Settings], s: Settings, label: str):
 
 def measure_mode(s: Settings, mode: str, replicas: int, paths: Path, seconds: float, rate: float) -> dict:
     """`replicas` serving processes on their own ports, connections spread evenly over them."""
-    configs = [s.model_copy(update={"serving_index": mode, "serving_port": s.serving_port + i})
-               for i in range(replicas)]  # fmt: skip
+    configs = [
+        s.model_copy(update={"serving_index": mode, "serving_port": s.serving_port + i}) for i in range(replicas)
+    ]
     started = time.monotonic()
     procs = _serve(configs, s, mode)
     try:
@@ -132,11 +153,17 @@ def measure_mode(s: Settings, mode: str, replicas: int, paths: Path, seconds: fl
         for proc in procs:
             processes.stop(proc)
     return {
-        "max_requests_per_s": closed["requests_per_s"], "closed_loop": closed, "at_rate": open_loop,
-        "offered_rate": offered, "p50_ms": open_loop["latency_ms"]["p50"], "p99_ms": open_loop["latency_ms"]["p99"],
-        "errors": closed["errors"] + open_loop["errors"] + (wrk["errors"] if wrk else 0), "wrk": wrk,
-        "rss_mb": round(rss / 2**20), "start_to_ready_s": round(ready_s, 1),
-    }  # fmt: skip
+        "max_requests_per_s": closed["requests_per_s"],
+        "closed_loop": closed,
+        "at_rate": open_loop,
+        "offered_rate": offered,
+        "p50_ms": open_loop["latency_ms"]["p50"],
+        "p99_ms": open_loop["latency_ms"]["p99"],
+        "errors": closed["errors"] + open_loop["errors"] + (wrk["errors"] if wrk else 0),
+        "wrk": wrk,
+        "rss_mb": round(rss / 2**20),
+        "start_to_ready_s": round(ready_s, 1),
+    }
 
 
 def memory_bandwidth(item_bytes: int) -> dict:
@@ -181,10 +208,16 @@ def exactness_and_bytes(s: Settings, users: list[str], k: int = 10) -> dict:
         same_fp32 += ranked.item_ids == [exact.item_ids[j] for j in idx if j != PAD]
         same_blas += ranked.item_ids == blas.answer([blas.prepare(user, k)])[0].item_ids
     block_bytes = index.block * index.rank * 4
-    return {"users": len(users), "same_as_fp32_full_sort": same_fp32, "same_as_blas_full_sort": same_blas,
-            "blocks_per_request": round(float(np.mean(blocks)), 2), "block_bytes": block_bytes,
-            "bytes_per_request": round(float(np.mean(blocks)) * block_bytes),
-            "full_scan_bytes": int(items.nbytes), "blocks": len(index.starts)}  # fmt: skip
+    return {
+        "users": len(users),
+        "same_as_fp32_full_sort": same_fp32,
+        "same_as_blas_full_sort": same_blas,
+        "blocks_per_request": round(float(np.mean(blocks)), 2),
+        "block_bytes": block_bytes,
+        "bytes_per_request": round(float(np.mean(blocks)) * block_bytes),
+        "full_scan_bytes": int(items.nbytes),
+        "blocks": len(index.starts),
+    }
 
 
 def hybrid_data_and_params(s: Settings, n_users: int, n_items: int, history_events: int):
@@ -203,13 +236,26 @@ def hybrid_data_and_params(s: Settings, n_users: int, n_items: int, history_even
     weights = table.column("event_type").to_pandas().map(s.event_weights).to_numpy()
     ts = table.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
     catalog.write(catalog.synthetic(n_items, 20), s)  # content ranks by these attributes
-    data, _ = datasets.build(table.column("user_id"), table.column("item_id"), ts, table.column("event_type"),
-                             weights, list(s.event_weights), session=table.column("session_id"),
-                             items=catalog.attributes(s))  # fmt: skip
-    params = HybridParams(component_params={
-        "ease": {"max_items": 3000}, "slit": {"max_items": 3000, "max_rows": 200_000},
-        "implicit_als": {"rank": 64, "iterations": 2, "reg": 20.0, "alpha": 1.0}},
-        tune_users=200, tune_rounds=1, rerank="always")  # fmt: skip
+    data, _ = datasets.build(
+        table.column("user_id"),
+        table.column("item_id"),
+        ts,
+        table.column("event_type"),
+        weights,
+        list(s.event_weights),
+        session=table.column("session_id"),
+        items=catalog.attributes(s),
+    )
+    params = HybridParams(
+        component_params={
+            "ease": {"max_items": 3000},
+            "slit": {"max_items": 3000, "max_rows": 200_000},
+            "implicit_als": {"rank": 64, "iterations": 2, "reg": 20.0, "alpha": 1.0},
+        },
+        tune_users=200,
+        tune_rounds=1,
+        rerank="always",
+    )
     return data, params
 
 
@@ -226,12 +272,18 @@ def build_hybrid(s: Settings, n_users: int, n_items: int, history_events: int) -
     manifest = model_store.build_manifest(model, data, "m20260101T000000000000-hybrid", kafka_offsets={})
     artifact = model_store.ModelArtifact(manifest, data, model)
     model_store.promote(model_store.save_candidate(artifact, s), s)
-    return {"fit_s": round(fit_s, 1), "components": sorted(model.components), "weights": model.weights,
-            "reranker": model.reranker is not None, "n_items": data.n_items}  # fmt: skip
+    return {
+        "fit_s": round(fit_s, 1),
+        "components": sorted(model.components),
+        "weights": model.weights,
+        "reranker": model.reranker is not None,
+        "n_items": data.n_items,
+    }
 
 
-def hybrid_vs_als(als: Settings, hybrid: Settings, als_paths: Path, hybrid_paths: Path, seconds: float,
-                  rate: float) -> dict:  # fmt: skip
+def hybrid_vs_als(
+    als: Settings, hybrid: Settings, als_paths: Path, hybrid_paths: Path, seconds: float, rate: float
+) -> dict:
     """One replica of each at the same offered rate (open loop), one after the other in this run."""
     out: dict[str, Any] = {}
     for name, s, paths in (("als", als, als_paths), ("hybrid", hybrid, hybrid_paths)):
@@ -286,12 +338,17 @@ def batch_vs_single(s: Settings, users: list[str], seconds: float, repeats: int 
         processes.stop(procs[0])
     best = min(timings)
     batch_users_per_s = len(users) / best
-    return {"users": len(users), "single_requests_per_s": single["requests_per_s"],
-            "single_p50_ms": single["latency_ms"]["p50"], "single_errors": single["errors"],
-            "batch_s": [round(x, 4) for x in timings], "batch_users_per_s": round(batch_users_per_s, 1),
-            "ratio": round(batch_users_per_s / single["requests_per_s"], 1),
-            "same_answers": sum(a == b for a, b in zip(answer["results"], singles, strict=True)),
-            "sources": sorted({a["source"] for a in answer["results"]})}  # fmt: skip
+    return {
+        "users": len(users),
+        "single_requests_per_s": single["requests_per_s"],
+        "single_p50_ms": single["latency_ms"]["p50"],
+        "single_errors": single["errors"],
+        "batch_s": [round(x, 4) for x in timings],
+        "batch_users_per_s": round(batch_users_per_s, 1),
+        "ratio": round(batch_users_per_s / single["requests_per_s"], 1),
+        "same_answers": sum(a == b for a, b in zip(answer["results"], singles, strict=True)),
+        "sources": sorted({a["source"] for a in answer["results"]}),
+    }
 
 
 def run(quick: bool) -> dict:
@@ -300,8 +357,12 @@ def run(quick: bool) -> dict:
     n_users, n_items, rank = (20_000, 100_000, 64)
     seconds, rate = (5, 1_000) if quick else (15, 1_000)
     with tempfile.TemporaryDirectory(prefix="recsys-bench-serving-") as tmp:
-        s = Settings(state_dir=Path(tmp) / "als", kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
-                     serving_port=_two_free_ports(), pseudonym_key="bench-only-key-" + "0" * 32)  # fmt: skip
+        s = Settings(
+            state_dir=Path(tmp) / "als",
+            kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
+            serving_port=_two_free_ports(),
+            pseudonym_key="bench-only-key-" + "0" * 32,
+        )
         s.state_dir.mkdir(parents=True)
         broker.start(s)
         try:
@@ -312,9 +373,16 @@ def run(quick: bool) -> dict:
             rng = np.random.default_rng(7)
             users = rng.choice(artifact.user_ids, size=2_000, replace=False).tolist()
             paths = _paths(s, users, k=10)
-            result: dict = {"rank": rank, "n_items": len(artifact.item_ids), "n_users": len(artifact.user_ids),
-                            "k": 10, "offered_rate": rate, "seconds_per_run": seconds, "modes": {},
-                            "wrk": shutil.which("wrk") is not None}  # fmt: skip
+            result: dict = {
+                "rank": rank,
+                "n_items": len(artifact.item_ids),
+                "n_users": len(artifact.user_ids),
+                "k": 10,
+                "offered_rate": rate,
+                "seconds_per_run": seconds,
+                "modes": {},
+                "wrk": shutil.which("wrk") is not None,
+            }
             result["exactness"] = exactness_and_bytes(s, users[: 200 if quick else 500])
             result["bandwidth"] = memory_bandwidth(result["exactness"]["full_scan_bytes"])
             for mode, replicas in MODES:
@@ -328,8 +396,9 @@ def run(quick: bool) -> dict:
             assert hybrid_published is not None  # build_hybrid published one
             hybrid_artifact = model_store.load_from(hybrid_published, hs)
             hybrid_users = rng.choice(hybrid_artifact.user_ids, size=2_000, replace=False).tolist()
-            result["hybrid_vs_als"] = hybrid_vs_als(s, hs, paths, _paths(hs, hybrid_users, k=10), seconds,
-                                                    rate=20 if quick else 50)  # fmt: skip
+            result["hybrid_vs_als"] = hybrid_vs_als(
+                s, hs, paths, _paths(hs, hybrid_users, k=10), seconds, rate=20 if quick else 50
+            )
         finally:
             broker.stop(s)
     return summarise(result)
@@ -339,12 +408,21 @@ def summarise(result: dict) -> dict:
     """Headline figures and ratios (to the naive full sort, to the physical limit) from a run's measurements."""
     modes = result["modes"]
     headline = modes.get("exact/1") or next(iter(modes.values()))
-    result.update({"config": "exact/1", "rps": headline["max_requests_per_s"], "p50_ms": headline["p50_ms"],
-                   "p99_ms": headline["p99_ms"]})  # fmt: skip
+    result.update(
+        {
+            "config": "exact/1",
+            "rps": headline["max_requests_per_s"],
+            "p50_ms": headline["p50_ms"],
+            "p99_ms": headline["p99_ms"],
+        }
+    )
     naive = modes.get("full_sort/1")
     if naive:
-        result["speedup_vs_full_sort"] = {m: round(r["max_requests_per_s"] / naive["max_requests_per_s"], 1)
-                                          for m, r in modes.items() if m != "full_sort/1"}  # fmt: skip
+        result["speedup_vs_full_sort"] = {
+            m: round(r["max_requests_per_s"] / naive["max_requests_per_s"], 1)
+            for m, r in modes.items()
+            if m != "full_sort/1"
+        }
     ex, bw = result.get("exactness"), result.get("bandwidth")
     if ex and bw:
         gb_s = bw["item_matrix_gb_s"]  # bytes moved per second (a copy's reads + writes)
@@ -352,9 +430,13 @@ def summarise(result: dict) -> dict:
         result["physical_limit_rps"] = {k: round(v) for k, v in limits.items()}
         result["share_of_physical_limit"] = {
             m: round(r["max_requests_per_s"] / limits["full_scan" if m.startswith("full_sort") else "exact_scan"], 4)
-            for m, r in modes.items()}  # fmt: skip
-    targets = {m: r["max_requests_per_s"] >= 1000 and r["at_rate"]["offered_rate"] == 1000 and r["p99_ms"] <= 10
-               for m, r in modes.items() if m.startswith("exact")}  # fmt: skip
+            for m, r in modes.items()
+        }
+    targets = {
+        m: r["max_requests_per_s"] >= 1000 and r["at_rate"]["offered_rate"] == 1000 and r["p99_ms"] <= 10
+        for m, r in modes.items()
+        if m.startswith("exact")
+    }
     result["target_met"] = targets
     hv = result.get("hybrid_vs_als")
     if hv:

@@ -38,8 +38,12 @@ def run(quick: bool) -> dict:
     n_events, rounds, phases = (100_000, 2, 5) if quick else (300_000, 3, 10)
     n_users, n_items = 3_000, 1_000
     with tempfile.TemporaryDirectory(prefix="recsys-bench-soak-") as tmp:
-        s = Settings(state_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
-                     pseudonym_key="bench-only-key-" + "0" * 32, speed_metrics_port=0)  # fmt: skip
+        s = Settings(
+            state_dir=Path(tmp),
+            kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
+            pseudonym_key="bench-only-key-" + "0" * 32,
+            speed_metrics_port=0,
+        )
         broker.start(s)
         chaos = Chaos(s, random.Random(7))
         started = time.monotonic()
@@ -53,14 +57,26 @@ def run(quick: bool) -> dict:
                 per_round = n_events // rounds
                 # Two broker restarts per round, in the middle of producing a phase: kill -9 in even rounds,
                 # SIGTERM (controlled shutdown) in odd ones.
-                stream += stream_with_kills(s, chaos, per_round, phases, seed=100 + r, n_users=n_users,
-                                            n_items=n_items, broker_restarts=2,
-                                            broker_how="SIGKILL" if r % 2 == 0 else "SIGTERM")  # fmt: skip
+                stream += stream_with_kills(
+                    s,
+                    chaos,
+                    per_round,
+                    phases,
+                    seed=100 + r,
+                    n_users=n_users,
+                    n_items=n_items,
+                    broker_restarts=2,
+                    broker_how="SIGKILL" if r % 2 == 0 else "SIGTERM",
+                )
             streaming_s = time.monotonic() - started
             chaos.stop()
             chaos_end = updates_end(s)
-            ups = ups_against_offsets(artifact, user_events_after_cutoff(s, artifact),
-                                      user_updates(s, chaos_start, chaos_end), s.event_weights)  # fmt: skip
+            ups = ups_against_offsets(
+                artifact,
+                user_events_after_cutoff(s, artifact),
+                user_updates(s, chaos_start, chaos_end),
+                s.event_weights,
+            )
             recovery_s = catch_up(s, chaos)
             stored = stored_counts(s)  # reported, not asserted: a broken guarantee is a result too
             users = check_user_vectors(s, artifact, stream)
@@ -70,18 +86,25 @@ def run(quick: bool) -> dict:
             broker.stop(s)
     produced = rounds * (n_events // rounds)
     return {
-        "events": produced, "valid_events": len(stream), "kills": chaos.kills,
-        "kills_while_working": chaos.kills_while_working, "broker_kill_9": chaos.broker_kills,
-        "broker_sigterm": chaos.broker_stops, "broker_restarts_mid_burst": chaos.broker_restarts_mid_burst,
+        "events": produced,
+        "valid_events": len(stream),
+        "kills": chaos.kills,
+        "kills_while_working": chaos.kills_while_working,
+        "broker_kill_9": chaos.broker_kills,
+        "broker_sigterm": chaos.broker_stops,
+        "broker_restarts_mid_burst": chaos.broker_restarts_mid_burst,
         "processes_died_on_their_own": chaos.restarts_after_crash,
-        "bronze_rows": stored["bronze_rows"], "dlq_rows": stored["dlq_rows"],
+        "bronze_rows": stored["bronze_rows"],
+        "dlq_rows": stored["dlq_rows"],
         "lost_events": len(stream) - stored["distinct_event_ids"],
         "lost_dead_letters": (produced - len(stream)) - stored["distinct_dlq_keys"],
         "duplicated": (stored["bronze_rows"] - stored["distinct_event_ids"])
         + (stored["dlq_rows"] - stored["distinct_dlq_keys"]),
-        "chaos_ups_checked": ups.checked, "chaos_ups_not_matching_their_offset": len(ups.mismatched),
+        "chaos_ups_checked": ups.checked,
+        "chaos_ups_not_matching_their_offset": len(ups.mismatched),
         "chaos_ups_skipped_new_items": ups.skipped_new_items,
         "users_checked": users,
-        "send_retries_logged": logs.count("not acknowledged"), "streaming_seconds": round(streaming_s, 1),
+        "send_retries_logged": logs.count("not acknowledged"),
+        "streaming_seconds": round(streaming_s, 1),
         "final_catch_up_seconds": round(recovery_s, 1),
-    }  # fmt: skip
+    }

@@ -39,13 +39,15 @@ def build_model(
     """A published ALS model over `history_events` synthetic events (not in Kafka: offsets start at 0)."""
     import pyarrow as pa
 
-    config = SyntheticConfig(n_events=history_events, n_users=n_users, n_items=n_items, seed=100,
-                             zipf_exponent=zipf_exponent)  # fmt: skip
+    config = SyntheticConfig(
+        n_events=history_events, n_users=n_users, n_items=n_items, seed=100, zipf_exponent=zipf_exponent
+    )
     table = pa.Table.from_batches(list(iter_batches(config)))
     weights = table.column("event_type").to_pandas().map(s.event_weights).to_numpy()
     ts = table.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
-    data, _ = datasets.build(table.column("user_id"), table.column("item_id"), ts, table.column("event_type"),
-                             weights, list(s.event_weights))  # fmt: skip
+    data, _ = datasets.build(
+        table.column("user_id"), table.column("item_id"), ts, table.column("event_type"), weights, list(s.event_weights)
+    )
     # Few iterations: throughput depends on the artifact's shape (rank, catalogue, histories), not on its quality.
     model = ImplicitALS(ImplicitALS.Params(rank=rank, iterations=2, reg=20.0, alpha=1.0))
     model.fit(data)
@@ -64,8 +66,11 @@ def solve_cost_per_user(artifact: model_store.ModelArtifact, batch: int = 2000, 
         started = time.perf_counter()
         fold.vectors(rows)
         times.append((time.perf_counter() - started) / batch * 1e6)
-    return {"solve_us_per_user": round(statistics.median(times), 1),
-            "history_len_mean": round(rows.nnz / batch, 1), "repetitions": repeats}  # fmt: skip
+    return {
+        "solve_us_per_user": round(statistics.median(times), 1),
+        "history_len_mean": round(rows.nnz / batch, 1),
+        "repetitions": repeats,
+    }
 
 
 def throughput(s: Settings, n_users: int, n_items: int, n_events: int) -> dict:
@@ -87,9 +92,14 @@ def throughput(s: Settings, n_users: int, n_items: int, n_events: int) -> dict:
     finally:
         proc.terminate()
         proc.wait(30)
-    return {"events": target - first, "seconds": round(seconds, 2), "events_per_s": round((target - first) / seconds),
-            "up_messages": _up_count(s) - ups_before, "kafka_python_produce_per_s": round(produced.rate),
-            "offsets": {"start": start_offsets, "end": backlog}}  # fmt: skip
+    return {
+        "events": target - first,
+        "seconds": round(seconds, 2),
+        "events_per_s": round((target - first) / seconds),
+        "up_messages": _up_count(s) - ups_before,
+        "kafka_python_produce_per_s": round(produced.rate),
+        "offsets": {"start": start_offsets, "end": backlog},
+    }
 
 
 def instances_throughput(s: Settings, n_users: int, n_items: int, n_events: int, instances: int) -> dict:
@@ -110,8 +120,12 @@ def instances_throughput(s: Settings, n_users: int, n_items: int, n_events: int,
         for proc in procs:
             proc.terminate()
             proc.wait(30)
-    return {"instances": instances, "events": target - base, "seconds": round(seconds, 2),
-            "events_per_s": round((target - base) / seconds)}  # fmt: skip
+    return {
+        "instances": instances,
+        "events": target - base,
+        "seconds": round(seconds, 2),
+        "events_per_s": round((target - base) / seconds),
+    }
 
 
 def publish_cutoff(s: Settings) -> int:
@@ -159,8 +173,12 @@ def latency(s: Settings, n_users: int, n_items: int, rate: float, seconds: float
     if not seen:
         raise RuntimeError("no UP message was read back")
     ms = np.array(seen)
-    return {"rate_per_s": rate, "ups": len(ms), "latency_ms_p50": round(float(np.percentile(ms, 50)), 1),
-            "latency_ms_p99": round(float(np.percentile(ms, 99)), 1)}  # fmt: skip
+    return {
+        "rate_per_s": rate,
+        "ups": len(ms),
+        "latency_ms_p50": round(float(np.percentile(ms, 50)), 1),
+        "latency_ms_p99": round(float(np.percentile(ms, 99)), 1),
+    }
 
 
 def _read_latencies(s: Settings, out: list[float], stop: threading.Event) -> None:
@@ -180,8 +198,13 @@ def _read_latencies(s: Settings, out: list[float], stop: threading.Event) -> Non
 
 
 def _speed_process(s: Settings, instance: str) -> subprocess.Popen:
-    return processes.start("speed_layer", s.model_copy(update={"speed_metrics_port": 0}), "--instance-id", instance,
-                           log=s.state_dir / f"{instance}.log")  # fmt: skip
+    return processes.start(
+        "speed_layer",
+        s.model_copy(update={"speed_metrics_port": 0}),
+        "--instance-id",
+        instance,
+        log=s.state_dir / f"{instance}.log",
+    )
 
 
 def _committed(s: Settings) -> int:
@@ -202,8 +225,9 @@ def run(quick: bool) -> dict:
     n_users, n_items, rank = (20_000, 50_000, 64)
     with tempfile.TemporaryDirectory(prefix="recsys-bench-speed-") as tmp:
         port = broker.free_port()
-        s = Settings(state_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{port}",
-                     pseudonym_key="bench-only-key-" + "0" * 32)  # fmt: skip
+        s = Settings(
+            state_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{port}", pseudonym_key="bench-only-key-" + "0" * 32
+        )
         broker.start(s)
         try:
             artifact = build_model(s, n_users, n_items, rank, history_events=300_000 if quick else 1_000_000)
@@ -215,8 +239,9 @@ def run(quick: bool) -> dict:
             result.update(solve_cost_per_user(artifact))
             # Latency first, on an empty log, at the target rate.
             lat = latency(s, n_users, n_items, rate=1_000, seconds=10 if quick else 30)
-            result.update({"latency_ms_p50": lat["latency_ms_p50"], "latency_ms_p99": lat["latency_ms_p99"],
-                           "latency": lat})  # fmt: skip
+            result.update(
+                {"latency_ms_p50": lat["latency_ms_p50"], "latency_ms_p99": lat["latency_ms_p99"], "latency": lat}
+            )
             # And at five times that (target: p99 <= 250 ms), on the same log and process set-up.
             result["latency_5k"] = latency(s, n_users, n_items, rate=5_000, seconds=10 if quick else 20)
             n_backlog = 50_000 if quick else 200_000
@@ -230,9 +255,10 @@ def run(quick: bool) -> dict:
                 "kafka_python_consume": raw,
                 "kafka_python_produce_per_s": result["throughput"]["kafka_python_produce_per_s"],
                 "consumer_performance": consumer_performance(s, records=n_backlog),
-                "producer_performance": producer_performance(s, records=n_backlog,
-                                                             record_bytes=raw["mean_record_bytes"]),
-            }  # fmt: skip
+                "producer_performance": producer_performance(
+                    s, records=n_backlog, record_bytes=raw["mean_record_bytes"]
+                ),
+            }
             result["speed_vs_raw_consume"] = round(result["events_per_s"] / raw["records_per_s"], 2)
             # Side by side, the same way: one process vs two in one group (same machine, same 2 cores).
             n_scale = 50_000 if quick else 150_000

@@ -33,8 +33,11 @@ def run(n: int, engine: str, users: int, items: int) -> dict:
     """{"local": {...}, "hdfs": {...}, "hdfs_over_local": ratios}: pipeline time, memory, steps, swap-in."""
     out: dict = {"params": {"events": n, "engine": engine, "users": users, "items": items, "swaps": SWAPS}}
     with tempfile.TemporaryDirectory(prefix="recsys-bench-storage-") as scratch:
-        services = Settings(state_dir=Path(scratch) / "services", kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
-                            hdfs_port=broker.free_port())  # fmt: skip
+        services = Settings(
+            state_dir=Path(scratch) / "services",
+            kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
+            hdfs_port=broker.free_port(),
+        )
         broker.start(services)
         hdfs.start(services)
         try:
@@ -61,8 +64,18 @@ def run(n: int, engine: str, users: int, items: int) -> dict:
 def _backfill(n: int, users: int, items: int, env: dict[str, str]) -> None:
     where = env.get("RECSYS_LAKE_URI") or "the local lake"
     console.print(f"[bold]storage[/bold]: backfilling {n:,} synthetic events into {where}")
-    cmd = [sys.executable, "-m", "jobs.backfill", "synthetic", "--events", str(n), "--users", str(users),
-           "--items", str(items)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.backfill",
+        "synthetic",
+        "--events",
+        str(n),
+        "--users",
+        str(users),
+        "--items",
+        str(items),
+    ]
     subprocess.run(cmd, env=env, check=True, cwd=PROJECT_ROOT, stderr=subprocess.DEVNULL)
 
 
@@ -88,8 +101,14 @@ print(json.dumps({"median": statistics.median(times), "runs": times, "location":
 
 def _swap_in(env: dict[str, str]) -> dict:
     """A fresh process (nothing cached in Python) loads the published model SWAPS times, as a replica would."""
-    proc = subprocess.run([sys.executable, "-c", SWAP_IN, str(SWAPS)], env=env, cwd=PROJECT_ROOT, check=True,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", SWAP_IN, str(SWAPS)],
+        env=env,
+        cwd=PROJECT_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["median"] = round(result["median"], 3)
     result["runs"] = [round(t, 3) for t in result["runs"]]
@@ -101,10 +120,20 @@ def table_rows(r: dict) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for storage in STORAGES:
         x = r[storage]
-        rows.append((storage, f"{r['params']['events']:,}", f"{x['seconds']:.0f}", f"{x['steps_s']['clean']:.0f}",
-                     f"{x['steps_s']['train']:.0f}", f"{x['steps_s']['evaluate']:.0f}",
-                     f"{x['steps_s']['publish']:.2f}", f"{x['peak_rss_mb']:,}", f"{x['swap_in_s']['median']:.2f}",
-                     f"{x['ndcg@10']:.3f}"))  # fmt: skip
+        rows.append(
+            (
+                storage,
+                f"{r['params']['events']:,}",
+                f"{x['seconds']:.0f}",
+                f"{x['steps_s']['clean']:.0f}",
+                f"{x['steps_s']['train']:.0f}",
+                f"{x['steps_s']['evaluate']:.0f}",
+                f"{x['steps_s']['publish']:.2f}",
+                f"{x['peak_rss_mb']:,}",
+                f"{x['swap_in_s']['median']:.2f}",
+                f"{x['ndcg@10']:.3f}",
+            )
+        )
     ratio = r["hdfs_over_local"]
     steps = [f"{ratio[step]:.2f}x" for step in STEPS]
     rows.append(("hdfs / local", "", f"{ratio['pipeline']:.2f}x", *steps, "", f"{ratio['swap_in']:.2f}x", ""))

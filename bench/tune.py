@@ -39,18 +39,35 @@ ROUNDS = 1
 # `tie_ms` is not searched: it says which events are unordered (one second: a page of ratings submitted at once), and
 # with ties in the split's order a per-row profile would learn that order (item id) instead of behaviour.
 GRIDS: dict[str, dict[str, list]] = {
-    "item_knn": {"last": [5, 10, 20], "decay": [0.6, 0.75, 0.9], "neighbours": [50, 100, 200],
-                 "shrink": [0.0, 10.0, 50.0]},
-    "transitions": {"window": [3, 5, 8], "step_decay": [0.4, 0.6, 0.8],
-                    "backward": [0.0, 0.5, 1.0], "last": [5, 10, 20], "decay": [0.5, 0.7, 0.85],
-                    "neighbours": [100, 500, 2000]},
-    "ease": {"neighbours": [200, 500, 2000], "lam": [300.0, 1000.0, 3000.0], "last": [10, 15, 25],
-             "decay": [0.7, 0.8, 0.9]},
-    "slit": {"neighbours": [200, 500, 2000], "lam": [300.0, 1000.0, 3000.0], "decay": [0.9, 0.93, 0.96],
-             "horizon": [1, 2, 3]},
+    "item_knn": {
+        "last": [5, 10, 20],
+        "decay": [0.6, 0.75, 0.9],
+        "neighbours": [50, 100, 200],
+        "shrink": [0.0, 10.0, 50.0],
+    },
+    "transitions": {
+        "window": [3, 5, 8],
+        "step_decay": [0.4, 0.6, 0.8],
+        "backward": [0.0, 0.5, 1.0],
+        "last": [5, 10, 20],
+        "decay": [0.5, 0.7, 0.85],
+        "neighbours": [100, 500, 2000],
+    },
+    "ease": {
+        "neighbours": [200, 500, 2000],
+        "lam": [300.0, 1000.0, 3000.0],
+        "last": [10, 15, 25],
+        "decay": [0.7, 0.8, 0.9],
+    },
+    "slit": {
+        "neighbours": [200, 500, 2000],
+        "lam": [300.0, 1000.0, 3000.0],
+        "decay": [0.9, 0.93, 0.96],
+        "horizon": [1, 2, 3],
+    },
     "session_knn": {"neighbours": [10, 20, 50], "last": [5, 10, 20], "decay": [0.7, 0.8, 0.9]},
     "content": {"last": [10, 20, 40], "decay": [0.8, 0.9, 0.95]},
-}  # fmt: skip
+}
 
 
 def validation_split() -> tuple[EvalSplit, object]:
@@ -96,8 +113,12 @@ def hybrid(train_part, log=print) -> dict:
     model = cast("Hybrid", registry.create("hybrid", get_settings()))
     started = time.perf_counter()
     model.fit(train_part)
-    out = {"weights": model.weights, "reranker_kept": model.reranker is not None,
-           "validation": model.validation, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    out = {
+        "weights": model.weights,
+        "reranker_kept": model.reranker is not None,
+        "validation": model.validation,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     if model.reranker is not None:
         out["reranker_l2"] = model.reranker.l2
     log(f"hybrid: {json.dumps(out, default=float)}")

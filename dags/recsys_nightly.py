@@ -78,8 +78,9 @@ with DAG(
     candidates = []
     for name, version in versions.items():
         overrides = f"{{{{ (params.overrides.get('{name}') or {{}}) | tojson }}}}"
-        train = spark_job("train", ["--model-version", version, "--model", name, "--params", overrides],
-                          task_id=f"train_{name}")  # fmt: skip
+        train = spark_job(
+            "train", ["--model-version", version, "--model", name, "--params", overrides], task_id=f"train_{name}"
+        )
         evaluate = spark_job("evaluate", ["--model-version", version], task_id=f"evaluate_{name}")
         train >> evaluate
         candidates.append((train, evaluate))

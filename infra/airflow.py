@@ -27,8 +27,12 @@ import typer
 from infra.daemon import Daemon
 from recsys.settings import PROJECT_ROOT, Settings, get_settings
 
-app = typer.Typer(help="Local Airflow for the nightly DAG.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)  # fmt: skip
+app = typer.Typer(
+    help="Local Airflow for the nightly DAG.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 DAG_ID = "recsys_nightly"
 SERVICES = {
     "api-server": ["api-server"],
@@ -134,11 +138,16 @@ def ui(wait: float = typer.Option(180, help="Seconds to wait for the password fi
     logs = airflow_home(s) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     for name, args in SERVICES.items():
-        command = [sys.executable, *args, "--port", str(log_server_port(s))] if name == "log-server" else \
-            [_airflow_bin(), *args]  # fmt: skip
+        command = (
+            [sys.executable, *args, "--port", str(log_server_port(s))]
+            if name == "log-server"
+            else [_airflow_bin(), *args]
+        )
         _process(s, name).start_once(command, env=airflow_env(s))
-    typer.echo(f"Airflow UI: http://127.0.0.1:{s.airflow_port}  (user admin); logs in {logs}; "
-               "stop with `python -m infra.airflow stop` or `make stop`")  # fmt: skip
+    typer.echo(
+        f"Airflow UI: http://127.0.0.1:{s.airflow_port}  (user admin); logs in {logs}; "
+        "stop with `python -m infra.airflow stop` or `make stop`"
+    )
     passwords = airflow_home(s) / PASSWORDS
     unpaused = False
     deadline = time.monotonic() + wait
@@ -154,8 +163,10 @@ def ui(wait: float = typer.Option(180, help="Seconds to wait for the password fi
     if unpaused:
         typer.echo(f"DAG {DAG_ID} unpaused: it runs nightly at 02:00 (trigger it now with `make dag-run`)")
     else:
-        typer.echo(f"DAG {DAG_ID} is not registered yet, so still paused: unpause it in the UI or with "
-                   f"`python -m infra.airflow unpause`")  # fmt: skip
+        typer.echo(
+            f"DAG {DAG_ID} is not registered yet, so still paused: unpause it in the UI or with "
+            f"`python -m infra.airflow unpause`"
+        )
 
 
 @app.command()

@@ -46,8 +46,12 @@ from infra.daemon import free_ports as free_ports
 from recsys.io.kafka import BrokerUnavailable, bootstrap, ensure_topics, wait_for_broker
 from recsys.settings import Settings, get_settings
 
-app = typer.Typer(help="The local Apache Kafka (KRaft) on 127.0.0.1.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)  # fmt: skip
+app = typer.Typer(
+    help="The local Apache Kafka (KRaft) on 127.0.0.1.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 MAIN_CLASS = "kafka.Kafka"
 HEAP = "512m"  # per node; the machine is shared with Spark and the services
@@ -94,8 +98,10 @@ def layout(s: Settings, nodes: int | None = None) -> list[Node]:
     controllers = [first_controller + i for i in range(n)]
     clash = set(ports) & set(controllers)
     if len(set(ports)) < n or clash:
-        raise BrokerConfigError(f"client ports {ports} and controller ports {controllers} overlap: set "
-                                "RECSYS_KAFKA_CONTROLLER_PORT to a free range")  # fmt: skip
+        raise BrokerConfigError(
+            f"client ports {ports} and controller ports {controllers} overlap: set "
+            "RECSYS_KAFKA_CONTROLLER_PORT to a free range"
+        )
     return [Node(i + 1, port, controller) for i, (port, controller) in enumerate(zip(ports, controllers, strict=True))]
 
 
@@ -258,12 +264,20 @@ def _classpath() -> str:
 
 def _jvm(paths: NodePaths, heap: str = HEAP) -> list[str]:
     return [
-        java(), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-        "-XX:+ExplicitGCInvokesConcurrent", "-XX:-UsePerfData", "-Djava.awt.headless=true",
+        java(),
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-XX:+ExplicitGCInvokesConcurrent",
+        "-XX:-UsePerfData",
+        "-Djava.awt.headless=true",
         "-Djava.net.preferIPv4Stack=true",
-        f"-Dlog4j2.configurationFile={paths.log_config}", f"-Dkafka.logs.dir={paths.logs}",
-        "-cp", _classpath(),
-    ]  # fmt: skip
+        f"-Dlog4j2.configurationFile={paths.log_config}",
+        f"-Dkafka.logs.dir={paths.logs}",
+        "-cp",
+        _classpath(),
+    ]
 
 
 def _prepare(paths: BrokerPaths, nodes: list[Node]) -> None:
@@ -288,8 +302,9 @@ def _prepare(paths: BrokerPaths, nodes: list[Node]) -> None:
         if not (node_paths.data / "meta.properties").exists():
             _format(node_paths, node, nodes, cluster_id, directories)
     if recorded is None:
-        paths.layout_file.write_text(json.dumps({"cluster_id": cluster_id, "nodes": wanted,
-                                                 "directories": directories}, indent=2))  # fmt: skip
+        paths.layout_file.write_text(
+            json.dumps({"cluster_id": cluster_id, "nodes": wanted, "directories": directories}, indent=2)
+        )
 
 
 def _format(paths: NodePaths, node: Node, nodes: list[Node], cluster_id: str, directories: dict[int, str]) -> None:
@@ -300,8 +315,16 @@ def _format(paths: NodePaths, node: Node, nodes: list[Node], cluster_id: str, di
             "--initial-controllers",
             ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}:{directories[n.node_id]}" for n in nodes),
         ]
-    cmd = [*_jvm(paths, heap="128m"), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(paths.config),
-           *quorum]  # fmt: skip
+    cmd = [
+        *_jvm(paths, heap="128m"),
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        cluster_id,
+        "-c",
+        str(paths.config),
+        *quorum,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise BrokerUnavailable(f"formatting {paths.data} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
@@ -416,8 +439,11 @@ def _spawn(paths: NodePaths) -> int:
 
 
 def _tails(paths: BrokerPaths, nodes: list[Node]) -> str:
-    return tails(f for node in nodes for f in (paths.node(node.node_id).console_log,
-                                               paths.node(node.node_id).logs / "server.log"))  # fmt: skip
+    return tails(
+        f
+        for node in nodes
+        for f in (paths.node(node.node_id).console_log, paths.node(node.node_id).logs / "server.log")
+    )
 
 
 def kill_node(s: Settings, node_id: int) -> int:
@@ -458,8 +484,10 @@ def start_cmd(
         typer.echo(f"Kafka up: pid {pid}, bootstrap {s.kafka_bootstrap}, data in {paths.node(1).data}")
         return
     typer.echo(f"Kafka cluster up: {len(layout_)} nodes, pids {list(running_pids(s).values())}, files in {paths.root}")
-    typer.echo(f"export RECSYS_KAFKA_BOOTSTRAP={cluster_bootstrap(layout_)} "
-               f"RECSYS_KAFKA_REPLICATION_FACTOR={min(len(layout_), 3)}")  # fmt: skip
+    typer.echo(
+        f"export RECSYS_KAFKA_BOOTSTRAP={cluster_bootstrap(layout_)} "
+        f"RECSYS_KAFKA_REPLICATION_FACTOR={min(len(layout_), 3)}"
+    )
 
 
 @app.command("stop")

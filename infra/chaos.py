@@ -75,8 +75,10 @@ class Chaos:
         archiver's member id in its group (a restarted archiver with nothing left to archive only joins)."""
         if name == "speed":
             return (updates_end(self.s),)
-        return (lake.version(Tables.path(Tables.BRONZE_EVENTS, self.s)) or 0,
-                _member_id(self.s, self.s.archiver_group, self.s.archiver_instance_id))  # fmt: skip
+        return (
+            lake.version(Tables.path(Tables.BRONZE_EVENTS, self.s)) or 0,
+            _member_id(self.s, self.s.archiver_group, self.s.archiver_instance_id),
+        )
 
     def _advanced(self, name: str) -> bool:
         now, then = self.progress(name), self._progress_at_start[name]
@@ -133,8 +135,9 @@ def _member_id(s: Settings, group: str, instance: str) -> str | None:
     finally:
         admin.close()
     described = found[group] if isinstance(found, dict) else found[0]
-    return next((m["member_id"] for m in described.get("members") or [] if m.get("group_instance_id") == instance),
-                None)  # fmt: skip
+    return next(
+        (m["member_id"] for m in described.get("members") or [] if m.get("group_instance_id") == instance), None
+    )
 
 
 def updates_end(s: Settings) -> int:
@@ -142,8 +145,17 @@ def updates_end(s: Settings) -> int:
     return end_offsets(Topics.MODEL_UPDATES, s).get(0, 0)
 
 
-def stream_with_kills(s: Settings, chaos: Chaos, n: int, phases: int, seed: int, n_users: int = 300, n_items: int = 150,
-                      broker_restarts: int = 0, broker_how: str = "SIGKILL") -> list[Event]:  # fmt: skip
+def stream_with_kills(
+    s: Settings,
+    chaos: Chaos,
+    n: int,
+    phases: int,
+    seed: int,
+    n_users: int = 300,
+    n_items: int = 150,
+    broker_restarts: int = 0,
+    broker_how: str = "SIGKILL",
+) -> list[Event]:
     """Produce `n` messages (2% malformed) in `phases`; after each, kill and restart one or both processes
     while they are still catching up. In `broker_restarts` of the phases the broker is killed (`broker_how`)
     and restarted while that phase's messages are still being produced, and while the archiver and the speed
@@ -222,9 +234,13 @@ def catch_up(s: Settings, chaos: Chaos, timeout_s: float = 900) -> float:
 def check_exactly_once(s: Settings, produced: int, produced_valid: int) -> dict:
     """Bronze holds each valid event once, the DLQ each malformed one once. Raises AssertionError otherwise."""
     found = stored_counts(s)
-    expected = {"bronze_rows": produced_valid, "distinct_event_ids": produced_valid,
-                "distinct_positions": produced_valid, "dlq_rows": produced - produced_valid,
-                "distinct_dlq_keys": produced - produced_valid}  # fmt: skip
+    expected = {
+        "bronze_rows": produced_valid,
+        "distinct_event_ids": produced_valid,
+        "distinct_positions": produced_valid,
+        "dlq_rows": produced - produced_valid,
+        "distinct_dlq_keys": produced - produced_valid,
+    }
     assert found == expected, f"stored {found}, expected {expected}"
     return found
 
@@ -235,8 +251,13 @@ def stored_counts(s: Settings) -> dict:
     ids = bronze["event_id"].to_pylist()
     positions = set(zip(bronze["kafka_partition"].to_pylist(), bronze["kafka_offset"].to_pylist(), strict=True))
     dead = [r.key for records in read_to_end(Topics.DLQ, s) for r in records if r.key.startswith(b"events:")]
-    return {"bronze_rows": len(ids), "distinct_event_ids": len(set(ids)), "distinct_positions": len(positions),
-            "dlq_rows": len(dead), "distinct_dlq_keys": len(set(dead))}  # fmt: skip
+    return {
+        "bronze_rows": len(ids),
+        "distinct_event_ids": len(set(ids)),
+        "distinct_positions": len(positions),
+        "dlq_rows": len(dead),
+        "distinct_dlq_keys": len(set(dead)),
+    }
 
 
 def latest_updates(s: Settings) -> dict[tuple[str, str], VectorUpdate]:
@@ -327,8 +348,12 @@ def user_updates(s: Settings, start: int = 0, end: int | None = None) -> list[Ve
     return out
 
 
-def ups_against_offsets(artifact: ModelArtifact, history: dict[str, list[tuple[int, Event]]],
-                        ups: list[VectorUpdate], weights: dict[str, float]) -> UpCheck:  # fmt: skip
+def ups_against_offsets(
+    artifact: ModelArtifact,
+    history: dict[str, list[tuple[int, Event]]],
+    ups: list[VectorUpdate],
+    weights: dict[str, float],
+) -> UpCheck:
     """Compare each UP with the fold-in of its user's training row plus exactly their events up to and
     including the UP's `source_offset`, computed here from the log, independently of the speed layer."""
     index = {it: j for j, it in enumerate(artifact.item_ids.tolist())}
@@ -395,11 +420,13 @@ def ups_against_offsets(artifact: ModelArtifact, history: dict[str, list[tuple[i
     return result
 
 
-def check_ups_follow_their_offsets(s: Settings, artifact: ModelArtifact, start: int = 0,
-                                   end: int | None = None) -> UpCheck:  # fmt: skip
+def check_ups_follow_their_offsets(
+    s: Settings, artifact: ModelArtifact, start: int = 0, end: int | None = None
+) -> UpCheck:
     """Every user UP published at `model-updates` offsets [start, end) is the fold-in of exactly the events up
     to its source offset. Raises AssertionError otherwise; returns what was checked."""
-    result = ups_against_offsets(artifact, user_events_after_cutoff(s, artifact), user_updates(s, start, end),
-                                 s.event_weights)  # fmt: skip
+    result = ups_against_offsets(
+        artifact, user_events_after_cutoff(s, artifact), user_updates(s, start, end), s.event_weights
+    )
     result.assert_ok()
     return result

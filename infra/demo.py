@@ -105,15 +105,18 @@ def archive() -> None:
     finally:
         archiver.close()
     bronze = Tables.path(Tables.BRONZE_EVENTS)
-    console.print(f"bronze table {bronze}: version {lake.version(bronze)}, {stats.archived:,} events archived "
-                  f"in {stats.commits} commits, {stats.dead_lettered} dead letters")  # fmt: skip
+    console.print(
+        f"bronze table {bronze}: version {lake.version(bronze)}, {stats.archived:,} events archived "
+        f"in {stats.commits} commits, {stats.dead_lettered} dead letters"
+    )
 
 
 def run_nightly_dag() -> None:
     log = get_settings().state_dir / "airflow" / "demo-dag-run.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    console.print(f"airflow dags test recsys_nightly (archive_compact -> clean -> train -> evaluate -> publish); "
-                  f"log: {log}")  # fmt: skip
+    console.print(
+        f"airflow dags test recsys_nightly (archive_compact -> clean -> train -> evaluate -> publish); log: {log}"
+    )
     with log.open("w") as out:
         code = subprocess.run([sys.executable, "-m", "infra.airflow", "run-dag"], stdout=out, stderr=subprocess.STDOUT)
     if code.returncode != 0:
@@ -198,8 +201,10 @@ def _wait_for_speed(url: str, deadline: float) -> dict:
         if answer["source"] == "speed":
             return answer
         if time.monotonic() > deadline:
-            raise DemoFailed(f"no speed-layer answer at {url} within 30 s: is the speed layer running? "
-                             f"see {get_settings().state_dir / 'logs' / 'speed.log'}")  # fmt: skip
+            raise DemoFailed(
+                f"no speed-layer answer at {url} within 30 s: is the speed layer running? "
+                f"see {get_settings().state_dir / 'logs' / 'speed.log'}"
+            )
         time.sleep(0.2)
 
 

@@ -46,8 +46,12 @@ from infra.broker import java
 from infra.daemon import Daemon, alive, port_taken, stop_all, tails, wait_port_free
 from recsys.settings import Settings, get_settings
 
-app = typer.Typer(help="The local HDFS (one NameNode, one DataNode) on 127.0.0.1.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)  # fmt: skip
+app = typer.Typer(
+    help="The local HDFS (one NameNode, one DataNode) on 127.0.0.1.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 HOST = "127.0.0.1"
 HEAP = "256m"  # per daemon: an empty-ish namespace and a handful of blocks; the machine is shared
@@ -208,23 +212,35 @@ def _classpath(paths: HdfsPaths) -> str:
 
 def _jvm(paths: HdfsPaths, daemon: str, heap: str = HEAP) -> list[str]:
     return [
-        java(), f"-Xms{heap}", f"-Xmx{heap}",
+        java(),
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
         # One GC thread, no pauses worth a concurrent collector at this heap size; no perf-data file in /tmp.
-        "-XX:+UseSerialGC", "-XX:-UsePerfData", "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true",
+        "-XX:+UseSerialGC",
+        "-XX:-UsePerfData",
+        "-Djava.awt.headless=true",
+        "-Djava.net.preferIPv4Stack=true",
         # Names this state folder on the command line (how node_pid recognises our daemons), and stops
         # Hadoop's Shell from looking for $HADOOP_HOME.
-        f"-Dhadoop.home.dir={paths.root}", f"-Dhadoop.log.dir={paths.logs}", f"-Dhdfs.daemon={daemon}",
+        f"-Dhadoop.home.dir={paths.root}",
+        f"-Dhadoop.log.dir={paths.logs}",
+        f"-Dhdfs.daemon={daemon}",
         f"-Dlog4j.configuration={(paths.conf / 'log4j.properties').as_uri()}",
-        "-cp", _classpath(paths),
-    ]  # fmt: skip
+        "-cp",
+        _classpath(paths),
+    ]
 
 
 # --- processes ---------------------------------------------------------------------------------------------
 def hdfs_daemon(paths: HdfsPaths, daemon: str) -> Daemon:
     """One HDFS daemon: its main class with this state folder's hadoop.home.dir on its command line (a
     recycled PID belongs to another program)."""
-    return Daemon(daemon, paths.pid_file(daemon), paths.console_log(daemon),
-                  marks=(MAIN_CLASSES[daemon], f"-Dhadoop.home.dir={paths.root}"))  # fmt: skip
+    return Daemon(
+        daemon,
+        paths.pid_file(daemon),
+        paths.console_log(daemon),
+        marks=(MAIN_CLASSES[daemon], f"-Dhadoop.home.dir={paths.root}"),
+    )
 
 
 def daemon_pid(paths: HdfsPaths, daemon: str) -> int | None:
@@ -294,8 +310,12 @@ def wait_ready(s: Settings, pids: dict[str, int], timeout_s: float = 120.0) -> d
         try:
             state = namenode_state(s)
             last = f"{state['FSState']}, {state['NumLiveDataNodes']} live DataNode(s)"
-            if (state["FSState"] == "Operational" and state["CapacityRemaining"] > 0
-                    and port_taken(s.hdfs_port) and reachable_datanodes(s) >= 1):  # fmt: skip
+            if (
+                state["FSState"] == "Operational"
+                and state["CapacityRemaining"] > 0
+                and port_taken(s.hdfs_port)
+                and reachable_datanodes(s) >= 1
+            ):
                 return state
         except (OSError, ValueError, KeyError, HdfsUnavailable) as e:
             last = str(e)
@@ -332,8 +352,10 @@ def start_cmd() -> None:
     except (HdfsUnavailable, FileNotFoundError, jars.JarsMissing) as e:
         typer.secho(f"HDFS did not start: {e}", fg="red", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"HDFS up: {url(s)} (NameNode pid {pids[NAMENODE]}, DataNode pid {pids[DATANODE]}), "
-               f"web UI http://{HOST}:{http_port(s)}/, files in {s.hdfs_dir}")  # fmt: skip
+    typer.echo(
+        f"HDFS up: {url(s)} (NameNode pid {pids[NAMENODE]}, DataNode pid {pids[DATANODE]}), "
+        f"web UI http://{HOST}:{http_port(s)}/, files in {s.hdfs_dir}"
+    )
 
 
 @app.command("stop")
@@ -352,8 +374,10 @@ def status_cmd() -> None:
     if pids[NAMENODE]:
         try:
             state = namenode_state(s)
-            typer.echo(f"{url(s)}: {state['FSState']}, {state['NumLiveDataNodes']} live DataNode(s), "
-                       f"{state['FilesTotal']} files and folders, {state['BlocksTotal']} blocks")  # fmt: skip
+            typer.echo(
+                f"{url(s)}: {state['FSState']}, {state['NumLiveDataNodes']} live DataNode(s), "
+                f"{state['FilesTotal']} files and folders, {state['BlocksTotal']} blocks"
+            )
         except (OSError, ValueError, KeyError, HdfsUnavailable) as e:
             typer.echo(f"{url(s)}: no answer ({e})")
     raise typer.Exit(0 if all(pids.values()) else 3)

@@ -27,8 +27,9 @@ POMS = PROJECT_ROOT / "infra" / "maven"
 JARS = PROJECT_ROOT / ".jars"
 STAMP = ".pom.sha256"
 
-app = typer.Typer(help="Jars from Maven Central.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)  # fmt: skip
+app = typer.Typer(
+    help="Jars from Maven Central.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+)
 
 
 class JarsMissing(RuntimeError):
@@ -81,8 +82,16 @@ def fetch(component: str) -> float:
     target = folder(component)
     tmp = target.with_name(f".{component}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = ["mvn", "-B", "-q", "-f", str(POMS / component / "pom.xml"), "dependency:copy-dependencies",
-           f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"]  # fmt: skip
+    cmd = [
+        "mvn",
+        "-B",
+        "-q",
+        "-f",
+        str(POMS / component / "pom.xml"),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={tmp}",
+        "-DincludeScope=runtime",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -83,8 +83,9 @@ SERVICES = {"speed": ("speed_layer", "--instance-id", "speed-demo"), "serving": 
 def service(name: str, s: Settings) -> Daemon:
     """The demo's service `name`: PID in <state>/run/<name>.pid, log in <state>/logs/<name>.log, and its
     command line runs its module."""
-    return Daemon(name, s.state_dir / "run" / f"{name}.pid", s.state_dir / "logs" / f"{name}.log",
-                  marks=(SERVICES[name][0],))  # fmt: skip
+    return Daemon(
+        name, s.state_dir / "run" / f"{name}.pid", s.state_dir / "logs" / f"{name}.log", marks=(SERVICES[name][0],)
+    )
 
 
 def service_pid(name: str, s: Settings) -> int | None:
@@ -95,8 +96,9 @@ def service_pid(name: str, s: Settings) -> int | None:
 def start_service(name: str, s: Settings) -> int:
     """Start a service in the background (logs in <state>/logs/<name>.log); a running one is kept."""
     module, *args = SERVICES[name]
-    return service(name, s).start_once([sys.executable, "-m", module, *args], env={**os.environ, **s.as_env()},
-                                       cwd=PROJECT_ROOT)  # fmt: skip
+    return service(name, s).start_once(
+        [sys.executable, "-m", module, *args], env={**os.environ, **s.as_env()}, cwd=PROJECT_ROOT
+    )
 
 
 def stop_service(name: str, s: Settings, timeout_s: float = 15) -> bool:

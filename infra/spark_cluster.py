@@ -184,14 +184,33 @@ def start(
     )
     paths.spec_file.write_text(json.dumps(asdict(spec)))
     try:
-        _spawn(paths, "spark-master", MASTER_CLASS,
-               ["--host", HOST, "--port", str(spec.master_port), "--webui-port", str(spec.webui_port)])  # fmt: skip
+        _spawn(
+            paths,
+            "spark-master",
+            MASTER_CLASS,
+            ["--host", HOST, "--port", str(spec.master_port), "--webui-port", str(spec.webui_port)],
+        )
         for n in range(1, spec.workers + 1):
-            _spawn(paths, f"spark-worker-{n}", WORKER_CLASS, [
-                spec.master_url, "--host", HOST, "--port", "0", "--webui-port", "0",  # 0: any free port
-                "--cores", str(spec.worker_cores), "--memory", spec.worker_memory,
-                "--work-dir", str(paths.work / f"worker-{n}"),
-            ])  # fmt: skip
+            _spawn(
+                paths,
+                f"spark-worker-{n}",
+                WORKER_CLASS,
+                [
+                    spec.master_url,
+                    "--host",
+                    HOST,
+                    "--port",
+                    "0",
+                    "--webui-port",
+                    "0",  # 0: any free port
+                    "--cores",
+                    str(spec.worker_cores),
+                    "--memory",
+                    spec.worker_memory,
+                    "--work-dir",
+                    str(paths.work / f"worker-{n}"),
+                ],
+            )
         wait_for_workers(spec, paths, timeout_s)
     except BaseException:
         stop(settings)  # no half-started cluster left behind
@@ -243,8 +262,9 @@ def wait_for_workers(spec: ClusterSpec, paths: ClusterPaths, timeout_s: float = 
 
 
 def _log_tails(paths: ClusterPaths, daemons: list[str], chars: int = 1500) -> str:
-    return "\n".join(tail(log, chars) if log.exists() else f"--- {log} ---\n(no log)"
-                     for log in map(paths.log_file, daemons))  # fmt: skip
+    return "\n".join(
+        tail(log, chars) if log.exists() else f"--- {log} ---\n(no log)" for log in map(paths.log_file, daemons)
+    )
 
 
 def _descendants(pid: int) -> list[int]:
@@ -331,14 +351,21 @@ def start_cmd(
     """
     s = get_settings()
     try:
-        spec = start(s, master_port=s.spark_cluster_port, webui_port=s.spark_cluster_webui_port,
-                     workers=s.spark_cluster_workers, worker_cores=cores,
-                     worker_memory=s.spark_worker_memory)  # fmt: skip
+        spec = start(
+            s,
+            master_port=s.spark_cluster_port,
+            webui_port=s.spark_cluster_webui_port,
+            workers=s.spark_cluster_workers,
+            worker_cores=cores,
+            worker_memory=s.spark_worker_memory,
+        )
     except (ClusterError, FileNotFoundError) as e:
         typer.secho(f"Spark cluster did not start: {e}", fg="red", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"Spark cluster up: {spec.master_url} ({spec.workers} x {spec.worker_cores} cores), "
-               f"UI {spec.webui_url}\nrun the jobs on it: export RECSYS_SPARK_MASTER={spec.master_url}")  # fmt: skip
+    typer.echo(
+        f"Spark cluster up: {spec.master_url} ({spec.workers} x {spec.worker_cores} cores), "
+        f"UI {spec.webui_url}\nrun the jobs on it: export RECSYS_SPARK_MASTER={spec.master_url}"
+    )
 
 
 @app.command("stop")
@@ -355,8 +382,10 @@ def status_cmd() -> None:
     if not st["running"]:
         typer.echo("Spark cluster not running")
         raise typer.Exit(3)
-    typer.echo(f"Spark cluster running: {st['master_url']}, {st['alive_workers']} workers alive, "
-               f"{st['cores']} cores, UI {st['webui_url']}, active apps {st['active_apps']}")  # fmt: skip
+    typer.echo(
+        f"Spark cluster running: {st['master_url']}, {st['alive_workers']} workers alive, "
+        f"{st['cores']} cores, UI {st['webui_url']}, active apps {st['active_apps']}"
+    )
 
 
 if __name__ == "__main__":

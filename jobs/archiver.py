@@ -190,8 +190,11 @@ class Archiver:
         forget = ForgetMessage(user_id=marker.user_id, partition=partition, offset=record.offset)
         batch.forgets.append(forget)
         before = len(batch.rows)
-        batch.rows = [(e, p, o) for e, p, o in batch.rows
-                      if not (e.user_id == forget.user_id and p == partition and o < record.offset)]  # fmt: skip
+        batch.rows = [
+            (e, p, o)
+            for e, p, o in batch.rows
+            if not (e.user_id == forget.user_id and p == partition and o < record.offset)
+        ]
         self.stats.erased += before - len(batch.rows)
 
     def write(self, batch: Batch) -> None:
@@ -199,8 +202,13 @@ class Archiver:
         self._erase(batch.forgets)
         txns = {txn_id(self.topic, p): off for p, off in batch.next_offsets.items()}
         rows = bronze_rows(batch.rows)
-        lake.write(self.table, rows, txns=txns, metadata={"writer": "archiver", "offsets": batch.next_offsets},
-                   writer="archiver")  # fmt: skip
+        lake.write(
+            self.table,
+            rows,
+            txns=txns,
+            metadata={"writer": "archiver", "offsets": batch.next_offsets},
+            writer="archiver",
+        )
         self.stats.archived += len(batch.rows)
         self.stats.commits += 1
         # Only after the table holds them. The group's offsets are for lag monitoring only (the table is the
@@ -240,8 +248,11 @@ class Archiver:
 
     def _dead_letter(self, dead: list[tuple[bytes, Rejection, int, int]]) -> None:
         """Produce the batch's dead letters; return only once the broker acknowledged every one of them."""
-        todo = {dlq_key(self.topic, p, o): self._letter(raw, rejection, p, o)
-                for raw, rejection, p, o in dead if (p, o) not in self.dead_lettered}  # fmt: skip
+        todo = {
+            dlq_key(self.topic, p, o): self._letter(raw, rejection, p, o)
+            for raw, rejection, p, o in dead
+            if (p, o) not in self.dead_lettered
+        }
         self.stats.dead_letters_skipped += len(dead) - len(todo)
 
         def not_in_dlq_yet(failed: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
@@ -254,8 +265,9 @@ class Archiver:
         self.stats.dead_lettered += len(todo)
 
     def _letter(self, raw: bytes, rejection: Rejection, partition: int, offset: int) -> bytes:
-        return DeadLetter.of(raw, rejection, source_topic=self.topic, source_partition=partition,
-                             source_offset=offset).to_wire()  # fmt: skip
+        return DeadLetter.of(
+            raw, rejection, source_topic=self.topic, source_partition=partition, source_offset=offset
+        ).to_wire()
 
     def _table_offsets(self) -> dict[int, int]:
         return lake.archived_offsets(self.table, self.topic, self.consumer.partitions_for_topic(self.topic) or set())
@@ -341,8 +353,13 @@ def main(
         stats = archiver.run(until_caught_up=until_caught_up)
     finally:
         archiver.close()
-    log.info("archived %s events, %s dead letters (%s already there), %s commits",
-             stats.archived, stats.dead_lettered, stats.dead_letters_skipped, stats.commits)  # fmt: skip
+    log.info(
+        "archived %s events, %s dead letters (%s already there), %s commits",
+        stats.archived,
+        stats.dead_lettered,
+        stats.dead_letters_skipped,
+        stats.commits,
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,12 @@ def backfill(batches: Iterable[pa.RecordBatch], total: int | None = None, settin
 
 
 @app.command()
-def synthetic(events: int = typer.Option(1_000_000), seed: int = typer.Option(0),
-              users: int = typer.Option(100_000), items: int = typer.Option(50_000)) -> None:  # fmt: skip
+def synthetic(
+    events: int = typer.Option(1_000_000),
+    seed: int = typer.Option(0),
+    users: int = typer.Option(100_000),
+    items: int = typer.Option(50_000),
+) -> None:
     """The seeded synthetic e-commerce stream (valid events only)."""
     from recsys.data.synthetic import SyntheticConfig, iter_batches
 

@@ -109,8 +109,9 @@ def _tally_bronze(tagged: DataFrame, report: CleanReport) -> None:
     report.pseudonymised_here = sum(r["raw_ids"] or 0 for r in per_partition)
     report.dropped = {reason: sum(r[reason] or 0 for r in per_partition) for reason in REASONS}
     # Backfilled rows (partition -1) did not come through Kafka: they cover no offsets.
-    report.kafka_offsets = {int(r["kafka_partition"]): int(r["max_offset"]) + 1
-                            for r in per_partition if r["kafka_partition"] >= 0}  # fmt: skip
+    report.kafka_offsets = {
+        int(r["kafka_partition"]): int(r["max_offset"]) + 1 for r in per_partition if r["kafka_partition"] >= 0
+    }
 
 
 def _pseudonymise(df: DataFrame, s: Settings) -> DataFrame:

@@ -67,10 +67,15 @@ def record_in_registry(
 ) -> None:
     """Append one status row for a model version (the registry is append-only; the last row wins)."""
     row = {
-        "model_version": [model_version], "status": [status], "engine": [engine],
-        "recorded_at": [datetime.now(UTC)], "silver_table_version": [silver_version], "path": [path],
-        "metrics_json": [json.dumps(metrics or {}, sort_keys=True)], "reason": [reason],
-    }  # fmt: skip
+        "model_version": [model_version],
+        "status": [status],
+        "engine": [engine],
+        "recorded_at": [datetime.now(UTC)],
+        "silver_table_version": [silver_version],
+        "path": [path],
+        "metrics_json": [json.dumps(metrics or {}, sort_keys=True)],
+        "reason": [reason],
+    }
     lake.write(Tables.path(Tables.MODEL_REGISTRY, settings or get_settings()), pa.table(row, schema=REGISTRY_SCHEMA))
 
 

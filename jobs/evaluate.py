@@ -54,9 +54,13 @@ def evaluate(spark: SparkSession, model_version: str, settings: Settings | None 
     manifest = model_store.read_manifest(path)
     items = catalog.attributes(s)
     with timed("time split"):
-        split = make_split(silver_events(spark, manifest.silver_table_version, s), test_share=s.eval_test_share,
-                           event_types=manifest.event_types, items=items or None,
-                           item_universe=list(items) or None)  # fmt: skip
+        split = make_split(
+            silver_events(spark, manifest.silver_table_version, s),
+            test_share=s.eval_test_share,
+            event_types=manifest.event_types,
+            items=items or None,
+            item_universe=list(items) or None,
+        )
     log.info("split: %d train users, %d test events", split.train.n_users, split.n_test_events)
     cls = registry.model_class(manifest.engine)
     model = cls(cls.Params.model_validate(manifest.params))
@@ -70,9 +74,14 @@ def evaluate(spark: SparkSession, model_version: str, settings: Settings | None 
 
     model_store.update_manifest(path, manifest.model_copy(update={"metrics": metrics, "baseline_metrics": baseline}))
     record_in_registry(
-        model_version, "evaluated", engine=manifest.engine, silver_version=manifest.silver_table_version,
-        path=str(path), metrics={"model": metrics, "popularity": baseline}, settings=s,
-    )  # fmt: skip
+        model_version,
+        "evaluated",
+        engine=manifest.engine,
+        silver_version=manifest.silver_table_version,
+        path=str(path),
+        metrics={"model": metrics, "popularity": baseline},
+        settings=s,
+    )
     return {"model": metrics, "popularity": baseline}
 
 

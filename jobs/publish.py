@@ -93,9 +93,16 @@ def publish(model_versions: str | list[str], settings: Settings | None = None) -
     model_version, others = choose(versions, s)
     for version, reason in others:
         manifest = model_store.read_manifest(model_store.candidate(version, s))
-        record_in_registry(version, "not_chosen", engine=manifest.engine, silver_version=manifest.silver_table_version,
-                           path=str(model_store.candidate(version, s)), reason=reason, metrics=manifest.metrics,
-                           settings=s)  # fmt: skip
+        record_in_registry(
+            version,
+            "not_chosen",
+            engine=manifest.engine,
+            silver_version=manifest.silver_table_version,
+            path=str(model_store.candidate(version, s)),
+            reason=reason,
+            metrics=manifest.metrics,
+            settings=s,
+        )
     candidate_path = model_store.candidate(model_version, s)
 
     candidate = model_store.read_manifest(candidate_path)
@@ -104,14 +111,21 @@ def publish(model_versions: str | list[str], settings: Settings | None = None) -
     decision = gate(candidate, current, s)
     common: _Candidate = {"engine": candidate.engine, "silver_version": candidate.silver_table_version, "settings": s}
     if not decision.passed:
-        record_in_registry(model_version, "rejected", path=str(candidate_path), reason=decision.reason,
-                           metrics=candidate.metrics, **common)  # fmt: skip
+        record_in_registry(
+            model_version,
+            "rejected",
+            path=str(candidate_path),
+            reason=decision.reason,
+            metrics=candidate.metrics,
+            **common,
+        )
         return decision
     # Users forgotten while this model was trained on data from before their request leave it first.
     erasure.erase_from_model(candidate_path, erasure.requests(s), s)
     decision.path = model_store.promote(candidate_path, s)
-    record_in_registry(model_version, "published", path=str(decision.path), reason=decision.reason,
-                       metrics=candidate.metrics, **common)  # fmt: skip
+    record_in_registry(
+        model_version, "published", path=str(decision.path), reason=decision.reason, metrics=candidate.metrics, **common
+    )
     announce(model_version, decision.path, s)
     return decision
 

@@ -46,8 +46,9 @@ def forgotten(kafka_offsets: dict[int, int], s: Settings) -> set[str]:
     return {m.user_id for m in erasure.requests(s) if m.covers(kafka_offsets)}
 
 
-def rank_users(location: str, users: Iterator[list[str]], n: int, generated_at: datetime,
-               s: Settings) -> Iterator[pa.RecordBatch]:  # fmt: skip
+def rank_users(
+    location: str, users: Iterator[list[str]], n: int, generated_at: datetime, s: Settings
+) -> Iterator[pa.RecordBatch]:
     """The top-n rows of each user, as Arrow batches of `TOP_N_SCHEMA` (one batch per CHUNK users)."""
     from serving.model import ServingModel
 
@@ -64,8 +65,14 @@ def rank_users(location: str, users: Iterator[list[str]], n: int, generated_at: 
             items += answer.item_ids
             scores += answer.scores
         every = len(items)
-        columns = {"user_id": user_col, "rank": rank_col, "item_id": items, "score": scores,
-                   "model_version": [model.version] * every, "generated_at": [generated_at] * every}  # fmt: skip
+        columns = {
+            "user_id": user_col,
+            "rank": rank_col,
+            "item_id": items,
+            "score": scores,
+            "model_version": [model.version] * every,
+            "generated_at": [generated_at] * every,
+        }
         yield pa.RecordBatch.from_pydict(columns, schema=TOP_N_SCHEMA)
 
 
@@ -113,8 +120,15 @@ def top_n(spark: SparkSession, n: int | None = None, settings: Settings | None =
     # Earlier nights' files, once past the retention (delta-rs: a file listing, no Spark job for it).
     lake.vacuum(path, s.vacuum_retention_hours)
     rows = lake.read(path, columns=["user_id"]).num_rows
-    return {"table": path, "version": version, "model_version": manifest.model_version, "users": len(users),
-            "rows": rows, "n": n, "late_erasures": len(late)}  # fmt: skip
+    return {
+        "table": path,
+        "version": version,
+        "model_version": manifest.model_version,
+        "users": len(users),
+        "rows": rows,
+        "n": n,
+        "late_erasures": len(late),
+    }
 
 
 def main(n: int = typer.Option(None, help="Items per user (default RECSYS_TOP_N_K).")) -> None:

@@ -43,11 +43,17 @@ def silver_dataset(spark: SparkSession, version: int, s: Settings) -> Dataset:
     if items:
         item_ids = datasets.sorted_ids(list(set(item_ids.tolist()) | set(items)))
     data, dropped = datasets.build(
-        table.column("user_id"), table.column("item_id"), table.column("ts_ms").to_numpy(),
-        table.column("event_type"), table.column("weight").to_numpy(), list(s.event_weights),
+        table.column("user_id"),
+        table.column("item_id"),
+        table.column("ts_ms").to_numpy(),
+        table.column("event_type"),
+        table.column("weight").to_numpy(),
+        list(s.event_weights),
         session=table.column("session_id") if has_session else None,
-        item_ids=item_ids, items=items or None, half_life_days=s.decay_half_life_days,
-    )  # fmt: skip
+        item_ids=item_ids,
+        items=items or None,
+        half_life_days=s.decay_half_life_days,
+    )
     if dropped:
         log.warning("%d silver rows have an event type the settings no longer weigh; left out", dropped)
     return data
@@ -73,8 +79,9 @@ def train(
         data = silver_dataset(spark, version, s)
     if data.strengths.nnz == 0:
         raise ValueError(f"silver v{version} holds no interactions; nothing to train on")
-    log.info("%d users x %d items, %d interactions, %d events", *data.strengths.shape, data.strengths.nnz,
-             len(data.events))  # fmt: skip
+    log.info(
+        "%d users x %d items, %d interactions, %d events", *data.strengths.shape, data.strengths.nnz, len(data.events)
+    )
     started = time.monotonic()
     with timed(f"fit {name} {model.params.model_dump()}"):
         model.fit(data, spark)
@@ -82,9 +89,13 @@ def train(
 
     report = CleanReport.from_commit(lake.commit_metadata(silver_path, version))
     manifest = model_store.build_manifest(
-        model, data, model_version, silver_table_version=version, kafka_offsets=report.kafka_offsets,
+        model,
+        data,
+        model_version,
+        silver_table_version=version,
+        kafka_offsets=report.kafka_offsets,
         fit_seconds=round(fit_seconds, 2),
-    )  # fmt: skip
+    )
     if name == "spark_als":
         manifest.details["blas"] = blas_in_use(spark)
     artifact = model_store.ModelArtifact(manifest, data, model)

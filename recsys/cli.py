@@ -35,8 +35,12 @@ class _App(typer.Typer):
             sys.exit(2)
 
 
-app = _App(help="Real-time recommender: operator commands.", no_args_is_help=True, add_completion=False,
-           pretty_exceptions_enable=False)  # fmt: skip
+app = _App(
+    help="Real-time recommender: operator commands.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 replay_app = typer.Typer(help="Replay a data source into the `events` topic.", no_args_is_help=True)
 app.add_typer(replay_app, name="replay")
 
@@ -213,12 +217,15 @@ def check_events(expect: int = typer.Option(0, help="Exit 1 unless exactly this 
     s = read_topic(Topics.EVENTS)
     table = Table("what", "count")
     for label, value in [
-        ("messages", s.messages), ("control records", s.control), ("valid events", s.valid),
+        ("messages", s.messages),
+        ("control records", s.control),
+        ("valid events", s.valid),
         ("distinct users", len(s.users)),
-        ("distinct items", len(s.items)), ("duplicate event ids", s.duplicate_event_ids),
+        ("distinct items", len(s.items)),
+        ("duplicate event ids", s.duplicate_event_ids),
         *((f"type {k}", v) for k, v in sorted(s.event_types.items())),
         *((f"rejected: {k}", v) for k, v in sorted(s.rejected.items())),
-    ]:  # fmt: skip
+    ]:
         table.add_row(label, f"{value:,}")
     console.print(table)
     if expect and s.valid != expect:
@@ -246,16 +253,22 @@ def forget(
     if not user_id:
         raise typer.BadParameter("give a user id, or --pending")
     message = erasure.request(user_id)
-    console.print(f"forget {message.user_id}: marker at events[{message.partition}]@{message.offset}; "
-                  "speed and serving layers told")  # fmt: skip
+    console.print(
+        f"forget {message.user_id}: marker at events[{message.partition}]@{message.offset}; "
+        "speed and serving layers told"
+    )
     with console.status("waiting for the archiver to pass the marker, then erasing from the lake and models"):
         done = erasure.wait_and_complete(message, timeout_s=wait)
     if not done:
-        console.print(f"[yellow]the archiver has not passed the marker within {wait:.0f}s: the request is pending; "
-                      "`recsys forget --pending` or the nightly DAG completes it[/yellow]")  # fmt: skip
+        console.print(
+            f"[yellow]the archiver has not passed the marker within {wait:.0f}s: the request is pending; "
+            "`recsys forget --pending` or the nightly DAG completes it[/yellow]"
+        )
         raise typer.Exit(2)
-    console.print(f"erased {message.user_id} from the lake (old files vacuumed after "
-                  f"{get_settings().vacuum_retention_hours} h) and from every model directory")  # fmt: skip
+    console.print(
+        f"erased {message.user_id} from the lake (old files vacuumed after "
+        f"{get_settings().vacuum_retention_hours} h) and from every model directory"
+    )
 
 
 @app.command()

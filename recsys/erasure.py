@@ -66,8 +66,9 @@ def request(user_id: str, settings: Settings | None = None) -> ForgetMessage:
     prod = producer(s, linger_ms=0)
     try:
         marker = ForgetMarker(user_id=pseudonym, requested_at_ms=int(time.time() * 1000))
-        sent = prod.send(Topics.EVENTS, key=pseudonym.encode(), value=marker.to_wire(),
-                         headers=[(CONTROL_HEADER, FORGET_CONTROL)]).get(timeout=30)  # fmt: skip
+        sent = prod.send(
+            Topics.EVENTS, key=pseudonym.encode(), value=marker.to_wire(), headers=[(CONTROL_HEADER, FORGET_CONTROL)]
+        ).get(timeout=30)
         message = ForgetMessage(user_id=pseudonym, partition=sent.partition, offset=sent.offset)
         key, value = protocol.encode(message)
         prod.send(Topics.MODEL_UPDATES, key=key, value=value).get(timeout=30)
@@ -167,8 +168,10 @@ def erase_from_models(messages: list[ForgetMessage], settings: Settings | None =
     """Erase the users from every model directory whose data ends before their marker. Returns rows erased."""
     s = settings or get_settings()
     erased = 0
-    for folder, location in ((model_store.published_dir(s), model_store.published),
-                             (model_store.candidates_dir(s), model_store.candidate)):  # fmt: skip
+    for folder, location in (
+        (model_store.published_dir(s), model_store.published),
+        (model_store.candidates_dir(s), model_store.candidate),
+    ):
         for version in model_store.versions_in(folder):
             erased += erase_from_model(location(version, s), messages, s)
     return erased
@@ -192,9 +195,14 @@ def record(messages: list[ForgetMessage], status: str, settings: Settings | None
         return
     now = datetime.now(UTC)
     row = {
-        "user_id": [m.user_id for m in messages], "kafka_partition": [m.partition for m in messages],
-        "kafka_offset": [m.offset for m in messages], "status": [status] * len(messages),
+        "user_id": [m.user_id for m in messages],
+        "kafka_partition": [m.partition for m in messages],
+        "kafka_offset": [m.offset for m in messages],
+        "status": [status] * len(messages),
         "recorded_at": [now] * len(messages),
-    }  # fmt: skip
-    lake.write(Tables.path(Tables.FORGET_REQUESTS, settings or get_settings()), pa.table(row, schema=FORGET_SCHEMA),
-               writer="erasure")  # fmt: skip
+    }
+    lake.write(
+        Tables.path(Tables.FORGET_REQUESTS, settings or get_settings()),
+        pa.table(row, schema=FORGET_SCHEMA),
+        writer="erasure",
+    )

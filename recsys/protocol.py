@@ -170,9 +170,18 @@ def encode_up(
     The speed layer writes thousands of UPs per micro-batch; constructing each model only to serialise it was a
     tenth of its time. The dict lists VectorUpdate's fields in their order (the unit tests compare the bytes).
     """
-    fields = {"type": "UP", "model_version": version, "kind": kind, "id": id_, "vector": vector,
-              "event_ts_ms": event_ts_ms, "strengths": strengths, "event_types": event_types,
-              "source_offset": source_offset, "recent": recent}  # fmt: skip
+    fields = {
+        "type": "UP",
+        "model_version": version,
+        "kind": kind,
+        "id": id_,
+        "vector": vector,
+        "event_ts_ms": event_ts_ms,
+        "strengths": strengths,
+        "event_types": event_types,
+        "source_offset": source_offset,
+        "recent": recent,
+    }
     return up_key(kind, id_), to_json(fields)
 
 

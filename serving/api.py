@@ -73,13 +73,26 @@ assert _OFFLINE is not None and _OFFLINE.origin is not None  # a dependency, ins
 DOCS_ASSETS = FsPath(_OFFLINE.origin).parent / "static"
 # Ids in paths: printable, no control characters; the length limit is a setting (checked below, filled into the
 # document by `serving.openapi`).
-UserId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN, description="The shop's user id, or its pseudonym.",
-                             json_schema_extra=values("id"))]  # fmt: skip
+UserId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        pattern=ID_PATTERN,
+        description="The shop's user id, or its pseudonym.",
+        json_schema_extra=values("id"),
+    ),
+]
 ItemId = Annotated[str, Path(min_length=1, pattern=ID_PATTERN, json_schema_extra=values("id"))]
 # A category filter: the same characters as ids, so a NUL is refused with words rather than echoed back; the document
 # lists the served model's categories (`serving.openapi`).
-Category = Annotated[str | None, Query(pattern=ID_PATTERN, json_schema_extra=values("category"),
-                                       description="Only items of this catalogue category (any case).")]  # fmt: skip
+Category = Annotated[
+    str | None,
+    Query(
+        pattern=ID_PATTERN,
+        json_schema_extra=values("category"),
+        description="Only items of this catalogue category (any case).",
+    ),
+]
 # /recommend's filters: each may be repeated (`?category=a&category=b`, `?exclude=i1&exclude=i2`); the document
 # puts each marker's constraint on the list's items (`serving.openapi`).
 Categories = Annotated[
@@ -106,8 +119,10 @@ PRIVATE: dict[int | str, dict[str, Any]] = {
     503: {"model": Error},
 }
 # The docs pages may load nothing from elsewhere (their inline bootstrap scripts and styles aside).
-SAME_ORIGIN_ONLY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-                    "img-src 'self' data:; worker-src 'self' blob:; font-src 'self' data:")  # fmt: skip
+SAME_ORIGIN_ONLY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:; font-src 'self' data:"
+)
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error},
     404: {"model": Error},
@@ -121,8 +136,9 @@ def app_from_environment() -> FastAPI:
     return create_app(get_settings())
 
 
-def create_app(settings: Settings | None = None, follower: ModelFollower | None = None,
-               fast_path: bool = True) -> FastAPI:  # fmt: skip
+def create_app(
+    settings: Settings | None = None, follower: ModelFollower | None = None, fast_path: bool = True
+) -> FastAPI:
     s = settings or get_settings()
 
     @asynccontextmanager
@@ -187,8 +203,9 @@ def _in_words(err: dict, request: Request) -> str:
     if loc == ["body"] and kind in ("model_attributes_type", "dict_type"):
         content_type = request.headers.get("content-type", "")
         if "json" not in content_type.lower():
-            return ("send the body as a JSON object with the header 'Content-Type: application/json'"
-                    + (f" (got {content_type!r})" if content_type else " (none was sent)"))  # fmt: skip
+            return "send the body as a JSON object with the header 'Content-Type: application/json'" + (
+                f" (got {content_type!r})" if content_type else " (none was sent)"
+            )
         return "the request body must be a JSON object with the event's fields"
     if kind == "string_pattern_mismatch" and ctx.get("pattern") == ID_PATTERN:  # a repeated parameter's index left out
         return f"{'.'.join(p for p in loc if not p.isdigit())}: {CONTROL_WORDS}"
@@ -209,8 +226,11 @@ async def current_model(request: Request) -> ServingModel:  # async: no thread-p
 
 def require_token(request: Request, credentials: BearerCredentials) -> None:
     if credentials is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "this endpoint needs 'Authorization: Bearer <token>'",
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "this endpoint needs 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if not hmac.compare_digest(credentials.credentials.encode(), request.app.state.token.encode()):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong token")
 
@@ -260,9 +280,17 @@ def _routes(app: FastAPI, s: Settings) -> None:
     renderer = FastRecommend(None, s)  # its JSON of one answer, for the batch route
 
     @app.get("/recommend/{user_id}", response_model=Recommendations, responses=ERRORS, tags=["recommendations"])
-    async def recommend(user_id: UserId, model: Model, request: Request, k: K = s.serving_default_k,
-                        exclude_seen: bool = True, category: Categories = None, explain: bool = False,
-                        exclude: Excluded = None, max_per_category: PerCategory = None) -> Recommendations:  # fmt: skip
+    async def recommend(
+        user_id: UserId,
+        model: Model,
+        request: Request,
+        k: K = s.serving_default_k,
+        exclude_seen: bool = True,
+        category: Categories = None,
+        explain: bool = False,
+        exclude: Excluded = None,
+        max_per_category: PerCategory = None,
+    ) -> Recommendations:
         """Top-k items for a user from the served recommender's view of them: their history and latest events
         including what the speed layer saw since the batch model, else the batch model's view, else the most
         popular items. `exclude_seen` leaves out items the user had the configured event types on
@@ -274,23 +302,37 @@ def _routes(app: FastAPI, s: Settings) -> None:
         _check_category(model, category)
         for item in exclude or []:
             _check_item(item, s)
-        query = model.prepare(pseudonym, k, exclude_seen, category, explain, exclude=exclude or [],
-                              max_per_category=max_per_category)  # fmt: skip
+        query = model.prepare(
+            pseudonym, k, exclude_seen, category, explain, exclude=exclude or [], max_per_category=max_per_category
+        )
         ranked = await request.app.state.batcher.submit(model, query)
         metrics.ANSWERS.labels(ranked.source).inc()
-        return Recommendations(user_id=pseudonym, model_version=model.version, source=ranked.source,
-                               as_of_ms=ranked.as_of_ms, items=_items(model, ranked))  # fmt: skip
+        return Recommendations(
+            user_id=pseudonym,
+            model_version=model.version,
+            source=ranked.source,
+            as_of_ms=ranked.as_of_ms,
+            items=_items(model, ranked),
+        )
 
-    @app.post("/recommend/batch", response_model=BatchRecommendations, responses=PRIVATE, tags=["recommendations"],
-              dependencies=[Depends(require_token)])  # fmt: skip
+    @app.post(
+        "/recommend/batch",
+        response_model=BatchRecommendations,
+        responses=PRIVATE,
+        tags=["recommendations"],
+        dependencies=[Depends(require_token)],
+    )
     async def recommend_batch(body: BatchRequest, model: Model, request: Request) -> Response:
         """`GET /recommend/{user_id}` for many users in one call (e-mails, campaigns): per user, in the request's
         order, exactly the answer the single call gives with the same options, all from one model version;
         scored through the model's batched path (`recommend_many`) in the serving micro-batches. Needs the token:
         it reads many users' personal recommendations at once, and costs as much as that many requests."""
         if len(body.user_ids) > s.serving_max_batch_users:
-            raise HTTPException(422, f"body.user_ids: at most {s.serving_max_batch_users} users per request "
-                                     f"(RECSYS_SERVING_MAX_BATCH_USERS), got {len(body.user_ids)}")  # fmt: skip
+            raise HTTPException(
+                422,
+                f"body.user_ids: at most {s.serving_max_batch_users} users per request "
+                f"(RECSYS_SERVING_MAX_BATCH_USERS), got {len(body.user_ids)}",
+            )
         k = s.serving_default_k if body.k is None else body.k
         if k > s.serving_max_k:
             raise HTTPException(422, f"body.k: Input should be less than or equal to {s.serving_max_k}")
@@ -307,8 +349,9 @@ def _routes(app: FastAPI, s: Settings) -> None:
         # response models would cost more than ranking the users.
         version = renderer.dumps(model.version).encode()
         results = b",".join(renderer.render(model, p, r) for p, r in zip(pseudonyms, answers, strict=True))
-        return Response(b'{"model_version":' + version + b',"results":[' + results + b"]}",
-                        media_type="application/json")  # fmt: skip
+        return Response(
+            b'{"model_version":' + version + b',"results":[' + results + b"]}", media_type="application/json"
+        )
 
     @app.get("/similar/{item_id}", response_model=Similar, responses=ERRORS, tags=["recommendations"])
     async def similar(item_id: ItemId, model: Model, k: K = s.serving_default_k) -> Similar:
@@ -342,8 +385,9 @@ def _routes(app: FastAPI, s: Settings) -> None:
         except UnknownId as e:
             raise HTTPException(404, str(e)) from None
         because = [Contribution(item_id=i, title=model.item_meta(i)[0], contribution=c) for i, c in shares]
-        return Explanation(user_id=pseudonym, item_id=item_id, model_version=model.version, score=score,
-                           because=because)  # fmt: skip
+        return Explanation(
+            user_id=pseudonym, item_id=item_id, model_version=model.version, score=score, because=because
+        )
 
     @app.get("/popular", response_model=Popular, responses=ERRORS, tags=["recommendations"])
     async def popular(model: Model, k: K = s.serving_default_k, category: Category = None) -> Popular:
@@ -352,9 +396,14 @@ def _routes(app: FastAPI, s: Settings) -> None:
         category = model.canonical_category(category) if category is not None else None
         return Popular(model_version=model.version, category=category, items=_items(model, model.popular(k, category)))
 
-    @app.post("/events", status_code=202, response_model=EventAccepted, responses={401: {"model": Error},
-              403: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}, tags=["events"],
-              dependencies=[Depends(require_token)])  # fmt: skip
+    @app.post(
+        "/events",
+        status_code=202,
+        response_model=EventAccepted,
+        responses={401: {"model": Error}, 403: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
+        tags=["events"],
+        dependencies=[Depends(require_token)],
+    )
     def post_event(event: EventIn, request: Request) -> EventAccepted:
         """Validate one event, pseudonymise its user id, and produce it to `events`; answers once Kafka has it."""
         body = event.model_dump(exclude_none=True)
@@ -371,12 +420,18 @@ def _routes(app: FastAPI, s: Settings) -> None:
         except KafkaError as e:
             raise HTTPException(503, f"the event log is unavailable, try again: {type(e).__name__}") from None
         metrics.EVENTS_ACCEPTED.inc()
-        return EventAccepted(event_id=checked.event_id, user_id=checked.user_id, partition=sent.partition,
-                             offset=sent.offset)  # fmt: skip
+        return EventAccepted(
+            event_id=checked.event_id, user_id=checked.user_id, partition=sent.partition, offset=sent.offset
+        )
 
-    @app.post("/admin/forget/{user_id}", status_code=202, response_model=ForgetAccepted,
-              responses={401: {"model": Error}, 403: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
-              tags=["admin"], dependencies=[Depends(require_token)])  # fmt: skip
+    @app.post(
+        "/admin/forget/{user_id}",
+        status_code=202,
+        response_model=ForgetAccepted,
+        responses={401: {"model": Error}, 403: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
+        tags=["admin"],
+        dependencies=[Depends(require_token)],
+    )
     def forget(user_id: UserId) -> ForgetAccepted:
         """Erase a user across all layers (right to erasure). Answers once the request is in the event log
         (a FORGET marker on `events`) and the serving layers are told (a FORGET message on `model-updates`).
@@ -390,24 +445,39 @@ def _routes(app: FastAPI, s: Settings) -> None:
         detail = "speed and serving layers told; the archiver erases the lake and model files"
         return ForgetAccepted(user_id=pseudonym, partition=message.partition, offset=message.offset, detail=detail)
 
-    @app.get("/admin/shoppers", response_model=Shoppers, tags=["admin"], dependencies=[Depends(require_token)],
-             responses={401: {"model": Error}, 403: {"model": Error}, 503: {"model": Error}})  # fmt: skip
+    @app.get(
+        "/admin/shoppers",
+        response_model=Shoppers,
+        tags=["admin"],
+        dependencies=[Depends(require_token)],
+        responses={401: {"model": Error}, 403: {"model": Error}, 503: {"model": Error}},
+    )
     async def shoppers(model: Model, k: K = 20) -> Shoppers:
         """The shoppers with the longest histories in the served model's data, by pseudonym (for the storefront's
         picker and for operators; needs the token: pseudonyms are still personal data)."""
-        return Shoppers(model_version=model.version,
-                        shoppers=[Shopper(user_id=u, events=n) for u, n in model.shoppers(k)])  # fmt: skip
+        return Shoppers(
+            model_version=model.version, shoppers=[Shopper(user_id=u, events=n) for u, n in model.shoppers(k)]
+        )
 
     @app.get("/models", response_model=ModelInfo, responses=ERRORS, tags=["operations"])
     async def models(model: Model) -> ModelInfo:
         """The model being served, its evaluation, and how much the speed layer has added to it."""
         m = model.manifest
         return ModelInfo(
-            model_version=m.model_version, engine=m.engine, created_at_ms=m.created_at_ms, params=m.params,
-            n_users=m.n_users, n_items=m.n_items, new_items=model.n_items - model.n_base,
-            speed_users=model.speed_users, speed_updates_applied=model.speed_updates, index=s.serving_index,
-            metrics=m.metrics, baseline_metrics=m.baseline_metrics, kafka_offsets=m.kafka_offsets,
-        )  # fmt: skip
+            model_version=m.model_version,
+            engine=m.engine,
+            created_at_ms=m.created_at_ms,
+            params=m.params,
+            n_users=m.n_users,
+            n_items=m.n_items,
+            new_items=model.n_items - model.n_base,
+            speed_users=model.speed_users,
+            speed_updates_applied=model.speed_updates,
+            index=s.serving_index,
+            metrics=m.metrics,
+            baseline_metrics=m.baseline_metrics,
+            kafka_offsets=m.kafka_offsets,
+        )
 
     @app.get("/ops/registry", tags=["operations"], responses={503: {"model": Error}})
     def ops_registry(request: Request) -> dict:
@@ -427,8 +497,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
         source, update-to-serve delay. Rates come from two readings (the dashboard polls)."""
         return ops.live(s)
 
-    @app.get("/ops/users/{user_id}", tags=["operations"], dependencies=[Depends(require_token)],
-             responses=PRIVATE)  # fmt: skip
+    @app.get("/ops/users/{user_id}", tags=["operations"], dependencies=[Depends(require_token)], responses=PRIVATE)
     async def ops_user(user_id: UserId, model: Model, k: K = s.serving_default_k) -> dict:
         """One user: their events since the model's cut-off and in the model's data, and their recommendations
         now with source and explanation (needs the token: this is personal data)."""
@@ -459,8 +528,12 @@ def _routes(app: FastAPI, s: Settings) -> None:
         if not follower.ready:
             response.status_code = 503
         current = follower.current
-        return Readiness(ready=follower.ready, model_version=current.version if current else None,
-                         caught_up=follower.caught_up.is_set(), error=follower.error)  # fmt: skip
+        return Readiness(
+            ready=follower.ready,
+            model_version=current.version if current else None,
+            caught_up=follower.caught_up.is_set(),
+            error=follower.error,
+        )
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def prometheus() -> Response:
@@ -484,19 +557,26 @@ def _routes(app: FastAPI, s: Settings) -> None:
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
         assert app.openapi_url is not None  # the default, /openapi.json
-        page = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon.png")  # fmt: skip
+        page = get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - API docs",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
         page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY
         return page
 
     @app.get("/redoc", include_in_schema=False)
     def redoc() -> HTMLResponse:
         assert app.openapi_url is not None  # the default, /openapi.json
-        page = get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
-                              redoc_js_url="/docs-assets/redoc.standalone.js",
-                              redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)  # fmt: skip
+        page = get_redoc_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url="/docs-assets/redoc.standalone.js",
+            redoc_favicon_url="/docs-assets/favicon.png",
+            with_google_fonts=False,
+        )
         page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY
         return page
 

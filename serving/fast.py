@@ -67,8 +67,13 @@ class FastRecommend:
         ranked = await state.batcher.submit(model, model.prepare(pseudonym, k, exclude_seen, category, explain))
         self.sources[ranked.source].inc()
         body = self.render(model, pseudonym, ranked)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*HEADERS, (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*HEADERS, (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
         self.ok.inc()
         self.latency.observe(time.perf_counter() - started)
@@ -76,16 +81,32 @@ class FastRecommend:
     def render(self, model, pseudonym: str, ranked) -> bytes:
         """The route's JSON, joined from each item's pre-built parts (`ServingModel.item_json`) and its score."""
         dumps = self.dumps
-        parts = [b'{"user_id":', dumps(pseudonym).encode(), b',"model_version":', dumps(model.version).encode(),
-                 b',"source":"', ranked.source.encode(), b'","as_of_ms":',
-                 b"null" if ranked.as_of_ms is None else str(int(ranked.as_of_ms)).encode(), b',"items":[']  # fmt: skip
+        parts = [
+            b'{"user_id":',
+            dumps(pseudonym).encode(),
+            b',"model_version":',
+            dumps(model.version).encode(),
+            b',"source":"',
+            ranked.source.encode(),
+            b'","as_of_ms":',
+            b"null" if ranked.as_of_ms is None else str(int(ranked.as_of_ms)).encode(),
+            b',"items":[',
+        ]
         reasons = ranked.reasons or [None] * len(ranked.item_ids)
-        for n, (item_id, score, fresh, why) in enumerate(zip(ranked.item_ids, ranked.scores, ranked.from_speed,
-                                                             reasons, strict=True)):  # fmt: skip
+        for n, (item_id, score, fresh, why) in enumerate(
+            zip(ranked.item_ids, ranked.scores, ranked.from_speed, reasons, strict=True)
+        ):
             head, tail = model.item_json(item_id)
-            parts += [b"," if n else b"", head, float.__repr__(float(score)).encode(), tail,
-                      b"true" if fresh else b"false", b',"because":',
-                      b"null" if why is None else dumps(why).encode(), b"}"]  # fmt: skip
+            parts += [
+                b"," if n else b"",
+                head,
+                float.__repr__(float(score)).encode(),
+                tail,
+                b"true" if fresh else b"false",
+                b',"because":',
+                b"null" if why is None else dumps(why).encode(),
+                b"}",
+            ]
         parts.append(b"]}")
         return b"".join(parts)
 

@@ -145,8 +145,12 @@ class ModelFollower:
                 path = model_store.find(message.model_version, self.s)
             except model_store.ModelNotFound:
                 metrics.MODEL_LOAD_FAILURES.inc()
-                log.error("MODEL %s points at %s, which is not here; keeping %s", message.model_version,
-                          message.path, current or "no model")  # fmt: skip
+                log.error(
+                    "MODEL %s points at %s, which is not here; keeping %s",
+                    message.model_version,
+                    message.path,
+                    current or "no model",
+                )
                 return
         self._try_swap(path)
 
@@ -155,8 +159,9 @@ class ModelFollower:
             self._swap(path)
         except Exception:  # a broken model directory must not take the served one down
             metrics.MODEL_LOAD_FAILURES.inc()
-            log.exception("could not load the model at %s; keeping %s", path,
-                          self.current.version if self.current else "no model")  # fmt: skip
+            log.exception(
+                "could not load the model at %s; keeping %s", path, self.current.version if self.current else "no model"
+            )
 
     def _on_forget(self, message: ForgetMessage) -> None:
         known = self.forgotten.get(message.user_id)

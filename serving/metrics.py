@@ -23,19 +23,24 @@ from prometheus_client import (
 
 REQUESTS = Counter("serving_requests_total", "HTTP requests answered", ["route", "status"])
 LATENCY = Histogram(
-    "serving_request_seconds", "Time to answer a request, by route", ["route"],
+    "serving_request_seconds",
+    "Time to answer a request, by route",
+    ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
-)  # fmt: skip
+)
 ANSWERS = Counter("serving_recommend_source_total", "Recommendations answered, by what answered", ["source"])
 UPDATES = Counter("serving_model_updates_total", "model-updates messages, by what became of them", ["outcome"])
 UPDATE_LAG = Histogram(
-    "serving_update_lag_seconds", "From the newest event behind an UP to the UP being applied here",
+    "serving_update_lag_seconds",
+    "From the newest event behind an UP to the UP being applied here",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
-)  # fmt: skip
+)
 MODEL_LOADED = Gauge(
-    "serving_model_loaded", "1 for the model version being served (max over worker processes)", ["model_version"],
+    "serving_model_loaded",
+    "1 for the model version being served (max over worker processes)",
+    ["model_version"],
     multiprocess_mode="livemax",
-)  # fmt: skip
+)
 MODEL_SWAPS = Counter("serving_model_swaps_total", "Models loaded and swapped in")
 MODEL_LOAD_SECONDS = Histogram("serving_model_load_seconds", "Time to load a model before swapping it in")
 MODEL_LOAD_FAILURES = Counter("serving_model_load_failures_total", "MODEL messages whose model could not be loaded")

@@ -144,13 +144,16 @@ class ServingModel:
     def apply(self, up: VectorUpdate) -> None:
         state = None if up.vector is None else np.asarray(up.vector, dtype=np.float32)
         if state is not None and state.shape != (self.model.state_size,):
-            raise ValueError(f"UP for {up.kind} {up.id} has {state.shape[0]} values; the model's state size "
-                             f"(ALS: its rank) is {self.model.state_size}")  # fmt: skip
+            raise ValueError(
+                f"UP for {up.kind} {up.id} has {state.shape[0]} values; the model's state size "
+                f"(ALS: its rank) is {self.model.state_size}"
+            )
         if up.kind == "user":
             if self._predates_forget(up):
                 return
-            self._recent[up.id] = _Recent(state, up.strengths, up.event_types, list(up.recent), up.event_ts_ms,
-                                          up.source_offset)  # fmt: skip
+            self._recent[up.id] = _Recent(
+                state, up.strengths, up.event_types, list(up.recent), up.event_ts_ms, up.source_offset
+            )
         elif up.id in self.item_index and self.item_index[up.id] < self.n_base:
             return  # the speed layer folds in only items newer than the model; a model item keeps its state
         elif state is not None:
@@ -160,8 +163,9 @@ class ServingModel:
     def _set_new_item(self, item_id: str, state: np.ndarray) -> None:
         new = self._new
         if len(new) and new.states.shape[1] != state.shape[0]:
-            raise ValueError(f"UP for item {item_id} has {state.shape[0]} values, the model's states have "
-                             f"{new.states.shape[1]}")  # fmt: skip
+            raise ValueError(
+                f"UP for item {item_id} has {state.shape[0]} values, the model's states have {new.states.shape[1]}"
+            )
         j = self.item_index.get(item_id)
         if j is None:
             states = np.vstack([new.states.reshape(len(new), -1), state[None, :]]) if len(new) else state[None, :]
@@ -256,8 +260,13 @@ class ServingModel:
         if parts is None:
             title, category = self.item_meta(item_id)
             head = '{"item_id":' + json.dumps(item_id, ensure_ascii=False) + ',"score":'
-            tail = (',"title":' + json.dumps(title, ensure_ascii=False) + ',"category":'
-                    + json.dumps(category, ensure_ascii=False) + ',"from_speed":')  # fmt: skip
+            tail = (
+                ',"title":'
+                + json.dumps(title, ensure_ascii=False)
+                + ',"category":'
+                + json.dumps(category, ensure_ascii=False)
+                + ',"from_speed":'
+            )
             parts = self._json[item_id] = (head.encode(), tail.encode())
         return parts
 
@@ -274,11 +283,24 @@ class ServingModel:
     def has_category(self, category: str) -> bool:
         return self.canonical_category(category) is not None
 
-    def recommend(self, user_id: str, k: int, exclude_seen: bool = True,
-                  category: str | Sequence[str] | None = None, explain: bool = False, *,
-                  exclude: Sequence[str] = (), max_per_category: int | None = None) -> Ranked:  # fmt: skip
-        return self.answer([self.prepare(user_id, k, exclude_seen, category, explain, exclude=exclude,
-                                         max_per_category=max_per_category)])[0]  # fmt: skip
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        exclude_seen: bool = True,
+        category: str | Sequence[str] | None = None,
+        explain: bool = False,
+        *,
+        exclude: Sequence[str] = (),
+        max_per_category: int | None = None,
+    ) -> Ranked:
+        return self.answer(
+            [
+                self.prepare(
+                    user_id, k, exclude_seen, category, explain, exclude=exclude, max_per_category=max_per_category
+                )
+            ]
+        )[0]
 
     def context(self, user_id: str, with_speed: bool = True) -> UserContext | None:
         """The user as the model sees them now (training data plus their latest UP); None if nothing is known."""
@@ -292,11 +314,13 @@ class ServingModel:
             ev, lo, hi = self.data.events, self._tail_ptr[row], self._tail_ptr[row + 1]
             lo = max(lo, hi - self.model.recent_events)
             return UserContext(
-                row=row, items=self.interactions.indices[start:end].astype(np.int64),
+                row=row,
+                items=self.interactions.indices[start:end].astype(np.int64),
                 strengths=self.interactions.data[start:end].astype(np.float32),
-                recent=ev.item[lo:hi].astype(np.int64), recent_kinds=ev.kind[lo:hi].astype(np.int8),
+                recent=ev.item[lo:hi].astype(np.int64),
+                recent_kinds=ev.kind[lo:hi].astype(np.int8),
                 recent_ts_ms=ev.ts_ms[lo:hi].astype(np.int64),
-            )  # fmt: skip
+            )
         history = self.history(user_id)
         events: list[tuple[int, int, int]] = []
         if row is not None:
@@ -310,14 +334,26 @@ class ServingModel:
         events = events[-self.model.recent_events :]
         keys = np.fromiter((j for j in history if j < limit), np.int64)
         return UserContext(
-            row=row, items=keys, strengths=np.array([history[j] for j in keys.tolist()], np.float32),
-            recent=np.array([e[0] for e in events], np.int64), recent_kinds=np.array([e[1] for e in events], np.int8),
-            recent_ts_ms=np.array([e[2] for e in events], np.int64), state=recent.state,
-        )  # fmt: skip
+            row=row,
+            items=keys,
+            strengths=np.array([history[j] for j in keys.tolist()], np.float32),
+            recent=np.array([e[0] for e in events], np.int64),
+            recent_kinds=np.array([e[1] for e in events], np.int8),
+            recent_ts_ms=np.array([e[2] for e in events], np.int64),
+            state=recent.state,
+        )
 
-    def prepare(self, user_id: str, k: int, exclude_seen: bool = True,
-                category: str | Sequence[str] | None = None, explain: bool = False, *,
-                exclude: Sequence[str] = (), max_per_category: int | None = None) -> Query:  # fmt: skip
+    def prepare(
+        self,
+        user_id: str,
+        k: int,
+        exclude_seen: bool = True,
+        category: str | Sequence[str] | None = None,
+        explain: bool = False,
+        *,
+        exclude: Sequence[str] = (),
+        max_per_category: int | None = None,
+    ) -> Query:
         """Everything about one request except the scoring, which `answer` does for many requests at once.
 
         `category`: one category or several (an item of any of them qualifies); `exclude`: item ids the caller
@@ -405,8 +441,10 @@ class ServingModel:
             tops = self.model.recommend_many([c for _, c in pairs], k, [q.excluded for q, _ in pairs], allowed, new)
             return [(i[: q.fetch], v[: q.fetch]) for (q, _), (i, v) in zip(pairs, tops, strict=True)]
         block = self._score_block([c for _, c in pairs], new) if self.index is None else None
-        return [self._top(c, q.fetch, q.excluded, q.categories, new, None if block is None else block[r])
-                for r, (q, c) in enumerate(pairs)]  # fmt: skip
+        return [
+            self._top(c, q.fetch, q.excluded, q.categories, new, None if block is None else block[r])
+            for r, (q, c) in enumerate(pairs)
+        ]
 
     def popular(self, k: int, category: str | Sequence[str] | None = None) -> Ranked:
         return self._popular(k, self._canonical(category), self.unavailable_positions(), self._new)
@@ -476,15 +514,23 @@ class ServingModel:
         if row is None:
             return {}
         start, end = self.interactions.indptr[row], self.interactions.indptr[row + 1]
-        return dict(zip(self.interactions.indices[start:end].tolist(), self.interactions.data[start:end].tolist(),
-                        strict=True))  # fmt: skip
+        return dict(
+            zip(self.interactions.indices[start:end].tolist(), self.interactions.data[start:end].tolist(), strict=True)
+        )
 
     def _score_block(self, contexts: list[UserContext], new: NewItems) -> np.ndarray:
         """(len(contexts), n_items) scores, one row per context, rows contiguous."""
         return np.ascontiguousarray(self.model.score_all(contexts, new), dtype=np.float32)
 
-    def _top(self, ctx: UserContext, k: int, excluded: np.ndarray, categories: tuple[str, ...] | None,
-             new: NewItems, scores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def _top(
+        self,
+        ctx: UserContext,
+        k: int,
+        excluded: np.ndarray,
+        categories: tuple[str, ...] | None,
+        new: NewItems,
+        scores: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.index is not None and categories is None:
             return self._top_approximate(ctx, k, excluded, new)
         if scores is None:
@@ -514,8 +560,15 @@ class ServingModel:
         keep = best != PAD
         return idx[best[keep]], best_val[keep]
 
-    def _popular(self, k: int, categories: tuple[str, ...] | None, excluded: np.ndarray, new: NewItems,
-                 max_per_category: int | None = None, counts: dict[str, int] | None = None) -> Ranked:  # fmt: skip
+    def _popular(
+        self,
+        k: int,
+        categories: tuple[str, ...] | None,
+        excluded: np.ndarray,
+        new: NewItems,
+        max_per_category: int | None = None,
+        counts: dict[str, int] | None = None,
+    ) -> Ranked:
         """The most popular items; under a category cap, ranked again without the categories that filled up
         (each pass fills one at least, or runs out of items), so the answer is short only if the items are."""
         scores = np.concatenate([self.popularity, np.zeros(len(new), np.float32)])
@@ -600,8 +653,11 @@ class ServingModel:
             items, ts = ev.item[lo:hi].astype(np.int64), ev.ts_ms[lo:hi].astype(np.int64)
             cooling = self._cooling_kinds[ev.kind[lo:hi].astype(np.int64)]
         if recent is not None and recent.events:
-            extra = [(j, kind in self._cooldown_types, t) for item, kind, t in recent.events
-                     if (j := self.item_index.get(item)) is not None and j < limit]  # fmt: skip
+            extra = [
+                (j, kind in self._cooldown_types, t)
+                for item, kind, t in recent.events
+                if (j := self.item_index.get(item)) is not None and j < limit
+            ]
             if extra:
                 items = np.concatenate([items, np.array([e[0] for e in extra], np.int64)])
                 cooling = np.concatenate([cooling, np.array([e[1] for e in extra], dtype=bool)])

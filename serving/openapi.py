@@ -51,8 +51,9 @@ def install(app: FastAPI, settings: Settings, categories: Callable[[], tuple[set
 
     def openapi() -> dict[str, Any]:
         if "base" not in built:  # the routes' part, once: FastAPI's build is the slow step
-            built["base"] = get_openapi(title=app.title, version=app.version, description=app.description,
-                                        routes=app.routes)  # fmt: skip
+            built["base"] = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
         # The rest anew for each reader (a copy and a walk): the categories and the event times' bound move.
         return document(built["base"], settings, categories())
 

@@ -39,8 +39,10 @@ def registry(s: Settings, served: str | None, metric: str) -> dict:
     rows = lake.read(path).sort_by("recorded_at").to_pylist() if lake.exists(path) else []
     versions: dict[str, dict] = {}
     for row in rows:
-        v = versions.setdefault(row["model_version"], {"model_version": row["model_version"], "history": [],
-                                                       "metric": None, "popularity": None})  # fmt: skip
+        v = versions.setdefault(
+            row["model_version"],
+            {"model_version": row["model_version"], "history": [], "metric": None, "popularity": None},
+        )
         at = row["recorded_at"]
         at_ms = int(at.timestamp() * 1000) if at is not None else None
         v["history"].append({"status": row["status"], "at_ms": at_ms, "reason": row["reason"] or ""})
@@ -148,18 +150,35 @@ def user_view(model: ServingModel, pseudonym: str, k: int) -> dict:
         tail = zip(ev.item[lo:hi].tolist(), ev.kind[lo:hi].tolist(), ev.ts_ms[lo:hi].tolist(), strict=True)
         in_model = [_event(model, model.item_ids[j], names[c], t) for j, c, t in tail]
     ranked = model.recommend(pseudonym, k, explain=True)
-    items = [{"item_id": i, "title": model.item_meta(i)[0], "category": model.item_meta(i)[1], "score": score,
-              "from_speed": fresh, "because": why}
-             for i, score, fresh, why in zip(ranked.item_ids, ranked.scores, ranked.from_speed,
-                                             ranked.reasons or [None] * len(ranked.item_ids), strict=True)]  # fmt: skip
+    items = [
+        {
+            "item_id": i,
+            "title": model.item_meta(i)[0],
+            "category": model.item_meta(i)[1],
+            "score": score,
+            "from_speed": fresh,
+            "because": why,
+        }
+        for i, score, fresh, why in zip(
+            ranked.item_ids,
+            ranked.scores,
+            ranked.from_speed,
+            ranked.reasons or [None] * len(ranked.item_ids),
+            strict=True,
+        )
+    ]
     history = int(model.interactions.indptr[row + 1] - model.interactions.indptr[row]) if row is not None else 0
     return {
-        "user_id": pseudonym, "model_version": model.version, "known": model.knows_user(pseudonym),
-        "in_model_data": row is not None, "items_in_model_data": history,
-        "since_cutoff": since[::-1], "from_model_data": in_model[::-1],
+        "user_id": pseudonym,
+        "model_version": model.version,
+        "known": model.knows_user(pseudonym),
+        "in_model_data": row is not None,
+        "items_in_model_data": history,
+        "since_cutoff": since[::-1],
+        "from_model_data": in_model[::-1],
         "speed_as_of_ms": recent.as_of_ms if recent else None,
         "recommendations": {"source": ranked.source, "as_of_ms": ranked.as_of_ms, "items": items},
-    }  # fmt: skip
+    }
 
 
 def _event(model: ServingModel, item: str, kind: str, ts: int) -> dict:
@@ -193,17 +212,30 @@ def item_view(model: ServingModel, item_id: str, k: int) -> dict:
             since[kind] += 1
 
     def listing(ranked) -> dict:
-        return {"source": ranked.source,
-                "items": [{"item_id": i, "title": model.item_meta(i)[0], "score": score}
-                          for i, score in zip(ranked.item_ids, ranked.scores, strict=True)]}  # fmt: skip
+        return {
+            "source": ranked.source,
+            "items": [
+                {"item_id": i, "title": model.item_meta(i)[0], "score": score}
+                for i, score in zip(ranked.item_ids, ranked.scores, strict=True)
+            ],
+        }
 
     return {
-        "item_id": item_id, "model_version": model.version, "title": title, "category": category,
-        "price": price, "tags": tags, "in_model": j < model.n_base, "new_since_model": j >= model.n_base,
-        "users_in_model_data": users, "users_by_event_type": counts, "users_since_cutoff_by_event_type": dict(since),
+        "item_id": item_id,
+        "model_version": model.version,
+        "title": title,
+        "category": category,
+        "price": price,
+        "tags": tags,
+        "in_model": j < model.n_base,
+        "new_since_model": j >= model.n_base,
+        "users_in_model_data": users,
+        "users_by_event_type": counts,
+        "users_since_cutoff_by_event_type": dict(since),
         "popularity_rank": _popularity_rank(model, j),
-        "similar": listing(model.similar(item_id, k)), "bought_together": listing(model.bought_together(item_id, k)),
-    }  # fmt: skip
+        "similar": listing(model.similar(item_id, k)),
+        "bought_together": listing(model.bought_together(item_id, k)),
+    }
 
 
 def _columns(model: ServingModel, attribute: str, matrix):

@@ -79,8 +79,11 @@ class EventIn(BaseModel):
 
     # Ids are checked for control characters here, on the raw id, before the user id is pseudonymised (a pseudonym
     # would hide them); the other limits are `Event`'s (`validate_event`), stated here so the schema says them.
-    user_id: str = Field(pattern=ID_PATTERN, description="The shop's own user id (or an existing pseudonym).",
-                         json_schema_extra=values("id"))  # fmt: skip
+    user_id: str = Field(
+        pattern=ID_PATTERN,
+        description="The shop's own user id (or an existing pseudonym).",
+        json_schema_extra=values("id"),
+    )
     item_id: str = Field(pattern=ID_PATTERN, json_schema_extra=values("id"))
     event_type: str = Field(
         description="One of the configured event types (RECSYS_EVENT_WEIGHTS), or an item update: item_sold_out, "
@@ -97,8 +100,12 @@ class EventIn(BaseModel):
         "those of when this document was built; other ISO-8601 forms Python's `datetime.fromisoformat` reads are "
         "accepted too.",
     )
-    event_id: str | None = Field(None, pattern=ID_PATTERN, json_schema_extra=values("id"),
-                                 description="Unique id used for de-duplication; default: a new UUID.")  # fmt: skip
+    event_id: str | None = Field(
+        None,
+        pattern=ID_PATTERN,
+        json_schema_extra=values("id"),
+        description="Unique id used for de-duplication; default: a new UUID.",
+    )
     session_id: str | None = Field(None, pattern=ID_PATTERN, json_schema_extra=values("id"))
     quantity: int | None = Field(None, ge=1, le=100_000)
     price: float | None = Field(None, strict=True, ge=0, le=1e9)
@@ -179,12 +186,17 @@ class BatchRequest(BaseModel):
         description="The shop's user ids (or pseudonyms), at most RECSYS_SERVING_MAX_BATCH_USERS; answered in "
         "this order, a repeated id as often as it is given.",
     )
-    k: int | None = Field(None, ge=1, description="How many items per user (1 to RECSYS_SERVING_MAX_K; default "
-                          "RECSYS_SERVING_DEFAULT_K).")  # fmt: skip
+    k: int | None = Field(
+        None, ge=1, description="How many items per user (1 to RECSYS_SERVING_MAX_K; default RECSYS_SERVING_DEFAULT_K)."
+    )
     exclude_seen: bool = True
     # The pattern of ids and categories in paths and queries: its 422 is in words.
-    category: str | None = Field(None, pattern=ID_PATTERN, json_schema_extra=values("category"),
-                                 description="Only items of this catalogue category (any case).")  # fmt: skip
+    category: str | None = Field(
+        None,
+        pattern=ID_PATTERN,
+        json_schema_extra=values("category"),
+        description="Only items of this catalogue category (any case).",
+    )
     explain: bool = False
 
     model_config = {"extra": "forbid"}

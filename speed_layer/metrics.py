@@ -13,9 +13,10 @@ AVAILABILITY = Counter("speed_availability_updates_total", "Item updates turned 
 FOLDINS = Counter("speed_foldins_total", "Vectors recomputed and published", ["kind"])
 LAG = Gauge("speed_consumer_lag", "Events not yet read, summed over this instance's partitions")
 LATENCY = Histogram(
-    "speed_event_to_publish_seconds", "From the event's Kafka timestamp to its UP message being acknowledged",
+    "speed_event_to_publish_seconds",
+    "From the event's Kafka timestamp to its UP message being acknowledged",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)  # fmt: skip
+)
 SOLVE_SECONDS = Histogram("speed_batch_solve_seconds", "Fold-in time of one micro-batch")
 MODEL_INFO = Info("speed_model", "The batch model the speed layer folds in against")
 

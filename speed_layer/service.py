@@ -65,9 +65,11 @@ class SpeedLayer:
         self._busy = False
         self._last_lag_check = 0.0
         self.events = consumer(
-            self.s.speed_group, settings=self.s, group_instance_id=self.instance_id,
+            self.s.speed_group,
+            settings=self.s,
+            group_instance_id=self.instance_id,
             max_poll_records=self.s.speed_batch_max,
-        )  # fmt: skip
+        )
         self.models = consumer(None, settings=self.s)
         updates = TopicPartition(Topics.MODEL_UPDATES, protocol.UPDATE_PARTITION)
         self.models.assign([updates])
@@ -84,8 +86,11 @@ class SpeedLayer:
     def load_model(self, location: model_store.Location) -> None:
         self.artifact = model_store.load_from(location, self.s)
         metrics.MODEL_INFO.info({"model_version": self.artifact.manifest.model_version})
-        log.info("model %s loaded; replaying events after %s", self.artifact.manifest.model_version,
-                 self.artifact.manifest.kafka_offsets)  # fmt: skip
+        log.info(
+            "model %s loaded; replaying events after %s",
+            self.artifact.manifest.model_version,
+            self.artifact.manifest.kafka_offsets,
+        )
         self.restart_from_model(self.events.assignment())
 
     def restart_from_model(self, partitions: Iterable[TopicPartition]) -> None:
@@ -232,11 +237,19 @@ def up_messages(
     offsets = source_offsets or {}
     encode = protocol.encode_up
     messages: list[tuple[bytes, bytes | None]] = [
-        encode(version, "user", id_, None if vector is None else vector.tolist(),
-               updates.source_ts_ms.get(("user", id_)), updates.user_strengths.get(id_, {}),
-               updates.user_event_types.get(id_, {}), offsets.get(id_), updates.user_recent.get(id_, []))
+        encode(
+            version,
+            "user",
+            id_,
+            None if vector is None else vector.tolist(),
+            updates.source_ts_ms.get(("user", id_)),
+            updates.user_strengths.get(id_, {}),
+            updates.user_event_types.get(id_, {}),
+            offsets.get(id_),
+            updates.user_recent.get(id_, []),
+        )
         for id_, vector in updates.users.items()
-    ]  # fmt: skip
+    ]
     messages += [
         encode(version, "item", id_, vector.tolist(), updates.source_ts_ms.get(("item", id_)), {}, {}, None, [])
         for id_, vector in updates.items.items()
@@ -248,9 +261,14 @@ def up_messages(
 
 def availability_message(event: Event, partition: int, offset: int, produced_ms: int) -> AvailabilityMessage:
     """The AVAIL message of one item update read at (partition, offset) of `events`."""
-    return AvailabilityMessage(item_id=event.item_id, available=ITEM_UPDATES[event.event_type],
-                               state=event.event_type, partition=partition, offset=offset,
-                               event_ts_ms=produced_ms)  # fmt: skip
+    return AvailabilityMessage(
+        item_id=event.item_id,
+        available=ITEM_UPDATES[event.event_type],
+        state=event.event_type,
+        partition=partition,
+        offset=offset,
+        event_ts_ms=produced_ms,
+    )
 
 
 def _commit_done(offsets, response) -> None:

@@ -30,8 +30,12 @@ def als_artifact(
     data = Dataset(
         np.array(user_ids or [f"u{i}" for i in range(n_users)]),
         np.array(item_ids or [f"i{j}" for j in range(n_items)]),
-        sp.csr_matrix(interactions, dtype=np.float32), EVENT_TYPES, events or EventLog.empty(), seen_types, items,
-    )  # fmt: skip
+        sp.csr_matrix(interactions, dtype=np.float32),
+        EVENT_TYPES,
+        events or EventLog.empty(),
+        seen_types,
+        items,
+    )
     cls = ImplicitALS if objective.confidence == "alpha_r" else SparkALS
     model = cls(cls.Params(rank=item_factors.shape[1], reg=objective.reg, alpha=objective.alpha))
     model.user_factors = np.asarray(user_factors, dtype=np.float32)

@@ -127,8 +127,12 @@ def isolated_stack(tmp_path, free_port):
     from recsys.settings import Settings
 
     port = free_port()
-    s = Settings(state_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{port}",
-                 pseudonym_key=os.environ["RECSYS_PSEUDONYM_KEY"], speed_metrics_port=0)  # fmt: skip
+    s = Settings(
+        state_dir=tmp_path,
+        kafka_bootstrap=f"127.0.0.1:{port}",
+        pseudonym_key=os.environ["RECSYS_PSEUDONYM_KEY"],
+        speed_metrics_port=0,
+    )
     broker_process.start(s)
     yield s
     broker_process.stop(s)

@@ -40,11 +40,15 @@ def publish_model(
 ) -> model_store.ModelArtifact:
     """Fit a recommender on `events` and publish it as covering everything in `events` so far."""
     weights = s.event_weights
-    frame = pd.DataFrame({
-        "user_id": [e.user_id for e in events], "item_id": [e.item_id for e in events],
-        "ts": [e.ts_ms for e in events], "weight": [weights[e.event_type] for e in events],
-        "event_type": [e.event_type for e in events],
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "user_id": [e.user_id for e in events],
+            "item_id": [e.item_id for e in events],
+            "ts": [e.ts_ms for e in events],
+            "weight": [weights[e.event_type] for e in events],
+            "event_type": [e.event_type for e in events],
+        }
+    )
     data, _ = dataset_from_events(frame, event_types=list(weights))
     overrides = {"rank": rank, "iterations": 6, "reg": 1.0 if model == "implicit_als" else 0.1, "alpha": 1.0}
     recommender = registry.create(model, s, overrides if "als" in model else None)

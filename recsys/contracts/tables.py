@@ -32,11 +32,17 @@ _TS = pa.timestamp("us", tz="UTC")
 # The event's own fields, as columns (the wire format's `ts` becomes a UTC timestamp).
 EVENT_COLUMNS = pa.schema(
     [
-        ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
-        ("event_type", pa.string()), ("ts", _TS), ("session_id", pa.string()),
-        ("quantity", pa.int32()), ("price", pa.float64()), ("schema_version", pa.int32()),
+        ("event_id", pa.string()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("event_type", pa.string()),
+        ("ts", _TS),
+        ("session_id", pa.string()),
+        ("quantity", pa.int32()),
+        ("price", pa.float64()),
+        ("schema_version", pa.int32()),
     ]
-)  # fmt: skip
+)
 
 # Bronze: every accepted event as it arrived, and where from (backfilled rows have partition -1).
 BRONZE_SCHEMA = pa.schema(
@@ -46,47 +52,68 @@ BRONZE_SCHEMA = pa.schema(
 # Silver: what training reads. One row per distinct event, user ids pseudonymised, bots dropped.
 SILVER_SCHEMA = pa.schema(
     [
-        ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
-        ("event_type", pa.string()), ("weight", pa.float64()), ("ts", _TS),
-        ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
-        ("session_id", pa.string()), ("quantity", pa.int32()), ("price", pa.float64()),
+        ("event_id", pa.string()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("event_type", pa.string()),
+        ("weight", pa.float64()),
+        ("ts", _TS),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("session_id", pa.string()),
+        ("quantity", pa.int32()),
+        ("price", pa.float64()),
     ]
-)  # fmt: skip
+)
 
 # The catalogue: one row per item, overwritten whole by whoever owns the product data.
 CATALOG_SCHEMA = pa.schema(
     [
-        ("item_id", pa.string()), ("title", pa.string()), ("category", pa.string()),
+        ("item_id", pa.string()),
+        ("title", pa.string()),
+        ("category", pa.string()),
         ("price", pa.float64()),  # null where the shop gives none
         ("tags", pa.string()),  # '|'-separated attributes beyond the category (MovieLens: every genre)
     ]
-)  # fmt: skip
+)
 
 # The model registry: append-only; the last row of a version is its current status.
 REGISTRY_SCHEMA = pa.schema(
     [
-        ("model_version", pa.string()), ("status", pa.string()), ("engine", pa.string()),
-        ("recorded_at", _TS), ("silver_table_version", pa.int64()), ("path", pa.string()),
-        ("metrics_json", pa.string()), ("reason", pa.string()),
+        ("model_version", pa.string()),
+        ("status", pa.string()),
+        ("engine", pa.string()),
+        ("recorded_at", _TS),
+        ("silver_table_version", pa.int64()),
+        ("path", pa.string()),
+        ("metrics_json", pa.string()),
+        ("reason", pa.string()),
     ]
-)  # fmt: skip
+)
 
 
 # of the user from before the request. Keyed by where the request's marker sits in `events`.
 FORGET_SCHEMA = pa.schema(
     [
-        ("user_id", pa.string()), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
-        ("status", pa.string()), ("recorded_at", _TS),
+        ("user_id", pa.string()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("status", pa.string()),
+        ("recorded_at", _TS),
     ]
-)  # fmt: skip
+)
 
 # The nightly top N per user (jobs/top_n.py, docs/top_n.md): one row per (user, rank), replaced whole each night.
 TOP_N_SCHEMA = pa.schema(
     [
-        ("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float64()),
-        ("model_version", pa.string()), ("generated_at", _TS),
+        ("user_id", pa.string()),
+        ("rank", pa.int32()),
+        ("item_id", pa.string()),
+        ("score", pa.float64()),
+        ("model_version", pa.string()),
+        ("generated_at", _TS),
     ]
-)  # fmt: skip
+)
 TOP_N_SPARK_SCHEMA = (
     "user_id string, rank int, item_id string, score double, model_version string, generated_at timestamp"
 )

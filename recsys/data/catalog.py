@@ -64,8 +64,15 @@ def movielens() -> pa.Table:
     titles = [f"{t} ({y})" if y else t for t, y in zip(items["title"], items["year"], strict=True)]
     categories = [g[0] if g else None for g in items["genres"]]
     tags = ["|".join(g) for g in items["genres"]]
-    return pa.table({"item_id": items["item_id"].tolist(), "title": titles, "category": categories,
-                     "price": pa.nulls(len(titles), pa.float64()), "tags": tags})  # fmt: skip
+    return pa.table(
+        {
+            "item_id": items["item_id"].tolist(),
+            "title": titles,
+            "category": categories,
+            "price": pa.nulls(len(titles), pa.float64()),
+            "tags": tags,
+        }
+    )
 
 
 def synthetic(n_items: int, n_categories: int, seed: int = 0) -> pa.Table:

@@ -81,8 +81,9 @@ def build(
         raw = pa.array(session, type=pa.string()).fill_null("")
         codes = pc.dictionary_encode(raw).indices.to_numpy(zero_copy_only=False).astype(np.int64)[known][order]
     log = EventLog(rows.astype(np.int32), cols.astype(np.int32), ts, kinds, codes, w.astype(np.float32))
-    data = Dataset(users, item_order, strengths, types, log, or_bits(rows, cols, kinds, strengths),
-                   attributes(item_order, items))  # fmt: skip
+    data = Dataset(
+        users, item_order, strengths, types, log, or_bits(rows, cols, kinds, strengths), attributes(item_order, items)
+    )
     return data, int((~known).sum())
 
 
@@ -133,8 +134,15 @@ def holdout(data: Dataset, share: float) -> tuple[Dataset, sp.csr_matrix]:
     strengths = sp.csr_matrix((weights, (kept.user, kept.item)), shape=shape)
     strengths.sum_duplicates()
     strengths.sort_indices()
-    train = Dataset(data.user_ids, data.item_ids, strengths.astype(np.float32), list(data.event_types), kept,
-                    or_bits(kept.user, kept.item, kept.kind, strengths), data.items)  # fmt: skip
+    train = Dataset(
+        data.user_ids,
+        data.item_ids,
+        strengths.astype(np.float32),
+        list(data.event_types),
+        kept,
+        or_bits(kept.user, kept.item, kept.kind, strengths),
+        data.items,
+    )
     held = sp.csr_matrix((np.ones(len(out), np.float32), (out.user, out.item)), shape=shape)
     held.sum_duplicates()
     held.data[:] = 1.0

@@ -501,10 +501,22 @@ def _wire(config: SyntheticConfig, rows: Rows, ids: _Ids) -> list[bytes]:
     purchase = pc.binary_join_element_wise(',"quantity":', _digits(rows["quantity"]), price, "")
     tail = pc.if_else(pa.array(etype == 2), purchase, pc.if_else(pa.array(etype == 1), price, pa.scalar("")))
     parts = [
-        '{"event_id":"', text["event_id"], '","user_id":"', text["user_id"], '","item_id":"', text["item_id"],
-        '","event_type":"', text["event_type"], '","ts":', _digits(rows["ts_ms"]),
-        ',"session_id":"', text["session_id"], '"', tail, f',"schema_version":{SCHEMA_VERSION}}}',
-    ]  # fmt: skip
+        '{"event_id":"',
+        text["event_id"],
+        '","user_id":"',
+        text["user_id"],
+        '","item_id":"',
+        text["item_id"],
+        '","event_type":"',
+        text["event_type"],
+        '","ts":',
+        _digits(rows["ts_ms"]),
+        ',"session_id":"',
+        text["session_id"],
+        '"',
+        tail,
+        f',"schema_version":{SCHEMA_VERSION}}}',
+    ]
     return pc.binary_join_element_wise(*parts, "").cast(pa.binary()).to_pylist()
 
 

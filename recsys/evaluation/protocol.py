@@ -97,13 +97,18 @@ def dataset_from_events(
     types = list(event_types) if event_types is not None else _types(events)
     kinds = events["event_type"].astype(str) if "event_type" in events.columns else np.full(len(events), types[0])
     return datasets.build(
-        events["user_id"].astype(str).to_numpy(), events["item_id"].astype(str).to_numpy(),
+        events["user_id"].astype(str).to_numpy(),
+        events["item_id"].astype(str).to_numpy(),
         _ms(events["ts"]).to_numpy(),
-        np.asarray(kinds, dtype=object), events["weight"].to_numpy(np.float64), types,
+        np.asarray(kinds, dtype=object),
+        events["weight"].to_numpy(np.float64),
+        types,
         tiebreak=events["tiebreak"].to_numpy() if "tiebreak" in events.columns else None,
         session=events["session_id"].to_numpy() if "session_id" in events.columns else None,
-        user_ids=user_ids, item_ids=item_ids, items=items,
-    )  # fmt: skip
+        user_ids=user_ids,
+        item_ids=item_ids,
+        items=items,
+    )
 
 
 def _types(events: pd.DataFrame) -> list[str]:
@@ -163,8 +168,9 @@ def make_split(
         item_ids = np.asarray(sorted(set(train_events["item_id"].astype(str)) | set(item_universe)), dtype=object)
     types = list(event_types) if event_types is not None else _types(events)
     train, _ = dataset_from_events(train_events, item_ids=item_ids, event_types=types, items=items)
-    held_out, dropped = dataset_from_events(test_events, user_ids=train.user_ids, item_ids=train.item_ids,
-                                            event_types=types)  # fmt: skip
+    held_out, dropped = dataset_from_events(
+        test_events, user_ids=train.user_ids, item_ids=train.item_ids, event_types=types
+    )
     test_bin = (held_out.strengths != 0).astype(np.float32)
     seen = (train.strengths != 0).astype(np.float32)
     # Items already seen in train are filtered from recommendations, so they cannot count as relevant.

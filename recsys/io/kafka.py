@@ -82,8 +82,9 @@ def ensure_topics(settings: Settings | None = None) -> dict[str, int]:
         admin.close()
     for spec in specs:
         if found.get(spec.name, 0) < spec.partitions:
-            log.warning("topic %s has %s partitions, settings ask for %s", spec.name, found.get(spec.name),
-                        spec.partitions)  # fmt: skip
+            log.warning(
+                "topic %s has %s partitions, settings ask for %s", spec.name, found.get(spec.name), spec.partitions
+            )
     return found
 
 

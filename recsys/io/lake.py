@@ -232,12 +232,27 @@ def commit_metadata(path: str | Path, version: int) -> dict:
 
 
 _HISTORY_FIELDS = {
-    "version", "timestamp", "operation", "operationParameters", "clientVersion",
-    "readVersion", "isBlindAppend", "operationMetrics", "engineInfo", "userName",
+    "version",
+    "timestamp",
+    "operation",
+    "operationParameters",
+    "clientVersion",
+    "readVersion",
+    "isBlindAppend",
+    "operationMetrics",
+    "engineInfo",
+    "userName",
     # delta-spark's commitInfo
-    "userMetadata", "isolationLevel", "txnId", "tags", "inCommitTimestamp", "clusterId", "userId",
-    "notebook", "job",
-}  # fmt: skip
+    "userMetadata",
+    "isolationLevel",
+    "txnId",
+    "tags",
+    "inCommitTimestamp",
+    "clusterId",
+    "userId",
+    "notebook",
+    "job",
+}
 
 
 # --- reads and writes through Arrow (small data, services, tests) -------------------------
@@ -359,8 +374,9 @@ def vacuum(path: str | Path, retention_hours: int, *, spark: SparkSession | None
             SparkDeltaTable.forPath(spark, str(path)).vacuum(float(retention_hours))
             return _metric(spark, path, "numDeletedFiles")
         # full: list the folder, so files of writes that died before their commit (in no log entry) go too
-        files = open_table(path).vacuum(retention_hours=retention_hours, dry_run=False,
-                                        enforce_retention_duration=False, full=True)  # fmt: skip
+        files = open_table(path).vacuum(
+            retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True
+        )
         return len(files)
 
 

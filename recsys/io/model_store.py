@@ -93,10 +93,16 @@ class ModelArtifact:
 def build_manifest(model: Recommender, data: Dataset, model_version: str, **fields) -> ModelManifest:
     """The manifest of a freshly fitted model (fields: silver_table_version, kafka_offsets, fit_seconds, ...)."""
     return ModelManifest(
-        model_version=model_version, created_at_ms=int(time.time() * 1000), engine=model.name,
-        params=model.params.model_dump(), details=model.describe(), n_users=data.n_users, n_items=data.n_items,
-        event_types=list(data.event_types), **fields,
-    )  # fmt: skip
+        model_version=model_version,
+        created_at_ms=int(time.time() * 1000),
+        engine=model.name,
+        params=model.params.model_dump(),
+        details=model.describe(),
+        n_users=data.n_users,
+        n_items=data.n_items,
+        event_types=list(data.event_types),
+        **fields,
+    )
 
 
 # Where a model is: a local directory, or a URI (`hdfs://...`) when the store is remote.
@@ -193,11 +199,22 @@ def _save_data(data: Dataset, recent: int, directory: Path) -> dict[str, str]:
         files["seen_types"] = FILES["seen_types"]
     tail = data.events.tail(data.n_users, recent)
     weight = tail.weight if tail.weight is not None else np.ones(len(tail), np.float32)
-    np.savez(directory / FILES["recent_events"], user=tail.user, item=tail.item, ts_ms=tail.ts_ms, kind=tail.kind,
-             weight=weight)  # fmt: skip
+    np.savez(
+        directory / FILES["recent_events"],
+        user=tail.user,
+        item=tail.item,
+        ts_ms=tail.ts_ms,
+        kind=tail.kind,
+        weight=weight,
+    )
     a = data.attributes
-    pq.write_table(pa.table({"category": list(a.category), "title": list(a.title), "price": a.price,
-                             "tags": list(a.tags)}, schema=_ITEMS_SCHEMA), directory / FILES["items"])  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {"category": list(a.category), "title": list(a.title), "price": a.price, "tags": list(a.tags)},
+            schema=_ITEMS_SCHEMA,
+        ),
+        directory / FILES["items"],
+    )
     return files
 
 
@@ -223,8 +240,14 @@ def load(path: Path, mmap: bool = True) -> ModelArtifact:
 
 def load_data(path: Path, manifest: ModelManifest) -> Dataset:
     recent = np.load(path / FILES["recent_events"])
-    events = EventLog(recent["user"], recent["item"], recent["ts_ms"], recent["kind"], None,
-                      recent["weight"] if "weight" in recent.files else None)  # fmt: skip
+    events = EventLog(
+        recent["user"],
+        recent["item"],
+        recent["ts_ms"],
+        recent["kind"],
+        None,
+        recent["weight"] if "weight" in recent.files else None,
+    )
     items = pq.read_table(path / FILES["items"])
     attributes = ItemAttributes(
         np.asarray(items.column("category").to_pylist(), dtype=object),

@@ -59,8 +59,11 @@ def list_folders(uri: str) -> list[str]:
     if not fs.exists(path):
         return []
     entries = fs.ls(path, detail=True)
-    return [posixpath.basename(e["name"]) for e in entries if e["type"] == "directory"
-            and not posixpath.basename(e["name"]).startswith(".")]  # fmt: skip
+    return [
+        posixpath.basename(e["name"])
+        for e in entries
+        if e["type"] == "directory" and not posixpath.basename(e["name"]).startswith(".")
+    ]
 
 
 def upload_folder(local: Path, uri: str) -> None:

@@ -39,29 +39,41 @@ def use_spark(spark: SparkSession | None, n_events: int) -> bool:
     return spark is not None and n_events >= get_settings().spark_count_min_events
 
 
-def summed(spark: SparkSession, columns: Mapping[str, np.ndarray], unit: np.ndarray, count: Counter,
-           shape: tuple[int, int]) -> sp.csr_matrix:  # fmt: skip
+def summed(
+    spark: SparkSession, columns: Mapping[str, np.ndarray], unit: np.ndarray, count: Counter, shape: tuple[int, int]
+) -> sp.csr_matrix:
     """Σ over parts of `count(part)` as a CSR matrix (float64, duplicates summed, zeros removed).
 
     `columns` are the log's columns (equal lengths, log order), `unit` a nondecreasing id per row: a unit
     (a user, a sequence) never spans two parts, so every pair the counter forms lies inside one part.
     """
     n_parts = max(1, spark.sparkContext.defaultParallelism * 2)
-    frame = pa.table({**columns, ORDER: np.arange(len(unit), dtype=np.int64),
-                      PART: (np.asarray(unit, np.int64) % n_parts).astype(np.int32)})  # fmt: skip
+    frame = pa.table(
+        {
+            **columns,
+            ORDER: np.arange(len(unit), dtype=np.int64),
+            PART: (np.asarray(unit, np.int64) % n_parts).astype(np.int32),
+        }
+    )
     events = spark.createDataFrame(frame.to_pandas())
 
     def pieces(part: pd.DataFrame) -> pd.DataFrame:
         rows, cols, vals = count(part.sort_values(ORDER, kind="stable").reset_index(drop=True))
-        return pd.DataFrame({"row": np.asarray(rows, np.int32), "col": np.asarray(cols, np.int32),
-                             "value": np.asarray(vals, np.float64)})  # fmt: skip
+        return pd.DataFrame(
+            {
+                "row": np.asarray(rows, np.int32),
+                "col": np.asarray(cols, np.int32),
+                "value": np.asarray(vals, np.float64),
+            }
+        )
 
     totals = events.groupBy(PART).applyInPandas(pieces, PIECES).groupBy("row", "col").sum("value")
     out = totals.toArrow()
     matrix = sp.csr_matrix(
-        (out.column(2).to_numpy(), (out.column(0).to_numpy(), out.column(1).to_numpy())), shape=shape,
+        (out.column(2).to_numpy(), (out.column(0).to_numpy(), out.column(1).to_numpy())),
+        shape=shape,
         dtype=np.float64,
-    )  # fmt: skip
+    )
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
     return matrix

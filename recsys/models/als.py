@@ -199,8 +199,9 @@ def history_matrix(contexts: Sequence[UserContext], n_items: int) -> sp.csr_matr
     if not contexts:
         return sp.csr_matrix((0, n_items), dtype=np.float64)
     # Duplicates (a training item seen again since) are summed by the constructor.
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(len(contexts), n_items))  # fmt: skip
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(contexts), n_items)
+    )
 
 
 # --- the recommender ---------------------------------------------------------------------------
@@ -238,11 +239,15 @@ class _ALS(Recommender):
 
     @classmethod
     def from_settings(cls, s: Settings) -> _ALS:
-        return cls(cls.Params(
-            rank=s.als_rank, iterations=s.als_iterations, seed=s.als_seed,
-            reg=s.als_reg if s.als_reg is not None else cls.DEFAULT_REG,
-            alpha=s.als_alpha if s.als_alpha is not None else cls.DEFAULT_ALPHA,
-        ))  # fmt: skip
+        return cls(
+            cls.Params(
+                rank=s.als_rank,
+                iterations=s.als_iterations,
+                seed=s.als_seed,
+                reg=s.als_reg if s.als_reg is not None else cls.DEFAULT_REG,
+                alpha=s.als_alpha if s.als_alpha is not None else cls.DEFAULT_ALPHA,
+            )
+        )
 
     @property
     def objective(self) -> Objective:
@@ -297,9 +302,14 @@ class _ALS(Recommender):
         # Y·Vᵀ streams the item matrix once; BLAS runs it several times faster than V·Yᵀ here.
         return np.ascontiguousarray((np.asarray(self.item_factors, dtype=np.float32) @ v.T).T)
 
-    def recommend_many(self, users: Sequence[UserContext], k: int, exclude: Sequence[np.ndarray | None],
-                       allowed: Sequence[np.ndarray | None], new: NewItems | None = None,
-                       ) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    def recommend_many(
+        self,
+        users: Sequence[UserContext],
+        k: int,
+        exclude: Sequence[np.ndarray | None],
+        allowed: Sequence[np.ndarray | None],
+        new: NewItems | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Exact top-k by a norm-bounded scan of the item factors (`recsys.models.norm_index`): the same answer as
         sorting every item's float32 score, reading only the blocks of items whose norm can still reach the top k."""
         if not len(users):
@@ -375,8 +385,9 @@ class SparkALS(_ALS):
 
     @property
     def objective(self) -> Objective:
-        return Objective(confidence="one_plus_alpha_r", reg_scaling="count", alpha=self.params.alpha,
-                         reg=self.params.reg)  # fmt: skip
+        return Objective(
+            confidence="one_plus_alpha_r", reg_scaling="count", alpha=self.params.alpha, reg=self.params.reg
+        )
 
     def fit_factors(self, strengths: sp.csr_matrix, spark: SparkSession | None) -> tuple[np.ndarray, np.ndarray]:
         if spark is None:
@@ -482,9 +493,15 @@ def fit_implicit(
         warnings.filterwarnings("ignore", message=".*threadpool.*", category=RuntimeWarning)
         # The CPU class directly: implicit.als.AlternatingLeastSquares(use_gpu=False) without the GPU probe.
         model = AlternatingLeastSquares(
-            factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, use_cg=use_cg,
-            calculate_training_loss=False, num_threads=num_threads, random_state=seed,
-        )  # fmt: skip
+            factors=factors,
+            regularization=regularization,
+            alpha=alpha,
+            iterations=iterations,
+            use_cg=use_cg,
+            calculate_training_loss=False,
+            num_threads=num_threads,
+            random_state=seed,
+        )
         model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=False)
     return _as_float32(model.user_factors), _as_float32(model.item_factors)
 
@@ -505,10 +522,19 @@ def fit_spark(strengths: sp.csr_matrix, params: AlsParams, spark: SparkSession) 
     )
     blocks = max(2, spark.sparkContext.defaultParallelism)
     als = ALS(
-        rank=params.rank, maxIter=params.iterations, regParam=params.reg, alpha=params.alpha,
-        implicitPrefs=True, userCol="u", itemCol="i", ratingCol="r", seed=params.seed,
-        numUserBlocks=blocks, numItemBlocks=blocks, coldStartStrategy="drop",
-    )  # fmt: skip
+        rank=params.rank,
+        maxIter=params.iterations,
+        regParam=params.reg,
+        alpha=params.alpha,
+        implicitPrefs=True,
+        userCol="u",
+        itemCol="i",
+        ratingCol="r",
+        seed=params.seed,
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
+        coldStartStrategy="drop",
+    )
     sc = spark.sparkContext
     if sc.getCheckpointDir() is None:
         # Without a checkpoint folder ALS never cuts its lineage, and at 15 iterations deserialising a task's

@@ -72,8 +72,14 @@ class EventLog:
 
     @staticmethod
     def empty() -> EventLog:
-        return EventLog(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int8),
-                        None, np.zeros(0, np.float32))  # fmt: skip
+        return EventLog(
+            np.zeros(0, np.int32),
+            np.zeros(0, np.int32),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int8),
+            None,
+            np.zeros(0, np.float32),
+        )
 
     def __len__(self) -> int:
         return len(self.user)
@@ -91,8 +97,14 @@ class EventLog:
     def take(self, mask_or_index: np.ndarray) -> EventLog:
         s = None if self.session is None else self.session[mask_or_index]
         w = None if self.weight is None else self.weight[mask_or_index]
-        return EventLog(self.user[mask_or_index], self.item[mask_or_index], self.ts_ms[mask_or_index],
-                        self.kind[mask_or_index], s, w)  # fmt: skip
+        return EventLog(
+            self.user[mask_or_index],
+            self.item[mask_or_index],
+            self.ts_ms[mask_or_index],
+            self.kind[mask_or_index],
+            s,
+            w,
+        )
 
 
 @dataclass(frozen=True)
@@ -106,8 +118,12 @@ class ItemAttributes:
 
     @staticmethod
     def unknown(n_items: int) -> ItemAttributes:
-        return ItemAttributes(np.full(n_items, None, object), np.full(n_items, None, object), np.full(n_items, np.nan),
-                              np.full(n_items, "", object))  # fmt: skip
+        return ItemAttributes(
+            np.full(n_items, None, object),
+            np.full(n_items, None, object),
+            np.full(n_items, np.nan),
+            np.full(n_items, "", object),
+        )
 
 
 @dataclass(frozen=True)

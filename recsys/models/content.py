@@ -34,9 +34,33 @@ if TYPE_CHECKING:
 _WORD = re.compile(r"[a-z0-9]+")
 _YEAR = re.compile(r"\((\d{4})\)")
 STOPWORDS = frozenset(
-    ["the", "a", "an", "of", "and", "in", "on", "to", "for", "with", "at", "by", "from", "la", "le", "les", "de",
-     "des", "el", "los", "das", "der", "die", "und"]
-)  # fmt: skip
+    [
+        "the",
+        "a",
+        "an",
+        "of",
+        "and",
+        "in",
+        "on",
+        "to",
+        "for",
+        "with",
+        "at",
+        "by",
+        "from",
+        "la",
+        "le",
+        "les",
+        "de",
+        "des",
+        "el",
+        "los",
+        "das",
+        "der",
+        "die",
+        "und",
+    ]
+)
 
 
 class ContentParams(Params):
@@ -104,8 +128,7 @@ class Content(Recommender):
         return model
 
 
-def tokens(category: str | None, tags: str, title: str | None, price: float, title_weight: float
-           ) -> dict[str, float]:  # fmt: skip
+def tokens(category: str | None, tags: str, title: str | None, price: float, title_weight: float) -> dict[str, float]:
     """An item's attribute tokens and their weights (before IDF)."""
     out: dict[str, float] = {}
     if category:
@@ -126,9 +149,10 @@ def tokens(category: str | None, tags: str, title: str | None, price: float, tit
 
 def item_features(attributes: ItemAttributes, title_weight: float) -> tuple[sp.csr_matrix, list[str]]:
     """Unit-length TF-IDF rows over the attribute tokens; an item without attributes gets a zero row."""
-    per_item = [tokens(c, t, ti, p, title_weight) for c, t, ti, p in zip(attributes.category, attributes.tags,
-                                                                         attributes.title, attributes.price,
-                                                                         strict=True)]  # fmt: skip
+    per_item = [
+        tokens(c, t, ti, p, title_weight)
+        for c, t, ti, p in zip(attributes.category, attributes.tags, attributes.title, attributes.price, strict=True)
+    ]
     vocabulary = sorted({tok for toks in per_item for tok in toks})
     index = {tok: j for j, tok in enumerate(vocabulary)}
     rows, cols, vals = [], [], []

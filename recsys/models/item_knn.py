@@ -85,8 +85,10 @@ def capped(data: Dataset, max_items: int) -> sp.csr_matrix:
         cols.append(latest)
     heavy = np.isin(np.arange(data.n_users), np.flatnonzero(counts > max_items))
     keep = sp.diags((~heavy).astype(np.float32)) @ binary
-    extra = sp.csr_matrix((np.ones(sum(len(c) for c in cols), np.float32),
-                           (np.concatenate(rows), np.concatenate(cols))), shape=binary.shape)  # fmt: skip
+    extra = sp.csr_matrix(
+        (np.ones(sum(len(c) for c in cols), np.float32), (np.concatenate(rows), np.concatenate(cols))),
+        shape=binary.shape,
+    )
     return (keep + extra).tocsr()
 
 
@@ -98,8 +100,10 @@ def cooccurrence(binary: sp.csr_matrix) -> sp.csr_matrix:
 def _cooccurrence_pieces(part: pd.DataFrame, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`cooccurrence` of some users' (user, item) entries, as (row, col, value): C is a sum over users."""
     _, local = np.unique(part["user"].to_numpy(), return_inverse=True)
-    x = sp.csr_matrix((np.ones(len(local), np.float32), (local, part["item"].to_numpy())),
-                      shape=(int(local.max(initial=-1)) + 1, n_items))  # fmt: skip
+    x = sp.csr_matrix(
+        (np.ones(len(local), np.float32), (local, part["item"].to_numpy())),
+        shape=(int(local.max(initial=-1)) + 1, n_items),
+    )
     c = cooccurrence(x).tocoo()
     return c.row, c.col, c.data
 
@@ -110,8 +114,9 @@ def cooccurrence_by_spark(spark: SparkSession, binary: sp.csr_matrix) -> sp.csr_
     order = np.lexsort((coo.col, coo.row))
     user, item = coo.row[order].astype(np.int32), coo.col[order].astype(np.int32)
     n = binary.shape[1]
-    return spark_counts.summed(spark, {"user": user, "item": item}, user,
-                               functools.partial(_cooccurrence_pieces, n_items=n), (n, n))  # fmt: skip
+    return spark_counts.summed(
+        spark, {"user": user, "item": item}, user, functools.partial(_cooccurrence_pieces, n_items=n), (n, n)
+    )
 
 
 def item_cosine(co: sp.csr_matrix, shrink: float, neighbours: int) -> sp.csr_matrix:

@@ -96,10 +96,21 @@ class NeuMF(Recommender):
         coo = data.strengths.tocoo()
         keep = coo.data > 0
         weights, self.history = neumf_jax.train(
-            coo.row[keep].astype(np.int32), coo.col[keep].astype(np.int32), data.n_users, data.n_items,
-            gmf_dim=p.gmf_dim, mlp_dim=p.mlp_dim, mlp_layers=tuple(p.mlp_layers), negatives=p.negatives, lr=p.lr,
-            l2=p.l2, batch_size=p.batch_size, epochs=p.epochs, seed=p.seed, time_budget_s=p.time_budget_s,
-        )  # fmt: skip
+            coo.row[keep].astype(np.int32),
+            coo.col[keep].astype(np.int32),
+            data.n_users,
+            data.n_items,
+            gmf_dim=p.gmf_dim,
+            mlp_dim=p.mlp_dim,
+            mlp_layers=tuple(p.mlp_layers),
+            negatives=p.negatives,
+            lr=p.lr,
+            l2=p.l2,
+            batch_size=p.batch_size,
+            epochs=p.epochs,
+            seed=p.seed,
+            time_budget_s=p.time_budget_s,
+        )
         log.info("neumf trained: %s", self.history[-1] if self.history else "no data")
         self.scorer = NeuMFScorer(weights)
         self.n_items = data.n_items
@@ -119,9 +130,18 @@ class NeuMF(Recommender):
         if not len(history):
             return start
         seed = [p.seed, 0 if ctx.row is None else int(ctx.row) + 1, len(history)]
-        res = update_user(s, history, start[0], start[1], np.random.default_rng(seed), max_steps=p.update_steps,
-                          deadline_s=p.update_deadline_ms / 1000.0, lr=p.update_lr, negatives=p.negatives,
-                          max_positives=p.update_max_positives)  # fmt: skip
+        res = update_user(
+            s,
+            history,
+            start[0],
+            start[1],
+            np.random.default_rng(seed),
+            max_steps=p.update_steps,
+            deadline_s=p.update_deadline_ms / 1000.0,
+            lr=p.update_lr,
+            negatives=p.negatives,
+            max_positives=p.update_max_positives,
+        )
         return res.gmf, res.mlp
 
     def user_embeddings(self, ctx: UserContext) -> tuple[np.ndarray, np.ndarray]:
@@ -281,8 +301,9 @@ class NeuMFScorer:
             self._unit = normalize_rows(np.hstack([self.item_gmf, self.weights["mlp_item"]]))
         return self._unit
 
-    def loss_and_user_grads(self, gmf_u: np.ndarray, mlp_u: np.ndarray, items: np.ndarray,
-                            labels: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:  # fmt: skip
+    def loss_and_user_grads(
+        self, gmf_u: np.ndarray, mlp_u: np.ndarray, items: np.ndarray, labels: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray]:
         """Mean BCE over (items, labels) and its gradient w.r.t. the user's GMF and MLP embeddings, by hand:
         dL/dz = (σ(z) − y) / n, back through the ReLU layers to the user half of the first layer."""
         pre = [self.item_pre0[items] + mlp_u @ self.w0_user]
@@ -313,9 +334,18 @@ class UpdateResult:
     loss_last: float
 
 
-def update_user(scorer: NeuMFScorer, history: np.ndarray, gmf_init: np.ndarray, mlp_init: np.ndarray,
-                rng: np.random.Generator, max_steps: int = 20, deadline_s: float | None = 0.1, lr: float = 0.03,
-                negatives: int = 4, max_positives: int = 256) -> UpdateResult:  # fmt: skip
+def update_user(
+    scorer: NeuMFScorer,
+    history: np.ndarray,
+    gmf_init: np.ndarray,
+    mlp_init: np.ndarray,
+    rng: np.random.Generator,
+    max_steps: int = 20,
+    deadline_s: float | None = 0.1,
+    lr: float = 0.03,
+    negatives: int = 4,
+    max_positives: int = 256,
+) -> UpdateResult:
     """Re-fit one user's embeddings on their history (oldest first), item side fixed: NeuMF's "fold-in".
 
     Positives: the distinct items, the latest `max_positives`; negatives: `negatives` uniform

@@ -151,8 +151,13 @@ class NormIndex:
         order = np.lexsort((items, -exact, rows))
         rows, items, exact = rows[order], items[order], exact[order]
         bounds = np.searchsorted(rows, np.arange(b + 1))
-        return [(items[bounds[r] : bounds[r] + min(k, bounds[r + 1] - bounds[r])].astype(np.int64),
-                 exact[bounds[r] : bounds[r] + min(k, bounds[r + 1] - bounds[r])]) for r in range(b)]  # fmt: skip
+        return [
+            (
+                items[bounds[r] : bounds[r] + min(k, bounds[r + 1] - bounds[r])].astype(np.int64),
+                exact[bounds[r] : bounds[r] + min(k, bounds[r + 1] - bounds[r])],
+            )
+            for r in range(b)
+        ]
 
     def _new_candidates(self, b, n_new, exclude, allowed) -> tuple[np.ndarray, np.ndarray]:
         rows, items = [], []
@@ -172,5 +177,7 @@ def _pairs(arrays: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]
     parts = [(np.full(len(a), r), a) for r, a in enumerate(arrays) if a is not None and len(a)]
     if not parts:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return (np.concatenate([p[0] for p in parts]).astype(np.int64),
-            np.concatenate([p[1] for p in parts]).astype(np.int64))  # fmt: skip
+    return (
+        np.concatenate([p[0] for p in parts]).astype(np.int64),
+        np.concatenate([p[1] for p in parts]).astype(np.int64),
+    )

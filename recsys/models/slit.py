@@ -77,8 +77,9 @@ class SLIT(ItemToItem):
         self.matrix = expand(pruned_rows(rows, len(kept), p.neighbours), kept, data.n_items)
 
 
-def training_rows(events: EventLog, n_items: int, last: int, decay: float, horizon: int, horizon_decay: float,
-                  tie_ms: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:  # fmt: skip
+def training_rows(
+    events: EventLog, n_items: int, last: int, decay: float, horizon: int, horizon_decay: float, tie_ms: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """(X, Y): one row per tie window of the log (rows of a user's first window are empty), vectorised.
 
     Row g's input is the `last` events before window g's first event (same user), weighing

@@ -60,8 +60,14 @@ def recent_weights(
     shape = (len(users), n_items)
     if not data:
         return sp.csr_matrix(shape, dtype=np.float32)
-    out = sp.csr_matrix((np.concatenate(data).astype(np.float32), np.concatenate(indices).astype(np.int32),
-                         np.asarray(indptr, dtype=np.int32)), shape=shape)  # fmt: skip
+    out = sp.csr_matrix(
+        (
+            np.concatenate(data).astype(np.float32),
+            np.concatenate(indices).astype(np.int32),
+            np.asarray(indptr, dtype=np.int32),
+        ),
+        shape=shape,
+    )
     out.has_sorted_indices = True
     out.has_canonical_format = True
     return out
@@ -90,8 +96,11 @@ def _recent_weights_coo(
         vals.append(w[keep])
     if not rows:
         return sp.csr_matrix((len(users), n_items), dtype=np.float32)
-    out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                        shape=(len(users), n_items), dtype=np.float64)  # fmt: skip
+    out = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(len(users), n_items),
+        dtype=np.float64,
+    )
     out.sum_duplicates()
     return out.astype(np.float32)
 
@@ -136,8 +145,11 @@ def history_weights(users: Sequence[UserContext], n_items: int, binary: bool = F
         vals.append(np.ones(int(keep.sum())) if binary else ctx.strengths[keep])
     if not users:
         return sp.csr_matrix((0, n_items), dtype=np.float32)
-    out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                        shape=(len(users), n_items), dtype=np.float64)  # fmt: skip
+    out = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(len(users), n_items),
+        dtype=np.float64,
+    )
     out.sum_duplicates()
     return out.astype(np.float32)
 

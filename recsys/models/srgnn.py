@@ -93,10 +93,23 @@ class SRGNN(Recommender):
         examples, gap_ms = training_examples(data, p.session_gap_s * 1000)
         flat, begins, ends, targets = examples
         weights, self.history = srgnn_jax.train(
-            flat, begins, ends, targets, data.n_items, dim=p.dim, max_len=p.max_len, n_steps=p.n_steps, lr=p.lr,
-            l2=p.l2, lr_decay=p.lr_decay, lr_decay_epochs=p.lr_decay_epochs, batch_size=p.batch_size,
-            epochs=p.epochs, seed=p.seed, time_budget_s=p.time_budget_s,
-        )  # fmt: skip
+            flat,
+            begins,
+            ends,
+            targets,
+            data.n_items,
+            dim=p.dim,
+            max_len=p.max_len,
+            n_steps=p.n_steps,
+            lr=p.lr,
+            l2=p.l2,
+            lr_decay=p.lr_decay,
+            lr_decay_epochs=p.lr_decay_epochs,
+            batch_size=p.batch_size,
+            epochs=p.epochs,
+            seed=p.seed,
+            time_budget_s=p.time_budget_s,
+        )
         weights["request_gap_ms"] = np.array(gap_ms, np.int64)
         log.info("srgnn trained on %d prefixes: %s", len(targets), self.history[-1] if self.history else "no data")
         self.scorer = SRGNNScorer(weights)
@@ -249,8 +262,13 @@ class SRGNNScorer:
 
     def _ggnn_step(self, h: np.ndarray, a_in: np.ndarray, a_out: np.ndarray) -> np.ndarray:
         w, d = self.w, h.shape[-1]
-        msg = np.concatenate([a_in @ (h @ w["edge_in_w"] + w["edge_in_b"]) + w["iah"],
-                              a_out @ (h @ w["edge_out_w"] + w["edge_out_b"]) + w["oah"]], axis=-1)  # fmt: skip
+        msg = np.concatenate(
+            [
+                a_in @ (h @ w["edge_in_w"] + w["edge_in_b"]) + w["iah"],
+                a_out @ (h @ w["edge_out_w"] + w["edge_out_b"]) + w["oah"],
+            ],
+            axis=-1,
+        )
         gi = msg @ w["gru_wi"] + w["gru_bi"]
         gh = h @ w["gru_wh"] + w["gru_bh"]
         r = _sigmoid(gi[:, :d] + gh[:, :d])

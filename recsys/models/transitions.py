@@ -83,8 +83,9 @@ class Transitions(ItemToItem):
         self.kinds = kind_weights(data.event_types, p.kind_weights)
         sequence = sequence_ids(data.events, p.session_gap_s)
         count = transition_counts_by_spark if use_spark(spark, len(data.events)) else transition_counts
-        counts = count(data.events, sequence, data.n_items, p.window, p.step_decay, p.backward, p.tie_ms, p.max_steps,
-                       spark=spark)  # fmt: skip
+        counts = count(
+            data.events, sequence, data.n_items, p.window, p.step_decay, p.backward, p.tie_ms, p.max_steps, spark=spark
+        )
         self.matrix = top_n_per_row(normalise(counts, data.popularity(), p.norm, p.pop_damping), p.neighbours)
         bought: np.ndarray | list[bool] = (
             np.isin(np.asarray(data.event_types)[data.events.kind], BOUGHT) if len(data.events) else []
@@ -130,9 +131,17 @@ def sequence_ids(events: EventLog, gap_s: int) -> np.ndarray:
     return np.cumsum(start) - 1
 
 
-def transition_counts(events: EventLog, sequence: np.ndarray, n_items: int, window: int, step_decay: float,
-                      backward: float = 0.0, tie_ms: int = 0, max_steps: int = 200,
-                      spark: SparkSession | None = None) -> sp.csr_matrix:  # fmt: skip
+def transition_counts(
+    events: EventLog,
+    sequence: np.ndarray,
+    n_items: int,
+    window: int,
+    step_decay: float,
+    backward: float = 0.0,
+    tie_ms: int = 0,
+    max_steps: int = 200,
+    spark: SparkSession | None = None,
+) -> sp.csr_matrix:
     """T_ij over pairs (i earlier, j later, same sequence) at distance d = 1..`window`: step_decay^(d − 1), and
     `backward` times that to T_ji; d counts tie windows (`tie_ms` > 0) or events, and a pair inside one window
     adds (1 + backward) / 2 both ways. Pairs more than `max_steps` events apart are not counted (cost guard)."""
@@ -155,8 +164,9 @@ def transition_counts(events: EventLog, sequence: np.ndarray, n_items: int, wind
         vals += [forward, reverse]
     if not rows:
         return sp.csr_matrix((n_items, n_items), dtype=np.float64)
-    out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                        shape=(n_items, n_items), dtype=np.float64)  # fmt: skip
+    out = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items), dtype=np.float64
+    )
     out.sum_duplicates()
     out.eliminate_zeros()
     return out
@@ -164,21 +174,31 @@ def transition_counts(events: EventLog, sequence: np.ndarray, n_items: int, wind
 
 def _transition_pieces(part: pd.DataFrame, n_items: int, **how: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`transition_counts` of some whole sequences of the log, as (row, col, value): T is a sum over sequences."""
-    log = EventLog(part["user"].to_numpy(), part["item"].to_numpy(), part["ts_ms"].to_numpy(),
-                   np.zeros(len(part), np.int8))  # fmt: skip
+    log = EventLog(
+        part["user"].to_numpy(), part["item"].to_numpy(), part["ts_ms"].to_numpy(), np.zeros(len(part), np.int8)
+    )
     t = transition_counts(log, part["sequence"].to_numpy(), n_items, **how).tocoo()  # type: ignore[arg-type]
     return t.row, t.col, t.data
 
 
-def transition_counts_by_spark(events: EventLog, sequence: np.ndarray, n_items: int, window: int,
-                               step_decay: float, backward: float = 0.0, tie_ms: int = 0, max_steps: int = 200,
-                               spark: SparkSession | None = None) -> sp.csr_matrix:  # fmt: skip
+def transition_counts_by_spark(
+    events: EventLog,
+    sequence: np.ndarray,
+    n_items: int,
+    window: int,
+    step_decay: float,
+    backward: float = 0.0,
+    tie_ms: int = 0,
+    max_steps: int = 200,
+    spark: SparkSession | None = None,
+) -> sp.csr_matrix:
     """`transition_counts`, the sequences counted by Spark tasks and the pieces summed by Spark (`spark_counts`)."""
     assert spark is not None
     how = {"window": window, "step_decay": step_decay, "backward": backward, "tie_ms": tie_ms, "max_steps": max_steps}
     columns = {"user": events.user, "item": events.item, "ts_ms": events.ts_ms, "sequence": sequence}
-    return spark_counts.summed(spark, columns, sequence, functools.partial(_transition_pieces, n_items=n_items, **how),
-                               (n_items, n_items))  # fmt: skip
+    return spark_counts.summed(
+        spark, columns, sequence, functools.partial(_transition_pieces, n_items=n_items, **how), (n_items, n_items)
+    )
 
 
 def normalise(counts: sp.csr_matrix, popularity: np.ndarray, norm: float, pop_damping: float) -> sp.csr_matrix:

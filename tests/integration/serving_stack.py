@@ -40,10 +40,13 @@ class Stack:
 def start_stack(state: Path, n_events: int = 4_000, model: str = "implicit_als", **overrides) -> Stack:
     port = free_port()
     s = Settings(
-        state_dir=state, kafka_bootstrap=f"127.0.0.1:{port}",
-        pseudonym_key=os.environ["RECSYS_PSEUDONYM_KEY"], serving_port=free_port(), serving_write_token=TOKEN,
+        state_dir=state,
+        kafka_bootstrap=f"127.0.0.1:{port}",
+        pseudonym_key=os.environ["RECSYS_PSEUDONYM_KEY"],
+        serving_port=free_port(),
+        serving_write_token=TOKEN,
         **{"speed_metrics_port": 0, **overrides},
-    )  # fmt: skip
+    )
     broker_process.start(s)
     events = produce(s, seed=1, n=n_events)
     write_catalogue(s)

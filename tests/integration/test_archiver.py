@@ -55,8 +55,12 @@ def stream(topic: str, settings, n: int = 6_000, malformed: float = 0.05, seed: 
 
 
 def dead_letters_for(topic: str, settings) -> list[bytes]:
-    return [r.key for records in read_to_end(Topics.DLQ, settings) for r in records
-            if r.key.startswith(f"{topic}:".encode())]  # fmt: skip
+    return [
+        r.key
+        for records in read_to_end(Topics.DLQ, settings)
+        for r in records
+        if r.key.startswith(f"{topic}:".encode())
+    ]
 
 
 def bronze(settings):
@@ -78,8 +82,12 @@ def assert_exactly_once(topic: str, settings, config: SyntheticConfig, valid: in
 
 def item_updates(topic: str, settings) -> None:
     """Two item updates (availability) on the stream: a valid one, and one carrying a price (invalid)."""
-    base = {"user_id": pseudonymise("catalogue-feed", settings.pseudonym_key_bytes()), "item_id": "i7",
-            "event_type": "item_sold_out", "ts": int(time.time() * 1000)}  # fmt: skip
+    base = {
+        "user_id": pseudonymise("catalogue-feed", settings.pseudonym_key_bytes()),
+        "item_id": "i7",
+        "event_type": "item_sold_out",
+        "ts": int(time.time() * 1000),
+    }
     events = [Event(event_id="avail-1", **base), {**base, "event_id": "avail-2", "price": 1.0}]
     p = producer(settings)
     for e in events:
@@ -150,8 +158,11 @@ def interrupted_work(topic: str, settings) -> dict[str, int]:
     the commit), and Parquet files it wrote that no table version references (files go before the commit)."""
     table = Tables.path(Tables.BRONZE_EVENTS, settings)
     committed = lake.archived_offsets(table, topic, range(3))
-    ahead = [k for k in dead_letters_for(topic, settings) if int(k.decode().rsplit(":", 1)[1]) >= committed[
-        int(k.decode().rsplit(":", 2)[1])]]  # fmt: skip
+    ahead = [
+        k
+        for k in dead_letters_for(topic, settings)
+        if int(k.decode().rsplit(":", 1)[1]) >= committed[int(k.decode().rsplit(":", 2)[1])]
+    ]
     referenced = {Path(f).name for f in lake.open_table(table).file_uris()} if lake.exists(table) else set()
     fs, root = fsspec.core.url_to_fs(str(table))
     files = fs.glob(f"{root}/*.parquet") if fs.exists(root) else []
@@ -165,9 +176,14 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(unique_topic, anyw
     committing it (observed each time, see `interrupted_work`); a final run then leaves every message in bronze or
     the DLQ exactly once (the dead letters of an interrupted batch are not sent twice)."""
     config = stream(unique_topic, anywhere, n=40_000, malformed=0.02)
-    env = {**os.environ, "RECSYS_STATE_DIR": str(anywhere.state_dir), "RECSYS_ARCHIVER_GROUP": anywhere.archiver_group,
-           "RECSYS_ARCHIVER_BATCH_MAX": "300", "RECSYS_KAFKA_BOOTSTRAP": anywhere.kafka_bootstrap,
-           "RECSYS_LAKE_URI": anywhere.lake_uri}  # fmt: skip
+    env = {
+        **os.environ,
+        "RECSYS_STATE_DIR": str(anywhere.state_dir),
+        "RECSYS_ARCHIVER_GROUP": anywhere.archiver_group,
+        "RECSYS_ARCHIVER_BATCH_MAX": "300",
+        "RECSYS_KAFKA_BOOTSTRAP": anywhere.kafka_bootstrap,
+        "RECSYS_LAKE_URI": anywhere.lake_uri,
+    }
     cmd = [sys.executable, "-m", "jobs.archiver", "--topic", unique_topic]
     table = Tables.path(Tables.BRONZE_EVENTS, anywhere)
     rng = random.Random(7)

@@ -27,8 +27,13 @@ from recsys.protocol import Topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 # Examples are fixed (derandomize) so CI is repeatable; no shrinking: each step re-sends over the network.
-FUZZ = settings(max_examples=100, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+FUZZ = settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), min_size=1, max_size=40)
 now_ms = int(datetime.now(UTC).timestamp() * 1000)
@@ -37,9 +42,13 @@ now_ms = int(datetime.now(UTC).timestamp() * 1000)
 @st.composite
 def valid_events(draw, raw_users: bool = False) -> dict:
     user = draw(ids) if raw_users else pseudonymise(draw(ids), b"fuzz-key")
-    event = {"event_id": draw(ids), "user_id": user, "item_id": draw(ids),
-             "event_type": draw(st.sampled_from(["view", "add_to_cart", "purchase"])),
-             "ts": draw(st.integers(now_ms - 5 * 365 * 86_400_000, now_ms))}  # fmt: skip
+    event = {
+        "event_id": draw(ids),
+        "user_id": user,
+        "item_id": draw(ids),
+        "event_type": draw(st.sampled_from(["view", "add_to_cart", "purchase"])),
+        "ts": draw(st.integers(now_ms - 5 * 365 * 86_400_000, now_ms)),
+    }
     if draw(st.booleans()):
         event["quantity"] = draw(st.integers(1, 100))
         event["price"] = draw(st.floats(0, 1e6))
@@ -55,9 +64,13 @@ def _mutations(event: dict, over_http: bool) -> st.SearchStrategy[bytes]:
     Over HTTP the server fills in a missing `event_id` or `ts` and pseudonymises raw user ids,
     so there those are not faults.
     """
-    wrong_value = st.one_of(st.integers(), st.booleans(), st.lists(st.integers(), max_size=2),
-                            st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-                            *([] if over_http else [st.none()]))  # fmt: skip
+    wrong_value = st.one_of(
+        st.integers(),
+        st.booleans(),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+        *([] if over_http else [st.none()]),
+    )
     required = ["user_id", "item_id", "event_type"] + ([] if over_http else ["event_id", "ts"])
     far_future_or_past = [st.integers(now_ms + 2 * 86_400_000, 10**13), st.integers(-(10**12), 0), st.just(10**30)]
     not_a_time = st.sampled_from(["2200-01-01T00:00:00", "1900-01-01", "yesterday", "", "NaN"])
@@ -157,8 +170,16 @@ def test_malformed_events_through_the_broker_end_in_the_dlq_and_valid_ones_in_br
     ]  # ... every bad one in the DLQ
     assert not set(archived) & set(dead)
     assert all(d.reason and d.detail for d in letters)
-    reasons = {"invalid_json", "invalid_field", "too_large", "ts_out_of_range", "unknown_event_type", "not_an_object",
-               "invalid_control", "not_pseudonymised"}  # fmt: skip
+    reasons = {
+        "invalid_json",
+        "invalid_field",
+        "too_large",
+        "ts_out_of_range",
+        "unknown_event_type",
+        "not_an_object",
+        "invalid_control",
+        "not_pseudonymised",
+    }
     assert {d.reason for d in letters} == reasons
 
     # The speed layer reads the same topic: it skips what it cannot use and folds in the rest.
@@ -196,7 +217,10 @@ def test_malformed_posts_get_a_4xx_with_a_reason_and_valid_ones_are_stored_once(
     post()
     assert sum(refused.values()) >= 2_000 and len(accepted) >= 300 and refused[413] > 0
     assert get(stack, "/health")[0] == 200 and stack.procs["serving"].poll() is None
-    stored = {(r.partition, r.offset): json.loads(r.value)["event_id"] for rs in read_to_end(Topics.EVENTS, stack.s)
-              for r in rs}  # fmt: skip
+    stored = {
+        (r.partition, r.offset): json.loads(r.value)["event_id"]
+        for rs in read_to_end(Topics.EVENTS, stack.s)
+        for r in rs
+    }
     assert all(stored[pos] == event_id for pos, event_id in accepted.items())  # each accepted event is in the log
     assert len(stored) == len(stack.events) + len(accepted)  # ... once, and nothing refused got in

@@ -97,8 +97,10 @@ def listening_sockets(pid: int) -> set[str]:
                 address, port = row[1].split(":")
                 raw = bytes.fromhex(address)
                 # /proc/net/tcp* print each 32-bit word in host (little-endian) order
-                ip = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6,
-                                      b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))  # fmt: skip
+                ip = socket.inet_ntop(
+                    socket.AF_INET if len(raw) == 4 else socket.AF_INET6,
+                    b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)),
+                )
                 found.add(f"{ip.removeprefix('::ffff:')}:{int(port, 16)}")  # an IPv4-mapped address is IPv4
     return found
 
@@ -179,7 +181,8 @@ class AckedWrites:
             for _ in range(200):
                 n = self.sent
                 p.send(self.topic, key=f"k{n % 50}".encode(), value=str(n).encode()).add_callback(
-                    self._ok(n)).add_errback(self._err)  # fmt: skip
+                    self._ok(n)
+                ).add_errback(self._err)
                 self.sent += 1
             time.sleep(0.01)
         p.flush(timeout=180)
@@ -310,8 +313,9 @@ def test_compaction_shrinks_what_a_new_serving_replica_reads_at_start(isolated_s
 
 
 def _up(user: int, n: int) -> tuple[bytes, bytes]:
-    return protocol.encode(VectorUpdate(model_version="m20260101T000000000000", kind="user", id=f"u{user}",
-                                        vector=[float(n), 0.0]))  # fmt: skip
+    return protocol.encode(
+        VectorUpdate(model_version="m20260101T000000000000", kind="user", id=f"u{user}", vector=[float(n), 0.0])
+    )
 
 
 def test_stop_never_kills_a_process_that_is_not_our_broker(tmp_path, settings):
@@ -331,7 +335,12 @@ def test_a_taken_port_gives_a_clear_error(tmp_path, settings):
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        other = settings.model_copy(update={"state_dir": tmp_path, "kafka_bootstrap": f"127.0.0.1:{port}",
-                                            "kafka_controller_port": broker_process.free_port()})  # fmt: skip
+        other = settings.model_copy(
+            update={
+                "state_dir": tmp_path,
+                "kafka_bootstrap": f"127.0.0.1:{port}",
+                "kafka_controller_port": broker_process.free_port(),
+            }
+        )
         with pytest.raises(BrokerUnavailable, match="taken"):
             broker_process.start(other, timeout_s=5)

@@ -92,8 +92,12 @@ def test_nightly_dag_runs_end_to_end_on_movielens_with_the_lake_and_models_on_hd
     }
     run = subprocess.run(
         [sys.executable, "-m", "infra.airflow", "run-dag", "--conf", json.dumps(OVERRIDES)],
-        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
 
     [version] = model_store.published_versions(s)

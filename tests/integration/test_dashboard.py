@@ -40,8 +40,11 @@ def stack(tmp_path_factory, free_port):
         reason="ndcg@10 0.1800 vs popularity 0.1100",
         settings=s,
     )
-    for version, engine, ndcg in ((SERVED, "implicit_als", 0.21), ("m20260101T000000000001-ease", "ease", 0.19),
-                                  ("m20260101T000000000002-bad", "spark_als", 0.09)):  # fmt: skip
+    for version, engine, ndcg in (
+        (SERVED, "implicit_als", 0.21),
+        ("m20260101T000000000001-ease", "ease", 0.19),
+        ("m20260101T000000000002-bad", "spark_als", 0.09),
+    ):
         record_in_registry(
             version,
             "evaluated",
@@ -102,8 +105,10 @@ def test_the_ops_endpoints_read_the_registry_and_the_metrics(stack):
 def test_the_dashboard_shows_models_live_figures_a_user_and_an_item(stack, browser, tmp_path):  # noqa: F811
     raw = "user-3"
     item = stack.events[0].item_id
-    assert call("POST", stack.url + "/events", {"user_id": raw, "item_id": item, "event_type": "purchase"},
-                token=TOKEN)[0] == 202  # fmt: skip
+    assert (
+        call("POST", stack.url + "/events", {"user_id": raw, "item_id": item, "event_type": "purchase"}, token=TOKEN)[0]
+        == 202
+    )
     wait_for(lambda: get(stack, f"/recommend/{raw}")[1]["source"] == "speed")
 
     browser.get(f"{stack.url}/dashboard#token={TOKEN}")
@@ -111,8 +116,10 @@ def test_the_dashboard_shows_models_live_figures_a_user_and_an_item(stack, brows
     wait.until(lambda d: d.find_element(By.ID, "served-version").text == SERVED)
     # The chart: one point per version with a metric, coloured by status, the served one ringed; the baseline.
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chart circle.version")) == 4)
-    statuses = {c.get_attribute("data-version"): c.get_attribute("data-status")
-                for c in browser.find_elements(By.CSS_SELECTOR, "#chart circle.version")}  # fmt: skip
+    statuses = {
+        c.get_attribute("data-version"): c.get_attribute("data-status")
+        for c in browser.find_elements(By.CSS_SELECTOR, "#chart circle.version")
+    }
     assert statuses[SERVED] == "published" and statuses["m20260101T000000000002-bad"] == "rejected"
     assert len(browser.find_elements(By.CSS_SELECTOR, "#chart circle.served")) == 1
     assert len(browser.find_elements(By.CSS_SELECTOR, "#chart rect.baseline")) == 4
@@ -139,8 +146,10 @@ def test_the_dashboard_shows_models_live_figures_a_user_and_an_item(stack, brows
     wait.until(lambda d: d.find_element(By.ID, "item-view").get_attribute("data-item"))
     assert "category" in browser.find_element(By.ID, "item-attributes").text
     assert browser.find_elements(By.CSS_SELECTOR, "#item-similar a[data-item-id]")
-    assert "purchase" in browser.find_element(By.ID, "item-counts").text or \
-        "view" in browser.find_element(By.ID, "item-counts").text  # fmt: skip
+    assert (
+        "purchase" in browser.find_element(By.ID, "item-counts").text
+        or "view" in browser.find_element(By.ID, "item-counts").text
+    )
     browser.save_screenshot(str(tmp_path / "dashboard.png"))
 
     # Self-contained: every resource the page loaded came from the service itself.

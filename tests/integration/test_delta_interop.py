@@ -27,8 +27,10 @@ SCHEMA = pa.schema([("id", pa.int64()), ("user_id", pa.string()), ("ts", pa.time
 
 def batch(start: int, n: int) -> pa.Table:
     ids = list(range(start, start + n))
-    return pa.table({"id": ids, "user_id": [f"u{i % 7}" for i in ids],
-                     "ts": [T0 + timedelta(seconds=i) for i in ids]}, schema=SCHEMA)  # fmt: skip
+    return pa.table(
+        {"id": ids, "user_id": [f"u{i % 7}" for i in ids], "ts": [T0 + timedelta(seconds=i) for i in ids]},
+        schema=SCHEMA,
+    )
 
 
 def rs_rows(path, version: int | None = None) -> list[tuple]:

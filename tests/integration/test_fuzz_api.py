@@ -28,13 +28,34 @@ def stack(tmp_path_factory):
 
 
 def test_every_operation_passes_every_schemathesis_check(stack, tmp_path):
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "fuzz_checks",
-           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "fuzz_checks",
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
     run = subprocess.run(
-        [str(SCHEMATHESIS), "run", f"{stack.url}/openapi.json", "--checks", "all", "--max-examples", "30",
-         "--seed", "1", "--workers", "1", "--continue-on-failure", "-H", f"Authorization: Bearer {TOKEN}"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            str(SCHEMATHESIS),
+            "run",
+            f"{stack.url}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "30",
+            "--seed",
+            "1",
+            "--workers",
+            "1",
+            "--continue-on-failure",
+            "-H",
+            f"Authorization: Bearer {TOKEN}",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = run.stdout + run.stderr
     print(out[-2000:])
     assert run.returncode == 0, out[-12_000:]

@@ -30,8 +30,11 @@ TABLE = "/lake/t"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Settings]:
-    s = Settings(state_dir=tmp_path_factory.mktemp("hdfs-state"), hdfs_port=free_port(),  # and the next port
-                 pseudonym_key=os.environ["RECSYS_PSEUDONYM_KEY"])  # fmt: skip
+    s = Settings(
+        state_dir=tmp_path_factory.mktemp("hdfs-state"),
+        hdfs_port=free_port(),  # and the next port
+        pseudonym_key=os.environ["RECSYS_PSEUDONYM_KEY"],
+    )
     try:
         hdfs.start(s)
         yield s
@@ -96,8 +99,11 @@ def after_restart(call):
 
 
 def listening(pid: int) -> set[str]:
-    return {f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process(pid).net_connections("inet")
-            if c.status == psutil.CONN_LISTEN}  # fmt: skip
+    return {
+        f"{c.laddr.ip}:{c.laddr.port}"
+        for c in psutil.Process(pid).net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    }
 
 
 def test_both_daemons_run_from_the_fetched_jars_on_loopback_only(cluster):
@@ -195,13 +201,17 @@ def test_a_folder_moves_in_one_rename_that_never_replaces_an_existing_one(hspark
     no_overwrite[0] = fs_api.Options.Rename.NONE
     fs.rename(fs_api.Path("/models/.staging-v1"), fs_api.Path("/models/v1"), no_overwrite)
     assert sorted(hadoop_files(hspark, hdfs.url(cluster, "/models"))) == [
-        "/models/.staging-v2/factors.bin", "/models/.staging-v2/meta/model.json",
-        "/models/v1/factors.bin", "/models/v1/meta/model.json",
-    ]  # fmt: skip
+        "/models/.staging-v2/factors.bin",
+        "/models/.staging-v2/meta/model.json",
+        "/models/v1/factors.bin",
+        "/models/v1/meta/model.json",
+    ]
     with pytest.raises(Exception, match="FileAlreadyExistsException"):
         fs.rename(fs_api.Path("/models/.staging-v2"), fs_api.Path("/models/v1"), no_overwrite)
     assert sorted(hadoop_files(hspark, hdfs.url(cluster, "/models/v1"))) == [
-        "/models/v1/factors.bin", "/models/v1/meta/model.json"]  # fmt: skip
+        "/models/v1/factors.bin",
+        "/models/v1/meta/model.json",
+    ]
 
 
 def test_a_restart_keeps_the_table(hspark, cluster, table):

@@ -233,8 +233,11 @@ def test_top_n_writes_each_users_served_list_replaces_it_nightly_and_erases_forg
     assert {r["generated_at"] for r in again} != {r["generated_at"] for r in rows} and second["version"] > 0
 
     # `later` is forgotten: once the archiver has passed the marker, `complete` deletes their rows (and vacuums).
-    lake.write(Tables.path(Tables.BRONZE_EVENTS, s), bronze_rows([event("e0", gone)]),
-               txns={Tables.archiver_txn_id(Topics.EVENTS, 0): 11})  # fmt: skip
+    lake.write(
+        Tables.path(Tables.BRONZE_EVENTS, s),
+        bronze_rows([event("e0", gone)]),
+        txns={Tables.archiver_txn_id(Topics.EVENTS, 0): 11},
+    )
     assert erasure.complete(ForgetMessage(user_id=later, partition=0, offset=10), s, spark)
     left = lake.read(path, columns=["user_id"]).column("user_id").to_pylist()
     assert later not in left and len(left) == 5 * (n_users - 2)
@@ -282,10 +285,14 @@ def test_spark_counted_cooccurrences_and_transitions_equal_the_driver_counted_on
 
     table = pa.Table.from_batches(list(iter_batches(SyntheticConfig(n_events=4000, n_users=300, n_items=200))))
     data, _ = datasets.build(
-        table.column("user_id"), table.column("item_id"), table.column("ts").cast(pa.int64()).to_numpy() // 1000,
-        table.column("event_type"), np.ones(table.num_rows), ["view", "add_to_cart", "purchase"],
+        table.column("user_id"),
+        table.column("item_id"),
+        table.column("ts").cast(pa.int64()).to_numpy() // 1000,
+        table.column("event_type"),
+        np.ones(table.num_rows),
+        ["view", "add_to_cart", "purchase"],
         session=table.column("session_id"),
-    )  # fmt: skip
+    )
     binary = (data.strengths > 0).astype(np.float32).tocsr()
     want, got = cooccurrence(binary), cooccurrence_by_spark(spark, binary)
     assert want.nnz > 1000 and (got != want).nnz == 0

@@ -31,10 +31,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 @pytest.fixture
 def cluster(tmp_path, settings):
     first = broker_process.free_ports(6)  # 3 client ports, then 3 controller ports
-    s = settings.model_copy(update={
-        "state_dir": tmp_path, "kafka_replication_factor": 3, "speed_metrics_port": 0,
-        "kafka_bootstrap": ",".join(f"127.0.0.1:{first + i}" for i in range(3)),
-    })  # fmt: skip
+    s = settings.model_copy(
+        update={
+            "state_dir": tmp_path,
+            "kafka_replication_factor": 3,
+            "speed_metrics_port": 0,
+            "kafka_bootstrap": ",".join(f"127.0.0.1:{first + i}" for i in range(3)),
+        }
+    )
     broker_process.start(s, nodes=3)
     yield s
     broker_process.stop(s)
@@ -52,8 +56,9 @@ def describe(s: Settings, topic: str) -> dict[int, dict]:
 def min_insync_replicas(s: Settings, topic: str) -> str:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap(s))
     try:
-        [configs] = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)],
-                                           config_filter="all").values()  # fmt: skip
+        [configs] = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all"
+        ).values()
     finally:
         admin.close()
     entry = configs[topic]["min.insync.replicas"]
@@ -80,8 +85,9 @@ def test_kill_9_of_a_partition_leader_mid_stream_loses_nothing_acknowledged_and_
         warm_up = replay(messages[:2_000], settings=s, progress=False)
         _wait(lambda: lake.exists(table), 180)  # the archiver is at work before the stream and the kill
         reports = [warm_up]
-        producing = threading.Thread(target=lambda: reports.append(replay(messages[2_000:], rate=3_000, settings=s,
-                                                                          progress=False)), daemon=True)  # fmt: skip
+        producing = threading.Thread(
+            target=lambda: reports.append(replay(messages[2_000:], rate=3_000, settings=s, progress=False)), daemon=True
+        )
         producing.start()
         time.sleep(4)
         leader = describe(s, Topics.EVENTS)[0]["leader_id"]

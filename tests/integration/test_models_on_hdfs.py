@@ -37,8 +37,9 @@ def _store_entries(s: Settings) -> list[str]:
     return sorted(fs.find(root, withdirs=True)) if fs.exists(root) else []
 
 
-def test_a_replica_that_shares_only_the_uris_serves_each_model_published_on_hdfs(models_on_hdfs, tmp_path_factory,
-                                                                                  free_port):  # fmt: skip
+def test_a_replica_that_shares_only_the_uris_serves_each_model_published_on_hdfs(
+    models_on_hdfs, tmp_path_factory, free_port
+):
     trainer = models_on_hdfs
     events = produce(trainer, seed=1, n=3_000)
     write_catalogue(trainer)
@@ -50,10 +51,14 @@ def test_a_replica_that_shares_only_the_uris_serves_each_model_published_on_hdfs
 
     # A replica with a state folder of its own: what it shares with the trainer is Kafka and the two URIs.
     replica = Settings(
-        state_dir=tmp_path_factory.mktemp("replica"), kafka_bootstrap=trainer.kafka_bootstrap,
-        pseudonym_key=trainer.pseudonym_key, serving_port=free_port(), speed_metrics_port=0,
-        lake_uri=trainer.lake_uri, models_uri=trainer.models_uri,
-    )  # fmt: skip
+        state_dir=tmp_path_factory.mktemp("replica"),
+        kafka_bootstrap=trainer.kafka_bootstrap,
+        pseudonym_key=trainer.pseudonym_key,
+        serving_port=free_port(),
+        speed_metrics_port=0,
+        lake_uri=trainer.lake_uri,
+        models_uri=trainer.models_uri,
+    )
     proc = processes.start("serving", replica, log=replica.state_dir / "serving.log")
     try:
         ready = processes.wait_ready(replica, proc)
@@ -109,8 +114,13 @@ UPLOAD = textwrap.dedent("""
 
 def _start_upload(s: Settings, version: str) -> subprocess.Popen:
     env = {**os.environ, **s.as_env()}
-    return subprocess.Popen([sys.executable, "-c", UPLOAD, version], cwd=PROJECT_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", UPLOAD, version],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _wait_until_uploading(s: Settings) -> None:

@@ -98,8 +98,13 @@ def test_a_toy_recommender_goes_through_every_layer(isolated_stack, spark, toy_r
     user = str(artifact.user_ids[0])
     touched = set(artifact.interactions[0].indices.tolist())
     item_pos = next(p for p in range(artifact.data.n_items - 1) if p + 1 not in touched)
-    event = Event(event_id=uuid.uuid4().hex, user_id=user, item_id=str(artifact.item_ids[item_pos]),
-                  event_type="view", ts=int(time.time() * 1000))  # fmt: skip
+    event = Event(
+        event_id=uuid.uuid4().hex,
+        user_id=user,
+        item_id=str(artifact.item_ids[item_pos]),
+        event_type="view",
+        ts=int(time.time() * 1000),
+    )
     replay([(event.key(), event.to_wire())], settings=s, progress=False)
     layer = SpeedLayer(s, "toy-speed")
     try:

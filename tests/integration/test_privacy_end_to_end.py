@@ -39,8 +39,11 @@ def stack(request, tmp_path, own_hdfs):
     storage: dict = {"vacuum_retention_hours": 0}  # vacuum at once, so old files must be gone too
     if request.param == "hdfs":
         on_hdfs = own_hdfs(Settings(state_dir=tmp_path))
-        storage |= {"hdfs_port": on_hdfs.hdfs_port, "lake_uri": on_hdfs.lake_uri,
-                    "models_uri": hdfs.url(on_hdfs, "/recsys/models")}  # fmt: skip
+        storage |= {
+            "hdfs_port": on_hdfs.hdfs_port,
+            "lake_uri": on_hdfs.lake_uri,
+            "models_uri": hdfs.url(on_hdfs, "/recsys/models"),
+        }
     stack = start_stack(tmp_path, **storage)
     yield stack
     stop_stack(stack)
@@ -97,8 +100,9 @@ def model_updates_end(s) -> int:
 
 
 def post(stack, raw_user: str, item: str, etype: str = "purchase"):
-    status, body = call("POST", f"{stack.url}/events", {"user_id": raw_user, "item_id": item, "event_type": etype},
-                        token=TOKEN)  # fmt: skip
+    status, body = call(
+        "POST", f"{stack.url}/events", {"user_id": raw_user, "item_id": item, "event_type": etype}, token=TOKEN
+    )
     assert status == 202, body
     return body
 

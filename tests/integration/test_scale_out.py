@@ -122,8 +122,13 @@ def test_two_speed_instances_survivor_takes_over_a_killed_ones_partitions_and_no
     first = produce(s, seed=22, n=6_000)
     owner = {p: name for name, ps in before_kill.items() for p in ps}
     partition_of = user_partitions(s)
-    wait_for(lambda: {owner[partition_of[user]] for kind, user in latest_updates(s) if kind == "user"}
-             == {"speed-a", "speed-b"}, timeout_s=60, every_s=0.5)  # fmt: skip
+    wait_for(
+        lambda: (
+            {owner[partition_of[user]] for kind, user in latest_updates(s) if kind == "user"} == {"speed-a", "speed-b"}
+        ),
+        timeout_s=60,
+        every_s=0.5,
+    )
 
     # The second half streams in (~4 s at 2,000 events/s) and speed-b is killed in the middle of it.
     second: list = []
@@ -160,10 +165,12 @@ def test_two_speed_instances_survivor_takes_over_a_killed_ones_partitions_and_no
 
     partition_of = user_partitions(s)
     by_partition = Counter(partition_of[u] for u in problems)
-    summary = (f"{waited:.0f}s after SIGKILL of speed-b (session.timeout.ms = {SESSION_TIMEOUT_S:.0f}s): group members "
-               f"{after_kill} (before the kill {before_kill}); {len(problems)} of {len(expected)} streamed users "
-               f"without their uninterrupted-run vector, by partition {dict(sorted(by_partition.items()))}, "
-               f"e.g. {dict(list(problems.items())[:3])}")  # fmt: skip
+    summary = (
+        f"{waited:.0f}s after SIGKILL of speed-b (session.timeout.ms = {SESSION_TIMEOUT_S:.0f}s): group members "
+        f"{after_kill} (before the kill {before_kill}); {len(problems)} of {len(expected)} streamed users "
+        f"without their uninterrupted-run vector, by partition {dict(sorted(by_partition.items()))}, "
+        f"e.g. {dict(list(problems.items())[:3])}"
+    )
     assert after_kill == {"speed-a": partitions}, "the survivor did not take over: " + summary
     assert problems == {}, "UPs lost: " + summary
     # Evicted by the session timeout (not at once, and not much later), as the broker's own log says.
@@ -191,8 +198,12 @@ def answers(s: Settings, users: list[str]) -> dict[str, tuple]:
     for user in users:
         status, body = call("GET", f"{url(s)}/recommend/{user}?k=10")
         assert status == 200, (user, status, body)
-        out[user] = (body["model_version"], body["source"], [i["item_id"] for i in body["items"]],
-                     [i["score"] for i in body["items"]])  # fmt: skip
+        out[user] = (
+            body["model_version"],
+            body["source"],
+            [i["item_id"] for i in body["items"]],
+            [i["score"] for i in body["items"]],
+        )
     return out
 
 
@@ -252,8 +263,9 @@ def test_serving_replicas_agree_after_a_stream_and_a_swap_and_a_late_one_is_read
     speed_users = [u for u in raw_users if st.pseudonym(u) in streamed][:12]
     batch_users = [u for u in raw_users if st.pseudonym(u) not in streamed][:14]
     sample = speed_users + batch_users + [f"visitor-{n}" for n in range(4)]
-    first = wait_for(lambda: (a := answers(s1, sample)) and not differing(a, answers(s2, sample)) and a,
-                     timeout_s=20, every_s=0.5)  # fmt: skip
+    first = wait_for(
+        lambda: (a := answers(s1, sample)) and not differing(a, answers(s2, sample)) and a, timeout_s=20, every_s=0.5
+    )
     sources = Counter(source for _, source, _, _ in first.values())
     assert {version for version, _, _, _ in first.values()} == {"m20260102T000000000000"}
     assert sources["speed"] == len(speed_users) and sources["batch"] == len(batch_users) and sources["popular"] == 4

@@ -119,11 +119,16 @@ def test_writes_need_the_token_and_valid_events(stack):
     assert status == 422 and "JSON" in body["detail"]
     status, body = post_event(stack, "user-1", "item-1", event_type="wishlist")
     assert status == 422 and body["detail"].startswith("unknown_event_type")
-    status, body = call("POST", f"{stack.url}/events", {"user_id": "u", "item_id": "i", "event_type": "view",
-                                                        "colour": "red"}, TOKEN)  # fmt: skip
+    status, body = call(
+        "POST", f"{stack.url}/events", {"user_id": "u", "item_id": "i", "event_type": "view", "colour": "red"}, TOKEN
+    )
     assert status == 422 and "colour" in body["detail"]
-    status, body = call("POST", f"{stack.url}/events", {"user_id": "u", "item_id": "i", "event_type": "view",
-                                                        "ts": "2999-01-01T00:00:00Z"}, TOKEN)  # fmt: skip
+    status, body = call(
+        "POST",
+        f"{stack.url}/events",
+        {"user_id": "u", "item_id": "i", "event_type": "view", "ts": "2999-01-01T00:00:00Z"},
+        TOKEN,
+    )
     assert status == 422 and body["detail"].startswith("ts_out_of_range")
 
 
@@ -157,8 +162,12 @@ def test_an_item_update_takes_the_item_out_of_every_answer_until_it_is_back(stac
         return {i["item_id"] for i in get(stack, f"/similar/{of}?k=100")[1]["items"]}
 
     neighbour = next(other for other in similar(item) if item in similar(other))
-    pages = [f"/recommend/{raw}?k=10", f"/recommend/{raw}?k=20&category={category}&category=category-0",
-             "/popular?k=100", f"/similar/{neighbour}?k=100"]  # fmt: skip
+    pages = [
+        f"/recommend/{raw}?k=10",
+        f"/recommend/{raw}?k=20&category={category}&category=category-0",
+        "/popular?k=100",
+        f"/similar/{neighbour}?k=100",
+    ]
 
     def shown() -> list[bool]:
         return [item in {i["item_id"] for i in get(stack, page)[1]["items"]} for page in pages]
@@ -223,8 +232,13 @@ def test_hot_swap_under_concurrent_requests_fails_nothing_and_keeps_later_update
         announce("m20260102T000000000000", model_store.published_dir(st.s) / "m20260102T000000000000", st.s)
         wait_for(lambda: get(st, "/models")[1]["model_version"] == "m20260102T000000000000")
         # The speed layer replays from m2's offsets: the late event is folded in against m2, and stays applied.
-        late = wait_for(lambda: (b := get(st, f"/recommend/{late_user}")[1])["source"] == "speed"
-                        and b["model_version"] == "m20260102T000000000000" and b)  # fmt: skip
+        late = wait_for(
+            lambda: (
+                (b := get(st, f"/recommend/{late_user}")[1])["source"] == "speed"
+                and b["model_version"] == "m20260102T000000000000"
+                and b
+            )
+        )
         assert "item-3" not in {i["item_id"] for i in late["items"]}
         time.sleep(0.5)
     finally:

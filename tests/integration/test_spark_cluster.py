@@ -62,12 +62,21 @@ def spark_submit(master: str, job: str, *args: str, s: Settings) -> subprocess.C
         "OPENBLAS_NUM_THREADS": "1",
     }
     cmd = [
-        f"{venv_bin}/spark-submit", "--master", master, "--name", f"recsys-{job}",
-        "--driver-memory", s.spark_driver_memory,
-        "--conf", f"spark.pyspark.python={sys.executable}", "--conf", f"spark.pyspark.driver.python={sys.executable}",
+        f"{venv_bin}/spark-submit",
+        "--master",
+        master,
+        "--name",
+        f"recsys-{job}",
+        "--driver-memory",
+        s.spark_driver_memory,
+        "--conf",
+        f"spark.pyspark.python={sys.executable}",
+        "--conf",
+        f"spark.pyspark.driver.python={sys.executable}",
         *submit_args(s),  # the delta-spark jars (on the driver's classpath, shipped to the executors) and Delta's conf
-        str(PROJECT_ROOT / "jobs" / f"{job}.py"), *args,
-    ]  # fmt: skip
+        str(PROJECT_ROOT / "jobs" / f"{job}.py"),
+        *args,
+    ]
     run = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"{job} on {master} failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     return run
@@ -133,8 +142,17 @@ def test_nightly_jobs_on_the_cluster_train_as_good_a_model_as_local(cluster, spa
 
     # rank/iterations through --params, as the DAG's `overrides` pass them; smaller than the defaults only to keep
     # the test quick.
-    spark_submit(spec.master_url, "train", "--model-version", CLUSTER, "--model", "spark_als",
-                 "--params", json.dumps({"rank": RANK, "iterations": ITERATIONS}), s=s)  # fmt: skip
+    spark_submit(
+        spec.master_url,
+        "train",
+        "--model-version",
+        CLUSTER,
+        "--model",
+        "spark_als",
+        "--params",
+        json.dumps({"rank": RANK, "iterations": ITERATIONS}),
+        s=s,
+    )
     spark_submit(spec.master_url, "evaluate", "--model-version", CLUSTER, s=s)
     # The same jobs on the test session's local[*] Spark (already running: no second JVM to start).
     small = s.model_copy(update={"als_rank": RANK, "als_iterations": ITERATIONS})
@@ -167,8 +185,10 @@ def test_nightly_jobs_on_the_cluster_train_as_good_a_model_as_local(cluster, spa
     np.testing.assert_array_equal(cluster_a.user_ids, local_a.user_ids)
     np.testing.assert_array_equal(cluster_a.item_ids, local_a.item_ids)
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_k(cluster_a), top_k(local_a), strict=True)])
-    print(f"top-10 overlap {overlap:.4f}, max factor difference "
-          f"{np.abs(cluster_a.user_factors - local_a.user_factors).max():.2e}")  # fmt: skip
+    print(
+        f"top-10 overlap {overlap:.4f}, max factor difference "
+        f"{np.abs(cluster_a.user_factors - local_a.user_factors).max():.2e}"
+    )
     assert overlap >= (0.99 if same_blocks else 0.7), (overlap, same_blocks)
 
 

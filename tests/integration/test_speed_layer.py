@@ -41,9 +41,18 @@ def test_streamed_users_get_exactly_folded_vectors_and_bad_events_are_skipped(is
     run_until_idle(s)
     assert check_user_vectors(s, artifact, stream) > 50
     assert (REGISTRY.get_sample_value("speed_events_total") or 0) - before == len(stream)
-    skipped = sum(REGISTRY.get_sample_value("speed_invalid_events_total", {"reason": r}) or 0
-                  for r in ("invalid_json", "invalid_field", "not_an_object", "unknown_event_type", "ts_out_of_range",
-                            "not_pseudonymised", "too_large"))  # fmt: skip
+    skipped = sum(
+        REGISTRY.get_sample_value("speed_invalid_events_total", {"reason": r}) or 0
+        for r in (
+            "invalid_json",
+            "invalid_field",
+            "not_an_object",
+            "unknown_event_type",
+            "ts_out_of_range",
+            "not_pseudonymised",
+            "too_large",
+        )
+    )
     assert skipped >= 1500 - len(stream)
     new_items = {e.item_id for e in stream} - set(artifact.item_ids)
     updates = latest_updates(s)
@@ -60,10 +69,20 @@ def test_metrics_are_served_on_loopback_and_sigterm_stops_cleanly(isolated_stack
     publish_model(s, produce(s, seed=12, n=2_000), "m20260101T000000000000")
     produce(s, seed=13, n=500)
     port = free_port()
-    env = {**os.environ, "RECSYS_STATE_DIR": str(s.state_dir), "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-           "RECSYS_SPEED_METRICS_PORT": str(port)}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "speed_layer", "--instance-id", "speed-metrics"], env=env,
-                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    env = {
+        **os.environ,
+        "RECSYS_STATE_DIR": str(s.state_dir),
+        "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+        "RECSYS_SPEED_METRICS_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speed_layer", "--instance-id", "speed-metrics"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(lambda: _events_metric(port) >= 500)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -92,8 +111,10 @@ def test_a_batch_users_unchanged_history_reproduces_the_batch_vector(isolated_st
     s = isolated_stack
     artifact = publish_model(s, produce(s, seed=14, n=3_000), "m20260101T000000000000", engine, spark)
     users = artifact.user_ids[:20]
-    touches = [Event(event_id=f"t-{n}", user_id=u, item_id=f"unseen-{n}", event_type="view", ts=1_767_225_600_000)
-               for n, u in enumerate(users)]  # fmt: skip
+    touches = [
+        Event(event_id=f"t-{n}", user_id=u, item_id=f"unseen-{n}", event_type="view", ts=1_767_225_600_000)
+        for n, u in enumerate(users)
+    ]
     replay(((e.key(), e.to_wire()) for e in touches), settings=s, progress=False)
     run_until_idle(s)
     updates = latest_updates(s)
@@ -164,8 +185,13 @@ def test_kill_9_mid_publish_and_a_broker_kill_mid_burst_publish_only_exact_vecto
     s = isolated_stack
     artifact = publish_model(s, produce(s, seed=6, n=4_000), "m20260101T000000000000")
     stream = []  # each instance starts with a backlog of its own, so it is still publishing when it is killed
-    env = {**os.environ, "RECSYS_STATE_DIR": str(s.state_dir), "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-           "RECSYS_SPEED_METRICS_PORT": "0", "RECSYS_SPEED_BATCH_MAX": "100"}  # fmt: skip
+    env = {
+        **os.environ,
+        "RECSYS_STATE_DIR": str(s.state_dir),
+        "RECSYS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+        "RECSYS_SPEED_METRICS_PORT": "0",
+        "RECSYS_SPEED_BATCH_MAX": "100",
+    }
     rng = random.Random(11)
     start = updates_end(s)
     published_by = []  # UPs each crashed instance published: (from, to) offsets of model-updates
@@ -173,8 +199,13 @@ def test_kill_9_mid_publish_and_a_broker_kill_mid_burst_publish_only_exact_vecto
     for round_ in range(3):
         stream += produce(s, seed=7 + round_, n=8_000)
         before = updates_end(s)
-        proc = subprocess.Popen([sys.executable, "-m", "speed_layer", "--instance-id", "speed-crash"], env=env,
-                                cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "speed_layer", "--instance-id", "speed-crash"],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         _wait_for(lambda before=before: updates_end(s) > before + 300, poll_s=0.02)  # it loaded the model, publishes
         if round_ == 1:
             at_kill = updates_end(s)

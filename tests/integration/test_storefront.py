@@ -18,9 +18,18 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Headless, and nothing that would reach for the network (the machine has none).
-CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900")  # fmt: skip
+CHROMIUM_ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,900",
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +118,11 @@ def test_a_long_history_shoppers_list_visibly_changes_after_one_view(stack, brow
     assert why and all(w.startswith("because you ") for w in why)  # explanations in words
 
     # View one product this shopper is not being recommended.
-    card = next(c for c in browser.find_elements(By.CSS_SELECTOR, "#products .product")
-                if c.get_attribute("data-item-id") not in before)  # fmt: skip
+    card = next(
+        c
+        for c in browser.find_elements(By.CSS_SELECTOR, "#products .product")
+        if c.get_attribute("data-item-id") not in before
+    )
     viewed = card.get_attribute("data-item-id")
     card.find_element(By.CSS_SELECTOR, "button[data-event-type=view]").click()
     wait.until(lambda d: text(d, "source") == "speed")

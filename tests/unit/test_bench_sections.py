@@ -217,10 +217,12 @@ def test_write_plots_all_sections(tmp_path: Path) -> None:
     results = {
         "quality": QUALITY,
         "freshness": FRESHNESS,
-        "batch": {"implicit": {"1000000": {"seconds": 88.4}}, "spark_als": {"1000000": {"seconds": 142.2},
-                                                                             "10000000": {"seconds": 440.4}}},
+        "batch": {
+            "implicit": {"1000000": {"seconds": 88.4}},
+            "spark_als": {"1000000": {"seconds": 142.2}, "10000000": {"seconds": 440.4}},
+        },
         "serving": {"modes": {"exact/2": {"max_requests_per_s": 1500, "p99_ms": 9.5, "p50_ms": 3.0}}},
-    }  # fmt: skip
+    }
     paths = plots.write_plots(results, tmp_path)
     assert [p.name for p in paths] == ["quality.png", "freshness.png", "batch.png", "serving.png"]
     _assert_pngs(paths)

@@ -47,12 +47,26 @@ def test_a_three_node_cluster_takes_the_listed_or_next_ports_and_a_quorum_of_thr
 def test_one_node_has_the_single_node_settings():
     [node] = layout(Settings(kafka_bootstrap="127.0.0.1:19092"))
     config = dict(line.split("=", 1) for line in server_properties(node, [node], data="/d").splitlines())
-    assert {k: config[k] for k in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor",
-                                   "transaction.state.log.min.isr", "group.initial.rebalance.delay.ms",
-                                   "process.roles", "log.dirs")} == {
-        "offsets.topic.replication.factor": "1", "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1", "group.initial.rebalance.delay.ms": "0",
-        "process.roles": "broker,controller", "log.dirs": "/d",
-    }  # fmt: skip
-    assert all(address.startswith(("PLAINTEXT://127.0.0.1:", "CONTROLLER://127.0.0.1:"))
-               for key in ("listeners", "advertised.listeners") for address in config[key].split(","))  # fmt: skip
+    assert {
+        k: config[k]
+        for k in (
+            "offsets.topic.replication.factor",
+            "transaction.state.log.replication.factor",
+            "transaction.state.log.min.isr",
+            "group.initial.rebalance.delay.ms",
+            "process.roles",
+            "log.dirs",
+        )
+    } == {
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "process.roles": "broker,controller",
+        "log.dirs": "/d",
+    }
+    assert all(
+        address.startswith(("PLAINTEXT://127.0.0.1:", "CONTROLLER://127.0.0.1:"))
+        for key in ("listeners", "advertised.listeners")
+        for address in config[key].split(",")
+    )

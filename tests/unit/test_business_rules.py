@@ -32,8 +32,17 @@ ITEMS = sorted(CATEGORY_OF)
 def serving_model() -> ServingModel:
     m = ServingModel(artifact(), CATALOG, Settings())
     m.apply(VectorUpdate(model_version=VERSION, kind="item", id="fresh", vector=[0.3] * RANK))
-    m.apply(VectorUpdate(model_version=VERSION, kind="user", id="u1", vector=[1.0, -1.0, 0.5, 0.0],
-                         strengths={"i5": 1.0}, event_types={"i5": ["view"]}, recent=[("i5", "view", 1)]))  # fmt: skip
+    m.apply(
+        VectorUpdate(
+            model_version=VERSION,
+            kind="user",
+            id="u1",
+            vector=[1.0, -1.0, 0.5, 0.0],
+            strengths={"i5": 1.0},
+            event_types={"i5": ["view"]},
+            recent=[("i5", "view", 1)],
+        )
+    )
     return m
 
 
@@ -41,8 +50,9 @@ MODEL = serving_model()
 
 
 def avail(item: str, available: bool, offset: int) -> bytes:
-    message = AvailabilityMessage(item_id=item, available=available, state="item_back" if available else "item_hidden",
-                                  partition=0, offset=offset)  # fmt: skip
+    message = AvailabilityMessage(
+        item_id=item, available=available, state="item_back" if available else "item_hidden", partition=0, offset=offset
+    )
     return protocol.encode(message)[1]
 
 
@@ -167,8 +177,12 @@ def test_item_updates_are_events_but_not_interactions():
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    s = Settings(state_dir=tmp_path_factory.mktemp("rules"), pseudonym_key="k" * 40, serving_write_token="t" * 32,
-                 kafka_bootstrap="127.0.0.1:1")  # fmt: skip
+    s = Settings(
+        state_dir=tmp_path_factory.mktemp("rules"),
+        pseudonym_key="k" * 40,
+        serving_write_token="t" * 32,
+        kafka_bootstrap="127.0.0.1:1",
+    )
     model = serving_model()
     with TestClient(create_app(s, StaticFollower(model))) as c:
         yield c, model

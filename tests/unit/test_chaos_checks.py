@@ -41,8 +41,13 @@ def log() -> dict[str, list[tuple[int, Event]]]:
         partition = int(user[1:]) % 2
         offset = next_offset[partition]
         next_offset[partition] += 1
-        event = Event(event_id=f"e{n}", user_id=user, item_id=f"i{rng.integers(0, 40)}",
-                      event_type=str(rng.choice(list(WEIGHTS))), ts=1_767_225_600_000 + n)  # fmt: skip
+        event = Event(
+            event_id=f"e{n}",
+            user_id=user,
+            item_id=f"i{rng.integers(0, 40)}",
+            event_type=str(rng.choice(list(WEIGHTS))),
+            ts=1_767_225_600_000 + n,
+        )
         history.setdefault(user, []).append((offset, event))
     return history
 
@@ -68,8 +73,9 @@ def speed_layer(artifact, log, batch: int = 7, drop=None, double=None) -> list[V
         for user, offset in newest.items():
             nz = np.flatnonzero(totals[user])
             vector = fold.vector(nz, totals[user][nz])
-            ups.append(VectorUpdate(model_version=VERSION, kind="user", id=user, vector=vector.tolist(),
-                                    source_offset=offset))  # fmt: skip
+            ups.append(
+                VectorUpdate(model_version=VERSION, kind="user", id=user, vector=vector.tolist(), source_offset=offset)
+            )
     return ups
 
 

@@ -15,8 +15,10 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_importing_the_cli_loads_no_kafka_arrow_or_settings():
-    code = ("import sys, recsys.cli; heavy = [m for m in ('kafka', 'pyarrow', 'pydantic_settings', 'numpy', 'rich') "
-            "if m in sys.modules]; print(heavy)")  # fmt: skip
+    code = (
+        "import sys, recsys.cli; heavy = [m for m in ('kafka', 'pyarrow', 'pydantic_settings', 'numpy', 'rich') "
+        "if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
@@ -27,8 +29,12 @@ def test_help_answers():
 
 
 def test_settings_shows_current_values_with_secrets_masked(tmp_path):
-    out = run("settings", RECSYS_ALS_RANK="32", RECSYS_SERVING_WRITE_TOKEN="very-secret-token-value",
-              RECSYS_STATE_DIR=str(tmp_path))  # fmt: skip
+    out = run(
+        "settings",
+        RECSYS_ALS_RANK="32",
+        RECSYS_SERVING_WRITE_TOKEN="very-secret-token-value",
+        RECSYS_STATE_DIR=str(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     lines = {line.split("|")[1].strip(" `"): line for line in out.stdout.splitlines() if line.startswith("| `RECSYS_")}
     assert "`32` (set)" in lines["RECSYS_ALS_RANK"] and "`64`" in lines["RECSYS_ALS_RANK"]

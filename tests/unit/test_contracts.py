@@ -132,9 +132,15 @@ def test_update_messages_are_told_apart_by_type():
 def test_manifest_records_the_objective():
     objective = Objective(confidence="one_plus_alpha_r", reg_scaling="count", alpha=10, reg=0.1)
     manifest = ModelManifest(
-        model_version="v1", created_at_ms=1, engine="spark_als", params={"rank": 8, "iterations": 10},
-        details={"objective": objective.model_dump()}, n_users=3, n_items=4, kafka_offsets={0: 12},
-    )  # fmt: skip
+        model_version="v1",
+        created_at_ms=1,
+        engine="spark_als",
+        params={"rank": 8, "iterations": 10},
+        details={"objective": objective.model_dump()},
+        n_users=3,
+        n_items=4,
+        kafka_offsets={0: 12},
+    )
     again = ModelManifest.model_validate_json(manifest.model_dump_json())
     assert again == manifest and Objective.model_validate(again.details["objective"]) == objective
     with pytest.raises(ValueError):
@@ -168,11 +174,19 @@ def test_a_batch_is_validated_with_the_same_results_as_one_at_a_time():
     now = datetime(2026, 6, 2, tzinfo=UTC)
     raws = [json.dumps(good(item_id=f"i-{n}")).encode() for n in range(3)]
     raws += [json.dumps(good(session_id="s", quantity=3, price="9.5", schema_version=1.0)).encode()]
-    raws += [b"{not json", b"\xff\xfe", b"[1, 2]", json.dumps(good(price=float("nan"))).encode(),
-             json.dumps(good(event_type="click")).encode(), json.dumps(good(user_id="alice")).encode(),
-             json.dumps(good(item_id="x" * 500)).encode(), json.dumps(good(item_id="x" * 20_000)).encode(),
-             json.dumps(good(ts=NOW_MS + 10 * 86_400_000)).encode(), json.dumps(good(ts=10**20)).encode(),
-             "\ufeff".encode() + json.dumps(good()).encode()]  # fmt: skip
+    raws += [
+        b"{not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        json.dumps(good(price=float("nan"))).encode(),
+        json.dumps(good(event_type="click")).encode(),
+        json.dumps(good(user_id="alice")).encode(),
+        json.dumps(good(item_id="x" * 500)).encode(),
+        json.dumps(good(item_id="x" * 20_000)).encode(),
+        json.dumps(good(ts=NOW_MS + 10 * 86_400_000)).encode(),
+        json.dumps(good(ts=10**20)).encode(),
+        "\ufeff".encode() + json.dumps(good()).encode(),
+    ]
     one_at_a_time = [validate_event(raw, Settings(), now=now) for raw in raws]
     assert validate_events(raws, Settings(), now=now) == one_at_a_time
     assert sum(isinstance(r, Event) for r in one_at_a_time) >= 4  # both paths are exercised

@@ -14,8 +14,13 @@ from infra.daemon import Daemon
 
 SLEEPER = [sys.executable, "-I", "-c", "import time; time.sleep(120)", "recsys-test-sleeper"]
 # Ignores SIGTERM, as a daemon stuck in its shutdown would: only SIGKILL ends it.
-STUBBORN = [sys.executable, "-I", "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "print('ready', flush=True); time.sleep(120)", "recsys-test-stubborn"]  # fmt: skip
+STUBBORN = [
+    sys.executable,
+    "-I",
+    "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(120)",
+    "recsys-test-stubborn",
+]
 
 
 def _daemon(tmp_path, *marks: str, text_marks: tuple[str, ...] = ()) -> Daemon:

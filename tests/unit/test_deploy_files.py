@@ -19,10 +19,21 @@ DEPLOY = PROJECT_ROOT / "infra" / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 REQUIRED_SERVICES = {
-    "kafka", "topics-init", "spark-master", "spark-worker", "postgres", "airflow-init", "airflow-api-server",
-    "airflow-scheduler", "airflow-dag-processor", "archiver", "speed-layer-1", "speed-layer-2",
-    "serving-1", "serving-2",
-}  # fmt: skip
+    "kafka",
+    "topics-init",
+    "spark-master",
+    "spark-worker",
+    "postgres",
+    "airflow-init",
+    "airflow-api-server",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "archiver",
+    "speed-layer-1",
+    "speed-layer-2",
+    "serving-1",
+    "serving-2",
+}
 SETTINGS_VARIABLES = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
 SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD", re.IGNORECASE)
 # ${NAME}, ${NAME:-default}, ${NAME:?error}; `$${...}` is compose's escape for a literal `$`.
@@ -215,9 +226,15 @@ def test_the_compose_kafka_is_the_local_brokers_version_with_its_settings(servic
     env = environment(services["kafka"])
     node = Node(1, 9092, 9093)
     local = dict(line.split("=", 1) for line in server_properties(node, [node], data="/d").splitlines())
-    for key in ("auto.create.topics.enable", "default.replication.factor", "min.insync.replicas",
-                "offsets.topic.replication.factor", "transaction.state.log.replication.factor",
-                "transaction.state.log.min.isr", "group.initial.rebalance.delay.ms",
-                "unclean.leader.election.enable"):  # fmt: skip
+    for key in (
+        "auto.create.topics.enable",
+        "default.replication.factor",
+        "min.insync.replicas",
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "group.initial.rebalance.delay.ms",
+        "unclean.leader.election.enable",
+    ):
         assert env["KAFKA_" + key.upper().replace(".", "_")] == local[key], key
     assert "topics-config" not in services  # model-updates is created compacted by `recsys topics`

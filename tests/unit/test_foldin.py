@@ -58,8 +58,9 @@ def test_matches_the_implicit_librarys_own_recalculation(problem):
     from implicit.cpu.als import AlternatingLeastSquares
 
     _, strengths = problem
-    model = AlternatingLeastSquares(factors=6, regularization=IMPLICIT.reg, alpha=IMPLICIT.alpha, iterations=3,
-                                    use_cg=False, random_state=0)  # fmt: skip
+    model = AlternatingLeastSquares(
+        factors=6, regularization=IMPLICIT.reg, alpha=IMPLICIT.alpha, iterations=3, use_cg=False, random_state=0
+    )
     model.fit(strengths.astype(np.float32), show_progress=False)
     theirs = model.recalculate_user(np.arange(strengths.shape[0]), strengths.astype(np.float32))
     ours = FoldIn(model.item_factors, IMPLICIT).vectors(strengths)
@@ -82,8 +83,12 @@ def test_each_row_is_the_textbook_solve_whatever_its_length(objective):
     rng = np.random.default_rng(3)
     items = rng.normal(size=(60, 4))
     lengths = [1, 2, 3, 4, 5, 7, 9, 17, 40]
-    rows = sp.vstack([sp.csr_matrix((rng.uniform(-1, 4, n), (np.zeros(n, int), rng.choice(60, n, replace=False))),
-                                    shape=(1, 60)) for n in lengths]).tocsr()  # fmt: skip
+    rows = sp.vstack(
+        [
+            sp.csr_matrix((rng.uniform(-1, 4, n), (np.zeros(n, int), rng.choice(60, n, replace=False))), shape=(1, 60))
+            for n in lengths
+        ]
+    ).tocsr()
     got = FoldIn(items, objective).vectors(rows)
     for r in range(len(lengths)):
         row = rows[r]

@@ -9,9 +9,15 @@ S = Settings(gate_min_lift=0.1, gate_max_regression=0.05, eval_k=10)
 
 def manifest(ndcg: float | None, popularity: float = 0.1, version: str = "new") -> ModelManifest:
     return ModelManifest(
-        model_version=version, created_at_ms=0, engine="spark_als", params={"rank": 8}, n_users=1, n_items=1,
-        metrics={} if ndcg is None else {"ndcg@10": ndcg}, baseline_metrics={"ndcg@10": popularity},
-    )  # fmt: skip
+        model_version=version,
+        created_at_ms=0,
+        engine="spark_als",
+        params={"rank": 8},
+        n_users=1,
+        n_items=1,
+        metrics={} if ndcg is None else {"ndcg@10": ndcg},
+        baseline_metrics={"ndcg@10": popularity},
+    )
 
 
 def test_passes_when_it_beats_popularity_and_there_is_no_current_model():

@@ -40,8 +40,9 @@ def candidate_features_as_before(norm, priors, users, stage1, seen, n_candidates
     s = np.where(seen, -np.inf, stage1)
     cand, _ = _select_top(s, n_candidates)
     cand = np.where(cand < 0, 0, cand)
-    comp = np.stack([np.take_along_axis(norm[c], cand, 1) if c in norm else np.zeros(cand.shape) for c in components],
-                    axis=-1)  # fmt: skip
+    comp = np.stack(
+        [np.take_along_axis(norm[c], cand, 1) if c in norm else np.zeros(cand.shape) for c in components], axis=-1
+    )
     rank = np.log1p(np.broadcast_to(np.arange(cand.shape[1], dtype=np.float64), cand.shape))[..., None]
     loglen = np.log1p(np.array([len(u.items) for u in users], np.float64))[:, None, None] * np.ones((*cand.shape, 1))
     feats = np.concatenate([comp, priors.shares(users, cand), rank, comp * loglen, loglen], axis=-1)

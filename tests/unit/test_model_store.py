@@ -15,14 +15,25 @@ from recsys.settings import Settings
 OBJECTIVE = Objective(confidence="alpha_r", reg_scaling="none", alpha=1, reg=0.1)
 
 
-def artifact(version: str = "m20260101T000000000000", n_users: int = 3, n_items: int = 4,
-             rank: int = 2) -> model_store.ModelArtifact:  # fmt: skip
+def artifact(
+    version: str = "m20260101T000000000000", n_users: int = 3, n_items: int = 4, rank: int = 2
+) -> model_store.ModelArtifact:
     rng = np.random.default_rng(0)
     interactions = sp.random(n_users, n_items, density=0.5, format="csr", random_state=1, dtype=np.float32)
-    events = EventLog(np.repeat(np.arange(n_users, dtype=np.int32), 2), np.zeros(2 * n_users, np.int32),
-                      np.arange(2 * n_users, dtype=np.int64), np.zeros(2 * n_users, np.int8))  # fmt: skip
-    return als_artifact(rng.normal(size=(n_users, rank)), rng.normal(size=(n_items, rank)), interactions, OBJECTIVE,
-                        version=version, events=events)  # fmt: skip
+    events = EventLog(
+        np.repeat(np.arange(n_users, dtype=np.int32), 2),
+        np.zeros(2 * n_users, np.int32),
+        np.arange(2 * n_users, dtype=np.int64),
+        np.zeros(2 * n_users, np.int8),
+    )
+    return als_artifact(
+        rng.normal(size=(n_users, rank)),
+        rng.normal(size=(n_items, rank)),
+        interactions,
+        OBJECTIVE,
+        version=version,
+        events=events,
+    )
 
 
 def with_seen_types(a: model_store.ModelArtifact, bits: int = 1) -> model_store.ModelArtifact:
@@ -131,8 +142,13 @@ def test_a_model_with_sub_folders_round_trips(tmp_path):
     import pandas as pd
 
     data, _ = dataset_from_events(pd.DataFrame(events, columns=["user_id", "item_id", "ts", "weight", "event_type"]))
-    hybrid = Hybrid(Hybrid.Params(tune=False, weights={"implicit_als": 1.0, "item_knn": 1.0},
-                                  component_params={"implicit_als": {"rank": 4, "iterations": 2}}))  # fmt: skip
+    hybrid = Hybrid(
+        Hybrid.Params(
+            tune=False,
+            weights={"implicit_als": 1.0, "item_knn": 1.0},
+            component_params={"implicit_als": {"rank": 4, "iterations": 2}},
+        )
+    )
     hybrid.fit(data)
     manifest = model_store.build_manifest(hybrid, data, "m20260101T000000000000-hybrid")
     model_store.save(model_store.ModelArtifact(manifest, data, hybrid), tmp_path / "m")

@@ -24,15 +24,28 @@ HOUR = 3600 * S
 
 
 def events(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
-    return pd.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
-                         "ts": [r[2] for r in rows], "weight": 1.0, "event_type": "view"})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "ts": [r[2] for r in rows],
+            "weight": 1.0,
+            "event_type": "view",
+        }
+    )
 
 
 def ctx(items: list[int], ts: list[int] | None = None, row: int | None = None) -> UserContext:
     a = np.array(items, np.int64)
     ts = ts if ts is not None else [k * S for k in range(len(items))]
-    return UserContext(row=row, items=np.unique(a), strengths=np.ones(len(np.unique(a)), np.float32), recent=a,
-                       recent_ts_ms=np.array(ts, np.int64), recent_kinds=np.zeros(len(a), np.int8))  # fmt: skip
+    return UserContext(
+        row=row,
+        items=np.unique(a),
+        strengths=np.ones(len(np.unique(a)), np.float32),
+        recent=a,
+        recent_ts_ms=np.array(ts, np.int64),
+        recent_kinds=np.zeros(len(a), np.int8),
+    )
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -65,8 +78,17 @@ def funnels(n_users: int = 80) -> Dataset:
     return data
 
 
-SMALL_NEUMF = NeuMFParams(gmf_dim=8, mlp_dim=8, mlp_layers=(16, 8), batch_size=64, epochs=15, lr=0.01, l2=0.0,
-                          update_deadline_ms=10_000, candidates=0)  # fmt: skip
+SMALL_NEUMF = NeuMFParams(
+    gmf_dim=8,
+    mlp_dim=8,
+    mlp_layers=(16, 8),
+    batch_size=64,
+    epochs=15,
+    lr=0.01,
+    l2=0.0,
+    update_deadline_ms=10_000,
+    candidates=0,
+)
 SMALL_SRGNN = SRGNNParams(dim=16, batch_size=32, epochs=30, lr=0.01, lr_decay_epochs=100, l2=0.0)
 
 
@@ -121,8 +143,13 @@ def test_a_session_a_then_b_recommends_what_followed_a_then_b(srgnn):
 
 
 def test_the_current_session_is_cut_by_the_gap_and_deduplicated():
-    got = current_session(np.array([1, 2, 3, 3, 4, 4, 9]), np.array([0, 10, 5000, 5001, 5002, 5003, 5004]),
-                          gap_ms=1000, max_len=3, n_items=9)  # fmt: skip
+    got = current_session(
+        np.array([1, 2, 3, 3, 4, 4, 9]),
+        np.array([0, 10, 5000, 5001, 5002, 5003, 5004]),
+        gap_ms=1000,
+        max_len=3,
+        n_items=9,
+    )
     assert got.tolist() == [3, 4]  # 1, 2 are an older session; repeats dropped; 9 is unknown to the model
     nodes, alias, a_in, a_out = session_graph(np.array([5, 7, 5, 8]))
     assert nodes.tolist() == [5, 7, 8] and alias.tolist() == [0, 1, 0, 2]
@@ -211,9 +238,16 @@ def test_the_update_is_bounded_in_steps_and_time(neumf):
 def test_neumf_retriever_then_exact_rerank():
     rng = np.random.default_rng(0)
     d, n = 4, 300
-    w = {"gmf_user": rng.normal(size=(5, d)), "gmf_item": rng.normal(size=(n, d)), "mlp_user": rng.normal(size=(5, d)),
-         "mlp_item": rng.normal(size=(n, d)), "mlp_w0": rng.normal(size=(2 * d, 6)), "mlp_b0": np.zeros(6),
-         "out_w": rng.normal(size=d + 6), "out_b": np.zeros(())}  # fmt: skip
+    w = {
+        "gmf_user": rng.normal(size=(5, d)),
+        "gmf_item": rng.normal(size=(n, d)),
+        "mlp_user": rng.normal(size=(5, d)),
+        "mlp_item": rng.normal(size=(n, d)),
+        "mlp_w0": rng.normal(size=(2 * d, 6)),
+        "mlp_b0": np.zeros(6),
+        "out_w": rng.normal(size=d + 6),
+        "out_b": np.zeros(()),
+    }
     s = NeuMFScorer({k: np.asarray(v, np.float32) for k, v in w.items()})
     gmf, mlp = s.user(1)
     exact = s.logits(gmf, mlp)
@@ -268,8 +302,10 @@ def test_both_are_registered_and_serving_needs_no_jax():
     import subprocess
     import sys
 
-    code = ("import sys, recsys.models.neumf, recsys.models.srgnn, serving.model, speed_layer.state; "
-            "sys.exit('jax' in sys.modules)")  # fmt: skip
+    code = (
+        "import sys, recsys.models.neumf, recsys.models.srgnn, serving.model, speed_layer.state; "
+        "sys.exit('jax' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -289,9 +325,18 @@ def test_serving_answers_from_a_published_srgnn_model(srgnn, tmp_path):
     s = Settings(state_dir=tmp_path)
     serving = ServingModel(artifact, {}, s)
     now = 100 * 24 * HOUR
-    serving.apply(VectorUpdate(model_version=version, kind="user", id="u000", vector=None, event_ts_ms=now + S,
-                               strengths={"D": 1.0, "B": 1.0}, event_types={"D": ["view"], "B": ["view"]},
-                               recent=[("D", "view", now), ("B", "view", now + S)]))  # fmt: skip
+    serving.apply(
+        VectorUpdate(
+            model_version=version,
+            kind="user",
+            id="u000",
+            vector=None,
+            event_ts_ms=now + S,
+            strengths={"D": 1.0, "B": 1.0},
+            event_types={"D": ["view"], "B": ["view"]},
+            recent=[("D", "view", now), ("B", "view", now + S)],
+        )
+    )
     started = time.perf_counter()
     ranked = serving.recommend("u000", k=s.serving_max_k, explain=True)
     took = time.perf_counter() - started

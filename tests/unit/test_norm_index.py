@@ -32,22 +32,34 @@ def cases(draw):
     n = draw(st.integers(1, 120))
     n_new = draw(st.integers(0, 6))
     values = draw(st.sampled_from([GRID, FLOATS]))
-    items = np.array(draw(st.lists(st.lists(values, min_size=rank, max_size=rank), min_size=n + n_new,
-                                   max_size=n + n_new)), dtype=np.float32)  # fmt: skip
+    items = np.array(
+        draw(st.lists(st.lists(values, min_size=rank, max_size=rank), min_size=n + n_new, max_size=n + n_new)),
+        dtype=np.float32,
+    )
     if n + n_new > 1 and draw(st.booleans()):  # duplicated items: equal vectors must score equal
         src = draw(st.lists(st.integers(0, n + n_new - 1), min_size=1, max_size=10))
         dst = draw(st.lists(st.integers(0, n + n_new - 1), min_size=len(src), max_size=len(src)))
         items[dst] = items[src]
     n_users = draw(st.integers(1, 5))
-    users = np.array(draw(st.lists(st.lists(values, min_size=rank, max_size=rank), min_size=n_users,
-                                   max_size=n_users)), dtype=np.float32)  # fmt: skip
+    users = np.array(
+        draw(st.lists(st.lists(values, min_size=rank, max_size=rank), min_size=n_users, max_size=n_users)),
+        dtype=np.float32,
+    )
     if draw(st.booleans()):
         users[0] = 0.0  # a user nothing is known of: every score ties at 0
     total = n + n_new
-    exclude = [np.array(sorted(set(draw(st.lists(st.integers(0, total - 1), max_size=total)))), dtype=np.int64)
-               if draw(st.booleans()) else None for _ in range(n_users)]  # fmt: skip
-    allowed = [np.array(draw(st.lists(st.booleans(), min_size=total, max_size=total)), dtype=bool)
-               if draw(st.booleans()) else None for _ in range(n_users)]  # fmt: skip
+    exclude = [
+        np.array(sorted(set(draw(st.lists(st.integers(0, total - 1), max_size=total)))), dtype=np.int64)
+        if draw(st.booleans())
+        else None
+        for _ in range(n_users)
+    ]
+    allowed = [
+        np.array(draw(st.lists(st.booleans(), min_size=total, max_size=total)), dtype=bool)
+        if draw(st.booleans())
+        else None
+        for _ in range(n_users)
+    ]
     k = draw(st.integers(1, 25))
     block = draw(st.integers(1, 40))
     return items[:n], items[n:], users, exclude, allowed, k, block

@@ -21,8 +21,13 @@ from serving.api import create_app
 from serving.model import ServingModel
 from serving.openapi import category_pattern, event_time_bounds
 
-S = Settings(pseudonym_key="k" * 40, serving_write_token="t" * 32, kafka_bootstrap="127.0.0.1:1", max_id_length=64,
-             event_weights={"view": 1.0, "like": 2.0})  # fmt: skip
+S = Settings(
+    pseudonym_key="k" * 40,
+    serving_write_token="t" * 32,
+    kafka_bootstrap="127.0.0.1:1",
+    max_id_length=64,
+    event_weights={"view": 1.0, "like": 2.0},
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +101,18 @@ def test_every_event_time_the_document_allows_is_accepted(data):
     text = data.draw(st.from_regex(event_time_bounds(S, now, "string")["pattern"], fullmatch=True))
     ints = event_time_bounds(S, now, "integer")
     ms = data.draw(st.integers(ints["minimum"], ints["maximum"]))
-    for ts, ok in ((text, True), (ms, True), (ints["minimum"], True), (ints["maximum"], True),
-                   (ints["minimum"] - 1, False), (ints["maximum"] + 1, False)):  # fmt: skip
-        checked = validate_event({"event_id": "e", "user_id": "u", "item_id": "i", "event_type": "view", "ts": ts},
-                                 S, require_pseudonym=False, now=now)  # fmt: skip
+    for ts, ok in (
+        (text, True),
+        (ms, True),
+        (ints["minimum"], True),
+        (ints["maximum"], True),
+        (ints["minimum"] - 1, False),
+        (ints["maximum"] + 1, False),
+    ):
+        checked = validate_event(
+            {"event_id": "e", "user_id": "u", "item_id": "i", "event_type": "view", "ts": ts},
+            S,
+            require_pseudonym=False,
+            now=now,
+        )
         assert isinstance(checked, Event) == ok, (ts, checked)

@@ -46,16 +46,22 @@ K = 10
 
 
 def ml100k_split(s: Settings) -> EvalSplit:
-    return make_split(load_ml100k_events(), test_share=s.eval_test_share, event_types=list(s.event_weights),
-                      items=attributes())  # fmt: skip
+    return make_split(
+        load_ml100k_events(), test_share=s.eval_test_share, event_types=list(s.event_weights), items=attributes()
+    )
 
 
 def a_tenth_of_the_events_lost(split: EvalSplit, s: Settings) -> EvalSplit:
     """The same split, the model trained without a seeded tenth of its training events (test items unchanged)."""
     train_events, _ = time_split(load_ml100k_events(), s.eval_test_share)
     kept = train_events.sample(frac=0.9, random_state=0)
-    train, _ = dataset_from_events(kept, user_ids=split.train.user_ids, item_ids=split.train.item_ids,
-                                   event_types=list(s.event_weights), items=attributes())  # fmt: skip
+    train, _ = dataset_from_events(
+        kept,
+        user_ids=split.train.user_ids,
+        item_ids=split.train.item_ids,
+        event_types=list(s.event_weights),
+        items=attributes(),
+    )
     return EvalSplit(train, split.test, split.n_test_events, split.n_test_events_dropped, split.test_events)
 
 
@@ -82,8 +88,10 @@ def recorded() -> dict:
 @pytest.mark.parametrize("name", GUARDED)
 def test_recommender_keeps_its_recorded_quality_and_beats_popularity(name, measured, recorded):
     was = recorded["ndcg@10"][name]
-    print(f"\n{name}: NDCG@10 {measured[name]:.4f} (recorded {was:.4f} at {recorded['commit']}), "
-          f"popularity {measured['popularity']:.4f}")  # fmt: skip
+    print(
+        f"\n{name}: NDCG@10 {measured[name]:.4f} (recorded {was:.4f} at {recorded['commit']}), "
+        f"popularity {measured['popularity']:.4f}"
+    )
     assert measured[name] >= KEEP * was, f"{name} fell to {measured[name]:.4f}, below {KEEP} × {was:.4f}"
     # The margin over the baseline measured in this run, not only the absolute figure.
     ratio_was = was / recorded["ndcg@10"]["popularity"]

@@ -24,8 +24,9 @@ def tracked_files() -> list[str]:
 def test_no_secret_files_or_keys_are_tracked():
     files = tracked_files()
     assert files, "not a git checkout"
-    secret_files = [f for f in files if "/secrets/" in f"/{f}" or f.endswith((".key", ".pem", ".token", "/.env"))
-                    or f == ".env"]  # fmt: skip
+    secret_files = [
+        f for f in files if "/secrets/" in f"/{f}" or f.endswith((".key", ".pem", ".token", "/.env")) or f == ".env"
+    ]
     assert not secret_files
     leaks = []
     for name in files:
@@ -37,8 +38,12 @@ def test_no_secret_files_or_keys_are_tracked():
 
 
 def test_where_secrets_live_is_ignored_by_git():
-    ignored = subprocess.run(["git", "check-ignore", ".state/secrets/serving.token", "infra/deploy/.env"],
-                             cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.split()  # fmt: skip
+    ignored = subprocess.run(
+        ["git", "check-ignore", ".state/secrets/serving.token", "infra/deploy/.env"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert ignored == [".state/secrets/serving.token", "infra/deploy/.env"]
 
 

@@ -17,8 +17,12 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    s = Settings(state_dir=tmp_path_factory.mktemp("api"), pseudonym_key="k" * 40, serving_write_token=TOKEN,
-                 kafka_bootstrap="127.0.0.1:1")  # fmt: skip
+    s = Settings(
+        state_dir=tmp_path_factory.mktemp("api"),
+        pseudonym_key="k" * 40,
+        serving_write_token=TOKEN,
+        kafka_bootstrap="127.0.0.1:1",
+    )
     with TestClient(create_app(s, StaticFollower(ServingModel(artifact(), CATALOG, s)))) as c:
         yield c
 
@@ -26,14 +30,20 @@ def client(tmp_path_factory):
 EVENT = b'{"user_id": "a", "item_id": "i1", "event_type": "view"}'
 
 
-@pytest.mark.parametrize(("body", "headers", "words"), [
-    (b'{"user_id": "a",', {"Content-Type": "application/json"}, "not valid JSON"),
-    (EVENT, {}, "Content-Type: application/json"),
-    (EVENT, {"Content-Type": "text/plain"}, "got 'text/plain'"),
-    (b"[1, 2]", {"Content-Type": "application/json"}, "must be a JSON object"),
-    (b'{"user_id": "ux\\u0000nul", "item_id": "i1", "event_type": "view"}', {"Content-Type": "application/json"},
-     "body.user_id: must not contain control characters"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "headers", "words"),
+    [
+        (b'{"user_id": "a",', {"Content-Type": "application/json"}, "not valid JSON"),
+        (EVENT, {}, "Content-Type: application/json"),
+        (EVENT, {"Content-Type": "text/plain"}, "got 'text/plain'"),
+        (b"[1, 2]", {"Content-Type": "application/json"}, "must be a JSON object"),
+        (
+            b'{"user_id": "ux\\u0000nul", "item_id": "i1", "event_type": "view"}',
+            {"Content-Type": "application/json"},
+            "body.user_id: must not contain control characters",
+        ),
+    ],
+)
 def test_bad_event_bodies_get_a_sentence(client, body, headers, words):
     r = client.post("/events", content=body, headers={**AUTH, **headers})
     assert r.status_code == 422 and words in r.json()["detail"], r.text

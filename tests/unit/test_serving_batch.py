@@ -36,16 +36,29 @@ def served(s: Settings) -> ServingModel:
     data.user_ids[:] = [pseudonym(u) for u in a.data.user_ids]
     m = ServingModel(ModelArtifact(a.manifest, data, a.model), CATALOG, s)
     for u, vector in ((1, [1.0, -1.0, 0.5, 0.0]), (70, [0.2, 0.3, -0.4, 1.0])):  # speed users, in two chunks
-        m.apply(VectorUpdate(model_version=VERSION, kind="user", id=pseudonym(f"u{u}"), vector=vector,
-                             strengths={"i3": 1.0}, event_types={"i3": ["view"]}))  # fmt: skip
+        m.apply(
+            VectorUpdate(
+                model_version=VERSION,
+                kind="user",
+                id=pseudonym(f"u{u}"),
+                vector=vector,
+                strengths={"i3": 1.0},
+                event_types={"i3": ["view"]},
+            )
+        )
     m.apply(VectorUpdate(model_version=VERSION, kind="item", id="fresh", vector=[0.1] * RANK))
     return m
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    s = Settings(state_dir=tmp_path_factory.mktemp("batch"), pseudonym_key=KEY, serving_write_token=TOKEN,
-                 kafka_bootstrap="127.0.0.1:1", serving_max_batch_users=N_USERS + 10)  # fmt: skip
+    s = Settings(
+        state_dir=tmp_path_factory.mktemp("batch"),
+        pseudonym_key=KEY,
+        serving_write_token=TOKEN,
+        kafka_bootstrap="127.0.0.1:1",
+        serving_max_batch_users=N_USERS + 10,
+    )
     with TestClient(create_app(s, StaticFollower(served(s)))) as c:
         yield c
 
@@ -99,18 +112,21 @@ def test_batch_over_http_gives_the_single_calls_answers(client):
     assert {a["source"] for a in body["results"]} == {"batch", "speed", "popular"}
 
 
-@pytest.mark.parametrize(("body", "says"), [
-    ({"user_ids": []}, "body.user_ids: List should have at least 1 item"),
-    ({"user_ids": [f"x{n}" for n in range(N_USERS + 11)]}, f"at most {N_USERS + 10} users per request"),
-    ({"user_ids": ["u0", "a\x00b"]}, "user_ids[1] must not contain control characters"),
-    ({"user_ids": ["u0", "x" * 129]}, "body.user_ids[1] longer than 128 characters"),
-    ({"user_ids": ["u0"], "k": 101}, "body.k: Input should be less than or equal to 100"),
-    ({"user_ids": ["u0"], "k": 0}, "body.k: Input should be greater than or equal to 1"),
-    ({"user_ids": ["u0"], "category": "nope"}, "unknown category 'nope'"),
-    ({"user_ids": ["u0"], "category": "a\x00"}, "body.category: must not contain control characters"),
-    ({"user_ids": ["u0"], "ks": 3}, "body.ks: Extra inputs are not permitted"),
-    ({"users": ["u0"]}, "body.user_ids: Field required"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"user_ids": []}, "body.user_ids: List should have at least 1 item"),
+        ({"user_ids": [f"x{n}" for n in range(N_USERS + 11)]}, f"at most {N_USERS + 10} users per request"),
+        ({"user_ids": ["u0", "a\x00b"]}, "user_ids[1] must not contain control characters"),
+        ({"user_ids": ["u0", "x" * 129]}, "body.user_ids[1] longer than 128 characters"),
+        ({"user_ids": ["u0"], "k": 101}, "body.k: Input should be less than or equal to 100"),
+        ({"user_ids": ["u0"], "k": 0}, "body.k: Input should be greater than or equal to 1"),
+        ({"user_ids": ["u0"], "category": "nope"}, "unknown category 'nope'"),
+        ({"user_ids": ["u0"], "category": "a\x00"}, "body.category: must not contain control characters"),
+        ({"user_ids": ["u0"], "ks": 3}, "body.ks: Extra inputs are not permitted"),
+        ({"users": ["u0"]}, "body.user_ids: Field required"),
+    ],
+)
 def test_bad_batches_get_a_422_that_says_why(client, body, says):
     r = client.post("/recommend/batch", json=body, headers=AUTH)
     assert r.status_code == 422 and says in r.json()["detail"], r.text

@@ -35,8 +35,10 @@ class StaticFollower:
 def clients(tmp_path_factory):
     s = Settings(state_dir=tmp_path_factory.mktemp("fast"), pseudonym_key=KEY, serving_write_token="t" * 32)
     model = ServingModel(artifact(), CATALOG, s)
-    with TestClient(create_app(s, StaticFollower(model), fast_path=True)) as fast, \
-         TestClient(create_app(s, StaticFollower(model), fast_path=False)) as slow:  # fmt: skip
+    with (
+        TestClient(create_app(s, StaticFollower(model), fast_path=True)) as fast,
+        TestClient(create_app(s, StaticFollower(model), fast_path=False)) as slow,
+    ):
         yield fast, slow
 
 

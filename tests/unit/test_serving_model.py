@@ -20,8 +20,9 @@ RANK = 4
 OBJECTIVE = Objective(confidence="alpha_r", reg_scaling="none", alpha=1.0, reg=0.5)
 
 
-def artifact(version: str = "m20260101T000000000000", n_users: int = 5, n_items: int = 40,
-             seed: int = 0) -> ModelArtifact:  # fmt: skip
+def artifact(
+    version: str = "m20260101T000000000000", n_users: int = 5, n_items: int = 40, seed: int = 0
+) -> ModelArtifact:
     rng = np.random.default_rng(seed)
     # user 0 purchased item 0 and viewed item 1; the others viewed two random items each
     rows, cols, bits = [0, 0], [0, 1], [PURCHASE, VIEW]
@@ -31,8 +32,14 @@ def artifact(version: str = "m20260101T000000000000", n_users: int = 5, n_items:
     seen = sp.csr_matrix((bits, (rows, cols)), shape=(n_users, n_items), dtype=np.int32)
     strengths = seen.astype(np.float32)
     strengths.data[:] = [5.0 if b == PURCHASE else 1.0 for b in seen.data]
-    return als_artifact(rng.normal(size=(n_users, RANK)), rng.normal(size=(n_items, RANK)), strengths, OBJECTIVE,
-                        version=version, seen_types=seen)  # fmt: skip
+    return als_artifact(
+        rng.normal(size=(n_users, RANK)),
+        rng.normal(size=(n_items, RANK)),
+        strengths,
+        OBJECTIVE,
+        version=version,
+        seen_types=seen,
+    )
 
 
 def most_popular(a: ModelArtifact, k: int, among: list[int] | None = None) -> list[float]:
@@ -77,8 +84,17 @@ def test_speed_update_replaces_the_user_vector_and_adds_new_items():
     m = model()
     m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="item", id="fresh", vector=[5.0, 5.0, 5.0, 5.0]))
     vector = [1.0, 1.0, 1.0, 1.0]
-    m.apply(VectorUpdate(model_version="m20260101T000000000000", kind="user", id="u1", vector=vector, event_ts_ms=123,
-                         strengths={"i5": 5.0}, event_types={"i5": ["purchase"]}))  # fmt: skip
+    m.apply(
+        VectorUpdate(
+            model_version="m20260101T000000000000",
+            kind="user",
+            id="u1",
+            vector=vector,
+            event_ts_ms=123,
+            strengths={"i5": 5.0},
+            event_types={"i5": ["purchase"]},
+        )
+    )
     ranked = m.recommend("u1", k=5)
     assert ranked.source == "speed" and ranked.as_of_ms == 123
     assert ranked.item_ids[0] == "fresh" and ranked.from_speed[0]  # new item: never in the batch answer

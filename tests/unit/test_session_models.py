@@ -23,14 +23,27 @@ S = 1000  # ms
 
 def events(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
     """(user, item, ts in ms) -> the protocol's event frame (every event a view of weight 1)."""
-    return pd.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
-                         "ts": [r[2] for r in rows], "weight": 1.0, "event_type": "view"})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "ts": [r[2] for r in rows],
+            "weight": 1.0,
+            "event_type": "view",
+        }
+    )
 
 
 def ctx(items: list[int], ts: list[int], row: int | None = None) -> UserContext:
     a = np.array(items, np.int64)
-    return UserContext(row=row, items=np.unique(a), strengths=np.ones(len(np.unique(a)), np.float32), recent=a,
-                       recent_ts_ms=np.array(ts, np.int64), recent_kinds=np.zeros(len(a), np.int8))  # fmt: skip
+    return UserContext(
+        row=row,
+        items=np.unique(a),
+        strengths=np.ones(len(np.unique(a)), np.float32),
+        recent=a,
+        recent_ts_ms=np.array(ts, np.int64),
+        recent_kinds=np.zeros(len(a), np.int8),
+    )
 
 
 # --- recency by time ---------------------------------------------------------------------------------
@@ -79,8 +92,16 @@ def test_transitions_last_shares_the_matrix_and_queries_the_last_window():
 
 # --- EASE ---------------------------------------------------------------------------------------------
 def test_ease_is_the_closed_form_with_a_zero_diagonal():
-    rows = [("u1", "A", 0), ("u1", "B", S), ("u2", "A", 0), ("u2", "B", S), ("u2", "C", 2 * S), ("u3", "B", 0),
-            ("u3", "C", S), ("u4", "A", 0)]  # fmt: skip
+    rows = [
+        ("u1", "A", 0),
+        ("u1", "B", S),
+        ("u2", "A", 0),
+        ("u2", "B", S),
+        ("u2", "C", 2 * S),
+        ("u3", "B", 0),
+        ("u3", "C", S),
+        ("u4", "A", 0),
+    ]
     data, _ = dataset_from_events(events(rows))
     lam = 0.5
     model = EASE(EaseParams(lam=lam, neighbours=10))
@@ -165,8 +186,13 @@ def _toy_events() -> pd.DataFrame:
     for u in range(40):
         start = int(rng.integers(0, 3))
         for step in range(8):  # users walk along a ring of 12 items, one per second, some in pages of two
-            rows.append((f"u{u:02d}", f"i{(start + step) % 12:02d}", (u * 100 + step // 2 * 2) * S if u % 2 else
-                         (u * 100 + step) * S))  # fmt: skip
+            rows.append(
+                (
+                    f"u{u:02d}",
+                    f"i{(start + step) % 12:02d}",
+                    (u * 100 + step // 2 * 2) * S if u % 2 else (u * 100 + step) * S,
+                )
+            )
     return events(rows)
 
 

@@ -19,8 +19,10 @@ def test_environment_variables_with_the_prefix_configure_everything(monkeypatch,
 
 def test_default_event_weights():
     assert Settings(event_weights=Settings.model_fields["event_weights"].default_factory()).event_weights == {
-        "view": 1.0, "add_to_cart": 3.0, "purchase": 5.0,
-    }  # fmt: skip
+        "view": 1.0,
+        "add_to_cart": 3.0,
+        "purchase": 5.0,
+    }
 
 
 @pytest.mark.parametrize("weights", [{}, {"view": 0}, {"view": -1}])

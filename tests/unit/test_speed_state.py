@@ -102,9 +102,14 @@ def test_forgetting_a_user_drops_their_training_row_and_events_and_refolds_their
 
 def test_the_up_fields_are_the_whole_period_since_the_cut_off_however_the_batches_fall(artifact):
     """Kept event by event, they equal what the events since the cut-off say, in one batch or several."""
-    events = [ev(1, "u0", "i7", "view"), ev(2, "u0", "i7", "purchase"), ev(3, "u0", "new-1", "view"),
-              ev(4, "u1", "i2", "add_to_cart"), ev(5, "u0", "i7", "add_to_cart"),
-              ev(6, "u0", "i7", "view")]  # fmt: skip
+    events = [
+        ev(1, "u0", "i7", "view"),
+        ev(2, "u0", "i7", "purchase"),
+        ev(3, "u0", "new-1", "view"),
+        ev(4, "u1", "i2", "add_to_cart"),
+        ev(5, "u0", "i7", "add_to_cart"),
+        ev(6, "u0", "i7", "view"),
+    ]
     whole = SpeedState(artifact, WEIGHTS).apply(events)
     split = SpeedState(artifact, WEIGHTS)
     split.apply(events[:2])
@@ -115,10 +120,12 @@ def test_the_up_fields_are_the_whole_period_since_the_cut_off_however_the_batche
         assert updates.user_strengths["u0"] == {"i7": 10.0, "new-1": 1.0}
         assert updates.user_event_types["u0"] == {"i7": ["add_to_cart", "purchase", "view"], "new-1": ["view"]}
         assert updates.user_recent["u0"] == [
-            ("i7", "view", 1_700_000_000_001), ("i7", "purchase", 1_700_000_000_002),
-            ("new-1", "view", 1_700_000_000_003), ("i7", "add_to_cart", 1_700_000_000_005),
+            ("i7", "view", 1_700_000_000_001),
+            ("i7", "purchase", 1_700_000_000_002),
+            ("new-1", "view", 1_700_000_000_003),
+            ("i7", "add_to_cart", 1_700_000_000_005),
             ("i7", "view", 1_700_000_000_006),
-        ]  # fmt: skip
+        ]
     assert whole.user_strengths["u1"] == {"i2": 3.0}
     # What a batch hands out is a copy: later events do not change an update already built.
     split.apply([ev(7, "u0", "i8")])

@@ -83,8 +83,9 @@ def data_pop_term(popularity: np.ndarray) -> np.ndarray:
     return (1e-6 * pop / max(float(pop.max(initial=0.0)), 1.0)).astype(np.float32)
 
 
-def coordinate_ascent(norm: dict[str, np.ndarray], objective, start: dict[str, float], fixed: str,
-                      grid: Sequence[float], rounds: int) -> tuple[dict[str, float], float]:  # fmt: skip
+def coordinate_ascent(
+    norm: dict[str, np.ndarray], objective, start: dict[str, float], fixed: str, grid: Sequence[float], rounds: int
+) -> tuple[dict[str, float], float]:
     """One weight at a time over `grid`, the others held, `fixed` never moved; stops when a round improves nothing."""
     weights = dict(start)
     best = objective(blend(norm, weights))

@@ -83,8 +83,15 @@ class Pool:
     exhaustive: np.ndarray  # the pool holds every item the user's filter allows
 
 
-def recommend_many(model: Hybrid, users: Sequence[UserContext], k: int, exclude: Sequence[np.ndarray | None],
-                   allowed: Sequence[np.ndarray | None], new: NewItems, depth: int) -> list[Answer]:  # fmt: skip
+def recommend_many(
+    model: Hybrid,
+    users: Sequence[UserContext],
+    k: int,
+    exclude: Sequence[np.ndarray | None],
+    allowed: Sequence[np.ndarray | None],
+    new: NewItems,
+    depth: int,
+) -> list[Answer]:
     """`Recommender.recommend_many` for the hybrid (same contract): exact, from candidates (see the module doc)."""
     n = model.n_items
     seen = [np.unique(u.items[(u.items >= 0) & (u.items < n)]) for u in users]
@@ -119,8 +126,11 @@ def recommend_many(model: Hybrid, users: Sequence[UserContext], k: int, exclude:
         )
         unseen = None
         if model.reranker is not None:
-            unseen = final if plain[todo].all() else gather(model, scored, todo, m, [seen[r] for r in todo],
-                                                            seen_mask[todo], [None] * len(todo))  # fmt: skip
+            unseen = (
+                final
+                if plain[todo].all()
+                else gather(model, scored, todo, m, [seen[r] for r in todo], seen_mask[todo], [None] * len(todo))
+            )
         answers, certified = evaluate(
             model, scored, users, todo, final, unseen, k, seen_mask, excluded_mask, allowed, new_block
         )
@@ -137,9 +147,15 @@ def recommend_many(model: Hybrid, users: Sequence[UserContext], k: int, exclude:
     return [a for a in out if a is not None]
 
 
-def score_components(model: Hybrid, names: Sequence[str], views: dict[str, list[UserContext]],
-                     seen: Sequence[np.ndarray], seen_mask: np.ndarray, first: Sequence[np.ndarray],
-                     depth: int) -> Scored:  # fmt: skip
+def score_components(
+    model: Hybrid,
+    names: Sequence[str],
+    views: dict[str, list[UserContext]],
+    seen: Sequence[np.ndarray],
+    seen_mask: np.ndarray,
+    first: Sequence[np.ndarray],
+    depth: int,
+) -> Scored:
     """Each component's raw scores in its cheapest exact form, and its per-user scale (as `score_all` has it);
     for factor models, each user's top `depth` excluding `first` (the first pool's list, kept)."""
     out = Scored()
@@ -223,8 +239,15 @@ def _top_per_row(place: np.ndarray, val: np.ndarray, n_rows: int, m: int) -> tup
     return np.concatenate(chosen), kth
 
 
-def gather(model: Hybrid, scored: Scored, rows: np.ndarray, m: int, excluded: Sequence[np.ndarray],
-           excluded_mask: np.ndarray, allowed: Sequence[np.ndarray | None]) -> Pool:  # fmt: skip
+def gather(
+    model: Hybrid,
+    scored: Scored,
+    rows: np.ndarray,
+    m: int,
+    excluded: Sequence[np.ndarray],
+    excluded_mask: np.ndarray,
+    allowed: Sequence[np.ndarray | None],
+) -> Pool:
     """Every source's top m per user (rows of the batch) after exclusions (as positions and as boolean rows over
     the model's items) and the filter, and the bound B."""
     n, nr = model.n_items, len(rows)
@@ -244,8 +267,11 @@ def gather(model: Hybrid, scored: Scored, rows: np.ndarray, m: int, excluded: Se
 
     for name, (index, x) in weighed(scored.factor).items():
         depth, done, cached = scored.factor_first[name]
-        reuse = depth == m and all(a is None for a in masks) and all(
-            np.array_equal(excluded[i], done[r]) for i, r in enumerate(rows))  # fmt: skip
+        reuse = (
+            depth == m
+            and all(a is None for a in masks)
+            and all(np.array_equal(excluded[i], done[r]) for i, r in enumerate(rows))
+        )
         tops = [cached[r] for r in rows] if reuse else index.top_k(x[rows], m, excluded, masks)
         kth = np.array([float(v[-1]) if len(v) == m else 0.0 for _, v in tops])
         exhaustive |= np.array([len(v) < m for _, v in tops], dtype=bool)
@@ -285,10 +311,19 @@ def gather(model: Hybrid, scored: Scored, rows: np.ndarray, m: int, excluded: Se
     return Pool(np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64), bound * (1 + SLACK), exhaustive)
 
 
-def evaluate(model: Hybrid, scored: Scored, users: Sequence[UserContext], rows: np.ndarray, final: Pool,
-             unseen: Pool | None, k: int, seen_mask: np.ndarray, excluded_mask: np.ndarray,
-             allowed: Sequence[np.ndarray | None],
-             new_block: np.ndarray) -> tuple[list[Answer], np.ndarray]:  # fmt: skip
+def evaluate(
+    model: Hybrid,
+    scored: Scored,
+    users: Sequence[UserContext],
+    rows: np.ndarray,
+    final: Pool,
+    unseen: Pool | None,
+    k: int,
+    seen_mask: np.ndarray,
+    excluded_mask: np.ndarray,
+    allowed: Sequence[np.ndarray | None],
+    new_block: np.ndarray,
+) -> tuple[list[Answer], np.ndarray]:
     """Stage 1 (and the re-ranker) on the candidates; per user the top k and whether B certifies it."""
     n = model.n_items
     keys = final.keys if unseen is None or unseen is final else np.union1d(final.keys, unseen.keys)
@@ -335,8 +370,16 @@ def evaluate(model: Hybrid, scored: Scored, users: Sequence[UserContext], rows: 
     return answers, certified
 
 
-def _rerank(model: Hybrid, norm: dict[str, np.ndarray], stage1: np.ndarray, item: np.ndarray, prow: np.ndarray,
-            is_seen: np.ndarray, users: list[UserContext], unseen: Pool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _rerank(
+    model: Hybrid,
+    norm: dict[str, np.ndarray],
+    stage1: np.ndarray,
+    item: np.ndarray,
+    prow: np.ndarray,
+    is_seen: np.ndarray,
+    users: list[UserContext],
+    unseen: Pool,
+) -> tuple[np.ndarray, np.ndarray]:
     """The re-ranker over each user's blend top `n_candidates` unseen candidates (as `score_all` does over all
     items); certified where the last of them beats what an item outside the candidates can score."""
     reranker, priors = model.reranker, model.priors

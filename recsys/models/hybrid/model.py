@@ -76,8 +76,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = {"slit": 1.0, "implicit_als": 0.3, "ease": 0.5, "item_knn": 0.0, "transitions": 0.3,
-                   "transitions_last": 0.3, "session_knn": 0.05, "content": 0.5}  # fmt: skip
+DEFAULT_WEIGHTS = {
+    "slit": 1.0,
+    "implicit_als": 0.3,
+    "ease": 0.5,
+    "item_knn": 0.0,
+    "transitions": 0.3,
+    "transitions_last": 0.3,
+    "session_knn": 0.05,
+    "content": 0.5,
+}
 GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5)
 PRIORS = ("pop", "late", "position", "recent")
 BLEND_FILE = "hybrid.json"
@@ -85,9 +93,11 @@ PRIORS_FILE = "hybrid_priors.npz"
 
 
 class HybridParams(Params):
-    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS),
-                                      description="Blend weight per component (registry names): where the search "
-                                                  "starts, or the blend itself when `tune` is off.")  # fmt: skip
+    weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS),
+        description="Blend weight per component (registry names): where the search "
+        "starts, or the blend itself when `tune` is off.",
+    )
     fixed: str = Field("slit", description="The component whose weight the search holds.")
     component_params: dict[str, dict] = Field(default_factory=dict, description="Hyper-parameters per component.")
     tune: bool = Field(True, description="Choose weights (and the re-ranker) on validation carved from training.")
@@ -169,8 +179,9 @@ class Hybrid(Recommender):
         names = list(p.weights)
         if p.tune:
             self.weights, self.reranker = self._tune(data, spark)
-            log.info("hybrid weights chosen on validation: %s; re-ranker kept: %s", self.weights,
-                     self.reranker is not None)  # fmt: skip
+            log.info(
+                "hybrid weights chosen on validation: %s; re-ranker kept: %s", self.weights, self.reranker is not None
+            )
         elif p.rerank == "always":
             raise ValueError("the re-ranker is learned on validation: rerank='always' needs tune=True")
         needed = names if self.reranker is not None else [n for n in names if self.weights.get(n, 0) > 0]
@@ -199,8 +210,9 @@ class Hybrid(Recommender):
             return ndcg(_select_top(scores, 10)[0], relevant)
 
         single = {n: float(ndcg_of(b).mean()) for n, b in norm.items()}
-        weights, best = coordinate_ascent(norm, lambda s: float(ndcg_of(s).mean()), dict(p.weights), p.fixed,
-                                          p.grid, p.tune_rounds)  # fmt: skip
+        weights, best = coordinate_ascent(
+            norm, lambda s: float(ndcg_of(s).mean()), dict(p.weights), p.fixed, p.grid, p.tune_rounds
+        )
         self.validation = {"users": int(users.size), "components": single, "blend": best, "weights": weights}
         if p.rerank == "never":
             return weights, None
@@ -252,14 +264,20 @@ class Hybrid(Recommender):
     def score_new_items(self, users: Sequence[UserContext], new: NewItems) -> np.ndarray:
         return self.score_all(users, new)[:, self.n_items :]
 
-    def recommend_many(self, users: Sequence[UserContext], k: int, exclude: Sequence[np.ndarray | None],
-                       allowed: Sequence[np.ndarray | None], new: NewItems | None = None,
-                       ) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    def recommend_many(
+        self,
+        users: Sequence[UserContext],
+        k: int,
+        exclude: Sequence[np.ndarray | None],
+        allowed: Sequence[np.ndarray | None],
+        new: NewItems | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """The exact top k from candidates, not from every item (`candidates.py`): what serving calls."""
         if not len(users):
             return []
-        return candidates.recommend_many(self, users, k, exclude, allowed, new if new is not None else NewItems(),
-                                         self.params.serve_depth)  # fmt: skip
+        return candidates.recommend_many(
+            self, users, k, exclude, allowed, new if new is not None else NewItems(), self.params.serve_depth
+        )
 
     @property
     def pop_term(self) -> np.ndarray:
@@ -279,8 +297,10 @@ class Hybrid(Recommender):
         """Each component's scores over the model's items, normalised per user (see the module doc)."""
         views = self._views(users)
         seen = seen_rows(users, self.n_items) if seen is None else seen
-        return {name: normalised(np.array(model.score(views[name]), dtype=np.float32), seen)
-                for name, model in self.components.items()}  # fmt: skip
+        return {
+            name: normalised(np.array(model.score(views[name]), dtype=np.float32), seen)
+            for name, model in self.components.items()
+        }
 
     def score_all(self, users: Sequence[UserContext], new: NewItems) -> np.ndarray:
         """Stage 1 (+ the re-ranker) over the model's items; new items are scored by the stateful components."""
@@ -302,15 +322,23 @@ class Hybrid(Recommender):
         if self.reranker is not None and len(users):
             seen = seen_rows(users, self.n_items)
             stage1 = total[:, : self.n_items]
-            cand, feats = candidate_features(norm, self.priors, users, stage1, seen,  # type: ignore[arg-type]
-                                             self.reranker.n_candidates, self.reranker.components)  # fmt: skip
+            cand, feats = candidate_features(
+                norm,
+                self.priors,  # type: ignore[arg-type]  # set whenever the re-ranker is
+                users,
+                stage1,
+                seen,
+                self.reranker.n_candidates,
+                self.reranker.components,
+            )
             total[:, : self.n_items] = self.reranker.rerank(cand, feats, stage1)
         if len(new):
             total[:, self.n_items :] = self.new_item_scores(new, views, scales)
         return total
 
-    def new_item_scores(self, new: NewItems, views: dict[str, list[UserContext]],
-                        scales: dict[str, np.ndarray]) -> np.ndarray:  # fmt: skip
+    def new_item_scores(
+        self, new: NewItems, views: dict[str, list[UserContext]], scales: dict[str, np.ndarray]
+    ) -> np.ndarray:
         """(users × new items): the stateful components' blend, each on its per-user scale; -inf if none is stateful."""
         n_users = len(next(iter(views.values()))) if views else 0
         out = np.zeros((n_users, len(new)), np.float32)
@@ -369,9 +397,12 @@ class Hybrid(Recommender):
             sub = directory / name
             sub.mkdir()
             files.update({f"{name}/{k}": f"{name}/{v}" for k, v in model.save(sub).items()})
-        blend_file = {"weights": self.weights, "params": {n: m.params.model_dump() for n, m in self.components.items()},
-                      "reranker": None if self.reranker is None else self.reranker.to_json(),
-                      "validation": self.validation}  # fmt: skip
+        blend_file = {
+            "weights": self.weights,
+            "params": {n: m.params.model_dump() for n, m in self.components.items()},
+            "reranker": None if self.reranker is None else self.reranker.to_json(),
+            "validation": self.validation,
+        }
         (directory / BLEND_FILE).write_text(json.dumps(blend_file, indent=2, sort_keys=True, default=float))
         files["blend"] = BLEND_FILE
         if self.priors is not None:
@@ -404,8 +435,12 @@ class Hybrid(Recommender):
             registry.model_class(name).erase_rows(directory / name, rows)
 
     def describe(self) -> dict[str, object]:
-        return {"weights": self.weights, "reranker": self.reranker is not None, "validation": self.validation,
-                **{f"{n}": m.describe() for n, m in self.components.items() if m.describe()}}  # fmt: skip
+        return {
+            "weights": self.weights,
+            "reranker": self.reranker is not None,
+            "validation": self.validation,
+            **{f"{n}": m.describe() for n, m in self.components.items() if m.describe()},
+        }
 
 
 class HybridRealtime(Realtime):

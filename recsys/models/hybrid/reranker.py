@@ -27,8 +27,16 @@ HOUR_MS = 3_600_000
 class Priors:
     """Popularity priors the re-ranker reads as log shares: plain, late, by position, recent (see the module doc)."""
 
-    def __init__(self, pop: np.ndarray, late: np.ndarray, position: sp.csr_matrix, hours: sp.csc_matrix,
-                 window: int = 30, days: float = 60.0, first_hour: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        pop: np.ndarray,
+        late: np.ndarray,
+        position: sp.csr_matrix,
+        hours: sp.csc_matrix,
+        window: int = 30,
+        days: float = 60.0,
+        first_hour: int = 0,
+    ) -> None:
         self.first_hour = first_hour
         self.pop, self.late = pop.astype(np.float64), late.astype(np.float64)
         self.position = _Counts(position)  # (positions × items) event counts
@@ -71,15 +79,23 @@ class Priors:
         return np.log(out + 1e-5)
 
     def save(self, path: Path) -> None:
-        np.savez(path, pop=self.pop, late=self.late, window=self.window, days=self.days, first_hour=self.first_hour,
-                 **_sparse_arrays("position", self.position.matrix.tocsr()),
-                 **_sparse_arrays("hours", self.hours.matrix))  # fmt: skip
+        np.savez(
+            path,
+            pop=self.pop,
+            late=self.late,
+            window=self.window,
+            days=self.days,
+            first_hour=self.first_hour,
+            **_sparse_arrays("position", self.position.matrix.tocsr()),
+            **_sparse_arrays("hours", self.hours.matrix),
+        )
 
     @staticmethod
     def load(path: Path) -> Priors:
         f = np.load(path)
-        position = sp.csr_matrix((f["position_data"], f["position_indices"], f["position_indptr"]),
-                                 shape=tuple(f["position_shape"]))  # fmt: skip
+        position = sp.csr_matrix(
+            (f["position_data"], f["position_indices"], f["position_indptr"]), shape=tuple(f["position_shape"])
+        )
         hours = sp.csc_matrix((f["hours_data"], f["hours_indices"], f["hours_indptr"]), shape=tuple(f["hours_shape"]))
         return Priors(f["pop"], f["late"], position, hours, int(f["window"]), float(f["days"]), int(f["first_hour"]))
 
@@ -114,13 +130,23 @@ class _Counts:
 
 # Values typed Any: numpy's `savez` stub matches `**dict[str, ndarray]` against its `allow_pickle: bool` keyword.
 def _sparse_arrays(prefix: str, m: sp.spmatrix) -> dict[str, Any]:
-    return {f"{prefix}_data": m.data, f"{prefix}_indices": m.indices, f"{prefix}_indptr": m.indptr,
-            f"{prefix}_shape": np.array(m.shape)}  # fmt: skip
+    return {
+        f"{prefix}_data": m.data,
+        f"{prefix}_indices": m.indices,
+        f"{prefix}_indptr": m.indptr,
+        f"{prefix}_shape": np.array(m.shape),
+    }
 
 
-def candidate_features(norm: dict[str, np.ndarray], priors: Priors, users: Sequence[UserContext],
-                       stage1: np.ndarray, seen: np.ndarray, n_candidates: int,
-                       components: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def candidate_features(
+    norm: dict[str, np.ndarray],
+    priors: Priors,
+    users: Sequence[UserContext],
+    stage1: np.ndarray,
+    seen: np.ndarray,
+    n_candidates: int,
+    components: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
     """(candidates users × C, features users × C × F) for the stage-1 top-C unseen items (see the module doc)."""
     s = np.where(seen, -np.inf, stage1)
     if s.shape[0] <= 8:  # serving's few users: a sampled bound partitions only the scores above it (same answer)
@@ -128,8 +154,9 @@ def candidate_features(norm: dict[str, np.ndarray], priors: Priors, users: Seque
     else:
         cand, _ = _select_top(s, n_candidates)
     cand = np.where(cand < 0, 0, cand)  # padding (tiny catalogues): any position, its features are what they are
-    comp = np.stack([np.take_along_axis(norm[c], cand, 1) if c in norm else np.zeros(cand.shape) for c in components],
-                    axis=-1)  # fmt: skip
+    comp = np.stack(
+        [np.take_along_axis(norm[c], cand, 1) if c in norm else np.zeros(cand.shape) for c in components], axis=-1
+    )
     return cand, features(comp, priors, users, cand)
 
 
@@ -144,8 +171,9 @@ def features(comp: np.ndarray, priors: Priors, users: Sequence[UserContext], can
 class Reranker:
     """L2-regularised logistic regression on the candidates' standardised features (intercept unpenalised)."""
 
-    def __init__(self, coef: np.ndarray, mean: np.ndarray, std: np.ndarray, l2: float, n_candidates: int,
-                 components: list[str]) -> None:  # fmt: skip
+    def __init__(
+        self, coef: np.ndarray, mean: np.ndarray, std: np.ndarray, l2: float, n_candidates: int, components: list[str]
+    ) -> None:
         self.coef, self.mean, self.std = np.asarray(coef), np.asarray(mean), np.asarray(std)
         self.l2, self.n_candidates, self.components = l2, n_candidates, components
 
@@ -169,13 +197,25 @@ class Reranker:
         return np.argsort(-z, axis=1, kind="stable")
 
     def to_json(self) -> dict:
-        return {"coef": self.coef.tolist(), "mean": self.mean.tolist(), "std": self.std.tolist(), "l2": self.l2,
-                "n_candidates": self.n_candidates, "components": self.components}  # fmt: skip
+        return {
+            "coef": self.coef.tolist(),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "l2": self.l2,
+            "n_candidates": self.n_candidates,
+            "components": self.components,
+        }
 
     @staticmethod
     def from_json(d: dict) -> Reranker:
-        return Reranker(np.array(d["coef"]), np.array(d["mean"]), np.array(d["std"]), d["l2"], d["n_candidates"],
-                        list(d["components"]))  # fmt: skip
+        return Reranker(
+            np.array(d["coef"]),
+            np.array(d["mean"]),
+            np.array(d["std"]),
+            d["l2"],
+            d["n_candidates"],
+            list(d["components"]),
+        )
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
@@ -192,9 +232,16 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
     return minimize(loss, np.zeros(xb.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 1000}).x
 
 
-def choose_reranker(feats: np.ndarray, labels: np.ndarray, relevant: sp.csr_matrix, cand: np.ndarray,
-                    l2_grid: Sequence[float], seed: int, always: bool = False,
-                    components: list[str] | None = None) -> tuple[Reranker | None, dict]:  # fmt: skip
+def choose_reranker(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    relevant: sp.csr_matrix,
+    cand: np.ndarray,
+    l2_grid: Sequence[float],
+    seed: int,
+    always: bool = False,
+    components: list[str] | None = None,
+) -> tuple[Reranker | None, dict]:
     """The re-ranker with the best cross-validated L2, refitted on every user, if it beats the blend's own order in
     that cross-validation (or `always`); None otherwise. Also returns the cross-validation figures."""
     cv = cross_validate(feats, labels, relevant, cand, l2_grid, seed)
@@ -206,8 +253,15 @@ def choose_reranker(feats: np.ndarray, labels: np.ndarray, relevant: sp.csr_matr
     return Reranker.fit(feats, labels, float(l2), list(components or [])), cv
 
 
-def cross_validate(feats: np.ndarray, labels: np.ndarray, relevant: sp.csr_matrix, cand: np.ndarray,
-                   l2_grid: Sequence[float], seed: int, repeats: int = 3) -> dict:  # fmt: skip
+def cross_validate(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    relevant: sp.csr_matrix,
+    cand: np.ndarray,
+    l2_grid: Sequence[float],
+    seed: int,
+    repeats: int = 3,
+) -> dict:
     """Mean validation NDCG@10 of the re-ranked candidates per L2 (2-fold over users, `repeats` partitions), and of
     the blend's own order, on the same users; plus the paired SE of the best L2's gain."""
     n = feats.shape[0]

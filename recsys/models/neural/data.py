@@ -21,8 +21,9 @@ def cpu_seconds() -> float:
 
 
 # --- negative sampling (NeuMF) -------------------------------------------------------------------------
-def sample_negatives(rng: np.random.Generator, users: np.ndarray, n_items: int, k: int,
-                     positive_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def sample_negatives(
+    rng: np.random.Generator, users: np.ndarray, n_items: int, k: int, positive_keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """k uniform items per entry of `users` that the user has not interacted with (resampled until true).
 
     `positive_keys` = sorted user * n_items + item of all positives; the check is one searchsorted.
@@ -44,8 +45,15 @@ def _is_positive(users: np.ndarray, items: np.ndarray, n_items: int, keys: np.nd
     return keys[pos] == q
 
 
-def epoch_examples(rng: np.random.Generator, pos_users: np.ndarray, pos_items: np.ndarray, n_items: int, k: int,
-                   positive_keys: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:  # fmt: skip
+def epoch_examples(
+    rng: np.random.Generator,
+    pos_users: np.ndarray,
+    pos_items: np.ndarray,
+    n_items: int,
+    k: int,
+    positive_keys: np.ndarray,
+    batch_size: int,
+) -> tuple[np.ndarray, ...]:
     """One epoch: all positives + k fresh negatives each, shuffled, cut into (n_batches, batch_size) arrays.
 
     The remainder that does not fill a batch is dropped (a different one every epoch), so every
@@ -136,8 +144,9 @@ def prefix_examples(sessions: Sessions, min_context: int = 1) -> tuple[np.ndarra
     return starts[sess].astype(np.int64), ends.astype(np.int64), sessions.items[ends].astype(np.int64)
 
 
-def gather_windows(flat: np.ndarray, begins: np.ndarray, ends: np.ndarray, max_len: int,
-                   pad: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def gather_windows(
+    flat: np.ndarray, begins: np.ndarray, ends: np.ndarray, max_len: int, pad: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Windows flat[max(begin, end − L):end], left-aligned and padded with `pad`: (seqs (n, L) int32, lengths)."""
     lengths = np.minimum(ends - begins, max_len)
     idx = (ends - lengths)[:, None] + np.arange(max_len)[None, :]

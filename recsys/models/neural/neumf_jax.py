@@ -25,16 +25,21 @@ from recsys.models.neural.data import cpu_seconds, epoch_examples
 Params = dict[str, jax.Array]
 
 
-def init_params(n_users: int, n_items: int, gmf_dim: int, mlp_dim: int, mlp_layers: tuple[int, ...],
-                key: jax.Array) -> Params:  # fmt: skip
+def init_params(
+    n_users: int, n_items: int, gmf_dim: int, mlp_dim: int, mlp_layers: tuple[int, ...], key: jax.Array
+) -> Params:
     """Embeddings ~ N(0, 0.01²) as in the paper; dense layers Glorot-uniform."""
     keys = iter(jax.random.split(key, 5 + len(mlp_layers)))
 
     def emb(n: int, d: int) -> jax.Array:
         return 0.01 * jax.random.normal(next(keys), (n, d), jnp.float32)
 
-    params: Params = {"gmf_user": emb(n_users, gmf_dim), "gmf_item": emb(n_items, gmf_dim),
-                      "mlp_user": emb(n_users, mlp_dim), "mlp_item": emb(n_items, mlp_dim)}  # fmt: skip
+    params: Params = {
+        "gmf_user": emb(n_users, gmf_dim),
+        "gmf_item": emb(n_items, gmf_dim),
+        "mlp_user": emb(n_users, mlp_dim),
+        "mlp_item": emb(n_items, mlp_dim),
+    }
     sizes = (2 * mlp_dim, *mlp_layers)
     glorot = jax.nn.initializers.glorot_uniform()
     for k, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
@@ -57,8 +62,13 @@ def logits_from_embeddings(params: Params, gu, gi, mu, mi) -> jax.Array:
 
 
 def logits(params: Params, users, items) -> jax.Array:
-    return logits_from_embeddings(params, params["gmf_user"][users], params["gmf_item"][items],
-                                  params["mlp_user"][users], params["mlp_item"][items])  # fmt: skip
+    return logits_from_embeddings(
+        params,
+        params["gmf_user"][users],
+        params["gmf_item"][items],
+        params["mlp_user"][users],
+        params["mlp_item"][items],
+    )
 
 
 def loss_fn(params: Params, users, items, labels, l2: float) -> jax.Array:
@@ -66,8 +76,7 @@ def loss_fn(params: Params, users, items, labels, l2: float) -> jax.Array:
     bce = optax.sigmoid_binary_cross_entropy(logits(params, users, items), labels).mean()
     if l2 == 0.0:
         return bce
-    rows = (params["gmf_user"][users], params["gmf_item"][items], params["mlp_user"][users],
-            params["mlp_item"][items])  # fmt: skip
+    rows = (params["gmf_user"][users], params["gmf_item"][items], params["mlp_user"][users], params["mlp_item"][items])
     return bce + l2 * sum(jnp.sum(r * r) for r in rows) / users.shape[0]
 
 
@@ -86,9 +95,23 @@ def make_epoch_fn(optimizer: optax.GradientTransformation, l2: float) -> Callabl
     return run_epoch
 
 
-def train(pos_users: np.ndarray, pos_items: np.ndarray, n_users: int, n_items: int, *, gmf_dim: int, mlp_dim: int,
-          mlp_layers: tuple[int, ...], negatives: int, lr: float, l2: float, batch_size: int, epochs: int, seed: int,
-          time_budget_s: float | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:  # fmt: skip
+def train(
+    pos_users: np.ndarray,
+    pos_items: np.ndarray,
+    n_users: int,
+    n_items: int,
+    *,
+    gmf_dim: int,
+    mlp_dim: int,
+    mlp_layers: tuple[int, ...],
+    negatives: int,
+    lr: float,
+    l2: float,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    time_budget_s: float | None = None,
+) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Train for `epochs` (fewer if the next epoch would pass `time_budget_s`). Returns (numpy weights, history).
 
     History rows: epoch, mean training loss, wall and CPU seconds. The loss of the
@@ -111,8 +134,9 @@ def train(pos_users: np.ndarray, pos_items: np.ndarray, n_users: int, n_items: i
             first = [b[:64].ravel() for b in batches]
             history.append({"epoch": 0, "loss": float(jax.jit(loss_fn, static_argnums=4)(params, *first, 0.0))})
         params, opt_state, loss = run_epoch(params, opt_state, *batches)
-        history.append({"epoch": epoch + 1, "loss": float(loss), "seconds": time.perf_counter() - t0,
-                        "cpu_s": cpu_seconds() - c0})  # fmt: skip
+        history.append(
+            {"epoch": epoch + 1, "loss": float(loss), "seconds": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0}
+        )
         elapsed = time.perf_counter() - started
         if time_budget_s is not None and epoch + 1 < epochs and elapsed + elapsed / (epoch + 1) > time_budget_s:
             history[-1]["stopped_by_time_budget"] = True
@@ -130,16 +154,22 @@ def jax_logits(weights: dict[str, np.ndarray], users: np.ndarray, items: np.ndar
     return np.asarray(jax.jit(logits)(params, jnp.asarray(users), jnp.asarray(items)))
 
 
-def jax_user_grads(weights: dict[str, np.ndarray], gmf_u: np.ndarray, mlp_u: np.ndarray, items: np.ndarray,
-                   labels: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:  # fmt: skip
+def jax_user_grads(
+    weights: dict[str, np.ndarray], gmf_u: np.ndarray, mlp_u: np.ndarray, items: np.ndarray, labels: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
     """Mean BCE of one user over (items, labels) and its gradient w.r.t. the user's two embeddings, by jax.grad."""
     params = {k: jnp.asarray(v) for k, v in weights.items()}
     it = jnp.asarray(items)
 
     def loss(gu, mu):
         n = it.shape[0]
-        z = logits_from_embeddings(params, jnp.broadcast_to(gu, (n, gu.shape[0])), params["gmf_item"][it],
-                                   jnp.broadcast_to(mu, (n, mu.shape[0])), params["mlp_item"][it])  # fmt: skip
+        z = logits_from_embeddings(
+            params,
+            jnp.broadcast_to(gu, (n, gu.shape[0])),
+            params["gmf_item"][it],
+            jnp.broadcast_to(mu, (n, mu.shape[0])),
+            params["mlp_item"][it],
+        )
         return optax.sigmoid_binary_cross_entropy(z, jnp.asarray(labels)).mean()
 
     value, (g_gmf, g_mlp) = jax.value_and_grad(loss, argnums=(0, 1))(jnp.asarray(gmf_u), jnp.asarray(mlp_u))

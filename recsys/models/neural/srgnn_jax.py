@@ -37,16 +37,30 @@ def init_params(n_items: int, dim: int, key: jax.Array) -> Params:
     d = dim
     shapes = {
         "item_emb": (n_items, d),
-        "edge_in_w": (d, d), "edge_in_b": (d,), "edge_out_w": (d, d), "edge_out_b": (d,),
-        "iah": (d,), "oah": (d,),
-        "gru_wi": (2 * d, 3 * d), "gru_bi": (3 * d,), "gru_wh": (d, 3 * d), "gru_bh": (3 * d,),
-        "att_w1": (d, d), "att_b1": (d,), "att_w2": (d, d), "att_b2": (d,), "att_q": (d,),
-        "out_w": (2 * d, d), "out_b": (d,),
-    }  # fmt: skip
+        "edge_in_w": (d, d),
+        "edge_in_b": (d,),
+        "edge_out_w": (d, d),
+        "edge_out_b": (d,),
+        "iah": (d,),
+        "oah": (d,),
+        "gru_wi": (2 * d, 3 * d),
+        "gru_bi": (3 * d,),
+        "gru_wh": (d, 3 * d),
+        "gru_bh": (3 * d,),
+        "att_w1": (d, d),
+        "att_b1": (d,),
+        "att_w2": (d, d),
+        "att_b2": (d,),
+        "att_q": (d,),
+        "out_w": (2 * d, d),
+        "out_b": (d,),
+    }
     keys = jax.random.split(key, len(shapes))
     bound = 1.0 / np.sqrt(d)
-    return {name: jax.random.uniform(k, shape, jnp.float32, -bound, bound)
-            for k, (name, shape) in zip(keys, shapes.items(), strict=True)}  # fmt: skip
+    return {
+        name: jax.random.uniform(k, shape, jnp.float32, -bound, bound)
+        for k, (name, shape) in zip(keys, shapes.items(), strict=True)
+    }
 
 
 def batch_graph(seq: jax.Array, lengths: jax.Array):
@@ -90,8 +104,12 @@ def session_vectors(params: Params, seq, lengths, n_steps: int = 1):
         h = ggnn_step(params, h, a_in, a_out)
     seq_h = jnp.take_along_axis(h, first[:, :, None], axis=1)
     last = jnp.take_along_axis(seq_h, (lengths - 1)[:, None, None], axis=1)[:, 0]
-    att = jax.nn.sigmoid((last @ params["att_w1"] + params["att_b1"])[:, None, :]
-                         + seq_h @ params["att_w2"] + params["att_b2"]) @ params["att_q"]  # fmt: skip
+    att = (
+        jax.nn.sigmoid(
+            (last @ params["att_w1"] + params["att_b1"])[:, None, :] + seq_h @ params["att_w2"] + params["att_b2"]
+        )
+        @ params["att_q"]
+    )
     global_pref = jnp.sum((att * valid)[:, :, None] * seq_h, axis=1)
     return jnp.concatenate([last, global_pref], -1) @ params["out_w"] + params["out_b"]
 
@@ -122,13 +140,33 @@ def _epoch_batches(rng, flat, begins, ends, targets, batch_size: int, max_len: i
     lengths = np.r_[lengths, np.ones(pad, np.int32)]
     tgt = np.r_[targets[order], np.zeros(pad, np.int64)].astype(np.int32)
     w = np.r_[np.ones(len(order), np.float32), np.zeros(pad, np.float32)]
-    return (seq.reshape(n_batches, batch_size, max_len), lengths.reshape(n_batches, batch_size),
-            tgt.reshape(n_batches, batch_size), w.reshape(n_batches, batch_size))  # fmt: skip
+    return (
+        seq.reshape(n_batches, batch_size, max_len),
+        lengths.reshape(n_batches, batch_size),
+        tgt.reshape(n_batches, batch_size),
+        w.reshape(n_batches, batch_size),
+    )
 
 
-def train(flat: np.ndarray, begins: np.ndarray, ends: np.ndarray, targets: np.ndarray, n_items: int, *, dim: int,
-          max_len: int, n_steps: int, lr: float, l2: float, lr_decay: float, lr_decay_epochs: int, batch_size: int,
-          epochs: int, seed: int, time_budget_s: float | None = None) -> tuple[dict, list[dict]]:  # fmt: skip
+def train(
+    flat: np.ndarray,
+    begins: np.ndarray,
+    ends: np.ndarray,
+    targets: np.ndarray,
+    n_items: int,
+    *,
+    dim: int,
+    max_len: int,
+    n_steps: int,
+    lr: float,
+    l2: float,
+    lr_decay: float,
+    lr_decay_epochs: int,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    time_budget_s: float | None = None,
+) -> tuple[dict, list[dict]]:
     """Train on the examples (context = flat[begin:end], last `max_len` of it; target). Returns (weights, history).
 
     Stops after `epochs`, or as soon as `time_budget_s` has passed (checked every `CHUNK_STEPS` batches, so the
@@ -179,8 +217,15 @@ def train(flat: np.ndarray, begins: np.ndarray, ends: np.ndarray, targets: np.nd
                 out_of_time = True
                 break
         losses_np = np.concatenate([np.asarray(x) for x in losses])
-        history.append({"epoch": epoch + 1, "loss": float(losses_np.mean()), "steps": done,
-                        "seconds": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0})  # fmt: skip
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(losses_np.mean()),
+                "steps": done,
+                "seconds": time.perf_counter() - t0,
+                "cpu_s": cpu_seconds() - c0,
+            }
+        )
         if out_of_time:
             history[-1]["stopped_by_time_budget"] = True
             break
