@@ -279,6 +279,46 @@ def _routes(app: FastAPI, s: Settings) -> None:
     key = s.pseudonym_key_bytes()  # read once: without RECSYS_PSEUDONYM_KEY it comes from a file
     renderer = FastRecommend(None, s)  # its JSON of one answer, for the batch route
 
+    # Registered before /recommend/{user_id}, which would otherwise also match this path (as user "batch") and
+    # answer an OPTIONS here with its own methods.
+    @app.post(
+        "/recommend/batch",
+        response_model=BatchRecommendations,
+        responses={**PRIVATE, 400: {"model": Error}},  # 400: a body that is not JSON
+        tags=["recommendations"],
+        dependencies=[Depends(require_token)],
+    )
+    async def recommend_batch(body: BatchRequest, model: Model, request: Request) -> Response:
+        """`GET /recommend/{user_id}` for many users in one call (e-mails, campaigns): per user, in the request's
+        order, exactly the answer the single call gives with the same options, all from one model version;
+        scored through the model's batched path (`recommend_many`) in the serving micro-batches. Needs the token:
+        it reads many users' personal recommendations at once, and costs as much as that many requests."""
+        if len(body.user_ids) > s.serving_max_batch_users:
+            raise HTTPException(
+                422,
+                f"body.user_ids: at most {s.serving_max_batch_users} users per request "
+                f"(RECSYS_SERVING_MAX_BATCH_USERS), got {len(body.user_ids)}",
+            )
+        k = s.serving_default_k if body.k is None else body.k
+        if k > s.serving_max_k:
+            raise HTTPException(422, f"body.k: Input should be less than or equal to {s.serving_max_k}")
+        too_long = next((n for n, u in enumerate(body.user_ids) if len(u) > s.max_id_length), None)
+        if too_long is not None:
+            raise HTTPException(422, f"body.user_ids[{too_long}] longer than {s.max_id_length} characters")
+        _check_category(model, body.category)
+        pseudonyms = [pseudonymise(u, key) for u in body.user_ids]
+        queries = [model.prepare(p, k, body.exclude_seen, body.category, body.explain) for p in pseudonyms]
+        answers = await request.app.state.batcher.submit_many(model, queries)
+        for ranked in answers:
+            metrics.ANSWERS.labels(ranked.source).inc()
+        # Each answer as the single call's bytes (serving/fast.py), joined: building and validating a thousand
+        # response models would cost more than ranking the users.
+        version = renderer.dumps(model.version).encode()
+        results = b",".join(renderer.render(model, p, r) for p, r in zip(pseudonyms, answers, strict=True))
+        return Response(
+            b'{"model_version":' + version + b',"results":[' + results + b"]}", media_type="application/json"
+        )
+
     @app.get("/recommend/{user_id}", response_model=Recommendations, responses=ERRORS, tags=["recommendations"])
     async def recommend(
         user_id: UserId,
@@ -313,44 +353,6 @@ def _routes(app: FastAPI, s: Settings) -> None:
             source=ranked.source,
             as_of_ms=ranked.as_of_ms,
             items=_items(model, ranked),
-        )
-
-    @app.post(
-        "/recommend/batch",
-        response_model=BatchRecommendations,
-        responses=PRIVATE,
-        tags=["recommendations"],
-        dependencies=[Depends(require_token)],
-    )
-    async def recommend_batch(body: BatchRequest, model: Model, request: Request) -> Response:
-        """`GET /recommend/{user_id}` for many users in one call (e-mails, campaigns): per user, in the request's
-        order, exactly the answer the single call gives with the same options, all from one model version;
-        scored through the model's batched path (`recommend_many`) in the serving micro-batches. Needs the token:
-        it reads many users' personal recommendations at once, and costs as much as that many requests."""
-        if len(body.user_ids) > s.serving_max_batch_users:
-            raise HTTPException(
-                422,
-                f"body.user_ids: at most {s.serving_max_batch_users} users per request "
-                f"(RECSYS_SERVING_MAX_BATCH_USERS), got {len(body.user_ids)}",
-            )
-        k = s.serving_default_k if body.k is None else body.k
-        if k > s.serving_max_k:
-            raise HTTPException(422, f"body.k: Input should be less than or equal to {s.serving_max_k}")
-        too_long = next((n for n, u in enumerate(body.user_ids) if len(u) > s.max_id_length), None)
-        if too_long is not None:
-            raise HTTPException(422, f"body.user_ids[{too_long}] longer than {s.max_id_length} characters")
-        _check_category(model, body.category)
-        pseudonyms = [pseudonymise(u, key) for u in body.user_ids]
-        queries = [model.prepare(p, k, body.exclude_seen, body.category, body.explain) for p in pseudonyms]
-        answers = await request.app.state.batcher.submit_many(model, queries)
-        for ranked in answers:
-            metrics.ANSWERS.labels(ranked.source).inc()
-        # Each answer as the single call's bytes (serving/fast.py), joined: building and validating a thousand
-        # response models would cost more than ranking the users.
-        version = renderer.dumps(model.version).encode()
-        results = b",".join(renderer.render(model, p, r) for p, r in zip(pseudonyms, answers, strict=True))
-        return Response(
-            b'{"model_version":' + version + b',"results":[' + results + b"]}", media_type="application/json"
         )
 
     @app.get("/similar/{item_id}", response_model=Similar, responses=ERRORS, tags=["recommendations"])

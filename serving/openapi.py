@@ -81,6 +81,7 @@ def filler_table(settings: Settings, categories: tuple[set[str], set[str]] | Non
     out: dict[str, Filler] = {
         "event_type": lambda s: s.update(enum=sorted([*settings.event_weights, *ITEM_UPDATES])),
         "id": lambda s: s.update(maxLength=settings.max_id_length),
+        "k": lambda s: s.update(maximum=settings.serving_max_k),
         "event_time": lambda s: s.update(event_time_bounds(settings, datetime.now(UTC), s.get("type", ""))),
     }
     if categories is not None:

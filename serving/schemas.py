@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictStr, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictStr, StringConstraints, field_validator
 
+from recsys.contracts.events import ITEM_UPDATES
 from serving.openapi import values
 
 # Ids: printable, no control characters (the length limit is a setting: `openapi.values("id")`, checked by the routes).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Source = Literal["speed", "batch", "popular", "content"]
 
@@ -110,7 +109,15 @@ class EventIn(BaseModel):
     quantity: int | None = Field(None, ge=1, le=100_000)
     price: float | None = Field(None, strict=True, ge=0, le=1e9)
 
-    model_config = {"extra": "forbid"}
+    # An item update carries no session, quantity or price (`validate_event`): said in the schema as JSON Schema's
+    # if/then, so a request the document allows is one the API accepts.
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {
+            "if": {"properties": {"event_type": {"enum": list[Any](sorted(ITEM_UPDATES))}}, "required": ["event_type"]},
+            "then": {"properties": {f: {"type": "null"} for f in ("session_id", "quantity", "price")}},
+        },
+    }
 
     @field_validator("ts", "quantity", mode="before")
     @classmethod
@@ -181,15 +188,19 @@ class Error(BaseModel):
 class BatchRequest(BaseModel):
     """Many users in one call (`POST /recommend/batch`), with the options of `GET /recommend/{user_id}`."""
 
-    user_ids: list[str] = Field(
+    user_ids: list[Annotated[str, StringConstraints(pattern=ID_PATTERN)]] = Field(
         min_length=1,
+        json_schema_extra=values("id"),
         description="The shop's user ids (or pseudonyms), at most RECSYS_SERVING_MAX_BATCH_USERS; answered in "
         "this order, a repeated id as often as it is given.",
     )
     k: int | None = Field(
-        None, ge=1, description="How many items per user (1 to RECSYS_SERVING_MAX_K; default RECSYS_SERVING_DEFAULT_K)."
+        None,
+        ge=1,
+        json_schema_extra=values("k"),
+        description="How many items per user (1 to RECSYS_SERVING_MAX_K; default RECSYS_SERVING_DEFAULT_K).",
     )
-    exclude_seen: bool = True
+    exclude_seen: StrictBool = True
     # The pattern of ids and categories in paths and queries: its 422 is in words.
     category: str | None = Field(
         None,
@@ -197,20 +208,9 @@ class BatchRequest(BaseModel):
         json_schema_extra=values("category"),
         description="Only items of this catalogue category (any case).",
     )
-    explain: bool = False
+    explain: StrictBool = False
 
     model_config = {"extra": "forbid"}
-
-    @field_validator("user_ids")
-    @classmethod
-    def _no_control_characters(cls, ids: list[str]) -> list[str]:
-        # Checked on the raw ids, before they are pseudonymised (as for events and paths).
-        for n, user_id in enumerate(ids):
-            if not user_id:
-                raise ValueError(f"user_ids[{n}] is empty")
-            if CONTROL.search(user_id):
-                raise ValueError(f"user_ids[{n}] must not contain control characters (such as NUL, tab or newline)")
-        return ids
 
 
 class BatchRecommendations(BaseModel):

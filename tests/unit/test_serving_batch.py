@@ -117,7 +117,7 @@ def test_batch_over_http_gives_the_single_calls_answers(client):
     [
         ({"user_ids": []}, "body.user_ids: List should have at least 1 item"),
         ({"user_ids": [f"x{n}" for n in range(N_USERS + 11)]}, f"at most {N_USERS + 10} users per request"),
-        ({"user_ids": ["u0", "a\x00b"]}, "user_ids[1] must not contain control characters"),
+        ({"user_ids": ["u0", "a\x00b"]}, "body.user_ids: must not contain control characters"),
         ({"user_ids": ["u0", "x" * 129]}, "body.user_ids[1] longer than 128 characters"),
         ({"user_ids": ["u0"], "k": 101}, "body.k: Input should be less than or equal to 100"),
         ({"user_ids": ["u0"], "k": 0}, "body.k: Input should be greater than or equal to 1"),
