@@ -98,6 +98,9 @@ def delta_conf(s: Settings | None = None) -> dict[str, str]:
         "spark.databricks.delta.retentionDurationCheck.enabled": "false",
         # Rebuilding a table's state from its log uses 50 partitions by default: far too many for small tables.
         "spark.databricks.delta.snapshotPartitions": str(s.spark_shuffle_partitions),
+        # VACUUM and OPTIMIZE list the table's files with Spark's partition-discovery parallelism, 10,000 tasks
+        # by default: on a small table that is ~170,000 tasks (a minute) per VACUUM. Sized like the shuffles.
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(s.spark_shuffle_partitions),
     }
 
 

@@ -175,7 +175,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(unique_topic, anyw
     """SIGKILL the archiver at random moments while it works, until kills have landed between reading a batch and
     committing it (observed each time, see `interrupted_work`); a final run then leaves every message in bronze or
     the DLQ exactly once (the dead letters of an interrupted batch are not sent twice)."""
-    config = stream(unique_topic, anywhere, n=40_000, malformed=0.02)
+    config = stream(unique_topic, anywhere, n=20_000, malformed=0.02)
     env = {
         **os.environ,
         "RECSYS_STATE_DIR": str(anywhere.state_dir),

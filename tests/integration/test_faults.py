@@ -1,4 +1,4 @@
-"""Faults, end to end: kill -9 the archiver and the speed layer at random points of a 100,000-event stream,
+"""Faults, end to end: kill -9 the archiver and the speed layer at random points of a 60,000-event stream,
 kill -9 the broker in the middle of one write burst and SIGTERM it in the middle of another, kill a Spark job
 mid-write; afterwards nothing is lost, duplicated or half-visible, and every UP the killed and restarted speed
 layers published on the way is the fold-in of exactly the events up to the offset it carries.
@@ -58,8 +58,8 @@ def test_kill_9_broker_restart_and_a_killed_spark_write_lose_and_duplicate_nothi
     try:
         # Each half: 4 phases with process kills after each; in one phase of each half the broker goes down while
         # that phase's events are being produced (kill -9 in the first half, SIGTERM in the second).
-        stream = stream_with_kills(s, chaos, n=50_000, phases=4, seed=11, broker_restarts=1, broker_how="SIGKILL")
-        stream += stream_with_kills(s, chaos, n=50_000, phases=4, seed=12, broker_restarts=1, broker_how="SIGTERM")
+        stream = stream_with_kills(s, chaos, n=30_000, phases=4, seed=11, broker_restarts=1, broker_how="SIGKILL")
+        stream += stream_with_kills(s, chaos, n=30_000, phases=4, seed=12, broker_restarts=1, broker_how="SIGTERM")
         time.sleep(2)
         chaos.revive_crashed()
     finally:
@@ -84,7 +84,7 @@ def test_kill_9_broker_restart_and_a_killed_spark_write_lose_and_duplicate_nothi
     archiver = Archiver(s)
     archiver.run(until_caught_up=True)
     archiver.close()
-    check_exactly_once(s, produced=4_000 + 100_000, produced_valid=4_000 + len(stream))
+    check_exactly_once(s, produced=4_000 + 60_000, produced_valid=4_000 + len(stream))
     run_until_idle(s, "speed-0")
     assert check_user_vectors(s, artifact, stream) > 150  # every touched user: as one uninterrupted run folds them
 

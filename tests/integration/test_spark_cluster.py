@@ -24,7 +24,6 @@ from infra import spark_cluster
 from infra.daemon import alive
 from jobs.backfill import backfill, events_to_batches
 from jobs.common import registry_status
-from jobs.evaluate import evaluate
 from jobs.train import train
 from recsys.contracts.tables import Tables
 from recsys.data import movielens
@@ -154,10 +153,10 @@ def test_nightly_jobs_on_the_cluster_train_as_good_a_model_as_local(cluster, spa
         s=s,
     )
     spark_submit(spec.master_url, "evaluate", "--model-version", CLUSTER, s=s)
-    # The same jobs on the test session's local[*] Spark (already running: no second JVM to start).
+    # The same training on the test session's local[*] Spark (already running: no second JVM to start). Not
+    # evaluated again: the two models are compared directly below, which is stricter than comparing NDCGs.
     small = s.model_copy(update={"als_rank": RANK, "als_iterations": ITERATIONS})
     train(spark, LOCAL, "spark_als", settings=small)
-    evaluate(spark, LOCAL, settings=small)
 
     # The cluster, not a silent local fallback, ran the jobs: the master saw each one with the workers' cores.
     apps = spark_cluster.master_state(spec)["completedapps"]
@@ -165,17 +164,14 @@ def test_nightly_jobs_on_the_cluster_train_as_good_a_model_as_local(cluster, spa
     assert all(a["cores"] == WORKERS * spec.worker_cores for a in apps), apps
 
     manifests = {v: model_store.read_manifest(model_store.candidates_dir(s) / v) for v in (CLUSTER, LOCAL)}
-    assert {registry_status(s)[v]["status"] for v in manifests} == {"evaluated"}
+    assert registry_status(s)[CLUSTER]["status"] == "evaluated" and registry_status(s)[LOCAL]["status"] == "trained"
     cluster_m, local_m = manifests[CLUSTER], manifests[LOCAL]
     assert cluster_m.silver_table_version == local_m.silver_table_version == 0
     assert cluster_m.params["rank"] == local_m.params["rank"] == RANK
     assert cluster_m.params["seed"] == local_m.params["seed"]
-    ndcg = {v: m.metrics["ndcg@10"] for v, m in manifests.items()}
-    print(f"NDCG@10 {ndcg}, popularity {local_m.baseline_metrics['ndcg@10']:.6f}")
-    assert abs(ndcg[CLUSTER] - ndcg[LOCAL]) <= 0.01, ndcg
-    for m in manifests.values():
-        assert m.metrics["ndcg@10"] >= 1.3 * m.baseline_metrics["ndcg@10"], (m.metrics, m.baseline_metrics)
-        assert m.metrics["n_users"] == movielens.N_USERS
+    print(f"NDCG@10 {cluster_m.metrics['ndcg@10']:.6f}, popularity {cluster_m.baseline_metrics['ndcg@10']:.6f}")
+    assert cluster_m.metrics["ndcg@10"] >= 1.3 * cluster_m.baseline_metrics["ndcg@10"], cluster_m.metrics
+    assert cluster_m.metrics["n_users"] == movielens.N_USERS
 
     # The trained models themselves agree. With as many cores as local[*] (the cluster's default), Spark
     # ALS cuts the same blocks and the models came out identical; other block counts change the random
