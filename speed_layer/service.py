@@ -53,9 +53,9 @@ from speed_layer.state import SpeedState, Updates
 
 log = logging.getLogger("speed_layer")
 IDLE_POLL_MS = 500
-# Reading `model-updates` for MODEL messages means decoding every UP this layer just wrote there: once a second
-# is soon enough for a new model (its events are replayed from its offsets anyway) and costs a turn of the loop
-# at 1,000 events/s 8 µs of CPU per event less (bench/speed_profile.py).
+# Reading `model-updates` for MODEL messages means fetching and decoding every UP this layer just wrote there
+# (~8 µs of CPU per UP, bench/speed_profile.py). Once a second is soon enough for a new model (its events are
+# replayed from its offsets anyway) and takes that poll off every turn of the loop, i.e. off every batch's latency.
 MODEL_CHECK_S = 1.0
 UP_BATCH_BYTES = 1_000_000  # under the broker's default message.max.bytes (1,048,588)
 
