@@ -23,7 +23,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from bench.speed import build_model, publish_cutoff
+from bench.speed import bench_settings, build_model, publish_cutoff
 from recsys.data.synthetic import SyntheticConfig, iter_messages
 from recsys.io.kafka import end_offsets
 from recsys.protocol import Topics
@@ -241,12 +241,7 @@ def main(
     from infra import broker
 
     with tempfile.TemporaryDirectory(prefix="recsys-speed-profile-") as tmp:
-        s = Settings(
-            state_dir=Path(tmp),
-            kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
-            pseudonym_key="bench-only-key-" + "0" * 32,
-            speed_metrics_port=0,
-        )
+        s = bench_settings(Path(tmp), broker.free_port())
         broker.start(s)
         layer = None
         try:
