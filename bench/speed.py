@@ -33,6 +33,16 @@ from recsys.replay import replay
 from recsys.settings import Settings
 
 
+def bench_settings(state_dir: Path, broker_port: int) -> Settings:
+    """Settings of a speed benchmark: its own state folder and broker, no metrics port."""
+    return Settings(
+        state_dir=state_dir,
+        kafka_bootstrap=f"127.0.0.1:{broker_port}",
+        pseudonym_key="bench-only-key-" + "0" * 32,
+        speed_metrics_port=0,
+    )
+
+
 def build_model(
     s: Settings, n_users: int, n_items: int, rank: int, history_events: int, zipf_exponent: float = 1.1
 ) -> model_store.ModelArtifact:
@@ -224,10 +234,7 @@ def run(quick: bool) -> dict:
 
     n_users, n_items, rank = (20_000, 50_000, 64)
     with tempfile.TemporaryDirectory(prefix="recsys-bench-speed-") as tmp:
-        port = broker.free_port()
-        s = Settings(
-            state_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{port}", pseudonym_key="bench-only-key-" + "0" * 32
-        )
+        s = bench_settings(Path(tmp), broker.free_port())
         broker.start(s)
         try:
             artifact = build_model(s, n_users, n_items, rank, history_events=300_000 if quick else 1_000_000)

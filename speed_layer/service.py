@@ -33,6 +33,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 from kafka.partitioner import DefaultPartitioner
 from kafka.partitioner.abc import Partitioner
+from threadpoolctl import threadpool_limits
 
 from recsys import protocol
 from recsys.contracts.events import (
@@ -52,6 +53,10 @@ from speed_layer.state import SpeedState, Updates
 
 log = logging.getLogger("speed_layer")
 IDLE_POLL_MS = 500
+# Reading `model-updates` for MODEL messages means fetching and decoding every UP this layer just wrote there
+# (~8 µs of CPU per UP, bench/speed_profile.py). Once a second is soon enough for a new model (its events are
+# replayed from its offsets anyway) and takes that poll off every turn of the loop, i.e. off every batch's latency.
+MODEL_CHECK_S = 1.0
 UP_BATCH_BYTES = 1_000_000  # under the broker's default message.max.bytes (1,048,588)
 
 
@@ -64,6 +69,7 @@ class SpeedLayer:
         self._stop = False
         self._busy = False
         self._last_lag_check = 0.0
+        self._next_model_check = 0.0
         self.events = consumer(
             self.s.speed_group,
             settings=self.s,
@@ -141,13 +147,19 @@ class SpeedLayer:
         self.wait_for_model()
         idle_since = time.monotonic()
         while not self._stop:
-            self._check_for_new_model()
-            n = self.step()
-            if n:
+            if self.cycle():
                 idle_since = time.monotonic()
             elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                 break
-            self._report_lag()
+
+    def cycle(self) -> int:
+        """One turn of the loop: a newer model if one was announced, a micro-batch, the lag now and then."""
+        if time.monotonic() >= self._next_model_check:
+            self._next_model_check = time.monotonic() + MODEL_CHECK_S
+            self._check_for_new_model()
+        n = self.step()
+        self._report_lag()
+        return n
 
     def step(self) -> int:
         """One micro-batch: poll, fold in, publish, flush, commit. Returns the number of records read."""
@@ -312,8 +324,16 @@ class _ReplayFromModel(ConsumerRebalanceListener):
         self.layer.restart_from_model(assigned)
 
 
+def one_blas_thread() -> threadpool_limits:
+    """One BLAS thread for this process. A micro-batch's solves are many small (rank x rank or L x L) systems:
+    OpenBLAS's second thread only spins against the consumer's and producer's I/O threads and the broker on two
+    cores. Measured (bench/speed_profile.py, docs/speed.md): the drain's fold-in CPU fell from 17 to 4 µs/event."""
+    return threadpool_limits(1, user_api="blas")
+
+
 def serve(settings: Settings | None = None, instance_id: str | None = None) -> None:
     s = settings or get_settings()
+    one_blas_thread()
     if s.speed_metrics_port:
         metrics.start_server(s.speed_metrics_port)
     layer = SpeedLayer(s, instance_id)

@@ -438,13 +438,18 @@ class AlsRealtime(Realtime):
         return vectors
 
     def new_items(self, positions: Sequence[int], touched_by: Sequence[dict[str, float]]) -> np.ndarray:
-        rows, cols, vals = [], [], []
-        for r, users in enumerate(touched_by):
-            for key, strength in users.items():
-                rows.append(r)
-                cols.append(self._row(key))
-                vals.append(strength)
-        matrix = sp.csr_matrix((vals, (rows, cols)), shape=(len(positions), self.items_side.n))
+        # Every user who touched a new item since the cut-off, every micro-batch the item is touched: one pass of
+        # list comprehensions (no per-entry appends), CSR straight from the rows' lengths (each row's users are
+        # distinct dict keys: nothing to sum), indices sorted as the COO route would leave them.
+        keys = [key for users in touched_by for key in users]
+        row_of = self.rows.get
+        cols = [row_of(key) for key in keys]
+        if None in cols:  # a user without a row yet (users() gives every touched user one first)
+            cols = [self._row(key) for key in keys]
+        vals = [strength for users in touched_by for strength in users.values()]
+        indptr = np.concatenate([[0], np.cumsum([len(users) for users in touched_by])])
+        matrix = sp.csr_matrix((vals, cols, indptr), shape=(len(positions), self.items_side.n))
+        matrix.sort_indices()
         vectors = self.items_side.vectors(matrix)
         self.users_side.set_vectors(np.asarray(positions, dtype=np.int64), vectors)
         return vectors

@@ -164,3 +164,19 @@ def test_up_records_are_the_bytes_of_validated_messages_and_decode_back(artifact
     np.testing.assert_allclose(u0.vector, updates.users["u0"])
     item = protocol.decode(records[2][1])
     assert isinstance(item, VectorUpdate) and item.source_offset is None and item.strengths == {} and item.recent == []
+
+
+def test_a_new_item_is_folded_in_exactly_from_every_user_who_touched_it(artifact):
+    """Against the users' current vectors (folded in this batch), with each user's summed strength."""
+    state = SpeedState(artifact, WEIGHTS)
+    events = [ev(1, "u4", "brand-new"), ev(2, "u1", "other-new", "view"), ev(3, "u5", "brand-new", "view")]
+    events += [ev(4, "newbie", "brand-new", "add_to_cart"), ev(5, "u5", "brand-new", "view"), ev(6, "u3", "i6")]
+    updates = state.apply(events)
+    # The model's YᵀY (vectors folded in since enter only the interaction terms), the touched users' rows replaced.
+    fold = FoldIn(artifact.user_factors, OBJECTIVE)
+    rows = {"u4": 4, "u5": 5, "u1": 1, "u3": 3, "newbie": 6}  # newbie: the first user new since the model
+    fold.set_vectors(np.array(list(rows.values())), np.array([updates.users[u] for u in rows]))
+    # brand-new: u4 purchase (5), u5 two views (2), newbie add-to-cart (3): rows 4, 5 and 6.
+    expected = fold.vector(np.array([4, 5, 6]), np.array([5.0, 2.0, 3.0]))
+    np.testing.assert_allclose(updates.items["brand-new"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(updates.items["other-new"], fold.vector(np.array([1]), np.array([1.0])), rtol=1e-5)
