@@ -42,6 +42,7 @@ from serving import metrics, ops
 from serving.batcher import Batcher
 from serving.fast import FastRecommend
 from serving.follower import ModelFollower
+from serving.impressions import ImpressionLog, new_request_id
 from serving.model import Ranked, ServingModel, UnknownId
 from serving.openapi import install, values
 from serving.schemas import (
@@ -123,6 +124,8 @@ SAME_ORIGIN_ONLY = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; worker-src 'self' blob:; font-src 'self' data:"
 )
+# Longest `POST /events` waits for this server's earlier impressions before producing an attributed event.
+IMPRESSION_FLUSH_S = 1.0
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error},
     404: {"model": Error},
@@ -152,7 +155,10 @@ def create_app(
         app.state.batcher = Batcher()
         app.state.producer_lock = threading.Lock()
         app.state.token = s.write_token()
+        app.state.impressions = ImpressionLog(s)
+        app.state.impressions.start()
         yield
+        app.state.impressions.close()
         app.state.follower.stop()
         if app.state.producer is not None:
             app.state.producer.close(timeout=5)
@@ -309,12 +315,17 @@ def _routes(app: FastAPI, s: Settings) -> None:
         pseudonyms = [pseudonymise(u, key) for u in body.user_ids]
         queries = [model.prepare(p, k, body.exclude_seen, body.category, body.explain) for p in pseudonyms]
         answers = await request.app.state.batcher.submit_many(model, queries)
-        for ranked in answers:
+        request_ids = [new_request_id() for _ in answers]
+        shown = request.app.state.impressions.shown
+        for rid, p, ranked in zip(request_ids, pseudonyms, answers, strict=True):
             metrics.ANSWERS.labels(ranked.source).inc()
+            shown(rid, p, model.version, ranked.item_ids, "batch")
         # Each answer as the single call's bytes (serving/fast.py), joined: building and validating a thousand
         # response models would cost more than ranking the users.
         version = renderer.dumps(model.version).encode()
-        results = b",".join(renderer.render(model, p, r) for p, r in zip(pseudonyms, answers, strict=True))
+        results = b",".join(
+            renderer.render(model, p, r, rid) for p, r, rid in zip(pseudonyms, answers, request_ids, strict=True)
+        )
         return Response(
             b'{"model_version":' + version + b',"results":[' + results + b"]}", media_type="application/json"
         )
@@ -347,7 +358,10 @@ def _routes(app: FastAPI, s: Settings) -> None:
         )
         ranked = await request.app.state.batcher.submit(model, query)
         metrics.ANSWERS.labels(ranked.source).inc()
+        request_id = new_request_id()
+        request.app.state.impressions.shown(request_id, pseudonym, model.version, ranked.item_ids, "recommend")
         return Recommendations(
+            request_id=request_id,
             user_id=pseudonym,
             model_version=model.version,
             source=ranked.source,
@@ -407,7 +421,10 @@ def _routes(app: FastAPI, s: Settings) -> None:
         dependencies=[Depends(require_token)],
     )
     def post_event(event: EventIn, request: Request) -> EventAccepted:
-        """Validate one event, pseudonymise its user id, and produce it to `events`; answers once Kafka has it."""
+        """Validate one event, pseudonymise its user id, and produce it to `events`; answers once Kafka has it.
+        An event with the `request_id` of an answer is attributed to that list (CTR, conversion: `/ops/attribution`);
+        it is produced only once this server's impressions logged before it are (a bounded wait), so an acknowledged
+        click never points at a list the impressions log lacks, even if the server is killed right after."""
         body = event.model_dump(exclude_none=True)
         body["user_id"] = _user(event.user_id, s, key)
         body.setdefault("event_id", uuid.uuid4().hex)
@@ -417,6 +434,8 @@ def _routes(app: FastAPI, s: Settings) -> None:
         if not isinstance(checked, Event):
             metrics.EVENTS_REJECTED.labels(checked.reason).inc()
             raise HTTPException(422, f"{checked.reason}: {checked.detail}")
+        if checked.request_id is not None:
+            request.app.state.impressions.flush(timeout_s=IMPRESSION_FLUSH_S)
         try:
             sent = _producer(request, s).send(Topics.EVENTS, key=checked.key(), value=checked.to_wire()).get(timeout=10)
         except KafkaError as e:
