@@ -120,8 +120,8 @@ class EventIn(BaseModel):
     quantity: int | None = Field(None, ge=1, le=100_000)
     price: float | None = Field(None, strict=True, ge=0, le=1e9)
 
-    # An item update carries no session, request, quantity or price (`validate_event`): said in the schema as JSON Schema's
-    # if/then, so a request the document allows is one the API accepts.
+    # An item update carries no session, request, quantity or price (`validate_event`): said in the schema as JSON
+    # Schema's if/then, so a request the document allows is one the API accepts.
     model_config = {
         "extra": "forbid",
         "json_schema_extra": {
