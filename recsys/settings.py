@@ -222,6 +222,12 @@ class Settings(BaseSettings):
         description="Answers whose impressions wait to be produced; beyond this (Kafka away) they are dropped and "
         "counted (`serving_impressions_lost_total`), never holding an answer back.",
     )
+    attribution_click_type: str = Field(
+        "view", description="The event type that counts as a click on a recommended item (CTR's numerator)."
+    )
+    attribution_conversion_type: str = Field(
+        "purchase", description="The event type that counts as a conversion of a recommended item."
+    )
     ops_attribution_hours: int = Field(
         48, ge=1, description="`/ops/attribution` (CTR, conversion) covers the answers of this many latest hours."
     )

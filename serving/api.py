@@ -39,6 +39,7 @@ from recsys.privacy import pseudonymise
 from recsys.protocol import Topics
 from recsys.settings import Settings, get_settings
 from serving import metrics, ops
+from serving.attribution import Attribution
 from serving.batcher import Batcher
 from serving.fast import FastRecommend
 from serving.follower import ModelFollower
@@ -284,6 +285,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
     K = Annotated[int, Query(ge=1, le=s.serving_max_k, description=f"How many items (1 to {s.serving_max_k}).")]
     key = s.pseudonym_key_bytes()  # read once: without RECSYS_PSEUDONYM_KEY it comes from a file
     renderer = FastRecommend(None, s)  # its JSON of one answer, for the batch route
+    attribution = Attribution(s)
 
     # Registered before /recommend/{user_id}, which would otherwise also match this path (as user "batch") and
     # answer an OPTIONS here with its own methods.
@@ -510,6 +512,17 @@ def _routes(app: FastAPI, s: Settings) -> None:
         except Exception as e:  # an unreadable table is the operator's news, not a crash
             log.warning("could not read the model registry: %s", e)
             raise HTTPException(503, f"the model registry could not be read: {type(e).__name__}") from None
+
+    @app.get("/ops/attribution", tags=["operations"], responses={503: {"model": Error}})
+    def ops_attribution() -> dict:
+        """CTR and conversion per model version and variant, by hour of the answers shown, over the latest
+        RECSYS_OPS_ATTRIBUTION_HOURS: the `impressions` table joined with the bronze events that carry an answer's
+        `request_id` (serving/attribution.py); recomputed at most every RECSYS_OPS_ATTRIBUTION_CACHE_S."""
+        try:
+            return attribution.view()
+        except Exception as e:  # an unreadable table is the operator's news, not a crash
+            log.warning("could not compute the attribution: %s", e)
+            raise HTTPException(503, f"the impressions or events table could not be read: {type(e).__name__}") from None
 
     @app.get("/ops/live", tags=["operations"])
     def ops_live() -> dict:
