@@ -146,7 +146,7 @@ class Archiver:
         )
         self.producer = producer(self.s)
         self.dead_lettered = dead_lettered_positions(self.topic, self.s, self._table_offsets())
-        self.consumer.subscribe([topic], listener=_SeekToTable(self))
+        self.consumer.subscribe([self.topic], listener=_SeekToTable(self))
 
     # --- offsets recorded in the table ------------------------------------------------
     def table_offset(self, partition: int) -> int | None:
