@@ -53,11 +53,11 @@ from recsys.contracts.events import (
     DeadLetter,
     Event,
     ForgetMarker,
-    Impression,
+    Impressions,
     Rejection,
     control_kind,
     validate_event,
-    validate_impression,
+    validate_impressions,
 )
 from recsys.contracts.tables import BRONZE_SCHEMA, IMPRESSIONS_SCHEMA, Tables
 from recsys.erasure import before_marker_predicate
@@ -89,7 +89,7 @@ class Stream:
     name: str
     topic: str  # the default source topic
     table: str  # a `Tables` name
-    parse: Callable[[bytes, Settings], Event | Impression | Rejection]
+    parse: Callable[[bytes, Settings], Event | Impressions | Rejection]
     rows: Callable[[list], pa.Table]  # (record, partition, offset) triples -> the table's rows
     forgets: bool  # FORGET markers travel on this topic (erasure requests are anchored in `events`)
 
@@ -102,7 +102,7 @@ class Stream:
 
 @dataclass
 class Batch:
-    rows: list[tuple[Event | Impression, int, int]] = field(default_factory=list)  # (record, partition, offset)
+    rows: list[tuple[Event | Impressions, int, int]] = field(default_factory=list)  # (record, partition, offset)
     dead: list[tuple[bytes, Rejection, int, int]] = field(default_factory=list)
     forgets: list[ForgetMessage] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
@@ -229,7 +229,7 @@ class Archiver:
         batch.rows = [
             (e, p, o)
             for e, p, o in batch.rows
-            if not (e.user_id == forget.user_id and p == partition and o < record.offset)
+            if not (isinstance(e, Event) and e.user_id == forget.user_id and p == partition and o < record.offset)
         ]
         self.stats.erased += before - len(batch.rows)
 
@@ -362,10 +362,10 @@ def bronze_rows(rows: list[tuple[Event, int, int]]) -> pa.Table:
     return pa.table(columns, schema=BRONZE_SCHEMA)
 
 
-def impression_rows(rows: list[tuple[Impression, int, int]]) -> pa.Table:
+def impression_rows(rows: list[tuple[Impressions, int, int]]) -> pa.Table:
     """One row per item shown, with its position: a click joins its list on (request_id, item_id)."""
     now = datetime.now(UTC)
-    shown = [(i, p, o, n, item) for i, p, o in rows for n, item in enumerate(i.items)]
+    shown = [(i, p, o, n, item) for m, p, o in rows for i in m.impressions for n, item in enumerate(i.items)]
     columns = {
         "request_id": [i.request_id for i, *_ in shown],
         "user_id": [i.user_id for i, *_ in shown],
@@ -384,7 +384,7 @@ def impression_rows(rows: list[tuple[Impression, int, int]]) -> pa.Table:
 
 EVENTS = Stream("events", Topics.EVENTS, Tables.BRONZE_EVENTS, validate_event, bronze_rows, forgets=True)
 IMPRESSIONS = Stream(
-    "impressions", Topics.IMPRESSIONS, Tables.IMPRESSIONS, validate_impression, impression_rows, forgets=False
+    "impressions", Topics.IMPRESSIONS, Tables.IMPRESSIONS, validate_impressions, impression_rows, forgets=False
 )
 STREAMS = {s.name: s for s in (EVENTS, IMPRESSIONS)}
 

@@ -37,7 +37,7 @@ class Topics:
     EVENTS = "events"  # keyed by (pseudonymised) user id, so one user's events stay in order
     DLQ = "events.dlq"  # rejected events with the reason
     MODEL_UPDATES = "model-updates"  # MODEL / UP / FORGET / AVAIL messages
-    IMPRESSIONS = "impressions"  # what serving showed (recsys.contracts.events.Impression), keyed by user
+    IMPRESSIONS = "impressions"  # what serving showed: many answers per message (contracts.events.Impressions)
 
     ALL = (EVENTS, DLQ, MODEL_UPDATES, IMPRESSIONS)
 

@@ -2,8 +2,9 @@
 
 Every `/recommend` answer (single or batch) carries a fresh `request_id`; `shown` hands the answer's
 facts to a bounded in-memory buffer (one append under a lock, on the request's path) and a background
-thread produces them as `Impression` messages, keyed by the user's pseudonym. The archiver writes them
-to the `impressions` Delta table exactly once, like bronze (jobs/archiver.py).
+thread produces them, many `Impression`s per message (`Impressions`, up to IMPRESSIONS_MAX_BYTES: one
+Kafka send per answer would cost more CPU than the answer). The archiver writes them to the
+`impressions` Delta table exactly once, like bronze (jobs/archiver.py).
 
 What can be lost, and is counted in `serving_impressions_lost_total{reason}` (the answer goes out all
 the same): an answer arriving while the buffer is full (`buffer_full`: Kafka away long enough to fill
@@ -26,7 +27,7 @@ from typing import NamedTuple
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from recsys.contracts.events import Impression
+from recsys.contracts.events import IMPRESSIONS_MAX_BYTES, Impression, Impressions
 from recsys.io.kafka import producer
 from recsys.protocol import Topics
 from recsys.settings import Settings
@@ -111,34 +112,53 @@ class ImpressionLog:
                     return
                 batch = list(self._buffer)
                 self._buffer.clear()
-            for entry in batch:
-                self._send(entry)
+            for message, count in self._messages(batch):
+                self._send(message, count)
             with self._changed:
                 self._handed += len(batch)
                 self._changed.notify_all()
 
-    def _send(self, entry: Shown) -> None:
+    def _messages(self, batch: list[Shown]) -> list[tuple[bytes, int]]:
+        """The answers as `Impressions` messages of at most IMPRESSIONS_MAX_BYTES, with how many each carries."""
+        out: list[tuple[bytes, int]] = []
+        parts: list[bytes] = []
+        size = 0
+        for entry in batch:
+            one = (
+                Impression(
+                    request_id=entry.request_id,
+                    user_id=entry.user_id,
+                    model_version=entry.model_version,
+                    variant=self.variant,
+                    surface=entry.surface,  # type: ignore[arg-type]  # the routes pass one of the literals
+                    items=list(entry.items),
+                    shown_at_ms=entry.shown_at_ms,
+                )
+                .model_dump_json()
+                .encode()
+            )
+            if parts and size + len(one) + 64 > IMPRESSIONS_MAX_BYTES:
+                out.append((Impressions.wire(parts), len(parts)))
+                parts, size = [], 0
+            parts.append(one)
+            size += len(one) + 1
+        if parts:
+            out.append((Impressions.wire(parts), len(parts)))
+        return out
+
+    def _send(self, message: bytes, count: int) -> None:
         prod = self._connected()
         if prod is None:
-            self._lost_kafka.inc()
+            self._lost_kafka.inc(count)
             return
-        impression = Impression(
-            request_id=entry.request_id,
-            user_id=entry.user_id,
-            model_version=entry.model_version,
-            variant=self.variant,
-            surface=entry.surface,  # type: ignore[arg-type]  # the routes pass one of the literals
-            items=list(entry.items),
-            shown_at_ms=entry.shown_at_ms,
-        )
         try:
-            future = prod.send(Topics.IMPRESSIONS, key=impression.key(), value=impression.to_wire())
+            future = prod.send(Topics.IMPRESSIONS, value=message)
         except KafkaError as e:  # no metadata or no buffer space within SEND_BLOCK_MS
-            log.debug("impression not sent: %s", e)
-            self._lost_kafka.inc()
+            log.debug("impressions not sent: %s", e)
+            self._lost_kafka.inc(count)
             return
-        future.add_callback(lambda _: metrics.IMPRESSIONS_LOGGED.inc())
-        future.add_errback(lambda _: self._lost_kafka.inc())
+        future.add_callback(lambda _: metrics.IMPRESSIONS_LOGGED.inc(count))
+        future.add_errback(lambda _: self._lost_kafka.inc(count))
 
     _next_connect = 0.0
 

@@ -298,12 +298,14 @@ def control_kind(headers: list[tuple[str, bytes]] | None) -> bytes | None:
 
 
 # --- impressions: what serving showed ---------------------------------------------------------
-class Impression(BaseModel):
-    """One recommendation answer as it was shown, on the `impressions` topic (JSON, key = user_id).
+# One message carries the impressions of many answers (producing each alone would cost serving more CPU than
+# the answer): at most this many bytes, under Kafka's default message size limit.
+IMPRESSIONS_MAX_BYTES: Final = 512 * 1024
 
-    `items` in the order shown (position 0 first). Events that carry the answer's `request_id` are attributed
-    to it (CTR and conversion per model version and variant: `serving/attribution.py`).
-    """
+
+class Impression(BaseModel):
+    """One recommendation answer as it was shown. `items` in the order shown (position 0 first). Events that
+    carry the answer's `request_id` are attributed to it (CTR and conversion: `serving/attribution.py`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -315,24 +317,30 @@ class Impression(BaseModel):
     items: list[_Id] = Field(max_length=1_000)
     shown_at_ms: int = Field(ge=0)
 
-    def key(self) -> bytes:
-        return self.user_id.encode()
 
-    def to_wire(self) -> bytes:
-        return self.model_dump_json().encode()
+class Impressions(BaseModel):
+    """What one message on the `impressions` topic carries (JSON, no key: impressions need no order)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    impressions: list[Impression] = Field(min_length=1)
+
+    @staticmethod
+    def wire(impressions_json: list[bytes]) -> bytes:
+        """The message of already serialised impressions (`Impression.model_dump_json`), without re-parsing."""
+        return b'{"impressions":[' + b",".join(impressions_json) + b"]}"
 
 
-def validate_impression(raw: bytes, settings: Settings | None = None) -> Impression | Rejection:
-    """Parse and check one impression; never raises. Its user id must be a pseudonym (it is stored)."""
-    s = settings or get_settings()
-    if len(raw) > s.max_event_bytes * 8:  # up to `serving_max_k` ids of `max_id_length` characters
-        return Rejection("too_large", f"{len(raw)} bytes > limit {s.max_event_bytes * 8}")
+def validate_impressions(raw: bytes, settings: Settings | None = None) -> Impressions | Rejection:
+    """Parse and check one `impressions` message; never raises. Every user id must be a pseudonym (stored)."""
+    if len(raw) > IMPRESSIONS_MAX_BYTES:
+        return Rejection("too_large", f"{len(raw)} bytes > limit {IMPRESSIONS_MAX_BYTES}")
     try:
-        impression = Impression.model_validate_json(raw)
+        message = Impressions.model_validate_json(raw)
     except ValidationError as e:
         return Rejection("invalid_field", _summarise(e))
     except (ValueError, TypeError) as e:
         return Rejection("invalid_field", str(e)[:200])
-    if not is_pseudonym(impression.user_id):
+    if not all(is_pseudonym(i.user_id) for i in message.impressions):
         return Rejection("not_pseudonymised", "an impression's user_id must be a pseudonym")
-    return impression
+    return message
