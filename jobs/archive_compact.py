@@ -22,7 +22,7 @@ import logging
 import typer
 from pyspark.sql import SparkSession
 
-from jobs.archiver import Archiver
+from jobs.archiver import IMPRESSIONS, Archiver
 from jobs.common import run_cli, setup_logging, spark_session, timed
 from recsys import erasure
 from recsys.contracts.tables import Tables
@@ -43,10 +43,16 @@ def archive_compact(spark: SparkSession, drain: bool = True, settings: Settings 
                 result["archived"] = archiver.run(until_caught_up=True).archived
             finally:
                 archiver.close()
+        with timed("drain impressions"):
+            archiver = Archiver(s, stream=IMPRESSIONS)
+            try:
+                result["impressions_archived"] = archiver.run(until_caught_up=True).archived
+            finally:
+                archiver.close()
     # The archiver has now passed every FORGET marker put on `events` so far: finish what is still pending.
     with timed("complete pending erasures"):
         result["forget"] = erasure.complete_pending(s, spark=spark)
-    for name in (Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS):
+    for name in (Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS, Tables.IMPRESSIONS):
         path = Tables.path(name, s)
         if lake.exists(path):
             with timed(f"compact {name}"):

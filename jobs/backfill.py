@@ -41,6 +41,7 @@ def to_bronze(batches: Iterable[pa.RecordBatch], progress: tqdm | None = None) -
             pa.array([BACKFILL_PARTITION] * n, pa.int32()),
             pa.array(range(offset, offset + n), pa.int64()),
             pa.array([now.value] * n, pa.timestamp("us", tz="UTC")),
+            pa.nulls(n, pa.string()),  # request_id: a backfilled event came from no answer
         ]
         offset += n
         if progress is not None:

@@ -23,11 +23,12 @@ lake. Each layer then erases at its own pace, in order:
   retries it, and the nightly `archive_compact` (Delta DELETE and VACUUM on Spark)
   and `recsys forget --pending` complete whatever is pending.
 
-`forget_requests` (append-only) records each request and when it was completed. Bronze, silver and
+`forget_requests` (append-only) records each request and when it was completed. Bronze, silver,
 `user_top_n` (`USER_TABLES`; the nightly top-N lists of `jobs/top_n.py`, which leaves out users already
-forgotten: all of a user's rows go) are the only other tables holding user ids (the catalogue and the
-model registry hold none): a new one must be erased here too (`test_privacy_end_to_end.py` checks every
-table under the lake).
+forgotten: all of a user's rows go) and `impressions` (what serving showed the user: all their rows up to
+the completion go, and the impressions archiver leaves out any shown before the request that arrive later,
+`drop_forgotten`) are the only other tables holding user ids (the catalogue and the model registry hold
+none): a new one must be erased here too (`test_privacy_end_to_end.py` checks every table under the lake).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("recsys.erasure")
 REQUESTED, ERASED = "requested", "erased"
 # Every table holding a user's rows but the forget log (which keeps the pseudonym as the record of the request).
-USER_TABLES = (Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS, Tables.USER_TOP_N)
+USER_TABLES = (Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS, Tables.USER_TOP_N, Tables.IMPRESSIONS)
 
 
 def request(user_id: str, settings: Settings | None = None) -> ForgetMessage:
@@ -91,9 +92,12 @@ def complete(message: ForgetMessage, settings: Settings | None = None, spark: Sp
     silver = Tables.path(Tables.SILVER_INTERACTIONS, s)
     if lake.exists(silver):
         lake.delete(silver, before_marker_predicate(message), spark=spark)
-    top_n = Tables.path(Tables.USER_TOP_N, s)
-    if lake.exists(top_n):  # derived from a model of data before the marker: all the user's rows go
-        lake.delete(top_n, user_predicate(message.user_id), spark=spark)
+    # `user_top_n`: derived from a model of data before the marker; `impressions`: what was shown until now (those
+    # shown before the request and archived later, the impressions archiver leaves out). All the user's rows go.
+    for name in (Tables.USER_TOP_N, Tables.IMPRESSIONS):
+        table = Tables.path(name, s)
+        if lake.exists(table):
+            lake.delete(table, user_predicate(message.user_id), spark=spark)
     for table in (Tables.path(name, s) for name in USER_TABLES):
         if lake.exists(table):
             # Files the deletes replaced stay for time travel until the retention has passed.
@@ -145,6 +149,37 @@ def requests(settings: Settings | None = None, status: str = REQUESTED) -> list[
 def pending(settings: Settings | None = None) -> list[ForgetMessage]:
     erased = {(m.user_id, m.partition, m.offset) for m in requests(settings, ERASED)}
     return [m for m in requests(settings) if (m.user_id, m.partition, m.offset) not in erased]
+
+
+class Forgotten:
+    """Who asked to be forgotten, and when the request was recorded: `forget_requests`, read again only when
+    its version moved (the impressions archiver asks before every commit)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = Tables.path(Tables.FORGET_REQUESTS, settings)
+        self._version: int | None = None
+        self._since: dict[str, datetime] = {}
+
+    def since(self) -> dict[str, datetime]:
+        """Pseudonym -> when their latest request was recorded."""
+        version = lake.version(self.path)
+        if version is not None and version != self._version:
+            rows = lake.read(self.path, columns=["user_id", "status", "recorded_at"]).to_pylist()
+            latest: dict[str, datetime] = {}
+            for r in rows:
+                if r["status"] == REQUESTED and (r["user_id"] not in latest or r["recorded_at"] > latest[r["user_id"]]):
+                    latest[r["user_id"]] = r["recorded_at"]
+            self._since, self._version = latest, version
+        return self._since
+
+
+def drop_forgotten(rows: pa.Table, since: dict[str, datetime], at: str = "shown_at") -> pa.Table:
+    """`rows` without those of a forgotten user from before their request was recorded (column `at`)."""
+    if not since or rows.num_rows == 0:
+        return rows
+    users, times = rows["user_id"].to_pylist(), rows[at].to_pylist()
+    keep = [u not in since or t >= since[u] for u, t in zip(users, times, strict=True)]
+    return rows.filter(pa.array(keep))
 
 
 def before_marker_predicate(message: ForgetMessage) -> str:

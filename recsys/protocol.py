@@ -37,8 +37,9 @@ class Topics:
     EVENTS = "events"  # keyed by (pseudonymised) user id, so one user's events stay in order
     DLQ = "events.dlq"  # rejected events with the reason
     MODEL_UPDATES = "model-updates"  # MODEL / UP / FORGET / AVAIL messages
+    IMPRESSIONS = "impressions"  # what serving showed: many answers per message (contracts.events.Impressions)
 
-    ALL = (EVENTS, DLQ, MODEL_UPDATES)
+    ALL = (EVENTS, DLQ, MODEL_UPDATES, IMPRESSIONS)
 
 
 # --- update messages on `model-updates` ------------------------------------------------
@@ -289,6 +290,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # Keyed by pseudonymised user: one user's events stay in order on one partition.
         TopicSpec(Topics.EVENTS, settings.events_partitions, {"retention.ms": week_ms}),
         TopicSpec(Topics.DLQ, 1, {"retention.ms": week_ms}),
+        TopicSpec(Topics.IMPRESSIONS, settings.impressions_partitions, {"retention.ms": week_ms}),
         # Compacted: a new replica reads the newest message per key (one MODEL, one UP per user/item, FORGETs),
         # not every update ever made. segment.ms rolls segments so compaction can reach them.
         TopicSpec(

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         "Kafka (`infra/broker.py`) listens on exactly these addresses (127.0.0.1 only), one node per address.",
     )
     events_partitions: int = Field(4, ge=1, description="Partitions of the `events` topic when we create it.")
+    impressions_partitions: int = Field(
+        4, ge=1, description="Partitions of the `impressions` topic (what serving showed) when we create it."
+    )
     kafka_controller_port: int = Field(
         0,
         ge=0,
@@ -207,6 +210,29 @@ class Settings(BaseSettings):
     serving_ann_probes: int = Field(64, ge=1, description="IVF cells searched per query (recall vs speed).")
     serving_max_body_bytes: int = Field(
         65_536, ge=1_024, description="Larger request bodies are refused with 413 before they are read whole."
+    )
+    serving_variant: str = Field(
+        "champion",
+        min_length=1,
+        description="The variant every answer's impression is logged under (the A/B arm; one arm for now).",
+    )
+    serving_impressions_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="Answers whose impressions wait to be produced; beyond this (Kafka away) they are dropped and "
+        "counted (`serving_impressions_lost_total`), never holding an answer back.",
+    )
+    attribution_click_type: str = Field(
+        "view", description="The event type that counts as a click on a recommended item (CTR's numerator)."
+    )
+    attribution_conversion_type: str = Field(
+        "purchase", description="The event type that counts as a conversion of a recommended item."
+    )
+    ops_attribution_hours: int = Field(
+        48, ge=1, description="`/ops/attribution` (CTR, conversion) covers the answers of this many latest hours."
+    )
+    ops_attribution_cache_s: float = Field(
+        30.0, ge=0, description="`/ops/attribution` is recomputed from the lake at most this often."
     )
     serving_write_token: SecretStr | None = Field(
         None,

@@ -39,9 +39,11 @@ from recsys.privacy import pseudonymise
 from recsys.protocol import Topics
 from recsys.settings import Settings, get_settings
 from serving import metrics, ops
+from serving.attribution import Attribution
 from serving.batcher import Batcher
 from serving.fast import FastRecommend
 from serving.follower import ModelFollower
+from serving.impressions import ImpressionLog, new_request_id
 from serving.model import Ranked, ServingModel, UnknownId
 from serving.openapi import install, values
 from serving.schemas import (
@@ -123,6 +125,8 @@ SAME_ORIGIN_ONLY = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; worker-src 'self' blob:; font-src 'self' data:"
 )
+# Longest `POST /events` waits for this server's earlier impressions before producing an attributed event.
+IMPRESSION_FLUSH_S = 1.0
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error},
     404: {"model": Error},
@@ -152,7 +156,10 @@ def create_app(
         app.state.batcher = Batcher()
         app.state.producer_lock = threading.Lock()
         app.state.token = s.write_token()
+        app.state.impressions = ImpressionLog(s)
+        app.state.impressions.start()
         yield
+        app.state.impressions.close()
         app.state.follower.stop()
         if app.state.producer is not None:
             app.state.producer.close(timeout=5)
@@ -278,6 +285,7 @@ def _routes(app: FastAPI, s: Settings) -> None:
     K = Annotated[int, Query(ge=1, le=s.serving_max_k, description=f"How many items (1 to {s.serving_max_k}).")]
     key = s.pseudonym_key_bytes()  # read once: without RECSYS_PSEUDONYM_KEY it comes from a file
     renderer = FastRecommend(None, s)  # its JSON of one answer, for the batch route
+    attribution = Attribution(s)
 
     # Registered before /recommend/{user_id}, which would otherwise also match this path (as user "batch") and
     # answer an OPTIONS here with its own methods.
@@ -309,12 +317,17 @@ def _routes(app: FastAPI, s: Settings) -> None:
         pseudonyms = [pseudonymise(u, key) for u in body.user_ids]
         queries = [model.prepare(p, k, body.exclude_seen, body.category, body.explain) for p in pseudonyms]
         answers = await request.app.state.batcher.submit_many(model, queries)
-        for ranked in answers:
+        request_ids = [new_request_id() for _ in answers]
+        shown = request.app.state.impressions.shown
+        for rid, p, ranked in zip(request_ids, pseudonyms, answers, strict=True):
             metrics.ANSWERS.labels(ranked.source).inc()
+            shown(rid, p, model.version, ranked.item_ids, "batch")
         # Each answer as the single call's bytes (serving/fast.py), joined: building and validating a thousand
         # response models would cost more than ranking the users.
         version = renderer.dumps(model.version).encode()
-        results = b",".join(renderer.render(model, p, r) for p, r in zip(pseudonyms, answers, strict=True))
+        results = b",".join(
+            renderer.render(model, p, r, rid) for p, r, rid in zip(pseudonyms, answers, request_ids, strict=True)
+        )
         return Response(
             b'{"model_version":' + version + b',"results":[' + results + b"]}", media_type="application/json"
         )
@@ -347,7 +360,10 @@ def _routes(app: FastAPI, s: Settings) -> None:
         )
         ranked = await request.app.state.batcher.submit(model, query)
         metrics.ANSWERS.labels(ranked.source).inc()
+        request_id = new_request_id()
+        request.app.state.impressions.shown(request_id, pseudonym, model.version, ranked.item_ids, "recommend")
         return Recommendations(
+            request_id=request_id,
             user_id=pseudonym,
             model_version=model.version,
             source=ranked.source,
@@ -407,7 +423,10 @@ def _routes(app: FastAPI, s: Settings) -> None:
         dependencies=[Depends(require_token)],
     )
     def post_event(event: EventIn, request: Request) -> EventAccepted:
-        """Validate one event, pseudonymise its user id, and produce it to `events`; answers once Kafka has it."""
+        """Validate one event, pseudonymise its user id, and produce it to `events`; answers once Kafka has it.
+        An event with the `request_id` of an answer is attributed to that list (CTR, conversion: `/ops/attribution`);
+        it is produced only once this server's impressions logged before it are (a bounded wait), so an acknowledged
+        click never points at a list the impressions log lacks, even if the server is killed right after."""
         body = event.model_dump(exclude_none=True)
         body["user_id"] = _user(event.user_id, s, key)
         body.setdefault("event_id", uuid.uuid4().hex)
@@ -417,6 +436,8 @@ def _routes(app: FastAPI, s: Settings) -> None:
         if not isinstance(checked, Event):
             metrics.EVENTS_REJECTED.labels(checked.reason).inc()
             raise HTTPException(422, f"{checked.reason}: {checked.detail}")
+        if checked.request_id is not None:
+            request.app.state.impressions.flush(timeout_s=IMPRESSION_FLUSH_S)
         try:
             sent = _producer(request, s).send(Topics.EVENTS, key=checked.key(), value=checked.to_wire()).get(timeout=10)
         except KafkaError as e:
@@ -491,6 +512,17 @@ def _routes(app: FastAPI, s: Settings) -> None:
         except Exception as e:  # an unreadable table is the operator's news, not a crash
             log.warning("could not read the model registry: %s", e)
             raise HTTPException(503, f"the model registry could not be read: {type(e).__name__}") from None
+
+    @app.get("/ops/attribution", tags=["operations"], responses={503: {"model": Error}})
+    def ops_attribution() -> dict:
+        """CTR and conversion per model version and variant, by hour of the answers shown, over the latest
+        RECSYS_OPS_ATTRIBUTION_HOURS: the `impressions` table joined with the bronze events that carry an answer's
+        `request_id` (serving/attribution.py); recomputed at most every RECSYS_OPS_ATTRIBUTION_CACHE_S."""
+        try:
+            return attribution.view()
+        except Exception as e:  # an unreadable table is the operator's news, not a crash
+            log.warning("could not compute the attribution: %s", e)
+            raise HTTPException(503, f"the impressions or events table could not be read: {type(e).__name__}") from None
 
     @app.get("/ops/live", tags=["operations"])
     def ops_live() -> dict:

@@ -5,7 +5,8 @@ response model's validation and serialisation) costs more per request than ranki
 user (`bench/serving.py`). This wrapper sits outside FastAPI and answers the plain,
 valid request itself: the user id and query parameters checked as the route checks
 them, the query prepared and put in the same micro-batch as every other request
-(`serving.batcher`), the answer written as JSON directly. Anything else — an
+(`serving.batcher`), the answer written as JSON directly, with its `request_id` and its
+impression logged as the route does (`serving.impressions`). Anything else — an
 invalid or unusual parameter, an unknown category, no model yet, another method or
 path — goes on to the FastAPI app unchanged, which answers it as it always has (its
 errors and its OpenAPI documentation stay the single source of truth). The answer's
@@ -22,6 +23,7 @@ from urllib.parse import parse_qsl
 from recsys.privacy import pseudonymise
 from recsys.settings import Settings
 from serving import metrics
+from serving.impressions import new_request_id
 
 PREFIX = "/recommend/"
 ROUTE = "/recommend/{user_id}"
@@ -66,7 +68,9 @@ class FastRecommend:
         pseudonym = pseudonymise(raw_user, self.key)
         ranked = await state.batcher.submit(model, model.prepare(pseudonym, k, exclude_seen, category, explain))
         self.sources[ranked.source].inc()
-        body = self.render(model, pseudonym, ranked)
+        request_id = new_request_id()
+        state.impressions.shown(request_id, pseudonym, model.version, ranked.item_ids, "recommend")
+        body = self.render(model, pseudonym, ranked, request_id)
         await send(
             {
                 "type": "http.response.start",
@@ -78,11 +82,13 @@ class FastRecommend:
         self.ok.inc()
         self.latency.observe(time.perf_counter() - started)
 
-    def render(self, model, pseudonym: str, ranked) -> bytes:
+    def render(self, model, pseudonym: str, ranked, request_id: str) -> bytes:
         """The route's JSON, joined from each item's pre-built parts (`ServingModel.item_json`) and its score."""
         dumps = self.dumps
         parts = [
-            b'{"user_id":',
+            b'{"request_id":"',
+            request_id.encode(),  # hex: nothing to escape
+            b'","user_id":',
             dumps(pseudonym).encode(),
             b',"model_version":',
             dumps(model.version).encode(),

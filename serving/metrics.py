@@ -46,6 +46,12 @@ MODEL_LOAD_SECONDS = Histogram("serving_model_load_seconds", "Time to load a mod
 MODEL_LOAD_FAILURES = Counter("serving_model_load_failures_total", "MODEL messages whose model could not be loaded")
 EVENTS_ACCEPTED = Counter("serving_events_accepted_total", "Events accepted by POST /events and acknowledged by Kafka")
 EVENTS_REJECTED = Counter("serving_events_rejected_total", "Events refused by POST /events", ["reason"])
+IMPRESSIONS_LOGGED = Counter("serving_impressions_logged_total", "Answers whose impression Kafka acknowledged")
+IMPRESSIONS_LOST = Counter(
+    "serving_impressions_lost_total",
+    "Answers whose impression was never logged (the answer went out all the same), by why",
+    ["reason"],
+)
 BATCH_SIZE = Histogram(
     "serving_recommend_batch_size", "Requests scored together by one matrix product", buckets=(1, 2, 4, 8, 16, 32, 64)
 )

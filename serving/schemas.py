@@ -29,6 +29,10 @@ class Item(BaseModel):
 
 
 class Recommendations(BaseModel):
+    request_id: str = Field(
+        description="This answer's id: send it with the events it leads to (`POST /events`), so a click or "
+        "purchase is attributed to this list (its impression is logged under the id)."
+    )
     user_id: str = Field(description="The pseudonym the user is known by (raw ids are never stored).")
     model_version: str
     source: Source = Field(
@@ -87,7 +91,7 @@ class EventIn(BaseModel):
     event_type: str = Field(
         description="One of the configured event types (RECSYS_EVENT_WEIGHTS), or an item update: item_sold_out, "
         "item_hidden (the item leaves every answer) or item_back (it returns); an item update's user_id is who "
-        "made the change (e.g. the catalogue feed) and it carries no session_id, quantity or price.",
+        "made the change (e.g. the catalogue feed) and it carries no session_id, request_id, quantity or price.",
         examples=["view", "item_sold_out"],
         json_schema_extra=values("event_type"),
     )
@@ -106,16 +110,23 @@ class EventIn(BaseModel):
         description="Unique id used for de-duplication; default: a new UUID.",
     )
     session_id: str | None = Field(None, pattern=ID_PATTERN, json_schema_extra=values("id"))
+    request_id: str | None = Field(
+        None,
+        pattern=ID_PATTERN,
+        json_schema_extra=values("id"),
+        description="The `request_id` of the answer this event came from (a click or purchase on a recommended "
+        "item): attributes the event to that list.",
+    )
     quantity: int | None = Field(None, ge=1, le=100_000)
     price: float | None = Field(None, strict=True, ge=0, le=1e9)
 
-    # An item update carries no session, quantity or price (`validate_event`): said in the schema as JSON Schema's
-    # if/then, so a request the document allows is one the API accepts.
+    # An item update carries no session, request, quantity or price (`validate_event`): said in the schema as JSON
+    # Schema's if/then, so a request the document allows is one the API accepts.
     model_config = {
         "extra": "forbid",
         "json_schema_extra": {
             "if": {"properties": {"event_type": {"enum": list[Any](sorted(ITEM_UPDATES))}}, "required": ["event_type"]},
-            "then": {"properties": {f: {"type": "null"} for f in ("session_id", "quantity", "price")}},
+            "then": {"properties": {f: {"type": "null"} for f in ("session_id", "request_id", "quantity", "price")}},
         },
     }
 

@@ -64,6 +64,9 @@ class Event(BaseModel):
     session_id: _Id | None = None
     quantity: int | None = Field(None, strict=True, ge=1, le=100_000)
     price: float | None = Field(None, ge=0, le=1e9)
+    # The `request_id` of the recommendation answer the event came from (a click or purchase on a list): what
+    # attributes it to that list (`impressions`). Optional, so every event written before it stays valid.
+    request_id: _Id | None = None
     schema_version: Literal[1] = SCHEMA_VERSION
 
     @field_validator("ts", mode="before")
@@ -202,15 +205,24 @@ def validate_events(
     return out
 
 
+ID_FIELDS: Final = ("event_id", "user_id", "item_id", "session_id", "request_id")
+
+
 def _check_semantics(event: Event, s: Settings, require_pseudonym: bool, now: datetime | None) -> Event | Rejection:
     m = s.max_id_length
     # One comparison per id for the common case; the list of offenders only for a rejection.
-    if len(event.event_id) > m or len(event.user_id) > m or len(event.item_id) > m or len(event.session_id or "") > m:
-        too_long = [f for f in ("event_id", "user_id", "item_id", "session_id") if len(getattr(event, f) or "") > m]
+    if (
+        len(event.event_id) > m
+        or len(event.user_id) > m
+        or len(event.item_id) > m
+        or len(event.session_id or "") > m
+        or len(event.request_id or "") > m
+    ):
+        too_long = [f for f in ID_FIELDS if len(getattr(event, f) or "") > m]
         return Rejection("invalid_field", f"{', '.join(too_long)} longer than {s.max_id_length} characters")
     if is_item_update(event.event_type):
-        if event.quantity is not None or event.price is not None or event.session_id is not None:
-            return Rejection("invalid_field", "an item update carries no session_id, quantity or price")
+        if any(x is not None for x in (event.quantity, event.price, event.session_id, event.request_id)):
+            return Rejection("invalid_field", "an item update carries no session_id, request_id, quantity or price")
     elif event.event_type not in s.event_weights:
         known = sorted([*s.event_weights, *ITEM_UPDATES])
         return Rejection("unknown_event_type", f"{event.event_type[:40]!r} not in {known}")
@@ -283,3 +295,52 @@ def control_kind(headers: list[tuple[str, bytes]] | None) -> bytes | None:
         if name == CONTROL_HEADER:
             return value
     return None
+
+
+# --- impressions: what serving showed ---------------------------------------------------------
+# One message carries the impressions of many answers (producing each alone would cost serving more CPU than
+# the answer): at most this many bytes, under Kafka's default message size limit.
+IMPRESSIONS_MAX_BYTES: Final = 512 * 1024
+
+
+class Impression(BaseModel):
+    """One recommendation answer as it was shown. `items` in the order shown (position 0 first). Events that
+    carry the answer's `request_id` are attributed to it (CTR and conversion: `serving/attribution.py`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: _Id
+    user_id: _Id
+    model_version: _Id
+    variant: _Id
+    surface: Literal["recommend", "batch"]
+    items: list[_Id] = Field(max_length=1_000)
+    shown_at_ms: int = Field(ge=0)
+
+
+class Impressions(BaseModel):
+    """What one message on the `impressions` topic carries (JSON, no key: impressions need no order)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    impressions: list[Impression] = Field(min_length=1)
+
+    @staticmethod
+    def wire(impressions_json: list[bytes]) -> bytes:
+        """The message of already serialised impressions (`Impression.model_dump_json`), without re-parsing."""
+        return b'{"impressions":[' + b",".join(impressions_json) + b"]}"
+
+
+def validate_impressions(raw: bytes, settings: Settings | None = None) -> Impressions | Rejection:
+    """Parse and check one `impressions` message; never raises. Every user id must be a pseudonym (stored)."""
+    if len(raw) > IMPRESSIONS_MAX_BYTES:
+        return Rejection("too_large", f"{len(raw)} bytes > limit {IMPRESSIONS_MAX_BYTES}")
+    try:
+        message = Impressions.model_validate_json(raw)
+    except ValidationError as e:
+        return Rejection("invalid_field", _summarise(e))
+    except (ValueError, TypeError) as e:
+        return Rejection("invalid_field", str(e)[:200])
+    if not all(is_pseudonym(i.user_id) for i in message.impressions):
+        return Rejection("not_pseudonymised", "an impression's user_id must be a pseudonym")
+    return message

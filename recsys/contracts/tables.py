@@ -15,6 +15,7 @@ class Tables:
     FORGET_REQUESTS = "forget_requests"  # erasure requests and their completion (append-only)
     CATALOG = "catalog"  # item metadata for display, business filters and content models
     USER_TOP_N = "user_top_n"  # per user: the published model's top N items, replaced nightly (jobs/top_n)
+    IMPRESSIONS = "impressions"  # one row per item of each answer shown (serving -> `impressions` -> archiver)
 
     @staticmethod
     def path(name: str, settings: Settings | None = None) -> str:
@@ -44,9 +45,34 @@ EVENT_COLUMNS = pa.schema(
     ]
 )
 
-# Bronze: every accepted event as it arrived, and where from (backfilled rows have partition -1).
+# Bronze: every accepted event as it arrived, and where from (backfilled rows have partition -1). `request_id`
+# (the answer a click or purchase came from) came later: appended last, so older tables merge it in.
 BRONZE_SCHEMA = pa.schema(
-    [*EVENT_COLUMNS, ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()), ("ingested_at", _TS)]
+    [
+        *EVENT_COLUMNS,
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("ingested_at", _TS),
+        ("request_id", pa.string()),
+    ]
+)
+
+# Impressions: one row per (answer, position), so a click joins its list on (request_id, item_id). Written by the
+# archiver exactly once, like bronze (where from: the `impressions` topic's partition and offset).
+IMPRESSIONS_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("position", pa.int32()),
+        ("model_version", pa.string()),
+        ("variant", pa.string()),
+        ("surface", pa.string()),
+        ("shown_at", _TS),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("ingested_at", _TS),
+    ]
 )
 
 # Silver: what training reads. One row per distinct event, user ids pseudonymised, bots dropped.

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import fsspec
@@ -170,6 +172,19 @@ def interrupted_work(topic: str, settings) -> dict[str, int]:
     return {"dead_letters_ahead_of_the_table": len(ahead), "uncommitted_files": len(orphans)}
 
 
+def kill_9_at_work(start: Callable[[], subprocess.Popen], table: str, rng: random.Random) -> None:
+    """Start an archiver, wait until it commits to `table` (it is at work), let it run a random moment, SIGKILL it."""
+    started_at = lake.version(table) if lake.exists(table) else -1
+    proc = start()
+    deadline = time.monotonic() + 90
+    while (lake.version(table) if lake.exists(table) else -1) == started_at:  # at work: it has committed
+        assert proc.poll() is None and time.monotonic() < deadline, "the archiver did not start archiving"
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 0.4))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.reliability
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(unique_topic, anywhere):
     """SIGKILL the archiver at random moments while it works, until kills have landed between reading a batch and
@@ -189,15 +204,10 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(unique_topic, anyw
     rng = random.Random(7)
     kills, interrupted, seen = 0, 0, []
     while kills < 3 or (interrupted < 2 and kills < 25):
-        started_at = lake.version(table) if lake.exists(table) else -1
-        proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while (lake.version(table) if lake.exists(table) else -1) == started_at:  # at work: it has committed
-            assert proc.poll() is None and time.monotonic() < deadline, "the archiver did not start archiving"
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.4))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        start = partial(
+            subprocess.Popen, cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        kill_9_at_work(start, table, rng)
         kills += 1
         left = interrupted_work(unique_topic, anywhere)
         seen.append(left)

@@ -10,6 +10,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from serving_stack import TOKEN, call, get, start_stack, stop_stack, wait_for
 from test_storefront import browser  # noqa: F401  (the fixture)
 
+from jobs.archiver import EVENTS, IMPRESSIONS, Archiver
 from jobs.common import record_in_registry
 
 pytestmark = pytest.mark.integration
@@ -110,6 +111,13 @@ def test_the_dashboard_shows_models_live_figures_a_user_and_an_item(stack, brows
         == 202
     )
     wait_for(lambda: get(stack, f"/recommend/{raw}")[1]["source"] == "speed")
+    answer = get(stack, f"/recommend/{raw}")[1]  # clicked: attributed to its list by its request id
+    click = {"user_id": raw, "item_id": answer["items"][0]["item_id"], "event_type": "view"}
+    assert call("POST", stack.url + "/events", {**click, "request_id": answer["request_id"]}, token=TOKEN)[0] == 202
+    for stream in (EVENTS, IMPRESSIONS):
+        archiver = Archiver(stack.s, stream=stream)
+        archiver.run(until_caught_up=True)
+        archiver.close()
 
     browser.get(f"{stack.url}/dashboard#token={TOKEN}")
     wait = WebDriverWait(browser, 20)
@@ -126,6 +134,12 @@ def test_the_dashboard_shows_models_live_figures_a_user_and_an_item(stack, brows
     rejected = browser.find_element(By.CSS_SELECTOR, '#versions tr[data-status="rejected"]')
     assert "popularity" in rejected.text  # why it was rejected
     assert "served" in browser.find_element(By.CSS_SELECTOR, f'#versions tr[data-version="{SERVED}"]').text
+
+    # Answers shown (the impressions table joined with bronze): the one click, under the served version.
+    shown = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#attribution-totals tr[data-version="{SERVED}"]'))
+    cells = [td.text for td in shown[0].find_elements(By.TAG_NAME, "td")]
+    assert cells[1] == "champion" and int(cells[2].replace(",", "")) >= 2 and cells[3] == "1" and "%" in cells[4]
+    assert browser.find_elements(By.CSS_SELECTOR, "#attribution-hours tr[data-hour]")
 
     # Live figures: the speed layer's lag and event counter, answers by source (from /recommend calls above).
     wait.until(lambda d: d.find_element(By.ID, "lag").text not in ("–", ""))

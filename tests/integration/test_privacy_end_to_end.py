@@ -18,7 +18,7 @@ import pytest
 from serving_stack import TOKEN, call, get, start_stack, stop_stack, wait_for
 
 from infra import hdfs, processes
-from jobs.archiver import Archiver
+from jobs.archiver import EVENTS, IMPRESSIONS, Archiver
 from jobs.clean import clean
 from jobs.train import train
 from recsys import erasure
@@ -50,9 +50,11 @@ def stack(request, tmp_path, own_hdfs):
 
 
 def archive(s) -> None:
-    archiver = Archiver(s)
-    archiver.run(until_caught_up=True)
-    archiver.close()
+    """Both streams, events first: impressions shown before a request its marker records are then left out."""
+    for stream in (EVENTS, IMPRESSIONS):
+        archiver = Archiver(s, stream=stream)
+        archiver.run(until_caught_up=True)
+        archiver.close()
 
 
 def user_rows(s, table: str, user: str) -> int:
@@ -119,6 +121,9 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     assert user_rows(s, Tables.SILVER_INTERACTIONS, gone) > 0
     post(stack, gone_raw, "i7")  # after the model's cut-off: only the speed layer knows it
     wait_for(lambda: get(stack, f"/recommend/{gone_raw}")[1]["source"] == "speed")
+    get(stack, f"/recommend/{back_raw}")
+    archive(s)  # what they were shown is in the lake too (personal data: erased with the rest)
+    assert user_rows(s, Tables.IMPRESSIONS, gone) > 0 and user_rows(s, Tables.IMPRESSIONS, back) > 0
 
     # The admin endpoint needs the token; with it the servers forget at once.
     lake_before = files_under(str(s.lake_root))
@@ -138,7 +143,8 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     assert erasure.requests(s) == []
 
     # The archiver reaches the markers: it records the requests, deletes from bronze before its commit and, after
-    # it, completes each request (silver delete, vacuums, model files).
+    # it, completes each request (silver, impressions and top-N deletes, vacuums, model files). What they were shown
+    # after asking (above, waiting for `popular`) reaches the impressions table after that: left out.
     archive(s)
     wait_for(lambda: {m.user_id for m in erasure.requests(s, erasure.ERASED)} == {gone, back}, timeout_s=60)
     assert {m.user_id for m in erasure.requests(s)} == {gone, back} and not erasure.pending(s)
@@ -149,7 +155,9 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     # Nor does any other table the system wrote, in any file (the forget log aside: it keeps the pseudonym as the
     # record that the request was carried out).
     tables = lake_tables(s)
-    assert {Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS, Tables.FORGET_REQUESTS} <= set(tables), tables
+    assert {Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS, Tables.FORGET_REQUESTS, Tables.IMPRESSIONS} <= set(
+        tables
+    ), tables
     for table in set(tables) - {Tables.FORGET_REQUESTS}:
         in_files = users_in_files(s, table)
         assert in_files[gone] == 0 and in_files[back] == 0, table
@@ -189,7 +197,7 @@ def test_forget_erases_a_user_from_every_layer_and_a_returning_user_starts_afres
     assert m2.item_ids[m2.interactions[row].indices].tolist() == [item]
 
     # Nothing stored or logged holds a raw id.
-    for table in (Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS, Tables.FORGET_REQUESTS):
+    for table in (Tables.BRONZE_EVENTS, Tables.SILVER_INTERACTIONS, Tables.FORGET_REQUESTS, Tables.IMPRESSIONS):
         assert all(
             is_pseudonym(u) for u in lake.read(Tables.path(table, s), columns=["user_id"])["user_id"].to_pylist()
         )

@@ -1,18 +1,25 @@
 """The serving process against the real broker, the real speed layer and a real published model."""
 
+import random
+import signal
 import threading
 import time
 import urllib.request
 import uuid
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 from published_models import produce, publish_model
 from serving_stack import TOKEN, call, get, start_stack, stop_stack, wait_for
+from test_archiver import kill_9_at_work
 
+from infra import processes
 from jobs.publish import announce
-from recsys.io import model_store
+from recsys.contracts.tables import Tables
+from recsys.io import lake, model_store
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +85,8 @@ def test_a_batch_of_users_gets_each_users_single_call_answer(stack):
     status, batch = call("POST", f"{stack.url}/recommend/batch", body, TOKEN)
     assert status == 200, batch
     singles = [get(stack, f"/recommend/{raw}?k=6&category=category-1")[1] for raw in raws]
+    ids = [answer.pop("request_id") for answer in batch["results"] + singles]  # each answer its own
+    assert len(set(ids)) == len(ids)
     assert batch["results"] == singles
     assert {r["source"] for r in singles} >= {"batch", "popular"}
     assert call("POST", f"{stack.url}/recommend/batch", body)[0] == 401  # a bulk read of personal data
@@ -196,6 +205,78 @@ def test_metrics_docs_and_loopback_only(stack):
     listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
     mine = [cols[1] for cols in listening if cols[3] == "0A" and int(cols[1].split(":")[1], 16) == port]
     assert mine == ["0100007F:" + f"{port:04X}"]  # 127.0.0.1 only
+
+
+def answers_and_clicks(stack, numbers: range, posted: dict, answers: dict, kill_serving_at: int = -1) -> None:
+    """Answers `numbers` (the fast path, the route, the batch route in turn), each clicked with its request id (every
+    third also bought); serving killed with SIGKILL right after the click of answer `kill_serving_at`, and restarted."""
+    for i in numbers:
+        raw = stack.raw_user(i % 150)
+        if i % 3 == 2:
+            _, body = call("POST", f"{stack.url}/recommend/batch", {"user_ids": [raw], "k": 5}, TOKEN)
+            answer = body["results"][0]
+        else:
+            answer = get(stack, f"/recommend/{raw}?k=5" + ("&max_per_category=5" if i % 3 else ""))[1]
+        answers[answer["request_id"]] = answer
+        position = i % len(answer["items"])
+        for kind in ("view", "purchase") if i % 3 == 0 else ("view",):
+            event_id = f"{kind}-{i}"
+            body = {"user_id": raw, "item_id": answer["items"][position]["item_id"], "event_type": kind}
+            status, _ = call(
+                "POST", f"{stack.url}/events", {**body, "event_id": event_id, "request_id": answer["request_id"]}, TOKEN
+            )
+            assert status == 202
+            posted[event_id] = (answer["request_id"], position)
+        if i == kill_serving_at:
+            stack.procs["serving"].send_signal(signal.SIGKILL)
+            stack.procs["serving"].wait()
+            log = stack.s.state_dir / "serving-restarted.log"
+            stack.procs["serving"] = processes.start("serving", stack.s, log=log)
+            processes.wait_ready(stack.s, stack.procs["serving"])
+
+
+@pytest.mark.reliability
+def test_every_click_with_a_request_id_joins_its_list_exactly_once_through_kill_9s(stack):
+    """Answers, and clicks and purchases carrying their request ids, through the real server, Kafka and the archiver
+    (both streams) while the archiver is SIGKILLed at random moments and serving once right after a click: every
+    event with a request id joins exactly one impression row, the item at the position its answer showed, under the
+    answer's model version; the impressions table holds each answer once; /ops/attribution counts them."""
+    posted: dict[str, tuple[str, int]] = {}
+    answers: dict[str, dict] = {}
+    traffic = threading.Thread(target=answers_and_clicks, args=(stack, range(150), posted, answers, 60))
+    traffic.start()
+    start = partial(processes.start, "jobs.archiver", stack.s, log=stack.s.state_dir / "archiver.log")
+    rng, kills = random.Random(3), 0
+    while traffic.is_alive() or kills < 3:
+        if not traffic.is_alive():  # no more traffic: give the archiver a last batch to be killed in
+            answers_and_clicks(stack, range(1000 + 3 * kills, 1003 + 3 * kills), posted, answers)
+        kill_9_at_work(start, Tables.path(Tables.IMPRESSIONS, stack.s), rng)
+        kills += 1
+    traffic.join()
+    final = processes.start("jobs.archiver", stack.s, "--until-caught-up", log=stack.s.state_dir / "archiver.log")
+    assert final.wait(timeout=180) == 0
+
+    shown = lake.read(Tables.path(Tables.IMPRESSIONS, stack.s))
+    slots = list(zip(shown["request_id"].to_pylist(), shown["position"].to_pylist(), strict=True))
+    assert len(set(slots)) == len(slots), "an answer's impression was archived twice"
+    bronze = lake.read(Tables.path(Tables.BRONZE_EVENTS, stack.s)).filter(pc.is_valid(pc.field("request_id")))
+    assert len(set(bronze["event_id"].to_pylist())) == bronze.num_rows == len(posted)  # each event once
+    joined = bronze.join(shown, ["request_id", "item_id"], join_type="inner", right_suffix="_shown")
+    assert sorted(joined["event_id"].to_pylist()) == sorted(posted)  # each joins its list, exactly once
+    for row in joined.to_pylist():
+        request_id, position = posted[row["event_id"]]
+        answer = answers[request_id]
+        assert row["request_id"] == request_id and row["position"] == position
+        assert row["model_version"] == answer["model_version"] and row["user_id_shown"] == answer["user_id"]
+    for request_id, answer in answers.items():  # each clicked answer whole, in its order
+        items = shown.filter(pc.field("request_id") == request_id).sort_by("position")["item_id"].to_pylist()
+        assert items == [i["item_id"] for i in answer["items"]]
+
+    totals = get(stack, "/ops/attribution")[1]["totals"]
+    assert [(t["model_version"], t["variant"]) for t in totals] == [("m20260101T000000000000", "champion")]
+    assert totals[0]["clicks"] == sum(k.startswith("view") for k in posted)
+    assert totals[0]["conversions"] == sum(k.startswith("purchase") for k in posted)
+    assert totals[0]["impressions"] >= len(answers)
 
 
 @pytest.fixture

@@ -108,6 +108,8 @@ def test_batch_over_http_gives_the_single_calls_answers(client):
         body = r.json()
         query = "&".join(f"{k}={str(v).lower()}" for k, v in options.items())
         singles = [client.get(f"/recommend/{u}?{query}").json() for u in users()]
+        ids = [a.pop("request_id") for a in body["results"] + singles]  # each answer its own id
+        assert len(set(ids)) == len(ids)
         assert body["results"] == singles and body["model_version"] == VERSION
     assert {a["source"] for a in body["results"]} == {"batch", "speed", "popular"}
 
