@@ -62,7 +62,7 @@ def test_the_same_top_10_as_the_dense_scores(fitted):
 
 def test_the_same_top_10_with_the_factor_model_read_through_the_norm_index(fitted, monkeypatch):
     model, data = fitted
-    monkeypatch.setattr(candidates, "NORM_INDEX_FROM", 0)  # what catalogues of 300k items and more use
+    monkeypatch.setattr(candidates, "INDEX_FROM", 0)  # what catalogues of 20k items and more use
     users = [data.context(r, model.recent_events) for r in range(0, data.n_users, 2)]
     assert same_share(model, users) >= 0.99
     assert same_share(model, users, exclude=[u.items[::3] for u in users]) >= 0.99

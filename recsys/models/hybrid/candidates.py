@@ -6,9 +6,11 @@ which items can score well for a user:
 
 - item-to-item components and session-KNN (`sparse_scores`): only the items in the rows of
   the user's latest items are stored; every other item scores exactly 0;
-- factor components (ALS) on catalogues of `NORM_INDEX_FROM` items or more: the exact top M by the
-  norm index (`recsys.models.norm_index`); on smaller ones, as any other component:
-- any other component (content, the neural models): its dense scores, top M by selection;
+- factor components (ALS) on catalogues of `INDEX_FROM` items or more: the exact top M by the
+  norm index (`recsys.models.norm_index`); on smaller ones, as any other component;
+- the content model on such catalogues: the exact top M by its block index
+  (`recsys.models.hybrid.content_index`: each distinct attribute row once, blocks bounded per token);
+- any other component (the neural models): its dense scores, top M by selection;
 - popularity: the M most popular items (what answers a user nothing else can score).
 
 Stage 1 runs on the union C of each source's top M (after the request's exclusions and
@@ -27,8 +29,12 @@ every item, so the loop ends. A list that enumerates everything the filter allow
 than M items) certifies at once: a narrow category filter costs no more than a wide one.
 
 The values are those of the dense path, operation for operation (the same float32 divisions
-and the same order of the weighted sum), except the factor scores read through the norm index: its
-canonical x·y (one fixed summation order) instead of a BLAS product, which differ in the last bits.
+and the same order of the weighted sum; the content index's rows times the profile by the same CSR
+product), except the factor scores read through the norm index: its canonical x·y (one fixed
+summation order) instead of a BLAS product, which differ in the last bits. Nothing per request is as
+large as the catalogue on these catalogues: the seen and excluded items are looked up as sorted keys,
+never as (users × items) masks, and the dense `score_all` is only the reference the tests and
+`bench/candidates.py` compare against (and the answer for a catalogue smaller than the re-ranker's list).
 The unit tests compare both paths' top 10 on MovieLens-100K (with and without the norm index);
 `bench/candidates.py` measures both on MovieLens-100K and at 100,000 items.
 """
@@ -42,23 +48,27 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import NewItems, UserContext, select
+from recsys.models.base import NewItems, Recommender, UserContext, select
 from recsys.models.hybrid.blend import blend, finite, seen_rows, unseen_max
 from recsys.models.hybrid.reranker import features
-from recsys.models.norm_index import NormIndex, canonical_all
+from recsys.models.content import Content
+from recsys.models.hybrid.content_index import ContentIndex
+from recsys.models.norm_index import NormIndex
 from recsys.models.topk import PAD, top_k_of_scores
 
 if TYPE_CHECKING:
     from recsys.models.hybrid.model import Hybrid
 
-# Catalogues from this size read factor models through the norm index; below it one BLAS pass over the item factors
-# (the dense path's own scores) costs less than the norm index's walk to a few hundred items (`bench/candidates.py`).
-NORM_INDEX_FROM = 300_000
+# Catalogues from this size read factor and content models through their indexes; below it one pass over every item
+# (the dense path's own scores) costs less than an index's walk. At 100k items the norm index's top 400 costs 0.5 ms
+# against 6.7 ms for the BLAS pass (in process, one user; `bench/candidates.py` measures the whole call).
+INDEX_FROM = 20_000
 # Relative margin on B: the float32 rounding of a dozen-term weighted sum is below 1e-6 of its positive part.
 SLACK = 1e-5
 DEEPEN = 4
 
 Answer = tuple[np.ndarray, np.ndarray]
+Index = NormIndex | ContentIndex  # both: top_k(x, k, exclude, allowed) and scores(x_r, items), exact
 
 
 @dataclass
@@ -67,9 +77,10 @@ class Scored:
 
     sparse: dict[str, sp.csr_matrix] = field(default_factory=dict)  # sorted rows; unstored = 0
     sparse_keys: dict[str, np.ndarray] = field(default_factory=dict)  # row * n_items + column of each stored entry
-    factor: dict[str, tuple[NormIndex, np.ndarray]] = field(default_factory=dict)  # index, user vectors
-    # Per factor component: the first depth, what it excluded per user and each user's top (norm index).
-    factor_first: dict[str, tuple[int, Sequence[np.ndarray], list[Answer]]] = field(default_factory=dict)
+    # Indexed components (factor: norm index, content: its block index): the index and each user's query vector.
+    indexed: dict[str, tuple[Index, np.ndarray]] = field(default_factory=dict)
+    # Per indexed component: the first depth, what it excluded per user and each user's top.
+    indexed_first: dict[str, tuple[int, Sequence[np.ndarray], list[Answer]]] = field(default_factory=dict)
     dense: dict[str, np.ndarray] = field(default_factory=dict)  # users × items
     scales: dict[str, np.ndarray] = field(default_factory=dict)  # users, float32
 
@@ -168,13 +179,12 @@ def score_components(
             out.sparse[name] = s
             out.sparse_keys[name] = np.repeat(np.arange(b, dtype=np.int64), np.diff(s.indptr)) * n + s.indices
             out.scales[name] = _sparse_scales(s, seen_mask)
-        elif hasattr(component, "norm_index") and hasattr(component, "user_vectors") and n >= NORM_INDEX_FROM:
-            index: NormIndex = component.norm_index
-            x = np.ascontiguousarray(component.user_vectors(views[name]), dtype=np.float32)
-            out.factor[name] = (index, x)
+        elif (query := _indexed(model, name, component, views[name])) is not None:
+            index, x = query
+            out.indexed[name] = (index, x)
             top = index.top_k(x, depth, list(first), [None] * b)
-            out.factor_first[name] = (depth, first, top)
-            out.scales[name] = _factor_scales(index, x, top, seen)
+            out.indexed_first[name] = (depth, first, top)
+            out.scales[name] = _indexed_scales(index, x, top, seen)
         else:
             raw = np.array(component.score(views[name]), dtype=np.float32)
             if not np.isfinite(raw).all():
@@ -184,9 +194,22 @@ def score_components(
     return out
 
 
-def _factor_scales(index: NormIndex, x: np.ndarray, top: list[Answer], seen: Sequence[np.ndarray]) -> np.ndarray:
+def _indexed(model: Hybrid, name: str, component: Recommender, views: list[UserContext]) -> tuple[Index, np.ndarray] | None:
+    """The component's index and the users' query vectors, if it has one and the catalogue is large enough."""
+    if model.n_items < INDEX_FROM:
+        return None
+    if hasattr(component, "norm_index") and hasattr(component, "user_vectors"):
+        return component.norm_index, np.ascontiguousarray(component.user_vectors(views), dtype=np.float32)
+    if isinstance(component, Content):
+        # The profile exactly as `Content.score` builds it (the index's rows times it are its scores).
+        profile = (component._weights(views) @ component.features).toarray().astype(np.float32)
+        return model.content_index(name), np.ascontiguousarray(profile)
+    return None
+
+
+def _indexed_scales(index: Index, x: np.ndarray, top: list[Answer], seen: Sequence[np.ndarray]) -> np.ndarray:
     """Each user's best score over unseen items if positive, else 1: the first unseen item of their list, or (when
-    the list holds none) one more norm-index call that excludes everything they have seen."""
+    the list holds none) one more index call that excludes everything they have seen."""
     best = np.zeros(len(top), np.float32)
     missing = []
     for r, (idx, val) in enumerate(top):
@@ -265,8 +288,8 @@ def gather(
     def weighed(sources: dict) -> dict:  # a zero-weight component (kept for the re-ranker) adds nothing to stage 1
         return {name: v for name, v in sources.items() if model.weights.get(name, 0.0) > 0}
 
-    for name, (index, x) in weighed(scored.factor).items():
-        depth, done, cached = scored.factor_first[name]
+    for name, (index, x) in weighed(scored.indexed).items():
+        depth, done, cached = scored.indexed_first[name]
         reuse = (
             depth == m
             and all(a is None for a in masks)
@@ -338,13 +361,11 @@ def evaluate(
         raw = np.where(hit, s.data[at] if len(stored) else 0, 0).astype(np.float32)
         norm[name] = raw / scored.scales[name][batch_row]
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    for name, (index, x) in scored.factor.items():
-        # User by user: the same products and sums as `canonical_scores` of (x_r, y_j) pairs, without a copy of x
-        # per candidate.
+    for name, (index, x) in scored.indexed.items():
         product = np.zeros(len(item), np.float32)
-        for i, r in enumerate(rows):
+        for i, r in enumerate(rows):  # user by user: the index's own values, without a copy of x per candidate
             lo, hi = starts[i], starts[i + 1]
-            product[lo:hi] = canonical_all(x[r], index.sorted[index.position[item[lo:hi]]])
+            product[lo:hi] = index.scores(x[r], item[lo:hi])
         norm[name] = finite(product) / scored.scales[name][batch_row]
     for name, block in scored.dense.items():
         norm[name] = block[batch_row, item] / scored.scales[name][batch_row]
