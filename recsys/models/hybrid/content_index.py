@@ -62,7 +62,8 @@ class ContentIndex:
         """Items' scores for one profile (V,), exactly as the dense `features @ profile` computes them."""
         if not len(items):
             return np.zeros(0, np.float32)
-        return np.asarray(self.features[items] @ profile[:, None], dtype=np.float32).ravel()
+        rows, back = np.unique(self.group[items], return_inverse=True)  # each distinct row once
+        return np.asarray(self.rows[rows] @ profile[:, None], dtype=np.float32).ravel()[back]
 
     def top_k(
         self,
