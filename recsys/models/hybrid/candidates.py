@@ -49,10 +49,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.models.base import NewItems, Recommender, UserContext, select
-from recsys.models.hybrid.blend import blend, finite, seen_rows, unseen_max
-from recsys.models.hybrid.reranker import features
 from recsys.models.content import Content
+from recsys.models.hybrid.blend import blend, finite, unseen_max
 from recsys.models.hybrid.content_index import ContentIndex
+from recsys.models.hybrid.reranker import features
 from recsys.models.norm_index import NormIndex
 from recsys.models.topk import PAD, top_k_of_scores
 
@@ -85,6 +85,26 @@ class Scored:
     scales: dict[str, np.ndarray] = field(default_factory=dict)  # users, float32
 
 
+@dataclass(frozen=True)
+class Pairs:
+    """(batch row, item) pairs as sorted keys row · width + item: a users × items boolean table without its size."""
+
+    keys: np.ndarray
+    width: int
+
+    @staticmethod
+    def of(items: Sequence[np.ndarray], width: int) -> Pairs:
+        parts = [r * width + a[(a >= 0) & (a < width)].astype(np.int64) for r, a in enumerate(items)]
+        return Pairs(np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64), width)
+
+    def contains(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if not len(self.keys):
+            return np.zeros(len(items), dtype=bool)
+        key = np.asarray(rows, np.int64) * self.width + np.asarray(items, np.int64)
+        at = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
+        return self.keys[at] == key
+
+
 @dataclass
 class Pool:
     """The candidates of some users (rows of the batch) at one depth, and what an item outside them can score."""
@@ -108,20 +128,17 @@ def recommend_many(
     seen = [np.unique(u.items[(u.items >= 0) & (u.items < n)]) for u in users]
     excluded = [np.zeros(0, np.int64) if e is None else np.asarray(e, np.int64) for e in exclude]
     model_excluded = [np.unique(e[(e >= 0) & (e < n)]) for e in excluded]
-    # The same as boolean rows (users × items), which index faster than a set test per candidate.
-    seen_mask = seen_rows(users, n)
+    # The same as (batch row, item) keys: what a users × items boolean table would say, without its size.
+    seen_pairs, excluded_pairs = Pairs.of(seen, n + len(new)), Pairs.of(excluded, n + len(new))
     # Without a filter, and excluding only items the user has seen (purchases, the cool-down), the final pool bounds
     # unseen items too (an unseen item is not excluded): one pool serves the blend's top and the re-ranker's.
-    plain = np.array([allowed[r] is None and bool(seen_mask[r, e].all()) for r, e in enumerate(model_excluded)])
-    excluded_mask = np.zeros((len(users), n + len(new)), dtype=bool)
-    for row, e in enumerate(excluded):
-        excluded_mask[row, e[(e >= 0) & (e < n + len(new))]] = True
+    plain = np.array([allowed[r] is None and bool(np.isin(e, seen[r]).all()) for r, e in enumerate(model_excluded)])
     views = model._views(users)
     names = [c for c in model.components if model.weights.get(c, 0.0) > 0 or model.reranker is not None]
     m = max(depth, k)
     # The factor models' first lists exclude what the final pool excludes where that pool serves both.
     first = [model_excluded[r] if plain[r] else seen[r] for r in range(len(users))]
-    scored = score_components(model, names, views, seen, seen_mask, first, m)
+    scored = score_components(model, names, views, seen, seen_pairs, first, m)
     new_block = model.new_item_scores(new, views, scored.scales) if len(new) else np.zeros((len(users), 0))
     out: list[Answer | None] = [None] * len(users)
     todo = np.arange(len(users))
@@ -132,7 +149,7 @@ def recommend_many(
             todo,
             m,
             [model_excluded[r] for r in todo],
-            excluded_mask[todo, :n],
+            excluded_pairs,
             [allowed[int(r)] for r in todo],
         )
         unseen = None
@@ -140,10 +157,10 @@ def recommend_many(
             unseen = (
                 final
                 if plain[todo].all()
-                else gather(model, scored, todo, m, [seen[r] for r in todo], seen_mask[todo], [None] * len(todo))
+                else gather(model, scored, todo, m, [seen[r] for r in todo], seen_pairs, [None] * len(todo))
             )
         answers, certified = evaluate(
-            model, scored, users, todo, final, unseen, k, seen_mask, excluded_mask, allowed, new_block
+            model, scored, users, todo, final, unseen, k, seen_pairs, excluded_pairs, allowed, new_block
         )
         for i, r in enumerate(todo):
             if certified[i]:
@@ -163,7 +180,7 @@ def score_components(
     names: Sequence[str],
     views: dict[str, list[UserContext]],
     seen: Sequence[np.ndarray],
-    seen_mask: np.ndarray,
+    seen_pairs: Pairs,
     first: Sequence[np.ndarray],
     depth: int,
 ) -> Scored:
@@ -178,7 +195,7 @@ def score_components(
             s.data = finite(s.data)
             out.sparse[name] = s
             out.sparse_keys[name] = np.repeat(np.arange(b, dtype=np.int64), np.diff(s.indptr)) * n + s.indices
-            out.scales[name] = _sparse_scales(s, seen_mask)
+            out.scales[name] = _sparse_scales(s, seen_pairs)
         elif (query := _indexed(model, name, component, views[name])) is not None:
             index, x = query
             out.indexed[name] = (index, x)
@@ -194,7 +211,9 @@ def score_components(
     return out
 
 
-def _indexed(model: Hybrid, name: str, component: Recommender, views: list[UserContext]) -> tuple[Index, np.ndarray] | None:
+def _indexed(
+    model: Hybrid, name: str, component: Recommender, views: list[UserContext]
+) -> tuple[Index, np.ndarray] | None:
     """The component's index and the users' query vectors, if it has one and the catalogue is large enough."""
     if model.n_items < INDEX_FROM:
         return None
@@ -224,11 +243,11 @@ def _indexed_scales(index: Index, x: np.ndarray, top: list[Answer], seen: Sequen
     return np.where(best > 0, best, 1.0).astype(np.float32)
 
 
-def _sparse_scales(s: sp.csr_matrix, seen_mask: np.ndarray) -> np.ndarray:
+def _sparse_scales(s: sp.csr_matrix, seen: Pairs) -> np.ndarray:
     """Each row's largest stored value over unseen items if positive, else 1: the dense row's `unseen_max`, since
     every unstored item scores 0."""
     row = np.repeat(np.arange(s.shape[0], dtype=np.int64), np.diff(s.indptr))
-    val = np.where(seen_mask[row, s.indices], 0.0, s.data).astype(np.float32)  # a seen item is never the scale
+    val = np.where(seen.contains(row, s.indices), 0.0, s.data).astype(np.float32)  # a seen item is never the scale
     top = np.zeros(s.shape[0], np.float32)
     filled = np.flatnonzero(np.diff(s.indptr) > 0)
     if len(filled):
@@ -268,7 +287,7 @@ def gather(
     rows: np.ndarray,
     m: int,
     excluded: Sequence[np.ndarray],
-    excluded_mask: np.ndarray,
+    excluded_pairs: Pairs,
     allowed: Sequence[np.ndarray | None],
 ) -> Pool:
     """Every source's top m per user (rows of the batch) after exclusions (as positions and as boolean rows over
@@ -303,7 +322,7 @@ def gather(
     for name, s in weighed(scored.sparse).items():
         at, place = _row_entries(s, rows)
         idx, val = s.indices[at].astype(np.int64), s.data[at]
-        keep = ~excluded_mask[place, idx]
+        keep = ~excluded_pairs.contains(rows[place], idx)
         for i in (i for i, mask in enumerate(masks) if mask is not None):
             mine = place == i
             keep[mine] &= cast(np.ndarray, masks[i])[idx[mine]]
@@ -326,7 +345,7 @@ def gather(
                 bound[i] += max(model.weights[name] * float(val[-1]) / float(scored.scales[name][r]), 0.0)
         order = model.pop_order if mask is None else model.pop_order[mask[model.pop_order]]
         top = order[: m + len(ex)]
-        top = top[~excluded_mask[i, top]][:m] if len(ex) else top[:m]
+        top = top[~excluded_pairs.contains(np.full(len(top), r), top)][:m] if len(ex) else top[:m]
         exhaustive[i] |= len(top) < m
         keys.append(i * n + top)
         if len(top) == m:
@@ -342,8 +361,8 @@ def evaluate(
     final: Pool,
     unseen: Pool | None,
     k: int,
-    seen_mask: np.ndarray,
-    excluded_mask: np.ndarray,
+    seen_pairs: Pairs,
+    excluded_pairs: Pairs,
     allowed: Sequence[np.ndarray | None],
     new_block: np.ndarray,
 ) -> tuple[list[Answer], np.ndarray]:
@@ -371,7 +390,7 @@ def evaluate(
         norm[name] = block[batch_row, item] / scored.scales[name][batch_row]
     stage1 = blend(norm, model.weights) if norm else np.zeros(len(item), np.float32)
     stage1 += model.pop_term[item]
-    is_seen = seen_mask[batch_row, item]
+    is_seen = seen_pairs.contains(batch_row, item)
     scores, certified = stage1, np.ones(len(rows), dtype=bool)
     if unseen is not None and model.reranker is not None:
         scores, certified = _rerank(model, norm, stage1, item, prow, is_seen, [users[r] for r in rows], unseen)
@@ -380,7 +399,7 @@ def evaluate(
         lo, hi = starts[i], starts[i + 1]
         idx = np.concatenate([item[lo:hi], n + np.arange(new_block.shape[1])])
         val = np.concatenate([scores[lo:hi], new_block[r]]).astype(np.float32)
-        val[excluded_mask[r, idx]] = -np.inf
+        val[excluded_pairs.contains(np.full(len(idx), r), idx)] = -np.inf
         mask = allowed[r]
         if mask is not None:
             val[~mask[idx]] = -np.inf

@@ -105,7 +105,9 @@ class ContentIndex:
         score), their scores, and that k-th score (-inf while fewer than k are kept)."""
         order = np.lexsort((rows, -vals))
         rows, vals = rows[order], vals[order]
-        items_c, vals_c, kept, taken = [], [], 0, 0
+        items_c: list[np.ndarray] = []
+        vals_c: list[np.ndarray] = []
+        kept, taken = 0, 0
         while taken < len(rows) and (kept < k or vals[taken] >= vals_c[-1][0]):
             stop = taken + 1
             row = rows[taken]
@@ -127,8 +129,10 @@ class ContentIndex:
 
 def _distinct_rows(f: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """Each row's distinct-row number, and the first row of each distinct row (rows equal entry for entry)."""
-    keys = [f.indices[f.indptr[r] : f.indptr[r + 1]].tobytes() + f.data[f.indptr[r] : f.indptr[r + 1]].tobytes()
-            for r in range(f.shape[0])]
+    keys = [
+        f.indices[f.indptr[r] : f.indptr[r + 1]].tobytes() + f.data[f.indptr[r] : f.indptr[r + 1]].tobytes()
+        for r in range(f.shape[0])
+    ]
     seen: dict[bytes, int] = {}
     group = np.fromiter((seen.setdefault(key, len(seen)) for key in keys), np.int64, len(keys))
     first = np.full(len(seen), -1, np.int64)
