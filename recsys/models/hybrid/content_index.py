@@ -52,6 +52,7 @@ class ContentIndex:
         self.starts = np.arange(0, len(order), block)
         blocks = np.repeat(np.arange(len(self.starts)), np.diff(np.append(self.starts, len(order))))
         coo = self.rows.tocoo()
+        self.last_rows_read = 0  # distinct rows the latest call scored (for tests and benchmarks)
         self.upper = _max_entries(blocks[coo.row], coo.col, coo.data, (len(self.starts), f.shape[1]))
 
     @property
@@ -75,6 +76,7 @@ class ContentIndex:
         """Per profile (row): the k best item positions (score descending, then position) among the allowed, not
         excluded items, and their scores; fewer only if fewer are allowed."""
         profiles = np.asarray(profiles, np.float32)
+        self.last_rows_read = 0
         bounds = np.asarray(self.upper @ profiles.astype(np.float64).T).T  # (users, blocks)
         return [self._one(profiles[r], bounds[r], k, exclude[r], allowed[r]) for r in range(len(profiles))]
 
@@ -94,6 +96,7 @@ class ContentIndex:
             kth = self._kth(np.concatenate(rows_c), np.concatenate(vals_c), k, ex, allowed)[2]
         rows = np.concatenate(rows_c) if rows_c else np.zeros(0, np.int64)
         vals = np.concatenate(vals_c) if vals_c else np.zeros(0, np.float32)
+        self.last_rows_read += len(rows)
         items, item_vals, _ = self._kth(rows, vals, k, ex, allowed)
         order = np.lexsort((items, -item_vals))[:k]
         return items[order], item_vals[order]
