@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from recsys.data.movielens import attributes
-from recsys.models.base import ItemAttributes
+from recsys.models.base import ItemAttributes, select
 from recsys.models.content import item_features
 from recsys.models.hybrid.content_index import ContentIndex
-from recsys.models.topk import PAD, full_sort_top_k
 
 
 def movielens_features():
@@ -55,13 +54,8 @@ def profiles(features, n_users: int, seed: int) -> np.ndarray:
 
 
 def reference(features, p: np.ndarray, k: int, exclude, allowed):
-    scores = np.asarray(features @ p[:, None], dtype=np.float32).ravel()  # `Content.score`'s product
-    scores[exclude] = -np.inf
-    if allowed is not None:
-        scores[~allowed] = -np.inf
-    idx, val = full_sort_top_k(scores, k)
-    keep = (idx != PAD) & np.isfinite(val)
-    return idx[keep], val[keep]
+    """Every item's score (`Content.score`'s product) sorted, ties by position: the serving models' `select`."""
+    return select(np.asarray(features @ p[:, None], dtype=np.float32).ravel(), k, exclude, allowed)
 
 
 @pytest.mark.parametrize("block", [4, 256])
