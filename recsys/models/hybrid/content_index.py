@@ -105,29 +105,45 @@ class ContentIndex:
         self, rows: np.ndarray, vals: np.ndarray, k: int, ex: np.ndarray | None, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """The allowed items of the best distinct rows read so far (every row scoring at least the k-th kept item's
-        score), their scores, and that k-th score (-inf while fewer than k are kept)."""
+        score), their scores, and that k-th score (-inf while fewer than k are kept). Rows are expanded to their
+        items in chunks, each holding at least twice the items still wanted: few rounds whether rows are unique
+        (a catalogue with titles) or shared by thousands of items."""
         order = np.lexsort((rows, -vals))
         rows, vals = rows[order], vals[order]
+        ends = np.cumsum(self.member_ptr[rows + 1] - self.member_ptr[rows])
         items_c: list[np.ndarray] = []
         vals_c: list[np.ndarray] = []
-        kept, taken = 0, 0
-        while taken < len(rows) and (kept < k or vals[taken] >= vals_c[-1][0]):
-            stop = taken + 1
-            row = rows[taken]
-            members = self.members[self.member_ptr[row] : self.member_ptr[row + 1]]
+        kept, taken, kth = 0, 0, -np.inf
+        want = k + (0 if ex is None else len(ex))
+        while taken < len(rows) and (kept < k or vals[taken] >= kth):
+            if kept < k:
+                base = int(ends[taken - 1]) if taken else 0
+                stop = int(np.searchsorted(ends, base + want)) + 1
+            else:  # every further row tied with the k-th score (ties go by position)
+                stop = int(np.searchsorted(-vals, -kth, side="right"))
+            stop = min(max(stop, taken + 1), len(rows))
+            members, owner = self._members(rows[taken:stop])
+            keep = np.ones(len(members), dtype=bool)
             if ex is not None:
-                members = members[~np.isin(members, ex)]
+                keep &= ~np.isin(members, ex)
             if allowed is not None:
-                members = members[allowed[members]]
-            if len(members):
-                items_c.append(members)
-                vals_c.append(np.full(len(members), vals[taken], np.float32))
-                kept += len(members)
-            taken = stop
+                keep &= allowed[members]
+            items_c.append(members[keep])
+            vals_c.append(vals[taken:stop][owner[keep]])
+            kept, taken, want = kept + int(keep.sum()), stop, 2 * want
+            if kept >= k:
+                every = np.concatenate(vals_c)
+                kth = float(np.partition(every, len(every) - k)[len(every) - k])
         items = np.concatenate(items_c) if items_c else np.zeros(0, np.int64)
         scores = np.concatenate(vals_c) if vals_c else np.zeros(0, np.float32)
-        kth = float(np.sort(scores)[::-1][k - 1]) if kept >= k else -np.inf
         return items, scores, kth
+
+    def _members(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The items of these distinct rows, and for each item its row's place in `rows`."""
+        lo, counts = self.member_ptr[rows], self.member_ptr[rows + 1] - self.member_ptr[rows]
+        offsets = np.cumsum(counts) - counts
+        at = np.repeat(lo - offsets, counts) + np.arange(int(counts.sum()))
+        return self.members[at], np.repeat(np.arange(len(rows)), counts)
 
 
 def _distinct_rows(f: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
