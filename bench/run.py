@@ -15,7 +15,9 @@ and a replica's swap-in time of the published model from each),
 speed (events/s, event -> UP latency, next to a bare kafka-python consumer and Kafka's
 ConsumerPerformance / ProducerPerformance on the same broker), idle (CPU of each service with
 no traffic), serving (GET /recommend latency and throughput), candidates (the hybrid's two-stage
-serving against its dense scores: same top 10, NDCG@10, cost per user). Each figure carries its unit.
+serving against its dense scores: same top 10, NDCG@10, cost per user), scale (the hybrid next to ALS
+through the HTTP server at 100k and 1M items: throughput, p99 at one offered rate, their ratio).
+Each figure carries its unit.
 Every section records, when it *starts*, the commit it runs on and the time (`meta.sections`);
 a tree with uncommitted changes is refused unless `--allow-dirty`, and then marked. Also
 writes report.md (which the README links) and one PNG plot per section. Absolute
@@ -506,6 +508,18 @@ def _serving(o: dict) -> dict:
     return serving.run(o["quick"])
 
 
+def _scale(o: dict) -> dict:
+    from bench import scale
+
+    return scale.run(o["quick"])
+
+
+def _scale_table(r: dict) -> Table:
+    from bench import scale
+
+    return scale.table(r)
+
+
 def reactivity_table(r: dict) -> Table:
     table = Table(title="reactivity after one view (users >= 100 events) and cold items")
     for col in ("model", "top-10 changed", "unchanged users", "recall@10 cold", "zero-score visitor answers"):
@@ -546,8 +560,9 @@ SECTIONS = {
     "soak": ("soak", _soak, lambda r: f"soak: {r}"),
     "serving": ("serving", _serving, lambda r: serving_table(r)),
     "candidates": ("candidates", _candidates, lambda r: candidates_table(r)),
+    "scale": ("scale", _scale, lambda r: _scale_table(r)),
 }
-DEFAULT_SECTIONS = "quality,freshness,reactivity,neural,batch,storage,speed,idle,serving,candidates"
+DEFAULT_SECTIONS = "quality,freshness,reactivity,neural,batch,storage,speed,idle,serving,candidates,scale"
 
 
 @app.command()

@@ -79,6 +79,10 @@ class NormIndex:
     def nbytes(self) -> int:
         return self.sorted.nbytes
 
+    def scores(self, vector: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """c(x, y_j) of one vector for the given item positions: the values `top_k` returns."""
+        return canonical_all(vector, self.sorted[self.position[items]])
+
     def top_k(
         self,
         vectors: np.ndarray,

@@ -1,5 +1,6 @@
 """Two-stage serving gives the dense definition's answers: on MovieLens-100K users, the hybrid's top 10 from
-candidates (`recsys.models.hybrid.candidates`) equals the top 10 of `score_all` over every item, with and
+candidates (`recsys.models.hybrid.candidates`) equals the top 10 of `score_all` over every item (with the factor
+and content models read densely or through their indexes), with and
 without the re-ranker, under exclusions, filters (wide and narrow), new items, and at a depth so small that
 nearly every user must be deepened before the answer is certified."""
 
@@ -60,9 +61,9 @@ def test_the_same_top_10_as_the_dense_scores(fitted):
     assert same_share(model, users) >= 0.99
 
 
-def test_the_same_top_10_with_the_factor_model_read_through_the_norm_index(fitted, monkeypatch):
+def test_the_same_top_10_with_the_factor_and_content_models_read_through_their_indexes(fitted, monkeypatch):
     model, data = fitted
-    monkeypatch.setattr(candidates, "NORM_INDEX_FROM", 0)  # what catalogues of 300k items and more use
+    monkeypatch.setattr(candidates, "INDEX_FROM", 0)  # what catalogues of 20k items and more use
     users = [data.context(r, model.recent_events) for r in range(0, data.n_users, 2)]
     assert same_share(model, users) >= 0.99
     assert same_share(model, users, exclude=[u.items[::3] for u in users]) >= 0.99

@@ -6,9 +6,11 @@ which items can score well for a user:
 
 - item-to-item components and session-KNN (`sparse_scores`): only the items in the rows of
   the user's latest items are stored; every other item scores exactly 0;
-- factor components (ALS) on catalogues of `NORM_INDEX_FROM` items or more: the exact top M by the
-  norm index (`recsys.models.norm_index`); on smaller ones, as any other component:
-- any other component (content, the neural models): its dense scores, top M by selection;
+- factor components (ALS) on catalogues of `INDEX_FROM` items or more: the exact top M by the
+  norm index (`recsys.models.norm_index`); on smaller ones, as any other component;
+- the content model on such catalogues: the exact top M by its block index
+  (`recsys.models.hybrid.content_index`: each distinct attribute row once, blocks bounded per token);
+- any other component (the neural models): its dense scores, top M by selection;
 - popularity: the M most popular items (what answers a user nothing else can score).
 
 Stage 1 runs on the union C of each source's top M (after the request's exclusions and
@@ -27,8 +29,12 @@ every item, so the loop ends. A list that enumerates everything the filter allow
 than M items) certifies at once: a narrow category filter costs no more than a wide one.
 
 The values are those of the dense path, operation for operation (the same float32 divisions
-and the same order of the weighted sum), except the factor scores read through the norm index: its
-canonical x·y (one fixed summation order) instead of a BLAS product, which differ in the last bits.
+and the same order of the weighted sum; the content index's rows times the profile by the same CSR
+product), except the factor scores read through the norm index: its canonical x·y (one fixed
+summation order) instead of a BLAS product, which differ in the last bits. Nothing per request is as
+large as the catalogue on these catalogues: the seen and excluded items are looked up as sorted keys,
+never as (users × items) masks, and the dense `score_all` is only the reference the tests and
+`bench/candidates.py` compare against (and the answer for a catalogue smaller than the re-ranker's list).
 The unit tests compare both paths' top 10 on MovieLens-100K (with and without the norm index);
 `bench/candidates.py` measures both on MovieLens-100K and at 100,000 items.
 """
@@ -42,23 +48,27 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import NewItems, UserContext, select
-from recsys.models.hybrid.blend import blend, finite, seen_rows, unseen_max
+from recsys.models.base import NewItems, Recommender, UserContext, select
+from recsys.models.content import Content
+from recsys.models.hybrid.blend import blend, finite, unseen_max
+from recsys.models.hybrid.content_index import ContentIndex
 from recsys.models.hybrid.reranker import features
-from recsys.models.norm_index import NormIndex, canonical_all
+from recsys.models.norm_index import NormIndex
 from recsys.models.topk import PAD, top_k_of_scores
 
 if TYPE_CHECKING:
     from recsys.models.hybrid.model import Hybrid
 
-# Catalogues from this size read factor models through the norm index; below it one BLAS pass over the item factors
-# (the dense path's own scores) costs less than the norm index's walk to a few hundred items (`bench/candidates.py`).
-NORM_INDEX_FROM = 300_000
+# Catalogues from this size read factor and content models through their indexes; below it one pass over every item
+# (the dense path's own scores) costs less than an index's walk. At 100k items the norm index's top 400 costs 0.5 ms
+# against 6.7 ms for the BLAS pass (in process, one user; `bench/candidates.py` measures the whole call).
+INDEX_FROM = 20_000
 # Relative margin on B: the float32 rounding of a dozen-term weighted sum is below 1e-6 of its positive part.
 SLACK = 1e-5
 DEEPEN = 4
 
 Answer = tuple[np.ndarray, np.ndarray]
+Index = NormIndex | ContentIndex  # both: top_k(x, k, exclude, allowed) and scores(x_r, items), exact
 
 
 @dataclass
@@ -67,11 +77,32 @@ class Scored:
 
     sparse: dict[str, sp.csr_matrix] = field(default_factory=dict)  # sorted rows; unstored = 0
     sparse_keys: dict[str, np.ndarray] = field(default_factory=dict)  # row * n_items + column of each stored entry
-    factor: dict[str, tuple[NormIndex, np.ndarray]] = field(default_factory=dict)  # index, user vectors
-    # Per factor component: the first depth, what it excluded per user and each user's top (norm index).
-    factor_first: dict[str, tuple[int, Sequence[np.ndarray], list[Answer]]] = field(default_factory=dict)
+    # Indexed components (factor: norm index, content: its block index): the index and each user's query vector.
+    indexed: dict[str, tuple[Index, np.ndarray]] = field(default_factory=dict)
+    # Per indexed component: the first depth, what it excluded per user and each user's top.
+    indexed_first: dict[str, tuple[int, Sequence[np.ndarray], list[Answer]]] = field(default_factory=dict)
     dense: dict[str, np.ndarray] = field(default_factory=dict)  # users × items
     scales: dict[str, np.ndarray] = field(default_factory=dict)  # users, float32
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """(batch row, item) pairs as sorted keys row · width + item: a users × items boolean table without its size."""
+
+    keys: np.ndarray
+    width: int
+
+    @staticmethod
+    def of(items: Sequence[np.ndarray], width: int) -> Pairs:
+        parts = [r * width + a[(a >= 0) & (a < width)].astype(np.int64) for r, a in enumerate(items)]
+        return Pairs(np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64), width)
+
+    def contains(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if not len(self.keys):
+            return np.zeros(len(items), dtype=bool)
+        key = np.asarray(rows, np.int64) * self.width + np.asarray(items, np.int64)
+        at = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
+        return self.keys[at] == key
 
 
 @dataclass
@@ -97,20 +128,17 @@ def recommend_many(
     seen = [np.unique(u.items[(u.items >= 0) & (u.items < n)]) for u in users]
     excluded = [np.zeros(0, np.int64) if e is None else np.asarray(e, np.int64) for e in exclude]
     model_excluded = [np.unique(e[(e >= 0) & (e < n)]) for e in excluded]
-    # The same as boolean rows (users × items), which index faster than a set test per candidate.
-    seen_mask = seen_rows(users, n)
+    # The same as (batch row, item) keys: what a users × items boolean table would say, without its size.
+    seen_pairs, excluded_pairs = Pairs.of(seen, n + len(new)), Pairs.of(excluded, n + len(new))
     # Without a filter, and excluding only items the user has seen (purchases, the cool-down), the final pool bounds
     # unseen items too (an unseen item is not excluded): one pool serves the blend's top and the re-ranker's.
-    plain = np.array([allowed[r] is None and bool(seen_mask[r, e].all()) for r, e in enumerate(model_excluded)])
-    excluded_mask = np.zeros((len(users), n + len(new)), dtype=bool)
-    for row, e in enumerate(excluded):
-        excluded_mask[row, e[(e >= 0) & (e < n + len(new))]] = True
+    plain = np.array([allowed[r] is None and bool(np.isin(e, seen[r]).all()) for r, e in enumerate(model_excluded)])
     views = model._views(users)
     names = [c for c in model.components if model.weights.get(c, 0.0) > 0 or model.reranker is not None]
     m = max(depth, k)
     # The factor models' first lists exclude what the final pool excludes where that pool serves both.
     first = [model_excluded[r] if plain[r] else seen[r] for r in range(len(users))]
-    scored = score_components(model, names, views, seen, seen_mask, first, m)
+    scored = score_components(model, names, views, seen, seen_pairs, first, m)
     new_block = model.new_item_scores(new, views, scored.scales) if len(new) else np.zeros((len(users), 0))
     out: list[Answer | None] = [None] * len(users)
     todo = np.arange(len(users))
@@ -121,7 +149,7 @@ def recommend_many(
             todo,
             m,
             [model_excluded[r] for r in todo],
-            excluded_mask[todo, :n],
+            excluded_pairs,
             [allowed[int(r)] for r in todo],
         )
         unseen = None
@@ -129,10 +157,10 @@ def recommend_many(
             unseen = (
                 final
                 if plain[todo].all()
-                else gather(model, scored, todo, m, [seen[r] for r in todo], seen_mask[todo], [None] * len(todo))
+                else gather(model, scored, todo, m, [seen[r] for r in todo], seen_pairs, [None] * len(todo))
             )
         answers, certified = evaluate(
-            model, scored, users, todo, final, unseen, k, seen_mask, excluded_mask, allowed, new_block
+            model, scored, users, todo, final, unseen, k, seen_pairs, excluded_pairs, allowed, new_block
         )
         for i, r in enumerate(todo):
             if certified[i]:
@@ -152,7 +180,7 @@ def score_components(
     names: Sequence[str],
     views: dict[str, list[UserContext]],
     seen: Sequence[np.ndarray],
-    seen_mask: np.ndarray,
+    seen_pairs: Pairs,
     first: Sequence[np.ndarray],
     depth: int,
 ) -> Scored:
@@ -167,14 +195,13 @@ def score_components(
             s.data = finite(s.data)
             out.sparse[name] = s
             out.sparse_keys[name] = np.repeat(np.arange(b, dtype=np.int64), np.diff(s.indptr)) * n + s.indices
-            out.scales[name] = _sparse_scales(s, seen_mask)
-        elif hasattr(component, "norm_index") and hasattr(component, "user_vectors") and n >= NORM_INDEX_FROM:
-            index: NormIndex = component.norm_index
-            x = np.ascontiguousarray(component.user_vectors(views[name]), dtype=np.float32)
-            out.factor[name] = (index, x)
+            out.scales[name] = _sparse_scales(s, seen_pairs)
+        elif (query := _indexed(model, name, component, views[name])) is not None:
+            index, x = query
+            out.indexed[name] = (index, x)
             top = index.top_k(x, depth, list(first), [None] * b)
-            out.factor_first[name] = (depth, first, top)
-            out.scales[name] = _factor_scales(index, x, top, seen)
+            out.indexed_first[name] = (depth, first, top)
+            out.scales[name] = _indexed_scales(index, x, top, seen)
         else:
             raw = np.array(component.score(views[name]), dtype=np.float32)
             if not np.isfinite(raw).all():
@@ -184,9 +211,24 @@ def score_components(
     return out
 
 
-def _factor_scales(index: NormIndex, x: np.ndarray, top: list[Answer], seen: Sequence[np.ndarray]) -> np.ndarray:
+def _indexed(
+    model: Hybrid, name: str, component: Recommender, views: list[UserContext]
+) -> tuple[Index, np.ndarray] | None:
+    """The component's index and the users' query vectors, if it has one and the catalogue is large enough."""
+    if model.n_items < INDEX_FROM:
+        return None
+    if hasattr(component, "norm_index") and hasattr(component, "user_vectors"):
+        return component.norm_index, np.ascontiguousarray(component.user_vectors(views), dtype=np.float32)
+    if isinstance(component, Content):
+        # The profile exactly as `Content.score` builds it (the index's rows times it are its scores).
+        profile = (component._weights(views) @ component.features).toarray().astype(np.float32)
+        return model.content_index(name), np.ascontiguousarray(profile)
+    return None
+
+
+def _indexed_scales(index: Index, x: np.ndarray, top: list[Answer], seen: Sequence[np.ndarray]) -> np.ndarray:
     """Each user's best score over unseen items if positive, else 1: the first unseen item of their list, or (when
-    the list holds none) one more norm-index call that excludes everything they have seen."""
+    the list holds none) one more index call that excludes everything they have seen."""
     best = np.zeros(len(top), np.float32)
     missing = []
     for r, (idx, val) in enumerate(top):
@@ -201,11 +243,11 @@ def _factor_scales(index: NormIndex, x: np.ndarray, top: list[Answer], seen: Seq
     return np.where(best > 0, best, 1.0).astype(np.float32)
 
 
-def _sparse_scales(s: sp.csr_matrix, seen_mask: np.ndarray) -> np.ndarray:
+def _sparse_scales(s: sp.csr_matrix, seen: Pairs) -> np.ndarray:
     """Each row's largest stored value over unseen items if positive, else 1: the dense row's `unseen_max`, since
     every unstored item scores 0."""
     row = np.repeat(np.arange(s.shape[0], dtype=np.int64), np.diff(s.indptr))
-    val = np.where(seen_mask[row, s.indices], 0.0, s.data).astype(np.float32)  # a seen item is never the scale
+    val = np.where(seen.contains(row, s.indices), 0.0, s.data).astype(np.float32)  # a seen item is never the scale
     top = np.zeros(s.shape[0], np.float32)
     filled = np.flatnonzero(np.diff(s.indptr) > 0)
     if len(filled):
@@ -245,7 +287,7 @@ def gather(
     rows: np.ndarray,
     m: int,
     excluded: Sequence[np.ndarray],
-    excluded_mask: np.ndarray,
+    excluded_pairs: Pairs,
     allowed: Sequence[np.ndarray | None],
 ) -> Pool:
     """Every source's top m per user (rows of the batch) after exclusions (as positions and as boolean rows over
@@ -265,8 +307,8 @@ def gather(
     def weighed(sources: dict) -> dict:  # a zero-weight component (kept for the re-ranker) adds nothing to stage 1
         return {name: v for name, v in sources.items() if model.weights.get(name, 0.0) > 0}
 
-    for name, (index, x) in weighed(scored.factor).items():
-        depth, done, cached = scored.factor_first[name]
+    for name, (index, x) in weighed(scored.indexed).items():
+        depth, done, cached = scored.indexed_first[name]
         reuse = (
             depth == m
             and all(a is None for a in masks)
@@ -280,7 +322,7 @@ def gather(
     for name, s in weighed(scored.sparse).items():
         at, place = _row_entries(s, rows)
         idx, val = s.indices[at].astype(np.int64), s.data[at]
-        keep = ~excluded_mask[place, idx]
+        keep = ~excluded_pairs.contains(rows[place], idx)
         for i in (i for i, mask in enumerate(masks) if mask is not None):
             mine = place == i
             keep[mine] &= cast(np.ndarray, masks[i])[idx[mine]]
@@ -303,7 +345,7 @@ def gather(
                 bound[i] += max(model.weights[name] * float(val[-1]) / float(scored.scales[name][r]), 0.0)
         order = model.pop_order if mask is None else model.pop_order[mask[model.pop_order]]
         top = order[: m + len(ex)]
-        top = top[~excluded_mask[i, top]][:m] if len(ex) else top[:m]
+        top = top[~excluded_pairs.contains(np.full(len(top), r), top)][:m] if len(ex) else top[:m]
         exhaustive[i] |= len(top) < m
         keys.append(i * n + top)
         if len(top) == m:
@@ -319,8 +361,8 @@ def evaluate(
     final: Pool,
     unseen: Pool | None,
     k: int,
-    seen_mask: np.ndarray,
-    excluded_mask: np.ndarray,
+    seen_pairs: Pairs,
+    excluded_pairs: Pairs,
     allowed: Sequence[np.ndarray | None],
     new_block: np.ndarray,
 ) -> tuple[list[Answer], np.ndarray]:
@@ -338,19 +380,17 @@ def evaluate(
         raw = np.where(hit, s.data[at] if len(stored) else 0, 0).astype(np.float32)
         norm[name] = raw / scored.scales[name][batch_row]
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    for name, (index, x) in scored.factor.items():
-        # User by user: the same products and sums as `canonical_scores` of (x_r, y_j) pairs, without a copy of x
-        # per candidate.
+    for name, (index, x) in scored.indexed.items():
         product = np.zeros(len(item), np.float32)
-        for i, r in enumerate(rows):
+        for i, r in enumerate(rows):  # user by user: the index's own values, without a copy of x per candidate
             lo, hi = starts[i], starts[i + 1]
-            product[lo:hi] = canonical_all(x[r], index.sorted[index.position[item[lo:hi]]])
+            product[lo:hi] = index.scores(x[r], item[lo:hi])
         norm[name] = finite(product) / scored.scales[name][batch_row]
     for name, block in scored.dense.items():
         norm[name] = block[batch_row, item] / scored.scales[name][batch_row]
     stage1 = blend(norm, model.weights) if norm else np.zeros(len(item), np.float32)
     stage1 += model.pop_term[item]
-    is_seen = seen_mask[batch_row, item]
+    is_seen = seen_pairs.contains(batch_row, item)
     scores, certified = stage1, np.ones(len(rows), dtype=bool)
     if unseen is not None and model.reranker is not None:
         scores, certified = _rerank(model, norm, stage1, item, prow, is_seen, [users[r] for r in rows], unseen)
@@ -359,7 +399,7 @@ def evaluate(
         lo, hi = starts[i], starts[i + 1]
         idx = np.concatenate([item[lo:hi], n + np.arange(new_block.shape[1])])
         val = np.concatenate([scores[lo:hi], new_block[r]]).astype(np.float32)
-        val[excluded_mask[r, idx]] = -np.inf
+        val[excluded_pairs.contains(np.full(len(idx), r), idx)] = -np.inf
         mask = allowed[r]
         if mask is not None:
             val[~mask[idx]] = -np.inf

@@ -54,6 +54,7 @@ from pydantic import Field
 from recsys.data.datasets import holdout
 from recsys.models import registry
 from recsys.models.base import AnyParams, Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
+from recsys.models.content import Content
 from recsys.models.hybrid import candidates
 from recsys.models.hybrid.blend import (
     blend,
@@ -65,6 +66,7 @@ from recsys.models.hybrid.blend import (
     seen_rows,
     unseen_max,
 )
+from recsys.models.hybrid.content_index import ContentIndex
 from recsys.models.hybrid.reranker import Priors, Reranker, candidate_features, choose_reranker
 from recsys.models.topk import _select_top
 from recsys.models.transitions import Transitions
@@ -145,6 +147,7 @@ class Hybrid(Recommender):
         self.popularity = np.zeros(0, np.float32)
         self._pop_term: np.ndarray | None = None
         self._pop_order = np.zeros(0, np.int64)
+        self._content_indexes: dict[str, ContentIndex] = {}
 
     @classmethod
     def from_settings(cls, s: Settings) -> Hybrid:
@@ -292,6 +295,13 @@ class Hybrid(Recommender):
         """Item positions by decreasing popularity term (ties: lower position first): serving's popular source."""
         _ = self.pop_term
         return self._pop_order
+
+    def content_index(self, name: str) -> ContentIndex:
+        """The serving index of a content component (`content_index.py`), built on first use."""
+        indexes = self.__dict__.setdefault("_content_indexes", {})  # a model unpickled from before it had one
+        if name not in indexes:
+            indexes[name] = ContentIndex(cast(Content, self.components[name]).features)
+        return indexes[name]
 
     def component_scores(self, users: Sequence[UserContext], seen: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Each component's scores over the model's items, normalised per user (see the module doc)."""
