@@ -33,7 +33,8 @@ import scipy.linalg
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import Dataset, Params
+from recsys.data.inputs import Dataset
+from recsys.models.base import Params
 from recsys.models.item_to_item import ItemToItem
 
 if TYPE_CHECKING:

@@ -29,7 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
+from recsys.data.inputs import Dataset, UserContext
+from recsys.models.base import AnyParams, Params, Reason, Recommender
 from recsys.models.sparse import dense, recent_weights, sorted_rows, top_n_per_row
 
 if TYPE_CHECKING:

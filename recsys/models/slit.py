@@ -32,7 +32,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import Dataset, EventLog, Params
+from recsys.data.inputs import Dataset, EventLog
+from recsys.models.base import Params
 from recsys.models.ease import expand, most_popular, pruned_rows, ridge_inverse
 from recsys.models.item_to_item import ItemToItem
 from recsys.models.sparse import tie_groups

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from recsys.data.inputs import UserContext
 from recsys.evaluation.protocol import dataset_from_events
 from recsys.models import registry
-from recsys.models.base import UserContext
 from recsys.models.ease import EASE, EaseParams
 from recsys.models.hybrid import Hybrid, HybridParams
 from recsys.models.hybrid.reranker import Priors, choose_reranker
