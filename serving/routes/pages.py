@@ -6,7 +6,9 @@ served from the installation (`create_app` mounts `DOCS_ASSETS` at /docs-assets)
 
 import functools
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -22,6 +24,17 @@ SAME_ORIGIN_ONLY = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; worker-src 'self' blob:; font-src 'self' data:"
 )
+# Where each docs page loads its files from (all below /docs-assets).
+SWAGGER_FILES = {
+    "swagger_js_url": "/docs-assets/swagger-ui-bundle.js",
+    "swagger_css_url": "/docs-assets/swagger-ui.css",
+    "swagger_favicon_url": "/docs-assets/favicon.png",
+}
+REDOC_FILES = {
+    "redoc_js_url": "/docs-assets/redoc.standalone.js",
+    "redoc_favicon_url": "/docs-assets/favicon.png",
+    "with_google_fonts": False,
+}
 
 router = APIRouter(include_in_schema=False)
 
@@ -46,30 +59,18 @@ def redoc_bundle() -> Response:
 
 @router.get("/docs")
 def swagger_ui(request: Request) -> HTMLResponse:
-    app = request.app
-    assert app.openapi_url is not None  # the default, /openapi.json
-    page = get_swagger_ui_html(
-        openapi_url=app.openapi_url,
-        title=f"{app.title} - API docs",
-        swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-        swagger_css_url="/docs-assets/swagger-ui.css",
-        swagger_favicon_url="/docs-assets/favicon.png",
-    )
-    page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY
-    return page
+    return _docs_page(get_swagger_ui_html, request, "API docs", SWAGGER_FILES)
 
 
 @router.get("/redoc")
 def redoc(request: Request) -> HTMLResponse:
+    return _docs_page(get_redoc_html, request, "ReDoc", REDOC_FILES)
+
+
+def _docs_page(render: Callable[..., HTMLResponse], request: Request, name: str, files: dict[str, Any]) -> HTMLResponse:
     app = request.app
     assert app.openapi_url is not None  # the default, /openapi.json
-    page = get_redoc_html(
-        openapi_url=app.openapi_url,
-        title=f"{app.title} - ReDoc",
-        redoc_js_url="/docs-assets/redoc.standalone.js",
-        redoc_favicon_url="/docs-assets/favicon.png",
-        with_google_fonts=False,
-    )
+    page = render(openapi_url=app.openapi_url, title=f"{app.title} - {name}", **files)
     page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY
     return page
 

@@ -4,11 +4,13 @@ A plain, valid `GET /recommend/{user_id}` is answered before it gets here, by `s
 this route answers everything that middleware hands on, and is the source of truth for both.
 """
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from recsys.privacy import pseudonymise
+from recsys.settings import Settings
 from serving import metrics
 from serving.dependencies import (
     ERRORS,
@@ -133,21 +135,21 @@ async def recommend(
 async def similar(item_id: ItemId, model: Model, k: K, s: AppSettings) -> Similar:
     """Items like this one by the served model (co-occurrence, factors or attributes); for an item the model
     knows nothing of, the most popular items of its category (`source` says which)."""
-    check_item(item_id, s)
-    try:
-        ranked = model.similar(item_id, k)
-    except UnknownId as e:
-        raise HTTPException(404, str(e)) from None
-    return Similar(item_id=item_id, model_version=model.version, source=ranked.source, items=items(model, ranked))
+    return _related(model, model.similar, item_id, k, s)
 
 
 @router.get("/bought-together/{item_id}", response_model=Similar, responses=ERRORS)
 async def bought_together(item_id: ItemId, model: Model, k: K, s: AppSettings) -> Similar:
     """Items shoppers carted or bought in the same session as this one; for an item nobody bought with
     anything, the most popular items of its category (`source` says which)."""
+    return _related(model, model.bought_together, item_id, k, s)
+
+
+def _related(model: ServingModel, rank: Callable[[str, int], Ranked], item_id: str, k: int, s: Settings) -> Similar:
+    """The answer of an item's route: `rank`'s items for it (404 for an item the model cannot rank at all)."""
     check_item(item_id, s)
     try:
-        ranked = model.bought_together(item_id, k)
+        ranked = rank(item_id, k)
     except UnknownId as e:
         raise HTTPException(404, str(e)) from None
     return Similar(item_id=item_id, model_version=model.version, source=ranked.source, items=items(model, ranked))
