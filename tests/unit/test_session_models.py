@@ -8,9 +8,8 @@ import pytest
 import scipy.sparse as sp
 
 from recsys.evaluation.protocol import dataset_from_events
-from recsys.models import registry
+from recsys.models import ease, registry
 from recsys.models.base import UserContext
-from recsys.models import ease
 from recsys.models.ease import EASE, EaseParams, ridge_inverse
 from recsys.models.hybrid import Hybrid, HybridParams
 from recsys.models.hybrid.reranker import Priors, choose_reranker
