@@ -457,12 +457,26 @@ def kill_node(s: Settings, node_id: int) -> int:
     return pid
 
 
+LAST_NODE_STOP_S = 10.0  # the last node of several: no controller quorum left for its controlled shutdown
+
+
 def stop(settings: Settings | None = None, timeout_s: float = 120.0) -> bool:
     """Stop every node: SIGTERM (Kafka's controlled shutdown: leadership moved away, logs flushed and closed
     cleanly), and SIGKILL only a node still there after `timeout_s`. Returns whether any was running."""
     s = settings or get_settings()
     paths = BrokerPaths(s.broker_dir)
-    return stop_all((node_daemon(paths.node(i)) for i in running_pids(s)), timeout_s)
+    ids = running_pids(s)
+    if len(ids) == 1:
+        return stop_all([node_daemon(paths.node(i)) for i in ids], timeout_s)
+    # Every node is also a controller, and a controlled shutdown needs the controllers' quorum: stopped all at
+    # once, the last ones to go lose it and wait out the whole timeout (seen: 120 s). One at a time, each goes
+    # while the others still hold the quorum; the last one left never can, so it gets a short wait.
+    running = [i for i, pid in ids.items() if pid is not None]
+    for n, i in enumerate(running):
+        last = n == len(running) - 1
+        stop_all([node_daemon(paths.node(i))], min(timeout_s, LAST_NODE_STOP_S) if last else timeout_s)
+    stop_all([node_daemon(paths.node(i)) for i in ids], timeout_s)  # PID files of nodes already gone
+    return bool(running)
 
 
 # --- command line --------------------------------------------------------------------------------------------
