@@ -23,7 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.models.base import AnyParams, Dataset, Reason, Recommender, UserContext
-from recsys.models.sparse import dense, recent_weights, sorted_rows
+from recsys.models.sparse import dense, recent_weights
+from recsys.models.sparse_product import product
 
 KINDS_FILE = "kind_weights.npy"
 
@@ -49,7 +50,7 @@ class ItemToItem(Recommender):
 
     def sparse_scores(self, users: Sequence[UserContext]) -> sp.csr_matrix:
         """The scores as a sparse (users × items) matrix with sorted rows; items not stored score exactly 0."""
-        return sorted_rows(self.profile(users) @ self.matrix)
+        return product(self.profile(users), self.matrix, sort=True)
 
     def score(self, users: Sequence[UserContext]) -> np.ndarray:
         return dense(self.profile(users) @ self.matrix)
