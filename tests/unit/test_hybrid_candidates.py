@@ -70,8 +70,8 @@ def test_the_same_top_10_with_the_factor_and_content_models_read_through_their_i
 
 
 def test_a_norm_index_list_shorter_than_the_pool_still_bounds_the_answer(fitted, monkeypatch):
-    """The factor model's list is `FACTOR_SHARE` times shorter than the pool: its last score must enter B as the
-    bound of that shorter list (an item below it can beat every candidate), and deepening must lengthen it."""
+    """The factor model's list is `FACTOR_SHARE` times shorter than the pool: it is complete (exhaustive) only when
+    shorter than its own depth, and its last score bounds what it left out; deepening lengthens it."""
     model, data = fitted
     monkeypatch.setattr(candidates, "INDEX_FROM", 0)
     monkeypatch.setattr(candidates, "FACTOR_SHARE", 40)  # ALS's first list: 1 item, the others' 40
