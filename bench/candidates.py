@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from recsys.data.datasets import holdout
+from recsys.data.inputs import NewItems, UserContext
 from recsys.data.movielens import attributes
 from recsys.evaluation.metrics import per_user_metrics
 from recsys.evaluation.protocol import load_ml100k_events, make_split
-from recsys.models.base import NewItems, Recommender, UserContext, select
+from recsys.models.base import Recommender, select
 from recsys.models.hybrid import Hybrid, HybridParams
 from recsys.settings import Settings
 

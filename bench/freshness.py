@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys.data.inputs import Dataset, UserContext
 from recsys.evaluation.protocol import (
     EvalSplit,
     dataset_from_events,
@@ -43,7 +44,7 @@ from recsys.evaluation.protocol import (
     time_split,
 )
 from recsys.models import registry
-from recsys.models.base import Dataset, Recommender, UserContext
+from recsys.models.base import Recommender
 from recsys.settings import Settings, get_settings
 
 REPORTED = ("ndcg", "recall", "precision", "map")

@@ -34,9 +34,10 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recsys.data import datasets
+from recsys.data.inputs import Dataset, EventLog, UserContext
 from recsys.evaluation.protocol import dataset_from_events, load_ml100k_events, make_split
 from recsys.models import registry
-from recsys.models.base import Dataset, EventLog, Recommender, UserContext
+from recsys.models.base import Recommender
 from recsys.models.neural.data import build_sessions, cpu_seconds, prefix_examples
 from recsys.settings import Settings, get_settings
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys.data.inputs import UserContext
 from recsys.data.movielens import attributes
 from recsys.evaluation.protocol import load_ml100k_events, make_split, time_split
 from recsys.models import registry
-from recsys.models.base import Recommender, UserContext
+from recsys.models.base import Recommender
 from recsys.models.topk import _select_top
 from recsys.settings import Settings, get_settings
 

@@ -43,6 +43,7 @@ def render(results: dict) -> str:
         ("idle", _idle),
         ("serving", _serving),
         ("candidates", _candidates),
+        ("scale", _scale),
         ("soak", _soak),
     ):
         if name in results:
@@ -91,6 +92,28 @@ def _candidates(c: dict) -> list[str]:
             f"| {name} | {v['n_items']:,} | {v['users']:,} | {v['same_top10_share']:.2%} | "
             f"{v['ndcg@10_dense']:.4f} | {v['ndcg@10_two_stage']:.4f} | {' | '.join(cells)} |"
         )
+    return rows
+
+
+def _scale(sc: dict) -> list[str]:
+    rows = [
+        "### scale (the hybrid served next to ALS through the HTTP server, one process each)",
+        "",
+        f"Closed loop (8 connections), then both at one offered rate (32 connections), {sc['seconds_per_run']} s "
+        "runs; p99 ratio = hybrid / ALS at that rate.",
+        "",
+        "| items | model | max req/s | offered /s | p50 ms | p99 ms | p99 ratio | targets |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for size, v in sc["sizes"].items():
+        targets = ", ".join(f"{k}{_missed(ok)}" for k, ok in v["targets"].items())
+        for name in ("als", "hybrid"):
+            m, last = v[name], name == "hybrid"
+            rows.append(
+                f"| {int(size):,} | {name} | {m['max_requests_per_s']:,.0f} | {v['offered_rate']:,} | "
+                f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {v['p99_ratio'] if last else ''} | "
+                f"{targets if last else ''} |"
+            )
     return rows
 
 

@@ -24,9 +24,9 @@ from recsys import protocol
 from recsys.contracts.handoffs import CleanReport
 from recsys.contracts.tables import Tables
 from recsys.data import catalog, datasets
+from recsys.data.inputs import Dataset
 from recsys.io import lake, model_store
 from recsys.models import registry
-from recsys.models.base import Dataset
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.train")

@@ -24,8 +24,9 @@ from typing import Literal
 
 import numpy as np
 
+from recsys.data.inputs import NewItems, UserContext, UserHistory
 from recsys.io.model_store import ModelArtifact
-from recsys.models.base import NewItems, UserContext, select
+from recsys.models.base import select
 from recsys.models.topk import PAD, full_sort_top_k, top_k_of_scores
 from recsys.protocol import ForgetMessage, VectorUpdate
 from recsys.settings import Settings
@@ -100,7 +101,7 @@ class ServingModel:
         self.seen_types = self.data.seen_types
         self.popularity = self.data.popularity()
         self.n_base = len(self.item_ids)
-        self._tail_ptr = self.data.events.indptr(self.data.n_users)
+        self.user_history = UserHistory(self.data)  # how a user's context is built, as the speed layer builds it
         self._kinds = {name: b for b, name in enumerate(self.data.event_types)}
         self.categories = np.array([self._category_of(i, j) for j, i in enumerate(self.item_ids)], dtype=object)
         self.category_names = {c for c in self.categories if c}
@@ -310,38 +311,15 @@ class ServingModel:
             return None
         if recent is None:  # the batch view: slices of the model's arrays, no per-item Python
             assert row is not None  # ruled out above: one of the two is known
-            start, end = self.interactions.indptr[row], self.interactions.indptr[row + 1]
-            ev, lo, hi = self.data.events, self._tail_ptr[row], self._tail_ptr[row + 1]
-            lo = max(lo, hi - self.model.recent_events)
-            return UserContext(
-                row=row,
-                items=self.interactions.indices[start:end].astype(np.int64),
-                strengths=self.interactions.data[start:end].astype(np.float32),
-                recent=ev.item[lo:hi].astype(np.int64),
-                recent_kinds=ev.kind[lo:hi].astype(np.int8),
-                recent_ts_ms=ev.ts_ms[lo:hi].astype(np.int64),
-            )
-        history = self.history(user_id)
-        events: list[tuple[int, int, int]] = []
-        if row is not None:
-            ev, lo, hi = self.data.events, self._tail_ptr[row], self._tail_ptr[row + 1]
-            events = list(zip(ev.item[lo:hi].tolist(), ev.kind[lo:hi].tolist(), ev.ts_ms[lo:hi].tolist(), strict=True))
-        limit = self.n_base  # positions request-time models index; new items enter through their state
-        for item, kind, ts in recent.events:
-            j = self.item_index.get(item)
-            if j is not None and j < limit:
-                events.append((j, self._kinds.get(kind, 0), ts))
-        events = events[-self.model.recent_events :]
-        keys = np.fromiter((j for j in history if j < limit), np.int64)
-        return UserContext(
-            row=row,
-            items=keys,
-            strengths=np.array([history[j] for j in keys.tolist()], np.float32),
-            recent=np.array([e[0] for e in events], np.int64),
-            recent_kinds=np.array([e[1] for e in events], np.int8),
-            recent_ts_ms=np.array([e[2] for e in events], np.int64),
-            state=recent.state,
-        )
+            return self.user_history.at_cutoff(row, self.model.recent_events)
+        added = {j: s for item, s in recent.strengths.items() if (j := self.item_index.get(item)) is not None}
+        later = [
+            (j, self._kinds.get(kind, 0), ts)
+            for item, kind, ts in recent.events
+            if (j := self.item_index.get(item)) is not None
+        ]
+        # Request-time models index the model's own items; new items enter through their state.
+        return self.user_history.now(row, added, later, self.n_base, self.model.recent_events, state=recent.state)
 
     def prepare(
         self,
@@ -511,12 +489,7 @@ class ServingModel:
 
     # --- internals ---------------------------------------------------------------------------
     def _batch_history(self, row: int | None) -> dict[int, float]:
-        if row is None:
-            return {}
-        start, end = self.interactions.indptr[row], self.interactions.indptr[row + 1]
-        return dict(
-            zip(self.interactions.indices[start:end].tolist(), self.interactions.data[start:end].tolist(), strict=True)
-        )
+        return self.user_history.strengths(row)
 
     def _score_block(self, contexts: list[UserContext], new: NewItems) -> np.ndarray:
         """(len(contexts), n_items) scores, one row per context, rows contiguous."""
@@ -649,7 +622,7 @@ class ServingModel:
         items, ts = np.zeros(0, np.int64), np.zeros(0, np.int64)
         cooling = np.zeros(0, dtype=bool)
         if row is not None:
-            ev, lo, hi = self.data.events, self._tail_ptr[row], self._tail_ptr[row + 1]
+            ev, lo, hi = self.data.events, self.user_history.ptr[row], self.user_history.ptr[row + 1]
             items, ts = ev.item[lo:hi].astype(np.int64), ev.ts_ms[lo:hi].astype(np.int64)
             cooling = self._cooling_kinds[ev.kind[lo:hi].astype(np.int64)]
         if recent is not None and recent.events:

@@ -73,6 +73,7 @@ def document(base: dict[str, Any], settings: Settings, categories: tuple[set[str
         kind = node.pop(MARK)
         if kind in fillers:
             _apply(node, fillers[kind])
+    _describe_parameters_as_their_schemas(doc)
     return doc
 
 
@@ -82,12 +83,27 @@ def filler_table(settings: Settings, categories: tuple[set[str], set[str]] | Non
         "event_type": lambda s: s.update(enum=sorted([*settings.event_weights, *ITEM_UPDATES])),
         "id": lambda s: s.update(maxLength=settings.max_id_length),
         "k": lambda s: s.update(maximum=settings.serving_max_k),
+        "k_query": lambda s: s.update(k_query_words(settings)),
+        "k_query_default": lambda s: s.update(k_query_words(settings), default=settings.serving_default_k),
         "event_time": lambda s: s.update(event_time_bounds(settings, datetime.now(UTC), s.get("type", ""))),
     }
     if categories is not None:
         pattern = category_pattern(*categories)
         out["category"] = lambda s: s.update(pattern=pattern)
     return out
+
+
+def k_query_words(settings: Settings) -> Schema:
+    """A query `k`'s limit, which `serving.dependencies` checks (the parameter's description too: it names it)."""
+    return {"maximum": settings.serving_max_k, "description": f"How many items (1 to {settings.serving_max_k})."}
+
+
+def _describe_parameters_as_their_schemas(doc: dict) -> None:
+    """A parameter's description is its schema's, as FastAPI writes both, also where a filler changed the latter."""
+    for operation in (op for path in doc.get("paths", {}).values() for op in path.values()):
+        for param in operation.get("parameters", []):
+            if "description" in param and "description" in param["schema"]:
+                param["description"] = param["schema"]["description"]
 
 
 def category_pattern(any_case: Iterable[str], exact: Iterable[str]) -> str:

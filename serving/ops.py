@@ -145,7 +145,7 @@ def user_view(model: ServingModel, pseudonym: str, k: int) -> dict:
     row = None if pseudonym in model.erased else model.user_index.get(pseudonym)
     in_model = []
     if row is not None:
-        ev, lo, hi = model.data.events, model._tail_ptr[row], model._tail_ptr[row + 1]
+        ev, lo, hi = model.data.events, model.user_history.ptr[row], model.user_history.ptr[row + 1]
         names = model.data.event_types
         tail = zip(ev.item[lo:hi].tolist(), ev.kind[lo:hi].tolist(), ev.ts_ms[lo:hi].tolist(), strict=True)
         in_model = [_event(model, model.item_ids[j], names[c], t) for j, c, t in tail]

@@ -19,8 +19,8 @@ import numpy as np
 
 from recsys.contracts.events import Event
 from recsys.contracts.manifest import ModelManifest
+from recsys.data.inputs import UserContext, UserHistory
 from recsys.io.model_store import ModelArtifact
-from recsys.models.base import UserContext
 
 
 @dataclass
@@ -47,14 +47,13 @@ class SpeedState:
         self.model = artifact.model
         self.realtime = self.model.realtime(self.data)
         self.weights = weights
-        self.base = self.data.strengths.tocsr()
+        self.history = UserHistory(self.data)  # how a user's context is built, as serving builds it
         self.user_index = {u: i for i, u in enumerate(self.data.user_ids.tolist())}
         self.model_item_ids: list[str] = self.data.item_ids.tolist()
         self.item_index = {it: j for j, it in enumerate(self.model_item_ids)}
         self.n_model_items = len(self.model_item_ids)
         self.new_item_ids: list[str] = []  # items first seen after the model, in index order
         self.event_types = list(self.data.event_types)
-        self._tail_ptr = self.data.events.indptr(self.data.n_users)
         self.user_delta: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
         self.user_recent: dict[str, deque[tuple[int, str, int]]] = defaultdict(
             lambda: deque(maxlen=self.model.recent_events)
@@ -157,30 +156,12 @@ class SpeedState:
 
     def context(self, user_id: str) -> UserContext:
         """The user as the model sees them now: training row plus everything since, over items it can use."""
-        usable = self.realtime.n_items  # a new item without a state yet cannot enter the model's maths
         row = None if user_id in self.erased else self.user_index.get(user_id)
-        items: dict[int, float] = {}
-        recent: list[tuple[int, int, int]] = []
-        if row is not None:
-            start, end = self.base.indptr[row], self.base.indptr[row + 1]
-            items.update(zip(self.base.indices[start:end].tolist(), self.base.data[start:end].tolist(), strict=True))
-            ev = self.data.events
-            lo, hi = self._tail_ptr[row], self._tail_ptr[row + 1]
-            recent = list(zip(ev.item[lo:hi].tolist(), ev.kind[lo:hi].tolist(), ev.ts_ms[lo:hi].tolist(), strict=True))
-        for j, strength in self.user_delta.get(user_id, {}).items():
-            items[j] = items.get(j, 0.0) + strength
         kinds = self._kinds
-        recent += [(j, kinds.get(kind, 0), ts) for j, kind, ts in self.user_recent.get(user_id, ())]
-        recent = [r for r in recent if r[0] < usable][-self.model.recent_events :]
-        keys = np.fromiter((j for j in items if j < usable), np.int64)
-        return UserContext(
-            row=row,
-            items=keys,
-            strengths=np.array([items[j] for j in keys.tolist()], np.float32),
-            recent=np.array([r[0] for r in recent], np.int64),
-            recent_kinds=np.array([r[1] for r in recent], np.int8),
-            recent_ts_ms=np.array([r[2] for r in recent], np.int64),
-        )
+        later = [(j, kinds.get(kind, 0), ts) for j, kind, ts in self.user_recent.get(user_id, ())]
+        # A new item without a state yet cannot enter the model's maths: only positions below realtime.n_items.
+        usable = self.realtime.n_items
+        return self.history.now(row, self.user_delta.get(user_id, {}), later, usable, self.model.recent_events)
 
     def _update_users(self, user_ids: list[str]) -> dict[str, np.ndarray | None]:
         if not user_ids:

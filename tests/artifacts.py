@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.data.inputs import Dataset, EventLog, ItemAttributes
 from recsys.io import model_store
 from recsys.models.als import ImplicitALS, Objective, SparkALS
-from recsys.models.base import Dataset, EventLog, ItemAttributes
 
 EVENT_TYPES = ["view", "add_to_cart", "purchase"]
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from recsys.models.base import Dataset, EventLog, ItemAttributes
+from recsys.data.inputs import Dataset, EventLog, ItemAttributes
 
 DAY_MS = 86_400_000
 # A catalogue row as `recsys.data.catalog.attributes` gives it: (category, title, price, tags).

@@ -25,8 +25,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.data import datasets
+from recsys.data.inputs import Dataset, UserContext
 from recsys.evaluation.metrics import auc_block_rows, auc_of_block, canonical, ranking_metrics
-from recsys.models.base import Dataset, Recommender, UserContext
+from recsys.models.base import Recommender
 from recsys.models.topk import PAD, _select_top
 
 EVENT_COLUMNS = ("user_id", "item_id", "ts", "weight")

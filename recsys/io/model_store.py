@@ -38,8 +38,9 @@ import scipy.sparse as sp
 
 from recsys import protocol
 from recsys.contracts.manifest import MANIFEST_FILE, ModelManifest
+from recsys.data.inputs import Dataset, EventLog, ItemAttributes
 from recsys.io import remote_files
-from recsys.models.base import Dataset, EventLog, ItemAttributes, Recommender
+from recsys.models.base import Recommender
 from recsys.settings import Settings, get_settings
 
 # The artifact's shared part (the Dataset); each model adds its own files (Recommender.save).

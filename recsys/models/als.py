@@ -34,7 +34,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
-from recsys.models.base import AnyParams, Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
+from recsys.data.inputs import Dataset, NewItems, UserContext
+from recsys.models.base import AnyParams, Params, Realtime, Reason, Recommender
 from recsys.models.norm_index import NormIndex
 from recsys.models.topk import normalize_rows, top_k_of_scores
 

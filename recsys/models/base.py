@@ -25,23 +25,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import numpy as np
-import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict
 
+from recsys.data.inputs import Dataset, NewItems, UserContext
 from recsys.models.topk import PAD, top_k_of_scores
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from recsys.settings import Settings
-
-_EMPTY_I = np.zeros(0, np.int64)
-_EMPTY_F = np.zeros(0, np.float32)
 
 
 class Params(BaseModel):
@@ -52,172 +49,6 @@ class Params(BaseModel):
 
 # Inside a Recommender's body `Params` names that class's own ClassVar, which is not a type: annotations there use this.
 AnyParams: TypeAlias = Params
-
-
-# --- the data a model is fitted on ------------------------------------------------------------
-@dataclass(frozen=True)
-class EventLog:
-    """Events as parallel arrays, ordered by user, then time (ties in a fixed order).
-
-    `user` and `item` are positions in the dataset's id arrays, `kind` a position in its
-    `event_types`. `indptr[u]:indptr[u+1]` are user u's events, oldest first.
-    """
-
-    user: np.ndarray  # int32
-    item: np.ndarray  # int32
-    ts_ms: np.ndarray  # int64
-    kind: np.ndarray  # int8
-    session: np.ndarray | None = None  # int64 session codes, if the data has sessions
-    weight: np.ndarray | None = None  # float32: the strength each event adds to r_ui (None: not kept)
-
-    @staticmethod
-    def empty() -> EventLog:
-        return EventLog(
-            np.zeros(0, np.int32),
-            np.zeros(0, np.int32),
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int8),
-            None,
-            np.zeros(0, np.float32),
-        )
-
-    def __len__(self) -> int:
-        return len(self.user)
-
-    def indptr(self, n_users: int) -> np.ndarray:
-        return np.searchsorted(self.user, np.arange(n_users + 1)).astype(np.int64)
-
-    def tail(self, n_users: int, n: int) -> EventLog:
-        """The latest `n` events of each user (what an artifact carries for request-time models)."""
-        ptr = self.indptr(n_users)
-        end = np.repeat(ptr[1:], np.diff(ptr))
-        keep = np.arange(len(self)) >= end - n
-        return self.take(keep)
-
-    def take(self, mask_or_index: np.ndarray) -> EventLog:
-        s = None if self.session is None else self.session[mask_or_index]
-        w = None if self.weight is None else self.weight[mask_or_index]
-        return EventLog(
-            self.user[mask_or_index],
-            self.item[mask_or_index],
-            self.ts_ms[mask_or_index],
-            self.kind[mask_or_index],
-            s,
-            w,
-        )
-
-
-@dataclass(frozen=True)
-class ItemAttributes:
-    """Catalogue attributes aligned with the dataset's items (None / NaN where unknown)."""
-
-    category: np.ndarray  # object: str | None
-    title: np.ndarray  # object: str | None
-    price: np.ndarray  # float64, NaN = unknown
-    tags: np.ndarray  # object: str, '|'-separated ("" = none)
-
-    @staticmethod
-    def unknown(n_items: int) -> ItemAttributes:
-        return ItemAttributes(
-            np.full(n_items, None, object),
-            np.full(n_items, None, object),
-            np.full(n_items, np.nan),
-            np.full(n_items, "", object),
-        )
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """The training data every model is fitted on, and the shared part of every artifact.
-
-    `strengths[u, i]` is r_ui, the summed event weights of user u on item i; `seen_types`
-    has the same sparsity, bit b set = event type `event_types[b]` was seen for (u, i).
-    `events` is the whole ordered log for fitting; an artifact keeps only its tail.
-    """
-
-    user_ids: np.ndarray  # str
-    item_ids: np.ndarray  # str
-    strengths: sp.csr_matrix  # float32 (n_users, n_items)
-    event_types: list[str]
-    events: EventLog = field(default_factory=EventLog.empty)
-    seen_types: sp.csr_matrix | None = None  # int32, same pattern as strengths
-    items: ItemAttributes | None = None
-
-    def __post_init__(self) -> None:
-        shape = (len(self.user_ids), len(self.item_ids))
-        if self.strengths.shape != shape:
-            raise ValueError(f"strengths have shape {self.strengths.shape}, ids say {shape}")
-        if self.seen_types is not None and self.seen_types.shape != shape:
-            raise ValueError(f"seen_types have shape {self.seen_types.shape}, ids say {shape}")
-
-    @property
-    def n_users(self) -> int:
-        return len(self.user_ids)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
-
-    @property
-    def attributes(self) -> ItemAttributes:
-        return self.items if self.items is not None else ItemAttributes.unknown(self.n_items)
-
-    def popularity(self) -> np.ndarray:
-        """Distinct users per item (one heavy user does not make a hit)."""
-        m = self.strengths
-        return np.bincount(m.indices[m.data != 0], minlength=m.shape[1]).astype(np.float32)
-
-    def context(self, row: int, recent: int | None = None) -> UserContext:
-        """A training user as the models see them at the model's cut-off."""
-        start, end = self.strengths.indptr[row], self.strengths.indptr[row + 1]
-        ptr = self.events.indptr(self.n_users)
-        lo = ptr[row] if recent is None else max(ptr[row], ptr[row + 1] - recent)
-        ev = slice(lo, ptr[row + 1])
-        return UserContext(
-            row=row,
-            items=self.strengths.indices[start:end].astype(np.int64),
-            strengths=self.strengths.data[start:end].astype(np.float32),
-            recent=self.events.item[ev].astype(np.int64),
-            recent_ts_ms=self.events.ts_ms[ev],
-            recent_kinds=self.events.kind[ev],
-        )
-
-    def contexts(self, rows: Sequence[int] | np.ndarray, recent: int | None = None) -> list[UserContext]:
-        return [self.context(int(r), recent) for r in rows]
-
-
-# --- what a score is asked for ------------------------------------------------------------------
-@dataclass
-class UserContext:
-    """One user as a model scores them: who they are to the model, and what they did (oldest first).
-
-    `items`/`strengths` are the user's whole history r_ui over item positions (training
-    data plus everything since the cut-off); `recent*` their latest events in time order
-    (bounded); `state` what the speed layer computed for them (`update_users`), if anything.
-    """
-
-    row: int | None = None
-    items: np.ndarray = field(default_factory=lambda: _EMPTY_I)
-    strengths: np.ndarray = field(default_factory=lambda: _EMPTY_F)
-    recent: np.ndarray = field(default_factory=lambda: _EMPTY_I)
-    recent_ts_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    recent_kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
-    state: np.ndarray | None = None
-
-    @property
-    def is_empty(self) -> bool:
-        return self.row is None and not len(self.items) and not len(self.recent) and self.state is None
-
-
-@dataclass(frozen=True)
-class NewItems:
-    """Items first seen after the model, with the state the speed layer gave each (ALS: a folded-in vector)."""
-
-    ids: tuple[str, ...] = ()
-    states: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 @dataclass(frozen=True)

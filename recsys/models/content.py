@@ -24,7 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import AnyParams, Dataset, ItemAttributes, Params, Reason, Recommender, UserContext
+from recsys.data.inputs import Dataset, ItemAttributes, UserContext
+from recsys.models.base import AnyParams, Params, Reason, Recommender
 from recsys.models.item_to_item import largest
 from recsys.models.sparse import recent_weights, top_n_per_row
 

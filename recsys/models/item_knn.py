@@ -27,9 +27,10 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import Field
 
+from recsys.data.inputs import Dataset
 from recsys.io import spark_counts
 from recsys.io.spark_counts import use_spark
-from recsys.models.base import Dataset, Params
+from recsys.models.base import Params
 from recsys.models.item_to_item import ItemToItem
 from recsys.models.sparse import kind_weights, top_n_per_row
 

@@ -22,7 +22,8 @@ from typing import ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import AnyParams, Dataset, Reason, Recommender, UserContext
+from recsys.data.inputs import Dataset, UserContext
+from recsys.models.base import AnyParams, Reason, Recommender
 from recsys.models.sparse import dense, recent_weights
 from recsys.models.sparse_product import product
 

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 from pydantic import Field
 
-from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
+from recsys.data.inputs import Dataset, UserContext
+from recsys.models.base import AnyParams, Params, Reason, Recommender
 from recsys.models.topk import most_similar, normalize_rows
 
 if TYPE_CHECKING:

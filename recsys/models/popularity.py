@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from recsys.models.base import AnyParams, Dataset, Params, Recommender, UserContext
+from recsys.data.inputs import Dataset, UserContext
+from recsys.models.base import AnyParams, Params, Recommender
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -29,7 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
+from recsys.data.inputs import Dataset, UserContext
+from recsys.models.base import AnyParams, Params, Reason, Recommender
 from recsys.models.sparse import dense, recent_weights, top_n_per_row
 from recsys.models.sparse_product import product
 

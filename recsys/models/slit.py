@@ -32,8 +32,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import Dataset, EventLog, Params
-from recsys.models.ease import expand, most_popular, pruned_rows, ridge_inverse
+from recsys.data.inputs import Dataset, EventLog
+from recsys.models.base import Params
+from recsys.models.ease import SOLVE_DTYPE, expand, most_popular, pruned_rows, ridge_inverse
 from recsys.models.item_to_item import ItemToItem
 from recsys.models.sparse import tie_groups
 
@@ -67,12 +68,12 @@ class SLIT(ItemToItem):
         if x.shape[0] > p.max_rows:
             pick = np.sort(np.random.default_rng(p.seed).choice(x.shape[0], p.max_rows, replace=False))
             x, y = x[pick], y[pick]
-        x, y = x[:, kept].tocsc(), y[:, kept].tocsc()
+        x, y = x[:, kept].astype(SOLVE_DTYPE).tocsc(), y[:, kept].astype(SOLVE_DTYPE).tocsc()
         precision = ridge_inverse((x.T @ x).toarray(), p.lam)
         cross = (x.T @ y).tocsr()  # XᵀY, sparse
 
         def rows(lo: int, hi: int) -> np.ndarray:
-            return np.asarray((cross.T @ precision[lo:hi].T).T)  # (P XᵀY)[lo:hi], P symmetric
+            return np.asarray(precision[lo:hi] @ cross)  # (P XᵀY)[lo:hi]
 
         self.matrix = expand(pruned_rows(rows, len(kept), p.neighbours), kept, data.n_items)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import UserContext
+from recsys.data.inputs import UserContext
 
 
 def recent_weights(

@@ -35,9 +35,10 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import Field
 
+from recsys.data.inputs import Dataset, EventLog
 from recsys.io import spark_counts
 from recsys.io.spark_counts import use_spark
-from recsys.models.base import AnyParams, Dataset, EventLog, Params
+from recsys.models.base import AnyParams, Params
 from recsys.models.item_to_item import ItemToItem, row_top
 from recsys.models.sparse import kind_weights, tie_groups, top_n_per_row
 

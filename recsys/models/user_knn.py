@@ -26,7 +26,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import AnyParams, Dataset, Params, Reason, Recommender, UserContext
+from recsys.data.inputs import Dataset, UserContext
+from recsys.models.base import AnyParams, Params, Reason, Recommender
 from recsys.models.sparse import history_weights
 
 if TYPE_CHECKING:

@@ -5,8 +5,9 @@ titles) and on one where most rows repeat (the synthetic shop's category, tag an
 import numpy as np
 import pytest
 
+from recsys.data.inputs import ItemAttributes
 from recsys.data.movielens import attributes
-from recsys.models.base import ItemAttributes, select
+from recsys.models.base import select
 from recsys.models.content import item_features
 from recsys.models.hybrid.content_index import ContentIndex
 

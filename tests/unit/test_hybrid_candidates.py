@@ -7,9 +7,10 @@ nearly every user must be deepened before the answer is certified."""
 import numpy as np
 import pytest
 
+from recsys.data.inputs import NewItems, UserContext
 from recsys.data.movielens import attributes
 from recsys.evaluation.protocol import load_ml100k_events, make_split
-from recsys.models.base import NewItems, UserContext, select
+from recsys.models.base import select
 from recsys.models.hybrid import Hybrid, HybridParams, candidates
 from recsys.settings import Settings
 

@@ -5,10 +5,10 @@ candidates by one argpartition), for batches and for single users (serving)."""
 import numpy as np
 import pytest
 
+from recsys.data.inputs import NewItems, UserContext
 from recsys.data.movielens import attributes
 from recsys.evaluation.protocol import load_ml100k_events, make_split
 from recsys.models import content, item_to_item, session_knn, sparse
-from recsys.models.base import NewItems, UserContext
 from recsys.models.hybrid import Hybrid, HybridParams
 from recsys.models.hybrid import model as hybrid_model
 from recsys.models.hybrid.reranker import _Counts

@@ -7,9 +7,9 @@ import pytest
 import scipy.sparse as sp
 from artifacts import als_artifact
 
+from recsys.data.inputs import EventLog
 from recsys.io import model_store
 from recsys.models.als import Objective
-from recsys.models.base import EventLog
 from recsys.settings import Settings
 
 OBJECTIVE = Objective(confidence="alpha_r", reg_scaling="none", alpha=1, reg=0.1)

@@ -4,8 +4,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recsys.data.inputs import NewItems, UserContext
 from recsys.models.als import ImplicitALS
-from recsys.models.base import NewItems, UserContext
 from recsys.models.norm_index import NormIndex, canonical_all, canonical_scores
 from recsys.models.topk import PAD, full_sort_top_k
 

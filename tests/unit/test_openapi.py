@@ -84,6 +84,32 @@ def test_event_types_and_id_lengths_come_from_the_settings(served):
     assert user["schema"]["maxLength"] == 64
 
 
+def test_every_k_is_documented_and_checked_with_the_settings_limit_and_default(tmp_path):
+    """`k`'s limit and default are settings: the routers, built once for every app, check them per app, and the
+    document of each app states that app's (`serving.dependencies.K`, `serving.openapi`'s k fillers)."""
+    s = S.model_copy(update={"state_dir": tmp_path, "serving_max_k": 37, "serving_default_k": 7})
+    with TestClient(create_app(s, StaticFollower(ServingModel(artifact(), CATALOG, s)))) as client:
+        doc = client.get("/openapi.json").json()
+        ks = {
+            path: next(p for p in op["parameters"] if p["name"] == "k")
+            for path, ops in doc["paths"].items()
+            for op in ops.values()
+            if any(p["name"] == "k" for p in op.get("parameters", []))
+        }
+        assert len(ks) == 8
+        for path, k in ks.items():
+            assert k["schema"]["maximum"] == 37 and k["schema"]["minimum"] == 1, path
+            assert k["description"] == k["schema"]["description"] == "How many items (1 to 37).", path
+        defaults = {path: k["schema"]["default"] for path, k in ks.items()}
+        assert defaults.pop("/because/{user_id}/{item_id}") == 5 and defaults.pop("/admin/shoppers") == 20
+        assert set(defaults.values()) == {7}
+        assert len(client.get("/popular").json()["items"]) == 7
+        assert len(client.get("/popular?k=37").json()["items"]) == 37
+        too_many = client.get("/similar/i1?k=38")
+        assert too_many.status_code == 422
+        assert too_many.json() == {"detail": "query.k: Input should be less than or equal to 37"}
+
+
 def test_category_patterns_match_in_any_case_only_what_should():
     pattern = category_pattern({"Sci-Fi", "Children's"}, {"New"})
     assert all(re.fullmatch(pattern, v) for v in ("sci-fi", "SCI-FI", "Sci-Fi", "children's", "New"))

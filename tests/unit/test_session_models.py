@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from recsys.data.inputs import UserContext
 from recsys.evaluation.protocol import dataset_from_events
-from recsys.models import registry
-from recsys.models.base import UserContext
-from recsys.models.ease import EASE, EaseParams
+from recsys.models import ease, registry
+from recsys.models.ease import EASE, EaseParams, ridge_inverse
 from recsys.models.hybrid import Hybrid, HybridParams
 from recsys.models.hybrid.reranker import Priors, choose_reranker
 from recsys.models.session_knn import SessionKNN
-from recsys.models.slit import SLIT, SlitParams
+from recsys.models.slit import SLIT, SlitParams, training_rows
 from recsys.models.sparse import event_ages, recent_weights
 from recsys.models.transitions import Transitions, TransitionsLast, TransitionsParams
 
@@ -119,6 +119,52 @@ def test_ease_is_the_closed_form_with_a_zero_diagonal():
     assert (pruned.matrix.getnnz(axis=1) <= 1).all()
 
 
+def _random_views(n_users: int, n_items: int, per_user: int, seed: int) -> pd.DataFrame:
+    """Each user views `per_user` distinct items, popular ones more often, one a second (ties: none)."""
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, n_items + 1)
+    rows = []
+    for u in range(n_users):
+        picked = rng.choice(n_items, per_user, replace=False, p=popularity / popularity.sum())
+        rows += [(f"u{u:03d}", f"i{i:03d}", t * S) for t, i in enumerate(picked)]
+    return events(rows)
+
+
+def _top_sets(b: np.ndarray, k: int) -> list[set[int]]:
+    return [set(np.argsort(-np.abs(row), kind="stable")[:k].tolist()) for row in b]
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_ridge_inverse_is_the_inverse_made_in_the_grams_memory(monkeypatch, dtype, tol):
+    monkeypatch.setattr(ease, "PRUNE_CHUNK", 7)  # several bands and a ragged last one in the mirror
+    a = np.random.default_rng(0).integers(0, 2, size=(80, 30)).astype(np.float64)
+    lam = 3.0
+    expected = np.linalg.inv(a.T @ a + lam * np.eye(30))
+    gram = (a.T @ a).astype(dtype)
+    got = ridge_inverse(gram, lam)
+    assert np.shares_memory(got, gram) and got.dtype == dtype  # no n² copy
+    assert (got == got.T).all()
+    assert np.abs(got - expected).max() <= tol * np.abs(expected).max()
+
+
+def test_ease_equals_the_float64_textbook_formula_and_keeps_its_top_neighbours():
+    """B = I − P·diag(1/diag(P)), P = (XᵀX + λI)⁻¹, diag(B) = 0, on 300 users × 60 items, to 1e-5 of max |B|."""
+    data, _ = dataset_from_events(_random_views(300, 60, 8, seed=1))
+    x = (data.strengths.toarray() > 0).astype(np.float64)
+    lam = 20.0  # smaller than the default: a worse-conditioned G than the model's own
+    p = np.linalg.inv(x.T @ x + lam * np.eye(data.n_items))
+    expected = np.eye(data.n_items) - p / np.diag(p)[None, :]
+    assert np.abs(np.diag(expected)).max() < 1e-12
+    full = EASE(EaseParams(lam=lam, neighbours=data.n_items))
+    full.fit(data)
+    got = full.matrix.toarray()
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert (np.diag(got) == 0).all()
+    pruned = EASE(EaseParams(lam=lam, neighbours=10))
+    pruned.fit(data)
+    assert [set(row.indices.tolist()) for row in pruned.matrix] == _top_sets(expected, 10)
+
+
 def test_ease_guard_gives_no_weights_beyond_max_items():
     rows = [(f"u{k}", "A", 0) for k in range(3)] + [(f"u{k}", "B", S) for k in range(2)] + [("u0", "C", 2 * S)]
     data, _ = dataset_from_events(events(rows))
@@ -144,6 +190,26 @@ def test_slit_predicts_the_next_item_of_a_deterministic_sequence():
     assert int(np.argmax(after_a)) == b
     after_ab[[a, b]] = -np.inf  # seen
     assert int(np.argmax(after_ab)) == c
+
+
+def test_slit_equals_the_float64_ridge_solution_and_keeps_its_top_neighbours():
+    """B = (XᵀX + λI)⁻¹ XᵀY over the training rows, to 1e-5 of max |B|; pruned rows keep B's largest |weights|."""
+    data, _ = dataset_from_events(_random_views(300, 60, 8, seed=2))
+    params = SlitParams(lam=5.0, neighbours=data.n_items)
+    x, y = (
+        m.toarray()
+        for m in training_rows(
+            data.events, data.n_items, params.last, params.decay, params.horizon, params.horizon_decay, params.tie_ms
+        )
+    )
+    expected = np.linalg.solve(x.T @ x + params.lam * np.eye(data.n_items), x.T @ y)
+    full = SLIT(params)
+    full.fit(data)
+    got = full.matrix.toarray()
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    pruned = SLIT(params.model_copy(update={"neighbours": 10}))
+    pruned.fit(data)
+    assert [set(row.indices.tolist()) for row in pruned.matrix] == _top_sets(expected, 10)
 
 
 # --- session-KNN ----------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ from recsys.contracts.events import Event
 from recsys.io.model_store import ModelArtifact
 from recsys.models.als import FoldIn, Objective
 from recsys.models.topk import top_k
+from recsys.protocol import VectorUpdate
+from recsys.settings import Settings
+from serving.model import ServingModel
 from speed_layer.state import SpeedState
 
 WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
@@ -180,3 +183,29 @@ def test_a_new_item_is_folded_in_exactly_from_every_user_who_touched_it(artifact
     expected = fold.vector(np.array([4, 5, 6]), np.array([5.0, 2.0, 3.0]))
     np.testing.assert_allclose(updates.items["brand-new"], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(updates.items["other-new"], fold.vector(np.array([1]), np.array([1.0])), rtol=1e-5)
+
+
+def test_the_speed_layer_and_serving_see_a_user_as_the_same_history(artifact):
+    """One history builder (recsys.data.inputs.UserHistory): the context the speed layer folds a user in from is
+    the context serving scores them with once it has the UP, for a model user and for a new one."""
+    state = SpeedState(artifact, WEIGHTS)
+    events = [ev(1, "u0", "i7"), ev(2, "u0", "i0", "view"), ev(3, "u0", "i7", "view"), ev(4, "visitor", "i3")]
+    updates = state.apply(events)
+    served = ServingModel(artifact, {}, Settings())
+    for user, vector in updates.users.items():
+        served.apply(
+            VectorUpdate(
+                model_version=artifact.manifest.model_version,
+                kind="user",
+                id=user,
+                vector=None if vector is None else vector.tolist(),
+                strengths=updates.user_strengths[user],
+                event_types=updates.user_event_types[user],
+                recent=updates.user_recent[user],
+            )
+        )
+    for user in ("u0", "visitor", "u3"):  # u3: a model user with nothing since the cut-off
+        speed, serving = state.context(user), served.context(user)
+        assert serving is not None and speed.row == serving.row, user
+        for name in ("items", "strengths", "recent", "recent_kinds", "recent_ts_ms"):
+            np.testing.assert_array_equal(getattr(speed, name), getattr(serving, name), err_msg=f"{user}: {name}")

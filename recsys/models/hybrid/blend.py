@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.data.inputs import UserContext
 from recsys.evaluation.metrics import per_user_metrics
-from recsys.models.base import UserContext
 
 
 def finite(scores: np.ndarray) -> np.ndarray:

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import NewItems, Recommender, UserContext, select
+from recsys.data.inputs import NewItems, UserContext
+from recsys.models.base import Recommender, select
 from recsys.models.content import Content
 from recsys.models.hybrid.blend import blend, finite, unseen_max
 from recsys.models.hybrid.content_index import ContentIndex

@@ -52,8 +52,9 @@ import numpy as np
 from pydantic import Field
 
 from recsys.data.datasets import holdout
+from recsys.data.inputs import Dataset, NewItems, UserContext
 from recsys.models import registry
-from recsys.models.base import AnyParams, Dataset, NewItems, Params, Realtime, Reason, Recommender, UserContext
+from recsys.models.base import AnyParams, Params, Realtime, Reason, Recommender
 from recsys.models.content import Content
 from recsys.models.hybrid import candidates
 from recsys.models.hybrid.blend import (

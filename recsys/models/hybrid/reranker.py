@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
-from recsys.models.base import Dataset, UserContext
+from recsys.data.inputs import Dataset, UserContext
 from recsys.models.hybrid.blend import ndcg
 from recsys.models.topk import _select_top, top_k_of_scores
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys.models.base import EventLog
+from recsys.data.inputs import EventLog
 
 
 def cpu_seconds() -> float:
