@@ -24,7 +24,8 @@ import scipy.sparse as sp
 
 from recsys.data.inputs import Dataset, UserContext
 from recsys.models.base import AnyParams, Reason, Recommender
-from recsys.models.sparse import dense, recent_weights, sorted_rows
+from recsys.models.sparse import dense, recent_weights
+from recsys.models.sparse_product import product
 
 KINDS_FILE = "kind_weights.npy"
 
@@ -50,7 +51,7 @@ class ItemToItem(Recommender):
 
     def sparse_scores(self, users: Sequence[UserContext]) -> sp.csr_matrix:
         """The scores as a sparse (users × items) matrix with sorted rows; items not stored score exactly 0."""
-        return sorted_rows(self.profile(users) @ self.matrix)
+        return product(self.profile(users), self.matrix, sort=True)
 
     def score(self, users: Sequence[UserContext]) -> np.ndarray:
         return dense(self.profile(users) @ self.matrix)

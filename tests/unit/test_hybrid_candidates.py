@@ -70,6 +70,18 @@ def test_the_same_top_10_with_the_factor_and_content_models_read_through_their_i
     assert same_share(model, users, exclude=[u.items[::3] for u in users]) >= 0.99
 
 
+def test_a_norm_index_list_shorter_than_the_pool_still_bounds_the_answer(fitted, monkeypatch):
+    """The factor model's list is `FACTOR_SHARE` times shorter than the pool: it is complete (exhaustive) only when
+    shorter than its own depth, and its last score bounds what it left out; deepening lengthens it."""
+    model, data = fitted
+    monkeypatch.setattr(candidates, "INDEX_FROM", 0)
+    monkeypatch.setattr(candidates, "FACTOR_SHARE", 40)  # ALS's first list: 1 item, the others' 40
+    # Pools small against MovieLens' 1,682 items, so that ALS's best items are missing unless B makes them deepen.
+    monkeypatch.setattr(model, "params", model.params.model_copy(update={"serve_depth": 40}))
+    users = [data.context(r, model.recent_events) for r in range(0, data.n_users, 5)]
+    assert same_share(model, users) >= 0.99
+
+
 def test_a_depth_of_one_is_deepened_until_certified_with_the_same_answers(fitted, monkeypatch):
     model, data = fitted
     depths = []

@@ -6,8 +6,8 @@ which items can score well for a user:
 
 - item-to-item components and session-KNN (`sparse_scores`): only the items in the rows of
   the user's latest items are stored; every other item scores exactly 0;
-- factor components (ALS) on catalogues of `INDEX_FROM` items or more: the exact top M by the
-  norm index (`recsys.models.norm_index`); on smaller ones, as any other component;
+- factor components (ALS) on catalogues of `INDEX_FROM` items or more: the exact top M / `FACTOR_SHARE`
+  by the norm index (`recsys.models.norm_index`); on smaller ones, as any other component;
 - the content model on such catalogues: the exact top M by its block index
   (`recsys.models.hybrid.content_index`: each distinct attribute row once, blocks bounded per token);
 - any other component (the neural models): its dense scores, top M by selection;
@@ -20,11 +20,11 @@ list, so its score is at most
 
     B = Σ_c w_c · max(b_c, 0) / m_c + b_pop,
 
-b_c being source c's M-th value (0 for a sparse source: unstored items score 0). If the k-th
-best candidate beats B (with a float32 rounding margin, `SLACK`), the candidates' top k *is*
-the top k over all items; with the re-ranker, the blend's top `n_candidates` unseen items must
-be certified the same way (they are what the re-ranker reorders). A user whose answer is not
-certified is retried with M × 4; once M covers the catalogue the popularity list enumerates
+b_c being source c's last value (its M-th; the norm index's M / `FACTOR_SHARE`-th; 0 for a sparse
+source: unstored items score 0). If the k-th best candidate beats B (with a float32 rounding margin,
+`SLACK`), the candidates' top k *is* the top k over all items; with the re-ranker, the blend's top
+`n_candidates` unseen items must be certified the same way (they are what the re-ranker reorders). A user whose
+answer is not certified is retried with M × 4; once M covers the catalogue the popularity list enumerates
 every item, so the loop ends. A list that enumerates everything the filter allows (fewer
 than M items) certifies at once: a narrow category filter costs no more than a wide one.
 
@@ -67,6 +67,10 @@ INDEX_FROM = 20_000
 # Relative margin on B: the float32 rounding of a dozen-term weighted sum is below 1e-6 of its positive part.
 SLACK = 1e-5
 DEEPEN = 4
+# The norm index's list is this many times shorter than the pool's depth: its M-th score only feeds B, and ALS's
+# 100th bounds as well as its 400th for nearly every user (2 of 1,024 deepened at 100k items), while a 64-user
+# batch's top 400 by the norm index cost ~2 ms per user (`docs/batch_scale.md`).
+FACTOR_SHARE = 4
 
 Answer = tuple[np.ndarray, np.ndarray]
 Index = NormIndex | ContentIndex  # both: top_k(x, k, exclude, allowed) and scores(x_r, items), exact
@@ -200,7 +204,7 @@ def score_components(
         elif (query := _indexed(model, name, component, views[name])) is not None:
             index, x = query
             out.indexed[name] = (index, x)
-            top = index.top_k(x, depth, list(first), [None] * b)
+            top = index.top_k(x, list_depth(index, depth), list(first), [None] * b)
             out.indexed_first[name] = (depth, first, top)
             out.scales[name] = _indexed_scales(index, x, top, seen)
         else:
@@ -254,6 +258,11 @@ def _sparse_scales(s: sp.csr_matrix, seen: Pairs) -> np.ndarray:
     if len(filled):
         top[filled] = np.maximum.reduceat(val, s.indptr[filled])
     return np.where(top > 0, top, 1.0).astype(np.float32)
+
+
+def list_depth(index: Index, m: int) -> int:
+    """How deep a source's list goes at pool depth m: the norm index's lists are `FACTOR_SHARE` times shorter."""
+    return max(m // FACTOR_SHARE, 1) if isinstance(index, NormIndex) else m
 
 
 def _row_entries(s: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -315,9 +324,10 @@ def gather(
             and all(a is None for a in masks)
             and all(np.array_equal(excluded[i], done[r]) for i, r in enumerate(rows))
         )
-        tops = [cached[r] for r in rows] if reuse else index.top_k(x[rows], m, excluded, masks)
-        kth = np.array([float(v[-1]) if len(v) == m else 0.0 for _, v in tops])
-        exhaustive |= np.array([len(v) < m for _, v in tops], dtype=bool)
+        mc = list_depth(index, m)
+        tops = [cached[r] for r in rows] if reuse else index.top_k(x[rows], mc, excluded, masks)
+        kth = np.array([float(v[-1]) if len(v) == mc else 0.0 for _, v in tops])
+        exhaustive |= np.array([len(v) < mc for _, v in tops], dtype=bool)
         keys.extend(i * n + idx for i, (idx, _) in enumerate(tops))
         add(name, kth)
     for name, s in weighed(scored.sparse).items():
