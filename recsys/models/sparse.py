@@ -15,6 +15,7 @@ from scipy.sparse._sparsetools import (  # the routines behind scipy's COO -> CS
 )
 
 from recsys.data.inputs import UserContext
+from recsys.models.sparse_product import trusted_csr
 
 
 def recent_weights(
@@ -80,7 +81,7 @@ def _canonical_csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: 
         csr_sum_duplicates(m, n, indptr, indices, data)
         stored = int(indptr[-1])
         indices, data = indices[:stored], data[:stored]
-    out = sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=shape)
+    out = trusted_csr(data.astype(np.float32), indices, indptr, shape)
     out.has_sorted_indices = True
     out.has_canonical_format = True
     return out
