@@ -8,21 +8,25 @@ from test_serving_model import CATALOG, artifact
 
 from recsys.settings import Settings
 from serving.api import create_app
+from serving.follower import ModelFollower
 from serving.model import ServingModel
 
 KEY = "unit-test-pseudonym-key-0123456789abcdef"
 
 
 class StaticFollower:
-    """A follower that serves one model and reads no topic."""
+    """A follower that serves one model (and an A/B test's challenger, if given) and reads no topic."""
 
-    def __init__(self, model: ServingModel) -> None:
+    def __init__(self, model: ServingModel, challenger: ServingModel | None = None) -> None:
         self.current = model
+        self.challenger = challenger
+        self.s = model.settings
         self.caught_up = threading.Event()
         self.caught_up.set()
         self.error = None
 
     ready = True
+    model_for = ModelFollower.model_for  # the real choice of a shopper's arm
 
     def start(self) -> None:
         pass
