@@ -3,8 +3,8 @@ challenger differs from the champion (serving/ab_stats.py), from the same tables
 
 The test's answers are the `recommend` answers (the storefront's; bulk lists for campaigns are all the champion's)
 logged under the running test: the challenger arm's under the challenger's model version, and the champion arm's
-shown between the first and the last challenger answer, so a champion's answers from before the test (or after
-it) do not count. A rate here is answers with at least one attributed click (or conversion) over answers shown:
+shown since the first challenger answer, so the champion's answers from before the test do not count. (Naming a
+finished test's challenger again reads its champion arm up to now: read a test while it runs.) A rate here is answers with at least one attributed click (or conversion) over answers shown:
 one trial per answer, which the z-test needs (the attribution's CTR counts clicks, possibly several per answer).
 """
 
@@ -72,22 +72,16 @@ def report(
 
 
 def _test_answers(shown: pa.Table, challenger_version: str) -> pa.Table:
-    """The impressions of the running test: the challenger's, and the champion's shown while it ran."""
+    """The impressions of the running test: the challenger's, and the champion's shown since it started."""
     on_surface = shown.filter(pc.equal(shown["surface"], SURFACE))
     challenger = on_surface.filter(
         pc.and_(pc.equal(on_surface["variant"], CHALLENGER), pc.equal(on_surface["model_version"], challenger_version))
     )
     if challenger.num_rows == 0:
         return challenger
-    window = pc.min_max(challenger["shown_at"])
+    started = pc.min(challenger["shown_at"])
     champion = on_surface.filter(
-        pc.and_(
-            pc.equal(on_surface["variant"], CHAMPION),
-            pc.and_(
-                pc.greater_equal(on_surface["shown_at"], window["min"]),
-                pc.less_equal(on_surface["shown_at"], window["max"]),
-            ),
-        )
+        pc.and_(pc.equal(on_surface["variant"], CHAMPION), pc.greater_equal(on_surface["shown_at"], started))
     )
     return pa.concat_tables([challenger, champion])
 

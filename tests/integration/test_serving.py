@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+from ab_simulation import Shopper, planned_rates, population, visit
 from published_models import produce, publish_model
 from serving_stack import TOKEN, call, get, start_stack, stop_stack, wait_for
 from test_archiver import kill_9_at_work
@@ -20,6 +21,7 @@ from infra import processes
 from jobs.publish import announce
 from recsys.contracts.tables import Tables
 from recsys.io import lake, model_store
+from serving import ab_stats
 
 pytestmark = pytest.mark.integration
 
@@ -277,6 +279,86 @@ def test_every_click_with_a_request_id_joins_its_list_exactly_once_through_kill_
     assert totals[0]["clicks"] == sum(k.startswith("view") for k in posted)
     assert totals[0]["conversions"] == sum(k.startswith("purchase") for k in posted)
     assert totals[0]["impressions"] >= len(answers)
+
+
+def serving_with(stack, **settings) -> None:
+    """Restart the stack's serving process with these settings on top (an A/B test is set when serving starts)."""
+    processes.stop(stack.procs["serving"])
+    s = stack.s.model_copy(update=settings)
+    stack.procs["serving"] = processes.start("serving", s, log=stack.s.state_dir / "serving-ab.log")
+    processes.wait_ready(s, stack.procs["serving"])
+
+
+def ab_test(stack, shoppers: list[Shopper], challenger: str, enough: int | None = None) -> tuple[dict, dict]:
+    """Run an A/B test against `challenger` on the live stack: serving restarted with it, shoppers visiting in turn
+    (all of them, or until each arm has answered `enough`), the archiver run; returns (/ops/attribution's `ab`, the
+    answers and clicks per model version counted here, from the first challenger answer on, as the report counts)."""
+    serving_with(stack, ab_challenger_version=challenger, ab_challenger_share=0.5, ops_attribution_cache_s=0)
+    counted: dict[str, list[int]] = {}
+    for shopper in shoppers:
+        version, clicked = visit(stack, shopper)
+        if version == challenger or challenger in counted:
+            answers_clicks = counted.setdefault(version, [0, 0])
+            answers_clicks[0] += 1
+            answers_clicks[1] += clicked
+        if enough and len(counted) == 2 and min(n for n, _ in counted.values()) >= enough:
+            break
+    visits = shoppers.index(shopper) + 1
+    wait_for(lambda: metric(stack, "serving_impressions_logged_total") >= visits)  # every answer's impression in Kafka
+    archiver = processes.start("jobs.archiver", stack.s, "--until-caught-up", log=stack.s.state_dir / "archiver.log")
+    assert archiver.wait(timeout=180) == 0
+    status, body = get(stack, "/ops/attribution")
+    assert status == 200 and body["ab"]["challenger_loaded"], body
+    return body["ab"], counted
+
+
+def metric(stack, name: str) -> float:
+    with urllib.request.urlopen(f"{stack.url}/metrics") as r:
+        lines = [x for x in r.read().decode().splitlines() if x.startswith(name + " ")]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_an_ab_test_names_the_better_model_after_the_planned_answers_and_an_aa_test_names_none(stack):
+    """Shoppers who click what they truly want next (tests/integration/ab_simulation.py), split by the real serving
+    process between the champion and a challenger: against a copy of the champion (A/A) the report finds no
+    significant difference over the whole population; against a model fitted on the same events with the items'
+    names permuted (A/B), it names the champion significantly better once each arm has the answers a power
+    calculation (95 % power at the planned rates) asks for."""
+    champion, same, worse = "m20260101T000000000000", "m20260101T000000000001", "m20260101T000000000002-permuted"
+    served = model_store.load(model_store.published(champion, stack.s))
+    copy = model_store.ModelArtifact(
+        served.manifest.model_copy(update={"model_version": same}), served.data, served.model
+    )
+    model_store.promote(model_store.save_candidate(copy, stack.s), stack.s, as_challenger=True)
+    names = sorted({e.item_id for e in stack.events})
+    permuted = dict(zip(names, random.Random(0).sample(names, len(names)), strict=True))
+    publish_model(
+        stack.s,
+        [e.model_copy(update={"item_id": permuted[e.item_id]}) for e in stack.events],
+        worse,
+        as_challenger=True,
+    )
+    shoppers = population(stack)
+    good, bad = planned_rates(stack, shoppers, [champion, worse])
+    planned = ab_stats.answers_per_arm(good, bad, power=0.95)
+    assert good > bad and 2 * planned < 0.8 * len(shoppers), (good, bad, planned, len(shoppers))
+    try:
+        aa, counted = ab_test(stack, shoppers, same)
+        for arm, version in (("champion", champion), ("challenger", same)):
+            assert [aa["arms"][arm]["answers"], aa["arms"][arm]["ctr"]["answers"]] == counted[version]
+        assert min(n for n, _ in counted.values()) >= planned  # as many answers as the A/B test gets, or more
+        assert not aa["comparison"]["ctr"]["significant"], aa["comparison"]
+
+        ab, counted = ab_test(stack, shoppers, worse, enough=planned)
+        for arm, version in (("champion", champion), ("challenger", worse)):
+            assert [ab["arms"][arm]["answers"], ab["arms"][arm]["ctr"]["answers"]] == counted[version]
+        assert min(ab["arms"][arm]["answers"] for arm in ("champion", "challenger")) == planned
+        ctr = ab["comparison"]["ctr"]
+        assert ctr["better"] == "champion" and ctr["significant"], (good, bad, planned, ab)
+        low, _ = ab["arms"]["champion"]["ctr"]["interval"]
+        assert low <= ab["arms"]["champion"]["ctr"]["rate"] and ab["challenger_share"] == 0.5
+    finally:
+        serving_with(stack)
 
 
 @pytest.fixture

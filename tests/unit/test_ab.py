@@ -127,7 +127,7 @@ def test_the_report_counts_each_answer_once_per_arm_while_the_test_ran():
         + answer("a2", CHAMPION, "m1", 14)
         + answer("a3", CHAMPION, "m1", 16)
         + answer("bulk", CHAMPION, "m1", 13, surface="batch")  # a campaign's list: not in the test
-        + answer("after", CHAMPION, "m1", 30)  # after the last challenger answer
+        + answer("later", CHAMPION, "m1", 30)  # after the last challenger answer: the test still runs
     )
     shown = pa.Table.from_pylist(rows, schema=IMPRESSIONS_SCHEMA).select(COLUMNS)
     got = report(
@@ -140,7 +140,7 @@ def test_the_report_counts_each_answer_once_per_arm_while_the_test_ran():
             ("e5", "a2", "z", "view"),  # an item a2 did not show
             ("e6", "before", "a", "view"),
             ("e7", "bulk", "a", "view"),
-            ("e8", "after", "a", "view"),
+            ("e8", "later", "a", "view"),
         ),
         "view",
         "purchase",
@@ -148,15 +148,16 @@ def test_the_report_counts_each_answer_once_per_arm_while_the_test_ran():
         0.5,
     )
     arms = got["arms"]
-    assert arms[CHALLENGER]["answers"] == 2 and arms[CHAMPION]["answers"] == 3
-    assert arms[CHALLENGER]["ctr"]["answers"] == 1 and arms[CHAMPION]["ctr"]["answers"] == 1
+    assert arms[CHALLENGER]["answers"] == 2 and arms[CHAMPION]["answers"] == 4
+    assert arms[CHALLENGER]["ctr"]["answers"] == 1 and arms[CHAMPION]["ctr"]["answers"] == 2
     assert arms[CHALLENGER]["conversion"]["answers"] == 1 and arms[CHAMPION]["conversion"]["answers"] == 0
-    assert arms[CHALLENGER]["ctr"]["rate"] == 0.5 and arms[CHAMPION]["ctr"]["rate"] == pytest.approx(1 / 3)
-    assert arms[CHAMPION]["ctr"]["interval"] == list(ab_stats.wilson(1, 3))
-    ctr = got["comparison"]["ctr"]
-    assert ctr["better"] == CHALLENGER and not ctr["significant"]
-    assert ctr["p_value"] == pytest.approx(ab_stats.two_proportions(1, 3, 1, 2).p_value)
-    assert ctr["needed_per_arm"] == ab_stats.answers_per_arm(1 / 3, 0.5)
+    assert arms[CHALLENGER]["ctr"]["rate"] == 0.5 and arms[CHAMPION]["ctr"]["rate"] == 0.5
+    assert arms[CHAMPION]["ctr"]["interval"] == list(ab_stats.wilson(2, 4))
+    assert got["comparison"]["ctr"]["better"] is None and got["comparison"]["ctr"]["needed_per_arm"] is None
+    conversion = got["comparison"]["conversion"]
+    assert conversion["better"] == CHALLENGER and not conversion["significant"]
+    assert conversion["p_value"] == pytest.approx(ab_stats.two_proportions(0, 4, 1, 2).p_value)
+    assert conversion["needed_per_arm"] == ab_stats.answers_per_arm(0, 0.5)
     assert got["started_ms"] == int((T0 + timedelta(minutes=10)).timestamp() * 1000)
     assert got["champion_versions"] == ["m1"]
 
