@@ -4,8 +4,10 @@ challenger differs from the champion (serving/ab_stats.py), from the same tables
 The test's answers are the `recommend` answers (the storefront's; bulk lists for campaigns are all the champion's)
 logged under the running test: the challenger arm's under the challenger's model version, and the champion arm's
 shown since the first challenger answer, so the champion's answers from before the test do not count. (Naming a
-finished test's challenger again reads its champion arm up to now: read a test while it runs.) A rate here is answers with at least one attributed click (or conversion) over answers shown:
-one trial per answer, which the z-test needs (the attribution's CTR counts clicks, possibly several per answer).
+finished test's challenger again reads its champion arm up to now: read a test while it runs.)
+
+A rate here is answers with at least one attributed click (or conversion) over answers shown: one trial per
+answer, which the z-test needs (the attribution's CTR counts clicks, possibly several per answer).
 """
 
 from __future__ import annotations

@@ -64,13 +64,13 @@ def planned_rates(stack: Stack, shoppers: list[Shopper], versions: list[str]) ->
     return rates
 
 
-def visit(stack: Stack, shopper: Shopper) -> tuple[str, bool]:
+def visit(stack: Stack, shopper: Shopper) -> tuple[str, str | None]:
     """One visit: the shopper's answer, and a click on the first item they want (with its request id) if any.
-    Returns (the model version that answered, whether they clicked)."""
+    Returns (the model version that answered, the item clicked or None)."""
     status, answer = get(stack, f"/recommend/{shopper.raw}?k={K}")
     assert status == 200, answer
     wanted = [i["item_id"] for i in answer["items"] if i["item_id"] in shopper.wants]
     if wanted:
         click = {"user_id": shopper.raw, "item_id": wanted[0], "event_type": "view", "request_id": answer["request_id"]}
         assert call("POST", f"{stack.url}/events", click, TOKEN)[0] == 202
-    return answer["model_version"], bool(wanted)
+    return answer["model_version"], wanted[0] if wanted else None
