@@ -15,8 +15,11 @@ import pyarrow.compute as pc
 import pytest
 from ab_simulation import Shopper, planned_rates, population, visit
 from published_models import produce, publish_model
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 from serving_stack import TOKEN, call, get, start_stack, stop_stack, wait_for
 from test_archiver import kill_9_at_work
+from test_storefront import browser  # noqa: F401  (the fixture)
 
 from infra import processes
 from jobs.publish import announce
@@ -325,7 +328,17 @@ def metric(stack, name: str) -> float:
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
-def test_an_ab_test_names_the_better_model_after_the_planned_answers_and_an_aa_test_names_none(stack):
+def dashboard_verdict(stack, browser) -> tuple[str, str, list[str]]:  # noqa: F811
+    """What the dashboard's A/B panel says about CTR: (significant, better arm, the arms' rows)."""
+    browser.get(f"{stack.url}/dashboard")
+    verdict = WebDriverWait(browser, 20).until(
+        lambda d: (e := d.find_element(By.ID, "ab-verdict-ctr")).get_attribute("data-significant") and e
+    )
+    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#ab-arms tr[data-arm]")]
+    return verdict.get_attribute("data-significant"), verdict.get_attribute("data-better"), [*rows, verdict.text]
+
+
+def test_an_ab_test_names_the_better_model_after_the_planned_answers_and_an_aa_test_names_none(stack, browser):  # noqa: F811
     """Shoppers who click what they truly want next (tests/integration/ab_simulation.py), split by the real serving
     process between the champion and a challenger: against a copy of the champion (A/A) the report finds no
     significant difference over the whole population; against a model fitted on the same events with the items'
@@ -361,6 +374,8 @@ def test_an_ab_test_names_the_better_model_after_the_planned_answers_and_an_aa_t
             assert [aa["arms"][arm]["answers"], aa["arms"][arm]["ctr"]["answers"]] == counted[version]
         assert min(n for n, _ in counted.values()) >= planned  # the A/A had as many answers as the A/B gets, or more
         assert not aa["comparison"]["ctr"]["significant"], aa["comparison"]
+        significant, _, shown = dashboard_verdict(stack, browser)
+        assert significant == "false" and "not significant" in shown[-1] and len(shown) == 3, shown
 
         ab, counted, _ = ab_test(stack, ab_shoppers, worse, enough=planned)
         for arm, version in (("champion", champion), ("challenger", worse)):
@@ -368,6 +383,9 @@ def test_an_ab_test_names_the_better_model_after_the_planned_answers_and_an_aa_t
         assert min(ab["arms"][arm]["answers"] for arm in ("champion", "challenger")) == planned
         ctr = ab["comparison"]["ctr"]
         assert ctr["better"] == "champion" and ctr["significant"], (good, bad, planned, ab)
+        significant, better, shown = dashboard_verdict(stack, browser)
+        assert (significant, better) == ("true", "champion") and "SIGNIFICANT" in shown[-1], shown
+        assert shown[0].startswith("champion") and shown[1].startswith(f"challenger {worse}"), shown
         low, _ = ab["arms"]["champion"]["ctr"]["interval"]
         assert low <= ab["arms"]["champion"]["ctr"]["rate"] and ab["challenger_share"] == 0.5
     finally:
