@@ -219,3 +219,29 @@ def test_the_follower_answers_each_arm_from_its_model_and_erases_from_both(tmp_p
     later = SimpleNamespace(manifest=SimpleNamespace(kafka_offsets={0: 11}))
     assert ModelFollower._mirrors(request_time, champion)  # the same cut-off: the champion's UPs are exact
     assert not ModelFollower._mirrors(request_time, later)  # another cut-off: they would miss or repeat events
+
+
+# --- publishing a challenger ---------------------------------------------------------------------------------
+def test_a_challenger_is_published_beside_the_champion_without_announcing_it(tmp_path, monkeypatch):
+    from test_model_store import artifact as store_artifact
+
+    from jobs import common, publish
+    from recsys.io import model_store
+    from recsys.settings import Settings
+
+    s = Settings(state_dir=tmp_path, eval_k=10)
+    sent = []
+    monkeypatch.setattr(publish, "announce", lambda version, path, s: sent.append(version))
+    for version, ndcg in (("m20260101T000000000000", 0.30), ("m20260102T000000000000", 0.20)):
+        a = store_artifact(version)
+        metrics = {"metrics": {"ndcg@10": ndcg}, "baseline_metrics": {"ndcg@10": 0.10}}
+        model_store.save_candidate(model_store.ModelArtifact(a.manifest.model_copy(update=metrics), a.data, a.model), s)
+    assert publish.publish("m20260101T000000000000", s).passed and sent == ["m20260101T000000000000"]
+    # Worse offline than the champion (a champion's gate would reject it for regressing), still a challenger:
+    decision = publish.publish("m20260102T000000000000", s, as_challenger=True)
+    assert decision.passed and decision.path == model_store.challenger("m20260102T000000000000", s)
+    assert sent == ["m20260101T000000000000"]  # no MODEL message: serving and the speed layer keep the champion
+    assert model_store.latest_published(s) == model_store.published("m20260101T000000000000", s)
+    assert model_store.find("m20260102T000000000000", s) == decision.path  # serving finds it by its version
+    assert common.registry_status(s)["m20260102T000000000000"]["status"] == "challenger"
+    assert publish.publish("m20260102T000000000000", s, as_challenger=True).passed  # re-run: nothing to redo
