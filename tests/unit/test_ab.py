@@ -245,3 +245,18 @@ def test_a_challenger_is_published_beside_the_champion_without_announcing_it(tmp
     assert model_store.find("m20260102T000000000000", s) == decision.path  # serving finds it by its version
     assert common.registry_status(s)["m20260102T000000000000"]["status"] == "challenger"
     assert publish.publish("m20260102T000000000000", s, as_challenger=True).passed  # re-run: nothing to redo
+
+
+def test_erasure_reaches_a_challenger_in_the_model_store(tmp_path):
+    from test_model_store import artifact as store_artifact
+
+    from recsys.erasure import erase_from_models
+    from recsys.io import model_store
+    from recsys.protocol import ForgetMessage
+    from recsys.settings import Settings
+
+    s = Settings(state_dir=tmp_path)
+    model_store.promote(model_store.save_candidate(store_artifact("m20260101T000000000000"), s), s, as_challenger=True)
+    assert erase_from_models([ForgetMessage(user_id="u1")], s) == 1
+    kept = model_store.load(model_store.challenger("m20260101T000000000000", s))
+    assert "u1" not in kept.user_ids.tolist() and kept.interactions[1].nnz == 0
