@@ -30,7 +30,9 @@ UPs too, without their state vector, when that is exact: a challenger that reads
 the user's latest events at request time (not `stateful`) and whose data ends at
 the same `events` offsets as the champion's. Otherwise its shoppers are answered
 from the batch view of them, which biases a test against it (docs/ab-tests.md).
-`model_for` says which model answers a shopper (`recsys.ab_split`).
+`model_for` says which model answers a shopper (`recsys.ab_split`). Naming the
+champion's own version makes an A/A test: a second copy of the champion, given
+the same UPs (a check of the split and the statistics: it must find nothing).
 """
 
 from __future__ import annotations
@@ -216,9 +218,10 @@ class ModelFollower:
         current, challenger = self.current, self.challenger
         if challenger is not None and up.model_version == challenger.version:
             self._apply(challenger, up)
-            return
+            if current is None or up.model_version != current.version:
+                return  # else an A/A test (the champion's own version as the challenger): both arms get it
         if current is not None and up.model_version == current.version:
-            if challenger is not None and self.mirrored and up.kind == "user":
+            if challenger is not None and self.mirrored and up.kind == "user" and challenger.version != current.version:
                 self._apply(challenger, up.model_copy(update={"model_version": challenger.version, "vector": None}))
             try:
                 current.apply(up)

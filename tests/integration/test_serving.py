@@ -23,11 +23,13 @@ from test_storefront import browser  # noqa: F401  (the fixture)
 
 from infra import processes
 from jobs.publish import announce
+from recsys.ab_split import arm
 from recsys.contracts.tables import Tables
 from recsys.io import lake, model_store
 from serving import ab_stats
 
 pytestmark = pytest.mark.integration
+CHAMPION = "m20260101T000000000000"  # the stack's published model
 
 
 @pytest.fixture(scope="module")
@@ -293,33 +295,32 @@ def serving_with(stack, **settings) -> None:
     processes.wait_ready(s, stack.procs["serving"])
 
 
-def ab_test(
-    stack, shoppers: list[Shopper], challenger: str, enough: int | None = None
-) -> tuple[dict, dict, dict[str, str]]:
+def ab_test(stack, shoppers: list[Shopper], challenger: str, enough: int | None = None) -> tuple[dict, dict]:
     """Run an A/B test against `challenger` on the live stack: serving restarted with it, shoppers visiting in turn
-    (all of them, or until each arm has answered `enough`), the archiver run; returns (/ops/attribution's `ab`, the
-    answers and clicks per model version counted here, from the first challenger answer on, as the report counts,
-    and the items clicked per shopper)."""
-    serving_with(stack, ab_challenger_version=challenger, ab_challenger_share=0.5, ops_attribution_cache_s=0)
+    (all of them, or until each arm has answered `enough`), the archiver run. Returns /ops/attribution's `ab` and
+    [answers, clicked] per arm counted here, from the first challenger answer on as the report counts, each
+    shopper's arm from the split's own function and each answer checked to come from its arm's model."""
+    share = 0.5
+    serving_with(stack, ab_challenger_version=challenger, ab_challenger_share=share, ops_attribution_cache_s=0)
     counted: dict[str, list[int]] = {}
-    clicks: dict[str, str] = {}
+    visits = 0
     for shopper in shoppers:
         version, clicked = visit(stack, shopper)
-        if clicked is not None:
-            clicks[shopper.pseudonym] = clicked
-        if version == challenger or challenger in counted:
-            answers_clicks = counted.setdefault(version, [0, 0])
+        visits += 1
+        chosen = arm(shopper.pseudonym, challenger, share)
+        assert version == (challenger if chosen == "challenger" else CHAMPION), (version, chosen)
+        if chosen == "challenger" or "challenger" in counted:
+            answers_clicks = counted.setdefault(chosen, [0, 0])
             answers_clicks[0] += 1
             answers_clicks[1] += clicked is not None
         if enough and len(counted) == 2 and min(n for n, _ in counted.values()) >= enough:
             break
-    visits = shoppers.index(shopper) + 1
     wait_for(lambda: metric(stack, "serving_impressions_logged_total") >= visits)  # every answer's impression in Kafka
     archiver = processes.start("jobs.archiver", stack.s, "--until-caught-up", log=stack.s.state_dir / "archiver.log")
     assert archiver.wait(timeout=180) == 0
     status, body = get(stack, "/ops/attribution")
     assert status == 200 and body["ab"]["challenger_loaded"], body
-    return body["ab"], counted, clicks
+    return body["ab"], counted
 
 
 def metric(stack, name: str) -> float:
@@ -340,16 +341,12 @@ def dashboard_verdict(stack, browser) -> tuple[str, str, list[str]]:  # noqa: F8
 
 def test_an_ab_test_names_the_better_model_after_the_planned_answers_and_an_aa_test_names_none(stack, browser):  # noqa: F811
     """Shoppers who click what they truly want next (tests/integration/ab_simulation.py), split by the real serving
-    process between the champion and a challenger: against a copy of the champion (A/A) the report finds no
-    significant difference over the whole population; against a model fitted on the same events with the items'
-    names reversed by popularity (A/B), it names the champion significantly better once each arm has the answers a power
-    calculation (90 % power at the planned rates) asks for."""
-    champion, same, worse = "m20260101T000000000000", "m20260101T000000000001", "m20260101T000000000002-reversed"
-    served = model_store.load(model_store.published(champion, stack.s))
-    copy = model_store.ModelArtifact(
-        served.manifest.model_copy(update={"model_version": same}), served.data, served.model
-    )
-    model_store.promote(model_store.save_candidate(copy, stack.s), stack.s, as_challenger=True)
+    process between the champion and a challenger: against the champion itself (A/A: its own version named as the
+    challenger, a second copy given the same speed-layer updates) the report finds no significant difference over
+    its whole population; against a model fitted on the same events with the items' names reversed by popularity
+    (A/B), it names the champion significantly better once each arm has the answers a power calculation (90 %
+    power at the planned rates) asks for. The dashboard's A/B panel says the same."""
+    champion, worse = CHAMPION, "m20260101T000000000002-reversed"
     # The worse model: the same events with the items' names reversed by popularity (the most popular item is
     # called the least popular one's name, and so on), so what it ranks high is what few shoppers want.
     counts = Counter(e.item_id for e in stack.events)
@@ -369,18 +366,18 @@ def test_an_ab_test_names_the_better_model_after_the_planned_answers_and_an_aa_t
     planned = ab_stats.answers_per_arm(good, bad, power=0.9)
     assert good > bad and 2 * planned < 0.8 * len(ab_shoppers), (good, bad, planned, len(ab_shoppers))
     try:
-        aa, counted, _ = ab_test(stack, aa_shoppers, same)
-        for arm, version in (("champion", champion), ("challenger", same)):
-            assert [aa["arms"][arm]["answers"], aa["arms"][arm]["ctr"]["answers"]] == counted[version]
+        aa, counted = ab_test(stack, aa_shoppers, champion)  # A/A: the champion's own version as the challenger
+        for name in ("champion", "challenger"):
+            assert [aa["arms"][name]["answers"], aa["arms"][name]["ctr"]["answers"]] == counted[name]
         assert min(n for n, _ in counted.values()) >= planned  # the A/A had as many answers as the A/B gets, or more
         assert not aa["comparison"]["ctr"]["significant"], aa["comparison"]
         significant, _, shown = dashboard_verdict(stack, browser)
         assert significant == "false" and "not significant" in shown[-1] and len(shown) == 3, shown
 
-        ab, counted, _ = ab_test(stack, ab_shoppers, worse, enough=planned)
-        for arm, version in (("champion", champion), ("challenger", worse)):
-            assert [ab["arms"][arm]["answers"], ab["arms"][arm]["ctr"]["answers"]] == counted[version]
-        assert min(ab["arms"][arm]["answers"] for arm in ("champion", "challenger")) == planned
+        ab, counted = ab_test(stack, ab_shoppers, worse, enough=planned)
+        for name in ("champion", "challenger"):
+            assert [ab["arms"][name]["answers"], ab["arms"][name]["ctr"]["answers"]] == counted[name]
+        assert min(ab["arms"][name]["answers"] for name in ("champion", "challenger")) == planned
         ctr = ab["comparison"]["ctr"]
         assert ctr["better"] == "champion" and ctr["significant"], (good, bad, planned, ab)
         significant, better, shown = dashboard_verdict(stack, browser)
