@@ -213,6 +213,19 @@ def test_the_follower_answers_each_arm_from_its_model_and_erases_from_both(tmp_p
     f.handle(ForgetMessage(user_id="u3").model_dump_json().encode())
     assert all(m.recommend("u3", 3).source == "popular" for m in models.values())  # erased from both arms
 
+    # A/A: the champion's own version named as the challenger: a second copy, given the champion's UPs too.
+    aa = ModelFollower(
+        s.model_copy(update={"ab_challenger_version": champion_v}),
+        loader=lambda path: ServingModel(artifact(path.name), {}, s),
+    )
+    aa._try_swap(model_store.latest_published(s))
+    aa._want_challenger()
+    assert aa.challenger is not None and aa.challenger is not aa.current
+    aa.handle(
+        VectorUpdate(model_version=champion_v, kind="user", id="u2", vector=[1.0] * RANK).model_dump_json().encode()
+    )
+    assert aa.current.speed_users == aa.challenger.speed_users == 1
+
     same = {"kafka_offsets": {0: 10}}
     request_time = SimpleNamespace(model=SimpleNamespace(stateful=False), manifest=SimpleNamespace(**same))
     champion = SimpleNamespace(manifest=SimpleNamespace(**same))
