@@ -10,6 +10,7 @@ Python's `hash()`, which is salted per process (PYTHONHASHSEED) and would give e
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Literal
 
 Arm = Literal["champion", "challenger"]
@@ -32,6 +33,7 @@ def arm(pseudonym: str, challenger_version: str, share: float) -> Arm:
     return CHALLENGER if bucket(pseudonym, challenger_version) < share else CHAMPION
 
 
+@lru_cache(maxsize=64)  # one test at a time: its salt once, not per request
 def _salt(test: str) -> bytes:
     # blake2b's salt is at most 16 bytes: the test's own digest, so any test name (a model version) fits.
     return hashlib.blake2b(test.encode(), digest_size=16).digest()
