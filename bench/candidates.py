@@ -3,7 +3,7 @@
 On MovieLens-100K (the hybrid as the DAG fits it) and on synthetic events at 100,000 items
 (the serving section's hybrid), fitted on the earlier events of each user with the latest 20%
 held out: the share of users whose top 10 from candidates equals the top 10 of the dense
-`score_all` over every item, both lists' NDCG@10 on the held-out items, and the in-process
+`score` over every item, both lists' NDCG@10 on the held-out items, and the in-process
 cost per user of each path (one user per call, as serving answers at low load, and 64 per
 call, its largest micro-batch), next to the ALS component's own exact `recommend_many`
 (the norm index) on the same users. In process: the HTTP figures are the serving section's.
@@ -30,7 +30,7 @@ K = 10
 
 
 def _dense(model: Hybrid, users: list[UserContext]) -> list[np.ndarray]:
-    scores = model.score_all(users, NewItems())
+    scores = model.score(users, NewItems())
     return [select(scores[r], K, u.items, None)[0] for r, u in enumerate(users)]
 
 

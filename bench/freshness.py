@@ -45,6 +45,7 @@ from recsys.evaluation.protocol import (
 )
 from recsys.models import registry
 from recsys.models.base import Recommender
+from recsys.models.capabilities import updates_users
 from recsys.settings import Settings, get_settings
 
 REPORTED = ("ndcg", "recall", "precision", "map")
@@ -120,7 +121,7 @@ def realtime_contexts(model: Recommender, fs: FreshnessSplit) -> list[UserContex
     models update the touched users exactly as the speed layer does (untouched users keep their batch state)."""
     contexts = fs.seen.contexts(range(fs.seen.n_users), model.recent_events)
     rows = np.flatnonzero(fs.touched)
-    if model.stateful and rows.size:
+    if updates_users(model) and rows.size:
         states = model.update_users([contexts[r] for r in rows])
         if states is not None:
             for r, state in zip(rows, states, strict=True):

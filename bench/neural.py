@@ -38,6 +38,7 @@ from recsys.data.inputs import Dataset, EventLog, UserContext
 from recsys.evaluation.protocol import dataset_from_events, load_ml100k_events, make_split
 from recsys.models import registry
 from recsys.models.base import Recommender
+from recsys.models.capabilities import updates_users
 from recsys.models.neural.data import build_sessions, cpu_seconds, prefix_examples
 from recsys.settings import Settings, get_settings
 
@@ -132,7 +133,7 @@ def next_item(
     c0, t0 = cpu_seconds(), time.perf_counter()
     for lo in range(0, len(targets), batch):
         ctx = list(contexts[lo : lo + batch])
-        if fold_in and model.stateful:
+        if fold_in and updates_users(model):
             states = model.update_users(ctx)
             assert states is not None  # a stateful model's
             ctx = [
@@ -309,6 +310,7 @@ def neumf_exactness(model: Recommender, data: Dataset, users: np.ndarray, k: int
 
 def neumf_update_cost(model: Recommender, data: Dataset, users: np.ndarray) -> dict:
     """CPU (this thread) and wall per real-time update of one user: their history plus one new click."""
+    assert updates_users(model)  # NeuMF keeps a state per user
     cpu, wall = [], []
     popular = np.argsort(-data.popularity())[:50]
     for u in users.tolist():

@@ -23,6 +23,7 @@ from recsys.data.movielens import attributes
 from recsys.evaluation.protocol import load_ml100k_events, make_split, time_split
 from recsys.models import registry
 from recsys.models.base import Recommender
+from recsys.models.capabilities import updates_users
 from recsys.models.topk import _select_top
 from recsys.settings import Settings, get_settings
 
@@ -70,9 +71,9 @@ def reactivity(model: Recommender, train, seed: int = 0) -> dict:
         item = int(rng.choice(choices))
         picked.append(item)
         after_ctx.append(_after_view(ctx, item, view, weight))
-    if model.stateful:  # both views through the real-time path, so only the new event differs
+    if updates_users(model):  # both views through the real-time path, so only the new event differs
         for view in (before_ctx, after_ctx):
-            for ctx, state in zip(view, model.update_users(view), strict=True):  # type: ignore[arg-type]
+            for ctx, state in zip(view, model.update_users(view), strict=True):  # type: ignore[arg-type]  # a state per user
                 ctx.state = state
     exclude = seen.copy()
     exclude[np.arange(len(rows)), picked] = True  # the viewed item is never a recommendation, before or after

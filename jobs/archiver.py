@@ -62,7 +62,7 @@ from recsys.contracts.events import (
 from recsys.contracts.tables import BRONZE_SCHEMA, IMPRESSIONS_SCHEMA, Tables
 from recsys.erasure import before_marker_predicate
 from recsys.io import lake
-from recsys.io.kafka import consumer, producer, read_to_end, send_acknowledged
+from recsys.io.kafka import consumer, poll_through_outages, producer, read_to_end, send_acknowledged
 from recsys.privacy import is_pseudonym
 from recsys.protocol import ForgetMessage, Topics
 from recsys.settings import Settings, get_settings
@@ -200,7 +200,7 @@ class Archiver:
             # batch period rather than ten times (two streams run in one process). Holding records, 100 ms as ever.
             left_ms = int((deadline - time.monotonic()) * 1000)
             wait_ms = max(1, min(100, left_ms) if len(batch) else min(1_000, left_ms))
-            polled = self.consumer.poll(timeout_ms=wait_ms, max_records=self.s.archiver_batch_max - len(batch))
+            polled = poll_through_outages(self.consumer, wait_ms, self.s.archiver_batch_max - len(batch))
             for tp, records in polled.items():
                 for r in records:
                     batch.next_offsets[tp.partition] = r.offset + 1

@@ -27,6 +27,7 @@ import numpy as np
 from recsys.data.inputs import NewItems, UserContext, UserHistory
 from recsys.io.model_store import ModelArtifact
 from recsys.models.base import select
+from recsys.models.capabilities import bought_together, has_factors, similar_source, state_size
 from recsys.models.topk import PAD, full_sort_top_k, top_k_of_scores
 from recsys.protocol import ForgetMessage, VectorUpdate
 from recsys.settings import Settings
@@ -123,10 +124,9 @@ class ServingModel:
         self.erased: set[str] = set()
         self.forgets: dict[str, ForgetMessage] = {}
         self.speed_updates = 0
-        factors = getattr(self.model, "item_factors", None)
         self.index = (
-            ApproximateIndex.build(np.asarray(factors), s)
-            if s.serving_index == "approximate" and factors is not None and self.model.stateful
+            ApproximateIndex.build(np.asarray(self.model.item_factors), s)
+            if s.serving_index == "approximate" and has_factors(self.model)
             else None
         )
         if self.index is None and s.serving_index == "exact":
@@ -144,10 +144,10 @@ class ServingModel:
     # --- updates (one writer: the follower thread) ----------------------------------------
     def apply(self, up: VectorUpdate) -> None:
         state = None if up.vector is None else np.asarray(up.vector, dtype=np.float32)
-        if state is not None and state.shape != (self.model.state_size,):
+        if state is not None and state.shape != (state_size(self.model),):
             raise ValueError(
                 f"UP for {up.kind} {up.id} has {state.shape[0]} values; the model's state size "
-                f"(ALS: its rank) is {self.model.state_size}"
+                f"(ALS: its rank) is {state_size(self.model)}"
             )
         if up.kind == "user":
             if self._predates_forget(up):
@@ -440,7 +440,7 @@ class ServingModel:
         idx, val = idx[keep][:k], val[keep][:k]
         if len(idx) == 0:
             return self._popular(k, self._own_category(j), union([j], hidden), self._new)
-        source: Source = self.model.similar_source(j)  # type: ignore[assignment]
+        source: Source = similar_source(self.model, j)
         return Ranked(self._ids(idx, self._new), val.astype(float).tolist(), source, [False] * len(idx))
 
     def bought_together(self, item_id: str, k: int) -> Ranked:
@@ -448,7 +448,7 @@ class ServingModel:
         j = self.item_position(item_id)
         hidden = self.unavailable_positions()
         asked = k + len(hidden)  # enough to survive leaving the unavailable ones out
-        idx, val = self.model.bought_together(j, asked) if j < self.n_base else (np.zeros(0, np.int64), np.zeros(0))
+        idx, val = bought_together(self.model, j, asked) if j < self.n_base else (np.zeros(0, np.int64), np.zeros(0))
         keep = (idx != PAD) & np.isfinite(val) & (val > 0) & ~np.isin(idx, hidden)
         idx, val = idx[keep][:k], val[keep][:k]
         if not len(idx):
@@ -493,7 +493,7 @@ class ServingModel:
 
     def _score_block(self, contexts: list[UserContext], new: NewItems) -> np.ndarray:
         """(len(contexts), n_items) scores, one row per context, rows contiguous."""
-        return np.ascontiguousarray(self.model.score_all(contexts, new), dtype=np.float32)
+        return np.ascontiguousarray(self.model.score(contexts, new), dtype=np.float32)
 
     def _top(
         self,
@@ -522,8 +522,9 @@ class ServingModel:
 
     def _top_approximate(self, ctx: UserContext, k: int, excluded: np.ndarray, new: NewItems):
         """Candidates from the IVF index (asked for enough to survive the exclusions) plus the new items."""
-        vector = self.model.user_vectors([ctx])[0]  # type: ignore[attr-defined]  # factor models only
-        idx, val = self.index.search(vector, k + len(excluded))  # type: ignore[union-attr]
+        assert self.index is not None and has_factors(self.model)  # the index is built for factor models only
+        vector = self.model.user_vectors([ctx])[0]
+        idx, val = self.index.search(vector, k + len(excluded))
         if len(new):
             idx = np.concatenate([idx, self.n_base + np.arange(len(new))])
             val = np.concatenate([val, new.states @ vector])

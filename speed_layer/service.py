@@ -45,7 +45,7 @@ from recsys.contracts.events import (
     validate_events,
 )
 from recsys.io import model_store
-from recsys.io.kafka import consumer, producer, send_acknowledged
+from recsys.io.kafka import consumer, poll_through_outages, producer, send_acknowledged
 from recsys.protocol import AvailabilityMessage, ModelMessage, Topics
 from recsys.settings import Settings, get_settings
 from speed_layer import metrics
@@ -122,7 +122,7 @@ class SpeedLayer:
 
     def _check_for_new_model(self, timeout_ms: int = 0) -> None:
         newest: ModelMessage | None = None
-        for records in self.models.poll(timeout_ms=timeout_ms).values():
+        for records in poll_through_outages(self.models, timeout_ms).values():
             for r in records:
                 if protocol.is_model_key(r.key):
                     message = protocol.decode(r.value)
@@ -166,7 +166,7 @@ class SpeedLayer:
         # A poll returns as soon as records arrive, so waiting longer when idle adds no latency and keeps an idle
         # instance from looping 50 times a second (idle CPU).
         wait_ms = self.s.speed_batch_ms if self._busy else IDLE_POLL_MS
-        polled = self.events.poll(timeout_ms=wait_ms, max_records=self.s.speed_batch_max)
+        polled = poll_through_outages(self.events, wait_ms, self.s.speed_batch_max)
         records = [r for batch in polled.values() for r in batch]
         self._busy = bool(records)
         if not records or self.state is None:

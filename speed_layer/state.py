@@ -2,7 +2,7 @@
 
 No Kafka here: events in, user and item updates out. For every micro-batch each touched
 user's history (the training strengths from the artifact plus what arrived since) and
-latest events go to the model's real-time side (`Recommender.realtime`): ALS folds the
+latest events go to the model's real-time side (`recsys.models.base.realtime_of`): ALS folds the
 user in exactly, NeuMF re-optimises their embedding, request-time models (neighbourhoods,
 transitions, sessions) need nothing computed, the latest events are their state. Items
 the model has never seen are folded in where the model can (ALS: from the users who
@@ -21,6 +21,7 @@ from recsys.contracts.events import Event
 from recsys.contracts.manifest import ModelManifest
 from recsys.data.inputs import UserContext, UserHistory
 from recsys.io.model_store import ModelArtifact
+from recsys.models.base import realtime_of
 
 
 @dataclass
@@ -45,7 +46,7 @@ class SpeedState:
         self.manifest: ModelManifest = artifact.manifest
         self.data = artifact.data
         self.model = artifact.model
-        self.realtime = self.model.realtime(self.data)
+        self.realtime = realtime_of(self.model, self.data)
         self.weights = weights
         self.history = UserHistory(self.data)  # how a user's context is built, as serving builds it
         self.user_index = {u: i for i, u in enumerate(self.data.user_ids.tolist())}

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, RetriableError, TopicAlreadyExistsError
 
 from recsys import protocol
 from recsys.settings import Settings, get_settings
@@ -156,6 +156,24 @@ def consumer(group_id: str | None, *topics: str, settings: Settings | None = Non
         "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     return KafkaConsumer(*topics, **{**config, **overrides})
+
+
+def poll_through_outages(
+    c: KafkaConsumer, timeout_ms: int, max_records: int | None = None
+) -> dict[TopicPartition, list]:
+    """`c.poll`, except that a broker outage is an empty poll (after the wait) rather than an exception.
+
+    kafka-python 3.0 can raise KafkaConnectionError out of `poll` while it looks for the group coordinator
+    with the broker down (its metadata wait there only expects a timeout). Nothing was fetched or committed,
+    and the next poll starts the lookup afresh, so waiting and polling again loses nothing (seen: a speed
+    layer and an archiver exiting during a broker restart).
+    """
+    try:
+        return c.poll(timeout_ms=timeout_ms, max_records=max_records)
+    except RetriableError as e:
+        log.warning("poll failed, the broker is away (%s); polling again", e)
+        time.sleep(max(timeout_ms, 100) / 1000)
+        return {}
 
 
 def partitions_of(c: KafkaConsumer, topic: str, attempts: int = 10) -> set[int]:

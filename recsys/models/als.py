@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 
 from recsys.data.inputs import Dataset, NewItems, UserContext
 from recsys.models.base import AnyParams, Params, Realtime, Reason, Recommender
+from recsys.models.capabilities import with_new_items
 from recsys.models.norm_index import NormIndex
 from recsys.models.topk import normalize_rows, top_k_of_scores
 
@@ -223,7 +224,6 @@ class ImplicitAlsParams(AlsParams):
 class _ALS(Recommender):
     """Shared by both engines: everything but the fit and the objective."""
 
-    stateful = True
     additive_explanations = True  # Hu et al.: the shares of the fold-in sum to its score
     Params: ClassVar[type[AlsParams]] = AlsParams
     DEFAULT_REG: ClassVar[float]
@@ -298,10 +298,12 @@ class _ALS(Recommender):
                 out[r] = self.user_factors[ctx.row]
         return out
 
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
+    def score(self, users: Sequence[UserContext], new: NewItems | None = None) -> np.ndarray:
         v = self.user_vectors(users)
         # Y·Vᵀ streams the item matrix once; BLAS runs it several times faster than V·Yᵀ here.
-        return np.ascontiguousarray((np.asarray(self.item_factors, dtype=np.float32) @ v.T).T)
+        return with_new_items(
+            self, users, np.ascontiguousarray((np.asarray(self.item_factors, dtype=np.float32) @ v.T).T), new
+        )
 
     def recommend_many(
         self,
@@ -324,11 +326,6 @@ class _ALS(Recommender):
         if self._norm_index is None:
             self._norm_index = NormIndex(self.item_factors)
         return self._norm_index
-
-    def score_new_items(self, users: Sequence[UserContext], new: NewItems) -> np.ndarray:
-        if not len(new):
-            return np.zeros((len(users), 0), np.float32)
-        return self.user_vectors(users) @ new.states.T.astype(np.float32)
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Cosine of the factors, cos(i, j) = y_i·y_j / (|y_i| |y_j|), the item itself left out."""

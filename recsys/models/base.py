@@ -1,24 +1,25 @@
-"""The recommender interface: one concept with five faces, shared by every algorithm.
+"""The recommender contract: what every algorithm does, in one small class.
 
-Like the `implicit` library's model classes, a recommender is one object:
+Like the `implicit` library's model classes, a recommender is one object that can
 
-1. **batch fit** from a `Dataset` (the silver snapshot as arrays), on Spark or in one process;
-2. **real-time update**: `update_users` turns a user's history as it is *now* (training
-   data plus what arrived since the model's cut-off) into the state the model needs to
-   score them (ALS: the exact fold-in; NeuMF: a re-optimised embedding). Models that read
-   the history at request time (neighbourhoods, transitions, sessions) keep no state;
-3. **score** a batch of users, each given as a `UserContext`;
-4. **similar items** and an **explanation** in terms of the user's own events;
-5. **save / load** of its own files in the model directory (the shared parts of the
+1. **fit** from a `Dataset` (the silver snapshot as arrays), on Spark or in one process;
+2. **score** a batch of users, each given as a `UserContext`, over its items (and over
+   items newer than the model, `NewItems`, where it can rank them);
+3. **rank**: `recommend_many`, the top k per user after exclusions and a filter (by
+   default a selection from `score`; ALS and the hybrid override it with an exact faster
+   way, and serving only ever calls this);
+4. give **similar items** and an **explanation** in terms of the user's own events;
+5. **save / load** its own files in the model directory (the shared parts of the
    artifact, the `Dataset`, are saved by `recsys.io.model_store`).
 
-The speed layer and serving call only this interface; a new algorithm is one file
-plus one line in `recsys.models.registry`.
+What only some models can do (a real-time per-user state, factors, sparse scores) are the
+protocols of `recsys.models.capabilities`, which the speed layer, serving and the hybrid
+check for. A new algorithm is one file plus one line in `recsys.models.registry`.
 
 Item positions: every model scores the items of the `Dataset` it was fitted on
-(`n_items`, catalogue items without interactions included). Items first seen after
-the model (folded in by the speed layer) are scored through `score_new_items`.
-Scores are float32, higher is better; -inf means "this model cannot rank that item".
+(`n_items`, catalogue items without interactions included), then the new items (folded
+in by the speed layer) in the order given. Scores are float32, higher is better; -inf
+means "this model cannot rank that item".
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from recsys.data.inputs import Dataset, NewItems, UserContext
+from recsys.models.capabilities import updates_users
 from recsys.models.topk import PAD, top_k_of_scores
 
 if TYPE_CHECKING:
@@ -65,17 +67,10 @@ class Recommender(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[Params]]
-    # Whether the speed layer computes a state per user (`update_users`); False: the history is read at request time.
-    stateful: ClassVar[bool] = False
     # How many of a user's latest events request-time scoring reads (the artifact and UPs keep this many).
     recent_events: ClassVar[int] = 50
     # Whether `explain`'s shares of all the user's items sum to the score of their current (updated) view.
     additive_explanations: ClassVar[bool] = False
-
-    @property
-    def state_size(self) -> int:
-        """Length of a user's real-time state (`update_users`); 0 for models that keep none."""
-        return 0
 
     def __init__(self, params: AnyParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -95,48 +90,13 @@ class Recommender(ABC):
     def fit(self, data: Dataset, spark: SparkSession | None = None) -> None:
         """Learn from the whole dataset. Sets `n_items`."""
 
-    # 2. real-time update -------------------------------------------------------------------------
-    def update_users(self, users: Sequence[UserContext]) -> np.ndarray | None:
-        """The state of each user from their history as it is now; None if the model keeps none."""
-        return None
-
-    def realtime(self, data: Dataset) -> Realtime:
-        """What the speed layer holds for this model between micro-batches (see `Realtime`)."""
-        return Realtime(self)
-
-    # 3. score ------------------------------------------------------------------------------------
+    # 2. score ------------------------------------------------------------------------------------
     @abstractmethod
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        """(len(users), n_items) float32 scores over the model's items."""
+    def score(self, users: Sequence[UserContext], new: NewItems | None = None) -> np.ndarray:
+        """(len(users), n_items + len(new)) float32 scores: the model's items, then the new ones (-inf where the
+        model cannot rank them: `capabilities.with_new_items` appends those columns)."""
 
-    def score_new_items(self, users: Sequence[UserContext], new: NewItems) -> np.ndarray:
-        """(len(users), len(new)) scores of items newer than the model; -inf where the model cannot rank them."""
-        return np.full((len(users), len(new)), -np.inf, np.float32)
-
-    def score_all(self, users: Sequence[UserContext], new: NewItems) -> np.ndarray:
-        """Scores over the model's items then the new ones (what serving ranks), in one call."""
-        base = np.asarray(self.score(users), dtype=np.float32)
-        if not len(new):
-            return base
-        return np.hstack([base, np.asarray(self.score_new_items(users, new), dtype=np.float32)])
-
-    def recommend(
-        self,
-        user: UserContext,
-        k: int,
-        exclude: np.ndarray | None = None,
-        allowed: np.ndarray | None = None,
-        new: NewItems | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The k best item positions (new items after the model's) and their scores, best first.
-
-        `exclude` are positions never to return; `allowed` a boolean mask over all
-        positions (a business filter). Items the model cannot rank (-inf) are left out,
-        so fewer than k may come back.
-        """
-        scores = self.score_all([user], new if new is not None else NewItems())[0]
-        return select(scores, k, exclude, allowed)
-
+    # 3. rank -------------------------------------------------------------------------------------
     def recommend_many(
         self,
         users: Sequence[UserContext],
@@ -145,28 +105,22 @@ class Recommender(ABC):
         allowed: Sequence[np.ndarray | None],
         new: NewItems | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """`recommend` for many users at once (serving's micro-batch): per user the k best positions and scores.
+        """Per user the k best item positions (new items after the model's) and their scores, best first.
 
-        The default scores everything with one `score_all` and selects per user; a model with a faster exact
-        way (ALS: `recsys.models.norm_index`) overrides it. Same contract as `recommend`.
+        `exclude[r]` are positions never to return to user r; `allowed[r]` a boolean mask over all positions (a
+        business filter), or None. Items the model cannot rank (-inf) are left out, so fewer than k may come back.
+        The default scores everything with one `score` and selects per user; a model with a faster exact way
+        (ALS: `recsys.models.norm_index`; the hybrid: `hybrid/candidates.py`) overrides it.
         """
         if not len(users):
             return []
-        scores = self.score_all(users, new if new is not None else NewItems())
+        scores = self.score(users, new)
         return [select(scores[r], k, exclude[r], allowed[r]) for r in range(len(users))]
 
     # 4. similar items and explanations ---------------------------------------------------------------
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k items most like `item` (itself excluded); empty if the model has no notion of it."""
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-
-    def bought_together(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k items most often carted or bought with `item` (in one session); empty if the model cannot say."""
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-
-    def similar_source(self, item: int) -> str:
-        """What `similar_items` answers from for this item: "batch" (behaviour) or "content" (attributes)."""
-        return "batch"
 
     def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
         """The user's own items that most explain `item`'s score, largest share first."""
@@ -188,6 +142,11 @@ class Recommender(ABC):
         return None  # models without per-user files hold nothing more than the shared data
 
 
+def realtime_of(model: Recommender, data: Dataset) -> Realtime:
+    """The speed layer's holder for `model`: the model's own if it updates users, else the history-only one."""
+    return model.realtime(data) if updates_users(model) else Realtime(model)
+
+
 class Realtime:
     """A model's real-time side inside the speed layer, for one batch model.
 
@@ -202,7 +161,7 @@ class Realtime:
         self.model = model
 
     def users(self, keys: Sequence[str], contexts: Sequence[UserContext]) -> np.ndarray | None:
-        return self.model.update_users(contexts)
+        return self.model.update_users(contexts) if updates_users(self.model) else None
 
     def new_items(self, positions: Sequence[int], touched_by: Sequence[dict[str, float]]) -> np.ndarray | None:
         return None

@@ -24,8 +24,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.data.inputs import Dataset, ItemAttributes, UserContext
+from recsys.data.inputs import Dataset, ItemAttributes, NewItems, UserContext
 from recsys.models.base import AnyParams, Params, Reason, Recommender
+from recsys.models.capabilities import SimilarSource, with_new_items
 from recsys.models.item_to_item import largest
 from recsys.models.sparse import recent_weights, top_n_per_row
 
@@ -86,11 +87,12 @@ class Content(Recommender):
         self.n_items = data.n_items
         self.features, self.vocabulary = item_features(data.attributes, self.params.title_weight)
 
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
+    def score(self, users: Sequence[UserContext], new: NewItems | None = None) -> np.ndarray:
         # F · (profile F)ᵀ with the profile dense (it lives on the few attribute tokens): one pass over F, where the
         # sparse × sparse product would build a row as long as the catalogue (every item shares some token).
         profile = (self._weights(users) @ self.features).toarray().astype(np.float32)
-        return np.ascontiguousarray(np.asarray(self.features @ profile.T, dtype=np.float32).T)
+        scores = np.ascontiguousarray(np.asarray(self.features @ profile.T, dtype=np.float32).T)
+        return with_new_items(self, users, scores, new)
 
     def _weights(self, users: Sequence[UserContext]) -> sp.csr_matrix:
         p = self.params
@@ -103,7 +105,7 @@ class Content(Recommender):
         keep = row[order] > 0
         return order[keep].astype(np.int64), row[order][keep].astype(np.float32)
 
-    def similar_source(self, item: int) -> str:
+    def similar_source(self, item: int) -> SimilarSource:
         return "content"
 
     def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:

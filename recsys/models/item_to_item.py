@@ -22,8 +22,9 @@ from typing import ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.data.inputs import Dataset, UserContext
+from recsys.data.inputs import Dataset, NewItems, UserContext
 from recsys.models.base import AnyParams, Reason, Recommender
+from recsys.models.capabilities import with_new_items
 from recsys.models.sparse import dense, recent_weights
 from recsys.models.sparse_product import product
 
@@ -53,8 +54,8 @@ class ItemToItem(Recommender):
         """The scores as a sparse (users × items) matrix with sorted rows; items not stored score exactly 0."""
         return product(self.profile(users), self.matrix, sort=True)
 
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        return dense(self.profile(users) @ self.matrix)
+    def score(self, users: Sequence[UserContext], new: NewItems | None = None) -> np.ndarray:
+        return with_new_items(self, users, dense(self.profile(users) @ self.matrix), new)
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return row_top(self.matrix, item, k)

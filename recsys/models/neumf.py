@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 from pydantic import Field
 
-from recsys.data.inputs import Dataset, UserContext
-from recsys.models.base import AnyParams, Params, Reason, Recommender
+from recsys.data.inputs import Dataset, NewItems, UserContext
+from recsys.models.base import AnyParams, Params, Realtime, Reason, Recommender
+from recsys.models.capabilities import with_new_items
 from recsys.models.topk import most_similar, normalize_rows
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ class NeuMFParams(Params):
 class NeuMF(Recommender):
     name = "neumf"
     Params = NeuMFParams
-    stateful = True
 
     def __init__(self, params: NeuMFParams | None = None) -> None:
         super().__init__(params)
@@ -117,6 +117,9 @@ class NeuMF(Recommender):
         self.n_items = data.n_items
 
     # --- real time -----------------------------------------------------------------------------
+    def realtime(self, data: Dataset) -> Realtime:
+        return Realtime(self)  # nothing to hold between micro-batches: each user's state is folded afresh
+
     def update_users(self, users: Sequence[UserContext]) -> np.ndarray:
         """Each user's two embeddings re-optimised on their history as it is now (item side fixed)."""
         out = np.zeros((len(users), self.state_size), np.float32)
@@ -163,14 +166,14 @@ class NeuMF(Recommender):
             raise RuntimeError("neumf is not fitted")
         return self.scorer
 
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
+    def score(self, users: Sequence[UserContext], new: NewItems | None = None) -> np.ndarray:
         s = self._scorer
         out = np.empty((len(users), s.n_items), np.float32)
         for r, ctx in enumerate(users):
             gmf, mlp = self.user_embeddings(ctx)
             seen = ctx.items[(ctx.items >= 0) & (ctx.items < s.n_items)]
             out[r] = s.ranked_scores(gmf, mlp, self.params.candidates, n_seen=len(seen))
-        return out
+        return with_new_items(self, users, out, new)
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Cosine of the items' embeddings (GMF, weighted by the output layer, and MLP side by side)."""

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from recsys.data.inputs import Dataset, UserContext
+from recsys.data.inputs import Dataset, NewItems, UserContext
 from recsys.models.base import AnyParams, Params, Recommender
+from recsys.models.capabilities import with_new_items
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -34,8 +35,9 @@ class Popularity(Recommender):
         self.counts = data.popularity()
         self.n_items = data.n_items
 
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        return np.broadcast_to(self.counts, (len(users), self.n_items)).astype(np.float32)
+    def score(self, users: Sequence[UserContext], new: NewItems | None = None) -> np.ndarray:
+        scores = np.broadcast_to(self.counts, (len(users), self.n_items)).astype(np.float32)
+        return with_new_items(self, users, scores, new)
 
     def save(self, directory: Path) -> dict[str, str]:
         np.save(directory / "popularity_counts.npy", self.counts)

@@ -29,8 +29,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.data.inputs import Dataset, UserContext
+from recsys.data.inputs import Dataset, NewItems, UserContext
 from recsys.models.base import AnyParams, Params, Reason, Recommender
+from recsys.models.capabilities import with_new_items
 from recsys.models.sparse import dense, recent_weights, top_n_per_row
 from recsys.models.sparse_product import product
 
@@ -75,8 +76,8 @@ class SessionKNN(Recommender):
         """The scores as a sparse matrix with sorted rows: only the neighbours' items are stored (the rest score 0)."""
         return product(self.neighbours(users), self.votes, sort=True)
 
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        return dense(self.neighbours(users) @ self.votes)
+    def score(self, users: Sequence[UserContext], new: NewItems | None = None) -> np.ndarray:
+        return with_new_items(self, users, dense(self.neighbours(users) @ self.votes), new)
 
     def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
         """The user's recent items that the neighbours who voted for `item` share most with them."""

@@ -6,8 +6,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse._sparsetools import (  # the routines behind scipy's COO -> CSR
+    coo_tocsr,
+    csr_has_canonical_format,
+    csr_has_sorted_indices,
+    csr_sort_indices,
+    csr_sum_duplicates,
+)
 
 from recsys.data.inputs import UserContext
+from recsys.models.sparse_product import trusted_csr
 
 
 def recent_weights(
@@ -25,49 +33,55 @@ def recent_weights(
     window (a page of ratings submitted at once, whose order in the data says nothing) weigh the
     same. `kind_weights[k]` scales an event of type k (a purchase says more than a view); repeats add up.
 
-    Built directly in canonical CSR form (sorted columns, repeats summed in float64, then float32): this
-    runs once per component per request, and scipy's COO route cost more than the product it feeds. An
-    item repeated three or more times in one row takes that route (`_recent_weights_coo`), because there
-    the float64 sum's order — scipy's — could matter; with two terms a + b = b + a, so the matrix is the same.
+    The matrix `_recent_weights_coo` defines (scipy's COO constructor, repeats summed in float64, then
+    float32), built by the same C routines without scipy's Python layers: this runs once per component
+    per request, and those layers cost more than the product it feeds.
     """
-    data, indices, indptr = [], [], [0]
-    for ctx in users:
+    rows, cols, vals = _triplets(users, n_items, last, decay, kind_weights, tie_ms)
+    return _canonical_csr(rows, cols, vals, (len(users), n_items))
+
+
+def _triplets(
+    users: Sequence[UserContext],
+    n_items: int,
+    last: int,
+    decay: float,
+    kind_weights: np.ndarray | None,
+    tie_ms: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, item, weight) of every user's latest `last` events of the model's items, row by row."""
+    rows, cols, vals = [np.zeros(0, np.int32)], [np.zeros(0, np.int32)], [np.zeros(0, np.float64)]
+    for r, ctx in enumerate(users):
         items = ctx.recent[-last:] if last else ctx.recent[:0]
         keep = items < n_items
         if not keep.any():
-            indptr.append(indptr[-1])
             continue
         w = decay ** event_ages(ctx.recent_ts_ms[-last:] if last else ctx.recent_ts_ms[:0], len(items), tie_ms)
         if kind_weights is not None and len(ctx.recent_kinds):
             w = w * kind_weights[np.asarray(ctx.recent_kinds[-last:], dtype=np.int64)]
-        cols, vals = items[keep], np.asarray(w, dtype=np.float64)[keep]
-        order = np.argsort(cols, kind="stable")
-        cols, vals = cols[order], vals[order]
-        if len(cols) > 1:
-            first = np.concatenate([[True], cols[1:] != cols[:-1]])
-            if not first.all():
-                starts = np.flatnonzero(first)
-                counts = np.diff(np.append(starts, len(cols)))
-                if counts.max() > 2:
-                    return _recent_weights_coo(users, n_items, last, decay, kind_weights, tie_ms)
-                summed = vals[starts].copy()
-                pairs = counts == 2
-                summed[pairs] += vals[starts[pairs] + 1]
-                cols, vals = cols[starts], summed
-        data.append(vals)
-        indices.append(cols)
-        indptr.append(indptr[-1] + len(cols))
-    shape = (len(users), n_items)
-    if not data:
+        rows.append(np.full(int(keep.sum()), r, dtype=np.int32))
+        cols.append(items[keep].astype(np.int32))
+        vals.append(np.asarray(w, dtype=np.float64)[keep])
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+
+
+def _canonical_csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """`csr_matrix((vals, (rows, cols)), shape, dtype=float64).astype(float32)` step for step: COO to CSR, rows
+    sorted if they are not, repeats summed in that order (scipy's `tocsr` and `sum_duplicates`), so every value
+    is the same bit for bit."""
+    m, n = shape
+    nnz = len(vals)
+    if nnz == 0:
         return sp.csr_matrix(shape, dtype=np.float32)
-    out = sp.csr_matrix(
-        (
-            np.concatenate(data).astype(np.float32),
-            np.concatenate(indices).astype(np.int32),
-            np.asarray(indptr, dtype=np.int32),
-        ),
-        shape=shape,
-    )
+    indptr, indices, data = np.empty(m + 1, np.int32), np.empty(nnz, np.int32), np.empty(nnz, np.float64)
+    coo_tocsr(m, n, nnz, rows, cols, vals, indptr, indices, data)
+    if not csr_has_canonical_format(m, indptr, indices):
+        if not csr_has_sorted_indices(m, indptr, indices):
+            csr_sort_indices(m, indptr, indices, data)
+        csr_sum_duplicates(m, n, indptr, indices, data)
+        stored = int(indptr[-1])
+        indices, data = indices[:stored], data[:stored]
+    out = trusted_csr(data.astype(np.float32), indices, indptr, shape)
     out.has_sorted_indices = True
     out.has_canonical_format = True
     return out

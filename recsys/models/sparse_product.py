@@ -43,7 +43,22 @@ def product(a: sp.csr_matrix, b: sp.csr_matrix, sort: bool = False) -> sp.csr_ma
             key += np.repeat(np.arange(m, dtype=np.int64), np.diff(indptr)) * n
         order = np.argsort(key)
         indices, data = indices[order], data[order]
-    out = sp.csr_matrix((data, indices, indptr), shape=(m, n))
+    out = trusted_csr(data, indices, indptr, (m, n))
     if sort:
         out.has_sorted_indices = True
+    return out
+
+
+_MAXPRINT = sp.csr_matrix((1, 1)).maxprint
+
+
+def trusted_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """`sp.csr_matrix((data, indices, indptr), shape=shape)` for arrays a scipy C routine just wrote (valid by
+    construction): the constructor's checks of them (index dtype search, format check) cost a one-user request
+    more than the routine did. With int32 indices (all serving has) the attributes are the constructor's own
+    (`tests/unit/test_sparse_product.py` compares them); int64 ones stay int64, which scipy's routines take too
+    (its constructor would narrow them where the values fit)."""
+    out = sp.csr_matrix.__new__(sp.csr_matrix)
+    out.__dict__.update(_shape=(int(shape[0]), int(shape[1])), maxprint=_MAXPRINT)
+    out.indices, out.indptr, out.data = indices, indptr, data
     return out

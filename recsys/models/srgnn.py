@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Literal, cast
 import numpy as np
 from pydantic import Field
 
-from recsys.data.inputs import Dataset, UserContext
+from recsys.data.inputs import Dataset, NewItems, UserContext
 from recsys.models.base import AnyParams, Params, Reason, Recommender
+from recsys.models.capabilities import with_new_items
 from recsys.models.topk import most_similar, normalize_rows
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ class SRGNN(Recommender):
         s = self._scorer
         return current_session(ctx.recent, ctx.recent_ts_ms, s.gap_ms, s.max_len, s.n_items)
 
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
+    def score(self, users: Sequence[UserContext], new: NewItems | None = None) -> np.ndarray:
         """One forward pass per user over their current session; -inf for a user without one (cannot rank)."""
         s = self._scorer
         vectors = np.zeros((len(users), s.dim), np.float32)
@@ -145,7 +146,7 @@ class SRGNN(Recommender):
             np.exp(out, out=out)
             out /= out.sum(axis=1, keepdims=True)
         out[empty] = -np.inf
-        return out
+        return with_new_items(self, users, out, new)
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return most_similar(self._scorer.unit_items(), item, k)

@@ -26,8 +26,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.data.inputs import Dataset, UserContext
+from recsys.data.inputs import Dataset, NewItems, UserContext
 from recsys.models.base import AnyParams, Params, Reason, Recommender
+from recsys.models.capabilities import with_new_items
 from recsys.models.sparse import history_weights
 
 if TYPE_CHECKING:
@@ -86,12 +87,12 @@ class UserKNN(Recommender):
             np.put_along_axis(sims, cut, 0.0, axis=1)
         return sp.csr_matrix(sims)
 
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
+    def score(self, users: Sequence[UserContext], new: NewItems | None = None) -> np.ndarray:
         near = self.neighbours(users)
         mass = np.asarray(np.abs(near).sum(axis=1)).ravel()
         votes = np.asarray((near @ self.votes).todense(), dtype=np.float32)
         votes /= np.maximum(mass, 1e-12)[:, None]
-        return votes + self.params.pop_weight * self.popularity[None, :]
+        return with_new_items(self, users, votes + self.params.pop_weight * self.popularity[None, :], new)
 
     def explain(self, user: UserContext, item: int, n: int = 3) -> list[Reason]:
         """The user's own items that the neighbours who voted for `item` share most with them."""

@@ -78,6 +78,7 @@ def test_airflow_cli_reports_no_import_errors():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.timeout(1200)  # the slowest test in the suite: ~5 min quiet, twice that on a busy CI
 def test_nightly_dag_runs_end_to_end_on_movielens_with_the_lake_and_models_on_hdfs(models_on_hdfs):
     """Every table (bronze, silver, registry) and every model on a real HDFS: the Spark tasks read and
     write the tables over hdfs:// with delta-spark, this test reads them back with delta-rs; the candidates are

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys.models.base import Params, Recommender
+from recsys.models.capabilities import with_new_items
 
 
 class Toy(Recommender):
@@ -49,12 +50,12 @@ class Toy(Recommender):
         pop = data.popularity()
         self.pop = pop / max(float(pop.max()), 1.0)
 
-    def score(self, users):
+    def score(self, users, new=None):
         out = np.tile(self.pop, (len(users), 1)).astype(np.float32)
         for r, user in enumerate(users):
             if len(user.recent):
                 out[r, (int(user.recent[-1]) + 1) % self.n_items] += 10.0
-        return out
+        return with_new_items(self, users, out, new)  # items newer than the model: -inf, it cannot rank them
 
     def save(self, directory: Path):
         np.save(directory / "toy.npy", self.pop)
@@ -129,6 +130,17 @@ def test_the_registry_names_every_model_file():
     """The registry and the files agree: every file in recsys/models that defines a Recommender is registered."""
     folder = Path(registry.__file__).parent
     registered = {spec.split(":")[0].rsplit(".", 1)[1] for spec in registry.MODELS.values()}
-    shared = {"__init__", "base", "registry", "sparse", "topk", "norm_index", "item_to_item", "neural"}
+    shared = {
+        "__init__",
+        "base",
+        "registry",
+        "capabilities",
+        "sparse",
+        "sparse_product",
+        "topk",
+        "norm_index",
+        "item_to_item",
+        "neural",
+    }
     packages = {p.parent.name for p in folder.glob("*/__init__.py")}  # a model may be a package (the hybrid)
     assert ({p.stem for p in folder.glob("*.py")} | packages) - shared == registered

@@ -132,6 +132,7 @@ def test_master_and_workers_are_up_on_loopback_only(cluster):
     assert {d: spark_cluster.running_pid(paths, d) for d in pids} == pids
 
 
+@pytest.mark.timeout(900)  # the nightly jobs on the cluster and locally: ~2.5 min quiet
 def test_nightly_jobs_on_the_cluster_train_as_good_a_model_as_local(cluster, spark):
     s, spec = cluster
     # clean on the cluster: its pandas UDF runs in the executors' Python workers, not in the driver.

@@ -1,5 +1,5 @@
 """Two-stage serving gives the dense definition's answers: on MovieLens-100K users, the hybrid's top 10 from
-candidates (`recsys.models.hybrid.candidates`) equals the top 10 of `score_all` over every item (with the factor
+candidates (`recsys.models.hybrid.candidates`) equals the top 10 of `score` over every item (with the factor
 and content models read densely or through their indexes), with and
 without the re-ranker, under exclusions, filters (wide and narrow), new items, and at a depth so small that
 nearly every user must be deepened before the answer is certified."""
@@ -35,7 +35,7 @@ def fitted(request, split):
 
 
 def dense_answers(model, users, k, exclude, allowed, new):
-    scores = model.score_all(users, new)
+    scores = model.score(users, new)
     return [select(scores[r], k, exclude[r], allowed[r]) for r in range(len(users))]
 
 

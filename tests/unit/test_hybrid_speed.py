@@ -59,7 +59,7 @@ def fitted():
 
 
 def top10(model: Hybrid, users: list[UserContext]) -> tuple[np.ndarray, np.ndarray]:
-    scores = model.score_all(users, NewItems())
+    scores = model.score(users, NewItems())
     for r, ctx in enumerate(users):
         scores[r, ctx.items] = -np.inf  # what serving leaves out by default is a subset of these; any mask will do
     order = np.argsort(-scores, axis=1, kind="stable")[:, :10]

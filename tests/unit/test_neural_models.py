@@ -14,6 +14,7 @@ import pytest
 from recsys.data.inputs import Dataset, UserContext
 from recsys.evaluation.protocol import dataset_from_events
 from recsys.models import registry
+from recsys.models.capabilities import updates_users
 from recsys.models.neumf import NeuMF, NeuMFParams, NeuMFScorer, update_user
 from recsys.models.srgnn import SRGNN, SRGNNParams, SRGNNScorer, current_session, session_graph
 
@@ -298,7 +299,7 @@ def test_srgnn_save_load_round_trip_equals_the_jax_forward(srgnn, tmp_path):
 
 def test_both_are_registered_and_serving_needs_no_jax():
     assert registry.model_class("neumf") is NeuMF and registry.model_class("srgnn") is SRGNN
-    assert NeuMF.stateful and not SRGNN.stateful
+    assert updates_users(NeuMF()) and not updates_users(SRGNN())  # only NeuMF keeps a state per user
     import subprocess
     import sys
 

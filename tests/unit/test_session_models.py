@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from recsys.data.inputs import UserContext
 from recsys.evaluation.protocol import dataset_from_events
@@ -15,7 +17,7 @@ from recsys.models.hybrid import Hybrid, HybridParams
 from recsys.models.hybrid.reranker import Priors, choose_reranker
 from recsys.models.session_knn import SessionKNN
 from recsys.models.slit import SLIT, SlitParams, training_rows
-from recsys.models.sparse import event_ages, recent_weights
+from recsys.models.sparse import _recent_weights_coo, event_ages, recent_weights
 from recsys.models.transitions import Transitions, TransitionsLast, TransitionsParams
 
 S = 1000  # ms
@@ -309,3 +311,30 @@ def test_priors_shares_match_a_direct_count_and_survive_save_and_load(tmp_path):
     priors.save(tmp_path / "p.npz")
     again = Priors.load(tmp_path / "p.npz")
     np.testing.assert_allclose(again.shares([user], cand), priors.shares([user], cand))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    histories=hs.lists(
+        hs.lists(hs.tuples(hs.integers(0, 7), hs.integers(0, 5), hs.integers(0, 2)), max_size=40), max_size=6
+    ),
+    last=hs.integers(0, 30),
+    tie_ms=hs.sampled_from([0, 1000]),
+)
+def test_recent_weights_is_scipys_coo_matrix_bit_for_bit(histories, last, tie_ms):
+    """Repeats (an item clicked again and again, new items beyond the model's) sum as scipy's COO route sums them."""
+    users = [
+        UserContext(
+            recent=np.array([i for i, _, _ in h], np.int64),
+            recent_ts_ms=np.cumsum([t * 400 for _, t, _ in h]).astype(np.int64),
+            recent_kinds=np.array([k for _, _, k in h], np.int8),
+        )
+        for h in histories
+    ]
+    for kinds in (None, np.array([1.0, 2.5, 0.3])):
+        new = recent_weights(users, 6, last, 0.77, kinds, tie_ms)
+        old = _recent_weights_coo(users, 6, last, 0.77, kinds, tie_ms)
+        assert new.shape == old.shape and new.dtype == old.dtype == np.float32
+        np.testing.assert_array_equal(new.indptr, old.indptr)
+        np.testing.assert_array_equal(new.indices, old.indices)
+        np.testing.assert_array_equal(new.data, old.data)

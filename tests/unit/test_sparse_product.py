@@ -70,3 +70,21 @@ def test_unit_rows_is_the_scipy_definition_bit_for_bit(ab):
         norms = np.sqrt(np.asarray(out.multiply(out).sum(axis=1)).ravel())
         expected = (sp.diags(1.0 / np.maximum(norms, 1e-12)) @ out).astype(np.float32).tocsr()
         assert entries(unit_rows(x)) == entries(expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ab=operands(), sort=st.booleans())
+def test_the_product_is_the_matrix_scipys_constructor_builds(ab, sort):
+    """`trusted_csr` skips the constructor's checks: the object must be the one the constructor would build."""
+    a, b = ab
+    ours = product(a, b, sort=sort)
+    checked = sp.csr_matrix((ours.data, ours.indices, ours.indptr), shape=ours.shape)
+    assert set(vars(ours)) - {"_has_sorted_indices"} == set(vars(checked))
+    assert ours.shape == checked.shape and type(ours.shape[0]) is type(checked.shape[0])
+    assert ours.maxprint == checked.maxprint
+    for name in ("data", "indices", "indptr"):
+        mine, theirs = getattr(ours, name), getattr(checked, name)
+        assert mine.dtype == theirs.dtype, name
+        np.testing.assert_array_equal(mine, theirs)
+    if ours.nnz:
+        np.testing.assert_array_equal((ours @ b.T).toarray(), (checked @ b.T).toarray())

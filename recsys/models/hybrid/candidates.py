@@ -1,6 +1,6 @@
 """Two-stage serving: the hybrid's top k computed from a few hundred candidates per user, not from every item.
 
-The blend `s1 = Σ_c w_c · s_c / m_c + pop` (`blend.py`) is scored densely by `Hybrid.score_all`
+The blend `s1 = Σ_c w_c · s_c / m_c + pop` (`blend.py`) is scored densely by `Hybrid.score`
 (evaluation, tuning). A request needs only its top k, and most components can say cheaply
 which items can score well for a user:
 
@@ -33,7 +33,7 @@ and the same order of the weighted sum; the content index's rows times the profi
 product), except the factor scores read through the norm index: its canonical x·y (one fixed
 summation order) instead of a BLAS product, which differ in the last bits. Nothing per request is as
 large as the catalogue on these catalogues: the seen and excluded items are looked up as sorted keys,
-never as (users × items) masks, and the dense `score_all` is only the reference the tests and
+never as (users × items) masks, and the dense `score` is only the reference the tests and
 `bench/candidates.py` compare against (and the answer for a catalogue smaller than the re-ranker's list).
 The unit tests compare both paths' top 10 on MovieLens-100K (with and without the norm index);
 `bench/candidates.py` measures both on MovieLens-100K and at 100,000 items.
@@ -50,6 +50,7 @@ import scipy.sparse as sp
 
 from recsys.data.inputs import NewItems, UserContext
 from recsys.models.base import Recommender, select
+from recsys.models.capabilities import has_factors, scores_sparsely
 from recsys.models.content import Content
 from recsys.models.hybrid.blend import blend, finite, unseen_max
 from recsys.models.hybrid.content_index import ContentIndex
@@ -173,7 +174,7 @@ def recommend_many(
         todo = todo[~certified]
         if len(todo) and m >= n:  # only a catalogue smaller than the re-ranker's candidates: the dense definition
             for r in todo:
-                scores = model.score_all([users[r]], new)[0]
+                scores = model.score([users[r]], new)[0]
                 out[r] = select(scores, k, exclude[r], allowed[r])
             break
         m *= DEEPEN
@@ -189,13 +190,13 @@ def score_components(
     first: Sequence[np.ndarray],
     depth: int,
 ) -> Scored:
-    """Each component's raw scores in its cheapest exact form, and its per-user scale (as `score_all` has it);
+    """Each component's raw scores in its cheapest exact form, and its per-user scale (as `score` has it);
     for factor models, each user's top `depth` excluding `first` (the first pool's list, kept)."""
     out = Scored()
     n, b = model.n_items, len(seen)
     for name in names:
         component = model.components[name]
-        if hasattr(component, "sparse_scores"):
+        if scores_sparsely(component):
             s = component.sparse_scores(views[name])
             s.data = finite(s.data)
             out.sparse[name] = s
@@ -222,7 +223,7 @@ def _indexed(
     """The component's index and the users' query vectors, if it has one and the catalogue is large enough."""
     if model.n_items < INDEX_FROM:
         return None
-    if hasattr(component, "norm_index") and hasattr(component, "user_vectors"):
+    if has_factors(component):
         return component.norm_index, np.ascontiguousarray(component.user_vectors(views), dtype=np.float32)
     if isinstance(component, Content):
         # The profile exactly as `Content.score` builds it (the index's rows times it are its scores).
@@ -431,7 +432,7 @@ def _rerank(
     users: list[UserContext],
     unseen: Pool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The re-ranker over each user's blend top `n_candidates` unseen candidates (as `score_all` does over all
+    """The re-ranker over each user's blend top `n_candidates` unseen candidates (as `score` does over all
     items); certified where the last of them beats what an item outside the candidates can score."""
     reranker, priors = model.reranker, model.priors
     assert reranker is not None and priors is not None

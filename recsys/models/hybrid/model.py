@@ -55,6 +55,14 @@ from recsys.data.datasets import holdout
 from recsys.data.inputs import Dataset, NewItems, UserContext
 from recsys.models import registry
 from recsys.models.base import AnyParams, Params, Realtime, Reason, Recommender
+from recsys.models.capabilities import (
+    SimilarSource,
+    Updating,
+    bought_together,
+    new_item_scores,
+    state_size,
+    updates_users,
+)
 from recsys.models.content import Content
 from recsys.models.hybrid import candidates
 from recsys.models.hybrid.blend import (
@@ -134,7 +142,6 @@ class HybridParams(Params):
 class Hybrid(Recommender):
     name = "hybrid"
     Params = HybridParams
-    stateful = True
 
     def __init__(self, params: HybridParams | None = None, settings: Settings | None = None) -> None:
         super().__init__(params)
@@ -231,8 +238,8 @@ class Hybrid(Recommender):
 
     # --- real time ------------------------------------------------------------------------------
     @property
-    def _stateful(self) -> list[tuple[str, Recommender]]:
-        return [(n, m) for n, m in self.components.items() if m.stateful]
+    def _stateful(self) -> list[tuple[str, Updating]]:
+        return [(n, m) for n, m in self.components.items() if updates_users(m)]
 
     @property
     def state_size(self) -> int:
@@ -243,7 +250,7 @@ class Hybrid(Recommender):
         out, offset = {}, 0
         for name, model in self.components.items():
             view = UserContext(ctx.row, ctx.items, ctx.strengths, ctx.recent, ctx.recent_ts_ms, ctx.recent_kinds)
-            if model.stateful and ctx.state is not None:
+            if updates_users(model) and ctx.state is not None:
                 view.state = ctx.state[offset : offset + model.state_size]
                 offset += model.state_size
             out[name] = view
@@ -261,12 +268,6 @@ class Hybrid(Recommender):
     def _views(self, users: Sequence[UserContext]) -> dict[str, list[UserContext]]:
         split = [self._split_state(u) for u in users]
         return {name: [s[name] for s in split] for name in self.components}
-
-    def score(self, users: Sequence[UserContext]) -> np.ndarray:
-        return self.score_all(users, NewItems())
-
-    def score_new_items(self, users: Sequence[UserContext], new: NewItems) -> np.ndarray:
-        return self.score_all(users, new)[:, self.n_items :]
 
     def recommend_many(
         self,
@@ -313,8 +314,10 @@ class Hybrid(Recommender):
             for name, model in self.components.items()
         }
 
-    def score_all(self, users: Sequence[UserContext], new: NewItems) -> np.ndarray:
-        """Stage 1 (+ the re-ranker) over the model's items; new items are scored by the stateful components."""
+    def score(self, users: Sequence[UserContext], new: NewItems | None = None) -> np.ndarray:
+        """Stage 1 (+ the re-ranker) over the model's items; new items are scored by the factor components. The
+        dense definition: serving ranks from candidates (`recommend_many`), tests and benchmarks compare."""
+        new = new if new is not None else NewItems()
         seen_items = [u.items[(u.items < self.n_items) & (u.items >= 0)] for u in users]
         views = self._views(users)
         norm, scales = {}, {}
@@ -350,16 +353,16 @@ class Hybrid(Recommender):
     def new_item_scores(
         self, new: NewItems, views: dict[str, list[UserContext]], scales: dict[str, np.ndarray]
     ) -> np.ndarray:
-        """(users × new items): the stateful components' blend, each on its per-user scale; -inf if none is stateful."""
+        """(users × new items): the updating components' blend, each on its per-user scale; -inf if none updates."""
         n_users = len(next(iter(views.values()))) if views else 0
         out = np.zeros((n_users, len(new)), np.float32)
         offset = 0
         for name, model in self.components.items():
-            size = model.state_size if model.stateful else 0
+            size = state_size(model)
             weight = self.weights.get(name, 0.0)
             if size and weight > 0:
                 part = NewItems(new.ids, new.states[:, offset : offset + size])
-                extra = np.array(model.score_new_items(views[name], part), dtype=np.float32)
+                extra = np.array(new_item_scores(model, views[name], part), dtype=np.float32)
                 out += weight * finite(extra) / scales[name][:, None]
             offset += size
         if not self._stateful:
@@ -378,12 +381,12 @@ class Hybrid(Recommender):
 
     def bought_together(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         for model in self.components.values():
-            idx, val = model.bought_together(item, k)
+            idx, val = bought_together(model, item, k)
             if len(idx):
                 return idx, val
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
 
-    def similar_source(self, item: int) -> str:
+    def similar_source(self, item: int) -> SimilarSource:
         for name in ("item_knn", "ease", "transitions", "implicit_als", "spark_als"):
             model = self.components.get(name)
             if model is not None and len(model.similar_items(item, 1)[0]):
