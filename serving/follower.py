@@ -27,7 +27,7 @@ tried again every CHALLENGER_RETRY_S until it is there), it gets every FORGET an
 AVAIL the champion gets, and the UPs tagged with its version. The speed layer
 folds events into the champion only, so the challenger gets the champion's user
 UPs too, without their state vector, when that is exact: a challenger that reads
-the user's latest events at request time (not `stateful`) and whose data ends at
+the user's latest events at request time (no `Updating` state) and whose data ends at
 the same `events` offsets as the champion's. Otherwise its shoppers are answered
 from the batch view of them, which biases a test against it (docs/ab-tests.md).
 `model_for` says which model answers a shopper (`recsys.ab_split`). Naming the
@@ -53,6 +53,7 @@ from recsys.ab_split import CHALLENGER, CHAMPION, Arm, arm
 from recsys.data import catalog
 from recsys.io import model_store
 from recsys.io.kafka import BrokerUnavailable, consumer, ensure_topics, wait_for_broker
+from recsys.models.capabilities import updates_users
 from recsys.protocol import AvailabilityMessage, ForgetMessage, ModelMessage, Topics, VectorUpdate
 from recsys.settings import Settings
 from serving import metrics
@@ -281,7 +282,7 @@ class ModelFollower:
     @staticmethod
     def _mirrors(challenger: ServingModel | None, champion: ServingModel | None) -> bool:
         """Whether the champion's user UPs, stripped of their state, are exactly what the challenger's would be."""
-        if challenger is None or champion is None or challenger.model.stateful:
+        if challenger is None or champion is None or updates_users(challenger.model):
             return False
         return challenger.manifest.kafka_offsets == champion.manifest.kafka_offsets
 

@@ -192,7 +192,7 @@ def test_the_follower_answers_each_arm_from_its_model_and_erases_from_both(tmp_p
     f._try_swap(model_store.latest_published(s))
     f._want_challenger()
     assert f.current is models[champion_v] and f.challenger is models[challenger_v]
-    assert not f.mirrored  # ALS is stateful: the champion's UPs' vectors are not the challenger's
+    assert not f.mirrored  # ALS has a real-time state: the champion's UPs' vectors are not the challenger's
 
     users = [f"u{n}" for n in range(5)] + [f"stranger{n}" for n in range(200)]
     for user in users:
@@ -227,7 +227,7 @@ def test_the_follower_answers_each_arm_from_its_model_and_erases_from_both(tmp_p
     assert aa.current.speed_users == aa.challenger.speed_users == 1
 
     same = {"kafka_offsets": {0: 10}}
-    request_time = SimpleNamespace(model=SimpleNamespace(stateful=False), manifest=SimpleNamespace(**same))
+    request_time = SimpleNamespace(model=SimpleNamespace(), manifest=SimpleNamespace(**same))  # no `Updating` state
     champion = SimpleNamespace(manifest=SimpleNamespace(**same))
     later = SimpleNamespace(manifest=SimpleNamespace(kafka_offsets={0: 11}))
     assert ModelFollower._mirrors(request_time, champion)  # the same cut-off: the champion's UPs are exact
