@@ -13,7 +13,8 @@ best of them through the quality gate, and the registry keeps every candidate's
 metrics. top_n then writes every user's top N of the published model to the
 `user_top_n` table for downstream jobs (docs/bulk.md); on a night the gate
 publishes nothing it does not run, and the table keeps the lists of the model
-still served.
+still served. With the `as_challenger` param, publish makes the best candidate an A/B test's challenger
+instead of the champion (docs/ab-tests.md).
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ with DAG(
             {}, type="object", description='Hyper-parameters per recommender, e.g. {"spark_als": {"rank": 32}}'
         ),
         "drain_events": Param(True, type="boolean", description="Archive the events topic before cleaning"),
+        "as_challenger": Param(
+            False,
+            type="boolean",
+            description="Publish the best candidate as an A/B test's challenger, keep the champion (docs/ab-tests.md)",
+        ),
     },
     tags=["recsys"],
 ) as dag:
@@ -85,7 +91,14 @@ with DAG(
         train >> evaluate
         candidates.append((train, evaluate))
     # A failed quality gate is an answer, not a glitch: retrying would give the same one.
-    publish = spark_job("publish", [arg for v in versions.values() for arg in ("--model-version", v)], retries=0)
+    publish = spark_job(
+        "publish",
+        [
+            *(arg for v in versions.values() for arg in ("--model-version", v)),
+            "{{ '--as-challenger' if params.as_challenger else '--no-as-challenger' }}",
+        ],
+        retries=0,
+    )
     top_n = spark_job("top_n", [])
 
     archive_compact >> clean

@@ -7,10 +7,16 @@ from `evaluate` is put through the gate, the others are recorded as not chosen
   - must not regress against the current published model: ndcg >= (1 - max_regression) * current's.
 A failed gate publishes nothing, records why in the registry, and exits non-zero.
 
+With `--as-challenger` the chosen candidate is published as an A/B test's challenger instead: it must still beat
+popularity, but not the champion (how it compares with the champion online is what the test measures); it moves
+to the challengers' folder, not the published one, and no MODEL message is sent, so the champion stays served and
+the speed layer keeps folding events into the champion. Serving answers the test's challenger arm from it once
+RECSYS_AB_CHALLENGER_VERSION names it (docs/ab-tests.md).
+
 Publishing is re-runnable: if a crash came after the promotion but before the
 MODEL message, running it again sends the message.
 
-    spark-submit jobs/publish.py --model-version m2026...
+    spark-submit jobs/publish.py --model-version m2026... [--as-challenger]
 """
 
 from __future__ import annotations
@@ -81,12 +87,16 @@ class _Candidate(TypedDict):
     settings: Settings
 
 
-def publish(model_versions: str | list[str], settings: Settings | None = None) -> Decision:
-    """Publish the best of the candidates (one version or a nightly run's set) if it passes the gate."""
+def publish(model_versions: str | list[str], settings: Settings | None = None, as_challenger: bool = False) -> Decision:
+    """Publish the best of the candidates (one version or a nightly run's set) if it passes the gate: as the
+    champion (announced), or as an A/B test's challenger (`as_challenger`: not announced, the champion stays)."""
     s = settings or get_settings()
     versions = [model_versions] if isinstance(model_versions, str) else list(model_versions)
-    already = [v for v in versions if model_store.exists(model_store.published(v, s))]
+    place = model_store.challenger if as_challenger else model_store.published
+    already = [v for v in versions if model_store.exists(place(v, s))]
     if already and not model_store.exists(model_store.candidate(already[0], s)):
+        if as_challenger:
+            return Decision(True, "already published as a challenger", place(already[0], s))
         log.info("%s was already promoted; sending its MODEL message again", already[0])
         announce(already[0], model_store.published(already[0], s), s)
         return Decision(True, "already published; MODEL message re-sent", model_store.published(already[0], s))
@@ -107,7 +117,7 @@ def publish(model_versions: str | list[str], settings: Settings | None = None) -
 
     candidate = model_store.read_manifest(candidate_path)
     current_path = model_store.latest_published(s)
-    current = model_store.read_manifest(current_path) if current_path else None
+    current = model_store.read_manifest(current_path) if current_path and not as_challenger else None
     decision = gate(candidate, current, s)
     common: _Candidate = {"engine": candidate.engine, "silver_version": candidate.silver_table_version, "settings": s}
     if not decision.passed:
@@ -122,11 +132,13 @@ def publish(model_versions: str | list[str], settings: Settings | None = None) -
         return decision
     # Users forgotten while this model was trained on data from before their request leave it first.
     erasure.erase_from_model(candidate_path, erasure.requests(s), s)
-    decision.path = model_store.promote(candidate_path, s)
+    decision.path = model_store.promote(candidate_path, s, as_challenger=as_challenger)
+    status = "challenger" if as_challenger else "published"
     record_in_registry(
-        model_version, "published", path=str(decision.path), reason=decision.reason, metrics=candidate.metrics, **common
+        model_version, status, path=str(decision.path), reason=decision.reason, metrics=candidate.metrics, **common
     )
-    announce(model_version, decision.path, s)
+    if not as_challenger:  # a MODEL message would make it the champion everywhere
+        announce(model_version, decision.path, s)
     return decision
 
 
@@ -141,10 +153,13 @@ def announce(model_version: str, path: model_store.Location, s: Settings) -> Non
 
 def main(
     model_version: Annotated[list[str], typer.Option(help="Candidate version(s); the best one goes through the gate.")],
+    as_challenger: Annotated[
+        bool, typer.Option(help="Publish it as an A/B test's challenger; the champion stays served.")
+    ] = False,
 ) -> None:
     """Publish the best candidate if it passes the quality gate."""
     setup_logging()
-    decision = publish(model_version)
+    decision = publish(model_version, as_challenger=as_challenger)
     print(json.dumps({"published": decision.passed, "reason": decision.reason, "path": str(decision.path or "")}))
     if not decision.passed:
         log.error("quality gate failed, nothing published: %s", decision.reason)

@@ -205,6 +205,7 @@ def erase_from_models(messages: list[ForgetMessage], settings: Settings | None =
     erased = 0
     for folder, location in (
         (model_store.published_dir(s), model_store.published),
+        (model_store.challengers_dir(s), model_store.challenger),
         (model_store.candidates_dir(s), model_store.candidate),
     ):
         for version in model_store.versions_in(folder):

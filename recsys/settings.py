@@ -211,10 +211,17 @@ class Settings(BaseSettings):
     serving_max_body_bytes: int = Field(
         65_536, ge=1_024, description="Larger request bodies are refused with 413 before they are read whole."
     )
-    serving_variant: str = Field(
-        "champion",
-        min_length=1,
-        description="The variant every answer's impression is logged under (the A/B arm; one arm for now).",
+    ab_challenger_version: str = Field(
+        "",
+        description="A/B test: the challenger model version (published with `jobs.publish --as-challenger`); empty = "
+        "no test, every shopper gets the champion. The split's hash is salted with it, so a new test reshuffles "
+        "the shoppers (docs/ab-tests.md).",
+    )
+    ab_challenger_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A/B test: the share of shoppers (by a stable hash of their pseudonym) answered by the challenger.",
     )
     serving_impressions_buffer: int = Field(
         10_000,

@@ -10,7 +10,8 @@ event counts once (by `event_id`: a re-sent event is one click), in the hour the
 
 `attribute` is the pure join (pyarrow); `Attribution` reads the latest `ops_attribution_hours` of both tables
 (row groups outside the window are skipped by their statistics) at most every `ops_attribution_cache_s`, and
-not at all while neither table has a new version. Serving only reads the lake.
+not at all while neither table has a new version. Serving only reads the lake. While an A/B test runs, the
+same read also gives the test's report (`serving/ab_report.py`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import pyarrow.dataset as ds
 from recsys.contracts.tables import Tables
 from recsys.io import lake
 from recsys.settings import Settings
+from serving import ab_report
 
 GROUP = ["hour", "model_version", "variant"]
 IMPRESSION_COLUMNS = ["request_id", "item_id", "model_version", "variant", "shown_at"]
+READ_COLUMNS = list(dict.fromkeys(IMPRESSION_COLUMNS + ab_report.COLUMNS))
 EVENT_COLUMNS = ["event_id", "request_id", "item_id", "event_type"]
 
 
@@ -121,14 +124,19 @@ class Attribution:
     def _compute(self, versions: tuple[int | None, int | None]) -> dict:
         since = datetime.now(UTC) - timedelta(hours=self.s.ops_attribution_hours)
         rows: list[dict] = []
+        ab: dict | None = None
         if versions[0] is not None:
-            shown = _read(self.impressions, IMPRESSION_COLUMNS, ds.field("shown_at") >= pa.scalar(since))
+            shown = _read(self.impressions, READ_COLUMNS, ds.field("shown_at") >= pa.scalar(since))
             events = pa.Table.from_pylist([], schema=pa.schema([(c, pa.string()) for c in EVENT_COLUMNS]))
             if versions[1] is not None and "request_id" in lake.open_table(self.bronze).schema().to_arrow().names:
                 # Events come after the list they were picked from: those older than the window can't count.
                 recent = (ds.field("ts") >= pa.scalar(since)) & ds.field("request_id").is_valid()
                 events = _read(self.bronze, EVENT_COLUMNS, recent)
-            rows = attribute(shown, events, self.s.attribution_click_type, self.s.attribution_conversion_type)
+            click, conversion = self.s.attribution_click_type, self.s.attribution_conversion_type
+            rows = attribute(shown, events, click, conversion)
+            if self.s.ab_challenger_version:
+                challenger, share = self.s.ab_challenger_version, self.s.ab_challenger_share
+                ab = ab_report.report(shown, events, click, conversion, challenger, share)
         return {
             "hours": self.s.ops_attribution_hours,
             "since_ms": int(since.timestamp() * 1000),
@@ -137,6 +145,7 @@ class Attribution:
             "table_versions": {Tables.IMPRESSIONS: versions[0], Tables.BRONZE_EVENTS: versions[1]},
             "by_hour": rows,
             "totals": totals(rows),
+            "ab": ab,  # the running A/B test (RECSYS_AB_CHALLENGER_VERSION), None without one
         }
 
 

@@ -60,16 +60,18 @@ class FastRecommend:
             await self.app(scope, receive, send)  # FastAPI answers: errors and odd cases keep one definition
             return
         raw_user, k, exclude_seen, category, explain = args
+        pseudonym = pseudonymise(raw_user, self.key)
+        arm_model, variant = follower.model_for(pseudonym)  # type: ignore[union-attr]  # a model implies a follower
+        model = arm_model or model  # the shopper's arm of an A/B test, as the route picks it
         if category is not None:
             category = model.canonical_category(category)
             if category is None:
                 await self.app(scope, receive, send)  # unknown category: the route's error
                 return
-        pseudonym = pseudonymise(raw_user, self.key)
         ranked = await state.batcher.submit(model, model.prepare(pseudonym, k, exclude_seen, category, explain))
         self.sources[ranked.source].inc()
         request_id = new_request_id()
-        state.impressions.shown(request_id, pseudonym, model.version, ranked.item_ids, "recommend")
+        state.impressions.shown(request_id, pseudonym, model.version, ranked.item_ids, "recommend", variant)
         body = self.render(model, pseudonym, ranked, request_id)
         await send(
             {

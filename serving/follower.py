@@ -20,6 +20,19 @@ there is no consumer group, so no replica misses an update). Messages, in log or
 At start the topic is read from the beginning, so a restarted replica rebuilds
 exactly the state of the others. (With log compaction on `model-updates`, keyed
 `UP:<kind>:<id>`, that read stays proportional to users and items, not events.)
+
+An A/B test's challenger (RECSYS_AB_CHALLENGER_VERSION) is held next to the served
+model (the champion): loaded from the model store by its version at start (and
+tried again every CHALLENGER_RETRY_S until it is there), it gets every FORGET and
+AVAIL the champion gets, and the UPs tagged with its version. The speed layer
+folds events into the champion only, so the challenger gets the champion's user
+UPs too, without their state vector, when that is exact: a challenger that reads
+the user's latest events at request time (no `Updating` state) and whose data ends at
+the same `events` offsets as the champion's. Otherwise its shoppers are answered
+from the batch view of them, which biases a test against it (docs/ab-tests.md).
+`model_for` says which model answers a shopper (`recsys.ab_split`). Naming the
+champion's own version makes an A/A test: a second copy of the champion, given
+the same UPs (a check of the split and the statistics: it must find nothing).
 """
 
 from __future__ import annotations
@@ -36,9 +49,11 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from recsys import protocol
+from recsys.ab_split import CHALLENGER, CHAMPION, Arm, arm
 from recsys.data import catalog
 from recsys.io import model_store
 from recsys.io.kafka import BrokerUnavailable, consumer, ensure_topics, wait_for_broker
+from recsys.models.capabilities import updates_users
 from recsys.protocol import AvailabilityMessage, ForgetMessage, ModelMessage, Topics, VectorUpdate
 from recsys.settings import Settings
 from serving import metrics
@@ -46,12 +61,16 @@ from serving.model import ServingModel
 
 log = logging.getLogger("serving.follower")
 MAX_PENDING = 1_000_000  # UPs held for a model not loaded yet; beyond this the oldest version's are dropped
+CHALLENGER_RETRY_S = 30.0  # between attempts to load a named challenger that is not in the model store yet
 
 
 class ModelFollower:
     def __init__(self, s: Settings, loader: Callable[[model_store.Location], ServingModel] | None = None) -> None:
         self.s = s
         self.current: ServingModel | None = None
+        self.challenger: ServingModel | None = None  # the A/B test's challenger, when one is named and loaded
+        self.mirrored = False  # whether the champion's user UPs are applied to the challenger (see the docstring)
+        self._challenger_at = -float("inf")  # when loading the challenger was last tried
         self.caught_up = threading.Event()
         self.forgotten: dict[str, ForgetMessage] = {}
         self.availability: dict[str, AvailabilityMessage] = {}  # item -> its newest AVAIL
@@ -73,11 +92,21 @@ class ModelFollower:
     def ready(self) -> bool:
         return self.current is not None and self.caught_up.is_set() and self.error is None
 
+    def model_for(self, pseudonym: str) -> tuple[ServingModel | None, Arm]:
+        """The model that answers this shopper and their arm: the champion, or the challenger for its share of
+        shoppers while it is loaded (before that its shoppers get the champion, logged as the champion's)."""
+        champion, challenger = self.current, self.challenger
+        chosen = arm(pseudonym, self.s.ab_challenger_version, self.s.ab_challenger_share)
+        if challenger is not None and champion is not None and chosen == CHALLENGER:
+            return challenger, CHALLENGER
+        return champion, CHAMPION
+
     # --- the loop ----------------------------------------------------------------------------
     def _run(self) -> None:
         latest = model_store.latest_published(self.s)
         if latest is not None:
             self._try_swap(latest)
+        self._want_challenger()
         while not self._stop.is_set():
             try:
                 self._follow()
@@ -97,6 +126,7 @@ class ModelFollower:
                 for records in reader.poll(timeout_ms=200, max_records=5_000).values():
                     for record in records:
                         self.handle(record.value)
+                self._want_challenger()
                 if not self.caught_up.is_set() and reader.position(updates) >= target:
                     log.info("caught up with %s at offset %d", Topics.MODEL_UPDATES, target)
                     self.caught_up.set()
@@ -167,8 +197,8 @@ class ModelFollower:
         known = self.forgotten.get(message.user_id)
         if known is None or message.offset >= known.offset:
             self.forgotten[message.user_id] = message
-        if self.current is not None:
-            self.current.forget(self.forgotten[message.user_id])
+        for model in self._models():
+            model.forget(self.forgotten[message.user_id])
         metrics.UPDATES.labels("forget").inc()
 
     def _on_availability(self, message: AvailabilityMessage) -> None:
@@ -176,15 +206,24 @@ class ModelFollower:
             metrics.UPDATES.labels("stale").inc()  # a replayed older item update
             return
         self.availability[message.item_id] = message
-        if self.current is not None:
-            self.current.set_available(message.item_id, message.available)
+        for model in self._models():
+            model.set_available(message.item_id, message.available)
         metrics.UPDATES.labels("availability").inc()
         if message.event_ts_ms:
             metrics.UPDATE_LAG.observe(max(0.0, time.time() - message.event_ts_ms / 1000))
 
+    def _models(self) -> list[ServingModel]:
+        return [m for m in (self.current, self.challenger) if m is not None]
+
     def _on_update(self, up: VectorUpdate) -> None:
-        current = self.current
+        current, challenger = self.current, self.challenger
+        if challenger is not None and up.model_version == challenger.version:
+            self._apply(challenger, up)
+            if current is None or up.model_version != current.version:
+                return  # else an A/A test (the champion's own version as the challenger): both arms get it
         if current is not None and up.model_version == current.version:
+            if challenger is not None and self.mirrored and up.kind == "user" and challenger.version != current.version:
+                self._apply(challenger, up.model_copy(update={"model_version": challenger.version, "vector": None}))
             try:
                 current.apply(up)
             except ValueError as e:
@@ -206,17 +245,55 @@ class ModelFollower:
             log.warning("dropping %d UPs held for model %s, never announced", len(self._pending[dropped]), dropped)
             del self._pending[dropped]
 
-    def _swap(self, path: model_store.Location) -> None:
-        started = time.monotonic()
+    def _apply(self, model: ServingModel, up: VectorUpdate) -> None:
+        """A challenger's UP (its own or the champion's mirrored): applied, or counted as invalid."""
+        try:
+            model.apply(up)
+        except ValueError as e:
+            metrics.UPDATES.labels("invalid").inc()
+            log.warning("challenger %s: %s", model.version, e)
+
+    def _loaded(self, path: model_store.Location) -> ServingModel:
+        """A model loaded and brought up to what this process knows: erasures, availability, UPs held for it."""
         model = self._loader(path)
         for message in self.forgotten.values():
             model.forget(message)
         model.set_unavailable(item for item, m in self.availability.items() if not m.available)
         for up in self._pending.pop(model.version, []):
             model.apply(up)
-        for version in [v for v in self._pending if protocol.is_newer(model.version, v)]:
+        return model
+
+    def _want_challenger(self) -> None:
+        """Load the named challenger if it is not loaded yet (at most every CHALLENGER_RETRY_S)."""
+        version = self.s.ab_challenger_version
+        if not version or self.challenger is not None or time.monotonic() - self._challenger_at < CHALLENGER_RETRY_S:
+            return
+        self._challenger_at = time.monotonic()
+        try:
+            challenger = self._loaded(model_store.find(version, self.s))
+        except Exception as e:  # not published yet, or broken: the champion answers everyone meanwhile
+            metrics.MODEL_LOAD_FAILURES.inc()
+            log.error("A/B challenger %s not loaded (%s); its shoppers get the champion", version, e)
+            return
+        self.mirrored = self._mirrors(challenger, self.current)
+        self.challenger = challenger
+        log.info("A/B challenger %s loaded (the champion's user UPs applied to it: %s)", version, self.mirrored)
+
+    @staticmethod
+    def _mirrors(challenger: ServingModel | None, champion: ServingModel | None) -> bool:
+        """Whether the champion's user UPs, stripped of their state, are exactly what the challenger's would be."""
+        if challenger is None or champion is None or updates_users(challenger.model):
+            return False
+        return challenger.manifest.kafka_offsets == champion.manifest.kafka_offsets
+
+    def _swap(self, path: model_store.Location) -> None:
+        started = time.monotonic()
+        model = self._loaded(path)
+        challenger = self.s.ab_challenger_version  # its UPs are not older news: they wait for it
+        for version in [v for v in self._pending if protocol.is_newer(model.version, v) and v != challenger]:
             del self._pending[version]
         old = self.current.version if self.current else None
+        self.mirrored = self._mirrors(self.challenger, model)
         self.current = model  # the swap: one assignment; running requests keep the model they started with
         # The model's objects (id maps, catalogue strings) live until the next swap: out of the cyclic GC, whose full
         # collections walked them all and paused requests (reference counting still frees them).

@@ -27,6 +27,7 @@ from typing import NamedTuple
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from recsys.ab_split import CHAMPION
 from recsys.contracts.events import IMPRESSIONS_MAX_BYTES, Impression, Impressions
 from recsys.io.kafka import producer
 from recsys.protocol import Topics
@@ -45,6 +46,7 @@ class Shown(NamedTuple):
     items: Sequence[str]
     surface: str
     shown_at_ms: int
+    variant: str  # the A/B arm that answered (recsys.ab_split): "champion" unless a test's challenger did
 
 
 class ImpressionLog:
@@ -52,7 +54,6 @@ class ImpressionLog:
 
     def __init__(self, settings: Settings, make_producer: Callable[[], KafkaProducer] | None = None) -> None:
         self.s = settings
-        self.variant = settings.serving_variant
         self._make_producer = make_producer or (lambda: producer(settings, max_block_ms=SEND_BLOCK_MS))
         self._buffer: deque[Shown] = deque()
         self._changed = threading.Condition()
@@ -67,9 +68,17 @@ class ImpressionLog:
     def start(self) -> None:
         self._thread.start()
 
-    def shown(self, request_id: str, user_id: str, model_version: str, items: Sequence[str], surface: str) -> None:
+    def shown(
+        self,
+        request_id: str,
+        user_id: str,
+        model_version: str,
+        items: Sequence[str],
+        surface: str,
+        variant: str = CHAMPION,
+    ) -> None:
         """Log one answer; never blocks on Kafka (a full buffer drops it and counts it)."""
-        entry = Shown(request_id, user_id, model_version, items, surface, int(time.time() * 1000))
+        entry = Shown(request_id, user_id, model_version, items, surface, int(time.time() * 1000), variant)
         with self._changed:
             if len(self._buffer) >= self.s.serving_impressions_buffer:
                 self._lost_full.inc()
@@ -129,7 +138,7 @@ class ImpressionLog:
                     request_id=entry.request_id,
                     user_id=entry.user_id,
                     model_version=entry.model_version,
-                    variant=self.variant,
+                    variant=entry.variant,
                     surface=entry.surface,  # type: ignore[arg-type]  # the routes pass one of the literals
                     items=list(entry.items),
                     shown_at_ms=entry.shown_at_ms,

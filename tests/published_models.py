@@ -36,9 +36,16 @@ def write_catalogue(s, **catalogue) -> None:
 
 
 def publish_model(
-    s, events: list[Event], version: str, model: str = "implicit_als", spark=None, rank: int = 16
+    s,
+    events: list[Event],
+    version: str,
+    model: str = "implicit_als",
+    spark=None,
+    rank: int = 16,
+    as_challenger: bool = False,
 ) -> model_store.ModelArtifact:
-    """Fit a recommender on `events` and publish it as covering everything in `events` so far."""
+    """Fit a recommender on `events` and publish it as covering everything in `events` so far (as an A/B test's
+    challenger with `as_challenger`: the champion stays)."""
     weights = s.event_weights
     frame = pd.DataFrame(
         {
@@ -55,5 +62,5 @@ def publish_model(
     recommender.fit(data, spark)
     manifest = model_store.build_manifest(recommender, data, version, kafka_offsets=end_offsets(Topics.EVENTS, s))
     artifact = model_store.ModelArtifact(manifest, data, recommender)
-    model_store.promote(model_store.save_candidate(artifact, s), s)
+    model_store.promote(model_store.save_candidate(artifact, s), s, as_challenger=as_challenger)
     return artifact

@@ -1,7 +1,9 @@
 """The model artifact: one directory per model version, shared by the batch, speed and serving layers.
 
     <models_dir>/candidates/<version>/   written by `train`, scored by `evaluate`
-    <models_dir>/published/<version>/    moved here by `publish` once it passes the gate
+    <models_dir>/published/<version>/    moved here by `publish` once it passes the gate (the newest: the champion)
+    <models_dir>/challengers/<version>/  moved here by `publish --as-challenger`: served to an A/B test's
+                                         challenger arm when RECSYS_AB_CHALLENGER_VERSION names it, never the champion
 
 A directory holds the shared part every recommender has (the `Dataset`: id maps,
 the training interactions r_ui so a user can be updated against their whole
@@ -121,6 +123,14 @@ def candidates_dir(settings: Settings | None = None) -> Location:
 
 def published_dir(settings: Settings | None = None) -> Location:
     return _store(settings, "published")
+
+
+def challengers_dir(settings: Settings | None = None) -> Location:
+    return _store(settings, "challengers")
+
+
+def challenger(model_version: str, settings: Settings | None = None) -> Location:
+    return _store(settings, "challengers", model_version)
 
 
 def candidate(model_version: str, settings: Settings | None = None) -> Location:
@@ -368,13 +378,14 @@ def replace_file(directory: Path, file_name: str, write) -> None:
     os.replace(tmp, target)
 
 
-def promote(source: Location, settings: Settings | None = None) -> Location:
-    """Move a complete candidate into the published folder (one rename: atomic on one filesystem, and on HDFS)."""
+def promote(source: Location, settings: Settings | None = None, as_challenger: bool = False) -> Location:
+    """Move a complete candidate into the published folder, or the challengers' (one rename: atomic on one
+    filesystem, and on HDFS)."""
     model_version = posixpath.basename(str(source).rstrip("/"))
-    target = published(model_version, settings)
+    target = (challenger if as_challenger else published)(model_version, settings)
     read_manifest(source)  # refuse incomplete directories
     if exists(target):
-        raise FileExistsError(f"model {model_version} is already published; versions are immutable")
+        raise FileExistsError(f"model {model_version} is already at {target}; versions are immutable")
     if remote_files.is_remote(target):
         remote_files.rename(str(source), str(target))
     else:
@@ -384,11 +395,12 @@ def promote(source: Location, settings: Settings | None = None) -> Location:
 
 
 def find(model_version: str, settings: Settings | None = None) -> Location:
-    """Where a model version is, published or still a candidate."""
-    for location in (published(model_version, settings), candidate(model_version, settings)):
+    """Where a model version is, published, a challenger or still a candidate."""
+    for place in (published, challenger, candidate):
+        location = place(model_version, settings)
         if exists(location):
             return location
-    raise ModelNotFound(f"no model {model_version} among published models or candidates")
+    raise ModelNotFound(f"no model {model_version} among published models, challengers or candidates")
 
 
 def versions_in(folder: Location) -> list[str]:

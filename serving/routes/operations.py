@@ -78,12 +78,18 @@ def ops_registry(request: Request, s: AppSettings) -> dict:
 def ops_attribution(request: Request) -> dict:
     """CTR and conversion per model version and variant, by hour of the answers shown, over the latest
     RECSYS_OPS_ATTRIBUTION_HOURS: the `impressions` table joined with the bronze events that carry an answer's
-    `request_id` (serving/attribution.py); recomputed at most every RECSYS_OPS_ATTRIBUTION_CACHE_S."""
+    `request_id` (serving/attribution.py); recomputed at most every RECSYS_OPS_ATTRIBUTION_CACHE_S. While an A/B
+    test runs (RECSYS_AB_CHALLENGER_VERSION), `ab` compares its arms: answers clicked and converted per arm with
+    95 % intervals, the z-test's p-value, which arm is better and whether significantly (serving/ab_report.py)."""
     try:
-        return request.app.state.attribution.view()
+        view = request.app.state.attribution.view()
     except Exception as e:  # an unreadable table is the operator's news, not a crash
         log.warning("could not compute the attribution: %s", e)
         raise HTTPException(503, f"the impressions or events table could not be read: {type(e).__name__}") from None
+    if view.get("ab") is None:
+        return view
+    challenger = request.app.state.follower.challenger  # whether this process can answer the challenger arm at all
+    return {**view, "ab": {**view["ab"], "challenger_loaded": challenger is not None}}
 
 
 @router.get("/ops/live", tags=["operations"])

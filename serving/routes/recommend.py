@@ -59,7 +59,8 @@ async def recommend_batch(body: BatchRequest, model: Model, request: Request, s:
     """`GET /recommend/{user_id}` for many users in one call (e-mails, campaigns): per user, in the request's
     order, exactly the answer the single call gives with the same options, all from one model version;
     scored through the model's batched path (`recommend_many`) in the serving micro-batches. Needs the token:
-    it reads many users' personal recommendations at once, and costs as much as that many requests."""
+    it reads many users' personal recommendations at once, and costs as much as that many requests. Every list
+    is the champion's, during an A/B test too (a campaign is not part of the test; docs/ab-tests.md)."""
     if len(body.user_ids) > s.serving_max_batch_users:
         raise HTTPException(
             422,
@@ -111,6 +112,8 @@ async def recommend(
     caller's item ids; `max_per_category` caps how many items of one category come back; `explain` adds
     "because you viewed X" per item. Items the shop cannot sell (item updates: sold out, hidden) never do."""
     user = pseudonym(request, user_id)
+    arm_model, variant = request.app.state.follower.model_for(user)
+    model = arm_model or model  # the shopper's arm of an A/B test (serving.follower)
     check_category(model, category)
     for item in exclude or []:
         check_item(item, request.app.state.settings)
@@ -120,7 +123,7 @@ async def recommend(
     ranked = await request.app.state.batcher.submit(model, query)
     metrics.ANSWERS.labels(ranked.source).inc()
     request_id = new_request_id()
-    request.app.state.impressions.shown(request_id, user, model.version, ranked.item_ids, "recommend")
+    request.app.state.impressions.shown(request_id, user, model.version, ranked.item_ids, "recommend", variant)
     return Recommendations(
         request_id=request_id,
         user_id=user,

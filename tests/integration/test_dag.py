@@ -52,7 +52,10 @@ def test_schedule_retries_and_no_catch_up_storm(dag):
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.get_task("clean").retries == 2
     assert dag.get_task("publish").retries == 0  # a failed gate is not retried
-    assert set(dag.params.keys()) >= {"overrides", "drain_events"}
+    assert set(dag.params.keys()) >= {"overrides", "drain_events", "as_challenger"}
+    assert dag.params["as_challenger"] is False  # a night publishes a champion unless asked for a challenger
+    args = dag.get_task("publish").application_args
+    assert "{{ '--as-challenger' if params.as_challenger else '--no-as-challenger' }}" in args
 
 
 def test_spark_steps_submit_job_files_through_one_connection(dag):

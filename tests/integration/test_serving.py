@@ -6,22 +6,30 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+from ab_simulation import Shopper, planned_rates, population, visit
 from published_models import produce, publish_model
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 from serving_stack import TOKEN, call, get, start_stack, stop_stack, wait_for
 from test_archiver import kill_9_at_work
+from test_storefront import browser  # noqa: F401  (the fixture)
 
 from infra import processes
 from jobs.publish import announce
+from recsys.ab_split import arm
 from recsys.contracts.tables import Tables
 from recsys.io import lake, model_store
+from serving import ab_stats
 
 pytestmark = pytest.mark.integration
+CHAMPION = "m20260101T000000000000"  # the stack's published model
 
 
 @pytest.fixture(scope="module")
@@ -277,6 +285,108 @@ def test_every_click_with_a_request_id_joins_its_list_exactly_once_through_kill_
     assert totals[0]["clicks"] == sum(k.startswith("view") for k in posted)
     assert totals[0]["conversions"] == sum(k.startswith("purchase") for k in posted)
     assert totals[0]["impressions"] >= len(answers)
+
+
+def serving_with(stack, **settings) -> None:
+    """Restart the stack's serving process with these settings on top (an A/B test is set when serving starts)."""
+    processes.stop(stack.procs["serving"])
+    s = stack.s.model_copy(update=settings)
+    stack.procs["serving"] = processes.start("serving", s, log=stack.s.state_dir / "serving-ab.log")
+    processes.wait_ready(s, stack.procs["serving"])
+
+
+def ab_test(stack, shoppers: list[Shopper], challenger: str, enough: int | None = None) -> tuple[dict, dict]:
+    """Run an A/B test against `challenger` on the live stack: serving restarted with it, shoppers visiting in turn
+    (all of them, or until each arm has answered `enough`), the archiver run. Returns /ops/attribution's `ab` and
+    [answers, clicked] per arm counted here, from the first challenger answer on as the report counts, each
+    shopper's arm from the split's own function and each answer checked to come from its arm's model."""
+    share = 0.5
+    serving_with(stack, ab_challenger_version=challenger, ab_challenger_share=share, ops_attribution_cache_s=0)
+    counted: dict[str, list[int]] = {}
+    visits = 0
+    for shopper in shoppers:
+        version, clicked = visit(stack, shopper)
+        visits += 1
+        chosen = arm(shopper.pseudonym, challenger, share)
+        assert version == (challenger if chosen == "challenger" else CHAMPION), (version, chosen)
+        if chosen == "challenger" or "challenger" in counted:
+            answers_clicks = counted.setdefault(chosen, [0, 0])
+            answers_clicks[0] += 1
+            answers_clicks[1] += clicked is not None
+        if enough and len(counted) == 2 and min(n for n, _ in counted.values()) >= enough:
+            break
+    wait_for(lambda: metric(stack, "serving_impressions_logged_total") >= visits)  # every answer's impression in Kafka
+    archiver = processes.start("jobs.archiver", stack.s, "--until-caught-up", log=stack.s.state_dir / "archiver.log")
+    assert archiver.wait(timeout=180) == 0
+    status, body = get(stack, "/ops/attribution")
+    assert status == 200 and body["ab"]["challenger_loaded"], body
+    return body["ab"], counted
+
+
+def metric(stack, name: str) -> float:
+    with urllib.request.urlopen(f"{stack.url}/metrics") as r:
+        lines = [x for x in r.read().decode().splitlines() if x.startswith(name + " ")]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def dashboard_verdict(stack, browser) -> tuple[str, str, list[str]]:  # noqa: F811
+    """What the dashboard's A/B panel says about CTR: (significant, better arm, the arms' rows)."""
+    browser.get(f"{stack.url}/dashboard")
+    verdict = WebDriverWait(browser, 20).until(
+        lambda d: (e := d.find_element(By.ID, "ab-verdict-ctr")).get_attribute("data-significant") and e
+    )
+    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#ab-arms tr[data-arm]")]
+    return verdict.get_attribute("data-significant"), verdict.get_attribute("data-better"), [*rows, verdict.text]
+
+
+def test_an_ab_test_names_the_better_model_after_the_planned_answers_and_an_aa_test_names_none(stack, browser):  # noqa: F811
+    """Shoppers who click what they truly want next (tests/integration/ab_simulation.py), split by the real serving
+    process between the champion and a challenger: against the champion itself (A/A: its own version named as the
+    challenger, a second copy given the same speed-layer updates) the report finds no significant difference over
+    its whole population; against a model fitted on the same events with the items' names reversed by popularity
+    (A/B), it names the champion significantly better once each arm has the answers a power calculation (90 %
+    power at the planned rates) asks for. The dashboard's A/B panel says the same."""
+    champion, worse = CHAMPION, "m20260101T000000000002-reversed"
+    # The worse model: the same events with the items' names reversed by popularity (the most popular item is
+    # called the least popular one's name, and so on), so what it ranks high is what few shoppers want.
+    counts = Counter(e.item_id for e in stack.events)
+    names = sorted(counts, key=lambda i: (-counts[i], i))
+    permuted = dict(zip(names, names[::-1], strict=True))
+    publish_model(
+        stack.s,
+        [e.model_copy(update={"item_id": permuted[e.item_id]}) for e in stack.events],
+        worse,
+        as_challenger=True,
+    )
+    # Two populations: a shopper's click changes what they want and what the champion shows them next (the speed
+    # layer folds it in; a just-viewed item cools down), so the A/B test's shoppers must not have been in the A/A's.
+    shoppers = population(stack)
+    aa_shoppers, ab_shoppers = shoppers[0::2], shoppers[1::2]
+    good, bad = planned_rates(stack, ab_shoppers, [champion, worse])
+    planned = ab_stats.answers_per_arm(good, bad, power=0.9)
+    assert good > bad and 2 * planned < 0.8 * len(ab_shoppers), (good, bad, planned, len(ab_shoppers))
+    try:
+        aa, counted = ab_test(stack, aa_shoppers, champion)  # A/A: the champion's own version as the challenger
+        for name in ("champion", "challenger"):
+            assert [aa["arms"][name]["answers"], aa["arms"][name]["ctr"]["answers"]] == counted[name]
+        assert min(n for n, _ in counted.values()) >= planned  # the A/A had as many answers as the A/B gets, or more
+        assert not aa["comparison"]["ctr"]["significant"], aa["comparison"]
+        significant, _, shown = dashboard_verdict(stack, browser)
+        assert significant == "false" and "not significant" in shown[-1] and len(shown) == 3, shown
+
+        ab, counted = ab_test(stack, ab_shoppers, worse, enough=planned)
+        for name in ("champion", "challenger"):
+            assert [ab["arms"][name]["answers"], ab["arms"][name]["ctr"]["answers"]] == counted[name]
+        assert min(ab["arms"][name]["answers"] for name in ("champion", "challenger")) == planned
+        ctr = ab["comparison"]["ctr"]
+        assert ctr["better"] == "champion" and ctr["significant"], (good, bad, planned, ab)
+        significant, better, shown = dashboard_verdict(stack, browser)
+        assert (significant, better) == ("true", "champion") and "SIGNIFICANT" in shown[-1], shown
+        assert shown[0].startswith("champion") and shown[1].startswith(f"challenger {worse}"), shown
+        low, _ = ab["arms"]["champion"]["ctr"]["interval"]
+        assert low <= ab["arms"]["champion"]["ctr"]["rate"] and ab["challenger_share"] == 0.5
+    finally:
+        serving_with(stack)
 
 
 @pytest.fixture

@@ -8,21 +8,25 @@ from test_serving_model import CATALOG, artifact
 
 from recsys.settings import Settings
 from serving.api import create_app
+from serving.follower import ModelFollower
 from serving.model import ServingModel
 
 KEY = "unit-test-pseudonym-key-0123456789abcdef"
 
 
 class StaticFollower:
-    """A follower that serves one model and reads no topic."""
+    """A follower that serves one model (and an A/B test's challenger, if given) and reads no topic."""
 
-    def __init__(self, model: ServingModel) -> None:
+    def __init__(self, model: ServingModel, challenger: ServingModel | None = None) -> None:
         self.current = model
+        self.challenger = challenger
+        self.s = model.settings
         self.caught_up = threading.Event()
         self.caught_up.set()
         self.error = None
 
     ready = True
+    model_for = ModelFollower.model_for  # the real choice of a shopper's arm
 
     def start(self) -> None:
         pass
@@ -102,3 +106,31 @@ def test_the_fast_path_counts_its_answers(clients):
         return float(line.split()[-1]) if line else 0.0
 
     assert count(after) == count(before) + 1
+
+
+def test_during_an_ab_test_the_fast_path_and_the_route_answer_each_shopper_from_their_arm(tmp_path):
+    from recsys.ab_split import CHALLENGER, arm
+    from recsys.privacy import pseudonymise
+
+    challenger_v = "m20260101T000000000001"
+    s = Settings(
+        state_dir=tmp_path, pseudonym_key=KEY, serving_write_token="t" * 32, ab_challenger_version=challenger_v
+    )
+    champion, challenger = (
+        ServingModel(artifact(), CATALOG, s),
+        ServingModel(artifact(challenger_v, seed=1), CATALOG, s),
+    )
+    with (
+        TestClient(create_app(s, StaticFollower(champion, challenger), fast_path=True)) as fast,
+        TestClient(create_app(s, StaticFollower(champion, challenger), fast_path=False)) as slow,
+    ):
+        arms = set()
+        for n in range(40):
+            chosen = arm(pseudonymise(f"shopper{n}", s.pseudonym_key_bytes()), challenger_v, s.ab_challenger_share)
+            want = challenger_v if chosen == CHALLENGER else champion.version
+            arms.add(chosen)
+            for path in (f"/recommend/shopper{n}?k=5", f"/recommend/shopper{n}?k=5&max_per_category=3"):  # fast, route
+                ours, theirs = fast.get(path).json(), slow.get(path).json()
+                ours.pop("request_id"), theirs.pop("request_id")
+                assert ours == theirs and ours["model_version"] == want, (path, chosen)
+        assert len(arms) == 2
