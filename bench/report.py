@@ -44,6 +44,7 @@ def render(results: dict) -> str:
         ("serving", _serving),
         ("candidates", _candidates),
         ("scale", _scale),
+        ("availability", _availability),
         ("soak", _soak),
     ):
         if name in results:
@@ -477,6 +478,23 @@ def _idle(idle: dict) -> list[str]:
         "| " + " | ".join(share) + " |",
         "|" + "---|" * len(share),
         "| " + " | ".join(f"{v}{_missed(v <= idle['target_percent'])}" for v in share.values()) + " |",
+    ]
+
+
+def _availability(a: dict) -> list[str]:
+    load, targets = a.get("load", {}), a["targets"]
+    return [
+        "### Availability: an item marked unavailable leaves every answer",
+        "",
+        f"`item_sold_out` posted to /events ({a['trials']} trials) while a load generator offers "
+        f"{a['offered_rate']} GET /recommend per second (ALS, one serving process, the speed layer): seconds from "
+        "the POST's answer until no probe user's list holds the item (target p99 ≤ 1 s), then `item_back`.",
+        "",
+        "| achieved req/s | load p99 ms | gone p50 s | gone p99 s | gone max s | back p50 s | reappeared |",
+        "|---|---|---|---|---|---|---|",
+        f"| {load.get('requests_per_s', '')}{_missed(targets['load_held_500_per_s'])} | {load.get('p99_ms', '')} | "
+        f"{a['gone_p50_s']} | {a['gone_p99_s']}{_missed(targets['gone_p99_le_1s'])} | {a['gone_max_s']} | "
+        f"{a['back_p50_s']} | {a['reappeared']} |",
     ]
 
 

@@ -16,7 +16,8 @@ speed (events/s, event -> UP latency, next to a bare kafka-python consumer and K
 ConsumerPerformance / ProducerPerformance on the same broker), idle (CPU of each service with
 no traffic), serving (GET /recommend latency and throughput), candidates (the hybrid's two-stage
 serving against its dense scores: same top 10, NDCG@10, cost per user), scale (the hybrid next to ALS
-through the HTTP server at 100k and 1M items: throughput, p99 at one offered rate, their ratio).
+through the HTTP server at 100k and 1M items: throughput, p99 at one offered rate, their ratio),
+availability (an item marked unavailable: time until it is out of every answer, at 500 requests/s).
 Each figure carries its unit.
 Every section records, when it *starts*, the commit it runs on and the time (`meta.sections`);
 a tree with uncommitted changes is refused unless `--allow-dirty`, and then marked. Also
@@ -514,6 +515,37 @@ def _scale(o: dict) -> dict:
     return scale.run(o["quick"])
 
 
+def _availability(o: dict) -> dict:
+    from bench import availability
+
+    return availability.run(o["quick"])
+
+
+def availability_table(r: dict) -> Table:
+    load = r.get("load", {})
+    table = Table(title=f"item marked unavailable -> out of every answer, {r['trials']} trials under load")
+    for col in (
+        "offered req/s",
+        "achieved req/s",
+        "load p99 ms",
+        "gone p50 s",
+        "gone p99 s",
+        "back p50 s",
+        "reappeared",
+    ):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(r["offered_rate"]),
+        str(load.get("requests_per_s", "")),
+        str(load.get("p99_ms", "")),
+        str(r["gone_p50_s"]),
+        str(r["gone_p99_s"]),
+        str(r["back_p50_s"]),
+        str(r["reappeared"]),
+    )
+    return table
+
+
 def _scale_table(r: dict) -> Table:
     from bench import scale
 
@@ -561,8 +593,9 @@ SECTIONS = {
     "serving": ("serving", _serving, lambda r: serving_table(r)),
     "candidates": ("candidates", _candidates, lambda r: candidates_table(r)),
     "scale": ("scale", _scale, lambda r: _scale_table(r)),
+    "availability": ("availability", _availability, lambda r: availability_table(r)),
 }
-DEFAULT_SECTIONS = "quality,freshness,reactivity,neural,batch,storage,speed,idle,serving,candidates,scale"
+DEFAULT_SECTIONS = "quality,freshness,reactivity,neural,batch,storage,speed,idle,serving,candidates,scale,availability"
 
 
 @app.command()
