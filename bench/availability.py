@@ -21,11 +21,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from pydantic import SecretStr
 
 from bench.serving import _loadgen, _paths
-from bench.speed import build_model
+from bench.speed import bench_settings, build_model
 from infra import broker, processes
-from recsys.settings import Settings
 
 TARGET_RATE = 500
 TARGET_P99_S = 1.0
@@ -74,13 +74,7 @@ def run(quick: bool) -> dict:
     trials = 10 if quick else 30
     load_s = 40.0 if quick else 100.0
     with tempfile.TemporaryDirectory(prefix="recsys-bench-availability-") as tmp:
-        s = Settings(
-            state_dir=Path(tmp),
-            kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
-            speed_metrics_port=0,
-            pseudonym_key="bench-only-key-" + "0" * 32,
-            serving_write_token=TOKEN,
-        )
+        s = bench_settings(Path(tmp), broker.free_port()).model_copy(update={"serving_write_token": SecretStr(TOKEN)})
         broker.start(s)
         s = s.model_copy(update={"serving_port": broker.free_port()})  # once the broker holds its two ports
         procs = {}

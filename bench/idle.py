@@ -13,11 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.speed import build_model
+from bench.speed import bench_settings, build_model
 from infra import broker, processes
 from recsys.data.synthetic import SyntheticConfig, iter_messages
 from recsys.replay import replay
-from recsys.settings import Settings
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -32,12 +31,7 @@ def run(quick: bool, seconds: float | None = None, settle_s: float | None = None
     seconds = seconds or (10.0 if quick else 30.0)
     settle_s = settle_s if settle_s is not None else (30.0 if quick else 90.0)
     with tempfile.TemporaryDirectory(prefix="recsys-bench-idle-") as tmp:
-        s = Settings(
-            state_dir=Path(tmp),
-            kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
-            speed_metrics_port=0,
-            pseudonym_key="bench-only-key-" + "0" * 32,
-        )
+        s = bench_settings(Path(tmp), broker.free_port())
         broker_pid = broker.start(s)
         s = s.model_copy(update={"serving_port": broker.free_port()})  # once the broker holds its two ports
         procs = {}
