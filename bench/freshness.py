@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys import registry
 from recsys.data.inputs import Dataset, UserContext
 from recsys.evaluation.protocol import (
     EvalSplit,
@@ -43,7 +44,6 @@ from recsys.evaluation.protocol import (
     order_events,
     time_split,
 )
-from recsys.models import registry
 from recsys.models.base import Recommender
 from recsys.models.capabilities import updates_users
 from recsys.settings import Settings, get_settings

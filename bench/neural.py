@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from recsys import registry
 from recsys.data import datasets
 from recsys.data.inputs import Dataset, EventLog, UserContext
 from recsys.evaluation.protocol import dataset_from_events, load_ml100k_events, make_split
-from recsys.models import registry
 from recsys.models.base import Recommender
 from recsys.models.capabilities import updates_users
 from recsys.models.neural.data import build_sessions, cpu_seconds, prefix_examples

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recsys import registry
 from recsys.evaluation.protocol import EvalSplit, evaluate, load_ml100k_events, make_split, shuffle_ties
-from recsys.models import registry
 from recsys.models.base import Recommender
 from recsys.settings import Settings, get_settings
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys import registry
 from recsys.data.inputs import UserContext
 from recsys.data.movielens import attributes
 from recsys.evaluation.protocol import load_ml100k_events, make_split, time_split
-from recsys.models import registry
 from recsys.models.base import Recommender
 from recsys.models.capabilities import updates_users
-from recsys.models.topk import _select_top
 from recsys.settings import Settings, get_settings
+from recsys.topk import select_top
 
 MIN_EVENTS = 100
 K = 10
@@ -53,7 +53,7 @@ def _after_view(ctx: UserContext, item: int, kind: int, weight: float) -> UserCo
 def _top(model: Recommender, contexts: list[UserContext], exclude: np.ndarray) -> np.ndarray:
     scores = np.array(model.score(contexts), dtype=np.float32)
     scores[exclude] = -np.inf
-    return _select_top(scores, K)[0]
+    return select_top(scores, K)[0]
 
 
 def reactivity(model: Recommender, train, seed: int = 0) -> dict:
@@ -110,7 +110,7 @@ def cold_items(model: Recommender, split, cold: np.ndarray) -> dict:
     if visitors:
         scores = np.array(model.score(visitors), dtype=np.float32)
         scores[np.arange(len(cold)), cold] = -np.inf
-        top, val = _select_top(scores, K)
+        top, val = select_top(scores, K)
         zero = int((val <= 0).sum())
     return {
         "cold_items": len(cold),

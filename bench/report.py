@@ -483,6 +483,7 @@ def _idle(idle: dict) -> list[str]:
 
 def _availability(a: dict) -> list[str]:
     load, targets = a.get("load", {}), a["targets"]
+    load_p99 = load.get("latency_ms", {}).get("p99", "")
     return [
         "### Availability: an item marked unavailable leaves every answer",
         "",
@@ -492,7 +493,7 @@ def _availability(a: dict) -> list[str]:
         "",
         "| achieved req/s | load p99 ms | gone p50 s | gone p99 s | gone max s | back p50 s | reappeared |",
         "|---|---|---|---|---|---|---|",
-        f"| {load.get('requests_per_s', '')}{_missed(targets['load_held_500_per_s'])} | {load.get('p99_ms', '')} | "
+        f"| {load.get('requests_per_s', '')}{_missed(targets['load_held_500_per_s'])} | {load_p99} | "
         f"{a['gone_p50_s']} | {a['gone_p99_s']}{_missed(targets['gone_p99_le_1s'])} | {a['gone_max_s']} | "
         f"{a['back_p50_s']} | {a['reappeared']} |",
     ]
@@ -542,6 +543,15 @@ def _serving(sv: dict) -> list[str]:
             f"{'n/a' if share is None else f'{share:.1%}'} |"
         )
     speed = sv.get("speedup_vs_full_sort", {})
+    fast = sv.get("fast_path_speedup")
+    if fast:
+        lines += [
+            "",
+            f"The raw ASGI route (`serving/fast.py`) against the same server without it (`exact/1/no_fast_path`, "
+            f"`RECSYS_SERVING_FAST_PATH=false`): {fast['requests_per_s']}x the requests/s closed loop, "
+            f"{fast['p99_at_rate']}x lower p99"
+            + (" at the same offered rate." if fast["same_offered_rate"] else " (at different offered rates)."),
+        ]
     lines += [
         "",
         f"Exact answers: {ex['same_as_fp32_full_sort']}/{ex['users']} users get the same top-{sv['k']} as the fp32 "

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from bench.tune import validation_split
+from recsys import registry
 from recsys.data.inputs import Dataset, UserContext
-from recsys.models import registry
 from recsys.models.hybrid import model as hybrid_model
 from recsys.models.hybrid.blend import ndcg
 from recsys.models.hybrid.reranker import Reranker, cross_validate

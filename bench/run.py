@@ -537,7 +537,7 @@ def availability_table(r: dict) -> Table:
     table.add_row(
         str(r["offered_rate"]),
         str(load.get("requests_per_s", "")),
-        str(load.get("p99_ms", "")),
+        str(load.get("latency_ms", {}).get("p99", "")),
         str(r["gone_p50_s"]),
         str(r["gone_p99_s"]),
         str(r["back_p50_s"]),

@@ -6,6 +6,8 @@ served several ways side by side, each in fresh server processes:
 - `exact`: the default; the norm-bounded exact scan (`recsys.models.norm_index`) behind
   `Recommender.recommend_many`, the raw ASGI route (`serving/fast.py`); one process and two
   replicas (separate processes on their own ports, connections spread evenly, as a balancer would);
+- `exact/1/no_fast_path`: the same with `RECSYS_SERVING_FAST_PATH=false`: every request through FastAPI's
+  route, which measures what the raw ASGI route saves;
 - `full_sort`: the naive baseline, every score computed (BLAS) and sorted per request;
 
 and per mode: the most requests/s sustained (closed loop, 8 connections) and latency at a fixed
@@ -44,12 +46,13 @@ from recsys.data import catalog
 from recsys.io import model_store
 from recsys.models.als import ImplicitALS
 from recsys.models.norm_index import canonical_all
-from recsys.models.topk import PAD, full_sort_top_k
 from recsys.settings import PROJECT_ROOT, Settings
+from recsys.topk import PAD, full_sort_top_k
 from serving.model import ServingModel
 
-# (index, replicas): the default (exact, one process and two), then the naive full sort.
-MODES = (("exact", 1), ("exact", 2), ("full_sort", 1))
+# (index, replicas, fast path): the default (exact, one process and two), the default without the fast path
+# (every request through FastAPI's route: what `serving/fast.py` saves), then the naive full sort.
+MODES = (("exact", 1, True), ("exact", 2, True), ("exact", 1, False), ("full_sort", 1, True))
 WRK_SCRIPT = PROJECT_ROOT / "bench" / "wrk_recommend.lua"
 
 
@@ -132,13 +135,16 @@ def _serve(configs: list[Settings], s: Settings, label: str):
     return procs
 
 
-def measure_mode(s: Settings, mode: str, replicas: int, paths: Path, seconds: float, rate: float) -> dict:
+def measure_mode(
+    s: Settings, mode: str, replicas: int, paths: Path, seconds: float, rate: float, fast_path: bool = True
+) -> dict:
     """`replicas` serving processes on their own ports, connections spread evenly over them."""
     configs = [
-        s.model_copy(update={"serving_index": mode, "serving_port": s.serving_port + i}) for i in range(replicas)
+        s.model_copy(update={"serving_index": mode, "serving_port": s.serving_port + i, "serving_fast_path": fast_path})
+        for i in range(replicas)
     ]
     started = time.monotonic()
-    procs = _serve(configs, s, mode)
+    procs = _serve(configs, s, mode if fast_path else f"{mode}-no-fast-path")
     try:
         ready_s = time.monotonic() - started
         urls = [processes.serving_url(c) for c in configs]
@@ -385,8 +391,9 @@ def run(quick: bool) -> dict:
             }
             result["exactness"] = exactness_and_bytes(s, users[: 200 if quick else 500])
             result["bandwidth"] = memory_bandwidth(result["exactness"]["full_scan_bytes"])
-            for mode, replicas in MODES:
-                result["modes"][f"{mode}/{replicas}"] = measure_mode(s, mode, replicas, paths, seconds, rate)
+            for mode, replicas, fast in MODES:
+                name = f"{mode}/{replicas}" + ("" if fast else "/no_fast_path")
+                result["modes"][name] = measure_mode(s, mode, replicas, paths, seconds, rate, fast)
             result["batch_vs_single"] = batch_vs_single(s, users[:1_000], seconds)
             # The hybrid at the same size, in its own state folder (its own model) on the same broker.
             hs = s.model_copy(update={"state_dir": Path(tmp) / "hybrid", "serving_port": s.serving_port + 2})
@@ -435,8 +442,15 @@ def summarise(result: dict) -> dict:
     targets = {
         m: r["max_requests_per_s"] >= 1000 and r["at_rate"]["offered_rate"] == 1000 and r["p99_ms"] <= 10
         for m, r in modes.items()
-        if m.startswith("exact")
+        if m.startswith("exact") and not m.endswith("no_fast_path")  # the comparison, not a configuration to ship
     }
+    route = modes.get("exact/1/no_fast_path")
+    if route and "exact/1" in modes:
+        result["fast_path_speedup"] = {
+            "requests_per_s": round(modes["exact/1"]["max_requests_per_s"] / route["max_requests_per_s"], 2),
+            "p99_at_rate": round(route["p99_ms"] / modes["exact/1"]["p99_ms"], 2),
+            "same_offered_rate": route["offered_rate"] == modes["exact/1"]["offered_rate"],
+        }
     result["target_met"] = targets
     hv = result.get("hybrid_vs_als")
     if hv:

@@ -22,9 +22,9 @@ import json
 import time
 from typing import TYPE_CHECKING, cast
 
+from recsys import registry
 from recsys.data.movielens import attributes
 from recsys.evaluation.protocol import EvalSplit, evaluate, load_ml100k_events, make_split, time_split
-from recsys.models import registry
 from recsys.settings import get_settings
 
 if TYPE_CHECKING:

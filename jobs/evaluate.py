@@ -21,12 +21,12 @@ import typer
 from pyspark.sql import SparkSession
 
 from jobs.common import record_in_registry, run_cli, setup_logging, spark_session, timed
+from recsys import registry
 from recsys.contracts.tables import Tables
 from recsys.data import catalog
 from recsys.evaluation.protocol import evaluate as score_on
 from recsys.evaluation.protocol import make_split
 from recsys.io import lake, model_store
-from recsys.models import registry
 from recsys.models.popularity import Popularity
 from recsys.settings import Settings, get_settings
 

@@ -20,13 +20,12 @@ import typer
 from pyspark.sql import SparkSession
 
 from jobs.common import blas_in_use, record_in_registry, run_cli, setup_logging, spark_session, timed
-from recsys import protocol
+from recsys import protocol, registry
 from recsys.contracts.handoffs import CleanReport
 from recsys.contracts.tables import Tables
 from recsys.data import catalog, datasets
 from recsys.data.inputs import Dataset
 from recsys.io import lake, model_store
-from recsys.models import registry
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("jobs.train")

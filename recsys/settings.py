@@ -19,6 +19,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recsys import registry
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "RECSYS_"
 
@@ -139,7 +141,7 @@ class Settings(BaseSettings):
         0.0, ge=0, description="Half-life of the time decay of event strengths; 0 turns decay off."
     )
     model: str = Field(
-        "spark_als", description="The recommender `train` fits when none is named (a name in recsys.models.registry)."
+        "spark_als", description="The recommender `train` fits when none is named (a name in recsys.registry)."
     )
     candidates: list[str] = Field(
         ["spark_als", "hybrid"],
@@ -205,6 +207,12 @@ class Settings(BaseSettings):
         description="Top-k retrieval: `exact` (a norm-bounded block scan for ALS, a vectorised scan + partial "
         "sort otherwise), `approximate` (faiss IVF index, "
         "for large catalogues; recall measured by `make bench`), `full_sort` (the naive baseline, for benchmarks).",
+    )
+    serving_fast_path: bool = Field(
+        True,
+        description="Answer plain `GET /recommend` at the ASGI level (`serving/fast.py`), skipping FastAPI's "
+        "route machinery; false sends every request through the route (the same answers; `make bench`'s serving "
+        "section measures both).",
     )
     serving_ann_lists: int = Field(0, ge=0, description="IVF cells of the approximate index; 0 = 4 x sqrt(items).")
     serving_ann_probes: int = Field(64, ge=1, description="IVF cells searched per query (recall vs speed).")
@@ -274,8 +282,6 @@ class Settings(BaseSettings):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        from recsys.models import registry
-
         if v not in registry.names():
             raise ValueError(f"unknown recommender {v!r}; choose one of {', '.join(registry.names())}")
         return v

@@ -40,7 +40,7 @@ def app_from_environment() -> FastAPI:
 
 
 def create_app(
-    settings: Settings | None = None, follower: ModelFollower | None = None, fast_path: bool = True
+    settings: Settings | None = None, follower: ModelFollower | None = None, fast_path: bool | None = None
 ) -> FastAPI:
     s = settings or get_settings()
 
@@ -73,7 +73,8 @@ def create_app(
     )
     app.add_middleware(BodyLimit, limit=s.serving_max_body_bytes)
     app.add_middleware(RequestMetrics)
-    if fast_path:  # outermost: the hot endpoint skips the framework (serving/fast.py); the rest goes on to FastAPI
+    # Outermost: the hot endpoint skips the framework (serving/fast.py); the rest goes on to FastAPI.
+    if s.serving_fast_path if fast_path is None else fast_path:
         app.add_middleware(FastRecommend, settings=s)
     # Starlette types handlers as taking any Exception, though it calls this one with its own class only.
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

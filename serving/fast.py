@@ -43,6 +43,7 @@ class FastRecommend:
         self.s = settings
         self.key = settings.pseudonym_key_bytes()
         self.ok = metrics.REQUESTS.labels(ROUTE, "200")
+        self.answered = metrics.FAST_ANSWERS
         self.latency = metrics.LATENCY.labels(ROUTE)
         self.sources = {s: metrics.ANSWERS.labels(s) for s in ("speed", "batch", "popular", "content")}
         self.dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
@@ -82,6 +83,7 @@ class FastRecommend:
         )
         await send({"type": "http.response.body", "body": body})
         self.ok.inc()
+        self.answered.inc()
         self.latency.observe(time.perf_counter() - started)
 
     def render(self, model, pseudonym: str, ranked, request_id: str) -> bytes:

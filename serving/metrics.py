@@ -29,6 +29,9 @@ LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 ANSWERS = Counter("serving_recommend_source_total", "Recommendations answered, by what answered", ["source"])
+FAST_ANSWERS = Counter(
+    "serving_fast_path_answers_total", "GET /recommend answers written by the raw ASGI route (serving/fast.py)"
+)
 UPDATES = Counter("serving_model_updates_total", "model-updates messages, by what became of them", ["outcome"])
 UPDATE_LAG = Histogram(
     "serving_update_lag_seconds",

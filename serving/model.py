@@ -28,9 +28,9 @@ from recsys.data.inputs import NewItems, UserContext, UserHistory
 from recsys.io.model_store import ModelArtifact
 from recsys.models.base import select
 from recsys.models.capabilities import bought_together, has_factors, similar_source, state_size
-from recsys.models.topk import PAD, full_sort_top_k, top_k_of_scores
 from recsys.protocol import ForgetMessage, VectorUpdate
 from recsys.settings import Settings
+from recsys.topk import PAD, full_sort_top_k, top_k_of_scores
 from serving.filters import CAP_OVERFETCH, Unavailable, capped, full, union
 from serving.index import ApproximateIndex
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pandas as pd
 
+from recsys import registry
 from recsys.contracts.events import Event, validate_event
 from recsys.data import catalog
 from recsys.data.synthetic import SyntheticConfig, iter_messages
 from recsys.evaluation.protocol import dataset_from_events
 from recsys.io import model_store
 from recsys.io.kafka import end_offsets
-from recsys.models import registry
 from recsys.protocol import Topics
 from recsys.replay import replay
 

@@ -14,7 +14,7 @@ class ModelManifest(BaseModel):
 
     model_version: str
     created_at_ms: int
-    engine: str = Field(description="The recommender's name in recsys.models.registry.")
+    engine: str = Field(description="The recommender's name in recsys.registry.")
     params: dict[str, Any] = Field(default_factory=dict, description="Its hyper-parameters (its Params class).")
     details: dict[str, Any] = Field(
         default_factory=dict, description="What else the model says about itself (ALS: the objective it minimised)."

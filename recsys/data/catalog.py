@@ -12,6 +12,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from recsys.contracts.tables import CATALOG_SCHEMA, Tables
+from recsys.data.movielens import load_items
+from recsys.data.synthetic import SyntheticConfig, item_category, item_price
 from recsys.io import lake
 from recsys.settings import Settings, get_settings
 
@@ -58,8 +60,6 @@ def attributes(settings: Settings | None = None) -> dict[str, tuple[str | None, 
 
 def movielens() -> pa.Table:
     """MovieLens-100K's films: title with year, first genre as the category."""
-    from recsys.data.movielens import load_items
-
     items = load_items()
     titles = [f"{t} ({y})" if y else t for t, y in zip(items["title"], items["year"], strict=True)]
     categories = [g[0] if g else None for g in items["genres"]]
@@ -77,8 +77,6 @@ def movielens() -> pa.Table:
 
 def synthetic(n_items: int, n_categories: int, seed: int = 0) -> pa.Table:
     """The synthetic stream's items (`item-<j>`) with the categories and prices the generator draws them with."""
-    from recsys.data.synthetic import SyntheticConfig, item_category, item_price
-
     config = SyntheticConfig(n_items=n_items, n_categories=n_categories, seed=seed)
     cats = item_category(config)
     return pa.table(

@@ -18,17 +18,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys.contracts.events import event_weights
 from recsys.data import datasets
 from recsys.data.inputs import Dataset, UserContext
-from recsys.evaluation.metrics import auc_block_rows, auc_of_block, canonical, ranking_metrics
-from recsys.models.base import Recommender
-from recsys.models.topk import PAD, _select_top
+from recsys.data.movielens import RATING_TO_EVENT, load_ratings
+from recsys.evaluation.metrics import auc_block_rows, auc_of_block, canonical, per_user_metrics, ranking_metrics
+from recsys.topk import PAD, select_top
+
+if TYPE_CHECKING:
+    from recsys.models.base import Recommender
 
 EVENT_COLUMNS = ("user_id", "item_id", "ts", "weight")
 
@@ -203,7 +207,7 @@ def top_of_scores(raw: np.ndarray, exclude: sp.csr_matrix, k: int) -> tuple[np.n
     coo = exclude.tocoo()
     scores[coo.row[coo.data != 0], coo.col[coo.data != 0]] = -np.inf
     scores[np.isnan(scores)] = -np.inf
-    return _select_top(scores, k)
+    return select_top(scores, k)
 
 
 @overload
@@ -250,8 +254,6 @@ def evaluate(
     `contexts` (one per train user) replaces that view, e.g. with streamed events added.
     With `per_user`, also returns the users and their NDCG@k (for paired comparisons).
     """
-    from recsys.evaluation.metrics import per_user_metrics
-
     train = split.train
     users = sample_users(split.test, max_users, seed)
     recent = model.recent_events
@@ -289,9 +291,6 @@ def load_ml100k_events(weights: Mapping[str, float] | None = None) -> pd.DataFra
 
     Columns: user_id, item_id, ts (epoch ms), weight, event_type. Raw ids (not pseudonymised): evaluation only.
     """
-    from recsys.contracts.events import event_weights
-    from recsys.data.movielens import RATING_TO_EVENT, load_ratings
-
     weights = dict(weights) if weights is not None else event_weights()
     ratings = load_ratings()
     event_type = ratings["rating"].map(RATING_TO_EVENT)

@@ -50,6 +50,9 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
+from recsys.contracts.tables import Tables
+from recsys.settings import get_settings
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -101,8 +104,6 @@ def writer_lock(path: str | Path, what: str = "", timeout_s: float | None = None
     if timeout_s is None:
         timeout_s = getattr(_held, "timeout_s", None)
     if timeout_s is None:
-        from recsys.settings import get_settings
-
         timeout_s = get_settings().lake_lock_timeout_s
     file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -204,8 +205,6 @@ def committed_app_versions(path: str | Path, app_ids: list[str]) -> dict[str, in
 
 def archived_offsets(path: str | Path, topic: str, partitions) -> dict[int, int]:
     """Per partition of `topic`, the next offset the archiver has committed to the table at `path` (0 = none)."""
-    from recsys.contracts.tables import Tables
-
     ids = {p: Tables.archiver_txn_id(topic, p) for p in partitions}
     recorded = committed_app_versions(path, list(ids.values()))
     return {p: recorded[app_id] or 0 for p, app_id in ids.items()}

@@ -32,18 +32,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from recsys import protocol
+from recsys import protocol, registry
 from recsys.contracts.manifest import MANIFEST_FILE, ModelManifest
 from recsys.data.inputs import Dataset, EventLog, ItemAttributes
 from recsys.io import remote_files
-from recsys.models.base import Recommender
 from recsys.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from recsys.models.base import Recommender
 
 # The artifact's shared part (the Dataset); each model adds its own files (Recommender.save).
 FILES = {
@@ -236,8 +239,6 @@ _ITEMS_SCHEMA = pa.schema(
 
 def load(path: Path, mmap: bool = True) -> ModelArtifact:
     """Load a model directory; large arrays are memory-mapped by default (cheap for large catalogues)."""
-    from recsys.models import registry
-
     manifest = read_manifest(path)
     data = load_data(path, manifest)
     cls = registry.model_class(manifest.engine)
@@ -343,8 +344,6 @@ def _erase_users(path: Path, users: set[str]) -> int:
     whole, and processes that memory-mapped the old files keep them. Ids go first: a
     reader mixing old and new files then finds no such user at all.
     """
-    from recsys.models import registry
-
     user_ids = np.load(path / FILES["user_ids"])
     rows = np.flatnonzero(np.isin(user_ids, list(users)))
     if not len(rows):

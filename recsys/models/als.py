@@ -35,10 +35,11 @@ import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
 from recsys.data.inputs import Dataset, NewItems, UserContext
+from recsys.io.model_store import replace_file
 from recsys.models.base import AnyParams, Params, Realtime, Reason, Recommender
 from recsys.models.capabilities import with_new_items
 from recsys.models.norm_index import NormIndex
-from recsys.models.topk import normalize_rows, top_k_of_scores
+from recsys.topk import normalize_rows, top_k_of_scores
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -359,7 +360,6 @@ class _ALS(Recommender):
 
     @classmethod
     def erase_rows(cls, directory: Path, rows: np.ndarray) -> None:
-        from recsys.io.model_store import replace_file
 
         factors = np.load(directory / "user_factors.npy")
         factors[rows] = 0

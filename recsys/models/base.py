@@ -14,7 +14,7 @@ Like the `implicit` library's model classes, a recommender is one object that ca
 
 What only some models can do (a real-time per-user state, factors, sparse scores) are the
 protocols of `recsys.models.capabilities`, which the speed layer, serving and the hybrid
-check for. A new algorithm is one file plus one line in `recsys.models.registry`.
+check for. A new algorithm is one file plus one line in `recsys.registry`.
 
 Item positions: every model scores the items of the `Dataset` it was fitted on
 (`n_items`, catalogue items without interactions included), then the new items (folded
@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from recsys.data.inputs import Dataset, NewItems, UserContext
 from recsys.models.capabilities import updates_users
-from recsys.models.topk import PAD, top_k_of_scores
+from recsys.topk import PAD, top_k_of_scores
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

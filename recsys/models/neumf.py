@@ -43,9 +43,10 @@ import numpy as np
 from pydantic import Field
 
 from recsys.data.inputs import Dataset, NewItems, UserContext
+from recsys.io.model_store import replace_file
 from recsys.models.base import AnyParams, Params, Realtime, Reason, Recommender
 from recsys.models.capabilities import with_new_items
-from recsys.models.topk import most_similar, normalize_rows
+from recsys.topk import most_similar, normalize_rows
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -208,7 +209,6 @@ class NeuMF(Recommender):
 
     @classmethod
     def erase_rows(cls, directory: Path, rows: np.ndarray) -> None:
-        from recsys.io.model_store import replace_file
 
         with np.load(directory / WEIGHTS_FILE) as f:
             weights = {k: f[k] for k in f.files}

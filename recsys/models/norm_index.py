@@ -22,7 +22,7 @@ with room; larger ranks scale it). With T the k-th best BLAS score among allowed
 items seen, every item whose BLAS score is below T − 4E is beaten by k items in `c`
 too, so the candidates {BLAS score ≥ T − 4E} contain the exact top k; they are
 re-scored with `c` and sorted by (score descending, item position ascending), the
-order of `recsys.models.topk.full_sort_top_k`. A block is skipped only when
+order of `recsys.topk.full_sort_top_k`. A block is skipped only when
 |x|·max|y in block| + E < T − 4E.
 """
 

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from recsys.data.inputs import Dataset, NewItems, UserContext
+from recsys.io.model_store import replace_file
 from recsys.models.base import AnyParams, Params, Reason, Recommender
 from recsys.models.capabilities import with_new_items
 from recsys.models.sparse import dense, recent_weights, top_n_per_row
@@ -105,7 +106,6 @@ class SessionKNN(Recommender):
 
     @classmethod
     def erase_rows(cls, directory: Path, rows: np.ndarray) -> None:
-        from recsys.io.model_store import replace_file
 
         matrix = sp.load_npz(directory / "session_votes.npz").tolil()
         matrix[rows] = 0

@@ -42,7 +42,7 @@ from pydantic import Field
 from recsys.data.inputs import Dataset, NewItems, UserContext
 from recsys.models.base import AnyParams, Params, Reason, Recommender
 from recsys.models.capabilities import with_new_items
-from recsys.models.topk import most_similar, normalize_rows
+from recsys.topk import most_similar, normalize_rows
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

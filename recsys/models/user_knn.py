@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from recsys.data.inputs import Dataset, NewItems, UserContext
+from recsys.io.model_store import replace_file
 from recsys.models.base import AnyParams, Params, Reason, Recommender
 from recsys.models.capabilities import with_new_items
 from recsys.models.sparse import history_weights
@@ -123,7 +124,6 @@ class UserKNN(Recommender):
 
     @classmethod
     def erase_rows(cls, directory: Path, rows: np.ndarray) -> None:
-        from recsys.io.model_store import replace_file
 
         for name in ("user_rows.npz", "user_votes.npz"):
             matrix = sp.load_npz(directory / name).tolil()

@@ -21,10 +21,9 @@ from jobs.clean import clean
 from jobs.evaluate import evaluate
 from jobs.publish import publish
 from jobs.train import train
-from recsys import protocol
+from recsys import protocol, registry
 from recsys.contracts.events import Event
 from recsys.io import model_store
-from recsys.models import registry
 from recsys.replay import replay
 from serving.api import create_app
 from speed_layer.service import SpeedLayer

@@ -24,10 +24,10 @@ from recsys.contracts.events import Event
 from recsys.data.synthetic import SyntheticConfig, item_category
 from recsys.io import model_store
 from recsys.io.kafka import count_messages
-from recsys.models.topk import top_k
 from recsys.protocol import Topics
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
+from recsys.topk import top_k
 from speed_layer.service import SpeedLayer
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from event_frames import random_events as make_random_events
 from bench import freshness, plots
 from recsys.evaluation.protocol import evaluate, load_ml100k_events, time_split
 from recsys.models.als import FoldIn, ImplicitALS
-from recsys.models.topk import top_k
+from recsys.topk import top_k
 
 
 def small(seed: int = 0) -> ImplicitALS:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from recsys import registry
 from recsys.data.inputs import NewItems, UserContext
-from recsys.models import registry
 from recsys.models.als import ImplicitALS
 from recsys.models.base import Realtime, realtime_of
 from recsys.models.capabilities import (

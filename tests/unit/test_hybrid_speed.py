@@ -12,8 +12,8 @@ from recsys.models import content, item_to_item, session_knn, sparse
 from recsys.models.hybrid import Hybrid, HybridParams
 from recsys.models.hybrid import model as hybrid_model
 from recsys.models.hybrid.reranker import _Counts
-from recsys.models.topk import _select_top
 from recsys.settings import Settings
+from recsys.topk import select_top
 
 COMPONENT_MODULES = (content, item_to_item, session_knn)
 
@@ -38,7 +38,7 @@ def shares_item_by_item(self, items, lo, hi):
 def candidate_features_as_before(norm, priors, users, stage1, seen, n_candidates, components):
     """`candidate_features` as it was: the candidates chosen by one argpartition over the whole block."""
     s = np.where(seen, -np.inf, stage1)
-    cand, _ = _select_top(s, n_candidates)
+    cand, _ = select_top(s, n_candidates)
     cand = np.where(cand < 0, 0, cand)
     comp = np.stack(
         [np.take_along_axis(norm[c], cand, 1) if c in norm else np.zeros(cand.shape) for c in components], axis=-1

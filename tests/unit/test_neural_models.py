@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys import registry
 from recsys.data.inputs import Dataset, UserContext
 from recsys.evaluation.protocol import dataset_from_events
-from recsys.models import registry
 from recsys.models.capabilities import updates_users
 from recsys.models.neumf import NeuMF, NeuMFParams, NeuMFScorer, update_user
 from recsys.models.srgnn import SRGNN, SRGNNParams, SRGNNScorer, current_session, session_graph

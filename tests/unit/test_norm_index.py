@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from recsys.data.inputs import NewItems, UserContext
 from recsys.models.als import ImplicitALS
 from recsys.models.norm_index import NormIndex, canonical_all, canonical_scores
-from recsys.models.topk import PAD, full_sort_top_k
+from recsys.topk import PAD, full_sort_top_k
 
 # Finite, normal float32 values of factor-like size; a coarse grid makes exact ties (equal scores) common.
 GRID = st.integers(-8, 8).map(lambda v: v / 4)

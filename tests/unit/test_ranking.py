@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.models.topk import normalize_rows, similar_items, top_k, top_k_popular
+from recsys.topk import normalize_rows, similar_items, top_k, top_k_popular
 
 
 def _brute_top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +113,7 @@ def test_similar_items_rejects_unknown_index() -> None:
 
 
 def test_top_k_of_scores_matches_a_full_sort_on_ties_infs_and_nans():
-    from recsys.models.topk import full_sort_top_k, top_k_of_scores
+    from recsys.topk import full_sort_top_k, top_k_of_scores
 
     rng = np.random.default_rng(5)
     for trial in range(400):

@@ -108,6 +108,34 @@ def test_the_fast_path_counts_its_answers(clients):
     assert count(after) == count(before) + 1
 
 
+def _fast_answers(client) -> float:
+    line = next(
+        (x for x in client.get("/metrics").text.splitlines() if x.startswith("serving_fast_path_answers_total ")), None
+    )
+    return float(line.split()[-1]) if line else 0.0
+
+
+# The plain requests of PATHS (the first nine) are the fast path's to answer; the rest go on to the route.
+PLAIN, HANDED_ON = PATHS[:9], PATHS[9:]
+
+
+@pytest.mark.parametrize("path", PLAIN)
+def test_the_fast_path_itself_answers_plain_requests(clients, path):
+    """The comparison above passes if the fast path hands everything on; this one fails then."""
+    fast, slow = clients  # one process: they share the (global) counter
+    before = _fast_answers(fast)
+    assert slow.get(path).status_code == 200 and _fast_answers(fast) == before
+    assert fast.get(path).status_code == 200 and _fast_answers(fast) == before + 1
+
+
+@pytest.mark.parametrize("path", [*HANDED_ON, "/recommend/u0?k=3&exclude=i1", "/recommend/u0?max_per_category=1"])
+def test_the_fast_path_hands_unusual_requests_to_the_route(clients, path):
+    fast, _ = clients
+    before = _fast_answers(fast)
+    fast.get(path, follow_redirects=False)
+    assert _fast_answers(fast) == before
+
+
 def test_during_an_ab_test_the_fast_path_and_the_route_answer_each_shopper_from_their_arm(tmp_path):
     from recsys.ab_split import CHALLENGER, arm
     from recsys.privacy import pseudonymise

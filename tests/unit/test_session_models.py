@@ -9,9 +9,10 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
+from recsys import registry
 from recsys.data.inputs import UserContext
 from recsys.evaluation.protocol import dataset_from_events
-from recsys.models import ease, registry
+from recsys.models import ease
 from recsys.models.ease import EASE, EaseParams, ridge_inverse
 from recsys.models.hybrid import Hybrid, HybridParams
 from recsys.models.hybrid.reranker import Priors, choose_reranker

@@ -8,9 +8,9 @@ from artifacts import als_artifact
 from recsys.contracts.events import Event
 from recsys.io.model_store import ModelArtifact
 from recsys.models.als import FoldIn, Objective
-from recsys.models.topk import top_k
 from recsys.protocol import VectorUpdate
 from recsys.settings import Settings
+from recsys.topk import top_k
 from serving.model import ServingModel
 from speed_layer.state import SpeedState
 

@@ -56,7 +56,7 @@ from recsys.models.hybrid.blend import blend, finite, unseen_max
 from recsys.models.hybrid.content_index import ContentIndex
 from recsys.models.hybrid.reranker import features
 from recsys.models.norm_index import NormIndex
-from recsys.models.topk import PAD, top_k_of_scores
+from recsys.topk import PAD, top_k_of_scores
 
 if TYPE_CHECKING:
     from recsys.models.hybrid.model import Hybrid

@@ -51,9 +51,9 @@ from typing import TYPE_CHECKING, Literal, cast
 import numpy as np
 from pydantic import Field
 
+from recsys import registry
 from recsys.data.datasets import holdout
 from recsys.data.inputs import Dataset, NewItems, UserContext
-from recsys.models import registry
 from recsys.models.base import AnyParams, Params, Realtime, Reason, Recommender
 from recsys.models.capabilities import (
     SimilarSource,
@@ -77,13 +77,12 @@ from recsys.models.hybrid.blend import (
 )
 from recsys.models.hybrid.content_index import ContentIndex
 from recsys.models.hybrid.reranker import Priors, Reranker, candidate_features, choose_reranker
-from recsys.models.topk import _select_top
 from recsys.models.transitions import Transitions
+from recsys.settings import Settings, get_settings
+from recsys.topk import select_top
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-
-    from recsys.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ class Hybrid(Recommender):
 
     # --- components ---------------------------------------------------------------------------
     def _make(self, name: str, seed: int) -> Recommender:
-        model = registry.create(name, self.settings, self.params.component_params.get(name))
+        model = registry.create(name, self.settings or get_settings(), self.params.component_params.get(name))
         if "seed" in type(model.params).model_fields:
             model = type(model)(model.params.model_copy(update={"seed": seed}))
         return model
@@ -218,7 +217,7 @@ class Hybrid(Recommender):
         def ndcg_of(scores: np.ndarray) -> np.ndarray:
             scores = scores.copy()
             scores[seen] = -np.inf
-            return ndcg(_select_top(scores, 10)[0], relevant)
+            return ndcg(select_top(scores, 10)[0], relevant)
 
         single = {n: float(ndcg_of(b).mean()) for n, b in norm.items()}
         weights, best = coordinate_ascent(

@@ -19,7 +19,7 @@ from scipy.optimize import minimize
 
 from recsys.data.inputs import Dataset, UserContext
 from recsys.models.hybrid.blend import ndcg
-from recsys.models.topk import _select_top, top_k_of_scores
+from recsys.topk import select_top, top_k_of_scores
 
 HOUR_MS = 3_600_000
 
@@ -152,7 +152,7 @@ def candidate_features(
     if s.shape[0] <= 8:  # serving's few users: a sampled bound partitions only the scores above it (same answer)
         cand = np.stack([top_k_of_scores(row, n_candidates)[0] for row in s]) if len(s) else np.zeros((0, 0), int)
     else:
-        cand, _ = _select_top(s, n_candidates)
+        cand, _ = select_top(s, n_candidates)
     cand = np.where(cand < 0, 0, cand)  # padding (tiny catalogues): any position, its features are what they are
     comp = np.stack(
         [np.take_along_axis(norm[c], cand, 1) if c in norm else np.zeros(cand.shape) for c in components], axis=-1

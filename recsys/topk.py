@@ -39,7 +39,7 @@ def _mask_excluded(scores: np.ndarray, exclude: sp.csr_matrix | None) -> None:
     scores[coo.row[keep], coo.col[keep]] = -np.inf
 
 
-def _select_top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def select_top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k best columns of each row of a score block, best first, padded where scores are -inf."""
     n, m = scores.shape
     kk = min(k, m)
@@ -120,7 +120,7 @@ def top_k(
             block = scores[lo - start : hi - start]
             # NaN would sort unpredictably; treat it as "cannot be ranked".
             block[np.isnan(block)] = -np.inf
-            out_idx[lo:hi], out_val[lo:hi] = _select_top(block, k)
+            out_idx[lo:hi], out_val[lo:hi] = select_top(block, k)
         del scores, block  # freed before the next batch's block is allocated: one block alive at a time
     return out_idx, out_val
 
@@ -142,9 +142,9 @@ def top_k_of_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
         bound = np.partition(sample, sample.size - k)[sample.size - k]
         if np.isfinite(bound):
             candidates = np.flatnonzero(scores >= bound)
-            idx, val = _select_top(scores[candidates][None, :], k)
+            idx, val = select_top(scores[candidates][None, :], k)
             return np.where(idx[0] == PAD, PAD, candidates[np.maximum(idx[0], 0)]), val[0]
-    idx, val = _select_top(scores[None, :], k)
+    idx, val = select_top(scores[None, :], k)
     return idx[0], val[0]
 
 

@@ -44,12 +44,10 @@ def model_class(name: str) -> type[Recommender]:
     return getattr(importlib.import_module(module), cls)
 
 
-def create(name: str, settings: Settings | None = None, overrides: dict | None = None) -> Recommender:
+def create(name: str, settings: Settings, overrides: dict | None = None) -> Recommender:
     """A fresh model with the hyper-parameters the settings ask for, `overrides` (validated) on top."""
-    from recsys.settings import get_settings
-
     cls = model_class(name)
-    model = cls.from_settings(settings or get_settings())
+    model = cls.from_settings(settings)
     if not overrides:
         return model
     return cls(cls.Params.model_validate({**model.params.model_dump(), **overrides}))
