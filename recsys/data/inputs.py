@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -134,12 +135,18 @@ class Dataset:
         m = self.strengths
         return np.bincount(m.indices[m.data != 0], minlength=m.shape[1]).astype(np.float32)
 
+    @cached_property
+    def history(self) -> UserHistory:
+        """Every user's history, built once: its index over the event log is a pass over the whole log."""
+        return UserHistory(self)
+
     def context(self, row: int, recent: int | None = None) -> UserContext:
         """A training user as the models see them at the model's cut-off."""
-        return UserHistory(self).at_cutoff(row, recent)
+        return self.history.at_cutoff(row, recent)
 
     def contexts(self, rows: Sequence[int] | np.ndarray, recent: int | None = None) -> list[UserContext]:
-        return [self.context(int(r), recent) for r in rows]
+        history = self.history
+        return [history.at_cutoff(int(r), recent) for r in rows]
 
 
 # --- what a score is asked for ------------------------------------------------------------------
