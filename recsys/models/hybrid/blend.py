@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from recsys.data.inputs import UserContext
 from recsys.evaluation.metrics import per_user_metrics
+from recsys.topk import PAD, select_top
 
 
 def finite(scores: np.ndarray) -> np.ndarray:
@@ -83,12 +84,82 @@ def data_pop_term(popularity: np.ndarray) -> np.ndarray:
     return (1e-6 * pop / max(float(pop.max(initial=0.0)), 1.0)).astype(np.float32)
 
 
+# Each component's list of candidates for the tuning search, and the float32 rounding allowance of its bound.
+TUNE_DEPTH = 100
+BOUND_SLACK = 1e-4
+
+
+class BlendTop:
+    """The top k of `blend(norm, weights)` with the seen items left out, for many weights over the same scores.
+
+    Exactly `select_top` of the dense blend (the same items in the same order), read from the union of each
+    component's `depth` best unseen items instead of every item: an item outside every list scores at most
+    B = Σ_c w_c · t_c (t_c the user's `depth`-th score of c, weights ≥ 0), so where the k-th best candidate beats
+    B (with `BOUND_SLACK` for float32 rounding) no other item can enter; the other users are ranked densely.
+    The candidates' blend is the dense blend's own values (the same float32 operations per entry), and a
+    user's candidates are in item order, so ties fall to the lower position as in the dense sort.
+    """
+
+    def __init__(self, norm: dict[str, np.ndarray], seen: np.ndarray, k: int, depth: int = TUNE_DEPTH) -> None:
+        self.norm, self.seen, self.k = norm, seen, k
+        n_users, n_items = seen.shape
+        self.depth = min(depth, n_items)
+        lists, self.kth = [], {}
+        for name, scores in norm.items():
+            masked = np.where(seen, -np.inf, scores)
+            top = np.argpartition(-masked, self.depth - 1, axis=1)[:, : self.depth]
+            lists.append(top)
+            self.kth[name] = np.take_along_axis(masked, top, 1).min(axis=1).astype(np.float64)
+        # -inf: fewer unseen items than `depth`, all of them listed (no bound needed from this component)
+        self.finite_kth = {n: np.where(np.isfinite(v), v, 0.0) for n, v in self.kth.items()}
+        union = np.sort(np.concatenate(lists, axis=1), axis=1) if lists else np.zeros((n_users, 0), np.int64)
+        fresh = np.ones(union.shape, bool)
+        fresh[:, 1:] = union[:, 1:] != union[:, :-1]
+        width = int(fresh.sum(axis=1).max(initial=0))
+        # Each user's distinct candidates, in item order, padded with the user's first one (masked below).
+        self.columns = np.repeat(union[:, :1], width, axis=1) if width else np.zeros((n_users, 0), np.int64)
+        rows, where = np.nonzero(fresh)
+        self.columns[rows, np.cumsum(fresh, axis=1)[rows, where] - 1] = union[rows, where]
+        self.padding = np.arange(width)[None, :] >= fresh.sum(axis=1)[:, None]
+        self.padding |= np.take_along_axis(seen, self.columns, 1)
+        self.gathered = {n: np.take_along_axis(s, self.columns, 1) for n, s in norm.items()}
+        self.densely_ranked = 0  # users the last call had to rank over every item (for tests and benchmarks)
+
+    def top(self, weights: dict[str, float]) -> np.ndarray:
+        """(users, k) item positions, best first, -1 padded: `select_top` of the dense blend, seen left out."""
+        if any(w < 0 for w in weights.values()):
+            return self._dense(weights, np.arange(self.seen.shape[0]))
+        scores = blend(self.gathered, weights)
+        scores[self.padding] = -np.inf
+        cols, vals = select_top(scores, self.k)
+        bound = sum((w * self.kth[n] for n, w in weights.items() if w > 0 and n in self.kth), np.zeros(len(cols)))
+        slack = BOUND_SLACK * (
+            1.0 + sum((w * np.abs(self.finite_kth[n]) for n, w in weights.items() if w > 0 and n in self.kth), 0.0)
+        )
+        out = np.where(cols == PAD, PAD, np.take_along_axis(self.columns, np.maximum(cols, 0), 1))
+        exact = vals[:, -1].astype(np.float64) > bound + slack
+        if self.depth == self.seen.shape[1]:
+            exact[:] = True  # every item is a candidate
+        doubtful = np.flatnonzero(~exact)
+        self.densely_ranked = len(doubtful)
+        if len(doubtful):
+            out[doubtful] = self._dense(weights, doubtful)
+        return out
+
+    def _dense(self, weights: dict[str, float], rows: np.ndarray) -> np.ndarray:
+        scores = blend({n: s[rows] for n, s in self.norm.items()}, weights)
+        scores[self.seen[rows]] = -np.inf
+        return select_top(scores, self.k)[0]
+
+
 def coordinate_ascent(
-    norm: dict[str, np.ndarray], objective, start: dict[str, float], fixed: str, grid: Sequence[float], rounds: int
+    objective, start: dict[str, float], fixed: str, grid: Sequence[float], rounds: int
 ) -> tuple[dict[str, float], float]:
-    """One weight at a time over `grid`, the others held, `fixed` never moved; stops when a round improves nothing."""
+    """One weight at a time over `grid`, the others held, `fixed` never moved; stops when a round improves nothing.
+
+    `objective(weights)` scores a blend of `norm` (higher is better)."""
     weights = dict(start)
-    best = objective(blend(norm, weights))
+    best = objective(weights)
     for _ in range(rounds):
         improved = False
         for name in weights:
@@ -100,7 +171,7 @@ def coordinate_ascent(
                 trial = {**weights, name: value}
                 if not any(v > 0 for v in trial.values()):
                     continue
-                score = objective(blend(norm, trial))
+                score = objective(trial)
                 if score > best + 1e-6:
                     best, weights, improved = score, trial, True
         if not improved:

@@ -66,6 +66,7 @@ from recsys.models.capabilities import (
 from recsys.models.content import Content
 from recsys.models.hybrid import candidates
 from recsys.models.hybrid.blend import (
+    BlendTop,
     blend,
     coordinate_ascent,
     data_pop_term,
@@ -79,7 +80,6 @@ from recsys.models.hybrid.content_index import ContentIndex
 from recsys.models.hybrid.reranker import Priors, Reranker, candidate_features, choose_reranker
 from recsys.models.transitions import Transitions
 from recsys.settings import Settings, get_settings
-from recsys.topk import select_top
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -214,15 +214,13 @@ class Hybrid(Recommender):
         relevant = relevant[users]
         pop = data_pop_term(train.popularity())
 
-        def ndcg_of(scores: np.ndarray) -> np.ndarray:
-            scores = scores.copy()
-            scores[seen] = -np.inf
-            return ndcg(select_top(scores, 10)[0], relevant)
+        search = BlendTop(norm, seen, k=10)  # each trial's top 10 from the components' lists, not every item
 
-        single = {n: float(ndcg_of(b).mean()) for n, b in norm.items()}
-        weights, best = coordinate_ascent(
-            norm, lambda s: float(ndcg_of(s).mean()), dict(p.weights), p.fixed, p.grid, p.tune_rounds
-        )
+        def ndcg_of(weights: dict[str, float]) -> float:
+            return float(ndcg(search.top(weights), relevant).mean())
+
+        single = {n: ndcg_of({n: 1.0}) for n in norm}
+        weights, best = coordinate_ascent(ndcg_of, dict(p.weights), p.fixed, p.grid, p.tune_rounds)
         self.validation = {"users": int(users.size), "components": single, "blend": best, "weights": weights}
         if p.rerank == "never":
             return weights, None
