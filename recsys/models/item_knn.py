@@ -120,12 +120,38 @@ def cooccurrence_by_spark(spark: SparkSession, binary: sp.csr_matrix) -> sp.csr_
     )
 
 
-def item_cosine(co: sp.csr_matrix, shrink: float, neighbours: int) -> sp.csr_matrix:
-    """Shrunk cosine between items from their co-occurrence counts (n_i on the diagonal), top `neighbours` per item."""
+# Entries of the co-occurrence matrix turned into cosines at a time: its float64 copy and index arrays are
+# per chunk, not per matrix (at 100k items the whole-matrix temporaries were most of a 20 GB peak).
+COSINE_CHUNK = 8_000_000
+
+
+def item_cosine(co: sp.csr_matrix, shrink: float, neighbours: int, chunk: int = COSINE_CHUNK) -> sp.csr_matrix:
+    """Shrunk cosine between items from their co-occurrence counts (n_i on the diagonal), top `neighbours` per item.
+
+    Row blocks of about `chunk` entries, each to its top `neighbours`: rows are independent, so the blocks
+    stacked are the whole matrix's answer, value for value."""
+    co = sp.csr_matrix(co)
     n = co.diagonal().astype(np.float64)
-    co = sp.csr_matrix(co, dtype=np.float64, copy=True)
-    co.setdiag(0)
-    co.eliminate_zeros()
-    rows = np.repeat(np.arange(co.shape[0]), np.diff(co.indptr))
-    co.data = co.data / (np.sqrt(n[rows] * n[co.indices]) + shrink)
-    return top_n_per_row(co, neighbours)
+    blocks = []
+    for lo, hi in _row_blocks(co.indptr, chunk):
+        part = sp.csr_matrix(co[lo:hi], dtype=np.float64, copy=True)
+        rows = np.repeat(np.arange(lo, hi), np.diff(part.indptr))
+        part.data[part.indices == rows] = 0  # the diagonal (n_i itself)
+        part.eliminate_zeros()
+        rows = np.repeat(np.arange(lo, hi), np.diff(part.indptr))
+        part.data = part.data / (np.sqrt(n[rows] * n[part.indices]) + shrink)
+        blocks.append(top_n_per_row(part, neighbours, drop_diagonal=False))
+    if not blocks:
+        return sp.csr_matrix(co.shape, dtype=np.float32)
+    return sp.csr_matrix(sp.vstack(blocks, format="csr"), dtype=np.float32)
+
+
+def _row_blocks(indptr: np.ndarray, chunk: int) -> list[tuple[int, int]]:
+    """Consecutive (lo, hi) row ranges of about `chunk` entries each (a longer row is a block of its own)."""
+    bounds, lo, n_rows = [], 0, len(indptr) - 1
+    while lo < n_rows:
+        hi = int(np.searchsorted(indptr, indptr[lo] + chunk, side="right")) - 1
+        hi = min(max(hi, lo + 1), n_rows)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
