@@ -42,7 +42,7 @@ PHASES: list[tuple[str, tuple[str, str]]] = [
     ("poll (fetch, decode)", ("kafka/consumer/group.py", "poll")),
     ("  of which record decode", ("kafka/consumer/fetcher.py", "_unpack_records")),
     ("control headers + markers", ("speed_layer/service.py", "forget_markers")),
-    ("validate", ("recsys/contracts/events.py", "validate_events")),
+    ("validate", ("recsys/contracts/event_columns.py", "validate_batch")),
     ("state: apply (all)", ("speed_layer/state.py", "apply")),
     ("  context building", ("speed_layer/state.py", "context")),
     ("  history matrix", ("recsys/models/als.py", "history_matrix")),
@@ -113,7 +113,7 @@ def instrument(layer: SpeedLayer) -> PhaseTimers:
     timers.wrap(layer, "step", "micro-batch (step)")
     timers.wrap(layer.events, "poll", "poll (fetch wait, decode)")
     timers.wrap(service, "forget_markers", "control headers, FORGET markers")
-    timers.wrap(service, "validate_events", "validate")
+    timers.wrap(service, "validate_batch", "validate")
     timers.wrap(state.SpeedState, "apply", "state: apply (all of the below)")
     timers.wrap(state.SpeedState, "context", "  user contexts")
     timers.wrap(als, "history_matrix", "  history matrix")

@@ -13,11 +13,13 @@ so it never needs saving.
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
-from recsys.contracts.events import Event
+from recsys.contracts.event_columns import EventColumns
 from recsys.contracts.manifest import ModelManifest
 from recsys.data.inputs import UserContext, UserHistory
 from recsys.io.model_store import ModelArtifact
@@ -72,12 +74,50 @@ class SpeedState:
     def model_version(self) -> str:
         return self.manifest.model_version
 
-    def apply(self, events: list[tuple[Event, int]]) -> Updates:
-        """Take in one micro-batch of (event, source timestamp ms). Returns what to publish."""
-        touched_users: set[str] = set()
-        touched_new_items: set[int] = set()
+    def apply(self, events: EventColumns, source_ts_ms: Sequence[int]) -> Updates:
+        """Take in one micro-batch of validated events and each one's source timestamp (ms). Returns what to publish.
+
+        Grouped by user: one pass over each touched user's events of the batch, in their order.
+        """
         updates = Updates()
-        source_ts_ms = updates.source_ts_ms
+        if not len(events):
+            return updates
+        users, items, kinds, times = events.user_id, events.item_id, events.event_type, events.ts_ms
+        item_index, weights = self.item_index, self.weights
+        known = [item_index.get(item) for item in items]
+        positions = [self._item(item) if j is None else j for j, item in zip(known, items, strict=True)]
+        strengths = [weights[kind] for kind in kinds]
+        touched = self._add_per_user(users, items, kinds, times, positions, strengths)
+        self._add_to_new_items(users, positions, strengths)
+        updates.source_ts_ms = {
+            **{("user", u): ts for u, ts in newest_per_key(users, source_ts_ms).items()},
+            **{("item", i): ts for i, ts in newest_per_key(items, source_ts_ms).items()},
+        }
+        updates.users = self._update_users(touched)
+        updates.items = self._fold_new_items(sorted({j for j in positions if j >= self.n_model_items}))
+        for user in touched:
+            updates.user_strengths[user] = dict(self.user_strengths[user])
+            updates.user_event_types[user] = dict(self.user_event_types[user])
+            updates.user_recent[user] = list(self.user_recent_ids[user])
+        return updates
+
+    def _add_per_user(
+        self,
+        users: list[str],
+        items: list[str],
+        kinds: list[str],
+        times: list[int],
+        positions: list[int],
+        strengths: list[float],
+    ) -> list[str]:
+        """Each user's events of a batch into their state, a user at a time. Returns the users, sorted."""
+        touched = sorted(set(users))
+        rank = {user: r for r, user in enumerate(touched)}
+        ranked = np.fromiter(map(rank.__getitem__, users), np.int64, len(users))
+        by_user = np.argsort(ranked, kind="stable").tolist()  # sorted by user, each user's events in order
+        bounds = np.flatnonzero(np.diff(ranked[by_user], prepend=-1, append=len(touched))).tolist()
+        items, kinds, times = ([column[i] for i in by_user] for column in (items, kinds, times))
+        positions, strengths = [positions[i] for i in by_user], [strengths[i] for i in by_user]
         recent_events = self.model.recent_events
         user_delta, user_recent = self.user_delta, self.user_recent
         user_strengths, user_event_types, user_recent_ids = (
@@ -85,47 +125,33 @@ class SpeedState:
             self.user_event_types,
             self.user_recent_ids,
         )
-        # The hottest loop of the speed layer: locals instead of attribute and method look-ups, per event.
-        item_index, weights, new_item_delta = self.item_index, self.weights, self.new_item_delta
-        n_model_items = self.n_model_items
-        for event, source_ts in events:
-            user, item, kind, ts_ms = event.user_id, event.item_id, event.event_type, event.ts_ms
-            j = item_index.get(item)
-            if j is None:
-                j = self._item(item)
-            strength = weights[kind]
-            user_delta[user][j] += strength
-            user_recent[user].append((j, kind, ts_ms))
-            if user not in touched_users:
-                touched_users.add(user)
-                if user not in user_strengths:
-                    user_strengths[user] = {}
-                    user_event_types[user] = {}
-                    user_recent_ids[user] = deque(maxlen=recent_events)
-            strengths = user_strengths[user]
-            strengths[item] = strengths.get(item, 0.0) + strength
-            types = user_event_types[user]
-            seen = types.get(item)
-            if seen is None:
-                types[item] = [kind]
-            elif kind not in seen:
-                types[item] = sorted([*seen, kind])
-            user_recent_ids[user].append((item, kind, ts_ms))
+        for user, lo, hi in zip(touched, bounds[:-1], bounds[1:], strict=True):
+            if user not in user_strengths:
+                user_strengths[user] = {}
+                user_event_types[user] = {}
+                user_recent_ids[user] = deque(maxlen=recent_events)
+            delta, by_item, types = user_delta[user], user_strengths[user], user_event_types[user]
+            # The hottest loop of the speed layer: locals only, per event.
+            for j, item, kind, strength in zip(
+                positions[lo:hi], items[lo:hi], kinds[lo:hi], strengths[lo:hi], strict=True
+            ):
+                delta[j] += strength
+                by_item[item] = by_item.get(item, 0.0) + strength
+                seen = types.get(item)
+                if seen is None:
+                    types[item] = [kind]
+                elif kind not in seen:
+                    types[item] = sorted([*seen, kind])
+            user_recent[user].extend(zip(positions[lo:hi], kinds[lo:hi], times[lo:hi], strict=True))
+            user_recent_ids[user].extend(zip(items[lo:hi], kinds[lo:hi], times[lo:hi], strict=True))
+        return touched
+
+    def _add_to_new_items(self, users: list[str], positions: list[int], strengths: list[float]) -> None:
+        """Per new item, who touched it with what strength (its fold-in's input)."""
+        n_model_items, new_item_delta = self.n_model_items, self.new_item_delta
+        for user, j, strength in zip(users, positions, strengths, strict=True):
             if j >= n_model_items:
                 new_item_delta[j][user] += strength
-                touched_new_items.add(j)
-            newest = source_ts_ms.get(key := ("user", user), 0)
-            source_ts_ms[key] = source_ts if source_ts > newest else newest
-            newest = source_ts_ms.get(key := ("item", item), 0)
-            source_ts_ms[key] = source_ts if source_ts > newest else newest
-        users = sorted(touched_users)
-        updates.users = self._update_users(users)
-        updates.items = self._fold_new_items(sorted(touched_new_items))
-        for user in users:
-            updates.user_strengths[user] = dict(self.user_strengths[user])
-            updates.user_event_types[user] = dict(self.user_event_types[user])
-            updates.user_recent[user] = list(self.user_recent_ids[user])
-        return updates
 
     def forget(self, user_id: str) -> Updates:
         """Drop everything known about a user so far (right to erasure); later events start them afresh.
@@ -186,3 +212,10 @@ class SpeedState:
         if user_id in self.erased and user_id not in self.user_delta:
             return None
         return self.realtime.state(user_id)
+
+
+def newest_per_key(keys: list[str], times: Sequence[int]) -> dict[str, int]:
+    """The largest of `times` per key (one pass in C over the batch)."""
+    table = pa.table({"key": keys, "ts": pa.array(times, pa.int64())}).group_by("key", use_threads=False)
+    newest = table.aggregate([("ts", "max")])
+    return dict(zip(newest.column("key").to_pylist(), newest.column("ts_max").to_pylist(), strict=True))
