@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 
 from recsys.contracts.event_columns import EventColumns
 from recsys.contracts.manifest import ModelManifest
@@ -75,24 +74,17 @@ class SpeedState:
         return self.manifest.model_version
 
     def apply(self, events: EventColumns, source_ts_ms: Sequence[int]) -> Updates:
-        """Take in one micro-batch of validated events and each one's source timestamp (ms). Returns what to publish.
-
-        Grouped by user: one pass over each touched user's events of the batch, in their order.
-        """
+        """Take in one micro-batch of validated events and each one's source timestamp (ms). Returns what to publish."""
         updates = Updates()
-        if not len(events):
-            return updates
-        users, items, kinds, times = events.user_id, events.item_id, events.event_type, events.ts_ms
+        users, items, kinds = events.user_id, events.item_id, events.event_type
         item_index, weights = self.item_index, self.weights
         known = [item_index.get(item) for item in items]
         positions = [self._item(item) if j is None else j for j, item in zip(known, items, strict=True)]
         strengths = [weights[kind] for kind in kinds]
-        touched = self._add_per_user(users, items, kinds, times, positions, strengths)
-        self._add_to_new_items(users, positions, strengths)
-        updates.source_ts_ms = {
-            **{("user", u): ts for u, ts in newest_per_key(users, source_ts_ms).items()},
-            **{("item", i): ts for i, ts in newest_per_key(items, source_ts_ms).items()},
-        }
+        touched = sorted(set(users))
+        self._add(touched, users, items, kinds, events.ts_ms, positions, strengths)
+        updates.source_ts_ms = {("user", u): ts for u, ts in newest_per_key(users, source_ts_ms).items()}
+        updates.source_ts_ms.update({("item", i): ts for i, ts in newest_per_key(items, source_ts_ms).items()})
         updates.users = self._update_users(touched)
         updates.items = self._fold_new_items(sorted({j for j in positions if j >= self.n_model_items}))
         for user in touched:
@@ -101,55 +93,47 @@ class SpeedState:
             updates.user_recent[user] = list(self.user_recent_ids[user])
         return updates
 
-    def _add_per_user(
+    def _add(
         self,
+        touched: list[str],
         users: list[str],
         items: list[str],
         kinds: list[str],
         times: list[int],
         positions: list[int],
         strengths: list[float],
-    ) -> list[str]:
-        """Each user's events of a batch into their state, a user at a time. Returns the users, sorted."""
-        touched = sorted(set(users))
-        rank = {user: r for r, user in enumerate(touched)}
-        ranked = np.fromiter(map(rank.__getitem__, users), np.int64, len(users))
-        by_user = np.argsort(ranked, kind="stable").tolist()  # sorted by user, each user's events in order
-        bounds = np.flatnonzero(np.diff(ranked[by_user], prepend=-1, append=len(touched))).tolist()
-        items, kinds, times = ([column[i] for i in by_user] for column in (items, kinds, times))
-        positions, strengths = [positions[i] for i in by_user], [strengths[i] for i in by_user]
+    ) -> None:
+        """A batch's events into the state of their users (`touched`) and of the new items among them.
+
+        One pass over the columns in the batch's order. Grouping the events by user first (a stable sort, then a
+        pass per user) cost twice as much: a batch of 5,000 touches ~2,000 users, two or three events each.
+        """
         recent_events = self.model.recent_events
-        user_delta, user_recent = self.user_delta, self.user_recent
+        user_delta, user_recent, new_item_delta = self.user_delta, self.user_recent, self.new_item_delta
         user_strengths, user_event_types, user_recent_ids = (
             self.user_strengths,
             self.user_event_types,
             self.user_recent_ids,
         )
-        for user, lo, hi in zip(touched, bounds[:-1], bounds[1:], strict=True):
+        for user in touched:
             if user not in user_strengths:
                 user_strengths[user] = {}
                 user_event_types[user] = {}
                 user_recent_ids[user] = deque(maxlen=recent_events)
-            delta, by_item, types = user_delta[user], user_strengths[user], user_event_types[user]
-            # The hottest loop of the speed layer: locals only, per event.
-            for j, item, kind, strength in zip(
-                positions[lo:hi], items[lo:hi], kinds[lo:hi], strengths[lo:hi], strict=True
-            ):
-                delta[j] += strength
-                by_item[item] = by_item.get(item, 0.0) + strength
-                seen = types.get(item)
-                if seen is None:
-                    types[item] = [kind]
-                elif kind not in seen:
-                    types[item] = sorted([*seen, kind])
-            user_recent[user].extend(zip(positions[lo:hi], kinds[lo:hi], times[lo:hi], strict=True))
-            user_recent_ids[user].extend(zip(items[lo:hi], kinds[lo:hi], times[lo:hi], strict=True))
-        return touched
-
-    def _add_to_new_items(self, users: list[str], positions: list[int], strengths: list[float]) -> None:
-        """Per new item, who touched it with what strength (its fold-in's input)."""
-        n_model_items, new_item_delta = self.n_model_items, self.new_item_delta
-        for user, j, strength in zip(users, positions, strengths, strict=True):
+        n_model_items = self.n_model_items
+        # The hottest loop of the speed layer: locals only, per event.
+        for user, j, item, kind, ts_ms, strength in zip(users, positions, items, kinds, times, strengths, strict=True):
+            user_delta[user][j] += strength
+            by_item = user_strengths[user]
+            by_item[item] = by_item.get(item, 0.0) + strength
+            types = user_event_types[user]
+            seen = types.get(item)
+            if seen is None:
+                types[item] = [kind]
+            elif kind not in seen:
+                types[item] = sorted([*seen, kind])
+            user_recent[user].append((j, kind, ts_ms))
+            user_recent_ids[user].append((item, kind, ts_ms))
             if j >= n_model_items:
                 new_item_delta[j][user] += strength
 
@@ -215,7 +199,11 @@ class SpeedState:
 
 
 def newest_per_key(keys: list[str], times: Sequence[int]) -> dict[str, int]:
-    """The largest of `times` per key (one pass in C over the batch)."""
-    table = pa.table({"key": keys, "ts": pa.array(times, pa.int64())}).group_by("key", use_threads=False)
-    newest = table.aggregate([("ts", "max")])
-    return dict(zip(newest.column("key").to_pylist(), newest.column("ts_max").to_pylist(), strict=True))
+    """The largest of `times` per key. (A plain loop: ~0.1 µs per event, where pyarrow's group-by's fixed cost
+    was ten times that for a batch of 5,000.)"""
+    newest: dict[str, int] = {}
+    get = newest.get
+    for key, ts in zip(keys, times, strict=True):
+        if ts > get(key, ts - 1):
+            newest[key] = ts
+    return newest
