@@ -25,8 +25,12 @@ EARLIEST_MS = int(datetime(S.min_event_year, 1, 1, tzinfo=UTC).timestamp() * 100
 
 @pytest.fixture(autouse=True)
 def columns_however_short(monkeypatch):
-    """The columns' path for every batch here (short ones are validated one at a time, by `validate_events`)."""
+    """The columns' path for every batch here (short ones are validated one at a time, by `validate_events`), and
+    a refused record alone on the slow path (it takes SLOW_PIECE records with it in production), in chunks of a
+    few records (as a batch of thousands is read)."""
     monkeypatch.setattr(event_columns, "BATCH_MIN", 0)
+    monkeypatch.setattr(event_columns, "SLOW_PIECE", 1)
+    monkeypatch.setattr(event_columns, "PARSE_CHUNK", 32)
 
 
 def good(**overrides) -> dict:
@@ -165,7 +169,7 @@ def test_mutated_records_get_the_verdicts_of_one_at_a_time():
     raws = []
     for n in range(3000):
         raw = bytearray(base[n % len(base)])
-        for _ in range(rng.randint(1, 3)):
+        for _ in range(rng.randint(1, 3) if n % 7 == 0 else 0):  # sparse: most chunks read, their refusals split
             at = rng.randrange(len(raw))
             match rng.randrange(3):
                 case 0:
@@ -177,7 +181,7 @@ def test_mutated_records_get_the_verdicts_of_one_at_a_time():
         raws.append(bytes(raw))
     one_at_a_time = [validate_event(r, S, now=NOW) for r in raws]
     assert batch_verdicts(raws) == verdicts(one_at_a_time)
-    assert 100 < sum(isinstance(r, Event) for r in one_at_a_time) < 2900
+    assert 2000 < sum(isinstance(r, Event) for r in one_at_a_time) < 2900
 
 
 def test_plain_valid_records_are_not_validated_one_by_one(monkeypatch):
@@ -205,3 +209,31 @@ def test_records_that_are_not_bytes_take_the_slow_path_with_the_same_verdicts():
 def test_a_short_batch_validated_one_at_a_time_gets_the_same_verdicts(monkeypatch):
     monkeypatch.setattr(event_columns, "BATCH_MIN", len(CORPUS) + 1)
     assert batch_verdicts(CORPUS) == verdicts([validate_event(r, S, now=NOW) for r in CORPUS])
+
+
+def test_a_refused_record_sends_few_others_the_slow_way_and_dense_refusals_cost_few_reads(monkeypatch):
+    monkeypatch.setattr(event_columns, "SLOW_PIECE", 16)
+    monkeypatch.setattr(event_columns, "PARSE_CHUNK", 1024)
+    slow: list[bytes] = []
+    reads: list[int] = []
+
+    def counted(raw, *args, **kwargs):
+        slow.append(raw)
+        return validate_event(raw, *args, **kwargs)
+
+    def read(records):
+        reads.append(len(records))
+        return real_read(records)
+
+    real_read = event_columns._read
+    monkeypatch.setattr(event_columns, "validate_event", counted)
+    monkeypatch.setattr(event_columns, "_read", read)
+    plain = [wire(event_id=f"e-{n}") for n in range(1000)]
+    iso = wire(ts="2026-06-01T10:00:00+00:00")
+    batch = validate_batch([*plain[:500], iso, *plain[500:]], S, now=NOW)
+    assert len(batch.events) == 1001 and iso in slow and len(slow) <= 16
+    slow.clear()
+    reads.clear()
+    text_ts = [wire(event_id=f"e-{n}", ts="2026-06-01T10:00:00+00:00") for n in range(3000)]
+    assert len(validate_batch(text_ts, S, now=NOW).events) == 3000
+    assert len(slow) == 3000 and sum(reads) <= 2 * 3000  # each chunk read whole, then its two halves
