@@ -171,13 +171,13 @@ class SpeedLayer:
         checked = validate_batch([r.value for r in events], self.s)
         for rejection in checked.rejections.values():
             metrics.INVALID.labels(rejection.reason).inc()
-        availability = availability_records(checked.events, events)
-        valid = interactions(checked.events, events, markers)
-        offsets = [events[at].offset for at in valid.positions.tolist()]
-        newest = newest_per_key(valid.user_id, offsets)  # per user, the offset of their newest event here
+        read = [events[at] for at in checked.events.positions.tolist()]  # the record of each valid event
+        availability = availability_records(checked.events, read)
+        valid, read = interactions(checked.events, read, markers)
+        newest = newest_per_key(valid.user_id, [r.offset for r in read])  # per user, their newest event's offset
         started = time.monotonic()
         refolded = [self.state.forget(user) for user in markers]
-        updates = self.state.apply(valid, [events[at].timestamp for at in valid.positions.tolist()])
+        updates = self.state.apply(valid, [r.timestamp for r in read])
         metrics.SOLVE_SECONDS.observe(time.monotonic() - started)
         # With log compaction, a tombstone removes the forgotten users' older UPs from the topic too.
         if markers:
@@ -262,24 +262,26 @@ def up_messages(
     return messages
 
 
-def availability_records(valid: EventColumns, records: list) -> list[tuple[bytes, bytes | None]]:
-    """The AVAIL records of the item updates among a batch's valid events (`records`: the batch's events)."""
+def availability_records(valid: EventColumns, read: list) -> list[tuple[bytes, bytes | None]]:
+    """The AVAIL records of the item updates among a batch's valid events (`read`: the record of each)."""
     return [
         protocol.encode(availability_message(valid.item_id[row], kind, r.partition, r.offset, r.timestamp))
-        for row, (kind, r) in enumerate(zip(valid.event_type, map(records.__getitem__, valid.positions), strict=True))
+        for row, (kind, r) in enumerate(zip(valid.event_type, read, strict=True))
         if kind in ITEM_UPDATES
     ]
 
 
-def interactions(valid: EventColumns, records: list, markers: dict[str, int]) -> EventColumns:
-    """The valid events to fold in: no item updates, and none from before their user's FORGET marker (erased)."""
-    offsets = [records[at].offset for at in valid.positions.tolist()]
+def interactions(valid: EventColumns, read: list, markers: dict[str, int]) -> tuple[EventColumns, list]:
+    """The valid events to fold in, and their records: no item updates, and none from before their user's FORGET
+    marker (erased)."""
     keep = [
         row
-        for row, (kind, user, offset) in enumerate(zip(valid.event_type, valid.user_id, offsets, strict=True))
-        if kind not in ITEM_UPDATES and offset > markers.get(user, -1)
+        for row, (kind, user, r) in enumerate(zip(valid.event_type, valid.user_id, read, strict=True))
+        if kind not in ITEM_UPDATES and r.offset > markers.get(user, -1)
     ]
-    return valid if len(keep) == len(valid) else valid.take(np.array(keep, np.int64))
+    if len(keep) == len(valid):
+        return valid, read
+    return valid.take(np.array(keep, np.int64)), [read[row] for row in keep]
 
 
 def availability_message(
