@@ -149,9 +149,12 @@ def batch_verdicts(raws, **kw) -> list:
 
 @pytest.mark.parametrize("require_pseudonym", [True, False])
 def test_a_batch_gets_the_verdicts_and_reasons_of_one_at_a_time(require_pseudonym):
-    one_at_a_time = [validate_event(r, S, now=NOW, require_pseudonym=require_pseudonym) for r in CORPUS]
-    assert batch_verdicts(CORPUS, require_pseudonym=require_pseudonym) == verdicts(one_at_a_time)
-    assert 10 <= sum(isinstance(r, Event) for r in one_at_a_time) < len(CORPUS) - 40  # both verdicts, plenty of each
+    # Each odd record among plain ones, as in a real batch: refusals sparse enough to be split off one by one.
+    raws = [raw for odd in CORPUS for raw in (odd, *(wire(event_id=f"p-{n}") for n in range(31)))]
+    one_at_a_time = [validate_event(r, S, now=NOW, require_pseudonym=require_pseudonym) for r in raws]
+    assert batch_verdicts(raws, require_pseudonym=require_pseudonym) == verdicts(one_at_a_time)
+    odd = one_at_a_time[::32]
+    assert 10 <= sum(isinstance(r, Event) for r in odd) < len(CORPUS) - 40  # both verdicts, plenty of each
 
 
 def test_each_record_alone_gets_the_same_verdict_as_in_the_batch():
