@@ -23,6 +23,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from bench.kafka_reference import kafka_python_consume
 from bench.speed import bench_settings, build_model, publish_cutoff
 from recsys.data.synthetic import SyntheticConfig, iter_messages
 from recsys.io.kafka import end_offsets
@@ -42,7 +43,7 @@ PHASES: list[tuple[str, tuple[str, str]]] = [
     ("poll (fetch, decode)", ("kafka/consumer/group.py", "poll")),
     ("  of which record decode", ("kafka/consumer/fetcher.py", "_unpack_records")),
     ("control headers + markers", ("speed_layer/service.py", "forget_markers")),
-    ("validate", ("recsys/contracts/events.py", "validate_events")),
+    ("validate", ("recsys/contracts/event_columns.py", "validate_batch")),
     ("state: apply (all)", ("speed_layer/state.py", "apply")),
     ("  context building", ("speed_layer/state.py", "context")),
     ("  history matrix", ("recsys/models/als.py", "history_matrix")),
@@ -113,7 +114,7 @@ def instrument(layer: SpeedLayer) -> PhaseTimers:
     timers.wrap(layer, "step", "micro-batch (step)")
     timers.wrap(layer.events, "poll", "poll (fetch wait, decode)")
     timers.wrap(service, "forget_markers", "control headers, FORGET markers")
-    timers.wrap(service, "validate_events", "validate")
+    timers.wrap(service, "validate_batch", "validate")
     timers.wrap(state.SpeedState, "apply", "state: apply (all of the below)")
     timers.wrap(state.SpeedState, "context", "  user contexts")
     timers.wrap(als, "history_matrix", "  history matrix")
@@ -175,7 +176,9 @@ def profile_run(layer: _TimedLayer, s: Settings, label: str, n_events: int, rate
         feeder = multiprocessing.get_context("spawn").Process(target=_paced, args=(s, n_events, rate, 300))
         feeder.start()
     else:
+        backlog_from = end_offsets(Topics.EVENTS, s)
         _paced(s, n_events, 0, 301)
+        backlog_to = end_offsets(Topics.EVENTS, s)
     n = 0
     while rate > 0 and n == 0:  # the feeder's start-up is not the layer's time
         n = layer.cycle()
@@ -196,6 +199,12 @@ def profile_run(layer: _TimedLayer, s: Settings, label: str, n_events: int, rate
     thread_cpu = time.thread_time() - thread_cpu
     if feeder is not None:
         feeder.join()
+    else:  # the yardstick, side by side: a bare kafka-python consumer reading the same records
+        bare = kafka_python_consume(s, backlog_from, backlog_to)
+        print(
+            f"\nbare kafka-python consumer over the same records: {bare['records_per_s']:,} records/s; "
+            f"the drain's rate is {n / wall / bare['records_per_s']:.2f} of it"
+        )
     print(
         f"\n## {label}: {n} records in {wall:.2f} s wall ({n / wall:,.0f}/s); CPU: {thread_cpu:.2f} s the layer's "
         f"thread, {cpu:.2f} s the process (kafka-python's I/O threads too); waiting: {wall - thread_cpu:.2f} s"

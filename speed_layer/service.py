@@ -29,6 +29,7 @@ import signal
 import time
 from collections.abc import Iterable
 
+import numpy as np
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 from kafka.partitioner import DefaultPartitioner
@@ -36,20 +37,14 @@ from kafka.partitioner.abc import Partitioner
 from threadpoolctl import threadpool_limits
 
 from recsys import protocol
-from recsys.contracts.events import (
-    FORGET_CONTROL,
-    ITEM_UPDATES,
-    Event,
-    ForgetMarker,
-    control_kind,
-    validate_events,
-)
+from recsys.contracts.event_columns import EventColumns, validate_batch
+from recsys.contracts.events import FORGET_CONTROL, ITEM_UPDATES, ForgetMarker, control_kind
 from recsys.io import model_store
 from recsys.io.kafka import consumer, poll_through_outages, producer, send_acknowledged
 from recsys.protocol import AvailabilityMessage, ModelMessage, Topics
 from recsys.settings import Settings, get_settings
 from speed_layer import metrics
-from speed_layer.state import SpeedState, Updates
+from speed_layer.state import SpeedState, Updates, newest_per_key
 
 log = logging.getLogger("speed_layer")
 IDLE_POLL_MS = 500
@@ -172,21 +167,17 @@ class SpeedLayer:
         if not records or self.state is None:
             return len(records)
         markers = forget_markers(records)
-        valid: list[tuple[Event, int]] = []
-        availability: list[tuple[bytes, bytes | None]] = []
-        newest: dict[str, int] = {}  # per user, the offset of their newest event in this batch
         events = [r for r in records if control_kind(r.headers) is None]
-        for r, result in zip(events, validate_events([r.value for r in events], self.s), strict=True):
-            if not isinstance(result, Event):
-                metrics.INVALID.labels(result.reason).inc()
-            elif result.event_type in ITEM_UPDATES:  # not an interaction: nothing to fold in
-                availability.append(protocol.encode(availability_message(result, r.partition, r.offset, r.timestamp)))
-            elif r.offset > markers.get(result.user_id, -1):  # events before a user's marker are erased
-                valid.append((result, r.timestamp))
-                newest[result.user_id] = max(newest.get(result.user_id, -1), r.offset)
+        checked = validate_batch([r.value for r in events], self.s)
+        for rejection in checked.rejections.values():
+            metrics.INVALID.labels(rejection.reason).inc()
+        read = [events[at] for at in checked.events.positions.tolist()]  # the record of each valid event
+        availability = availability_records(checked.events, read)
+        valid, read = interactions(checked.events, read, markers)
+        newest = newest_per_key(valid.user_id, [r.offset for r in read])  # per user, their newest event's offset
         started = time.monotonic()
         refolded = [self.state.forget(user) for user in markers]
-        updates = self.state.apply(valid)
+        updates = self.state.apply(valid, [r.timestamp for r in read])
         metrics.SOLVE_SECONDS.observe(time.monotonic() - started)
         # With log compaction, a tombstone removes the forgotten users' older UPs from the topic too.
         if markers:
@@ -271,12 +262,36 @@ def up_messages(
     return messages
 
 
-def availability_message(event: Event, partition: int, offset: int, produced_ms: int) -> AvailabilityMessage:
+def availability_records(valid: EventColumns, read: list) -> list[tuple[bytes, bytes | None]]:
+    """The AVAIL records of the item updates among a batch's valid events (`read`: the record of each)."""
+    return [
+        protocol.encode(availability_message(valid.item_id[row], kind, r.partition, r.offset, r.timestamp))
+        for row, (kind, r) in enumerate(zip(valid.event_type, read, strict=True))
+        if kind in ITEM_UPDATES
+    ]
+
+
+def interactions(valid: EventColumns, read: list, markers: dict[str, int]) -> tuple[EventColumns, list]:
+    """The valid events to fold in, and their records: no item updates, and none from before their user's FORGET
+    marker (erased)."""
+    keep = [
+        row
+        for row, (kind, user, r) in enumerate(zip(valid.event_type, valid.user_id, read, strict=True))
+        if kind not in ITEM_UPDATES and r.offset > markers.get(user, -1)
+    ]
+    if len(keep) == len(valid):
+        return valid, read
+    return valid.take(np.array(keep, np.int64)), [read[row] for row in keep]
+
+
+def availability_message(
+    item_id: str, event_type: str, partition: int, offset: int, produced_ms: int
+) -> AvailabilityMessage:
     """The AVAIL message of one item update read at (partition, offset) of `events`."""
     return AvailabilityMessage(
-        item_id=event.item_id,
-        available=ITEM_UPDATES[event.event_type],
-        state=event.event_type,
+        item_id=item_id,
+        available=ITEM_UPDATES[event_type],
+        state=event_type,
         partition=partition,
         offset=offset,
         event_ts_ms=produced_ms,

@@ -13,11 +13,12 @@ so it never needs saving.
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from recsys.contracts.events import Event
+from recsys.contracts.event_columns import EventColumns
 from recsys.contracts.manifest import ModelManifest
 from recsys.data.inputs import UserContext, UserHistory
 from recsys.io.model_store import ModelArtifact
@@ -72,60 +73,69 @@ class SpeedState:
     def model_version(self) -> str:
         return self.manifest.model_version
 
-    def apply(self, events: list[tuple[Event, int]]) -> Updates:
-        """Take in one micro-batch of (event, source timestamp ms). Returns what to publish."""
-        touched_users: set[str] = set()
-        touched_new_items: set[int] = set()
+    def apply(self, events: EventColumns, source_ts_ms: Sequence[int]) -> Updates:
+        """Take in one micro-batch of validated events and each one's source timestamp (ms). Returns what to publish."""
         updates = Updates()
-        source_ts_ms = updates.source_ts_ms
+        users, items, kinds = events.user_id, events.item_id, events.event_type
+        item_index, weights = self.item_index, self.weights
+        known = [item_index.get(item) for item in items]
+        positions = [self._item(item) if j is None else j for j, item in zip(known, items, strict=True)]
+        strengths = [weights[kind] for kind in kinds]
+        touched = sorted(set(users))
+        self._add(touched, users, items, kinds, events.ts_ms, positions, strengths)
+        updates.source_ts_ms = {("user", u): ts for u, ts in newest_per_key(users, source_ts_ms).items()}
+        updates.source_ts_ms.update({("item", i): ts for i, ts in newest_per_key(items, source_ts_ms).items()})
+        updates.users = self._update_users(touched)
+        updates.items = self._fold_new_items(sorted({j for j in positions if j >= self.n_model_items}))
+        for user in touched:
+            updates.user_strengths[user] = dict(self.user_strengths[user])
+            updates.user_event_types[user] = dict(self.user_event_types[user])
+            updates.user_recent[user] = list(self.user_recent_ids[user])
+        return updates
+
+    def _add(
+        self,
+        touched: list[str],
+        users: list[str],
+        items: list[str],
+        kinds: list[str],
+        times: list[int],
+        positions: list[int],
+        strengths: list[float],
+    ) -> None:
+        """A batch's events into the state of their users (`touched`) and of the new items among them.
+
+        One pass over the columns in the batch's order. Grouping the events by user first (a stable sort, then a
+        pass per user) cost twice as much: a batch of 5,000 touches ~2,000 users, two or three events each.
+        """
         recent_events = self.model.recent_events
-        user_delta, user_recent = self.user_delta, self.user_recent
+        user_delta, user_recent, new_item_delta = self.user_delta, self.user_recent, self.new_item_delta
         user_strengths, user_event_types, user_recent_ids = (
             self.user_strengths,
             self.user_event_types,
             self.user_recent_ids,
         )
-        # The hottest loop of the speed layer: locals instead of attribute and method look-ups, per event.
-        item_index, weights, new_item_delta = self.item_index, self.weights, self.new_item_delta
+        for user in touched:
+            if user not in user_strengths:
+                user_strengths[user] = {}
+                user_event_types[user] = {}
+                user_recent_ids[user] = deque(maxlen=recent_events)
         n_model_items = self.n_model_items
-        for event, source_ts in events:
-            user, item, kind, ts_ms = event.user_id, event.item_id, event.event_type, event.ts_ms
-            j = item_index.get(item)
-            if j is None:
-                j = self._item(item)
-            strength = weights[kind]
+        # The hottest loop of the speed layer: locals only, per event.
+        for user, j, item, kind, ts_ms, strength in zip(users, positions, items, kinds, times, strengths, strict=True):
             user_delta[user][j] += strength
-            user_recent[user].append((j, kind, ts_ms))
-            if user not in touched_users:
-                touched_users.add(user)
-                if user not in user_strengths:
-                    user_strengths[user] = {}
-                    user_event_types[user] = {}
-                    user_recent_ids[user] = deque(maxlen=recent_events)
-            strengths = user_strengths[user]
-            strengths[item] = strengths.get(item, 0.0) + strength
+            by_item = user_strengths[user]
+            by_item[item] = by_item.get(item, 0.0) + strength
             types = user_event_types[user]
             seen = types.get(item)
             if seen is None:
                 types[item] = [kind]
             elif kind not in seen:
                 types[item] = sorted([*seen, kind])
+            user_recent[user].append((j, kind, ts_ms))
             user_recent_ids[user].append((item, kind, ts_ms))
             if j >= n_model_items:
                 new_item_delta[j][user] += strength
-                touched_new_items.add(j)
-            newest = source_ts_ms.get(key := ("user", user), 0)
-            source_ts_ms[key] = source_ts if source_ts > newest else newest
-            newest = source_ts_ms.get(key := ("item", item), 0)
-            source_ts_ms[key] = source_ts if source_ts > newest else newest
-        users = sorted(touched_users)
-        updates.users = self._update_users(users)
-        updates.items = self._fold_new_items(sorted(touched_new_items))
-        for user in users:
-            updates.user_strengths[user] = dict(self.user_strengths[user])
-            updates.user_event_types[user] = dict(self.user_event_types[user])
-            updates.user_recent[user] = list(self.user_recent_ids[user])
-        return updates
 
     def forget(self, user_id: str) -> Updates:
         """Drop everything known about a user so far (right to erasure); later events start them afresh.
@@ -186,3 +196,14 @@ class SpeedState:
         if user_id in self.erased and user_id not in self.user_delta:
             return None
         return self.realtime.state(user_id)
+
+
+def newest_per_key(keys: list[str], times: Sequence[int]) -> dict[str, int]:
+    """The largest of `times` per key. (A plain loop: ~0.1 µs per event, where pyarrow's group-by's fixed cost
+    was ten times that for a batch of 5,000.)"""
+    newest: dict[str, int] = {}
+    get = newest.get
+    for key, ts in zip(keys, times, strict=True):
+        if ts > get(key, ts - 1):
+            newest[key] = ts
+    return newest

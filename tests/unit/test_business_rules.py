@@ -168,11 +168,11 @@ def test_item_updates_are_events_but_not_interactions():
     assert validate_event(json.dumps(raw | {"event_type": "item_gone"}), s, require_pseudonym=False).reason == (
         "unknown_event_type"
     )
-    message = availability_message(event, partition=2, offset=41, produced_ms=5)
+    message = availability_message(event.item_id, event.event_type, partition=2, offset=41, produced_ms=5)
     assert (message.available, message.state, message.partition, message.offset) == (False, "item_sold_out", 2, 41)
     assert protocol.key_of(message) == b"AVAIL:i3" and protocol.decode(protocol.encode(message)[1]) == message
     back = validate_event(json.dumps(raw | {"event_type": "item_back"}), s, require_pseudonym=False)
-    assert isinstance(back, Event) and availability_message(back, 2, 42, 6).available
+    assert isinstance(back, Event) and availability_message(back.item_id, back.event_type, 2, 42, 6).available
 
 
 @pytest.fixture(scope="module")

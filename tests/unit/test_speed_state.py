@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse as sp
 from artifacts import als_artifact
 
+from recsys.contracts.event_columns import EventColumns
 from recsys.contracts.events import Event
 from recsys.io.model_store import ModelArtifact
 from recsys.models.als import FoldIn, Objective
@@ -34,6 +35,11 @@ def artifact() -> ModelArtifact:
     return als_artifact(users, items, base, OBJECTIVE)
 
 
+def batch(events: list[tuple[Event, int]]) -> tuple[EventColumns, list[int]]:
+    """What the speed layer hands the state for these (event, source timestamp) pairs."""
+    return EventColumns.of([e for e, _ in events]), [ts for _, ts in events]
+
+
 def ev(n: int, user: str, item: str, etype: str = "purchase") -> tuple[Event, int]:
     event = Event(event_id=f"e{n}", user_id=user, item_id=item, event_type=etype, ts=1_700_000_000_000 + n)
     return event, 1_700_000_000_000 + n
@@ -41,7 +47,7 @@ def ev(n: int, user: str, item: str, etype: str = "purchase") -> tuple[Event, in
 
 def test_a_known_users_new_event_folds_in_on_top_of_their_history(artifact):
     state = SpeedState(artifact, WEIGHTS)
-    updates = state.apply([ev(1, "u0", "i7"), ev(2, "u0", "i0", "view")])
+    updates = state.apply(*batch([ev(1, "u0", "i7"), ev(2, "u0", "i0", "view")]))
     expected_row = artifact.interactions[0].toarray().ravel()
     expected_row[7] += 5.0
     expected_row[0] += 1.0
@@ -50,7 +56,7 @@ def test_a_known_users_new_event_folds_in_on_top_of_their_history(artifact):
     np.testing.assert_allclose(updates.users["u0"], expected, rtol=1e-5, atol=1e-6)
     assert updates.source_ts_ms[("user", "u0")] == 1_700_000_000_002
     # Deltas accumulate across micro-batches.
-    again = state.apply([ev(3, "u0", "i7")])
+    again = state.apply(*batch([ev(3, "u0", "i7")]))
     expected_row[7] += 5.0
     expected = FoldIn(artifact.item_factors, OBJECTIVE).vector(nz, expected_row[nz])
     np.testing.assert_allclose(again.users["u0"], expected, rtol=1e-5, atol=1e-6)
@@ -59,7 +65,7 @@ def test_a_known_users_new_event_folds_in_on_top_of_their_history(artifact):
 def test_a_user_buying_in_another_category_moves_towards_it(artifact):
     state = SpeedState(artifact, WEIGHTS)
     before = top_k(artifact.user_factors[[0]], artifact.item_factors, 5)[0][0]
-    updates = state.apply([ev(i, "u0", f"i{j}") for i, j in enumerate([5, 6, 7, 8, 9, 5, 6])])
+    updates = state.apply(*batch([ev(i, "u0", f"i{j}") for i, j in enumerate([5, 6, 7, 8, 9, 5, 6])]))
     after = top_k(updates.users["u0"][None, :], artifact.item_factors, 5)[0][0]
     assert sum(j >= 5 for j in before) == 0
     assert sum(j >= 5 for j in after) >= 3
@@ -68,13 +74,13 @@ def test_a_user_buying_in_another_category_moves_towards_it(artifact):
 
 def test_new_users_and_new_items_get_vectors(artifact):
     state = SpeedState(artifact, WEIGHTS)
-    first = state.apply([ev(1, "newbie", "i8"), ev(2, "newbie", "i9"), ev(3, "u4", "brand-new")])
+    first = state.apply(*batch([ev(1, "newbie", "i8"), ev(2, "newbie", "i9"), ev(3, "u4", "brand-new")]))
     assert set(first.users) == {"newbie", "u4"} and set(first.items) == {"brand-new"}
     assert first.users["newbie"][1] > abs(first.users["newbie"][0])  # likes category B from two B items
     # The new item is folded in from u4 (a B user): it lands in category B.
     assert first.items["brand-new"][1] > abs(first.items["brand-new"][0])
     # Next time someone touches it, it takes part in their fold-in like any other item.
-    second = state.apply([ev(4, "u1", "brand-new")])
+    second = state.apply(*batch([ev(4, "u1", "brand-new")]))
     u1 = state.context("u1")
     assert dict(zip(u1.items.tolist(), u1.strengths.tolist(), strict=True))[state.item_index["brand-new"]] == 5.0
     assert np.isfinite(second.users["u1"]).all()
@@ -90,14 +96,14 @@ def test_unknown_user_without_events_has_no_vector(artifact):
 @pytest.mark.reliability
 def test_forgetting_a_user_drops_their_training_row_and_events_and_refolds_their_new_items(artifact):
     state = SpeedState(artifact, WEIGHTS)
-    before = state.apply([ev(1, "u0", "i7"), ev(2, "u4", "brand-new"), ev(3, "u5", "brand-new", "view")])
+    before = state.apply(*batch([ev(1, "u0", "i7"), ev(2, "u4", "brand-new"), ev(3, "u5", "brand-new", "view")]))
     refolded = state.forget("u4")
     assert state.user_vector("u4") is None and len(state.context("u4").items) == 0
     assert set(refolded.items) == {"brand-new"}  # now from u5's view alone
     assert not np.allclose(refolded.items["brand-new"], before.items["brand-new"])
     state.forget("u0")
     # u0 comes back: only what they do from now on counts, not the training row nor the earlier purchase.
-    again = state.apply([ev(4, "u0", "i9")])
+    again = state.apply(*batch([ev(4, "u0", "i9")]))
     expected = FoldIn(artifact.item_factors, OBJECTIVE).vector(np.array([9]), np.array([5.0]))
     np.testing.assert_allclose(again.users["u0"], expected, rtol=1e-4)
     assert again.user_strengths["u0"] == {"i9": 5.0}
@@ -113,11 +119,11 @@ def test_the_up_fields_are_the_whole_period_since_the_cut_off_however_the_batche
         ev(5, "u0", "i7", "add_to_cart"),
         ev(6, "u0", "i7", "view"),
     ]
-    whole = SpeedState(artifact, WEIGHTS).apply(events)
+    whole = SpeedState(artifact, WEIGHTS).apply(*batch(events))
     split = SpeedState(artifact, WEIGHTS)
-    split.apply(events[:2])
-    split.apply(events[2:4])
-    last = split.apply(events[4:])
+    split.apply(*batch(events[:2]))
+    split.apply(*batch(events[2:4]))
+    last = split.apply(*batch(events[4:]))
     assert set(last.users) == {"u0"}
     for updates in (whole, last):
         assert updates.user_strengths["u0"] == {"i7": 10.0, "new-1": 1.0}
@@ -131,14 +137,14 @@ def test_the_up_fields_are_the_whole_period_since_the_cut_off_however_the_batche
         ]
     assert whole.user_strengths["u1"] == {"i2": 3.0}
     # What a batch hands out is a copy: later events do not change an update already built.
-    split.apply([ev(7, "u0", "i8")])
+    split.apply(*batch([ev(7, "u0", "i8")]))
     assert last.user_strengths["u0"] == {"i7": 10.0, "new-1": 1.0} and len(last.user_recent["u0"]) == 5
 
 
 def test_the_latest_events_are_bounded_by_the_models_recent_events(artifact):
     state = SpeedState(artifact, WEIGHTS)
     n = state.model.recent_events
-    updates = state.apply([ev(i, "u0", f"i{i % 10}", "view") for i in range(n + 7)])
+    updates = state.apply(*batch([ev(i, "u0", f"i{i % 10}", "view") for i in range(n + 7)]))
     assert len(updates.user_recent["u0"]) == n and updates.user_recent["u0"][0][2] == 1_700_000_000_007
 
 
@@ -148,7 +154,7 @@ def test_up_records_are_the_bytes_of_validated_messages_and_decode_back(artifact
     from speed_layer.service import up_messages
 
     state = SpeedState(artifact, WEIGHTS)
-    updates = state.apply([ev(1, "u0", "i7"), ev(2, "newbie", "brand-new", "view")])
+    updates = state.apply(*batch([ev(1, "u0", "i7"), ev(2, "newbie", "brand-new", "view")]))
     records = up_messages(state.model_version, updates, {"u0": 41, "newbie": 42})
     keys = [protocol.parse_key(k) for k, _ in records]
     assert [(k.type, k.kind, k.id) for k in keys] == [
@@ -174,7 +180,7 @@ def test_a_new_item_is_folded_in_exactly_from_every_user_who_touched_it(artifact
     state = SpeedState(artifact, WEIGHTS)
     events = [ev(1, "u4", "brand-new"), ev(2, "u1", "other-new", "view"), ev(3, "u5", "brand-new", "view")]
     events += [ev(4, "newbie", "brand-new", "add_to_cart"), ev(5, "u5", "brand-new", "view"), ev(6, "u3", "i6")]
-    updates = state.apply(events)
+    updates = state.apply(*batch(events))
     # The model's YᵀY (vectors folded in since enter only the interaction terms), the touched users' rows replaced.
     fold = FoldIn(artifact.user_factors, OBJECTIVE)
     rows = {"u4": 4, "u5": 5, "u1": 1, "u3": 3, "newbie": 6}  # newbie: the first user new since the model
@@ -190,7 +196,7 @@ def test_the_speed_layer_and_serving_see_a_user_as_the_same_history(artifact):
     the context serving scores them with once it has the UP, for a model user and for a new one."""
     state = SpeedState(artifact, WEIGHTS)
     events = [ev(1, "u0", "i7"), ev(2, "u0", "i0", "view"), ev(3, "u0", "i7", "view"), ev(4, "visitor", "i3")]
-    updates = state.apply(events)
+    updates = state.apply(*batch(events))
     served = ServingModel(artifact, {}, Settings())
     for user, vector in updates.users.items():
         served.apply(
