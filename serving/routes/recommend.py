@@ -162,8 +162,11 @@ def _related(model: ServingModel, rank: Callable[[str, int], Ranked], item_id: s
 async def because(
     user_id: UserId, item_id: ItemId, model: Model, request: Request, k: Annotated[int, Depends(k_or(5))]
 ) -> Explanation:
-    """The user's own items that contribute most to their score of `item_id`."""
+    """The user's own items that contribute most to their score of `item_id`, by the model of the user's arm
+    of an A/B test (the model that recommended it to them)."""
     user = pseudonym(request, user_id)
+    arm_model, _ = request.app.state.follower.model_for(user)
+    model = arm_model or model
     check_item(item_id, request.app.state.settings)
     try:
         score, shares = model.because(user, item_id, k)

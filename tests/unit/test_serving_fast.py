@@ -162,3 +162,25 @@ def test_during_an_ab_test_the_fast_path_and_the_route_answer_each_shopper_from_
                 ours.pop("request_id"), theirs.pop("request_id")
                 assert ours == theirs and ours["model_version"] == want, (path, chosen)
         assert len(arms) == 2
+
+
+def test_during_an_ab_test_because_explains_by_the_shoppers_arm(tmp_path):
+    from recsys.ab_split import CHALLENGER, arm
+    from recsys.privacy import pseudonymise
+
+    challenger_v = "m20260101T000000000001"
+    s = Settings(
+        state_dir=tmp_path, pseudonym_key=KEY, serving_write_token="t" * 32, ab_challenger_version=challenger_v
+    )
+    known = [pseudonymise(f"shopper{n}", s.pseudonym_key_bytes()) for n in range(30)]  # both models know them
+    champion = ServingModel(artifact(n_users=30, user_ids=known), CATALOG, s)
+    challenger = ServingModel(artifact(challenger_v, n_users=30, seed=1, user_ids=known), CATALOG, s)
+    with TestClient(create_app(s, StaticFollower(champion, challenger))) as client:
+        arms = set()
+        for n in range(30):
+            chosen = arm(known[n], challenger_v, s.ab_challenger_share)
+            answer = client.get(f"/because/shopper{n}/i5")
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["model_version"] == (challenger_v if chosen == CHALLENGER else champion.version)
+            arms.add(chosen)
+        assert len(arms) == 2

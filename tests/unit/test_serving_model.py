@@ -21,7 +21,11 @@ OBJECTIVE = Objective(confidence="alpha_r", reg_scaling="none", alpha=1.0, reg=0
 
 
 def artifact(
-    version: str = "m20260101T000000000000", n_users: int = 5, n_items: int = 40, seed: int = 0
+    version: str = "m20260101T000000000000",
+    n_users: int = 5,
+    n_items: int = 40,
+    seed: int = 0,
+    user_ids: list[str] | None = None,
 ) -> ModelArtifact:
     rng = np.random.default_rng(seed)
     # user 0 purchased item 0 and viewed item 1; the others viewed two random items each
@@ -39,6 +43,7 @@ def artifact(
         OBJECTIVE,
         version=version,
         seen_types=seen,
+        user_ids=user_ids,
     )
 
 
