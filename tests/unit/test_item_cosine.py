@@ -21,16 +21,11 @@ def whole_matrix(co: sp.csr_matrix, shrink: float, neighbours: int) -> sp.csr_ma
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    n_users=st.integers(1, 120),
-    n_items=st.integers(1, 90),
-    density=st.floats(0.0, 0.4),
-    neighbours=st.integers(1, 30),
-    chunk=st.sampled_from([1, 5, 60, 10**9]),
-)
-def test_blocks_of_rows_give_the_whole_matrix_answer(seed, n_users, n_items, density, neighbours, chunk):
+@given(seed=st.integers(0, 2**32 - 1), chunk=st.sampled_from([1, 5, 60, 10**9]))
+def test_blocks_of_rows_give_the_whole_matrix_answer(seed, chunk):
     rng = np.random.default_rng(seed)
+    n_users, n_items, density = int(rng.integers(1, 121)), int(rng.integers(1, 91)), float(rng.uniform(0, 0.4))
+    neighbours = int(rng.integers(1, 31))
     x = sp.csr_matrix((rng.random((n_users, n_items)) < density).astype(np.float32))
     co = sp.csr_matrix(x.T @ x)
     ours, want = item_cosine(co, 5.0, neighbours, chunk=chunk), whole_matrix(co, 5.0, neighbours)
