@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -65,8 +66,25 @@ def dead_letters_for(topic: str, settings) -> list[bytes]:
     ]
 
 
-def bronze(settings):
-    return lake.read(Tables.path(Tables.BRONZE_EVENTS, settings))
+def bronze(settings, timeout_s: float = 300.0):
+    """The bronze table, read in a thread: a read blocked inside delta-rs (seen once on HDFS after the kill -9s,
+    for over 30 minutes) fails the test instead of hanging the suite; pytest-timeout cannot stop a Rust call."""
+    out: dict = {}
+
+    def read() -> None:
+        try:
+            out["table"] = lake.read(Tables.path(Tables.BRONZE_EVENTS, settings))
+        except Exception as e:  # handed to the test below
+            out["error"] = e
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if reader.is_alive():
+        pytest.fail(f"reading bronze did not finish in {timeout_s:.0f} s")
+    if "error" in out:
+        raise out["error"]
+    return out["table"]
 
 
 def assert_exactly_once(topic: str, settings, config: SyntheticConfig, valid: int = 0, invalid: int = 0) -> None:
