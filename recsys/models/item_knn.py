@@ -136,10 +136,8 @@ def item_cosine(co: sp.csr_matrix, shrink: float, neighbours: int, chunk: int = 
     for lo, hi in _row_blocks(co.indptr, chunk):
         part = sp.csr_matrix(co[lo:hi], dtype=np.float64, copy=True)
         rows = np.repeat(np.arange(lo, hi), np.diff(part.indptr))
-        part.data[part.indices == rows] = 0  # the diagonal (n_i itself)
-        part.eliminate_zeros()
-        rows = np.repeat(np.arange(lo, hi), np.diff(part.indptr))
         part.data = part.data / (np.sqrt(n[rows] * n[part.indices]) + shrink)
+        part.data[part.indices == rows] = 0  # the diagonal (n_i itself): top_n_per_row drops the zeros
         blocks.append(top_n_per_row(part, neighbours, drop_diagonal=False))
     if not blocks:
         return sp.csr_matrix(co.shape, dtype=np.float32)

@@ -157,7 +157,7 @@ def coordinate_ascent(
 ) -> tuple[dict[str, float], float]:
     """One weight at a time over `grid`, the others held, `fixed` never moved; stops when a round improves nothing.
 
-    `objective(weights)` scores a blend of `norm` (higher is better)."""
+    `objective(weights)` scores the blend with those weights (higher is better)."""
     weights = dict(start)
     best = objective(weights)
     for _ in range(rounds):
