@@ -28,7 +28,14 @@ from recsys.contracts.events import event_weights
 from recsys.data import datasets
 from recsys.data.inputs import Dataset, UserContext
 from recsys.data.movielens import RATING_TO_EVENT, load_ratings
-from recsys.evaluation.metrics import auc_block_rows, auc_of_block, canonical, per_user_metrics, ranking_metrics
+from recsys.evaluation.metrics import (
+    auc_block,
+    auc_block_rows,
+    auc_of_block,
+    canonical,
+    per_user_metrics,
+    ranking_metrics,
+)
 from recsys.topk import PAD, select_top
 
 if TYPE_CHECKING:
@@ -203,7 +210,7 @@ def top_k_for(
 
 def top_of_scores(raw: np.ndarray, exclude: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, k) best item positions and scores of a score block (as float32), excluded items left out."""
-    scores = np.array(raw, dtype=np.float32)
+    scores = np.array(raw, dtype=np.float32, order="C")  # row-major: a model may hand a broadcast or F-ordered block
     coo = exclude.tocoo()
     scores[coo.row[coo.data != 0], coo.col[coo.data != 0]] = -np.inf
     scores[np.isnan(scores)] = -np.inf
@@ -271,7 +278,7 @@ def evaluate(
         recommended[start : start + rows.size], _ = top_of_scores(raw, train.strengths[rows], k)
         step = auc_block_rows(raw.shape[1], batch_size)
         for lo in range(0, rows.size, step):
-            block = np.array(raw[lo : lo + step], dtype=np.float64)
+            block = auc_block(raw[lo : lo + step])
             # AUC needs finite scores; what a model cannot rank ties at the bottom.
             np.nan_to_num(block, copy=False, nan=-1e30, neginf=-1e30, posinf=1e30)
             part = rows[lo : lo + step]

@@ -36,7 +36,8 @@ class Popularity(Recommender):
         self.n_items = data.n_items
 
     def score(self, users: Sequence[UserContext], new: NewItems | None = None) -> np.ndarray:
-        scores = np.broadcast_to(self.counts, (len(users), self.n_items)).astype(np.float32)
+        # Row-major: astype keeps a broadcast's layout, which is column-major, and every reader goes by rows.
+        scores = np.broadcast_to(self.counts, (len(users), self.n_items)).astype(np.float32, order="C")
         return with_new_items(self, users, scores, new)
 
     def save(self, directory: Path) -> dict[str, str]:

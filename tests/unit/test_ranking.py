@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsys.topk import normalize_rows, similar_items, top_k, top_k_popular
 
@@ -131,3 +133,34 @@ def test_top_k_of_scores_matches_a_full_sort_on_ties_infs_and_nans():
         above_kth = fast[1] > fast[1][-1]  # ties at the k-th place may be broken either way
         np.testing.assert_array_equal(fast[0][above_kth], naive[0][above_kth])
         assert ((fast[0] == -1) == np.isneginf(fast[1])).all()  # padding, never a recommendation
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    m=st.integers(1, 2000),
+    k=st.integers(1, 40),
+    distinct=st.sampled_from([1, 3, 30, 10**6]),
+    excluded=st.floats(0.0, 1.0),
+    cap=st.sampled_from([8, 512]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_select_top_is_the_head_of_a_stable_descending_sort(rows, m, k, distinct, excluded, cap, seed):
+    """Row by row, exactly `full_sort_top_k` (a stable sort: of items tied at the k-th place the lowest win),
+    on few distinct values (heavy ties) or many, -inf (excluded items) and NaN; with a small candidate cap
+    too, so that rows go through the exact cut."""
+    from unittest import mock
+
+    from recsys import topk
+    from recsys.topk import full_sort_top_k, select_top
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, distinct, size=(rows, m)).astype(np.float32)
+    scores[rng.random((rows, m)) < excluded] = -np.inf
+    scores[rng.random((rows, m)) < 0.05] = np.nan
+    with mock.patch.object(topk, "_CANDIDATES_MAX", cap):
+        idx, val = select_top(scores, k)
+    for r in range(rows):
+        want_idx, want_val = full_sort_top_k(scores[r], k)
+        np.testing.assert_array_equal(idx[r], want_idx)
+        np.testing.assert_array_equal(val[r], want_val)
