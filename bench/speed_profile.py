@@ -32,6 +32,7 @@ from recsys.replay import replay
 from recsys.settings import Settings
 from speed_layer.service import SpeedLayer, one_blas_thread
 from speed_layer.state import Updates
+from speed_layer.tracks import Track
 
 N_USERS, N_ITEMS, RANK = 20_000, 50_000, 64
 
@@ -138,11 +139,14 @@ class _TimedLayer(SpeedLayer):
         self.busy_step_ms: list[float] = []  # wall time of each step that read records
         self.ups = 0
 
-    def publish(self, updates: Updates, source_offsets: dict[str, int] | None = None) -> None:
-        super().publish(updates, source_offsets)
+    def publish(
+        self, updates: Updates, source_offsets: dict[str, int] | None = None, track: Track | None = None
+    ) -> None:
+        super().publish(updates, source_offsets, track)
         now_ms = time.time() * 1000
         self.ups += len(updates)
-        self.latencies_ms += [now_ms - ts for (kind, _), ts in updates.source_ts_ms.items() if kind == "user"]
+        if track is None or track.key_version is None:  # the champion's: a challenger's UPs go out after them
+            self.latencies_ms += [now_ms - ts for (kind, _), ts in updates.source_ts_ms.items() if kind == "user"]
 
     def cycle(self) -> int:
         started = time.perf_counter()
