@@ -14,6 +14,18 @@ batch cut-off and now.
 A FORGET marker on `events` (recsys.erasure) drops the user's state and their
 earlier events of the same batch; a replay meets the marker again.
 
+An A/B test's challenger (RECSYS_AB_CHALLENGER_VERSION) with a real-time state (`Updating`:
+ALS, NeuMF, the hybrid) gets a second state, loaded from the model store (published,
+challengers or candidates folder; tried again every CHALLENGER_RETRY_S while it is not
+there). Each event is validated once and folded into both states, each model's own fold-in;
+the challenger's UPs, tagged and keyed with its version (`protocol.up_key`), go out in the same
+micro-batch before the commit. Each state starts at its own model's offsets, the consumer
+reads from the earliest of them, and a state skips the events it already holds
+(speed_layer/tracks.py), so a challenger loaded later, or a new champion, replays only what
+its state lacks. A FORGET marker drops the user from both. A challenger without a real-time
+state (serving mirrors the champion's UPs to it) and an A/A test (the champion's own version)
+need no second state; without a challenger the loop does what it did, plus O(partitions).
+
 Item updates (`item_sold_out` / `item_hidden` / `item_back`) are not folded in: each becomes an AVAIL message
 (`recsys.protocol.AvailabilityMessage`) in the same micro-batch, published before the commit like the UPs.
 

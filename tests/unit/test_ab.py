@@ -303,3 +303,22 @@ def test_erasure_reaches_a_challenger_in_the_model_store(tmp_path):
     assert erase_from_models([ForgetMessage(user_id="u1")], s) == 1
     kept = model_store.load(model_store.challenger("m20260101T000000000000", s))
     assert "u1" not in kept.user_ids.tolist() and kept.interactions[1].nnz == 0
+
+
+def test_a_forget_request_tombstones_the_users_ups_under_every_challengers_keys(tmp_path):
+    """A test that has ended leaves its challenger's UPs on `model-updates`: only a tombstone under their key
+    lets compaction remove them."""
+    from test_model_store import artifact as store_artifact
+
+    from recsys import protocol
+    from recsys.erasure import challenger_tombstones
+    from recsys.io import model_store
+    from recsys.settings import Settings
+
+    s = Settings(state_dir=tmp_path, ab_challenger_version="m20260103T000000000000-neumf")  # a candidate's version
+    assert challenger_tombstones("u1", s.model_copy(update={"ab_challenger_version": ""})) == []
+    model_store.promote(model_store.save_candidate(store_artifact("m20260101T000000000000"), s), s, as_challenger=True)
+    assert challenger_tombstones("u1", s) == [
+        protocol.tombstone("user", "u1", "m20260101T000000000000"),
+        protocol.tombstone("user", "u1", "m20260103T000000000000-neumf"),
+    ]
