@@ -29,8 +29,8 @@ from jobs.publish import announce
 from recsys.contracts.events import Event
 from recsys.data.synthetic import SyntheticConfig, item_category
 from recsys.io import model_store
-from recsys.io.kafka import count_messages
-from recsys.protocol import Topics
+from recsys.io.kafka import count_messages, read_to_end
+from recsys.protocol import Topics, parse_key
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 from recsys.topk import top_k
@@ -261,6 +261,23 @@ def test_a_challenger_published_after_the_start_is_picked_up_by_the_retry_and_th
     assert len(expected) > 20
     for user, vector in expected.items():
         np.testing.assert_allclose(ups[("user", user)].vector, vector, rtol=2e-3, atol=2e-4, err_msg=user)
+
+
+def test_no_second_state_for_a_request_time_challenger_or_an_aa_test(isolated_stack):
+    """A challenger without a real-time state gets the champion's UPs in serving, and an A/A test's challenger is the
+    champion: the speed layer publishes nothing under a challenger's keys for either."""
+    s = isolated_stack
+    history = produce(s, seed=26, n=2_000)
+    champion = "m20260101T000000000000"
+    publish_model(s, history, champion)
+    knn = "m20260102T000000000000-item_knn"
+    publish_model(s, history, knn, "item_knn", as_challenger=True)
+    produce(s, seed=27, n=400)
+    for version in (knn, champion):
+        layer = run_until_idle(s.model_copy(update={"ab_challenger_version": version}), f"speed-{version[-3:]}")
+        assert layer.challenger is None and layer.state is not None and layer.state.model_version == champion
+    keyed = {parse_key(r.key).version for records in read_to_end(Topics.MODEL_UPDATES, s) for r in records}
+    assert keyed == {""}
 
 
 @pytest.mark.reliability
