@@ -25,13 +25,16 @@ import typer
 
 from bench.kafka_reference import kafka_python_consume
 from bench.speed import bench_settings, build_model, publish_cutoff
+from recsys import protocol
 from recsys.data.synthetic import SyntheticConfig, iter_messages
+from recsys.io import model_store
 from recsys.io.kafka import end_offsets
 from recsys.protocol import Topics
 from recsys.replay import replay
 from recsys.settings import Settings
 from speed_layer.service import SpeedLayer, one_blas_thread
 from speed_layer.state import Updates
+from speed_layer.tracks import Track
 
 N_USERS, N_ITEMS, RANK = 20_000, 50_000, 64
 
@@ -104,6 +107,18 @@ class PhaseTimers:
         return "\n".join(rows)
 
 
+def publish_challenger_copy(s: Settings) -> str:
+    """The published model again, under a new version in the challengers' folder (the same offsets): what the
+    speed layer does for an ALS challenger, the same work as for the champion. Returns its version."""
+    published = model_store.latest_published(s)
+    assert published is not None
+    artifact = model_store.load_from(published, s)
+    version = protocol.new_version(model="challenger")
+    artifact.manifest = artifact.manifest.model_copy(update={"model_version": version})
+    model_store.promote(model_store.save_candidate(artifact, s), s, as_challenger=True)
+    return version
+
+
 def instrument(layer: SpeedLayer) -> PhaseTimers:
     from recsys.models import als
     from speed_layer import service, state
@@ -138,11 +153,14 @@ class _TimedLayer(SpeedLayer):
         self.busy_step_ms: list[float] = []  # wall time of each step that read records
         self.ups = 0
 
-    def publish(self, updates: Updates, source_offsets: dict[str, int] | None = None) -> None:
-        super().publish(updates, source_offsets)
+    def publish(
+        self, updates: Updates, source_offsets: dict[str, int] | None = None, track: Track | None = None
+    ) -> None:
+        super().publish(updates, source_offsets, track)
         now_ms = time.time() * 1000
         self.ups += len(updates)
-        self.latencies_ms += [now_ms - ts for (kind, _), ts in updates.source_ts_ms.items() if kind == "user"]
+        if track is None or track.key_version is None:  # the champion's: a challenger's UPs go out after them
+            self.latencies_ms += [now_ms - ts for (kind, _), ts in updates.source_ts_ms.items() if kind == "user"]
 
     def cycle(self) -> int:
         started = time.perf_counter()
@@ -246,6 +264,7 @@ def main(
     cprofile: bool = typer.Option(False, help="cProfile (thread CPU) instead of the phase timers: slower, finer."),
     top: int = typer.Option(25, help="With --cprofile: functions by own time to print under each table."),
     save: str = typer.Option("", help="With --cprofile: write each run's pstats to <save>.<run>.prof."),
+    challenger: bool = typer.Option(False, help="Name a copy of the model as an A/B challenger: two states."),
 ) -> None:
     from infra import broker
 
@@ -256,12 +275,15 @@ def main(
         try:
             build_model(s, N_USERS, N_ITEMS, RANK, history_events=300_000)
             publish_cutoff(s)
+            if challenger:
+                s = s.model_copy(update={"ab_challenger_version": publish_challenger_copy(s)})
             if blas_threads_of_one:
                 one_blas_thread()
             layer = _TimedLayer(s, "speed-profile")
             layer.wait_for_model()
             while not layer.events.assignment():  # the group join is not the layer's steady state
                 layer.cycle()
+            assert layer.challenger is not None or not challenger
             options = {"timers": None if cprofile else instrument(layer), "top": top, "save": save}
             if drain:
                 profile_run(layer, s, "backlog drain", drain, 0, options)

@@ -260,13 +260,14 @@ def stored_counts(s: Settings) -> dict:
     }
 
 
-def latest_updates(s: Settings) -> dict[tuple[str, str], VectorUpdate]:
-    """The newest UP per (kind, id) on `model-updates` (a tombstone of a forgotten user removes theirs)."""
+def latest_updates(s: Settings, challenger: str = "") -> dict[tuple[str, str], VectorUpdate]:
+    """The newest UP per (kind, id) on `model-updates` (a tombstone of a forgotten user removes theirs): the served
+    model's, or with `challenger` those of that A/B test challenger (keyed by its version, `protocol.up_key`)."""
     latest: dict[tuple[str, str], VectorUpdate] = {}
     for records in read_to_end(Topics.MODEL_UPDATES, s):
         for r in records:
             key = parse_key(r.key)
-            if key.is_up():
+            if key.is_up() and key.version == challenger:
                 if r.value is None:
                     latest.pop((key.kind, key.id), None)
                 else:

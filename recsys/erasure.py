@@ -13,7 +13,8 @@ lake. Each layer then erases at its own pace, in order:
   past the marker (so a crash repeats them, never skips them); right after that
   commit it runs `complete` (below);
 - the speed layer, on reaching the marker, drops the user's state (a replay after
-  a crash or a new model meets the marker again);
+  a crash or a new model meets the marker again), an A/B challenger's too; `request`
+  tombstones the user's UPs under every challenger's keys (a test that ended leaves them);
 - the serving layer gets the FORGET message on `model-updates` straight away and
   ignores the user's older UPs (they carry the offset of the events they fold in);
 - `complete` deletes the user from silver, vacuums bronze and silver, and erases
@@ -73,10 +74,21 @@ def request(user_id: str, settings: Settings | None = None) -> ForgetMessage:
         message = ForgetMessage(user_id=pseudonym, partition=sent.partition, offset=sent.offset)
         key, value = protocol.encode(message)
         prod.send(Topics.MODEL_UPDATES, key=key, value=value).get(timeout=30)
+        for key, tombstone in challenger_tombstones(pseudonym, s):
+            prod.send(Topics.MODEL_UPDATES, key=key, value=tombstone).get(timeout=30)
     finally:
         prod.close()
     log.info("forget %s requested: marker at events[%d]@%d", pseudonym, message.partition, message.offset)
     return message
+
+
+def challenger_tombstones(pseudonym: str, s: Settings) -> list[tuple[bytes, None]]:
+    """Tombstones for the user's UPs under A/B challengers' keys (`protocol.up_key`): the speed layer tombstones
+    those of the challenger it folds into when it meets the marker, but a test that has ended leaves its
+    challenger's UPs on `model-updates`, which no later model's UPs replace. Every challenger in the store, and the
+    one named now (it may be a candidate's or a published model's version)."""
+    versions = set(model_store.versions_in(model_store.challengers_dir(s))) | {s.ab_challenger_version}
+    return [protocol.tombstone("user", pseudonym, v) for v in sorted(versions) if v]
 
 
 def complete(message: ForgetMessage, settings: Settings | None = None, spark: SparkSession | None = None) -> bool:

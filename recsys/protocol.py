@@ -10,6 +10,7 @@ compaction keeps the newest of:
 
     MODEL               a new batch model was published: where it is (never the model itself)
     UP:<kind>:<id>      one user's (or new item's) state since the model's cut-off
+    UP@<version>:<kind>:<id>  the same for an A/B test's challenger (its own key: compaction keeps both models')
     FORGET:<user>       erase a user from before their marker on `events`
     AVAIL:<item>        whether an item can be sold (from its latest item update on `events`)
 
@@ -128,8 +129,10 @@ MODEL_KEY = b"MODEL"
 UPDATE_PARTITION = 0  # `model-updates` has exactly one partition (see topic_specs)
 
 
-def up_key(kind: str, id_: str) -> bytes:
-    return f"UP:{kind}:{id_}".encode()
+def up_key(kind: str, id_: str, version: str | None = None) -> bytes:
+    """The key of an UP: the served model's (whichever version it is: a newer model's UP replaces an older one's
+    under compaction), or with `version` an A/B test's challenger's, so both models' UPs of one user are kept."""
+    return f"UP@{version}:{kind}:{id_}".encode() if version else f"UP:{kind}:{id_}".encode()
 
 
 def forget_key(user_id: str) -> bytes:
@@ -165,6 +168,7 @@ def encode_up(
     event_types: dict[str, list[str]],
     source_offset: int | None,
     recent: list[tuple[str, str, int]],
+    key_version: str | None = None,
 ) -> tuple[bytes, bytes]:
     """`encode` of the VectorUpdate with these fields, the same bytes, without building the model first.
 
@@ -183,12 +187,12 @@ def encode_up(
         "source_offset": source_offset,
         "recent": recent,
     }
-    return up_key(kind, id_), to_json(fields)
+    return up_key(kind, id_, key_version), to_json(fields)
 
 
-def tombstone(kind: str, id_: str) -> tuple[bytes, None]:
-    """A null value under an UP key: compaction then drops that id's older UPs (used for erasure)."""
-    return up_key(kind, id_), None
+def tombstone(kind: str, id_: str, version: str | None = None) -> tuple[bytes, None]:
+    """A null value under an UP key (`up_key`'s): compaction then drops that id's older UPs (used for erasure)."""
+    return up_key(kind, id_, version), None
 
 
 def decode(value: bytes | None) -> Message | None:
@@ -204,11 +208,12 @@ def is_model_key(key: bytes | None) -> bool:
 
 @dataclass(frozen=True)
 class UpdateKey:
-    """What a `model-updates` key names: MODEL, UP:<kind>:<id> or FORGET:<user>."""
+    """What a `model-updates` key names: MODEL, UP:<kind>:<id> (UP@<version>:<kind>:<id>) or FORGET:<user>."""
 
     type: Literal["MODEL", "UP", "FORGET"]
     kind: str = ""  # UP: "user" or "item"
     id: str = ""  # UP: the user's or item's id; FORGET: the user's; MODEL: none
+    version: str = ""  # UP: the challenger's version in its UPs' keys; "" for the served model's
 
     def is_up(self, kind: str | None = None) -> bool:
         """An UP key (of that kind, if given)."""
@@ -224,10 +229,11 @@ def parse_key(key: bytes) -> UpdateKey:
     if text == MODEL_KEY.decode():
         return UpdateKey("MODEL")
     type_, _, rest = text.partition(":")
-    if type_ == "UP":
+    type_, at, version = type_.partition("@")
+    if type_ == "UP" and (not at or _VERSION.match(version)):
         kind, sep, id_ = rest.partition(":")
         if sep and kind in ("user", "item"):
-            return UpdateKey("UP", kind, id_)
+            return UpdateKey("UP", kind, id_, version)
     elif type_ == "FORGET" and rest:
         return UpdateKey("FORGET", id=rest)
     raise ValueError(f"not a model-updates key: {key!r}")

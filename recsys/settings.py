@@ -226,7 +226,8 @@ class Settings(BaseSettings):
         "",
         description="A/B test: the challenger model version (published with `jobs.publish --as-challenger`); empty = "
         "no test, every shopper gets the champion. The split's hash is salted with it, so a new test reshuffles "
-        "the shoppers (docs/ab-tests.md).",
+        "the shoppers. Set it for serving and for the speed layer, which then folds events into a challenger with "
+        "a real-time state too (docs/ab-tests.md).",
     )
     ab_challenger_share: float = Field(
         0.5,

@@ -24,12 +24,17 @@ exactly the state of the others. (With log compaction on `model-updates`, keyed
 An A/B test's challenger (RECSYS_AB_CHALLENGER_VERSION) is held next to the served
 model (the champion): loaded from the model store by its version at start (and
 tried again every CHALLENGER_RETRY_S until it is there), it gets every FORGET and
-AVAIL the champion gets, and the UPs tagged with its version. The speed layer
-folds events into the champion only, so the challenger gets the champion's user
-UPs too, without their state vector, when that is exact: a challenger that reads
-the user's latest events at request time (no `Updating` state) and whose data ends at
-the same `events` offsets as the champion's. Otherwise its shoppers are answered
-from the batch view of them, which biases a test against it (docs/ab-tests.md).
+AVAIL the champion gets, and the UPs tagged with its version (those that arrive
+before it is loaded are held for it). A challenger with a real-time state
+(`Updating`: ALS, NeuMF, the hybrid) has a state of its own in the speed layer
+(speed_layer/tracks.py), folded in from its own offsets and published under keys of
+its own (`UP@<version>:<kind>:<id>`, `protocol.up_key`), so its shoppers' lists react
+to their clicks as the champion's do. A challenger without one reads the user's
+latest events at request time and the speed layer publishes nothing for it: it gets
+the champion's user UPs instead, without their state vector, when that is exact (its
+data ends at the same `events` offsets as the champion's). Otherwise, or when the
+speed layer does not name the same challenger, its shoppers are answered from the
+batch view of them, which biases a test against it (docs/ab-tests.md).
 `model_for` says which model answers a shopper (`recsys.ab_split`). Naming the
 champion's own version makes an A/A test: a second copy of the champion, given
 the same UPs (a check of the split and the statistics: it must find nothing).
@@ -233,7 +238,11 @@ class ModelFollower:
             metrics.UPDATES.labels("applied").inc()
             if up.event_ts_ms:
                 metrics.UPDATE_LAG.observe(max(0.0, time.time() - up.event_ts_ms / 1000))
-        elif current is None or protocol.is_newer(up.model_version, current.version):
+        elif (
+            current is None
+            or protocol.is_newer(up.model_version, current.version)
+            or up.model_version == self.s.ab_challenger_version  # the challenger's, before it is loaded
+        ):
             self._hold(up)
         else:
             metrics.UPDATES.labels("stale").inc()

@@ -19,6 +19,8 @@ LATENCY = Histogram(
 )
 SOLVE_SECONDS = Histogram("speed_batch_solve_seconds", "Fold-in time of one micro-batch")
 MODEL_INFO = Info("speed_model", "The batch model the speed layer folds in against")
+CHALLENGER_EVENTS = Counter("speed_challenger_events_total", "Valid events folded into the A/B test's challenger")
+CHALLENGER_INFO = Info("speed_challenger", "The A/B test's challenger the speed layer also folds in against")
 
 
 def start_server(port: int) -> None:

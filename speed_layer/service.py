@@ -14,6 +14,18 @@ batch cut-off and now.
 A FORGET marker on `events` (recsys.erasure) drops the user's state and their
 earlier events of the same batch; a replay meets the marker again.
 
+An A/B test's challenger (RECSYS_AB_CHALLENGER_VERSION) with a real-time state (`Updating`:
+ALS, NeuMF, the hybrid) gets a second state, loaded from the model store (published,
+challengers or candidates folder; tried again every CHALLENGER_RETRY_S while it is not
+there). Each event is validated once and folded into both states, each model's own fold-in;
+the challenger's UPs, tagged and keyed with its version (`protocol.up_key`), go out in the same
+micro-batch before the commit. Each state starts at its own model's offsets, the consumer
+reads from the earliest of them, and a state skips the events it already holds
+(speed_layer/tracks.py), so a challenger loaded later, or a new champion, replays only what
+its state lacks. A FORGET marker drops the user from both. A challenger without a real-time
+state (serving mirrors the champion's UPs to it) and an A/A test (the champion's own version)
+need no second state; without a challenger the loop does what it did, plus O(partitions).
+
 Item updates (`item_sold_out` / `item_hidden` / `item_back`) are not folded in: each becomes an AVAIL message
 (`recsys.protocol.AvailabilityMessage`) in the same micro-batch, published before the commit like the UPs.
 
@@ -41,10 +53,12 @@ from recsys.contracts.event_columns import EventColumns, validate_batch
 from recsys.contracts.events import FORGET_CONTROL, ITEM_UPDATES, ForgetMarker, control_kind
 from recsys.io import model_store
 from recsys.io.kafka import consumer, poll_through_outages, producer, send_acknowledged
+from recsys.models.capabilities import updates_users
 from recsys.protocol import AvailabilityMessage, ModelMessage, Topics
 from recsys.settings import Settings, get_settings
 from speed_layer import metrics
 from speed_layer.state import SpeedState, Updates, newest_per_key
+from speed_layer.tracks import Track, bounds, own_part, replay_start
 
 log = logging.getLogger("speed_layer")
 IDLE_POLL_MS = 500
@@ -52,6 +66,7 @@ IDLE_POLL_MS = 500
 # (~8 µs of CPU per UP, bench/speed_profile.py). Once a second is soon enough for a new model (its events are
 # replayed from its offsets anyway) and takes that poll off every turn of the loop, i.e. off every batch's latency.
 MODEL_CHECK_S = 1.0
+CHALLENGER_RETRY_S = 30.0  # between attempts to load a named challenger that is not in the model store yet
 UP_BATCH_BYTES = 1_000_000  # under the broker's default message.max.bytes (1,048,588)
 
 
@@ -60,7 +75,11 @@ class SpeedLayer:
         self.s = settings or get_settings()
         self.instance_id = instance_id or self.s.speed_instance_id
         self.artifact: model_store.ModelArtifact | None = None
-        self.state: SpeedState | None = None
+        self.champion: Track | None = None
+        self.challenger_artifact: model_store.ModelArtifact | None = None
+        self.challenger: Track | None = None  # the A/B test's challenger, when it is an `Updating` model (see above)
+        self._challenger_at = -float("inf")  # when loading the challenger was last tried
+        self._challenger_settled = False  # loaded, or found to need no state here: not tried again
         self._stop = False
         self._busy = False
         self._last_lag_check = 0.0
@@ -84,7 +103,16 @@ class SpeedLayer:
         self.events.subscribe([Topics.EVENTS], listener=_ReplayFromModel(self))
 
     # --- models ----------------------------------------------------------------------------
+    @property
+    def state(self) -> SpeedState | None:
+        """The champion's state (the served model's)."""
+        return self.champion.state if self.champion else None
+
+    def tracks(self) -> list[Track]:
+        return [t for t in (self.champion, self.challenger) if t is not None]
+
     def load_model(self, location: model_store.Location) -> None:
+        """A new champion: a fresh state from it; the challenger's state, at its own position, is kept."""
         self.artifact = model_store.load_from(location, self.s)
         metrics.MODEL_INFO.info({"model_version": self.artifact.manifest.model_version})
         log.info(
@@ -92,28 +120,78 @@ class SpeedLayer:
             self.artifact.manifest.model_version,
             self.artifact.manifest.kafka_offsets,
         )
-        self.restart_from_model(self.events.assignment())
+        if self.challenger and self.challenger.state.model_version == self.artifact.manifest.model_version:
+            self.challenger = self.challenger_artifact = None  # it became the champion: one state, the served model's
+            metrics.CHALLENGER_INFO.info({"model_version": ""})
+        self._fresh_states(champion=True, challenger=False)
+        self._seek(self.events.assignment())
 
     def restart_from_model(self, partitions: Iterable[TopicPartition]) -> None:
-        """Fresh state from the model, and each partition read again from where the model's data ends.
+        """Fresh states from the models, and each partition read again from where the models' data ends.
 
-        Run on every model load and every assignment (kafka-python's eager rebalances hand
-        over the whole assignment), so no event is ever counted twice or skipped.
+        Run on every assignment (kafka-python's eager rebalances hand over the whole
+        assignment), so no event is ever counted twice or skipped.
         """
         if self.artifact is None:
             return
+        self._fresh_states(champion=True, challenger=True)
+        self._seek(partitions)
+
+    def _fresh_states(self, champion: bool, challenger: bool) -> None:
         gc.unfreeze()  # the state being replaced (and an older model) may be collected again
-        self.state = SpeedState(self.artifact, dict(self.s.event_weights))
+        if champion and self.artifact is not None:
+            self.champion = Track.fresh(SpeedState(self.artifact, dict(self.s.event_weights)))
+        if challenger and self.challenger_artifact is not None:
+            state = SpeedState(self.challenger_artifact, dict(self.s.event_weights))
+            self.challenger = Track.fresh(state, keyed_by_version=True)
         # The model and the state's indices are millions of long-lived objects: a full collection walking them paused
         # a micro-batch for ~100 ms (the latency tail). Collect what the old state left once, then freeze the rest.
         gc.collect()
         gc.freeze()
-        offsets = self.artifact.manifest.kafka_offsets
+
+    def _seek(self, partitions: Iterable[TopicPartition]) -> None:
+        """Each partition from the earliest offset a state still needs (`tracks.replay_start`)."""
+        tracks = self.tracks()
         for tp in partitions:
-            if tp.partition in offsets:
-                self.events.seek(tp, offsets[tp.partition])
-            else:  # the model holds nothing from this partition: all of it is new
+            start = replay_start(tracks, tp.partition)
+            if start is None:  # some model holds nothing from this partition: all of it is new
                 self.events.seek_to_beginning(tp)
+            else:
+                self.events.seek(tp, start)
+
+    def _want_challenger(self) -> None:
+        """Load the A/B test's challenger (RECSYS_AB_CHALLENGER_VERSION) if it is an `Updating` model, so its
+        users are folded in too; while it is not in the model store, tried again every CHALLENGER_RETRY_S.
+
+        A model without a real-time state needs none here (serving gives it the champion's UPs when that is exact,
+        serving/follower.py), nor does an A/A test (the champion's own version: its UPs are the champion's).
+        """
+        version = self.s.ab_challenger_version
+        if (
+            not version
+            or self._challenger_settled
+            or self.champion is None
+            or version == self.champion.state.model_version
+            or time.monotonic() - self._challenger_at < CHALLENGER_RETRY_S
+        ):
+            return
+        self._challenger_at = time.monotonic()
+        try:
+            artifact = model_store.load_from(model_store.find(version, self.s), self.s)
+        except Exception as e:  # not published yet, or broken: the champion goes on meanwhile
+            log.error("A/B challenger %s not loaded (%s); trying again in %.0f s", version, e, CHALLENGER_RETRY_S)
+            return
+        self._challenger_settled = True
+        if not updates_users(artifact.model):
+            log.info(
+                "A/B challenger %s keeps no real-time state (%s): nothing to fold in", version, artifact.model.name
+            )
+            return
+        self.challenger_artifact = artifact
+        self._fresh_states(champion=False, challenger=True)
+        metrics.CHALLENGER_INFO.info({"model_version": version})
+        log.info("A/B challenger %s loaded; replaying events after %s", version, artifact.manifest.kafka_offsets)
+        self._seek(self.events.assignment())
 
     def _check_for_new_model(self, timeout_ms: int = 0) -> None:
         newest: ModelMessage | None = None
@@ -122,7 +200,7 @@ class SpeedLayer:
                 if protocol.is_model_key(r.key):
                     message = protocol.decode(r.value)
                     newest = message if isinstance(message, ModelMessage) else newest
-        if newest and (self.state is None or newest.model_version != self.state.model_version):
+        if newest and (self.champion is None or newest.model_version != self.champion.state.model_version):
             self.load_model(newest.path)
 
     def wait_for_model(self) -> None:
@@ -130,7 +208,7 @@ class SpeedLayer:
         if latest is not None:
             self.load_model(latest)
         seconds = 0
-        while self.state is None and not self._stop:
+        while self.champion is None and not self._stop:
             if seconds % 10 == 0:
                 log.info("waiting for the first published model (none in %s yet)", model_store.published_dir(self.s))
             self._check_for_new_model(timeout_ms=1000)
@@ -148,10 +226,12 @@ class SpeedLayer:
                 break
 
     def cycle(self) -> int:
-        """One turn of the loop: a newer model if one was announced, a micro-batch, the lag now and then."""
+        """One turn of the loop: a newer model if one was announced (and the challenger, while it is not loaded),
+        a micro-batch, the lag now and then."""
         if time.monotonic() >= self._next_model_check:
             self._next_model_check = time.monotonic() + MODEL_CHECK_S
             self._check_for_new_model()
+            self._want_challenger()
         n = self.step()
         self._report_lag()
         return n
@@ -164,7 +244,7 @@ class SpeedLayer:
         polled = poll_through_outages(self.events, wait_ms, self.s.speed_batch_max)
         records = [r for batch in polled.values() for r in batch]
         self._busy = bool(records)
-        if not records or self.state is None:
+        if not records or self.champion is None:
             return len(records)
         markers = forget_markers(records)
         events = [r for r in records if control_kind(r.headers) is None]
@@ -173,34 +253,60 @@ class SpeedLayer:
             metrics.INVALID.labels(rejection.reason).inc()
         read = [events[at] for at in checked.events.positions.tolist()]  # the record of each valid event
         availability = availability_records(checked.events, read)
-        valid, read = interactions(checked.events, read, markers)
-        newest = newest_per_key(valid.user_id, [r.offset for r in read])  # per user, their newest event's offset
-        started = time.monotonic()
-        refolded = [self.state.forget(user) for user in markers]
-        updates = self.state.apply(valid, [r.timestamp for r in read])
-        metrics.SOLVE_SECONDS.observe(time.monotonic() - started)
-        # With log compaction, a tombstone removes the forgotten users' older UPs from the topic too.
-        if markers:
-            send_acknowledged(self.producer, Topics.MODEL_UPDATES, [protocol.tombstone("user", u) for u in markers])
-        for forgotten in refolded:
-            self.publish(forgotten)
-        self.publish(updates, newest)
+        firsts, lasts = bounds(polled)
+        folded = {}
+        for track in self.tracks():  # the champion first: its UPs are the ones most shoppers wait for
+            part = own_part(track, firsts, records, read)
+            if part is None:
+                folded[track.key_version] = self._fold(track, checked.events, read, markers)
+            else:  # a replay for the other model: only what this one lacks
+                mine, keep = part
+                valid, own = checked.events.take(np.array(keep, np.int64)), [read[row] for row in keep]
+                folded[track.key_version] = self._fold(track, valid, own, forget_markers(mine))
+            track.advance(lasts)
         if availability:
             send_acknowledged(self.producer, Topics.MODEL_UPDATES, availability)
             metrics.AVAILABILITY.inc(len(availability))
         self._commit()  # only after the UPs are durable
-        metrics.EVENTS.inc(len(valid))
+        metrics.EVENTS.inc(folded[None])
+        if self.challenger is not None:
+            metrics.CHALLENGER_EVENTS.inc(folded.get(self.challenger.key_version, 0))
         metrics.FORGETS.inc(len(markers))
         return len(records)
 
-    def publish(self, updates: Updates, source_offsets: dict[str, int] | None = None) -> None:
-        assert self.state is not None  # only called for a batch applied to the loaded state
-        messages = up_messages(self.state.model_version, updates, source_offsets)
+    def _fold(self, track: Track, valid: EventColumns, read: list, markers: dict[str, int]) -> int:
+        """A batch's events (and FORGET markers) into one model's state, its UPs published and acknowledged.
+        Returns the number of events folded in."""
+        state = track.state
+        valid, read = interactions(valid, read, markers)
+        newest = newest_per_key(valid.user_id, [r.offset for r in read])  # per user, their newest event's offset
+        started = time.monotonic()
+        refolded = [state.forget(user) for user in markers]
+        updates = state.apply(valid, [r.timestamp for r in read])
+        metrics.SOLVE_SECONDS.observe(time.monotonic() - started)
+        # With log compaction, a tombstone removes the forgotten users' older UPs from the topic too.
+        if markers:
+            tombstones: list[tuple[bytes, bytes | None]] = [
+                protocol.tombstone("user", u, track.key_version) for u in markers
+            ]
+            send_acknowledged(self.producer, Topics.MODEL_UPDATES, tombstones)
+        for forgotten in refolded:
+            self.publish(forgotten, track=track)
+        self.publish(updates, newest, track)
+        return len(valid)
+
+    def publish(
+        self, updates: Updates, source_offsets: dict[str, int] | None = None, track: Track | None = None
+    ) -> None:
+        track = track or self.champion
+        assert track is not None  # only called for a batch applied to a loaded state
+        messages = up_messages(track.state.model_version, updates, source_offsets, track.key_version)
         # The offsets are committed next: an unacknowledged UP must not be skipped (sending one twice is harmless).
         send_acknowledged(self.producer, Topics.MODEL_UPDATES, messages)
-        now_ms = time.time() * 1000
-        for ts in updates.source_ts_ms.values():
-            metrics.LATENCY.observe(max(0.0, now_ms - ts) / 1000)
+        if track.key_version is None:  # the latency shoppers see; a challenger's replay would only blur it
+            now_ms = time.time() * 1000
+            for ts in updates.source_ts_ms.values():
+                metrics.LATENCY.observe(max(0.0, now_ms - ts) / 1000)
 
     def _commit(self) -> None:
         """Commit the consumed offsets: for lag monitoring (a restart replays from the model's offsets anyway),
@@ -234,9 +340,10 @@ class SpeedLayer:
 
 
 def up_messages(
-    version: str, updates: Updates, source_offsets: dict[str, int] | None = None
+    version: str, updates: Updates, source_offsets: dict[str, int] | None = None, key_version: str | None = None
 ) -> list[tuple[bytes, bytes | None]]:
-    """The (key, value) UP records of one micro-batch's updates: users first, then new items; counts the fold-ins."""
+    """The (key, value) UP records of one micro-batch's updates: users first, then new items; counts the fold-ins.
+    `key_version`: the challenger's version, keyed into its UPs (`protocol.up_key`)."""
     offsets = source_offsets or {}
     encode = protocol.encode_up
     messages: list[tuple[bytes, bytes | None]] = [
@@ -250,11 +357,23 @@ def up_messages(
             updates.user_event_types.get(id_, {}),
             offsets.get(id_),
             updates.user_recent.get(id_, []),
+            key_version,
         )
         for id_, vector in updates.users.items()
     ]
     messages += [
-        encode(version, "item", id_, vector.tolist(), updates.source_ts_ms.get(("item", id_)), {}, {}, None, [])
+        encode(
+            version,
+            "item",
+            id_,
+            vector.tolist(),
+            updates.source_ts_ms.get(("item", id_)),
+            {},
+            {},
+            None,
+            [],
+            key_version,
+        )
         for id_, vector in updates.items.items()
     ]
     metrics.FOLDINS.labels("user").inc(len(updates.users))

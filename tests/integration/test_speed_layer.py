@@ -13,21 +13,29 @@ import urllib.request
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-from published_models import CATALOGUE, produce, publish_model
+from published_models import CATALOGUE, produce, publish_model, write_catalogue
 from speed_checks import run_until_idle
 
 from infra import broker as broker_process
-from infra.chaos import check_ups_follow_their_offsets, check_user_vectors, latest_updates, updates_end
+from infra.chaos import (
+    check_ups_follow_their_offsets,
+    check_user_vectors,
+    expected_user_vectors,
+    latest_updates,
+    updates_end,
+)
 from jobs.archiver import Archiver
 from jobs.publish import announce
 from recsys.contracts.events import Event
 from recsys.data.synthetic import SyntheticConfig, item_category
 from recsys.io import model_store
-from recsys.io.kafka import count_messages
-from recsys.protocol import Topics
+from recsys.io.kafka import count_messages, read_to_end
+from recsys.protocol import Topics, parse_key
 from recsys.replay import replay
 from recsys.settings import PROJECT_ROOT
 from recsys.topk import top_k
+from serving.follower import ModelFollower
+from speed_layer import service
 from speed_layer.service import SpeedLayer
 
 pytestmark = pytest.mark.integration
@@ -175,6 +183,103 @@ def test_a_new_model_mid_stream_is_loaded_and_the_events_after_its_cut_off_repla
     assert check_user_vectors(s, model_b, second) > 20
 
 
+def test_a_named_challenger_gets_ups_of_its_own_folded_in_from_its_own_offsets_and_serving_applies_them(
+    isolated_stack,
+):
+    """An A/B test names an ALS challenger whose data ends before the champion's: a shopper's events produce UPs for
+    both versions, the challenger's the challenger model's own fold-in of everything after its own cut-off (the
+    events the champion's data holds included), the champion's as without a test; a follower holds each state."""
+    s = isolated_stack
+    history = produce(s, seed=20, n=3_000)
+    version = "m20260102T000000000000"
+    challenger = publish_model(s, history, version, rank=8, as_challenger=True)
+    between = produce(s, seed=21, n=600)  # in the champion's data, after the challenger's cut-off
+    champion = publish_model(s, history + between, "m20260101T000000000000")
+    stream = produce(s, seed=22, n=800)
+    ab = s.model_copy(update={"ab_challenger_version": version})
+    layer = run_until_idle(ab)
+    assert layer.challenger is not None and layer.challenger.state.model_version == version
+
+    assert check_user_vectors(s, champion, stream) > 20  # the champion's UPs, under their usual keys
+    ups = latest_updates(s, challenger=version)
+    expected = expected_user_vectors(challenger, between + stream, s.event_weights)
+    assert len(expected) > 20
+    for user, vector in expected.items():
+        up = ups[("user", user)]
+        assert up.model_version == version and up.vector is not None, user
+        np.testing.assert_allclose(up.vector, vector, rtol=2e-3, atol=2e-4, err_msg=user)
+    shoppers = {e.user_id for e in stream}
+    both = [u for u in shoppers if u in expected and ("user", u) in latest_updates(s)]
+    assert len(both) > 20  # the same shoppers' events made UPs of both versions
+
+    # Serving: the follower, reading model-updates from the beginning, holds each arm's folded-in state.
+    write_catalogue(s)
+    follower = ModelFollower(ab)
+    follower.start()
+    try:
+        _wait_for(lambda: follower.ready and follower.challenger is not None)
+        assert follower.current is not None and follower.challenger is not None
+        assert not follower.mirrored  # an `Updating` challenger: its own UPs, not the champion's
+        champion_ups = latest_updates(s)
+        for user in both:
+            served = follower.challenger.context(user)
+            assert served is not None and served.state is not None, user
+            np.testing.assert_allclose(served.state, ups[("user", user)].vector, rtol=1e-6, err_msg=user)
+            held = follower.current.context(user)
+            assert held is not None and held.state is not None, user
+            np.testing.assert_allclose(held.state, champion_ups[("user", user)].vector, rtol=1e-6, err_msg=user)
+    finally:
+        follower.stop()
+
+
+def test_a_challenger_published_after_the_start_is_picked_up_by_the_retry_and_the_champion_goes_on_meanwhile(
+    isolated_stack, monkeypatch
+):
+    s = isolated_stack
+    monkeypatch.setattr(service, "CHALLENGER_RETRY_S", 0.5)
+    history = produce(s, seed=23, n=3_000)
+    champion = publish_model(s, history, "m20260101T000000000000")
+    version = "m20260102T000000000000"
+    layer = SpeedLayer(s.model_copy(update={"ab_challenger_version": version}), "speed-ab-late")
+    thread = threading.Thread(target=layer.run, kwargs={"max_idle_s": 30}, daemon=True)
+    thread.start()
+    try:
+        first = produce(s, seed=24, n=600)
+        _wait_for(lambda: _published_with(s, champion.manifest.model_version, {e.user_id for e in first[-5:]}))
+        assert layer.challenger is None  # not in the model store: the champion's users were folded in meanwhile
+        challenger = publish_model(s, history + first, version, rank=8, as_challenger=True)
+        _wait_for(lambda: layer.challenger is not None)
+        second = produce(s, seed=25, n=600)
+        _wait_for(lambda: _published_with(s, version, {e.user_id for e in second[-5:]}, challenger=version))
+        time.sleep(2)
+    finally:
+        layer.stop()
+        thread.join(30)
+    assert check_user_vectors(s, champion, first + second) > 20
+    ups = latest_updates(s, challenger=version)
+    expected = expected_user_vectors(challenger, second, s.event_weights)
+    assert len(expected) > 20
+    for user, vector in expected.items():
+        np.testing.assert_allclose(ups[("user", user)].vector, vector, rtol=2e-3, atol=2e-4, err_msg=user)
+
+
+def test_no_second_state_for_a_request_time_challenger_or_an_aa_test(isolated_stack):
+    """A challenger without a real-time state gets the champion's UPs in serving, and an A/A test's challenger is the
+    champion: the speed layer publishes nothing under a challenger's keys for either."""
+    s = isolated_stack
+    history = produce(s, seed=26, n=2_000)
+    champion = "m20260101T000000000000"
+    publish_model(s, history, champion)
+    knn = "m20260102T000000000000-item_knn"
+    publish_model(s, history, knn, "item_knn", as_challenger=True)
+    produce(s, seed=27, n=400)
+    for version in (knn, champion):
+        layer = run_until_idle(s.model_copy(update={"ab_challenger_version": version}), f"speed-{version[-3:]}")
+        assert layer.challenger is None and layer.state is not None and layer.state.model_version == champion
+    keyed = {parse_key(r.key).version for records in read_to_end(Topics.MODEL_UPDATES, s) for r in records}
+    assert keyed == {""}
+
+
 @pytest.mark.reliability
 def test_kill_9_mid_publish_and_a_broker_kill_mid_burst_publish_only_exact_vectors(isolated_stack):
     """Three speed-layer processes in turn, each SIGKILLed while it is still publishing (so between a publish and
@@ -249,8 +354,8 @@ def test_without_a_model_it_waits_and_says_so(isolated_stack, caplog):
     layer.close()
 
 
-def _published_with(s, version: str, users: set[str]) -> bool:
-    updates = latest_updates(s)
+def _published_with(s, version: str, users: set[str], challenger: str = "") -> bool:
+    updates = latest_updates(s, challenger)
     return all(("user", u) in updates and updates[("user", u)].model_version == version for u in users)
 
 

@@ -234,6 +234,36 @@ def test_the_follower_answers_each_arm_from_its_model_and_erases_from_both(tmp_p
     assert not ModelFollower._mirrors(request_time, later)  # another cut-off: they would miss or repeat events
 
 
+def test_the_challengers_ups_that_arrive_before_it_is_loaded_wait_for_it_even_when_it_is_older(tmp_path):
+    """The speed layer may fold into the challenger before a replica could load it (a store the replica reached
+    later): its UPs are not stale news of an older model, though its version is older than the champion's."""
+    from test_serving_model import RANK, artifact
+
+    from recsys.io import model_store
+    from recsys.protocol import VectorUpdate
+    from recsys.settings import Settings
+    from serving.follower import ModelFollower
+    from serving.model import ServingModel
+
+    champion_v, challenger_v = "m20260101T000000000000", "m20251201T000000000000"
+    s = Settings(state_dir=tmp_path, ab_challenger_version=challenger_v)
+    model_store.published(champion_v, s).mkdir(parents=True)
+    (model_store.published(champion_v, s) / "manifest.json").write_text("{}")
+    models = {v: ServingModel(artifact(v, seed=n), {}, s) for n, v in enumerate((champion_v, challenger_v))}
+    f = ModelFollower(s, loader=lambda path: models[path.name])
+    f._try_swap(model_store.latest_published(s))
+    f._want_challenger()
+    assert f.challenger is None  # not in the store yet
+    up = VectorUpdate(model_version=challenger_v, kind="user", id="u1", vector=[1.0] * RANK)
+    f.handle(up.model_dump_json().encode())
+    model_store.challenger(challenger_v, s).mkdir(parents=True)
+    (model_store.challenger(challenger_v, s) / "manifest.json").write_text("{}")
+    f._challenger_at = -float("inf")  # the retry's time has come
+    f._want_challenger()
+    assert f.challenger is models[challenger_v] and models[challenger_v].speed_users == 1
+    assert models[champion_v].speed_users == 0
+
+
 # --- publishing a challenger ---------------------------------------------------------------------------------
 def test_a_challenger_is_published_beside_the_champion_without_announcing_it(tmp_path, monkeypatch):
     from test_model_store import artifact as store_artifact
@@ -273,3 +303,22 @@ def test_erasure_reaches_a_challenger_in_the_model_store(tmp_path):
     assert erase_from_models([ForgetMessage(user_id="u1")], s) == 1
     kept = model_store.load(model_store.challenger("m20260101T000000000000", s))
     assert "u1" not in kept.user_ids.tolist() and kept.interactions[1].nnz == 0
+
+
+def test_a_forget_request_tombstones_the_users_ups_under_every_challengers_keys(tmp_path):
+    """A test that has ended leaves its challenger's UPs on `model-updates`: only a tombstone under their key
+    lets compaction remove them."""
+    from test_model_store import artifact as store_artifact
+
+    from recsys import protocol
+    from recsys.erasure import challenger_tombstones
+    from recsys.io import model_store
+    from recsys.settings import Settings
+
+    s = Settings(state_dir=tmp_path, ab_challenger_version="m20260103T000000000000-neumf")  # a candidate's version
+    assert challenger_tombstones("u1", s.model_copy(update={"ab_challenger_version": ""})) == []
+    model_store.promote(model_store.save_candidate(store_artifact("m20260101T000000000000"), s), s, as_challenger=True)
+    assert challenger_tombstones("u1", s) == [
+        protocol.tombstone("user", "u1", "m20260101T000000000000"),
+        protocol.tombstone("user", "u1", "m20260103T000000000000-neumf"),
+    ]

@@ -31,7 +31,21 @@ def test_parse_key_tells_user_ups_from_item_ups_and_the_rest():
     assert not protocol.parse_key(protocol.MODEL_KEY).is_up() and not protocol.parse_key(b"FORGET:u").is_up()
 
 
-@pytest.mark.parametrize("key", [b"UP:u1", b"UP:shop:u1", b"FORGET:", b"MODELS", b"events:0:12", b""])
+def test_a_challengers_up_keys_name_its_version_so_compaction_keeps_both_models_ups_of_a_user():
+    version = "m20260102T000000000000-neumf"
+    champion, challenger = protocol.up_key("user", "p:ab"), protocol.up_key("user", "p:ab", version)
+    assert champion != challenger and protocol.tombstone("user", "p:ab", version) == (challenger, None)
+    assert protocol.parse_key(challenger) == UpdateKey("UP", "user", "p:ab", version)
+    assert protocol.parse_key(champion) == UpdateKey("UP", "user", "p:ab")
+    key, value = protocol.encode_up(version, "item", "sku:1", [1.0], None, {}, {}, None, [], version)
+    assert key == protocol.up_key("item", "sku:1", version) and protocol.decode(value) == VectorUpdate(
+        model_version=version, kind="item", id="sku:1", vector=[1.0]
+    )
+
+
+@pytest.mark.parametrize(
+    "key", [b"UP:u1", b"UP:shop:u1", b"FORGET:", b"MODELS", b"events:0:12", b"", b"UP@v1:user:u", b"UP@:user:u"]
+)
 def test_parse_key_refuses_keys_the_protocol_does_not_make(key):
     with pytest.raises(ValueError, match="not a model-updates key"):
         protocol.parse_key(key)
