@@ -80,8 +80,8 @@ def bronze(settings, timeout_s: float = 300.0):
     Not in this process: after this file's earlier HDFS tests (their HDFS stopped, their clients' connections
     left behind in delta-rs) and a test's hundreds of table opens, a read here blocked inside delta-rs for
     good (in the last two full suites, and in 2 of 3 runs of this file under load: the NameNode idle, no
-    DataNode connection open; docs/operations.md, HDFS). A child process starts clean, and on a hang it can be killed, where a thread
-    blocked in Rust cannot.
+    DataNode connection open; docs/operations.md, HDFS). A child process starts clean, and on a hang it can
+    be killed, where a thread blocked in Rust cannot.
     """
     out = Path(settings.state_dir) / f"bronze-{uuid.uuid4().hex[:8]}.arrow"
     path = str(Tables.path(Tables.BRONZE_EVENTS, settings))
