@@ -130,7 +130,7 @@ class FastRecommend:
         scores = [score for ranked in answers for score in ranked.scores]
         # repr of a list of floats is ", ".join of each float's repr: nothing else can contain ", ".
         formatted = repr(list(map(float, scores))).encode()[1:-1].split(b", ") if scores else []
-        item_json = model.item_json
+        item_parts = model.items_json([item_id for ranked in answers for item_id in ranked.item_ids])
         parts: list[bytes] = []
         n = 0
         for pseudonym, ranked, request_id in zip(pseudonyms, answers, request_ids, strict=True):
@@ -148,10 +148,12 @@ class FastRecommend:
                 b',"items":[',
             )
             reasons = ranked.reasons
-            if len(ranked.scores) != len(ranked.item_ids):  # `render`'s strict zip: the scores would shift
-                raise ValueError(f"{len(ranked.item_ids)} items but {len(ranked.scores)} scores")
-            for j, (item_id, fresh) in enumerate(zip(ranked.item_ids, ranked.from_speed, strict=True)):
-                head, tail = item_json(item_id)
+            if not len(ranked.scores) == len(ranked.from_speed) == len(ranked.item_ids):  # `render`'s strict zip
+                raise ValueError(
+                    f"{len(ranked.item_ids)} items but {len(ranked.scores)} scores, {len(ranked.from_speed)} flags"
+                )
+            for j, fresh in enumerate(ranked.from_speed):
+                head, tail = item_parts[n]
                 why = None if reasons is None else reasons[j]
                 if why is None and not fresh:  # the usual item: one constant ending
                     parts += (b"," if j else b"", head, formatted[n], tail, PLAIN_END)

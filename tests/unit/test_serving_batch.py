@@ -160,15 +160,16 @@ def test_the_batch_renderer_writes_each_answer_as_the_single_calls_bytes():
     renderer = FastRecommend(None, Settings())
     users = ["u_aaaaaaaaaaaaaaaaaaaaaaaa", 'odd "id" é', "u_bbbbbbbbbbbbbbbbbbbbbbbb", "x", "y"]
     ids = new_request_ids(len(answers))
+    first = renderer.render_many(m, users, answers, ids)  # the items' parts not built yet: built here
     alone = b",".join(renderer.render(m, u, r, rid) for u, r, rid in zip(users, answers, ids, strict=True))
-    assert renderer.render_many(m, users, answers, ids) == alone
+    assert first == alone and renderer.render_many(m, users, answers, ids) == alone  # and from the cache
     assert renderer.render_many(m, [], [], []) == b""
 
 
 def test_the_batch_renderer_refuses_an_answer_whose_scores_do_not_match_its_items():
     m = ServingModel(artifact(n_users=3), CATALOG, Settings())
     broken = [Ranked(["i1", "i2"], [1.0], "batch", [False, False]), Ranked(["i3"], [2.0, 3.0], "batch", [False])]
-    with pytest.raises(ValueError, match="2 items but 1 scores"):
+    with pytest.raises(ValueError, match="2 items but 1 scores, 2 flags"):
         FastRecommend(None, Settings()).render_many(m, ["a", "b"], broken, new_request_ids(2))
 
 
