@@ -22,6 +22,10 @@ offered rate (issue 15's target: hybrid p99 ≤ 2× ALS's), and bulk lookups (`b
 users in one `POST /recommend/batch` against the same 1,000 users as single calls at the single calls'
 best throughput (issue 27's target: ≥ 10× the users per second, the same answers). The machine has 2 cores
 shared with the load generator (and, on this workplace, with other jobs): compare within the run.
+
+    python -m bench.serving --baseline /path/to/main-worktree --rounds 4   # only batch_vs_single, A/B
+
+runs only `batch_vs_single` (`batch_only`), its servers from this checkout and, alternating, from the baseline's.
 """
 
 from __future__ import annotations
