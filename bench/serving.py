@@ -22,6 +22,10 @@ offered rate (issue 15's target: hybrid p99 ≤ 2× ALS's), and bulk lookups (`b
 users in one `POST /recommend/batch` against the same 1,000 users as single calls at the single calls'
 best throughput (issue 27's target: ≥ 10× the users per second, the same answers). The machine has 2 cores
 shared with the load generator (and, on this workplace, with other jobs): compare within the run.
+
+    python -m bench.serving --baseline /path/to/main-worktree --rounds 4   # only batch_vs_single, A/B
+
+runs only `batch_vs_single` (`batch_only`), its servers from this checkout and, alternating, from the baseline's.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import numpy as np
 import psutil
+import typer
 
 from bench.speed import build_model
 from infra import processes
@@ -123,8 +128,11 @@ def _paths(s: Settings, users: list[str], k: int, name: str = "paths.txt") -> Pa
     return path
 
 
-def _serve(configs: list[Settings], s: Settings, label: str):
-    procs = [processes.start("serving", c, log=s.state_dir / f"serving-{label}-{i}.log") for i, c in enumerate(configs)]
+def _serve(configs: list[Settings], s: Settings, label: str, root: Path | None = None):
+    procs = [
+        processes.start("serving", c, log=s.state_dir / f"serving-{label}-{i}.log", root=root)
+        for i, c in enumerate(configs)
+    ]
     try:
         for c, proc in zip(configs, procs, strict=True):
             processes.wait_ready(c, proc, timeout_s=600)
@@ -318,15 +326,16 @@ def _post_json(url: str, body: dict, token: str) -> tuple[float, dict]:
     return time.perf_counter() - started, json.loads(payload)
 
 
-def batch_vs_single(s: Settings, users: list[str], seconds: float, repeats: int = 5) -> dict:
+def batch_vs_single(s: Settings, users: list[str], seconds: float, repeats: int = 5, root: Path | None = None) -> dict:
     """One replica (exact): the same users as single GETs (closed loop, 8 connections: their best throughput)
     and as one `POST /recommend/batch` (best of `repeats`, one after another); users per second of each, and
-    whether every batch answer equals the single call's (each user's GET, one at a time, compared after)."""
+    whether every batch answer equals the single call's (each user's GET, one at a time, compared after).
+    `root`: serve the code of that checkout (`batch_only`'s baseline)."""
     import urllib.request
 
     config = s.model_copy(update={"serving_index": "exact"})
     paths = _paths(s, users, k=10, name="batch-paths.txt")
-    procs = _serve([config], s, "batch")
+    procs = _serve([config], s, "batch", root)
     try:
         url = processes.serving_url(config)
         _loadgen(url, paths, connections=4, seconds=min(seconds, 5))  # warm the caches
@@ -350,6 +359,7 @@ def batch_vs_single(s: Settings, users: list[str], seconds: float, repeats: int 
         "single_p50_ms": single["latency_ms"]["p50"],
         "single_errors": single["errors"],
         "batch_s": [round(x, 4) for x in timings],
+        "batch_us_per_user_median": round(float(np.median(timings)) / len(users) * 1e6, 1),
         "batch_users_per_s": round(batch_users_per_s, 1),
         "ratio": round(batch_users_per_s / single["requests_per_s"], 1),
         "same_answers": sum(_list_of(a) == _list_of(b) for a, b in zip(answer["results"], singles, strict=True)),
@@ -360,6 +370,41 @@ def batch_vs_single(s: Settings, users: list[str], seconds: float, repeats: int 
 def _list_of(answer: dict) -> dict:
     """An answer without its `request_id`: every answer gets its own (its impression's), the list is the rest."""
     return {k: v for k, v in answer.items() if k != "request_id"}
+
+
+def batch_only(baseline: Path | None = None, rounds: int = 3, quick: bool = False) -> dict:
+    """Only `batch_vs_single`, on the section's model (full size unless `quick`), `rounds` times; with a
+    `baseline` checkout (e.g. a worktree of main), its server and this one's alternate on the same model and
+    broker, so a change is measured side by side in one run. Medians over the rounds per code."""
+    from infra import broker
+
+    n_users, n_items, rank = (20_000, 100_000, 64)
+    seconds = 5 if quick else 15
+    trees: dict[str, Path | None] = {"this": None} if baseline is None else {"baseline": baseline, "this": None}
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-batch-") as tmp:
+        s = Settings(
+            state_dir=Path(tmp) / "als",
+            kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
+            serving_port=_two_free_ports(),
+            pseudonym_key="bench-only-key-" + "0" * 32,
+        )
+        s.state_dir.mkdir(parents=True)
+        broker.start(s)
+        try:
+            artifact = build_model(
+                s, n_users, n_items, rank, history_events=1_000_000 if quick else 3_000_000, zipf_exponent=0.5
+            )
+            catalog.write(catalog.synthetic(n_items, 20), s)
+            users = np.random.default_rng(7).choice(artifact.user_ids, size=2_000, replace=False).tolist()[:1_000]
+            for _ in range(rounds):
+                for name, root in trees.items():
+                    runs[name].append(batch_vs_single(s, users, seconds, root=root))
+        finally:
+            broker.stop(s)
+    keys = ("single_requests_per_s", "batch_us_per_user_median", "batch_users_per_s", "ratio")
+    medians = {name: {k: float(np.median([r[k] for r in rs])) for k in keys} for name, rs in runs.items()}
+    return {"rounds": rounds, "quick": quick, "medians": medians, "runs": runs}
 
 
 def run(quick: bool) -> dict:
@@ -464,3 +509,19 @@ def summarise(result: dict) -> dict:
     if bulk:
         result["batch_target_met"] = bulk["ratio"] >= 10 and bulk["same_answers"] == bulk["users"]
     return result
+
+
+def main(
+    baseline: Annotated[
+        Path | None, typer.Option(help="A checkout to measure next to this one (a main worktree).")
+    ] = None,
+    rounds: Annotated[int, typer.Option(help="Alternations of the two servers (medians over them).")] = 3,
+    quick: Annotated[bool, typer.Option(help="The quick size (1M events) instead of the full one (3M).")] = False,
+) -> None:
+    """`python -m bench.serving`: only the batch-vs-single comparison (the whole section is `bench.run --only
+    serving`), printed as JSON."""
+    print(json.dumps(batch_only(baseline, rounds, quick), indent=1))
+
+
+if __name__ == "__main__":
+    typer.run(main)

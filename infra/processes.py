@@ -21,13 +21,16 @@ from infra.daemon import Daemon
 from recsys.settings import PROJECT_ROOT, Settings
 
 
-def start(module: str, s: Settings, *args: str, log: Path | None = None, **env: str) -> subprocess.Popen:
-    """`python -m module args...` with the settings `s` (and `env` on top) in its environment."""
+def start(
+    module: str, s: Settings, *args: str, log: Path | None = None, root: Path | None = None, **env: str
+) -> subprocess.Popen:
+    """`python -m module args...` with the settings `s` (and `env` on top) in its environment; `root`: run the
+    code of that checkout instead of this one (`-m` imports from the working directory first)."""
     with open(log or os.devnull, "ab") as out:  # the child gets its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", module, *args],
             env={**os.environ, **s.as_env(), **env},
-            cwd=PROJECT_ROOT,
+            cwd=root or PROJECT_ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop the children ourselves

@@ -45,7 +45,14 @@ class Batcher:
         futures = [loop.create_future() for _ in queries]
         self._bulk.extend((model, q, f) for q, f in zip(queries, futures, strict=True))
         self._schedule(loop)
-        return list(await asyncio.gather(*futures))
+        # Awaited in order, not gathered: a future nobody waits on yet has no callback to schedule when the flush
+        # sets it (gather's are one loop callback per query), and a chunk's answers are all there together.
+        try:
+            return [await future for future in futures]
+        except BaseException:  # cancelled (the client went away) or a failed chunk: the rest is not scored
+            for future in futures:
+                future.cancel()
+            raise
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._scheduled:

@@ -271,6 +271,13 @@ class ServingModel:
             parts = self._json[item_id] = (head.encode(), tail.encode())
         return parts
 
+    def items_json(self, item_ids: list[str]) -> list[tuple[bytes, bytes]]:
+        """`item_json` of many items (a batch call's answers): cached parts looked up without a call per item."""
+        parts = list(map(self._json.get, item_ids))
+        if None in parts:  # items not written yet
+            parts = [p if p is not None else self.item_json(i) for i, p in zip(item_ids, parts, strict=True)]
+        return parts  # type: ignore[return-value]  # no None left
+
     def canonical_category(self, category: str) -> str | None:
         """The catalogue's spelling of a category, matched without regard to case; None if unknown."""
         if category in self.category_names or category in self._new_categories:
@@ -665,4 +672,7 @@ class ServingModel:
         return self.item_ids[j] if j < self.n_base else new.ids[j - self.n_base]
 
     def _ids(self, idx: np.ndarray, new: NewItems) -> list[str]:
-        return [self._id(j, new) for j in idx.tolist()]
+        positions = idx.tolist()
+        if not len(new) or max(positions, default=0) < self.n_base:  # model items only: one C-level lookup
+            return list(map(self.item_ids.__getitem__, positions))
+        return [self._id(j, new) for j in positions]

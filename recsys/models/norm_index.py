@@ -109,7 +109,7 @@ class NormIndex:
         kth = np.full((b, k), -np.inf, np.float32)  # the k best BLAS scores among allowed items seen, per row
         thr = np.full(b, -np.inf)
         # Excluded model items as (row, sorted position) pairs, once per batch.
-        ex_rows, ex_pos = _pairs([None if e is None else e[(e >= 0) & (e < self.n)] for e in exclude])
+        ex_rows, ex_pos = _pairs(exclude, self.n)
         ex_pos = self.position[ex_pos]
         filtered = [r for r in range(b) if allowed[r] is not None]
         rows_c, pos_c, score_c = [], [], []
@@ -130,9 +130,15 @@ class NormIndex:
                 i = np.searchsorted(active, r)
                 if i < len(active) and active[i] == r:
                     s[i, ~cast(np.ndarray, allowed[r])[self.order[lo:hi]]] = -np.inf  # r is in `filtered`: a mask
-            merged = np.concatenate([kth[active], s], axis=1)
-            kth[active] = np.partition(merged, merged.shape[1] - k, axis=1)[:, -k:]
-            thr[active] = kth[active].min(axis=1)
+            # Only a row with a score above its k-th best so far has new k best: the others' stay as they are (the
+            # partition of k + BLOCK values per row is the scan's largest cost, and past the first block most rows
+            # have nothing better).
+            better = s.max(axis=1) > thr[active]
+            if better.any():
+                grown = active[better]
+                merged = np.concatenate([kth[grown], s[better]], axis=1)
+                kth[grown] = np.partition(merged, merged.shape[1] - k, axis=1)[:, -k:]
+                thr[grown] = kth[grown].min(axis=1)
             rr, cc = np.nonzero((s >= (thr[active] - 4 * err[active])[:, None]) & (s > -np.inf))
             rows_c.append(active[rr])
             pos_c.append(self.order[cc + lo])
@@ -154,13 +160,13 @@ class NormIndex:
         rows, items, exact = rows[finite], items[finite], exact[finite]
         order = np.lexsort((items, -exact, rows))
         rows, items, exact = rows[order], items[order], exact[order]
+        items = items.astype(np.int64, copy=False)
         bounds = np.searchsorted(rows, np.arange(b + 1))
+        counts = np.minimum(k, np.diff(bounds))
+        # Views of this call's own arrays, which nothing else holds.
         return [
-            (
-                items[bounds[r] : bounds[r] + min(k, bounds[r + 1] - bounds[r])].astype(np.int64),
-                exact[bounds[r] : bounds[r] + min(k, bounds[r + 1] - bounds[r])],
-            )
-            for r in range(b)
+            (items[lo : lo + n], exact[lo : lo + n])
+            for lo, n in zip(bounds[:-1].tolist(), counts.tolist(), strict=True)
         ]
 
     def _new_candidates(self, b, n_new, exclude, allowed) -> tuple[np.ndarray, np.ndarray]:
@@ -177,11 +183,14 @@ class NormIndex:
         return np.concatenate(rows).astype(np.int64), np.concatenate(items).astype(np.int64)
 
 
-def _pairs(arrays: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
-    parts = [(np.full(len(a), r), a) for r, a in enumerate(arrays) if a is not None and len(a)]
-    if not parts:
+def _pairs(arrays: Sequence[np.ndarray | None], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, position) of every position in 0..n-1 of each row's array: one concatenation for the batch, not
+    numpy calls per row."""
+    lengths = [0 if a is None else len(a) for a in arrays]
+    present = [a for a in arrays if a is not None and len(a)]
+    if not present:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return (
-        np.concatenate([p[0] for p in parts]).astype(np.int64),
-        np.concatenate([p[1] for p in parts]).astype(np.int64),
-    )
+    positions = np.concatenate(present).astype(np.int64, copy=False)
+    rows = np.repeat(np.arange(len(arrays), dtype=np.int64), lengths)
+    keep = (positions >= 0) & (positions < n)
+    return rows[keep], positions[keep]

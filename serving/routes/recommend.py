@@ -4,6 +4,7 @@ A plain, valid `GET /recommend/{user_id}` is answered before it gets here, by `s
 this route answers everything that middleware hands on, and is the source of truth for both.
 """
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Annotated
 
@@ -30,7 +31,7 @@ from serving.dependencies import (
     pseudonym,
     require_token,
 )
-from serving.impressions import new_request_id
+from serving.impressions import new_request_id, new_request_ids
 from serving.model import Ranked, ServingModel, UnknownId
 from serving.schemas import (
     BatchRecommendations,
@@ -78,17 +79,15 @@ async def recommend_batch(body: BatchRequest, model: Model, request: Request, s:
     pseudonyms = [pseudonymise(u, state.pseudonym_key) for u in body.user_ids]
     queries = [model.prepare(p, k, body.exclude_seen, body.category, body.explain) for p in pseudonyms]
     answers = await state.batcher.submit_many(model, queries)
-    request_ids = [new_request_id() for _ in answers]
-    for rid, p, ranked in zip(request_ids, pseudonyms, answers, strict=True):
-        metrics.ANSWERS.labels(ranked.source).inc()
-        state.impressions.shown(rid, p, model.version, ranked.item_ids, "batch")
-    # Each answer as the single call's bytes (serving/fast.py), joined: building and validating a thousand
-    # response models would cost more than ranking the users.
+    request_ids = new_request_ids(len(answers))
+    for source, count in Counter(ranked.source for ranked in answers).items():
+        metrics.ANSWERS.labels(source).inc(count)
+    state.impressions.shown_many(request_ids, pseudonyms, model.version, [ranked.item_ids for ranked in answers])
+    # Each answer as the single call's bytes (serving/fast.py's renderer, for the whole batch at once): building
+    # and validating a thousand response models would cost more than ranking the users.
     renderer = state.renderer
     version = renderer.dumps(model.version).encode()
-    results = b",".join(
-        renderer.render(model, p, r, rid) for p, r, rid in zip(pseudonyms, answers, request_ids, strict=True)
-    )
+    results = renderer.render_many(model, pseudonyms, answers, request_ids)
     return Response(b'{"model_version":' + version + b',"results":[' + results + b"]}", media_type="application/json")
 
 

@@ -3,7 +3,9 @@ answer (in process, no Kafka: a served ALS model with speed users and a new item
 
 import asyncio
 import dataclasses
+import uuid
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from test_serving_fast import StaticFollower
@@ -14,9 +16,12 @@ from recsys.privacy import pseudonymise
 from recsys.protocol import VectorUpdate
 from recsys.settings import Settings
 from serving import batcher as batcher_module
+from serving import metrics
 from serving.api import create_app
 from serving.batcher import Batcher
-from serving.model import ServingModel
+from serving.fast import FastRecommend
+from serving.impressions import ImpressionLog, new_request_id, new_request_ids
+from serving.model import Ranked, ServingModel
 
 TOKEN = "t" * 32
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -138,3 +143,78 @@ def test_the_batch_needs_the_token(client):
     assert client.post("/recommend/batch", json={"user_ids": ["u0"]}).status_code == 401
     wrong = {"Authorization": "Bearer " + "w" * 32}
     assert client.post("/recommend/batch", json={"user_ids": ["u0"]}, headers=wrong).status_code == 403
+
+
+def test_the_batch_renderer_writes_each_answer_as_the_single_calls_bytes():
+    """`render_many` is `render` of each answer joined, byte for byte, whatever the answer holds: explanations
+    (quotes, non-ASCII), items from the speed layer, an as-of time, popular items' 0.0, an empty list."""
+    odd = {"i1": ('Le "grand" thé', "Catégorie"), "i2": (None, None), "i3": ("back\\slash\ttab", "odd")}
+    m = ServingModel(artifact(n_users=3), {**CATALOG, **odd}, Settings())
+    answers = [
+        Ranked(["i1", "i2", "i3"], [0.123456789, -1.5e-07, 3.0], "batch", [False] * 3),
+        Ranked(["i3", "i1"], [2.5, 1e16], "speed", [True, False], as_of_ms=1_765_000_000_123),
+        Ranked(["i2", "i4"], [0.1, 0.0], "batch", [False, False], reasons=['because you viewed "x" é', None]),
+        Ranked([], [], "popular", []),
+        Ranked(["i5"], [np.float32(0.3)], "popular", [False]),  # a numpy score is written as its float
+    ]
+    renderer = FastRecommend(None, Settings())
+    users = ["u_aaaaaaaaaaaaaaaaaaaaaaaa", 'odd "id" é', "u_bbbbbbbbbbbbbbbbbbbbbbbb", "x", "y"]
+    ids = new_request_ids(len(answers))
+    first = renderer.render_many(m, users, answers, ids)  # the items' parts not built yet: built here
+    alone = b",".join(renderer.render(m, u, r, rid) for u, r, rid in zip(users, answers, ids, strict=True))
+    assert first == alone and renderer.render_many(m, users, answers, ids) == alone  # and from the cache
+    assert renderer.render_many(m, [], [], []) == b""
+
+
+def test_the_batch_renderer_refuses_an_answer_whose_scores_do_not_match_its_items():
+    m = ServingModel(artifact(n_users=3), CATALOG, Settings())
+    broken = [Ranked(["i1", "i2"], [1.0], "batch", [False, False]), Ranked(["i3"], [2.0, 3.0], "batch", [False])]
+    with pytest.raises(ValueError, match="2 items but 1 scores, 2 flags"):
+        FastRecommend(None, Settings()).render_many(m, ["a", "b"], broken, new_request_ids(2))
+
+
+def test_request_ids_made_in_bulk_are_random_uuid4_hex_like_one_alone():
+    ids = new_request_ids(2_000)
+    assert len(set(ids)) == len(ids)
+    for rid in [*ids, new_request_id()]:
+        parsed = uuid.UUID(hex=rid)
+        assert parsed.hex == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_a_batchs_impressions_are_each_answers_own_within_the_buffers_limit(tmp_path):
+    s = Settings(state_dir=tmp_path, serving_impressions_buffer=5)
+    one_by_one, at_once = ImpressionLog(s), ImpressionLog(s)  # not started: the buffers keep what they are given
+    users, lists = [f"u{n}" for n in range(4)], [["i1", "i2"], [], ["i3"], ["i4", "i1"]]
+    for rid, u, items in zip(["r0", "r1", "r2", "r3"], users, lists, strict=True):
+        one_by_one.shown(rid, u, VERSION, items, "batch")
+    at_once.shown_many(["r0", "r1", "r2", "r3"], users, VERSION, lists)
+    assert [e._replace(shown_at_ms=0) for e in at_once._buffer] == [
+        e._replace(shown_at_ms=0) for e in one_by_one._buffer
+    ]
+    lost = metrics.IMPRESSIONS_LOST.labels("buffer_full")
+    before = lost._value.get()
+    at_once.shown_many(["r4", "r5", "r6"], users[:3], VERSION, lists[:3])  # room for one more
+    assert [e.request_id for e in at_once._buffer] == ["r0", "r1", "r2", "r3", "r4"]
+    assert lost._value.get() - before == 2 and at_once._taken == 5
+
+
+def test_a_cancelled_bulk_request_leaves_the_rest_of_its_queries_unscored(monkeypatch):
+    m = served(Settings())
+    scored: list[int] = []
+    answer = m.answer
+    monkeypatch.setattr(m, "answer", lambda queries: scored.append(len(queries)) or answer(queries))
+
+    async def cancel_after_the_first_answers():
+        b = Batcher()
+        bulk = asyncio.ensure_future(b.submit_many(m, [m.prepare(pseudonym(u), 3) for u in users()]))
+        while not scored:
+            await asyncio.sleep(0)
+        bulk.cancel()
+        for _ in range(10):  # room for every flush still scheduled
+            await asyncio.sleep(0)
+        return bulk
+
+    bulk = asyncio.run(cancel_after_the_first_answers())
+    # Cancelled once the task saw its first answers (a second chunk may already be scored by then): the last
+    # chunk never is.
+    assert bulk.cancelled() and sum(scored) < len(users()) and set(scored) == {batcher_module.MAX_BATCH}
