@@ -372,6 +372,20 @@ def _list_of(answer: dict) -> dict:
     return {k: v for k, v in answer.items() if k != "request_id"}
 
 
+def _section_settings(tmp: Path) -> Settings:
+    """The section's own state folder (created), broker port, two serving ports and pseudonym key."""
+    from infra import broker
+
+    s = Settings(
+        state_dir=tmp / "als",
+        kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
+        serving_port=_two_free_ports(),
+        pseudonym_key="bench-only-key-" + "0" * 32,
+    )
+    s.state_dir.mkdir(parents=True)
+    return s
+
+
 def batch_only(baseline: Path | None = None, rounds: int = 3, quick: bool = False) -> dict:
     """Only `batch_vs_single`, on the section's model (full size unless `quick`), `rounds` times; with a
     `baseline` checkout (e.g. a worktree of main), its server and this one's alternate on the same model and
@@ -383,13 +397,7 @@ def batch_only(baseline: Path | None = None, rounds: int = 3, quick: bool = Fals
     trees: dict[str, Path | None] = {"this": None} if baseline is None else {"baseline": baseline, "this": None}
     runs: dict[str, list[dict]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory(prefix="recsys-bench-batch-") as tmp:
-        s = Settings(
-            state_dir=Path(tmp) / "als",
-            kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
-            serving_port=_two_free_ports(),
-            pseudonym_key="bench-only-key-" + "0" * 32,
-        )
-        s.state_dir.mkdir(parents=True)
+        s = _section_settings(Path(tmp))
         broker.start(s)
         try:
             artifact = build_model(
@@ -413,13 +421,7 @@ def run(quick: bool) -> dict:
     n_users, n_items, rank = (20_000, 100_000, 64)
     seconds, rate = (5, 1_000) if quick else (15, 1_000)
     with tempfile.TemporaryDirectory(prefix="recsys-bench-serving-") as tmp:
-        s = Settings(
-            state_dir=Path(tmp) / "als",
-            kafka_bootstrap=f"127.0.0.1:{broker.free_port()}",
-            serving_port=_two_free_ports(),
-            pseudonym_key="bench-only-key-" + "0" * 32,
-        )
-        s.state_dir.mkdir(parents=True)
+        s = _section_settings(Path(tmp))
         broker.start(s)
         try:
             # A flatter popularity than the default so that (nearly) every one of the 100k items is in the model.
