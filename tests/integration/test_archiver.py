@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
 from kafka import TopicPartition
@@ -70,18 +71,26 @@ _READ_BRONZE = """
 import sys
 import pyarrow.feather as feather
 from recsys.io import lake
-feather.write_feather(lake.read(sys.argv[1]), sys.argv[2])
+table = lake.open_table(sys.argv[1])
+feather.write_feather(table.to_pyarrow_table(), sys.argv[2])
+print(table.version())
 """
 
 
-def bronze(settings, timeout_s: float = 300.0):
-    """The bronze table, as a reader of the lake sees it: read with delta-rs by a process of its own.
+def bronze(settings) -> pa.Table:
+    return read_bronze(settings)[0]
+
+
+def read_bronze(settings, timeout_s: float = 300.0) -> tuple[pa.Table, int]:
+    """The bronze table and its version, as a reader of the lake sees them: read with delta-rs by a process of
+    its own.
 
     Not in this process: after this file's earlier HDFS tests (their HDFS stopped, their clients' connections
-    left behind in delta-rs) and a test's hundreds of table opens, a read here blocked inside delta-rs for
-    good (in the last two full suites, and in 2 of 3 runs of this file under load: the NameNode idle, no
-    DataNode connection open; docs/operations.md, HDFS). A child process starts clean, and on a hang it can
-    be killed, where a thread blocked in Rust cannot.
+    left behind in delta-rs), a test's hundreds of table opens and the gap while the last archiver catches up,
+    a table open here blocked inside delta-rs for good (in the last three full suites, the third time in the
+    version check once the table was read by a child; in 2 of 3 runs of this file under load: the NameNode
+    idle, no DataNode connection open; docs/operations.md, HDFS). A child process starts clean, and on a
+    hang it can be killed, where a thread blocked in Rust cannot.
     """
     out = Path(settings.state_dir) / f"bronze-{uuid.uuid4().hex[:8]}.arrow"
     path = str(Tables.path(Tables.BRONZE_EVENTS, settings))
@@ -97,7 +106,7 @@ def bronze(settings, timeout_s: float = 300.0):
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     table = feather.read_table(out)
     out.unlink()
-    return table
+    return table, int(done.stdout.decode().split()[-1])
 
 
 def assert_exactly_once(topic: str, settings, config: SyntheticConfig, valid: int = 0, invalid: int = 0) -> None:
@@ -248,4 +257,4 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(unique_topic, anyw
     final = subprocess.run([*cmd, "--until-caught-up"], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
     assert_exactly_once(unique_topic, anywhere, config)
-    assert lake.version(Tables.path(Tables.BRONZE_EVENTS, anywhere)) > kills
+    assert read_bronze(anywhere)[1] > kills  # after the final run, this process reads the lake no more (above)
