@@ -39,6 +39,13 @@ def _mask_excluded(scores: np.ndarray, exclude: sp.csr_matrix | None) -> None:
     scores[coo.row[keep], coo.col[keep]] = -np.inf
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """`np.unique` of a 1-D array by one sort: numpy 2's hashing `unique` is ~3x slower on the few thousand mostly
+    distinct keys of a request's candidates."""
+    s = np.sort(values)
+    return s[np.concatenate([[True], s[1:] != s[:-1]])] if len(s) else s
+
+
 def select_top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k best columns of each row of a score block, best first, padded where scores are -inf.
 

@@ -83,6 +83,10 @@ class NormIndex:
         """c(x, y_j) of one vector for the given item positions: the values `top_k` returns."""
         return canonical_all(vector, self.sorted[self.position[items]])
 
+    def pair_scores(self, vectors: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """c(x_rows[j], y_items[j]) for (row, item) pairs: the values `scores` gives row by row, in one call."""
+        return canonical_scores(vectors[rows], self.sorted[self.position[items]])
+
     def top_k(
         self,
         vectors: np.ndarray,

@@ -19,7 +19,11 @@ COMPONENT_MODULES = (content, item_to_item, session_knn)
 
 
 def shares_item_by_item(self, items, lo, hi):
-    """`_Counts.shares` as it was: one searchsorted pair per item inside its column."""
+    """`_Counts.shares` as it was: user by user, one searchsorted pair per item inside its column."""
+    return np.stack([_shares_of_one(self, row, a, b) for row, a, b in zip(items, lo, hi, strict=True)])
+
+
+def _shares_of_one(self, items, lo, hi):
     n_rows = self.matrix.shape[0]
     lo, hi = int(np.clip(lo, 0, n_rows)), int(np.clip(hi, 0, n_rows))
     total = self._rows[hi] - self._rows[lo]
@@ -95,3 +99,17 @@ def test_the_hybrid_answers_as_before_on_movielens_users(fitted, monkeypatch):
     for (idx, val), (idx0, val0) in zip(now, before, strict=True):
         np.testing.assert_array_equal(idx, idx0)
         np.testing.assert_array_equal(val, val0)
+
+
+def test_the_priors_shares_of_a_batch_are_each_users_own(fitted):
+    """Per user its own row range (history length, latest hour): the batch's one search equals user by user."""
+    model, data = fitted
+    counts = model.priors.position
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, data.n_items, size=(12, 30))
+    lo = rng.integers(-40, counts.matrix.shape[0], size=12)
+    hi = lo + rng.integers(0, 60, size=12)
+    lo[0], hi[0] = 5, 5  # an empty range: no counts, shares 0
+    got = counts.shares(items, lo, hi)
+    assert (got > 0).any(axis=1)[1:].sum() >= 6  # the ranges hold counts: the comparison says something
+    np.testing.assert_array_equal(got, shares_item_by_item(counts, items, lo, hi))

@@ -56,7 +56,7 @@ from recsys.models.hybrid.blend import blend, finite, unseen_max
 from recsys.models.hybrid.content_index import ContentIndex
 from recsys.models.hybrid.reranker import features
 from recsys.models.norm_index import NormIndex
-from recsys.topk import PAD, top_k_of_scores
+from recsys.topk import PAD, select_top, sorted_unique, top_k_of_scores
 
 if TYPE_CHECKING:
     from recsys.models.hybrid.model import Hybrid
@@ -101,7 +101,7 @@ class Pairs:
     @staticmethod
     def of(items: Sequence[np.ndarray], width: int) -> Pairs:
         parts = [r * width + a[(a >= 0) & (a < width)].astype(np.int64) for r, a in enumerate(items)]
-        return Pairs(np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64), width)
+        return Pairs(sorted_unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64), width)
 
     def contains(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         if not len(self.keys):
@@ -119,6 +119,14 @@ class Pool:
     bound: np.ndarray  # B per user
     exhaustive: np.ndarray  # the pool holds every item the user's filter allows
 
+    def replaced(self, rows: np.ndarray, other: Pool, n_items: int) -> Pool:
+        """This pool with its rows `rows` (sorted) replaced by the rows of `other`, in that order."""
+        keep = ~np.isin(self.keys // n_items, rows)
+        moved = rows[other.keys // n_items] * n_items + other.keys % n_items
+        bound, exhaustive = self.bound.copy(), self.exhaustive.copy()
+        bound[rows], exhaustive[rows] = other.bound, other.exhaustive
+        return Pool(np.sort(np.concatenate([self.keys[keep], moved])), bound, exhaustive)
+
 
 def recommend_many(
     model: Hybrid,
@@ -131,9 +139,9 @@ def recommend_many(
 ) -> list[Answer]:
     """`Recommender.recommend_many` for the hybrid (same contract): exact, from candidates (see the module doc)."""
     n = model.n_items
-    seen = [np.unique(u.items[(u.items >= 0) & (u.items < n)]) for u in users]
+    seen = [sorted_unique(u.items[(u.items >= 0) & (u.items < n)]) for u in users]
     excluded = [np.zeros(0, np.int64) if e is None else np.asarray(e, np.int64) for e in exclude]
-    model_excluded = [np.unique(e[(e >= 0) & (e < n)]) for e in excluded]
+    model_excluded = [sorted_unique(e[(e >= 0) & (e < n)]) for e in excluded]
     # The same as (batch row, item) keys: what a users × items boolean table would say, without its size.
     seen_pairs, excluded_pairs = Pairs.of(seen, n + len(new)), Pairs.of(excluded, n + len(new))
     # Without a filter, and excluding only items the user has seen (purchases, the cool-down), the final pool bounds
@@ -160,11 +168,13 @@ def recommend_many(
         )
         unseen = None
         if model.reranker is not None:
-            unseen = (
-                final
-                if plain[todo].all()
-                else gather(model, scored, todo, m, [seen[r] for r in todo], seen_pairs, [None] * len(todo))
-            )
+            # The final pool is the unseen pool of the plain rows; only the others need their own.
+            other = np.flatnonzero(~plain[todo])
+            unseen = final
+            if len(other):
+                rows = todo[other]
+                own = gather(model, scored, rows, m, [seen[r] for r in rows], seen_pairs, [None] * len(rows))
+                unseen = final.replaced(other, own, n)
         answers, certified = evaluate(
             model, scored, users, todo, final, unseen, k, seen_pairs, excluded_pairs, allowed, new_block
         )
@@ -320,13 +330,14 @@ def gather(
 
     for name, (index, x) in weighed(scored.indexed).items():
         depth, done, cached = scored.indexed_first[name]
-        reuse = (
-            depth == m
-            and all(a is None for a in masks)
-            and all(np.array_equal(excluded[i], done[r]) for i, r in enumerate(rows))
-        )
         mc = list_depth(index, m)
-        tops = [cached[r] for r in rows] if reuse else index.top_k(x[rows], mc, excluded, masks)
+        # The first lists answer the rows whose exclusions they were made with (and no filter); the rest are asked.
+        reuse = [depth == m and masks[i] is None and np.array_equal(excluded[i], done[r]) for i, r in enumerate(rows)]
+        asked = [i for i, again in enumerate(reuse) if not again]
+        fresh = index.top_k(x[rows[asked]], mc, [excluded[i] for i in asked], [masks[i] for i in asked])
+        tops = [cached[r] for r in rows]
+        for i, top in zip(asked, fresh, strict=True):
+            tops[i] = top
         kth = np.array([float(v[-1]) if len(v) == mc else 0.0 for _, v in tops])
         exhaustive |= np.array([len(v) < mc for _, v in tops], dtype=bool)
         keys.extend(i * n + idx for i, (idx, _) in enumerate(tops))
@@ -362,7 +373,7 @@ def gather(
         keys.append(i * n + top)
         if len(top) == m:
             bound[i] += float(model.pop_term[top[-1]])
-    return Pool(np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64), bound * (1 + SLACK), exhaustive)
+    return Pool(sorted_unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64), bound * (1 + SLACK), exhaustive)
 
 
 def evaluate(
@@ -380,7 +391,7 @@ def evaluate(
 ) -> tuple[list[Answer], np.ndarray]:
     """Stage 1 (and the re-ranker) on the candidates; per user the top k and whether B certifies it."""
     n = model.n_items
-    keys = final.keys if unseen is None or unseen is final else np.union1d(final.keys, unseen.keys)
+    keys = final.keys if unseen is None or unseen is final else sorted_unique(np.concatenate([final.keys, unseen.keys]))
     prow, item = keys // n, keys % n
     sizes = np.bincount(prow, minlength=len(rows))
     batch_row = rows[prow]
@@ -392,12 +403,10 @@ def evaluate(
         raw = np.where(hit, s.data[at] if len(stored) else 0, 0).astype(np.float32)
         norm[name] = raw / scored.scales[name][batch_row]
     starts = np.concatenate([[0], np.cumsum(sizes)])
+    # Each candidate's column in its row's grid: the pool is sorted by (row, item), so columns follow items.
+    grid = _Grid(prow, np.arange(len(item)) - starts[prow], len(rows), int(sizes.max(initial=0)))
     for name, (index, x) in scored.indexed.items():
-        product = np.zeros(len(item), np.float32)
-        for i, r in enumerate(rows):  # user by user: the index's own values, without a copy of x per candidate
-            lo, hi = starts[i], starts[i + 1]
-            product[lo:hi] = index.scores(x[r], item[lo:hi])
-        norm[name] = finite(product) / scored.scales[name][batch_row]
+        norm[name] = finite(index.pair_scores(x, batch_row, item)) / scored.scales[name][batch_row]
     for name, block in scored.dense.items():
         norm[name] = block[batch_row, item] / scored.scales[name][batch_row]
     stage1 = blend(norm, model.weights) if norm else np.zeros(len(item), np.float32)
@@ -405,21 +414,45 @@ def evaluate(
     is_seen = seen_pairs.contains(batch_row, item)
     scores, certified = stage1, np.ones(len(rows), dtype=bool)
     if unseen is not None and model.reranker is not None:
-        scores, certified = _rerank(model, norm, stage1, item, prow, is_seen, [users[r] for r in rows], unseen)
-    answers = []
-    for i, r in enumerate(rows):
+        scores, certified = _rerank(model, norm, stage1, item, grid, is_seen, [users[r] for r in rows], unseen)
+    # The new items go after the pool's columns (their positions follow the model's): ties still go by position.
+    new = n + np.arange(new_block.shape[1])
+    val = np.hstack([grid.of(scores), new_block[rows].astype(np.float32)])
+    val[:, : grid.width][grid.of(excluded_pairs.contains(batch_row, item), fill=False)] = -np.inf
+    if len(new):
+        new_excluded = excluded_pairs.contains(np.repeat(rows, len(new)), np.tile(new, len(rows)))
+        val[:, grid.width :][new_excluded.reshape(len(rows), len(new))] = -np.inf
+    for i in (i for i, r in enumerate(rows) if allowed[r] is not None):
+        mask = cast(np.ndarray, allowed[rows[i]])
         lo, hi = starts[i], starts[i + 1]
-        idx = np.concatenate([item[lo:hi], n + np.arange(new_block.shape[1])])
-        val = np.concatenate([scores[lo:hi], new_block[r]]).astype(np.float32)
-        val[excluded_pairs.contains(np.full(len(idx), r), idx)] = -np.inf
-        mask = allowed[r]
-        if mask is not None:
-            val[~mask[idx]] = -np.inf
-        order = np.lexsort((idx, -val))[:k]
-        order = order[np.isfinite(val[order])]
-        answers.append((idx[order], val[order]))
-        certified[i] &= final.exhaustive[i] or (len(order) == k and float(val[order[-1]]) > final.bound[i])
+        val[i, : hi - lo][~mask[item[lo:hi]]] = -np.inf
+        val[i, grid.width :][~mask[new]] = -np.inf
+    cols, top = select_top(val, k)  # the head of a stable sort: ties go to the lowest column, the lowest position
+    answers = []
+    for i in range(len(rows)):
+        c = cols[i][cols[i] != PAD]
+        pooled = c < grid.width
+        idx = n + c - grid.width
+        idx[pooled] = item[starts[i] + c[pooled]]
+        answers.append((idx.astype(np.int64), top[i, : len(c)]))
+        certified[i] &= final.exhaustive[i] or (len(c) == k and float(top[i, k - 1]) > final.bound[i])
     return answers, certified
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The pool's candidates as a users x width table (a row's columns in item order, padding after): what
+    `select_top` ranks, each row's ties going to its lowest position."""
+
+    row: np.ndarray
+    col: np.ndarray
+    rows: int
+    width: int
+
+    def of(self, values: np.ndarray, fill: float | bool = -np.inf) -> np.ndarray:
+        out = np.full((self.rows, self.width), fill, dtype=values.dtype)
+        out[self.row, self.col] = values
+        return out
 
 
 def _rerank(
@@ -427,7 +460,7 @@ def _rerank(
     norm: dict[str, np.ndarray],
     stage1: np.ndarray,
     item: np.ndarray,
-    prow: np.ndarray,
+    grid: _Grid,
     is_seen: np.ndarray,
     users: list[UserContext],
     unseen: Pool,
@@ -437,19 +470,15 @@ def _rerank(
     reranker, priors = model.reranker, model.priors
     assert reranker is not None and priors is not None
     n_cand, n_rows = reranker.n_candidates, len(users)
-    pos = np.flatnonzero(~is_seen)
-    pos = pos[np.lexsort((item[pos], -stage1[pos], prow[pos]))]
-    counts = np.bincount(prow[pos], minlength=n_rows)
-    first = np.concatenate([[0], np.cumsum(counts)])[:-1]
-    full = counts >= n_cand
-    cand_pos = np.zeros((n_rows, n_cand), np.int64)
-    for i in np.flatnonzero(full):
-        cand_pos[i] = pos[first[i] : first[i] + n_cand]
+    full = np.bincount(grid.row[~is_seen], minlength=n_rows) >= n_cand
     scores = stage1.copy()
     certified = np.zeros(n_rows, dtype=bool)
     if not full.any():
         return scores, certified
-    fp = cand_pos[full]
+    # Each full row's blend top n_cand unseen candidates (score descending, then position), as pool entries.
+    entry = grid.of(np.arange(len(item)), fill=-1)
+    cols, _ = select_top(grid.of(np.where(is_seen, np.float32(-np.inf), stage1))[full], n_cand)
+    fp = np.take_along_axis(entry[full], cols, 1)
     cand = item[fp]
     comp = np.stack([norm[c][fp] if c in norm else np.zeros(cand.shape) for c in reranker.components], axis=-1)
     feats = features(comp, priors, [u for u, f in zip(users, full, strict=True) if f], cand)

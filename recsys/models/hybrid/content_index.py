@@ -28,6 +28,7 @@ import scipy.sparse as sp
 BLOCK = 256
 SLACK = 1e-5
 HEAVIEST = 3  # tokens per row that decide its place: rows sharing them share a block
+PAIR_TABLE = 1 << 16  # distinct rows x profiles `pair_scores` may compute at once beyond 4 per pair
 
 
 class ContentIndex:
@@ -65,6 +66,23 @@ class ContentIndex:
             return np.zeros(0, np.float32)
         rows, back = np.unique(self.group[items], return_inverse=True)  # each distinct row once
         return np.asarray(self.rows[rows] @ profile[:, None], dtype=np.float32).ravel()[back]
+
+    def pair_scores(self, profiles: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """`scores` of (profile row, item) pairs in one product: each distinct item row that occurs times each profile
+        that occurs (the CSR product's own order, as `scores`), unless that table would be much larger than the
+        pairs (distinct rows per item: titles), where it goes profile by profile."""
+        if not len(items):
+            return np.zeros(0, np.float32)
+        groups, g_at = np.unique(self.group[items], return_inverse=True)
+        users, u_at = np.unique(rows, return_inverse=True)
+        if len(groups) * len(users) > 4 * len(items) + PAIR_TABLE:
+            out = np.zeros(len(items), np.float32)
+            for r in users:
+                mine = rows == r
+                out[mine] = self.scores(profiles[r], items[mine])
+            return out
+        table = np.asarray(self.rows[groups] @ np.ascontiguousarray(profiles[users].T), dtype=np.float32)
+        return table[g_at, u_at]
 
     def top_k(
         self,

@@ -69,13 +69,14 @@ class Priors:
         out = np.zeros((*cand.shape, 4))
         out[..., 0] = self._pop_share[cand]
         out[..., 1] = self._late_share[cand]
-        hours = round(self.days * 24)
-        for r, ctx in enumerate(users):
-            n = len(ctx.items)
-            out[r, :, 2] = self.position.shares(cand[r], n - self.window, n + self.window)
-            if len(ctx.recent_ts_ms):
-                end = int(ctx.recent_ts_ms[-1]) // HOUR_MS - self.first_hour
-                out[r, :, 3] = self.hours.shares(cand[r], end - hours + 1, end + 1)  # hours (end − window, end]
+        n = np.array([len(ctx.items) for ctx in users], np.int64)
+        out[..., 2] = self.position.shares(cand, n - self.window, n + self.window)
+        timed = np.array([len(ctx.recent_ts_ms) > 0 for ctx in users], dtype=bool)
+        if timed.any():
+            hours = round(self.days * 24)
+            end = np.array([int(ctx.recent_ts_ms[-1]) // HOUR_MS for ctx, t in zip(users, timed, strict=True) if t])
+            end -= self.first_hour
+            out[timed, :, 3] = self.hours.shares(cand[timed], end - hours + 1, end + 1)  # hours (end − window, end]
         return np.log(out + 1e-5)
 
     def save(self, path: Path) -> None:
@@ -116,16 +117,18 @@ class _Counts:
         self._keys = columns * (n_rows + 1) + self.matrix.indices.astype(np.int64)
         self._stride = n_rows + 1
 
-    def shares(self, items: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        """Each item's count in rows [lo, hi) over all counts in those rows (0 when there are none)."""
+    def shares(self, items: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Per row of `items` (rows × candidates), each item's count in rows [lo[r], hi[r]) of the counts over all
+        counts in those rows (0 where there are none): one search over the batch, not one per user."""
         n_rows = self.matrix.shape[0]
-        lo, hi = int(np.clip(lo, 0, n_rows)), int(np.clip(hi, 0, n_rows))
+        lo, hi = np.clip(lo, 0, n_rows), np.clip(hi, 0, n_rows)
         total = self._rows[hi] - self._rows[lo]
-        if total <= 0:
-            return np.zeros(len(items))
         base = np.asarray(items, dtype=np.int64) * self._stride
-        a, b = np.searchsorted(self._keys, base + lo), np.searchsorted(self._keys, base + hi)
-        return (self._data[b] - self._data[a]) / total
+        a, b = np.searchsorted(self._keys, base + lo[:, None]), np.searchsorted(self._keys, base + hi[:, None])
+        counted = total > 0
+        out = np.zeros(base.shape)
+        out[counted] = (self._data[b[counted]] - self._data[a[counted]]) / total[counted, None]
+        return out
 
 
 # Values typed Any: numpy's `savez` stub matches `**dict[str, ndarray]` against its `allow_pickle: bool` keyword.
