@@ -50,6 +50,28 @@ def canonical_scores(vectors: np.ndarray, items: np.ndarray) -> np.ndarray:
     return np.add.reduce(products, axis=1, dtype=np.float32)
 
 
+# Pairs scored per step of `canonical_pairs`: its two gathered blocks (1 MB each at rank 64) stay in cache and in
+# reused buffers; a request's ~20,000 pairs at once went to fresh pages, 2-4x slower for the same values.
+PAIR_CHUNK = 4096
+
+
+def canonical_pairs(vectors: np.ndarray, rows: np.ndarray, items: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """c(vectors[rows[j]], items[positions[j]]) for each j: `canonical_scores` of the gathered pairs, chunk by chunk."""
+    x = np.asarray(vectors, dtype=np.float32)
+    y = np.asarray(items, dtype=np.float32)
+    out = np.empty(len(rows), np.float32)
+    size = min(len(rows), PAIR_CHUNK)
+    left, right = np.empty((size, y.shape[1]), np.float32), np.empty((size, y.shape[1]), np.float32)
+    for lo in range(0, len(rows), PAIR_CHUNK):
+        hi = min(lo + PAIR_CHUNK, len(rows))
+        a, b = left[: hi - lo], right[: hi - lo]
+        np.take(x, rows[lo:hi], axis=0, out=a)
+        np.take(y, positions[lo:hi], axis=0, out=b)
+        np.multiply(a, b, out=a)
+        np.add.reduce(a, axis=1, dtype=np.float32, out=out[lo:hi])
+    return out
+
+
 def canonical_all(vector: np.ndarray, items: np.ndarray) -> np.ndarray:
     """c(x, y_i) for one vector against every row of `items` (the reference full scan)."""
     y = np.asarray(items, dtype=np.float32)
@@ -85,7 +107,7 @@ class NormIndex:
 
     def pair_scores(self, vectors: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """c(x_rows[j], y_items[j]) for (row, item) pairs: the values `scores` gives row by row, in one call."""
-        return canonical_scores(vectors[rows], self.sorted[self.position[items]])
+        return canonical_pairs(vectors, rows, self.sorted, self.position[items])
 
     def top_k(
         self,
@@ -153,7 +175,7 @@ class NormIndex:
         approx = np.concatenate(score_c) if score_c else np.zeros(0, np.float32)
         keep = approx >= thr[rows] - 4 * err[rows]
         rows, items = rows[keep], items[keep]
-        exact = canonical_scores(x[rows], self.sorted[self.position[items]]) if len(rows) else np.zeros(0, np.float32)
+        exact = canonical_pairs(x, rows, self.sorted, self.position[items])
         # Every allowed new item is a candidate (there are few), scored the same way.
         if new_states is not None and n_new:
             new_rows, new_items = self._new_candidates(b, n_new, exclude, allowed)

@@ -5,6 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recsys.data.inputs import NewItems, UserContext
+from recsys.models import norm_index
 from recsys.models.als import ImplicitALS
 from recsys.models.norm_index import NormIndex, canonical_all, canonical_scores
 from recsys.topk import PAD, full_sort_top_k
@@ -116,3 +117,13 @@ def test_als_serves_through_the_interface_exactly():
         want = reference(model.user_factors[r], everything, 10, exclude[r], allowed[r])
         np.testing.assert_array_equal(got[r][0], want[0])
         np.testing.assert_array_equal(got[r][1], want[1])
+
+
+def test_pairs_scored_in_chunks_are_the_canonical_scores():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((9, 48)).astype(np.float32)
+    items = rng.standard_normal((3000, 48)).astype(np.float32)
+    rows = rng.integers(0, 9, size=2 * norm_index.PAIR_CHUNK + 17)  # chunks and a short last one
+    positions = rng.integers(0, 3000, size=len(rows))
+    got = norm_index.canonical_pairs(x, rows, items, positions)
+    np.testing.assert_array_equal(got, canonical_scores(x[rows], items[positions]))
