@@ -23,7 +23,7 @@ from recsys.data.movielens import attributes
 from recsys.evaluation.metrics import per_user_metrics
 from recsys.evaluation.protocol import load_ml100k_events, make_split
 from recsys.models.base import Recommender, select
-from recsys.models.hybrid import Hybrid, HybridParams
+from recsys.models.hybrid import Hybrid, HybridParams, candidates
 from recsys.settings import Settings
 
 K = 10
@@ -35,7 +35,13 @@ def _dense(model: Hybrid, users: list[UserContext]) -> list[np.ndarray]:
 
 
 def _two_stage(model: Recommender, users: list[UserContext]) -> list[np.ndarray]:
-    return [i for i, _ in model.recommend_many(users, K, [u.items for u in users], [None] * len(users))]
+    """The two-stage answers, whatever the catalogue's size (serving answers small ones densely)."""
+    exclude, allowed = [u.items for u in users], [None] * len(users)
+    if isinstance(model, Hybrid):
+        tops = candidates.recommend_many(model, users, K, exclude, allowed, NewItems(), model.params.serve_depth)
+    else:
+        tops = model.recommend_many(users, K, exclude, allowed)
+    return [i for i, _ in tops]
 
 
 def _padded(tops: list[np.ndarray]) -> np.ndarray:

@@ -10,9 +10,14 @@ import pytest
 from recsys.data.inputs import NewItems, UserContext
 from recsys.data.movielens import attributes
 from recsys.evaluation.protocol import load_ml100k_events, make_split
-from recsys.models.base import select
 from recsys.models.hybrid import Hybrid, HybridParams, candidates
 from recsys.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def two_stage(monkeypatch):
+    """These tests are about the two-stage path: on MovieLens-100K serving would answer from the dense scores."""
+    monkeypatch.setattr(candidates, "TWO_STAGE_FROM", 0)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +40,8 @@ def fitted(request, split):
 
 
 def dense_answers(model, users, k, exclude, allowed, new):
-    scores = model.score(users, new)
-    return [select(scores[r], k, exclude[r], allowed[r]) for r in range(len(users))]
+    """The definition, as serving answers catalogues below `TWO_STAGE_FROM` items."""
+    return candidates.dense_top(model, users, k, exclude, allowed, new)
 
 
 def same_share(model, users, k=10, exclude=None, allowed=None, new=None, batch=32):

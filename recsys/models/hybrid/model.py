@@ -274,12 +274,14 @@ class Hybrid(Recommender):
         allowed: Sequence[np.ndarray | None],
         new: NewItems | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The exact top k from candidates, not from every item (`candidates.py`): what serving calls."""
+        """The exact top k from candidates, not from every item (`candidates.py`): what serving calls. Below
+        `candidates.TWO_STAGE_FROM` items the dense scores give the same answers for less (`dense_top`)."""
         if not len(users):
             return []
-        return candidates.recommend_many(
-            self, users, k, exclude, allowed, new if new is not None else NewItems(), self.params.serve_depth
-        )
+        new = new if new is not None else NewItems()
+        if self.n_items < candidates.TWO_STAGE_FROM:
+            return candidates.dense_top(self, users, k, exclude, allowed, new)
+        return candidates.recommend_many(self, users, k, exclude, allowed, new, self.params.serve_depth)
 
     @property
     def pop_term(self) -> np.ndarray:
