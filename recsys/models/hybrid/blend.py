@@ -66,16 +66,21 @@ def normalised(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
 def blend(norm: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
     """Weighted sum of normalised component scores (zero weights skipped)."""
     out = None
+    term = None  # one buffer for w * scores: a fresh product per component is a fresh block of pages each time
     for name, w in weights.items():
         if w > 0 and name in norm:
+            scores = norm[name]
             if out is None:
-                out = w * norm[name]
+                out = w * scores
+            elif scores.dtype == out.dtype == np.float32 and scores.shape == out.shape:
+                term = np.empty_like(out) if term is None else term
+                out += np.multiply(scores, w, out=term)  # what `w * scores` gives, in float32
             else:
-                out += w * norm[name]
+                out += w * scores
     if out is None:
         shape = next(iter(norm.values())).shape if norm else (0, 0)
         return np.zeros(shape, np.float32)
-    return out.astype(np.float32)
+    return out.astype(np.float32, copy=False)
 
 
 def data_pop_term(popularity: np.ndarray) -> np.ndarray:

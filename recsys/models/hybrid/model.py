@@ -323,7 +323,7 @@ class Hybrid(Recommender):
         for name, model in self.components.items():
             if self.weights.get(name, 0.0) <= 0 and self.reranker is None:
                 continue
-            raw = np.array(model.score(views[name]), dtype=np.float32)
+            raw = _own_float32(model.score(views[name]))
             if not np.isfinite(raw).all():  # one pass to check; the three of nan_to_num only when needed
                 np.nan_to_num(raw, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             scales[name] = unseen_max(raw, seen_items)
@@ -496,3 +496,11 @@ def _same_transitions(model: Recommender, fitted) -> Transitions | None:
         if isinstance(other, Transitions) and other.fit_key() == model.fit_key():
             return other
     return None
+
+
+def _own_float32(scores: np.ndarray) -> np.ndarray:
+    """The component's score block as a float32 array this caller may change in place: itself when the component
+    made it fresh (no copy of a users x items block), a copy when it is a view or of another type."""
+    if isinstance(scores, np.ndarray) and scores.dtype == np.float32 and scores.base is None and scores.flags.writeable:
+        return scores
+    return np.array(scores, dtype=np.float32)
