@@ -52,11 +52,11 @@ from recsys import protocol
 from recsys.contracts.event_columns import EventColumns, validate_batch
 from recsys.contracts.events import FORGET_CONTROL, ITEM_UPDATES, ForgetMarker, control_kind
 from recsys.io import model_store
-from recsys.io.kafka import consumer, poll_through_outages, producer, send_acknowledged
+from recsys.io.kafka import consumer, poll_through_outages, producer
 from recsys.models.capabilities import updates_users
 from recsys.protocol import AvailabilityMessage, ModelMessage, Topics
 from recsys.settings import Settings, get_settings
-from speed_layer import metrics
+from speed_layer import metrics, publish
 from speed_layer.state import SpeedState, Updates, newest_per_key
 from speed_layer.tracks import Track, bounds, own_part, replay_start
 
@@ -67,6 +67,7 @@ IDLE_POLL_MS = 500
 # replayed from its offsets anyway) and takes that poll off every turn of the loop, i.e. off every batch's latency.
 MODEL_CHECK_S = 1.0
 CHALLENGER_RETRY_S = 30.0  # between attempts to load a named challenger that is not in the model store yet
+FETCH_BYTES_PER_EVENT = 512  # an event record is ~250 bytes (bench/speed_profile.py's): twice that, to be sure
 UP_BATCH_BYTES = 1_000_000  # under the broker's default message.max.bytes (1,048,588)
 
 
@@ -89,6 +90,10 @@ class SpeedLayer:
             settings=self.s,
             group_instance_id=self.instance_id,
             max_poll_records=self.s.speed_batch_max,
+            # A poll returns what one fetch brought, and kafka-python's default fetch is 1 MB per partition (~4,000
+            # events): a backlog on four partitions came in micro-batches of ~16,000 whatever speed_batch_max said.
+            # Room for a full micro-batch from any one partition (fetch_max_bytes, 50 MB, still caps a fetch).
+            max_partition_fetch_bytes=max(1 << 20, self.s.speed_batch_max * FETCH_BYTES_PER_EVENT),
         )
         self.models = consumer(None, settings=self.s)
         updates = TopicPartition(Topics.MODEL_UPDATES, protocol.UPDATE_PARTITION)
@@ -265,7 +270,7 @@ class SpeedLayer:
                 folded[track.key_version] = self._fold(track, valid, own, forget_markers(mine))
             track.advance(lasts)
         if availability:
-            send_acknowledged(self.producer, Topics.MODEL_UPDATES, availability)
+            self._send(availability)
             metrics.AVAILABILITY.inc(len(availability))
         self._commit()  # only after the UPs are durable
         metrics.EVENTS.inc(folded[None])
@@ -289,7 +294,7 @@ class SpeedLayer:
             tombstones: list[tuple[bytes, bytes | None]] = [
                 protocol.tombstone("user", u, track.key_version) for u in markers
             ]
-            send_acknowledged(self.producer, Topics.MODEL_UPDATES, tombstones)
+            self._send(tombstones)
         for forgotten in refolded:
             self.publish(forgotten, track=track)
         self.publish(updates, newest, track)
@@ -302,11 +307,16 @@ class SpeedLayer:
         assert track is not None  # only called for a batch applied to a loaded state
         messages = up_messages(track.state.model_version, updates, source_offsets, track.key_version)
         # The offsets are committed next: an unacknowledged UP must not be skipped (sending one twice is harmless).
-        send_acknowledged(self.producer, Topics.MODEL_UPDATES, messages)
+        self._send(messages)
         if track.key_version is None:  # the latency shoppers see; a challenger's replay would only blur it
             now_ms = time.time() * 1000
             for ts in updates.source_ts_ms.values():
                 metrics.LATENCY.observe(max(0.0, now_ms - ts) / 1000)
+
+    def _send(self, messages: list[tuple[bytes, bytes | None]]) -> None:
+        """Records onto `model-updates`, returning once the broker acknowledged each one (`publish.send_acknowledged`:
+        whole record batches, not a `send` per record)."""
+        publish.send_acknowledged(self.producer, Topics.MODEL_UPDATES, protocol.UPDATE_PARTITION, messages)
 
     def _commit(self) -> None:
         """Commit the consumed offsets: for lag monitoring (a restart replays from the model's offsets anyway),
