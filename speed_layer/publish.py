@@ -186,23 +186,28 @@ def failure(batch: ProducerBatch) -> BaseException | None:
 
 
 def send_acknowledged(
-    prod: KafkaProducer, topic: str, partition: int, messages: list[Message], attempts: int = 10
+    prod: KafkaProducer, topic: str, partition: int, messages: Iterable[Message], attempts: int = 10
 ) -> None:
     """`recsys.io.kafka.send_acknowledged` for records to one partition, through `BatchSender`: returns once the broker
-    acknowledged every record (its batch), else raises. A failed batch's records are sent again with backoff."""
-    if not messages:
-        return
+    acknowledged every record (its batch), else raises. A failed batch's records are sent again with backoff.
+
+    `messages` may be a generator (the UPs as they are encoded): each batch is queued as soon as it is full, so the
+    sender thread writes the first while the next are encoded."""
     if not supported(prod):
-        kafka_io.send_acknowledged(prod, topic, messages, attempts)
+        kafka_io.send_acknowledged(prod, topic, list(messages), attempts)
         return
     sender = BatchSender(prod, topic, partition)
+    count = 0
     for attempt in range(attempts):
         queued = sender.send(messages)
+        if not queued:
+            return
         prod.flush()
         failed = [(why, sent) for why, sent in ((failure(batch), sent) for batch, sent in queued) if why is not None]
         if not failed:
             return
         messages = [m for _, sent in failed for m in sent]
-        log.warning("%d messages to %s not acknowledged (%s); retrying", len(messages), topic, failed[0][0])
+        count = len(messages)
+        log.warning("%d messages to %s not acknowledged (%s); retrying", count, topic, failed[0][0])
         time.sleep(min(30.0, 0.5 * 2**attempt))
-    raise KafkaError(f"the broker did not acknowledge {len(messages)} messages to {topic} after {attempts} tries")
+    raise KafkaError(f"the broker did not acknowledge {count} messages to {topic} after {attempts} tries")

@@ -39,7 +39,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -305,7 +305,8 @@ class SpeedLayer:
     ) -> None:
         track = track or self.champion
         assert track is not None  # only called for a batch applied to a loaded state
-        messages = up_messages(track.state.model_version, updates, source_offsets, track.key_version)
+        # Encoded as the batches are filled: the sender thread writes the first while the rest are encoded.
+        messages = iter_up_messages(track.state.model_version, updates, source_offsets, track.key_version)
         # The offsets are committed next: an unacknowledged UP must not be skipped (sending one twice is harmless).
         self._send(messages)
         if track.key_version is None:  # the latency shoppers see; a challenger's replay would only blur it
@@ -313,7 +314,7 @@ class SpeedLayer:
             for ts in updates.source_ts_ms.values():
                 metrics.LATENCY.observe(max(0.0, now_ms - ts) / 1000)
 
-    def _send(self, messages: list[tuple[bytes, bytes | None]]) -> None:
+    def _send(self, messages: Iterable[tuple[bytes, bytes | None]]) -> None:
         """Records onto `model-updates`, returning once the broker acknowledged each one (`publish.send_acknowledged`:
         whole record batches, not a `send` per record)."""
         publish.send_acknowledged(self.producer, Topics.MODEL_UPDATES, protocol.UPDATE_PARTITION, messages)
@@ -354,41 +355,38 @@ def up_messages(
 ) -> list[tuple[bytes, bytes | None]]:
     """The (key, value) UP records of one micro-batch's updates: users first, then new items; counts the fold-ins.
     `key_version`: the challenger's version, keyed into its UPs (`protocol.up_key`)."""
+    return list(iter_up_messages(version, updates, source_offsets, key_version))
+
+
+def iter_up_messages(
+    version: str, updates: Updates, source_offsets: dict[str, int] | None = None, key_version: str | None = None
+) -> Iterator[tuple[bytes, bytes | None]]:
+    """`up_messages`, one at a time (the fold-ins are counted at once)."""
     offsets = source_offsets or {}
     encode = protocol.encode_up
-    messages: list[tuple[bytes, bytes | None]] = [
-        encode(
+    metrics.FOLDINS.labels("user").inc(len(updates.users))
+    metrics.FOLDINS.labels("item").inc(len(updates.items))
+    source_ts, strengths, event_types, recent = (
+        updates.source_ts_ms,
+        updates.user_strengths,
+        updates.user_event_types,
+        updates.user_recent,
+    )
+    for id_, vector in updates.users.items():
+        yield encode(
             version,
             "user",
             id_,
             None if vector is None else vector.tolist(),
-            updates.source_ts_ms.get(("user", id_)),
-            updates.user_strengths.get(id_, {}),
-            updates.user_event_types.get(id_, {}),
+            source_ts.get(("user", id_)),
+            strengths.get(id_, {}),
+            event_types.get(id_, {}),
             offsets.get(id_),
-            updates.user_recent.get(id_, []),
+            recent.get(id_, []),
             key_version,
         )
-        for id_, vector in updates.users.items()
-    ]
-    messages += [
-        encode(
-            version,
-            "item",
-            id_,
-            vector.tolist(),
-            updates.source_ts_ms.get(("item", id_)),
-            {},
-            {},
-            None,
-            [],
-            key_version,
-        )
-        for id_, vector in updates.items.items()
-    ]
-    metrics.FOLDINS.labels("user").inc(len(updates.users))
-    metrics.FOLDINS.labels("item").inc(len(updates.items))
-    return messages
+    for id_, vector in updates.items.items():
+        yield encode(version, "item", id_, vector.tolist(), source_ts.get(("item", id_)), {}, {}, None, [], key_version)
 
 
 def availability_records(valid: EventColumns, read: list) -> list[tuple[bytes, bytes | None]]:
