@@ -193,7 +193,9 @@ class SpeedState:
         """New items from the (current) states of the users who touched them since the model."""
         if not items:
             return {}
-        vectors = self.realtime.new_items(items, [dict(self.new_item_delta[j]) for j in items])
+        # The users' dicts themselves, not copies: `new_items` only reads them, within this call (a popular new item's
+        # dict holds every user who touched it since the cut-off, copied again in every batch that touches it).
+        vectors = self.realtime.new_items(items, [self.new_item_delta[j] for j in items])
         if vectors is None:
             return {}
         return {self.item_id(j): v for j, v in zip(items, vectors, strict=True)}
