@@ -32,6 +32,7 @@ from recsys.io.kafka import end_offsets
 from recsys.protocol import Topics
 from recsys.replay import replay
 from recsys.settings import Settings
+from speed_layer import service
 from speed_layer.service import SpeedLayer, one_blas_thread
 from speed_layer.state import Updates
 from speed_layer.tracks import Track
@@ -52,8 +53,9 @@ PHASES: list[tuple[str, tuple[str, str]]] = [
     ("  history matrix", ("recsys/models/als.py", "history_matrix")),
     ("  fold-in solve: users", ("recsys/models/als.py", "users")),
     ("  fold-in solve: new items", ("recsys/models/als.py", "new_items")),
-    ("UP encoding", ("speed_layer/service.py", "up_messages")),
+    ("UP encoding", ("recsys/protocol.py", "encode_up")),
     ("produce: send", ("kafka/producer/kafka.py", "send")),
+    ("produce: record batches", ("speed_layer/publish.py", "send")),
     ("produce: flush", ("kafka/producer/kafka.py", "flush")),
     ("commit", ("speed_layer/service.py", "_commit")),
     ("metrics", ("prometheus_client/metrics.py", "observe")),
@@ -135,8 +137,12 @@ def instrument(layer: SpeedLayer) -> PhaseTimers:
     timers.wrap(als, "history_matrix", "  history matrix")
     timers.wrap(als.FoldIn, "vectors", "  fold-in solves (users and new items)")
     timers.wrap(state.SpeedState, "_fold_new_items", "  new items (their solve included)")
-    timers.wrap(service, "up_messages", "UP encoding")
-    timers.wrap(service, "send_acknowledged", "produce: send + flush until acknowledged")
+    # The sends' module: speed_layer.publish (record batches) here; the stock per-record send on older code.
+    sends = getattr(service, "publish", service)
+    # UPs are encoded as the producer takes them (a generator, speed_layer/service.py), so the publish phase holds
+    # their encoding; timed per call (about 1 µs per UP of timer on top).
+    timers.wrap(sends, "send_acknowledged", "publish: encode, send, flush until acknowledged")
+    timers.wrap(protocol, "encode_up", "  UP encoding (encode_up)")
     timers.wrap(layer.producer, "flush", "  flush (waiting for acks)")
     timers.wrap(layer, "_commit", "commit")
     timers.wrap(layer, "_report_lag", "lag report")
@@ -151,6 +157,8 @@ class _TimedLayer(SpeedLayer):
         self.latencies_ms: list[float] = []
         self.batch_sizes: list[int] = []
         self.busy_step_ms: list[float] = []  # wall time of each step that read records
+        self.turns: list[tuple[float, float, int]] = []  # (start, end, records) of every turn of the loop
+        self.created_ms: dict[int, tuple[float, float]] = {}  # turn -> its events' oldest and newest Kafka timestamp
         self.ups = 0
 
     def publish(
@@ -161,14 +169,41 @@ class _TimedLayer(SpeedLayer):
         self.ups += len(updates)
         if track is None or track.key_version is None:  # the champion's: a challenger's UPs go out after them
             self.latencies_ms += [now_ms - ts for (kind, _), ts in updates.source_ts_ms.items() if kind == "user"]
+            if updates.source_ts_ms:
+                created = updates.source_ts_ms.values()
+                self.created_ms[len(self.turns)] = (min(created), max(created))
 
     def cycle(self) -> int:
         started = time.perf_counter()
         n = super().cycle()
+        self.turns.append((started, time.perf_counter(), n))
         if n:
             self.batch_sizes.append(n)
             self.busy_step_ms.append((time.perf_counter() - started) * 1000)
         return n
+
+
+def largest_batch(layer: _TimedLayer) -> str:
+    """Where the largest micro-batch came from: the turns before it (a long one held the loop, or empty polls while
+    events were on their way) and when its events were produced (Kafka timestamps, against the wall clock)."""
+    turns = layer.turns
+    at = max(range(len(turns)), key=lambda i: turns[i][2])
+    start, end, n = turns[at]
+    before = turns[max(0, at - 3) : at]
+    held = ", ".join(f"{(e - b) * 1000:.0f} ms ({k} records)" for b, e, k in before)
+    created = layer.created_ms.get(at)
+    produced = ""
+    if created is not None:
+        oldest, newest = created
+        offset_ms = time.time() * 1000 - time.perf_counter() * 1000  # perf_counter -> epoch ms, near enough
+        produced = (
+            f"; its events produced over {newest - oldest:.0f} ms, the oldest {start * 1000 + offset_ms - oldest:.0f}"
+            " ms before its poll began"
+        )
+    return (
+        f"largest micro-batch: {n} records, {start - turns[0][0]:.1f} s into the run, its step"
+        f" {(end - start) * 1000:.0f} ms; the turns before it: {held or 'none'}{produced}"
+    )
 
 
 def _paced(s: Settings, n_events: int, rate: float, seed: int) -> None:
@@ -188,8 +223,12 @@ def profile_run(layer: _TimedLayer, s: Settings, label: str, n_events: int, rate
     layer.latencies_ms.clear()
     layer.batch_sizes.clear()
     layer.busy_step_ms.clear()
+    layer.turns.clear()
+    layer.created_ms.clear()
     layer.ups = 0
     feeder = None
+    backlog_from: dict[int, int] = {}
+    backlog_to: dict[int, int] = {}
     if rate > 0:
         feeder = multiprocessing.get_context("spawn").Process(target=_paced, args=(s, n_events, rate, 300))
         feeder.start()
@@ -209,7 +248,8 @@ def profile_run(layer: _TimedLayer, s: Settings, label: str, n_events: int, rate
         profiler.enable()
     while True:
         n += layer.cycle()
-        if n >= n_events and _read_to(layer, end_offsets(Topics.EVENTS, s)):
+        # The drain's end is known before it starts; asking the broker (a consumer of its own) is for paced runs.
+        if n >= n_events and _read_to(layer, backlog_to if rate == 0 else end_offsets(Topics.EVENTS, s)):
             break
     if profiler:
         profiler.disable()
@@ -233,6 +273,7 @@ def profile_run(layer: _TimedLayer, s: Settings, label: str, n_events: int, rate
         f"a step that read records: median {np.median(layer.busy_step_ms):.1f} ms, "
         f"p99 {np.percentile(layer.busy_step_ms, 99):.1f} ms wall; UPs {layer.ups}"
     )
+    print(largest_batch(layer))
     if layer.latencies_ms:
         ms = np.array(layer.latencies_ms)
         print(
@@ -261,6 +302,7 @@ def main(
     ] = None,
     seconds: float = typer.Option(10, help="Length of each paced run."),
     blas_threads_of_one: bool = typer.Option(True, help="As the service runs (speed_layer.service.one_blas_thread)."),
+    gc_as_served: bool = typer.Option(True, help="As the service runs (speed_layer.service.fewer_collections)."),
     cprofile: bool = typer.Option(False, help="cProfile (thread CPU) instead of the phase timers: slower, finer."),
     top: int = typer.Option(25, help="With --cprofile: functions by own time to print under each table."),
     save: str = typer.Option("", help="With --cprofile: write each run's pstats to <save>.<run>.prof."),
@@ -279,6 +321,8 @@ def main(
                 s = s.model_copy(update={"ab_challenger_version": publish_challenger_copy(s)})
             if blas_threads_of_one:
                 one_blas_thread()
+            if gc_as_served and hasattr(service, "fewer_collections"):  # older code: Python's default thresholds
+                service.fewer_collections()
             layer = _TimedLayer(s, "speed-profile")
             layer.wait_for_model()
             while not layer.events.assignment():  # the group join is not the layer's steady state

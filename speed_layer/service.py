@@ -39,7 +39,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -52,11 +52,11 @@ from recsys import protocol
 from recsys.contracts.event_columns import EventColumns, validate_batch
 from recsys.contracts.events import FORGET_CONTROL, ITEM_UPDATES, ForgetMarker, control_kind
 from recsys.io import model_store
-from recsys.io.kafka import consumer, poll_through_outages, producer, send_acknowledged
+from recsys.io.kafka import consumer, poll_through_outages, producer
 from recsys.models.capabilities import updates_users
 from recsys.protocol import AvailabilityMessage, ModelMessage, Topics
 from recsys.settings import Settings, get_settings
-from speed_layer import metrics
+from speed_layer import metrics, publish
 from speed_layer.state import SpeedState, Updates, newest_per_key
 from speed_layer.tracks import Track, bounds, own_part, replay_start
 
@@ -67,6 +67,7 @@ IDLE_POLL_MS = 500
 # replayed from its offsets anyway) and takes that poll off every turn of the loop, i.e. off every batch's latency.
 MODEL_CHECK_S = 1.0
 CHALLENGER_RETRY_S = 30.0  # between attempts to load a named challenger that is not in the model store yet
+FETCH_BYTES_PER_EVENT = 512  # an event record is ~250 bytes (bench/speed_profile.py's): twice that, to be sure
 UP_BATCH_BYTES = 1_000_000  # under the broker's default message.max.bytes (1,048,588)
 
 
@@ -89,6 +90,10 @@ class SpeedLayer:
             settings=self.s,
             group_instance_id=self.instance_id,
             max_poll_records=self.s.speed_batch_max,
+            # A poll returns what one fetch brought, and kafka-python's default fetch is 1 MB per partition (~4,000
+            # events): a backlog on four partitions came in micro-batches of ~16,000 whatever speed_batch_max said.
+            # Room for a full micro-batch from any one partition (fetch_max_bytes, 50 MB, still caps a fetch).
+            max_partition_fetch_bytes=max(1 << 20, self.s.speed_batch_max * FETCH_BYTES_PER_EVENT),
         )
         self.models = consumer(None, settings=self.s)
         updates = TopicPartition(Topics.MODEL_UPDATES, protocol.UPDATE_PARTITION)
@@ -265,7 +270,7 @@ class SpeedLayer:
                 folded[track.key_version] = self._fold(track, valid, own, forget_markers(mine))
             track.advance(lasts)
         if availability:
-            send_acknowledged(self.producer, Topics.MODEL_UPDATES, availability)
+            self._send(availability)
             metrics.AVAILABILITY.inc(len(availability))
         self._commit()  # only after the UPs are durable
         metrics.EVENTS.inc(folded[None])
@@ -289,7 +294,7 @@ class SpeedLayer:
             tombstones: list[tuple[bytes, bytes | None]] = [
                 protocol.tombstone("user", u, track.key_version) for u in markers
             ]
-            send_acknowledged(self.producer, Topics.MODEL_UPDATES, tombstones)
+            self._send(tombstones)
         for forgotten in refolded:
             self.publish(forgotten, track=track)
         self.publish(updates, newest, track)
@@ -300,13 +305,19 @@ class SpeedLayer:
     ) -> None:
         track = track or self.champion
         assert track is not None  # only called for a batch applied to a loaded state
-        messages = up_messages(track.state.model_version, updates, source_offsets, track.key_version)
+        # Encoded as the batches are filled: the sender thread writes the first while the rest are encoded.
+        messages = iter_up_messages(track.state.model_version, updates, source_offsets, track.key_version)
         # The offsets are committed next: an unacknowledged UP must not be skipped (sending one twice is harmless).
-        send_acknowledged(self.producer, Topics.MODEL_UPDATES, messages)
+        self._send(messages)
         if track.key_version is None:  # the latency shoppers see; a challenger's replay would only blur it
             now_ms = time.time() * 1000
             for ts in updates.source_ts_ms.values():
                 metrics.LATENCY.observe(max(0.0, now_ms - ts) / 1000)
+
+    def _send(self, messages: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Records onto `model-updates`, returning once the broker acknowledged each one (`publish.send_acknowledged`:
+        whole record batches, not a `send` per record)."""
+        publish.send_acknowledged(self.producer, Topics.MODEL_UPDATES, protocol.UPDATE_PARTITION, messages)
 
     def _commit(self) -> None:
         """Commit the consumed offsets: for lag monitoring (a restart replays from the model's offsets anyway),
@@ -344,41 +355,38 @@ def up_messages(
 ) -> list[tuple[bytes, bytes | None]]:
     """The (key, value) UP records of one micro-batch's updates: users first, then new items; counts the fold-ins.
     `key_version`: the challenger's version, keyed into its UPs (`protocol.up_key`)."""
+    return list(iter_up_messages(version, updates, source_offsets, key_version))
+
+
+def iter_up_messages(
+    version: str, updates: Updates, source_offsets: dict[str, int] | None = None, key_version: str | None = None
+) -> Iterator[tuple[bytes, bytes | None]]:
+    """`up_messages`, one at a time (the fold-ins are counted at once)."""
     offsets = source_offsets or {}
     encode = protocol.encode_up
-    messages: list[tuple[bytes, bytes | None]] = [
-        encode(
+    metrics.FOLDINS.labels("user").inc(len(updates.users))
+    metrics.FOLDINS.labels("item").inc(len(updates.items))
+    source_ts, strengths, event_types, recent = (
+        updates.source_ts_ms,
+        updates.user_strengths,
+        updates.user_event_types,
+        updates.user_recent,
+    )
+    for id_, vector in updates.users.items():
+        yield encode(
             version,
             "user",
             id_,
             None if vector is None else vector.tolist(),
-            updates.source_ts_ms.get(("user", id_)),
-            updates.user_strengths.get(id_, {}),
-            updates.user_event_types.get(id_, {}),
+            source_ts.get(("user", id_)),
+            strengths.get(id_, {}),
+            event_types.get(id_, {}),
             offsets.get(id_),
-            updates.user_recent.get(id_, []),
+            recent.get(id_, []),
             key_version,
         )
-        for id_, vector in updates.users.items()
-    ]
-    messages += [
-        encode(
-            version,
-            "item",
-            id_,
-            vector.tolist(),
-            updates.source_ts_ms.get(("item", id_)),
-            {},
-            {},
-            None,
-            [],
-            key_version,
-        )
-        for id_, vector in updates.items.items()
-    ]
-    metrics.FOLDINS.labels("user").inc(len(updates.users))
-    metrics.FOLDINS.labels("item").inc(len(updates.items))
-    return messages
+    for id_, vector in updates.items.items():
+        yield encode(version, "item", id_, vector.tolist(), source_ts.get(("item", id_)), {}, {}, None, [], key_version)
 
 
 def availability_records(valid: EventColumns, read: list) -> list[tuple[bytes, bytes | None]]:
@@ -465,9 +473,23 @@ def one_blas_thread() -> threadpool_limits:
     return threadpool_limits(1, user_api="blas")
 
 
+# The loop keeps many young objects alive for a micro-batch (kafka-python's records, the columns, the UPs), so with
+# Python's default threshold (700) a 50,000-event drain run saw ~980 young collections, ~90 middle and 8 full ones
+# (walking everything after the model's `gc.freeze`: the state's growing dicts), 0.3-0.6 s in all; with 50,000: 6 young
+# ones, ~0.05 s (gc.callbacks around bench/speed_profile.py, docs/speed.md). Nothing here needs cycles freed soon.
+GC_YOUNG_GENERATION = 50_000
+
+
+def fewer_collections() -> None:
+    """Python's cyclic collector for this process: the young generation's threshold raised (`GC_YOUNG_GENERATION`)."""
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, GC_YOUNG_GENERATION), middle, old)
+
+
 def serve(settings: Settings | None = None, instance_id: str | None = None) -> None:
     s = settings or get_settings()
     one_blas_thread()
+    fewer_collections()
     if s.speed_metrics_port:
         metrics.start_server(s.speed_metrics_port)
     layer = SpeedLayer(s, instance_id)

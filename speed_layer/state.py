@@ -57,7 +57,8 @@ class SpeedState:
         self.new_item_ids: list[str] = []  # items first seen after the model, in index order
         self.event_types = list(self.data.event_types)
         self.user_delta: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-        self.user_recent: dict[str, deque[tuple[int, str, int]]] = defaultdict(
+        # Per user, their latest events since the cut-off as the model's context takes them: (position, kind code, ts).
+        self.user_recent: dict[str, deque[tuple[int, int, int]]] = defaultdict(
             lambda: deque(maxlen=self.model.recent_events)
         )
         self.new_item_delta: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -81,12 +82,17 @@ class SpeedState:
         known = [item_index.get(item) for item in items]
         positions = [self._item(item) if j is None else j for j, item in zip(known, items, strict=True)]
         strengths = [weights[kind] for kind in kinds]
+        codes = [self._kinds.get(kind, 0) for kind in kinds]  # as the model's context takes them (`context`)
         touched = sorted(set(users))
-        self._add(touched, users, items, kinds, events.ts_ms, positions, strengths)
+        self._add(touched, users, items, kinds, codes, events.ts_ms, positions, strengths)
         updates.source_ts_ms = {("user", u): ts for u, ts in newest_per_key(users, source_ts_ms).items()}
-        updates.source_ts_ms.update({("item", i): ts for i, ts in newest_per_key(items, source_ts_ms).items()})
         updates.users = self._update_users(touched)
-        updates.items = self._fold_new_items(sorted({j for j in positions if j >= self.n_model_items}))
+        # Only new items get an UP, so only their events' timestamps are needed (most events are of model items).
+        new = [row for row, j in enumerate(positions) if j >= self.n_model_items]
+        if new:
+            newest = newest_per_key([items[row] for row in new], [source_ts_ms[row] for row in new])
+            updates.source_ts_ms.update({("item", i): ts for i, ts in newest.items()})
+        updates.items = self._fold_new_items(sorted({positions[row] for row in new}))
         for user in touched:
             updates.user_strengths[user] = dict(self.user_strengths[user])
             updates.user_event_types[user] = dict(self.user_event_types[user])
@@ -99,6 +105,7 @@ class SpeedState:
         users: list[str],
         items: list[str],
         kinds: list[str],
+        codes: list[int],
         times: list[int],
         positions: list[int],
         strengths: list[float],
@@ -122,7 +129,8 @@ class SpeedState:
                 user_recent_ids[user] = deque(maxlen=recent_events)
         n_model_items = self.n_model_items
         # The hottest loop of the speed layer: locals only, per event.
-        for user, j, item, kind, ts_ms, strength in zip(users, positions, items, kinds, times, strengths, strict=True):
+        rows = zip(users, positions, items, kinds, codes, times, strengths, strict=True)
+        for user, j, item, kind, code, ts_ms, strength in rows:
             user_delta[user][j] += strength
             by_item = user_strengths[user]
             by_item[item] = by_item.get(item, 0.0) + strength
@@ -132,7 +140,7 @@ class SpeedState:
                 types[item] = [kind]
             elif kind not in seen:
                 types[item] = sorted([*seen, kind])
-            user_recent[user].append((j, kind, ts_ms))
+            user_recent[user].append((j, code, ts_ms))
             user_recent_ids[user].append((item, kind, ts_ms))
             if j >= n_model_items:
                 new_item_delta[j][user] += strength
@@ -168,8 +176,7 @@ class SpeedState:
     def context(self, user_id: str) -> UserContext:
         """The user as the model sees them now: training row plus everything since, over items it can use."""
         row = None if user_id in self.erased else self.user_index.get(user_id)
-        kinds = self._kinds
-        later = [(j, kinds.get(kind, 0), ts) for j, kind, ts in self.user_recent.get(user_id, ())]
+        later = self.user_recent.get(user_id, ())  # kept as the context takes them: no conversion per batch
         # A new item without a state yet cannot enter the model's maths: only positions below realtime.n_items.
         usable = self.realtime.n_items
         return self.history.now(row, self.user_delta.get(user_id, {}), later, usable, self.model.recent_events)
@@ -186,7 +193,9 @@ class SpeedState:
         """New items from the (current) states of the users who touched them since the model."""
         if not items:
             return {}
-        vectors = self.realtime.new_items(items, [dict(self.new_item_delta[j]) for j in items])
+        # The users' dicts themselves, not copies: `new_items` only reads them, within this call (a popular new item's
+        # dict holds every user who touched it since the cut-off, copied again in every batch that touches it).
+        vectors = self.realtime.new_items(items, [self.new_item_delta[j] for j in items])
         if vectors is None:
             return {}
         return {self.item_id(j): v for j, v in zip(items, vectors, strict=True)}
