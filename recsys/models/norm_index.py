@@ -101,12 +101,8 @@ class NormIndex:
     def nbytes(self) -> int:
         return self.sorted.nbytes
 
-    def scores(self, vector: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """c(x, y_j) of one vector for the given item positions: the values `top_k` returns."""
-        return canonical_all(vector, self.sorted[self.position[items]])
-
     def pair_scores(self, vectors: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """c(x_rows[j], y_items[j]) for (row, item) pairs: the values `scores` gives row by row, in one call."""
+        """c(x_rows[j], y_items[j]) for (row, item) pairs: the values `top_k` returns."""
         return canonical_pairs(vectors, rows, self.sorted, self.position[items])
 
     def top_k(

@@ -78,7 +78,7 @@ DEEPEN = 4
 FACTOR_SHARE = 4
 
 Answer = tuple[np.ndarray, np.ndarray]
-Index = NormIndex | ContentIndex  # both: top_k(x, k, exclude, allowed) and scores(x_r, items), exact
+Index = NormIndex | ContentIndex  # both: top_k(x, k, exclude, allowed) and pair_scores(x, rows, items), exact
 
 
 @dataclass
