@@ -39,8 +39,13 @@ def paced(messages: Iterable[Message], rate: float) -> Iterator[Message]:
     if rate <= 0:
         yield from messages
         return
-    start = time.monotonic()
+    start: float | None = None
     for n, message in enumerate(messages):
+        # The schedule starts at the first message, not before it: a source that takes its time to yield the
+        # first one (the synthetic stream builds its ids and first block for ~1 s) would otherwise be "behind" by
+        # then and sent in one burst of rate x that time (the ~1 s pause, then a burst, of docs/speed.md's Round 3).
+        if start is None:
+            start = time.monotonic()
         # Sleep only when ahead of schedule; checking every message keeps bursts small.
         ahead = start + n / rate - time.monotonic()
         if ahead > 0:
