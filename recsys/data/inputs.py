@@ -233,16 +233,18 @@ class UserHistory:
     ) -> UserContext:
         """The user now: the training row (if the model knows them) plus the strengths `added` and the events
         `later` since the cut-off; only item positions below `usable` (what the model's maths can index), the
-        latest `recent` events."""
+        latest `recent` events (none for `recent` = 0: a caller whose model reads no events skips building them,
+        ~6 µs per user in the speed layer's ALS fold-in)."""
         items = self.strengths(row)
         for j, strength in added.items():
             items[j] = items.get(j, 0.0) + strength
         events: list[LaterEvent] = []
-        if row is not None:
+        if row is not None and recent > 0:
             ev, lo, hi = self.data.events, self.ptr[row], self.ptr[row + 1]
             events = list(zip(ev.item[lo:hi].tolist(), ev.kind[lo:hi].tolist(), ev.ts_ms[lo:hi].tolist(), strict=True))
-        events += later
-        events = [e for e in events if e[0] < usable][-recent:]
+        if recent > 0:  # (a slice [-0:] would keep them all)
+            events += later
+            events = [e for e in events if e[0] < usable][-recent:]
         keys = np.fromiter((j for j in items if j < usable), np.int64)
         return UserContext(
             row=row,

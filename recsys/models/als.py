@@ -424,6 +424,8 @@ class AlsRealtime(Realtime):
     user factors, where users folded in since the model replace (or extend) their rows.
     """
 
+    reads_recent_events = False  # `users` folds in items and strengths only (`history_matrix`)
+
     def __init__(self, model: _ALS, data: Dataset | None) -> None:
         super().__init__(model)
         self.users_side = FoldIn(model.item_factors, model.objective)

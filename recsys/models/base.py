@@ -157,6 +157,10 @@ class Realtime:
     growing factor tables) lives in a subclass.
     """
 
+    # Whether `users` reads a context's latest events (`UserContext.recent*`), or only its items and strengths:
+    # the speed layer leaves the events out of the contexts it builds for a model that reads none.
+    reads_recent_events: ClassVar[bool] = True
+
     def __init__(self, model: Recommender) -> None:
         self.model = model
 

@@ -191,10 +191,13 @@ def test_a_new_item_is_folded_in_exactly_from_every_user_who_touched_it(artifact
     np.testing.assert_allclose(updates.items["other-new"], fold.vector(np.array([1]), np.array([1.0])), rtol=1e-5)
 
 
-def test_the_speed_layer_and_serving_see_a_user_as_the_same_history(artifact):
+@pytest.mark.parametrize("reads_events", [True, False])
+def test_the_speed_layer_and_serving_see_a_user_as_the_same_history(artifact, monkeypatch, reads_events):
     """One history builder (recsys.data.inputs.UserHistory): the context the speed layer folds a user in from is
-    the context serving scores them with once it has the UP, for a model user and for a new one."""
+    the context serving scores them with once it has the UP, for a model user and for a new one. For a real-time
+    side that reads no events (ALS) the speed layer's contexts leave them out, the rest the same."""
     state = SpeedState(artifact, WEIGHTS)
+    monkeypatch.setattr(state.realtime, "reads_recent_events", reads_events)
     events = [ev(1, "u0", "i7"), ev(2, "u0", "i0", "view"), ev(3, "u0", "i7", "view"), ev(4, "visitor", "i3")]
     updates = state.apply(*batch(events))
     served = ServingModel(artifact, {}, Settings())
@@ -214,4 +217,26 @@ def test_the_speed_layer_and_serving_see_a_user_as_the_same_history(artifact):
         speed, serving = state.context(user), served.context(user)
         assert serving is not None and speed.row == serving.row, user
         for name in ("items", "strengths", "recent", "recent_kinds", "recent_ts_ms"):
-            np.testing.assert_array_equal(getattr(speed, name), getattr(serving, name), err_msg=f"{user}: {name}")
+            expected = getattr(serving, name) if reads_events or not name.startswith("recent") else []
+            np.testing.assert_array_equal(getattr(speed, name), expected, err_msg=f"{user}: {name}")
+        assert not reads_events or len(serving.recent) > 0 or user == "u3"  # there were events to compare
+
+
+def test_als_folds_users_in_from_their_items_alone(artifact):
+    """The speed layer's ALS contexts carry no events (`AlsRealtime.reads_recent_events`); the vectors are those
+    of the full context, events and all, as the batch model's `update_users` folds it in."""
+    from recsys.data.inputs import UserHistory
+
+    state = SpeedState(artifact, WEIGHTS)
+    assert not state.realtime.reads_recent_events
+    events = [ev(1, "u0", "i7"), ev(2, "u0", "i0", "view"), ev(3, "visitor", "i3"), ev(4, "u5", "i9", "view")]
+    updates = state.apply(*batch(events))
+    history, recent = UserHistory(artifact.data), state.model.recent_events
+    for user in ("u0", "visitor", "u5"):
+        lean = state.context(user)
+        row = state.user_index.get(user)
+        full = history.now(row, state.user_delta[user], state.user_recent[user], state.realtime.n_items, recent)
+        assert len(full.recent) > 0 and len(lean.recent) == 0
+        np.testing.assert_array_equal(lean.items, full.items)
+        np.testing.assert_array_equal(lean.strengths, full.strengths)
+        np.testing.assert_array_equal(updates.users[user], state.model.update_users([full])[0])
