@@ -7,6 +7,7 @@ from artifacts import als_artifact
 
 from recsys.contracts.event_columns import EventColumns
 from recsys.contracts.events import Event
+from recsys.data.inputs import UserHistory
 from recsys.io.model_store import ModelArtifact
 from recsys.models.als import FoldIn, Objective
 from recsys.protocol import VectorUpdate
@@ -215,3 +216,26 @@ def test_the_speed_layer_and_serving_see_a_user_as_the_same_history(artifact):
         assert serving is not None and speed.row == serving.row, user
         for name in ("items", "strengths", "recent", "recent_kinds", "recent_ts_ms"):
             np.testing.assert_array_equal(getattr(speed, name), getattr(serving, name), err_msg=f"{user}: {name}")
+
+
+def test_a_training_users_context_is_their_row_and_cannot_write_into_the_models_data(artifact):
+    """`UserHistory.at_cutoff` hands out views of the model's arrays (no copy per request): each is the user's
+    row of the model's data in the context's dtype, and writing through one raises instead of changing the model
+    every later request scores with."""
+    data = artifact.data
+    history = UserHistory(data)
+    row = 4
+    ctx = history.at_cutoff(row, recent=3)
+    m, events = data.strengths, data.events
+    start, end = m.indptr[row], m.indptr[row + 1]
+    np.testing.assert_array_equal(ctx.items, m.indices[start:end])
+    np.testing.assert_array_equal(ctx.strengths, m.data[start:end])
+    mine = np.flatnonzero(events.user == row)[-3:]
+    np.testing.assert_array_equal(ctx.recent, events.item[mine])
+    np.testing.assert_array_equal(ctx.recent_ts_ms, events.ts_ms[mine])
+    assert (ctx.items.dtype, ctx.strengths.dtype, ctx.recent.dtype) == (np.int64, np.float32, np.int64)
+    before = m.data.copy()
+    for values in (ctx.items, ctx.strengths, ctx.recent, ctx.recent_ts_ms, ctx.recent_kinds):
+        with pytest.raises(ValueError, match="read-only"):
+            values[:1] = 0
+    np.testing.assert_array_equal(m.data, before)
