@@ -161,7 +161,7 @@ class NormIndex:
                 merged = np.concatenate([kth[grown], s[better]], axis=1)
                 kth[grown] = np.partition(merged, merged.shape[1] - k, axis=1)[:, -k:]
                 thr[grown] = kth[grown].min(axis=1)
-            rr, cc = np.nonzero((s >= (thr[active] - 4 * err[active])[:, None]) & (s > -np.inf))
+            rr, cc = np.nonzero(s >= _candidate_floor(thr[active] - 4 * err[active])[:, None])
             rows_c.append(active[rr])
             pos_c.append(self.order[cc + lo])
             score_c.append(s[rr, cc])
@@ -216,3 +216,13 @@ def _pairs(arrays: Sequence[np.ndarray | None], n: int) -> tuple[np.ndarray, np.
     rows = np.repeat(np.arange(len(arrays), dtype=np.int64), lengths)
     keep = (positions >= 0) & (positions < n)
     return rows[keep], positions[keep]
+
+
+_LOWEST = np.finfo(np.float32).min
+
+
+def _candidate_floor(bounds: np.ndarray) -> np.ndarray:
+    """Per row, a float32 floor no higher than `bounds` and above -inf: `s >= floor` keeps every score a candidate
+    bound admits and drops excluded items (-inf) in one float32 pass (a float64 bound would cast the block, and a
+    second test for -inf would read it again). One float32 step down covers the rounding of the bound."""
+    return np.maximum(np.nextafter(bounds.astype(np.float32), np.float32(-np.inf)), _LOWEST)

@@ -7,6 +7,7 @@ from artifacts import als_artifact
 
 from recsys.contracts.event_columns import EventColumns
 from recsys.contracts.events import Event
+from recsys.data.inputs import UserHistory
 from recsys.io.model_store import ModelArtifact
 from recsys.models.als import FoldIn, Objective
 from recsys.protocol import VectorUpdate
@@ -225,8 +226,6 @@ def test_the_speed_layer_and_serving_see_a_user_as_the_same_history(artifact, mo
 def test_als_folds_users_in_from_their_items_alone(artifact):
     """The speed layer's ALS contexts carry no events (`AlsRealtime.reads_recent_events`); the vectors are those
     of the full context, events and all, as the batch model's `update_users` folds it in."""
-    from recsys.data.inputs import UserHistory
-
     state = SpeedState(artifact, WEIGHTS)
     assert not state.realtime.reads_recent_events
     events = [ev(1, "u0", "i7"), ev(2, "u0", "i0", "view"), ev(3, "visitor", "i3"), ev(4, "u5", "i9", "view")]
@@ -240,3 +239,26 @@ def test_als_folds_users_in_from_their_items_alone(artifact):
         np.testing.assert_array_equal(lean.items, full.items)
         np.testing.assert_array_equal(lean.strengths, full.strengths)
         np.testing.assert_array_equal(updates.users[user], state.model.update_users([full])[0])
+
+
+def test_a_training_users_context_is_their_row_and_cannot_write_into_the_models_data(artifact):
+    """`UserHistory.at_cutoff` hands out views of the model's arrays (no copy per request): each is the user's
+    row of the model's data in the context's dtype, and writing through one raises instead of changing the model
+    every later request scores with."""
+    data = artifact.data
+    history = UserHistory(data)
+    row = 4
+    ctx = history.at_cutoff(row, recent=3)
+    m, events = data.strengths, data.events
+    start, end = m.indptr[row], m.indptr[row + 1]
+    np.testing.assert_array_equal(ctx.items, m.indices[start:end])
+    np.testing.assert_array_equal(ctx.strengths, m.data[start:end])
+    mine = np.flatnonzero(events.user == row)[-3:]
+    np.testing.assert_array_equal(ctx.recent, events.item[mine])
+    np.testing.assert_array_equal(ctx.recent_ts_ms, events.ts_ms[mine])
+    assert (ctx.items.dtype, ctx.strengths.dtype, ctx.recent.dtype) == (np.int64, np.float32, np.int64)
+    before = m.data.copy()
+    for values in (ctx.items, ctx.strengths, ctx.recent, ctx.recent_ts_ms, ctx.recent_kinds):
+        with pytest.raises(ValueError, match="read-only"):
+            values[:1] = 0
+    np.testing.assert_array_equal(m.data, before)
