@@ -179,7 +179,7 @@ class SpeedState:
         later = self.user_recent.get(user_id, ())  # kept as the context takes them: no conversion per batch
         # A new item without a state yet cannot enter the model's maths: only positions below realtime.n_items.
         usable = self.realtime.n_items
-        # No events for a real-time side that reads none (ALS): building them was ~6 µs per UP.
+        # No events for a real-time side that reads none (ALS): building them was ~2 µs per UP (docs/speed.md).
         recent = self.model.recent_events if self.realtime.reads_recent_events else 0
         return self.history.now(row, self.user_delta.get(user_id, {}), later, usable, recent)
 
