@@ -583,6 +583,16 @@ def _serving(sv: dict) -> list[str]:
             f"{hv['als']['latency_ms']['p99']} ms, **{hv['p99_ratio']}x** (target ≤ 2x: "
             f"{'met' if sv.get('hybrid_target_met') else '**MISSED**'}).",
         ]
+    bulk = sv.get("batch_vs_single")
+    if bulk:
+        lines += [
+            "",
+            f"Bulk (`POST /recommend/batch`, docs/bulk.md): {bulk['users']:,} users in one call, best of "
+            f"{len(bulk['batch_s'])}: {bulk['batch_users_per_s']:,} users/s, against {bulk['single_requests_per_s']:,} "
+            f"single calls/s closed loop: **{bulk['ratio']}x** (target ≥ 10x: "
+            f"{'met' if sv.get('batch_target_met') else '**MISSED**'}); {bulk['same_answers']}/{bulk['users']} "
+            "answers the same as the single call's.",
+        ]
     one, two = sv["modes"].get("exact/1"), sv["modes"].get("exact/2")
     if one and two:
         ratio = two["max_requests_per_s"] / one["max_requests_per_s"]
