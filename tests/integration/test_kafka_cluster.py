@@ -93,11 +93,12 @@ def test_kill_9_of_a_partition_leader_mid_stream_loses_nothing_acknowledged_and_
         leader = describe(s, Topics.EVENTS)[0]["leader_id"]
         written_before = sum(end_offsets(Topics.EVENTS, s).values())
         broker_process.kill_node(s, leader)
-        killed_at = time.monotonic()
         # The partition gets a new leader from the in-sync replicas; producers and the archiver follow it.
         new_leader = _wait(lambda: _other_leader(s, leader), 30)
-        time.sleep(max(0.0, 5 - (time.monotonic() - killed_at)))
-        written_while_down = sum(end_offsets(Topics.EVENTS, s).values()) - written_before
+        # The stream goes on through the new leader while the old one is still down. Not a fixed window after the
+        # kill: the controller fences a kill -9'd broker only when its session expires (~9 s by default), later on
+        # a loaded machine, and until then the producers wait (a 5 s window once saw 186 messages, CI 2026-12-07).
+        written_while_down = _wait(lambda: _written_since(s, written_before, more_than=1_000), 60)
         broker_process.start(s, nodes=3)  # starts only the missing node, which catches up as a follower
         producing.join(120)
         assert not producing.is_alive()
@@ -119,6 +120,11 @@ def test_kill_9_of_a_partition_leader_mid_stream_loses_nothing_acknowledged_and_
     # The restarted node is back in sync for every partition.
     _wait(lambda: all(len(p["isr_nodes"]) == 3 for p in describe(s, Topics.EVENTS).values()), 60)
     assert new_leader != leader
+
+
+def _written_since(s: Settings, before: int, more_than: int) -> int | None:
+    written = sum(end_offsets(Topics.EVENTS, s).values()) - before
+    return written if written > more_than else None
 
 
 def _other_leader(s: Settings, old: int) -> int | None:
