@@ -266,7 +266,8 @@ def at_or_above(
     """(row, column) of every value with block[row, column] >= floor[row], in no particular order. With `maxima`
     only the groups whose maximum reaches the floor are read: a few per row, not the whole block."""
     if maxima is None:
-        return np.nonzero(block >= floor[:, None])
+        every_row, every_column = np.nonzero(block >= floor[:, None])
+        return every_row, every_column
     rows, groups = np.nonzero(maxima >= floor[:, None])
     columns = _group_columns(groups, group, maxima.shape[1])
     hit = block[rows[:, None], columns] >= floor[rows][:, None]
