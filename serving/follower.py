@@ -30,11 +30,13 @@ before it is loaded are held for it). A challenger with a real-time state
 (speed_layer/tracks.py), folded in from its own offsets and published under keys of
 its own (`UP@<version>:<kind>:<id>`, `protocol.up_key`), so its shoppers' lists react
 to their clicks as the champion's do. A challenger without one reads the user's
-latest events at request time and the speed layer publishes nothing for it: it gets
-the champion's user UPs instead, without their state vector, when that is exact (its
-data ends at the same `events` offsets as the champion's). Otherwise, or when the
-speed layer does not name the same challenger, its shoppers are answered from the
-batch view of them, which biases a test against it (docs/ab-tests.md).
+latest events at request time: when its data ends at the same `events` offsets as the
+champion's, it gets the champion's user UPs, without their state vector (they are then
+exactly its own); otherwise the speed layer keeps a state for it too and publishes its
+UPs under its own keys, without a vector (`recsys.models.capabilities.mirrors_champion`,
+the rule both layers apply). While the speed layer does not name the same challenger,
+its shoppers are answered from the batch view of them, which biases a test against it
+(docs/ab-tests.md).
 `model_for` says which model answers a shopper (`recsys.ab_split`). Naming the
 champion's own version makes an A/A test: a second copy of the champion, given
 the same UPs (a check of the split and the statistics: it must find nothing).
@@ -58,7 +60,7 @@ from recsys.ab_split import CHALLENGER, CHAMPION, Arm, arm
 from recsys.data import catalog
 from recsys.io import model_store
 from recsys.io.kafka import BrokerUnavailable, consumer, ensure_topics, wait_for_broker
-from recsys.models.capabilities import updates_users
+from recsys.models.capabilities import mirrors_champion
 from recsys.protocol import AvailabilityMessage, ForgetMessage, ModelMessage, Topics, VectorUpdate
 from recsys.settings import Settings
 from serving import metrics
@@ -291,9 +293,9 @@ class ModelFollower:
     @staticmethod
     def _mirrors(challenger: ServingModel | None, champion: ServingModel | None) -> bool:
         """Whether the champion's user UPs, stripped of their state, are exactly what the challenger's would be."""
-        if challenger is None or champion is None or updates_users(challenger.model):
+        if challenger is None or champion is None:
             return False
-        return challenger.manifest.kafka_offsets == champion.manifest.kafka_offsets
+        return mirrors_champion(challenger.model, challenger.manifest.kafka_offsets, champion.manifest.kafka_offsets)
 
     def _swap(self, path: model_store.Location) -> None:
         started = time.monotonic()

@@ -23,8 +23,12 @@ micro-batch before the commit. Each state starts at its own model's offsets, the
 reads from the earliest of them, and a state skips the events it already holds
 (speed_layer/tracks.py), so a challenger loaded later, or a new champion, replays only what
 its state lacks. A FORGET marker drops the user from both. A challenger without a real-time
-state (serving mirrors the champion's UPs to it) and an A/A test (the champion's own version)
-need no second state; without a challenger the loop does what it did, plus O(partitions).
+state (it reads the user's latest events at request time) gets a second state too when its
+data ends at other offsets than the champion's: its UPs carry no vector, only what the user did
+since its own cut-off. When its offsets are the champion's, serving mirrors the champion's UPs
+to it, and an A/A test (the champion's own version) is the champion: neither needs a second
+state (`recsys.models.capabilities.mirrors_champion`). Without a challenger the loop does what it
+did, plus O(partitions).
 
 Item updates (`item_sold_out` / `item_hidden` / `item_back`) are not folded in: each becomes an AVAIL message
 (`recsys.protocol.AvailabilityMessage`) in the same micro-batch, published before the commit like the UPs.
@@ -53,7 +57,7 @@ from recsys.contracts.event_columns import EventColumns, validate_batch
 from recsys.contracts.events import FORGET_CONTROL, ITEM_UPDATES, ForgetMarker, control_kind
 from recsys.io import model_store
 from recsys.io.kafka import consumer, poll_through_outages, producer
-from recsys.models.capabilities import updates_users
+from recsys.models.capabilities import mirrors_champion
 from recsys.protocol import AvailabilityMessage, ModelMessage, Topics
 from recsys.settings import Settings, get_settings
 from speed_layer import metrics, publish
@@ -165,11 +169,13 @@ class SpeedLayer:
                 self.events.seek(tp, start)
 
     def _want_challenger(self) -> None:
-        """Load the A/B test's challenger (RECSYS_AB_CHALLENGER_VERSION) if it is an `Updating` model, so its
-        users are folded in too; while it is not in the model store, tried again every CHALLENGER_RETRY_S.
+        """Load the A/B test's challenger (RECSYS_AB_CHALLENGER_VERSION) and give it a state of its own, so its
+        users' events since its cut-off reach it too; while it is not in the model store, tried again every
+        CHALLENGER_RETRY_S.
 
-        A model without a real-time state needs none here (serving gives it the champion's UPs when that is exact,
-        serving/follower.py), nor does an A/A test (the champion's own version: its UPs are the champion's).
+        A model without a real-time state whose data ends where the champion's does needs none here (serving gives
+        it the champion's UPs, which are then exact: `serving.follower.ModelFollower._mirrors`, the same rule), nor
+        does an A/A test (the champion's own version: its UPs are the champion's).
         """
         version = self.s.ab_challenger_version
         if (
@@ -187,9 +193,14 @@ class SpeedLayer:
             log.error("A/B challenger %s not loaded (%s); trying again in %.0f s", version, e, CHALLENGER_RETRY_S)
             return
         self._challenger_settled = True
-        if not updates_users(artifact.model):
+        if mirrors_champion(
+            artifact.model, artifact.manifest.kafka_offsets, self.champion.state.manifest.kafka_offsets
+        ):
             log.info(
-                "A/B challenger %s keeps no real-time state (%s): nothing to fold in", version, artifact.model.name
+                "A/B challenger %s keeps no real-time state (%s) and its data ends where the champion's does: "
+                "serving gives it the champion's UPs",
+                version,
+                artifact.model.name,
             )
             return
         self.challenger_artifact = artifact

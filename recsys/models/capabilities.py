@@ -102,6 +102,14 @@ def updates_users(model: object) -> TypeGuard[Updating]:
     return _has(model, Updating)
 
 
+def mirrors_champion(challenger: object, own_offsets: dict[int, int], champion_offsets: dict[int, int]) -> bool:
+    """Whether an A/B test's challenger takes the champion's user UPs, without their vector, as its own: it keeps
+    no real-time state and its data ends at the champion's `events` offsets, so what each user did since its cut-off
+    is what they did since the champion's. Then the speed layer keeps no state for it and serving mirrors the
+    champion's UPs to it; otherwise the speed layer gives it a state and UPs of its own (one rule for both)."""
+    return not updates_users(challenger) and own_offsets == champion_offsets
+
+
 def has_factors(model: object) -> TypeGuard[Factors]:
     return _has(model, Factors)
 

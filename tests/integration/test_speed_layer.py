@@ -263,21 +263,62 @@ def test_a_challenger_published_after_the_start_is_picked_up_by_the_retry_and_th
         np.testing.assert_allclose(ups[("user", user)].vector, vector, rtol=2e-3, atol=2e-4, err_msg=user)
 
 
-def test_no_second_state_for_a_request_time_challenger_or_an_aa_test(isolated_stack):
-    """A challenger without a real-time state gets the champion's UPs in serving, and an A/A test's challenger is the
-    champion: the speed layer publishes nothing under a challenger's keys for either."""
+def test_a_request_time_challenger_gets_a_state_only_when_its_data_ends_elsewhere_than_the_champions(isolated_stack):
+    """A challenger without a real-time state (item-KNN) whose data ends where the champion's does takes the
+    champion's UPs in serving, and an A/A test's challenger is the champion: the speed layer publishes nothing under
+    a challenger's keys for either. One whose data ends earlier gets a state of its own: UPs under its version, no
+    vector, carrying everything each user did since its own cut-off (the champion's data included), which a follower
+    applies to it rather than the champion's."""
     s = isolated_stack
     history = produce(s, seed=26, n=2_000)
+    early = "m20260102T000000000000-item_knn"
+    publish_model(s, history, early, "item_knn", as_challenger=True)
+    between = produce(s, seed=28, n=300)  # in the champion's data, after the early challenger's cut-off
     champion = "m20260101T000000000000"
-    publish_model(s, history, champion)
-    knn = "m20260102T000000000000-item_knn"
-    publish_model(s, history, knn, "item_knn", as_challenger=True)
-    produce(s, seed=27, n=400)
-    for version in (knn, champion):
+    publish_model(s, history + between, champion)
+    same = "m20260103T000000000000-item_knn"
+    publish_model(s, history + between, same, "item_knn", as_challenger=True)
+    stream = produce(s, seed=27, n=400)
+    for version in (same, champion):
         layer = run_until_idle(s.model_copy(update={"ab_challenger_version": version}), f"speed-{version[-3:]}")
         assert layer.challenger is None and layer.state is not None and layer.state.model_version == champion
     keyed = {parse_key(r.key).version for records in read_to_end(Topics.MODEL_UPDATES, s) for r in records}
     assert keyed == {""}
+
+    ab = s.model_copy(update={"ab_challenger_version": early})
+    layer = run_until_idle(ab, "speed-early")
+    assert layer.challenger is not None and layer.challenger.state.model_version == early
+    since_cut_off: dict[str, dict[str, float]] = {}
+    for e in between + stream:
+        if e.event_type in s.event_weights:
+            mine = since_cut_off.setdefault(e.user_id, {})
+            mine[e.item_id] = mine.get(e.item_id, 0.0) + s.event_weights[e.event_type]
+    ups = latest_updates(s, challenger=early)
+    assert len(since_cut_off) > 50
+    for user, strengths in since_cut_off.items():
+        up = ups[("user", user)]
+        assert up.model_version == early and up.vector is None, user
+        assert up.strengths == pytest.approx(strengths), user
+
+    write_catalogue(s)
+    follower = ModelFollower(ab)
+    follower.start()
+    try:
+        _wait_for(lambda: follower.ready and follower.challenger is not None)
+        assert follower.challenger is not None and not follower.mirrored
+        model = follower.challenger
+        known = {item for item, j in model.item_index.items() if j < model.n_base}
+        checked = 0
+        for user, strengths in since_cut_off.items():
+            served, batch = model.context(user), model.context(user, with_speed=False)
+            added = sum(v for item, v in strengths.items() if item in known)
+            assert served is not None, user
+            before = 0.0 if batch is None else float(batch.strengths.sum())
+            assert float(served.strengths.sum()) == pytest.approx(before + added, rel=1e-5), user
+            checked += added > 0
+        assert checked > 50
+    finally:
+        follower.stop()
 
 
 @pytest.mark.reliability
