@@ -35,6 +35,7 @@ import numpy as np
 
 BLOCK = 1024
 GROUP = 8  # columns per group of `merge_k_best`'s shortcut: 128 groups per block
+GROUPED_FROM = 16  # rows of a block from which the scan goes through the groups (see `top_k`)
 
 
 def gamma(rank: int) -> float:
@@ -83,7 +84,9 @@ def canonical_all(vector: np.ndarray, items: np.ndarray) -> np.ndarray:
 class NormIndex:
     """The item factors sorted by decreasing norm, in blocks, for `top_k` (see the module doc)."""
 
-    def __init__(self, factors: np.ndarray, block: int = BLOCK, group: int = GROUP) -> None:
+    def __init__(
+        self, factors: np.ndarray, block: int = BLOCK, group: int = GROUP, grouped_from: int = GROUPED_FROM
+    ) -> None:
         f = np.asarray(factors, dtype=np.float32)
         norms = np.linalg.norm(f.astype(np.float64), axis=1) if len(f) else np.zeros(0)
         self.n, self.rank = f.shape
@@ -93,6 +96,7 @@ class NormIndex:
         self.sorted = np.ascontiguousarray(f[self.order])
         self.block = block
         self.group = group
+        self.grouped_from = grouped_from
         self.starts = np.arange(0, self.n, block)
         self.block_max = norms[self.order][self.starts] if self.n else np.zeros(0)
         self.max_norm = float(norms.max(initial=0.0))
@@ -156,7 +160,9 @@ class NormIndex:
                     s[i, ~cast(np.ndarray, allowed[r])[self.order[lo:hi]]] = -np.inf  # r is in `filtered`: a mask
             # Only a row with a score above its k-th best so far has new k best: the others' stay as they are (past
             # the first block most rows have nothing better).
-            maxima = group_maxima(s, self.group)
+            # Through groups only for enough rows: each costs a few numpy calls more per block (a single request's
+            # scan: 133 -> 160 µs), which pay back from ~16 rows on (64 rows: 19.3 -> 15.6 µs per row).
+            maxima = group_maxima(s, self.group) if len(active) >= self.grouped_from else None
             better = (s if maxima is None else maxima).max(axis=1) > thr[active]
             if better.any():
                 grown = active[better]
@@ -164,7 +170,7 @@ class NormIndex:
                 kth[grown] = merge_k_best(
                     kth[grown],
                     s if everyone else s[better],
-                    self.group,
+                    self.group if maxima is not None else 1,
                     maxima if everyone or maxima is None else maxima[better],
                 )
                 thr[grown] = kth[grown].min(axis=1)

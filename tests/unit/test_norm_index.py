@@ -64,14 +64,15 @@ def cases(draw):
     k = draw(st.integers(1, 25))
     block = draw(st.integers(1, 40))
     group = draw(st.integers(1, 4))
-    return items[:n], items[n:], users, exclude, allowed, k, block, group
+    grouped_from = draw(st.integers(1, 6))  # the batch's few rows go through the groups or not
+    return items[:n], items[n:], users, exclude, allowed, k, block, group, grouped_from
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_norm_index_top_k_equals_the_fp32_full_sort(case):
-    base, new, users, exclude, allowed, k, block, group = case
-    index = NormIndex(base, block=block, group=group)
+    base, new, users, exclude, allowed, k, block, group, grouped_from = case
+    index = NormIndex(base, block=block, group=group, grouped_from=grouped_from)
     got = index.top_k(users, k, exclude, allowed, new if len(new) else None)
     everything = np.vstack([base, new]) if len(new) else base
     for r, x in enumerate(users):
