@@ -159,9 +159,9 @@ class NormIndex:
                 if i < len(active) and active[i] == r:
                     s[i, ~cast(np.ndarray, allowed[r])[self.order[lo:hi]]] = -np.inf  # r is in `filtered`: a mask
             # Only a row with a score above its k-th best so far has new k best: the others' stay as they are (past
-            # the first block most rows have nothing better).
-            # Through groups only for enough rows: each costs a few numpy calls more per block (a single request's
-            # scan: 133 -> 160 µs), which pay back from ~16 rows on (64 rows: 19.3 -> 15.6 µs per row).
+            # the first block most rows have nothing better). Through the groups only for enough rows: they cost a
+            # few numpy calls more per block (a single request's scan: 133 -> 160 µs), which pay back from ~16
+            # rows on (64 rows: 19.3 -> 15.6 µs per row).
             maxima = group_maxima(s, self.group) if len(active) >= self.grouped_from else None
             better = (s if maxima is None else maxima).max(axis=1) > thr[active]
             if better.any():
@@ -170,7 +170,7 @@ class NormIndex:
                 kth[grown] = merge_k_best(
                     kth[grown],
                     s if everyone else s[better],
-                    self.group if maxima is not None else 1,
+                    self.group,
                     maxima if everyone or maxima is None else maxima[better],
                 )
                 thr[grown] = kth[grown].min(axis=1)
@@ -251,12 +251,11 @@ def merge_k_best(
     """Per row, the k largest values (k = best.shape[1]) of `best` and `block` together, in no particular order:
     the same multiset as partitioning their concatenation, which was the scan's largest cost.
 
-    With `maxima` (`group_maxima(block, group)`): the k groups with the largest maxima hold k values at least the
-    k-th largest maximum M, and every other value is at most M, so the k best of the block are among those k
-    groups' values (a value equal to M elsewhere only ties: the multiset is the same). Partitioning k · `group`
-    values per row instead of the width: ~3.5x cheaper on a 64 × 1,024 block."""
+    With `maxima` (`group_maxima(block, group)`; None: the plain partition): the k groups with the largest maxima
+    hold k values at least the k-th largest maximum M, and every other value is at most M, so the k best of the
+    block are among those k groups' values (a value equal to M elsewhere only ties: the multiset is the same).
+    Partitioning k · `group` values per row instead of the width: ~3.5x cheaper on a 64 × 1,024 block."""
     rows, k = best.shape
-    maxima = group_maxima(block, group) if maxima is None else maxima
     if maxima is not None and maxima.shape[1] > k:
         n = maxima.shape[1]
         top = np.argpartition(maxima, n - k, axis=1)[:, -k:]
